@@ -1,0 +1,270 @@
+use std::collections::{BTreeMap, HashMap};
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::error::{ConfigError, Error, Result};
+
+/// Settings for one registry host, shaped like a `[registry."host"]` table of buildkitd.toml.
+#[derive(Deserialize, Default, Clone, Debug)]
+pub struct HostConfig {
+    /// Hosts tried in order before this one when pulling; each mirror's own entry (if any)
+    /// says how to reach it.
+    #[serde(default)]
+    pub mirrors: Vec<String>,
+    /// Talk plain HTTP to this host.
+    #[serde(default)]
+    pub http: bool,
+    /// Skip TLS certificate verification.
+    #[serde(default)]
+    pub insecure: bool,
+    /// Extra PEM root certificates.
+    #[serde(default)]
+    pub ca: Vec<PathBuf>,
+}
+
+/// Host settings keyed by registry host (`docker.io`, `127.0.0.1:5001`, ...).
+pub type RegistryConfig = BTreeMap<String, HostConfig>;
+
+/// Where Docker Hub's API actually lives.
+const DOCKER_HUB: &str = "docker.io";
+const DOCKER_HUB_API: &str = "registry-1.docker.io";
+
+/// One place to send distribution API requests to.
+#[derive(Clone, Debug)]
+pub(crate) struct Endpoint {
+    /// `host[:port]` as dialled.
+    pub host: String,
+    pub http: bool,
+    pub client: reqwest::Client,
+    pub mirror: bool,
+    /// The name credentials are looked up by: the registry (`docker.io`) or the mirror host.
+    pub cred_host: String,
+}
+
+impl Endpoint {
+    pub fn url(&self, path: &str) -> String {
+        let scheme = if self.http { "http" } else { "https" };
+        format!("{scheme}://{}{path}", self.host)
+    }
+}
+
+/// The configuration turned into ready HTTP clients.
+#[derive(Debug)]
+pub(crate) struct Hosts {
+    config: RegistryConfig,
+    default_client: reqwest::Client,
+    clients: HashMap<String, reqwest::Client>,
+}
+
+impl Hosts {
+    pub fn new(config: RegistryConfig) -> Result<Self> {
+        let default_client =
+            build_client(&HostConfig::default()).map_err(|source| Error::Config {
+                host: "default".into(),
+                source,
+            })?;
+        let mut clients = HashMap::new();
+        for (host, cfg) in &config {
+            let err = |source| Error::Config {
+                host: host.clone(),
+                source,
+            };
+            for mirror in &cfg.mirrors {
+                if !is_host(mirror) {
+                    return Err(err(ConfigError::Mirror(mirror.clone())));
+                }
+            }
+            if cfg.insecure || !cfg.ca.is_empty() {
+                clients.insert(host.clone(), build_client(cfg).map_err(err)?);
+            }
+        }
+        Ok(Self {
+            config,
+            default_client,
+            clients,
+        })
+    }
+
+    fn endpoint(&self, key: &str, dial: &str, mirror: bool) -> Endpoint {
+        let cred_host = key.to_string();
+        let cfg = self.config.get(key);
+        Endpoint {
+            host: dial.to_string(),
+            http: cfg.is_some_and(|c| c.http),
+            client: self
+                .clients
+                .get(key)
+                .unwrap_or(&self.default_client)
+                .clone(),
+            mirror,
+            cred_host,
+        }
+    }
+
+    /// The registry itself, where pushes go.
+    pub fn upstream(&self, registry: &str) -> Endpoint {
+        let dial = if registry == DOCKER_HUB || registry == "index.docker.io" {
+            DOCKER_HUB_API
+        } else {
+            registry
+        };
+        self.endpoint(registry, dial, false)
+    }
+
+    /// Mirrors in configured order, then the registry: where pulls go.
+    pub fn pull_endpoints(&self, registry: &str) -> Vec<Endpoint> {
+        let mut out: Vec<Endpoint> = self
+            .config
+            .get(registry)
+            .map(|c| c.mirrors.as_slice())
+            .unwrap_or_default()
+            .iter()
+            .map(|m| self.endpoint(m, m, true))
+            .collect();
+        out.push(self.upstream(registry));
+        out
+    }
+}
+
+fn is_host(s: &str) -> bool {
+    !s.is_empty() && !s.contains('/') && !s.contains('@') && !s.contains(char::is_whitespace)
+}
+
+fn build_client(cfg: &HostConfig) -> std::result::Result<reqwest::Client, ConfigError> {
+    let mut certs = Vec::new();
+    for path in &cfg.ca {
+        let pem = fs_err::read(path).map_err(|source| ConfigError::ReadCa {
+            path: path.clone(),
+            source,
+        })?;
+        certs.extend(
+            reqwest::Certificate::from_pem_bundle(&pem).map_err(|source| ConfigError::ParseCa {
+                path: path.clone(),
+                source,
+            })?,
+        );
+    }
+    reqwest::Client::builder()
+        .user_agent(concat!("kiln/", env!("CARGO_PKG_VERSION")))
+        .connect_timeout(Duration::from_secs(30))
+        .read_timeout(Duration::from_secs(120))
+        .redirect(redirect_policy())
+        .tls_certs_merge(certs)
+        .tls_danger_accept_invalid_certs(cfg.insecure)
+        .build()
+        .map_err(ConfigError::Client)
+}
+
+/// Blob downloads are often redirected to a CDN; follow those, but never from HTTPS down to
+/// plain HTTP.
+fn redirect_policy() -> reqwest::redirect::Policy {
+    reqwest::redirect::Policy::custom(|attempt| {
+        let downgrade = attempt.url().scheme() == "http"
+            && attempt
+                .previous()
+                .last()
+                .is_some_and(|u| u.scheme() == "https");
+        if downgrade {
+            attempt.error("refusing a redirect from https to http")
+        } else if attempt.previous().len() >= 10 {
+            attempt.error("too many redirects")
+        } else {
+            attempt.follow()
+        }
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(toml_like: &[(&str, HostConfig)]) -> RegistryConfig {
+        toml_like
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.clone()))
+            .collect()
+    }
+
+    #[test]
+    fn mirrors_come_first_and_use_their_own_entry() {
+        let hosts = Hosts::new(config(&[
+            (
+                "docker.io",
+                HostConfig {
+                    mirrors: vec!["127.0.0.1:5001".into(), "mirror.example".into()],
+                    ..Default::default()
+                },
+            ),
+            (
+                "127.0.0.1:5001",
+                HostConfig {
+                    http: true,
+                    ..Default::default()
+                },
+            ),
+        ]))
+        .unwrap();
+        let eps = hosts.pull_endpoints("docker.io");
+        let urls: Vec<String> = eps.iter().map(|e| e.url("/v2/")).collect();
+        assert_eq!(
+            urls,
+            [
+                "http://127.0.0.1:5001/v2/",
+                "https://mirror.example/v2/",
+                "https://registry-1.docker.io/v2/"
+            ]
+        );
+        assert_eq!(
+            eps.iter().map(|e| e.mirror).collect::<Vec<_>>(),
+            [true, true, false]
+        );
+        assert_eq!(hosts.upstream("ghcr.io").url("/v2/"), "https://ghcr.io/v2/");
+    }
+
+    #[test]
+    fn mirror_urls_are_rejected() {
+        let err = Hosts::new(config(&[(
+            "docker.io",
+            HostConfig {
+                mirrors: vec!["http://127.0.0.1:5001".into()],
+                ..Default::default()
+            },
+        )]))
+        .unwrap_err();
+        assert!(matches!(
+            err,
+            Error::Config {
+                source: ConfigError::Mirror(_),
+                ..
+            }
+        ));
+    }
+
+    #[test]
+    fn missing_ca_file_is_a_config_error() {
+        let err = Hosts::new(config(&[(
+            "r.example",
+            HostConfig {
+                ca: vec!["/nonexistent/ca.pem".into()],
+                ..Default::default()
+            },
+        )]))
+        .unwrap_err();
+        assert!(matches!(
+            err,
+            Error::Config {
+                source: ConfigError::ReadCa { .. },
+                ..
+            }
+        ));
+    }
+
+    #[test]
+    fn host_config_deserialises_with_defaults() {
+        let cfg: HostConfig = serde_json::from_str(r#"{"mirrors":["m:5000"]}"#).unwrap();
+        assert_eq!(cfg.mirrors, ["m:5000"]);
+        assert!(!cfg.http && !cfg.insecure && cfg.ca.is_empty());
+    }
+}

@@ -1,0 +1,409 @@
+//! Runs real containers with runc and a busybox rootfs. Needs root and runc; skipped with a
+//! printed reason when either is missing, unless `KILN_TEST_REQUIRE_EXTERNAL=1`.
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use kiln_executor::{
+    Error, ExitStatus, Mount, Network, OutputSink, ProcessSpec, RunRequest, RuncExecutor, Stdio,
+    User, resolve_user,
+};
+
+const APPLETS: &[&str] = &[
+    "sh", "echo", "cat", "id", "pwd", "sleep", "env", "false", "true", "ls", "hostname", "touch",
+];
+const PASSWD: &str = "root:x:0:0:root:/root:/bin/sh\napp:x:1000:1000:app:/home/app:/bin/sh\n";
+const GROUP: &str = "root:x:0:\napp:x:1000:\nwheel:x:10:app\n";
+
+struct Env {
+    executor: RuncExecutor,
+    _state: tempfile::TempDir,
+    rootfs: tempfile::TempDir,
+}
+
+/// An executor over a fresh state dir and a busybox rootfs, or `None` (skip) without runc/root.
+fn setup() -> Option<Env> {
+    let require = std::env::var("KILN_TEST_REQUIRE_EXTERNAL").is_ok_and(|v| v == "1");
+    let skip = |reason: String| {
+        assert!(!require, "KILN_TEST_REQUIRE_EXTERNAL=1 but {reason}");
+        eprintln!("skipping: {reason}");
+        None
+    };
+    if !rustix::process::geteuid().is_root() {
+        return skip("runc tests need root".into());
+    }
+    if !Path::new("/bin/busybox").exists() {
+        return skip("no static busybox at /bin/busybox".into());
+    }
+    let state = tempfile::tempdir().unwrap();
+    let executor = match RuncExecutor::new(state.path()) {
+        Ok(e) => e,
+        Err(e) => return skip(format!("runc unavailable: {e}")),
+    };
+    let rootfs = tempfile::tempdir().unwrap();
+    let r = rootfs.path();
+    fs_err::create_dir_all(r.join("bin")).unwrap();
+    fs_err::create_dir_all(r.join("etc")).unwrap();
+    fs_err::copy("/bin/busybox", r.join("bin/busybox")).unwrap();
+    for applet in APPLETS {
+        std::os::unix::fs::symlink("busybox", r.join("bin").join(applet)).unwrap();
+    }
+    fs_err::write(r.join("etc/passwd"), PASSWD).unwrap();
+    fs_err::write(r.join("etc/group"), GROUP).unwrap();
+    Some(Env {
+        executor,
+        _state: state,
+        rootfs,
+    })
+}
+
+/// A container id unique across concurrently running tests (cgroup paths are global).
+fn id(test: &str) -> String {
+    format!("kiln-test-{}-{test}", std::process::id())
+}
+
+#[derive(Clone, Default)]
+struct Captured(Arc<Mutex<Vec<u8>>>);
+
+impl Captured {
+    fn text(&self) -> String {
+        String::from_utf8_lossy(&self.0.lock().unwrap()).into_owned()
+    }
+    fn sink(&self) -> OutputSink {
+        let buf = self.0.clone();
+        Box::new(move |b| buf.lock().unwrap().extend_from_slice(b))
+    }
+}
+
+fn capture() -> (Stdio, Captured, Captured) {
+    let (out, err) = (Captured::default(), Captured::default());
+    let stdio = Stdio::Capture {
+        stdout: out.sink(),
+        stderr: err.sink(),
+    };
+    (stdio, out, err)
+}
+
+fn request<'a>(id: String, rootfs: &'a Path, script: &str, stdio: Stdio) -> RunRequest<'a> {
+    RunRequest {
+        id,
+        rootfs,
+        process: ProcessSpec {
+            args: vec!["/bin/sh".into(), "-c".into(), script.into()],
+            env: vec![],
+            cwd: "/".into(),
+            user: User::default(),
+            hostname: "buildkitsandbox".into(),
+            terminal: false,
+        },
+        mounts: vec![],
+        stdio,
+        network: Network::Host,
+        readonly_rootfs: false,
+    }
+}
+
+/// No container in runc's state and no bundle left.
+fn assert_nothing_left(executor: &RuncExecutor, id: &str) {
+    let out = std::process::Command::new(executor.runc_path())
+        .arg("--root")
+        .arg(executor.runc_root())
+        .args(["list", "--quiet"])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let listed = String::from_utf8_lossy(&out.stdout);
+    assert!(!listed.lines().any(|l| l == id), "container left: {listed}");
+    let bundles: Vec<PathBuf> = fs_err::read_dir(executor.bundles_dir())
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    assert!(bundles.is_empty(), "bundles left: {bundles:?}");
+}
+
+#[tokio::test]
+async fn captures_stdout_stderr_and_exit_code() {
+    let Some(env) = setup() else { return };
+    let (stdio, out, err) = capture();
+    let id = id("capture");
+    let req = request(
+        id.clone(),
+        env.rootfs.path(),
+        "echo to-out; echo to-err >&2; exit 3",
+        stdio,
+    );
+    let status = env.executor.run(req).await.unwrap();
+    assert_eq!(status, ExitStatus::Code(3));
+    assert_eq!(out.text(), "to-out\n");
+    assert_eq!(err.text(), "to-err\n");
+    assert_nothing_left(&env.executor, &id);
+
+    let (stdio, _, _) = capture();
+    let req = request(id.clone(), env.rootfs.path(), "true", stdio);
+    assert!(env.executor.run(req).await.unwrap().success());
+}
+
+#[tokio::test]
+async fn env_cwd_and_defaults() {
+    let Some(env) = setup() else { return };
+    let (stdio, out, err) = capture();
+    let mut req = request(
+        id("env"),
+        env.rootfs.path(),
+        "echo \"$FOO|$PATH|$HOME\"; pwd",
+        stdio,
+    );
+    req.process.env = vec!["FOO=bar baz".into()];
+    req.process.cwd = "/work/dir".into();
+    let status = env.executor.run(req).await.unwrap();
+    assert_eq!(status, ExitStatus::Code(0), "stderr: {}", err.text());
+    assert_eq!(
+        out.text(),
+        format!("bar baz|{}|/root\n/work/dir\n", kiln_executor::DEFAULT_PATH)
+    );
+    // The working directory is part of the build's result, like Docker's WORKDIR.
+    assert!(env.rootfs.path().join("work/dir").is_dir());
+
+    let (stdio, out, _) = capture();
+    let mut req = request(id("env2"), env.rootfs.path(), "echo \"$PATH|$HOME\"", stdio);
+    req.process.env = vec!["PATH=/bin".into(), "HOME=/h".into()];
+    env.executor.run(req).await.unwrap();
+    assert_eq!(out.text(), "/bin|/h\n");
+}
+
+#[tokio::test]
+async fn runs_as_resolved_user() {
+    let Some(env) = setup() else { return };
+    let user = resolve_user(env.rootfs.path(), "app").unwrap();
+    let (stdio, out, err) = capture();
+    let mut req = request(id("user"), env.rootfs.path(), "id; echo $HOME", stdio);
+    req.process.user = user;
+    let status = env.executor.run(req).await.unwrap();
+    assert_eq!(status, ExitStatus::Code(0), "stderr: {}", err.text());
+    let text = out.text();
+    assert!(text.contains("uid=1000(app) gid=1000(app)"), "{text}");
+    assert!(text.contains("10(wheel)"), "{text}");
+    assert!(text.ends_with("/home/app\n"), "{text}");
+
+    let (stdio, out, _) = capture();
+    let mut req = request(id("user2"), env.rootfs.path(), "id -u; id -g", stdio);
+    req.process.user = resolve_user(env.rootfs.path(), "4242:4343").unwrap();
+    env.executor.run(req).await.unwrap();
+    assert_eq!(out.text(), "4242\n4343\n");
+}
+
+#[tokio::test]
+async fn hostname_and_hosts_file() {
+    let Some(env) = setup() else { return };
+    let (stdio, out, _) = capture();
+    let mut req = request(
+        id("hostname"),
+        env.rootfs.path(),
+        "hostname; cat /etc/hosts; ls /etc/resolv.conf",
+        stdio,
+    );
+    req.process.hostname = "kiln-box".into();
+    env.executor.run(req).await.unwrap();
+    let text = out.text();
+    assert!(text.starts_with("kiln-box\n"), "{text}");
+    assert!(text.contains("127.0.0.1\tkiln-box"), "{text}");
+    assert!(text.contains("/etc/resolv.conf"), "{text}");
+}
+
+#[tokio::test]
+async fn rootfs_is_the_writable_root_and_mount_points_are_removed() {
+    let Some(env) = setup() else { return };
+    let r = env.rootfs.path();
+    let (stdio, _, err) = capture();
+    let req = request(id("write"), r, "echo hi > /x && touch /etc/hosts", stdio);
+    let status = env.executor.run(req).await.unwrap();
+    // /etc/hosts is a read-only bind, so touching it fails after /x was written.
+    assert_eq!(status, ExitStatus::Code(1));
+    assert!(err.text().contains("hosts"), "{}", err.text());
+    assert_eq!(fs_err::read_to_string(r.join("x")).unwrap(), "hi\n");
+    // runc created these as mount points; they must not end up in the layer.
+    for stub in ["proc", "dev", "sys", "etc/hosts", "etc/resolv.conf"] {
+        assert!(!r.join(stub).exists(), "{stub} left in rootfs");
+    }
+
+    let (stdio, _, err) = capture();
+    let mut req = request(id("readonly"), r, "echo no > /y", stdio);
+    req.readonly_rootfs = true;
+    let status = env.executor.run(req).await.unwrap();
+    assert_ne!(status, ExitStatus::Code(0));
+    assert!(err.text().contains("Read-only"), "{}", err.text());
+    assert!(!r.join("y").exists());
+}
+
+#[tokio::test]
+async fn extra_bind_and_tmpfs_mounts() {
+    let Some(env) = setup() else { return };
+    let host = tempfile::tempdir().unwrap();
+    fs_err::write(host.path().join("file"), "from-host").unwrap();
+    let (stdio, out, err) = capture();
+    let mut req = request(
+        id("mounts"),
+        env.rootfs.path(),
+        "cat /src/file; echo t > /cache/a/t && cat /cache/a/t; echo no > /src/w",
+        stdio,
+    );
+    req.mounts = vec![
+        Mount::Bind {
+            source: host.path().to_path_buf(),
+            destination: "/src".into(),
+            readonly: true,
+        },
+        Mount::Tmpfs {
+            destination: "/cache/a".into(),
+            size: Some(1 << 20),
+        },
+    ];
+    let status = env.executor.run(req).await.unwrap();
+    assert_ne!(status, ExitStatus::Code(0));
+    assert_eq!(out.text(), "from-hostt\n");
+    assert!(err.text().contains("Read-only"), "{}", err.text());
+    assert!(!host.path().join("w").exists());
+    assert!(!env.rootfs.path().join("src").exists());
+    assert!(!env.rootfs.path().join("cache").exists());
+}
+
+/// Polls until `f` holds or panics after 20 s.
+async fn wait_for(what: &str, mut f: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while !f() {
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "timed out: {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test]
+async fn dropping_the_future_removes_the_container() {
+    let Some(env) = setup() else { return };
+    let id = id("cancel");
+    let (stdio, out, _) = capture();
+    let req = request(
+        id.clone(),
+        env.rootfs.path(),
+        "echo started; sleep 30",
+        stdio,
+    );
+    let mut run = Box::pin(env.executor.run(req));
+    tokio::select! {
+        r = &mut run => panic!("finished early: {r:?}"),
+        () = wait_for("container start", || out.text().contains("started")) => {}
+    }
+    assert!(env.executor.runc_root().join(&id).exists());
+    let start = Instant::now();
+    drop(run);
+    assert!(start.elapsed() < Duration::from_secs(10));
+    assert_nothing_left(&env.executor, &id);
+    assert!(find_runc_run(&id).is_none(), "runc still running");
+    assert!(!env.rootfs.path().join("proc").exists());
+}
+
+#[tokio::test]
+async fn inherit_stdio_runs() {
+    let Some(env) = setup() else { return };
+    let req = request(id("inherit"), env.rootfs.path(), "exit 7", Stdio::Inherit);
+    assert_eq!(env.executor.run(req).await.unwrap(), ExitStatus::Code(7));
+}
+
+#[tokio::test]
+async fn runc_forwards_signals_to_the_container() {
+    let Some(env) = setup() else { return };
+    let id = id("signal");
+    let (stdio, out, _) = capture();
+    let script = "trap 'echo got-term; exit 42' TERM; echo ready; sleep 30 & wait";
+    let req = request(id.clone(), env.rootfs.path(), script, stdio);
+    let mut run = Box::pin(env.executor.run(req));
+    tokio::select! {
+        r = &mut run => panic!("finished early: {r:?}"),
+        () = wait_for("trap installed", || out.text().contains("ready")) => {}
+    }
+    // Signal `runc run` itself, as a terminal or a supervisor would.
+    let runc_pid = find_runc_run(&id).expect("runc run process");
+    rustix::process::kill_process(runc_pid, rustix::process::Signal::TERM).unwrap();
+    let status = tokio::time::timeout(Duration::from_secs(20), run)
+        .await
+        .expect("container did not stop")
+        .unwrap();
+    assert_eq!(status, ExitStatus::Code(42));
+    assert!(out.text().contains("got-term"));
+    assert_nothing_left(&env.executor, &id);
+}
+
+/// The pid of the `runc ... run ... <id>` process.
+fn find_runc_run(id: &str) -> Option<rustix::process::Pid> {
+    for entry in fs_err::read_dir("/proc").ok()? {
+        let entry = entry.ok()?;
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<i32>() else {
+            continue;
+        };
+        let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) else {
+            continue;
+        };
+        let args: Vec<&[u8]> = cmdline.split(|b| *b == 0).collect();
+        if args.contains(&b"run".as_slice()) && args.contains(&id.as_bytes()) {
+            return rustix::process::Pid::from_raw(pid);
+        }
+    }
+    None
+}
+
+#[tokio::test]
+async fn cleanup_stale_removes_leftovers_of_a_crash() {
+    let Some(env) = setup() else { return };
+    let id = id("stale");
+    let (stdio, out, _) = capture();
+    let req = request(
+        id.clone(),
+        env.rootfs.path(),
+        "echo started; sleep 30",
+        stdio,
+    );
+    let mut run = Box::pin(env.executor.run(req));
+    tokio::select! {
+        r = &mut run => panic!("finished early: {r:?}"),
+        () = wait_for("container start", || out.text().contains("started")) => {}
+    }
+    // A crash: the guard never runs.
+    std::mem::forget(run);
+    assert!(env.executor.runc_root().join(&id).exists());
+    assert!(env.executor.bundles_dir().join(&id).exists());
+
+    env.executor.cleanup_stale().unwrap();
+    assert_nothing_left(&env.executor, &id);
+}
+
+#[tokio::test]
+async fn duplicate_ids_and_bad_requests_are_rejected() {
+    let Some(env) = setup() else { return };
+    let id = id("dup");
+    fs_err::create_dir(env.executor.bundles_dir().join(&id)).unwrap();
+    let (stdio, _, _) = capture();
+    let req = request(id.clone(), env.rootfs.path(), "true", stdio);
+    assert!(matches!(
+        env.executor.run(req).await,
+        Err(Error::ContainerExists(i)) if i == id
+    ));
+    // The existing bundle belongs to someone else and must survive.
+    assert!(env.executor.bundles_dir().join(&id).exists());
+
+    let (stdio, _, _) = capture();
+    let req = request("../escape".into(), env.rootfs.path(), "true", stdio);
+    assert!(matches!(
+        env.executor.run(req).await,
+        Err(Error::InvalidId(_))
+    ));
+}
+
+#[test]
+fn missing_runc_is_a_clear_error() {
+    let state = tempfile::tempdir().unwrap();
+    let err = RuncExecutor::with_runc(state.path(), Path::new("/nonexistent/runc")).unwrap_err();
+    assert!(err.to_string().contains("/nonexistent/runc"), "{err}");
+}

@@ -1,0 +1,98 @@
+//! Layers on disk and their diffs: unpack OCI/Docker layer tarballs into directories usable as
+//! overlayfs lower dirs, mount overlays for build steps, and turn an overlay upper dir back into
+//! an OCI layer tarball.
+//!
+//! Every stored layer is kept in overlay format: deletions are overlay whiteouts (character
+//! devices 0/0) and opaque directories carry `trusted.overlay.opaque=y`; the OCI `.wh.` spelling
+//! only exists inside tarballs. This crate knows layers, directories and mounts; it must not know
+//! images, registries or the build graph.
+
+mod apply;
+mod diff;
+mod overlay_linux;
+mod store;
+mod xattr;
+
+use std::io;
+use std::path::PathBuf;
+
+use kiln_oci::Digest;
+
+pub use overlay_linux::{OverlayMount, cleanup_stale_mounts, mount_overlay};
+pub use store::{Compression, LayerBlob, LayerStore};
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("unsupported layer media type `{0}`")]
+    MediaType(String),
+    #[error("layer `{0}` not found in the layer store")]
+    NotFound(Digest),
+    #[error("layer diffID mismatch: expected `{expected}`, got `{actual}`")]
+    DiffIdMismatch { expected: Digest, actual: Digest },
+
+    /// The tarball itself is unreadable (corrupt compression, bad header checksum, ...).
+    #[error("failed to read layer tar")]
+    ReadTar {
+        #[source]
+        source: io::Error,
+    },
+    /// An entry the extractor refuses: it would escape the layer, write through a symlink, or is
+    /// otherwise malformed.
+    #[error("refused layer entry `{path}`: {reason}")]
+    BadEntry { path: String, reason: String },
+    #[error("failed to extract layer entry `{path}`")]
+    Extract {
+        path: String,
+        #[source]
+        source: io::Error,
+    },
+    #[error("failed to write tar entry for `{path}`")]
+    Diff {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+
+    #[error("layer store i/o on `{path}`")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("failed to store layer blob")]
+    Content {
+        #[source]
+        source: kiln_content::Error,
+    },
+
+    #[error("failed to mount overlay on `{target}`{}", kernel_message(.detail))]
+    Mount {
+        target: PathBuf,
+        /// What the kernel logged on the filesystem context, when the new mount API was used.
+        detail: Option<String>,
+        #[source]
+        source: io::Error,
+    },
+    #[error("overlay path `{0}` cannot be passed in a classic mount option")]
+    MountPath(PathBuf),
+    #[error("failed to unmount `{target}`")]
+    Unmount {
+        target: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+}
+
+fn kernel_message(detail: &Option<String>) -> String {
+    match detail {
+        Some(d) => format!(" (kernel: {d})"),
+        None => String::new(),
+    }
+}
+
+pub type Result<T> = std::result::Result<T, Error>;
+
+pub(crate) fn io_err(path: impl Into<PathBuf>) -> impl FnOnce(io::Error) -> Error {
+    let path = path.into();
+    move |source| Error::Io { path, source }
+}

@@ -3,15 +3,18 @@
 //! top (hashing helpers, platform matching) and must not know about files, the network or builds.
 
 mod digest;
+mod image;
 pub mod media_type;
 mod platform;
+mod reference;
 
 pub use digest::{Sha256Writer, sha256, sha256_hex};
-pub use oci_spec::distribution::Reference;
+pub use image::{History, ImageConfig, RootFs, RunConfig};
 pub use oci_spec::image::{
     Descriptor, Digest, ImageConfiguration, ImageIndex, ImageManifest, MediaType,
 };
 pub use platform::Platform;
+pub use reference::Reference;
 
 /// Re-export of the spec crate for the structs this crate does not name.
 pub use oci_spec;
@@ -22,6 +25,8 @@ pub enum Error {
     Platform(String),
     #[error("invalid digest `{0}`")]
     Digest(String),
+    #[error("invalid reference format `{reference}`: {reason}")]
+    Reference { reference: String, reason: String },
 }
 
 pub type Result<T> = std::result::Result<T, Error>;

@@ -50,21 +50,20 @@ impl Endpoint {
     }
 }
 
-/// The configuration turned into ready HTTP clients.
+/// The configuration turned into HTTP clients. Building a TLS client loads the system's root
+/// certificates (about 100 ms here), so clients are built on first use, and hosts the config
+/// marks `http = true` get a client that loads none: a fully cached build against a local
+/// plain-HTTP mirror never pays for TLS.
 #[derive(Debug)]
 pub(crate) struct Hosts {
     config: RegistryConfig,
-    default_client: reqwest::Client,
+    default_client: std::sync::OnceLock<reqwest::Client>,
+    plain_client: std::sync::OnceLock<reqwest::Client>,
     clients: HashMap<String, reqwest::Client>,
 }
 
 impl Hosts {
     pub fn new(config: RegistryConfig) -> Result<Self> {
-        let default_client =
-            build_client(&HostConfig::default()).map_err(|source| Error::Config {
-                host: "default".into(),
-                source,
-            })?;
         let mut clients = HashMap::new();
         for (host, cfg) in &config {
             let err = |source| Error::Config {
@@ -82,7 +81,8 @@ impl Hosts {
         }
         Ok(Self {
             config,
-            default_client,
+            default_client: std::sync::OnceLock::new(),
+            plain_client: std::sync::OnceLock::new(),
             clients,
         })
     }
@@ -90,14 +90,27 @@ impl Hosts {
     fn endpoint(&self, key: &str, dial: &str, mirror: bool) -> Endpoint {
         let cred_host = key.to_string();
         let cfg = self.config.get(key);
+        let http = cfg.is_some_and(|c| c.http);
+        let client = match self.clients.get(key) {
+            Some(c) => c.clone(),
+            None if http => self
+                .plain_client
+                .get_or_init(|| {
+                    base_builder()
+                        .tls_certs_only(Vec::new())
+                        .build()
+                        .unwrap_or_default()
+                })
+                .clone(),
+            None => self
+                .default_client
+                .get_or_init(|| base_builder().build().unwrap_or_default())
+                .clone(),
+        };
         Endpoint {
             host: dial.to_string(),
-            http: cfg.is_some_and(|c| c.http),
-            client: self
-                .clients
-                .get(key)
-                .unwrap_or(&self.default_client)
-                .clone(),
+            http,
+            client,
             mirror,
             cred_host,
         }
@@ -146,15 +159,19 @@ fn build_client(cfg: &HostConfig) -> std::result::Result<reqwest::Client, Config
             })?,
         );
     }
+    base_builder()
+        .tls_certs_merge(certs)
+        .tls_danger_accept_invalid_certs(cfg.insecure)
+        .build()
+        .map_err(ConfigError::Client)
+}
+
+fn base_builder() -> reqwest::ClientBuilder {
     reqwest::Client::builder()
         .user_agent(concat!("kiln/", env!("CARGO_PKG_VERSION")))
         .connect_timeout(Duration::from_secs(30))
         .read_timeout(Duration::from_secs(120))
         .redirect(redirect_policy())
-        .tls_certs_merge(certs)
-        .tls_danger_accept_invalid_certs(cfg.insecure)
-        .build()
-        .map_err(ConfigError::Client)
 }
 
 /// Blob downloads are often redirected to a CDN; follow those, but never from HTTPS down to

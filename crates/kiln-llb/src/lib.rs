@@ -1,0 +1,234 @@
+//! The build graph, kiln's LLB: a DAG of ops (sources, exec, file ops), each node named by the
+//! digest of its op and its inputs' digests, so identical steps are one node and are solved once.
+//! It knows nothing of Dockerfiles, files on disk or how an op runs.
+
+use std::collections::HashMap;
+use std::fmt::Write as _;
+
+use kiln_oci::{Digest, Platform};
+use serde::{Deserialize, Serialize};
+
+/// One operation. Its serialised form (with its inputs' digests) is what the node digest covers,
+/// so every field here must be something that changes the result.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum Op {
+    /// An empty filesystem (`FROM scratch`).
+    Scratch,
+    /// A registry image, pinned by digest.
+    Image {
+        reference: String,
+        platform: Platform,
+    },
+    /// The build context sent by the client; `excludes` are the .dockerignore rules in force.
+    Local { name: String, excludes: Vec<String> },
+    /// Run a process with input 0 as the root filesystem; the result is that filesystem after.
+    Exec(ExecOp),
+    /// Copy paths from input 1 into input 0.
+    Copy(CopyOp),
+    /// Create a directory (and its parents) in input 0.
+    Mkdir(MkdirOp),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ExecOp {
+    pub args: Vec<String>,
+    pub env: Vec<String>,
+    pub cwd: String,
+    pub user: String,
+    pub network: NetworkMode,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum NetworkMode {
+    Host,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CopyOp {
+    /// Source paths or wildcard patterns, relative to the source root.
+    pub sources: Vec<String>,
+    /// Absolute destination; a trailing `/` means "into this directory".
+    pub dest: String,
+    /// `user[:group]` as written in `--chown`, resolved against the destination's /etc files.
+    pub chown: Option<String>,
+    /// Octal mode from `--chmod`.
+    pub chmod: Option<u32>,
+    /// Whether sources may contain wildcards (always for Dockerfile COPY).
+    pub allow_wildcard: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MkdirOp {
+    pub path: String,
+    pub mode: u32,
+    /// Owner as `user[:group]`, resolved against the filesystem's /etc files.
+    pub user: String,
+}
+
+/// Index of a node in its [`Definition`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct NodeId(pub usize);
+
+#[derive(Debug, Clone)]
+pub struct Node {
+    pub op: Op,
+    pub inputs: Vec<NodeId>,
+    pub digest: Digest,
+    /// What progress output calls this step (not part of the digest).
+    pub name: String,
+}
+
+/// A DAG of nodes in topological order: every input precedes its users.
+#[derive(Debug, Clone, Default)]
+pub struct Definition {
+    nodes: Vec<Node>,
+    by_digest: HashMap<Digest, NodeId>,
+}
+
+#[derive(Serialize)]
+struct Canonical<'a> {
+    op: &'a Op,
+    inputs: Vec<&'a str>,
+}
+
+impl Definition {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Adds a node, or returns the existing one with the same op and inputs.
+    pub fn add(&mut self, op: Op, inputs: Vec<NodeId>, name: impl Into<String>) -> NodeId {
+        let digest = self.digest_of(&op, &inputs);
+        if let Some(id) = self.by_digest.get(&digest) {
+            return *id;
+        }
+        let id = NodeId(self.nodes.len());
+        self.nodes.push(Node {
+            op,
+            inputs,
+            digest: digest.clone(),
+            name: name.into(),
+        });
+        self.by_digest.insert(digest, id);
+        id
+    }
+
+    fn digest_of(&self, op: &Op, inputs: &[NodeId]) -> Digest {
+        let canonical = Canonical {
+            op,
+            inputs: inputs
+                .iter()
+                .map(|i| self.nodes[i.0].digest.as_ref())
+                .collect(),
+        };
+        let bytes = serde_json::to_vec(&canonical).expect("ops always serialise");
+        kiln_oci::sha256(&bytes)
+    }
+
+    pub fn node(&self, id: NodeId) -> &Node {
+        &self.nodes[id.0]
+    }
+
+    pub fn nodes(&self) -> impl Iterator<Item = (NodeId, &Node)> {
+        self.nodes.iter().enumerate().map(|(i, n)| (NodeId(i), n))
+    }
+
+    pub fn len(&self) -> usize {
+        self.nodes.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.nodes.is_empty()
+    }
+
+    /// The nodes `root` depends on, itself included, in topological order.
+    pub fn closure(&self, root: NodeId) -> Vec<NodeId> {
+        let mut seen = vec![false; self.nodes.len()];
+        let mut stack = vec![root];
+        while let Some(id) = stack.pop() {
+            if !std::mem::replace(&mut seen[id.0], true) {
+                stack.extend(&self.nodes[id.0].inputs);
+            }
+        }
+        (0..self.nodes.len())
+            .filter(|i| seen[*i])
+            .map(NodeId)
+            .collect()
+    }
+
+    /// A deterministic text form of the graph below `root`, for golden tests and `--explain`.
+    pub fn dump(&self, root: NodeId) -> String {
+        let order = self.closure(root);
+        let index: HashMap<NodeId, usize> =
+            order.iter().enumerate().map(|(i, id)| (*id, i)).collect();
+        let mut out = String::new();
+        for (i, id) in order.iter().enumerate() {
+            let node = &self.nodes[id.0];
+            let inputs: Vec<String> = node
+                .inputs
+                .iter()
+                .map(|n| format!("%{}", index[n]))
+                .collect();
+            let op = serde_json::to_string(&node.op).expect("ops always serialise");
+            let _ = writeln!(out, "%{i} = {op} [{}] # {}", inputs.join(", "), node.name);
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn exec(cmd: &str) -> Op {
+        Op::Exec(ExecOp {
+            args: vec!["/bin/sh".into(), "-c".into(), cmd.into()],
+            env: vec![],
+            cwd: "/".into(),
+            user: "root".into(),
+            network: NetworkMode::Host,
+        })
+    }
+
+    #[test]
+    fn identical_nodes_are_deduplicated() {
+        let mut def = Definition::new();
+        let a = def.add(Op::Scratch, vec![], "scratch");
+        let b = def.add(exec("true"), vec![a], "[1/2] RUN true");
+        let b2 = def.add(exec("true"), vec![a], "[stage-1 1/2] RUN true");
+        assert_eq!(b, b2);
+        assert_eq!(def.len(), 2);
+    }
+
+    #[test]
+    fn digest_covers_inputs_and_op() {
+        let mut def = Definition::new();
+        let s = def.add(Op::Scratch, vec![], "");
+        let img = def.add(
+            Op::Image {
+                reference: "docker.io/library/busybox@sha256:00".into(),
+                platform: Platform::host(),
+            },
+            vec![],
+            "",
+        );
+        let x = def.add(exec("true"), vec![s], "");
+        let y = def.add(exec("true"), vec![img], "");
+        let z = def.add(exec("false"), vec![s], "");
+        let d = |id| def.node(id).digest.clone();
+        assert_ne!(d(x), d(y));
+        assert_ne!(d(x), d(z));
+    }
+
+    #[test]
+    fn closure_skips_unneeded_nodes() {
+        let mut def = Definition::new();
+        let s = def.add(Op::Scratch, vec![], "");
+        let a = def.add(exec("a"), vec![s], "");
+        let _unused = def.add(exec("b"), vec![s], "");
+        assert_eq!(def.closure(a), vec![s, a]);
+        assert!(def.dump(a).starts_with("%0 = {\"type\":\"scratch\"} [] #"));
+    }
+}

@@ -1,0 +1,55 @@
+use std::fs;
+use std::io::Write;
+use std::marker::PhantomData;
+use std::path::PathBuf;
+
+use kiln_oci::Digest;
+use serde::{Serialize, de::DeserializeOwned};
+
+use crate::CacheStore;
+
+/// Cache records as one small JSON file per key, written by temp file and rename so a killed
+/// build leaves either the old record or the new one. A lookup is one open and read: the no-op
+/// rebuild path stays a few system calls per step.
+pub struct FileCacheStore<V> {
+    dir: PathBuf,
+    _value: PhantomData<fn() -> V>,
+}
+
+impl<V> FileCacheStore<V> {
+    pub fn open(dir: impl Into<PathBuf>) -> std::io::Result<Self> {
+        let dir = dir.into();
+        fs::create_dir_all(&dir)?;
+        Ok(Self {
+            dir,
+            _value: PhantomData,
+        })
+    }
+
+    fn path(&self, key: &Digest) -> PathBuf {
+        self.dir.join(key.digest())
+    }
+}
+
+impl<V: Serialize + DeserializeOwned + Send + Sync> CacheStore<V> for FileCacheStore<V> {
+    fn load(&self, key: &Digest) -> Option<V> {
+        let bytes = fs::read(self.path(key)).ok()?;
+        serde_json::from_slice(&bytes).ok()
+    }
+
+    fn save(&self, key: &Digest, value: &V) {
+        // A failed save costs only a future cache miss, so it is not an error of the build.
+        let Ok(bytes) = serde_json::to_vec(value) else {
+            return;
+        };
+        let tmp = self
+            .dir
+            .join(format!(".tmp-{:016x}", rand::random::<u64>()));
+        let ok = fs::File::create(&tmp)
+            .and_then(|mut f| f.write_all(&bytes).and_then(|_| f.sync_all()))
+            .and_then(|_| fs::rename(&tmp, self.path(key)));
+        if ok.is_err() {
+            let _ = fs::remove_file(&tmp);
+        }
+    }
+}

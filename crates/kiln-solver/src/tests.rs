@@ -1,0 +1,186 @@
+//! Solver tests with fake arithmetic ops: each vertex adds its inputs' values and a constant,
+//! counting executions, so dedup, caching and skipping are visible without containers.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use super::*;
+
+struct Arith {
+    /// (inputs, constant, sleep ms)
+    vertices: Vec<(Vec<usize>, i64, u64)>,
+}
+
+impl Graph for Arith {
+    fn inputs(&self, v: usize) -> &[usize] {
+        &self.vertices[v].0
+    }
+    fn name(&self, v: usize) -> &str {
+        ["a", "b", "c", "d", "e", "f"][v]
+    }
+}
+
+#[derive(Default)]
+struct Counter {
+    execs: Vec<AtomicUsize>,
+    running: AtomicUsize,
+    max_running: AtomicUsize,
+}
+
+struct SumWorker(Arc<Counter>);
+
+impl Worker<Arith> for SumWorker {
+    type Value = i64;
+
+    fn cache_key<'a>(
+        &'a self,
+        g: &'a Arith,
+        v: usize,
+        inputs: &'a [Solved<i64>],
+    ) -> BoxFuture<'a, Result<Digest, WorkerError>> {
+        let keys: Vec<String> = inputs.iter().map(|i| i.cache_key.to_string()).collect();
+        let text = format!("{}:{:?}", g.vertices[v].1, keys);
+        async move { Ok(kiln_oci::sha256(text.as_bytes())) }.boxed()
+    }
+
+    fn exec<'a>(
+        &'a self,
+        g: &'a Arith,
+        v: usize,
+        inputs: &'a [Solved<i64>],
+        _p: &'a Vertex,
+    ) -> BoxFuture<'a, Result<i64, WorkerError>> {
+        async move {
+            self.0.execs[v].fetch_add(1, Ordering::SeqCst);
+            let now = self.0.running.fetch_add(1, Ordering::SeqCst) + 1;
+            self.0.max_running.fetch_max(now, Ordering::SeqCst);
+            let _running = Running(&self.0.running);
+            tokio::time::sleep(Duration::from_millis(g.vertices[v].2)).await;
+            if g.vertices[v].1 < 0 {
+                return Err("negative constant".into());
+            }
+            Ok(inputs.iter().map(|i| i.value).sum::<i64>() + g.vertices[v].1)
+        }
+        .boxed()
+    }
+
+    fn usable(&self, _: &i64) -> bool {
+        true
+    }
+}
+
+/// Counts a vertex as running until its future ends or is dropped.
+struct Running<'a>(&'a AtomicUsize);
+
+impl Drop for Running<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+/// a=1, b=a+2, c=a+3 (b and c independent), d=b+c+4, e unused.
+fn diamond() -> Arith {
+    Arith {
+        vertices: vec![
+            (vec![], 1, 0),
+            (vec![0], 2, 100),
+            (vec![0], 3, 100),
+            (vec![1, 2], 4, 0),
+            (vec![0], 100, 0),
+        ],
+    }
+}
+
+fn solver(
+    g: Arith,
+    dir: &std::path::Path,
+    no_cache: bool,
+) -> (Solver<Arith, SumWorker>, Arc<Counter>) {
+    let counter = Arc::new(Counter {
+        execs: (0..g.vertices.len()).map(|_| AtomicUsize::new(0)).collect(),
+        ..Default::default()
+    });
+    let cache: Arc<dyn CacheStore<i64>> = Arc::new(FileCacheStore::open(dir).unwrap());
+    let s = Solver::new(
+        Arc::new(g),
+        Arc::new(SumWorker(counter.clone())),
+        cache,
+        Progress::discard(),
+        no_cache,
+    );
+    (s, counter)
+}
+
+fn execs(c: &Counter) -> Vec<usize> {
+    c.execs.iter().map(|e| e.load(Ordering::SeqCst)).collect()
+}
+
+#[tokio::test]
+async fn solves_each_vertex_once_in_parallel_and_skips_unneeded() {
+    let dir = tempfile::tempdir().unwrap();
+    let (s, c) = solver(diamond(), dir.path(), false);
+    let (r1, r2) = tokio::join!(s.solve(3), s.solve(3));
+    assert_eq!(r1.unwrap().value, (1 + 2) + (1 + 3) + 4);
+    assert_eq!(r2.unwrap().value, 11);
+    assert_eq!(execs(&c), vec![1, 1, 1, 1, 0]);
+    assert_eq!(
+        c.max_running.load(Ordering::SeqCst),
+        2,
+        "b and c ran at the same time"
+    );
+}
+
+#[tokio::test]
+async fn second_solve_hits_the_cache_and_no_cache_rebuilds() {
+    let dir = tempfile::tempdir().unwrap();
+    let (s, _) = solver(diamond(), dir.path(), false);
+    assert!(!s.solve(3).await.unwrap().cached);
+    let (s, c) = solver(diamond(), dir.path(), false);
+    let r = s.solve(3).await.unwrap();
+    assert!(r.cached);
+    assert_eq!(r.value, 11);
+    assert_eq!(execs(&c), vec![0, 0, 0, 0, 0]);
+    let (s, c) = solver(diamond(), dir.path(), true);
+    assert!(!s.solve(3).await.unwrap().cached);
+    assert_eq!(execs(&c), vec![1, 1, 1, 1, 0]);
+}
+
+#[tokio::test]
+async fn changed_input_rebuilds_only_downstream() {
+    let dir = tempfile::tempdir().unwrap();
+    let (s, _) = solver(diamond(), dir.path(), false);
+    s.solve(3).await.unwrap();
+    let mut g = diamond();
+    g.vertices[2].1 = 30;
+    let (s, c) = solver(g, dir.path(), false);
+    assert_eq!(s.solve(3).await.unwrap().value, 3 + 31 + 4);
+    assert_eq!(execs(&c), vec![0, 0, 1, 1, 0]);
+}
+
+#[tokio::test]
+async fn failure_names_the_vertex_and_is_not_cached() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut g = diamond();
+    g.vertices[1].1 = -1;
+    let (s, _) = solver(g, dir.path(), false);
+    let err = s.solve(3).await.unwrap_err();
+    assert_eq!(err.to_string(), "b");
+    assert_eq!(error_chain(&*err), "b: negative constant");
+}
+
+#[tokio::test]
+async fn dropping_the_solve_cancels_running_vertices() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut g = diamond();
+    g.vertices[1].2 = 10_000;
+    let (s, c) = solver(g, dir.path(), false);
+    let r = tokio::time::timeout(Duration::from_millis(200), s.solve(3)).await;
+    assert!(r.is_err());
+    drop(s);
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    assert_eq!(
+        c.running.load(Ordering::SeqCst),
+        0,
+        "the sleeping vertex was dropped"
+    );
+}

@@ -1,0 +1,73 @@
+//! The Dockerfile frontend: parses a Dockerfile, picks the stages the target needs, tracks
+//! ARG/ENV/WORKDIR/USER state, and emits the build graph plus the image config and history the
+//! result should carry. Base images come through the [`ImageResolver`] trait so this crate never
+//! talks to a registry itself.
+
+mod convert;
+mod path;
+
+use std::collections::{BTreeMap, HashMap};
+
+use futures::future::BoxFuture;
+use kiln_llb::{Definition, NodeId};
+use kiln_oci::{ImageConfig, Platform, Reference};
+
+pub use convert::convert;
+
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// A base image as the frontend needs it: pinned by digest, with its config.
+#[derive(Debug, Clone)]
+pub struct ResolvedImage {
+    /// `registry/repo:tag@sha256:...`, what the image source op records.
+    pub pinned: String,
+    pub config: ImageConfig,
+}
+
+pub trait ImageResolver: Send + Sync {
+    fn resolve<'a>(
+        &'a self,
+        reference: &'a Reference,
+        platform: &'a Platform,
+    ) -> BoxFuture<'a, std::result::Result<ResolvedImage, BoxError>>;
+}
+
+#[derive(Debug, Clone)]
+pub struct BuildOpts {
+    /// The Dockerfile's name as errors should print it.
+    pub dockerfile_name: String,
+    pub build_args: BTreeMap<String, String>,
+    pub target: Option<String>,
+    pub platform: Platform,
+    /// .dockerignore rules, recorded in the context source.
+    pub excludes: Vec<String>,
+    /// RFC 3339 time written into `created` fields.
+    pub created: String,
+}
+
+/// The frontend's result: the graph, its root, and the image config of the target stage
+/// (history included; rootfs diff_ids are filled in by the exporter).
+#[derive(Debug)]
+pub struct Converted {
+    pub definition: Definition,
+    pub root: NodeId,
+    pub image: ImageConfig,
+    pub warnings: Vec<String>,
+    /// Where in the Dockerfile each step comes from, for error messages.
+    pub locations: HashMap<NodeId, kiln_dockerfile::Location>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// A located error, already rendered with the offending line and a caret.
+    #[error("{rendered}")]
+    Dockerfile { rendered: String },
+    #[error("{rendered}")]
+    Resolve {
+        rendered: String,
+        #[source]
+        source: BoxError,
+    },
+}
+
+pub type Result<T> = std::result::Result<T, Error>;

@@ -1,0 +1,630 @@
+//! Filesystem work inside a root that is not ours: every path is resolved as if the root were
+//! `/` (symlinks followed but clamped at the root), so a hostile image or context can never make a
+//! COPY or WORKDIR read or write outside it. No crate offers chroot-style resolution on top of
+//! std, so it is written here.
+
+use std::ffi::OsStr;
+use std::fs::{self, Metadata};
+use std::io;
+use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
+use std::path::{Component, Path, PathBuf};
+
+use kiln_ignore::Matcher;
+
+const MAX_SYMLINKS: usize = 255;
+
+/// Resolves `path` inside `root` as a chroot would. Missing components are kept literally.
+/// With `follow_last` false, a final symlink is not followed (it names the link itself).
+pub fn resolve_in_root(root: &Path, path: &str, follow_last: bool) -> io::Result<PathBuf> {
+    let mut todo: Vec<String> = components(path).into_iter().rev().collect();
+    let mut done: Vec<String> = Vec::new();
+    let mut links = 0;
+    while let Some(comp) = todo.pop() {
+        match comp.as_str() {
+            "." => continue,
+            ".." => {
+                done.pop();
+                continue;
+            }
+            _ => {}
+        }
+        let candidate = join(root, &done).join(&comp);
+        let is_last = todo.is_empty();
+        match fs::symlink_metadata(&candidate) {
+            Ok(m) if m.file_type().is_symlink() && (!is_last || follow_last) => {
+                links += 1;
+                if links > MAX_SYMLINKS {
+                    return Err(io::Error::other(format!(
+                        "too many levels of symbolic links in `{path}`"
+                    )));
+                }
+                let target = fs::read_link(&candidate)?;
+                let target = target.to_string_lossy();
+                if target.starts_with('/') {
+                    done.clear();
+                }
+                todo.extend(components(&target).into_iter().rev());
+            }
+            _ => done.push(comp),
+        }
+    }
+    Ok(join(root, &done))
+}
+
+fn components(path: &str) -> Vec<String> {
+    path.split('/')
+        .filter(|c| !c.is_empty())
+        .map(str::to_string)
+        .collect()
+}
+
+fn join(root: &Path, parts: &[String]) -> PathBuf {
+    let mut p = root.to_path_buf();
+    for part in parts {
+        p.push(part);
+    }
+    p
+}
+
+/// Lexically cleans a source path relative to its root: no leading `/`, no `..` above the root.
+pub fn clean_rel(path: &str) -> String {
+    let mut out: Vec<&str> = Vec::new();
+    for c in Path::new(path).components() {
+        match c {
+            Component::Normal(s) => out.push(s.to_str().unwrap_or_default()),
+            Component::ParentDir => {
+                out.pop();
+            }
+            _ => {}
+        }
+    }
+    out.join("/")
+}
+
+fn has_wildcard(s: &str) -> bool {
+    s.contains(['*', '?', '['])
+}
+
+/// Go's `filepath.Match` for one path component, which Dockerfile COPY wildcards follow.
+pub fn component_match(pattern: &str, name: &str) -> bool {
+    let p: Vec<char> = pattern.chars().collect();
+    let n: Vec<char> = name.chars().collect();
+    match_from(&p, &n)
+}
+
+fn match_from(p: &[char], n: &[char]) -> bool {
+    match p.first() {
+        None => n.is_empty(),
+        Some('*') => (0..=n.len()).any(|i| match_from(&p[1..], &n[i..])),
+        Some('?') => !n.is_empty() && match_from(&p[1..], &n[1..]),
+        Some('[') => {
+            let Some(c) = n.first() else { return false };
+            let mut i = 1;
+            let negate = matches!(p.get(1), Some('^') | Some('!'));
+            if negate {
+                i += 1;
+            }
+            let mut matched = false;
+            let mut first = true;
+            while i < p.len() && (p[i] != ']' || first) {
+                first = false;
+                let lo = if p[i] == '\\' && i + 1 < p.len() {
+                    i += 1;
+                    p[i]
+                } else {
+                    p[i]
+                };
+                let hi = if p.get(i + 1) == Some(&'-') && p.get(i + 2).is_some_and(|c| *c != ']') {
+                    i += 2;
+                    p[i]
+                } else {
+                    lo
+                };
+                if lo <= *c && *c <= hi {
+                    matched = true;
+                }
+                i += 1;
+            }
+            if i >= p.len() {
+                return false; // unterminated class never matches
+            }
+            matched != negate && match_from(&p[i + 1..], &n[1..])
+        }
+        Some('\\') if p.len() > 1 => n.first() == Some(&p[1]) && match_from(&p[2..], &n[1..]),
+        Some(c) => n.first() == Some(c) && match_from(&p[1..], &n[1..]),
+    }
+}
+
+/// One source a COPY selected: its path relative to the source root and where it is on disk.
+#[derive(Debug, Clone)]
+pub struct Source {
+    pub rel: String,
+    pub abs: PathBuf,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum SourceError {
+    #[error("\"/{path}\": not found")]
+    NotFound {
+        path: String,
+        excluded_by: Option<String>,
+    },
+    #[error("no source files were specified matching `{0}`")]
+    NoMatch(String),
+    #[error("reading `{path}`")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+}
+
+fn excluded(matcher: Option<&Matcher>, rel: &str) -> bool {
+    matcher.is_some_and(|m| !rel.is_empty() && m.excludes(rel))
+}
+
+/// Expands COPY sources (literal paths and wildcards) against `root`, hiding excluded paths.
+pub fn expand_sources(
+    root: &Path,
+    patterns: &[String],
+    matcher: Option<&Matcher>,
+) -> Result<Vec<Source>, SourceError> {
+    let mut out = Vec::new();
+    for pattern in patterns {
+        let rel = clean_rel(pattern);
+        if !has_wildcard(&rel) {
+            let abs = resolve_in_root(root, &rel, true).map_err(|source| SourceError::Io {
+                path: root.join(&rel),
+                source,
+            })?;
+            if fs::symlink_metadata(&abs).is_err() || excluded(matcher, &rel) {
+                let excluded_by = matcher
+                    .and_then(|m| m.excluding_rule(&rel))
+                    .map(|r| format!("`{}` (line {})", r.text(), r.line()));
+                return Err(SourceError::NotFound {
+                    path: rel,
+                    excluded_by,
+                });
+            }
+            out.push(Source { rel, abs });
+            continue;
+        }
+        let mut found = vec![(String::new(), root.to_path_buf())];
+        for part in rel.split('/') {
+            let mut next = Vec::new();
+            for (prefix, dir) in &found {
+                let join_rel = |name: &str| {
+                    if prefix.is_empty() {
+                        name.to_string()
+                    } else {
+                        format!("{prefix}/{name}")
+                    }
+                };
+                if !has_wildcard(part) {
+                    let r = join_rel(part);
+                    let abs = dir.join(part);
+                    if fs::symlink_metadata(&abs).is_ok() && !excluded(matcher, &r) {
+                        next.push((r, abs));
+                    }
+                    continue;
+                }
+                let Ok(entries) = fs::read_dir(dir) else {
+                    continue;
+                };
+                let mut names: Vec<String> = entries
+                    .filter_map(|e| e.ok())
+                    .map(|e| e.file_name().to_string_lossy().into_owned())
+                    .collect();
+                names.sort();
+                for name in names {
+                    let r = join_rel(&name);
+                    if component_match(part, &name) && !excluded(matcher, &r) {
+                        next.push((r, dir.join(&name)));
+                    }
+                }
+            }
+            found = next;
+        }
+        if found.is_empty() {
+            return Err(SourceError::NoMatch(pattern.clone()));
+        }
+        out.extend(found.into_iter().map(|(rel, abs)| Source { rel, abs }));
+    }
+    Ok(out)
+}
+
+/// An entry met while walking a selected source.
+pub struct Entry<'a> {
+    /// Index of the source in the list given to [`walk`].
+    pub source: usize,
+    /// Path below the source ("" for the source itself).
+    pub rel: &'a str,
+    pub abs: &'a Path,
+    pub meta: &'a Metadata,
+}
+
+/// Visits every selected source and, for directories, everything below them in sorted
+/// pre-order, skipping excluded paths (context-relative rules apply to `source.rel/...`).
+pub fn walk(
+    sources: &[Source],
+    matcher: Option<&Matcher>,
+    f: &mut dyn FnMut(Entry<'_>) -> io::Result<()>,
+) -> Result<(), SourceError> {
+    for (i, s) in sources.iter().enumerate() {
+        let meta = fs::metadata(&s.abs)
+            .or_else(|_| fs::symlink_metadata(&s.abs))
+            .map_err(|source| SourceError::Io {
+                path: s.abs.clone(),
+                source,
+            })?;
+        f(Entry {
+            source: i,
+            rel: "",
+            abs: &s.abs,
+            meta: &meta,
+        })
+        .map_err(|source| SourceError::Io {
+            path: s.abs.clone(),
+            source,
+        })?;
+        if meta.is_dir() {
+            walk_dir(i, &s.abs, &s.rel, "", matcher, f)?;
+        }
+    }
+    Ok(())
+}
+
+fn walk_dir(
+    index: usize,
+    dir: &Path,
+    ctx_prefix: &str,
+    rel_prefix: &str,
+    matcher: Option<&Matcher>,
+    f: &mut dyn FnMut(Entry<'_>) -> io::Result<()>,
+) -> Result<(), SourceError> {
+    let io_err = |path: &Path| {
+        let path = path.to_path_buf();
+        move |source| SourceError::Io { path, source }
+    };
+    let mut names: Vec<std::ffi::OsString> = fs::read_dir(dir)
+        .map_err(io_err(dir))?
+        .filter_map(|e| e.ok())
+        .map(|e| e.file_name())
+        .collect();
+    names.sort();
+    for name in names {
+        let name_str = name.to_string_lossy();
+        let rel = if rel_prefix.is_empty() {
+            name_str.to_string()
+        } else {
+            format!("{rel_prefix}/{name_str}")
+        };
+        let ctx_rel = if ctx_prefix.is_empty() {
+            rel.clone()
+        } else {
+            format!("{ctx_prefix}/{rel}")
+        };
+        let abs = dir.join(&name);
+        let meta = fs::symlink_metadata(&abs).map_err(io_err(&abs))?;
+        let is_excluded = excluded(matcher, &ctx_rel);
+        if is_excluded && (!meta.is_dir() || matcher.is_some_and(|m| m.can_skip_dir(&ctx_rel))) {
+            continue;
+        }
+        if !is_excluded {
+            f(Entry {
+                source: index,
+                rel: &rel,
+                abs: &abs,
+                meta: &meta,
+            })
+            .map_err(io_err(&abs))?;
+        }
+        if meta.is_dir() {
+            walk_dir(index, &abs, ctx_prefix, &rel, matcher, f)?;
+        }
+    }
+    Ok(())
+}
+
+/// Who owns what a COPY or mkdir creates.
+#[derive(Debug, Clone, Copy)]
+pub enum Owner {
+    /// Keep the source's uid/gid (COPY --from a stage or image).
+    Keep,
+    Set {
+        uid: u32,
+        gid: u32,
+    },
+}
+
+impl Owner {
+    fn ids(&self, meta: &Metadata) -> (u32, u32) {
+        match *self {
+            Owner::Keep => (meta.uid(), meta.gid()),
+            Owner::Set { uid, gid } => (uid, gid),
+        }
+    }
+}
+
+/// Creates `path` (absolute in-image) and missing parents inside `root`; new directories get
+/// `mode` and `owner`. Returns the resolved host path.
+pub fn mkdir_all(root: &Path, path: &str, mode: u32, owner: (u32, u32)) -> io::Result<PathBuf> {
+    let mut cur = String::new();
+    for comp in components(path) {
+        cur.push('/');
+        cur.push_str(&comp);
+        let p = resolve_in_root(root, &cur, true)?;
+        match fs::symlink_metadata(&p) {
+            Ok(m) if m.is_dir() => {}
+            Ok(_) => {
+                return Err(io::Error::other(format!(
+                    "`{cur}` exists and is not a directory"
+                )));
+            }
+            Err(_) => {
+                fs::create_dir(&p)?;
+                fs::set_permissions(&p, fs::Permissions::from_mode(mode))?;
+                std::os::unix::fs::lchown(&p, Some(owner.0), Some(owner.1))?;
+            }
+        }
+    }
+    resolve_in_root(root, path, true)
+}
+
+/// Copies the selected sources into `dest` (absolute in-image; trailing `/` means a directory)
+/// inside `dest_root`, as Dockerfile COPY does.
+pub fn copy(
+    sources: &[Source],
+    matcher: Option<&Matcher>,
+    dest_root: &Path,
+    dest: &str,
+    owner: Owner,
+    chmod: Option<u32>,
+) -> Result<(), SourceError> {
+    let dest_is_dir = dest.ends_with('/') || sources.len() > 1;
+    let root_owner = match owner {
+        Owner::Set { uid, gid } => (uid, gid),
+        Owner::Keep => (0, 0),
+    };
+    let io_at = |path: &Path| {
+        let path = path.to_path_buf();
+        move |source| SourceError::Io { path, source }
+    };
+    // Where each source lands.
+    let mut targets: Vec<PathBuf> = Vec::new();
+    for s in sources {
+        let meta = fs::metadata(&s.abs)
+            .or_else(|_| fs::symlink_metadata(&s.abs))
+            .map_err(io_at(&s.abs))?;
+        let dest_abs = resolve_in_root(dest_root, dest, true).map_err(io_at(dest_root))?;
+        let target = if meta.is_dir() {
+            mkdir_all(dest_root, dest, 0o755, root_owner).map_err(io_at(&dest_abs))?
+        } else if dest_is_dir || dest_abs.is_dir() {
+            let dir = mkdir_all(dest_root, dest, 0o755, root_owner).map_err(io_at(&dest_abs))?;
+            let name = Path::new(&s.rel)
+                .file_name()
+                .map(OsStr::to_os_string)
+                .unwrap_or_default();
+            dir.join(name)
+        } else {
+            let parent = dest
+                .rsplit_once('/')
+                .map_or("/", |(p, _)| if p.is_empty() { "/" } else { p });
+            mkdir_all(dest_root, parent, 0o755, root_owner).map_err(io_at(&dest_abs))?;
+            resolve_in_root(dest_root, dest, false).map_err(io_at(&dest_abs))?
+        };
+        targets.push(target);
+    }
+    let mut dirs: Vec<(PathBuf, Metadata)> = Vec::new();
+    walk(sources, matcher, &mut |e| {
+        let target = if e.rel.is_empty() {
+            targets[e.source].clone()
+        } else {
+            targets[e.source].join(e.rel)
+        };
+        // The source directory itself only lends its contents; its own entry is the target dir.
+        if e.rel.is_empty() && e.meta.is_dir() {
+            return Ok(());
+        }
+        copy_entry(e.abs, e.meta, &target, owner, chmod)?;
+        if e.meta.is_dir() {
+            dirs.push((target, e.meta.clone()));
+        }
+        Ok(())
+    })?;
+    // Directory times last, after their children were written.
+    for (dir, meta) in dirs.iter().rev() {
+        let t = filetime::FileTime::from_last_modification_time(meta);
+        filetime::set_file_times(dir, t, t).map_err(io_at(dir))?;
+    }
+    Ok(())
+}
+
+fn copy_entry(
+    src: &Path,
+    meta: &Metadata,
+    dst: &Path,
+    owner: Owner,
+    chmod: Option<u32>,
+) -> io::Result<()> {
+    let ft = meta.file_type();
+    let (uid, gid) = owner.ids(meta);
+    let mode = chmod.unwrap_or(meta.mode() & 0o7777);
+    if let Ok(existing) = fs::symlink_metadata(dst) {
+        if existing.is_dir() && !ft.is_dir() {
+            return Err(io::Error::other(format!(
+                "cannot replace directory `{}` with a file",
+                dst.display()
+            )));
+        }
+        if !existing.is_dir() {
+            fs::remove_file(dst)?;
+        }
+    }
+    if ft.is_dir() {
+        if !dst.is_dir() {
+            fs::create_dir(dst)?;
+        }
+    } else if ft.is_symlink() {
+        std::os::unix::fs::symlink(fs::read_link(src)?, dst)?;
+    } else if ft.is_file() {
+        fs::copy(src, dst)?;
+    } else if ft.is_fifo() || ft.is_char_device() || ft.is_block_device() || ft.is_socket() {
+        let c = std::ffi::CString::new(std::os::unix::ffi::OsStrExt::as_bytes(dst.as_os_str()))
+            .map_err(io::Error::other)?;
+        // SAFETY: `c` is a valid NUL-terminated path; mknod has no other memory effects.
+        let rc = unsafe {
+            libc::mknod(
+                c.as_ptr(),
+                meta.mode() as libc::mode_t,
+                meta.rdev() as libc::dev_t,
+            )
+        };
+        if rc != 0 {
+            return Err(io::Error::last_os_error());
+        }
+    }
+    std::os::unix::fs::lchown(dst, Some(uid), Some(gid))?;
+    let t = filetime::FileTime::from_last_modification_time(meta);
+    if ft.is_symlink() {
+        filetime::set_symlink_file_times(dst, t, t)?;
+    } else {
+        // chown clears setuid bits, so the mode goes last.
+        fs::set_permissions(dst, fs::Permissions::from_mode(mode))?;
+        filetime::set_file_times(dst, t, t)?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn resolution_is_clamped_to_the_root() {
+        let root = tempfile::tempdir().unwrap();
+        let r = root.path();
+        fs::create_dir_all(r.join("real/dir")).unwrap();
+        std::os::unix::fs::symlink("/etc", r.join("etc")).unwrap();
+        std::os::unix::fs::symlink("../../../../..", r.join("up")).unwrap();
+        std::os::unix::fs::symlink("real/dir", r.join("rel")).unwrap();
+        assert_eq!(
+            resolve_in_root(r, "/etc/passwd", true).unwrap(),
+            r.join("etc/passwd")
+        );
+        assert_eq!(resolve_in_root(r, "up/x", true).unwrap(), r.join("x"));
+        assert_eq!(
+            resolve_in_root(r, "rel/f", true).unwrap(),
+            r.join("real/dir/f")
+        );
+        assert_eq!(resolve_in_root(r, "rel", false).unwrap(), r.join("rel"));
+        assert_eq!(resolve_in_root(r, "../../x", true).unwrap(), r.join("x"));
+    }
+
+    #[test]
+    fn go_match_semantics() {
+        assert!(component_match("*.py", "app.py"));
+        assert!(!component_match("*.py", "app.pyc"));
+        assert!(component_match("a?c", "abc"));
+        assert!(component_match("[a-c]x", "bx"));
+        assert!(!component_match("[^a-c]x", "bx"));
+        assert!(component_match("\\*", "*"));
+        assert!(!component_match("[a", "a"));
+    }
+
+    #[test]
+    fn copy_file_dir_and_wildcard() {
+        let src = tempfile::tempdir().unwrap();
+        let dst = tempfile::tempdir().unwrap();
+        fs::write(src.path().join("a.txt"), "a").unwrap();
+        fs::write(src.path().join("b.txt"), "b").unwrap();
+        fs::create_dir(src.path().join("d")).unwrap();
+        fs::write(src.path().join("d/x"), "x").unwrap();
+        fs::set_permissions(src.path().join("d/x"), fs::Permissions::from_mode(0o750)).unwrap();
+        let owner = Owner::Set { uid: 0, gid: 0 };
+
+        let s = expand_sources(src.path(), &["a.txt".into()], None).unwrap();
+        copy(&s, None, dst.path(), "/out/renamed", owner, None).unwrap();
+        assert_eq!(
+            fs::read_to_string(dst.path().join("out/renamed")).unwrap(),
+            "a"
+        );
+
+        let s = expand_sources(src.path(), &["*.txt".into()], None).unwrap();
+        assert_eq!(s.len(), 2);
+        copy(&s, None, dst.path(), "/w/", owner, None).unwrap();
+        assert!(dst.path().join("w/a.txt").is_file() && dst.path().join("w/b.txt").is_file());
+
+        let s = expand_sources(src.path(), &["d".into()], None).unwrap();
+        copy(&s, None, dst.path(), "/app/", owner, Some(0o600)).unwrap();
+        let m = fs::metadata(dst.path().join("app/x")).unwrap();
+        assert_eq!(m.mode() & 0o7777, 0o600);
+        assert!(
+            !dst.path().join("app/d").exists(),
+            "a directory source copies its contents"
+        );
+
+        assert!(matches!(
+            expand_sources(src.path(), &["missing".into()], None),
+            Err(SourceError::NotFound { .. })
+        ));
+        assert!(matches!(
+            expand_sources(src.path(), &["*.none".into()], None),
+            Err(SourceError::NoMatch(_))
+        ));
+    }
+
+    #[test]
+    fn excluded_files_are_invisible() {
+        let src = tempfile::tempdir().unwrap();
+        let dst = tempfile::tempdir().unwrap();
+        fs::write(src.path().join("keep"), "k").unwrap();
+        fs::write(src.path().join("secret.log"), "s").unwrap();
+        let m = Matcher::from_dockerignore("*.log\n").unwrap();
+        let s = expand_sources(src.path(), &[".".into()], Some(&m)).unwrap();
+        copy(
+            &s,
+            Some(&m),
+            dst.path(),
+            "/",
+            Owner::Set { uid: 0, gid: 0 },
+            None,
+        )
+        .unwrap();
+        assert!(dst.path().join("keep").exists());
+        assert!(!dst.path().join("secret.log").exists());
+        match expand_sources(src.path(), &["secret.log".into()], Some(&m)) {
+            Err(SourceError::NotFound {
+                excluded_by: Some(rule),
+                ..
+            }) => assert!(rule.contains("*.log")),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn copy_never_writes_through_a_symlink_out_of_the_root() {
+        let src = tempfile::tempdir().unwrap();
+        let dst = tempfile::tempdir().unwrap();
+        let outside = tempfile::tempdir().unwrap();
+        fs::write(src.path().join("f"), "f").unwrap();
+        std::os::unix::fs::symlink(outside.path(), dst.path().join("evil")).unwrap();
+        let s = expand_sources(src.path(), &["f".into()], None).unwrap();
+        copy(
+            &s,
+            None,
+            dst.path(),
+            "/evil/",
+            Owner::Set { uid: 0, gid: 0 },
+            None,
+        )
+        .unwrap();
+        assert!(!outside.path().join("f").exists());
+        assert!(
+            dst.path()
+                .join(outside.path().strip_prefix("/").unwrap())
+                .join("f")
+                .exists()
+        );
+    }
+}

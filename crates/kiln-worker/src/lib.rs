@@ -1,0 +1,603 @@
+//! The worker: what each build-graph op means. Root filesystems are chains of layers; a step
+//! mounts its input chain as an overlay, works in the merged view (runc for RUN, file copies
+//! for COPY and WORKDIR), and the overlay's upper dir becomes the step's new layer. Image layers
+//! are pulled and unpacked only when a step needs their files, so a fully cached build touches
+//! neither the registry's blobs nor the disk.
+
+mod fsutil;
+
+use std::collections::HashMap;
+use std::fs;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use futures::FutureExt;
+use futures::future::BoxFuture;
+use kiln_content::ContentStore;
+use kiln_executor::{ExitStatus, ProcessSpec, RunRequest, RuncExecutor, Stdio};
+use kiln_ignore::Matcher;
+use kiln_llb::{CopyOp, Definition, ExecOp, MkdirOp, Op};
+use kiln_oci::{Descriptor, Digest, ImageManifest, MediaType, Reference};
+use kiln_progress::{Stream, Vertex};
+use kiln_snapshot::{Compression, LayerStore, OverlayMount, mount_overlay};
+use kiln_solver::{Graph, Solved, WorkerError};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest as _, Sha256};
+
+pub use fsutil::{Owner, SourceError, resolve_in_root};
+
+/// The hostname RUN steps see, as in BuildKit.
+pub const SANDBOX_HOSTNAME: &str = "buildkitsandbox";
+
+/// The solver's view of a build definition.
+pub struct LlbGraph {
+    pub def: Definition,
+    inputs: Vec<Vec<usize>>,
+}
+
+impl LlbGraph {
+    pub fn new(def: Definition) -> Self {
+        let inputs = def
+            .nodes()
+            .map(|(_, n)| n.inputs.iter().map(|i| i.0).collect())
+            .collect();
+        Self { def, inputs }
+    }
+}
+
+impl Graph for LlbGraph {
+    fn inputs(&self, vertex: usize) -> &[usize] {
+        &self.inputs[vertex]
+    }
+
+    fn name(&self, vertex: usize) -> &str {
+        &self.def.node(kiln_llb::NodeId(vertex)).name
+    }
+}
+
+/// One layer of a root filesystem.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LayerRef {
+    /// None when the step changed nothing: the layer is left out of the image.
+    pub diff_id: Option<Digest>,
+    pub blob: Option<Digest>,
+    pub size: u64,
+    pub media_type: String,
+    /// Where to pull the blob from when it is not in the content store.
+    pub source: Option<String>,
+}
+
+/// What a vertex solves to.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Value {
+    Rootfs { layers: Vec<LayerRef> },
+    Context,
+}
+
+impl Value {
+    pub fn layers(&self) -> &[LayerRef] {
+        match self {
+            Value::Rootfs { layers } => layers,
+            Value::Context => &[],
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("process \"{command}\" did not complete successfully: {status}")]
+    ExecFailed { command: String, status: ExitStatus },
+    #[error("failed to compute cache key")]
+    Source(#[source] SourceError),
+    #[error("{what}")]
+    Io {
+        what: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("no build context was given")]
+    NoContext,
+    #[error("invalid image reference `{0}`")]
+    Reference(String),
+    #[error("invalid manifest for `{0}`")]
+    Manifest(String),
+    #[error(transparent)]
+    Registry(#[from] kiln_registry::Error),
+    #[error(transparent)]
+    Content(#[from] kiln_content::Error),
+    #[error(transparent)]
+    Snapshot(#[from] kiln_snapshot::Error),
+    #[error(transparent)]
+    Executor(#[from] kiln_executor::Error),
+    #[error("background task failed")]
+    Join(#[from] tokio::task::JoinError),
+}
+
+pub type Result<T> = std::result::Result<T, Error>;
+
+fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> Error {
+    let what = what.into();
+    move |source| Error::Io { what, source }
+}
+
+/// The build context: a directory on this machine and the .dockerignore rules that hide parts of it.
+#[derive(Clone)]
+pub struct Context {
+    pub dir: PathBuf,
+    pub matcher: Option<Arc<Matcher>>,
+}
+
+pub struct LlbWorker {
+    content: ContentStore,
+    layers: LayerStore,
+    executor: Arc<RuncExecutor>,
+    registry: Arc<kiln_registry::Client>,
+    context: Option<Context>,
+    scratch: PathBuf,
+    unpacking: parking_lot::Mutex<HashMap<Digest, Arc<tokio::sync::Mutex<()>>>>,
+}
+
+impl LlbWorker {
+    /// `scratch`: a directory for per-step overlay dirs, on the same filesystem as `layers`.
+    pub fn new(
+        content: ContentStore,
+        layers: LayerStore,
+        executor: Arc<RuncExecutor>,
+        registry: Arc<kiln_registry::Client>,
+        context: Option<Context>,
+        scratch: PathBuf,
+    ) -> Self {
+        Self {
+            content,
+            layers,
+            executor,
+            registry,
+            context,
+            scratch,
+            unpacking: Default::default(),
+        }
+    }
+
+    fn context(&self) -> Result<&Context> {
+        self.context.as_ref().ok_or(Error::NoContext)
+    }
+
+    async fn key(
+        &self,
+        graph: &LlbGraph,
+        vertex: usize,
+        inputs: &[Solved<Value>],
+    ) -> Result<Digest> {
+        let node = graph.def.node(kiln_llb::NodeId(vertex));
+        let mut h = Sha256::new();
+        h.update(serde_json::to_vec(&node.op).expect("ops serialise"));
+        for input in inputs {
+            h.update(input.cache_key.as_ref().as_bytes());
+        }
+        // A COPY from the context is keyed by the content it selects, never by mtimes.
+        if let (Op::Copy(copy), Some(Value::Context)) = (&node.op, inputs.get(1).map(|i| &i.value))
+        {
+            let ctx = self.context()?.clone();
+            let sources = copy.sources.clone();
+            let sum =
+                tokio::task::spawn_blocking(move || context_checksum(&ctx, &sources)).await??;
+            h.update(sum);
+        }
+        Ok(kiln_oci::sha256(&h.finalize()))
+    }
+
+    async fn run(
+        &self,
+        graph: &LlbGraph,
+        vertex: usize,
+        inputs: &[Solved<Value>],
+        progress: &Vertex,
+    ) -> Result<Value> {
+        let node = graph.def.node(kiln_llb::NodeId(vertex));
+        match &node.op {
+            Op::Scratch => Ok(Value::Rootfs { layers: Vec::new() }),
+            Op::Local { .. } => {
+                self.context()?;
+                Ok(Value::Context)
+            }
+            Op::Image { reference, .. } => self.image(reference).await,
+            Op::Exec(exec) => self.exec(exec, inputs[0].value.layers(), progress).await,
+            Op::Copy(copy) => {
+                self.copy(copy, inputs[0].value.layers(), &inputs[1].value, progress)
+                    .await
+            }
+            Op::Mkdir(mkdir) => self.mkdir(mkdir, inputs[0].value.layers(), progress).await,
+        }
+    }
+
+    /// The layer chain of an image pinned by digest; nothing is pulled yet.
+    pub async fn image(&self, pinned: &str) -> Result<Value> {
+        let reference: Reference = pinned
+            .parse()
+            .map_err(|_| Error::Reference(pinned.to_string()))?;
+        let digest = reference
+            .digest()
+            .and_then(|d| kiln_oci::parse_digest(d).ok())
+            .ok_or_else(|| Error::Reference(pinned.to_string()))?;
+        let bytes = match self.content.read(&digest) {
+            Ok(b) => b,
+            Err(_) => {
+                let resolved = self
+                    .registry
+                    .resolve(&reference, &kiln_oci::Platform::host())
+                    .await?;
+                self.content
+                    .put(&resolved.manifest_bytes, Some(&resolved.digest))?;
+                self.content.put(&resolved.config_bytes, None)?;
+                resolved.manifest_bytes
+            }
+        };
+        let manifest: ImageManifest =
+            serde_json::from_slice(&bytes).map_err(|_| Error::Manifest(pinned.to_string()))?;
+        let config_digest = manifest.config().digest().clone();
+        let config_bytes = match self.content.read(&config_digest) {
+            Ok(b) => b,
+            Err(_) => {
+                let mut w = self.content.async_writer()?;
+                self.registry
+                    .fetch_blob(&reference, manifest.config(), &mut w)
+                    .await?;
+                w.commit(Some(&config_digest)).await?;
+                self.content.read(&config_digest)?
+            }
+        };
+        let config: kiln_oci::ImageConfig = serde_json::from_slice(&config_bytes)
+            .map_err(|_| Error::Manifest(pinned.to_string()))?;
+        if config.rootfs.diff_ids.len() != manifest.layers().len() {
+            return Err(Error::Manifest(pinned.to_string()));
+        }
+        let mut layers = Vec::new();
+        for (desc, diff_id) in manifest.layers().iter().zip(&config.rootfs.diff_ids) {
+            layers.push(LayerRef {
+                diff_id: Some(
+                    kiln_oci::parse_digest(diff_id)
+                        .map_err(|_| Error::Manifest(pinned.to_string()))?,
+                ),
+                blob: Some(desc.digest().clone()),
+                size: desc.size(),
+                media_type: desc.media_type().to_string(),
+                source: Some(pinned.to_string()),
+            });
+        }
+        Ok(Value::Rootfs { layers })
+    }
+
+    /// Makes sure every layer of a chain is unpacked; returns their dirs, topmost first.
+    async fn materialize(&self, layers: &[LayerRef], progress: &Vertex) -> Result<Vec<PathBuf>> {
+        let mut dirs = Vec::new();
+        for layer in layers {
+            let Some(diff_id) = &layer.diff_id else {
+                continue;
+            };
+            if !self.layers.contains(diff_id) {
+                let lock = self
+                    .unpacking
+                    .lock()
+                    .entry(diff_id.clone())
+                    .or_default()
+                    .clone();
+                let _guard = lock.lock().await;
+                if !self.layers.contains(diff_id) {
+                    self.unpack(layer, diff_id, progress).await?;
+                }
+            }
+            dirs.push(self.layers.dir(diff_id));
+        }
+        dirs.reverse();
+        // Two steps with identical changes share a layer dir; overlayfs refuses a lowerdir
+        // listed twice (ELOOP). The topmost copy alone gives the same view.
+        let mut seen = std::collections::HashSet::new();
+        dirs.retain(|d| seen.insert(d.clone()));
+        Ok(dirs)
+    }
+
+    async fn unpack(&self, layer: &LayerRef, diff_id: &Digest, progress: &Vertex) -> Result<()> {
+        let blob = layer
+            .blob
+            .clone()
+            .ok_or_else(|| Error::Manifest(format!("layer {diff_id} has no blob")))?;
+        if !self.content.contains(&blob) {
+            let source = layer
+                .source
+                .as_deref()
+                .ok_or_else(|| Error::Content(kiln_content::Error::NotFound(blob.clone())))?;
+            let reference: Reference = source
+                .parse()
+                .map_err(|_| Error::Reference(source.to_string()))?;
+            progress.status(&format!("pulling {blob}"));
+            let desc = Descriptor::new(
+                MediaType::from(layer.media_type.as_str()),
+                layer.size,
+                blob.clone(),
+            );
+            let mut w = self.content.async_writer()?;
+            self.registry.fetch_blob(&reference, &desc, &mut w).await?;
+            w.commit(Some(&blob)).await?;
+        }
+        progress.status(&format!("extracting {blob}"));
+        let (content, layers, media_type, diff_id) = (
+            self.content.clone(),
+            self.layers.clone(),
+            layer.media_type.clone(),
+            diff_id.clone(),
+        );
+        tokio::task::spawn_blocking(move || -> Result<()> {
+            let file = content.open_blob(&blob)?;
+            layers.unpack(std::io::BufReader::new(file), &media_type, Some(&diff_id))?;
+            Ok(())
+        })
+        .await??;
+        Ok(())
+    }
+
+    /// Mounts `layers` with a fresh upper dir for a step.
+    pub async fn prepare(&self, layers: &[LayerRef], progress: &Vertex) -> Result<Step> {
+        let lowers = self.materialize(layers, progress).await?;
+        let dir = self
+            .scratch
+            .join(format!("step-{:016x}", rand::random::<u64>()));
+        let (upper, work, merged) = (dir.join("upper"), dir.join("work"), dir.join("merged"));
+        for d in [&upper, &work, &merged] {
+            fs::create_dir_all(d).map_err(io(format!("creating `{}`", d.display())))?;
+        }
+        let mut step = Step {
+            dir,
+            mount: None,
+            layers: layers.to_vec(),
+        };
+        step.mount = Some(mount_overlay(&lowers, &upper, &work, &merged)?);
+        Ok(step)
+    }
+
+    /// Unmounts the step and turns its upper dir into the next layer of the chain.
+    async fn commit(&self, mut step: Step) -> Result<Value> {
+        if let Some(m) = step.mount.take() {
+            m.unmount()?;
+        }
+        let upper = step.dir.join("upper");
+        let empty = fs::read_dir(&upper)
+            .map_err(io("reading the step's changes"))?
+            .next()
+            .is_none();
+        let mut layers = std::mem::take(&mut step.layers);
+        if empty {
+            layers.push(LayerRef {
+                diff_id: None,
+                blob: None,
+                size: 0,
+                media_type: String::new(),
+                source: None,
+            });
+        } else {
+            let (store, content) = (self.layers.clone(), self.content.clone());
+            let blob = tokio::task::spawn_blocking(move || {
+                store.commit_upper(&upper, &content, Compression::Gzip)
+            })
+            .await??;
+            layers.push(LayerRef {
+                diff_id: Some(blob.diff_id),
+                blob: Some(blob.digest),
+                size: blob.size,
+                media_type: blob.media_type,
+                source: None,
+            });
+        }
+        Ok(Value::Rootfs { layers })
+    }
+
+    async fn exec(&self, op: &ExecOp, layers: &[LayerRef], progress: &Vertex) -> Result<Value> {
+        let step = self.prepare(layers, progress).await?;
+        let merged = step.dir.join("merged");
+        let user_spec = if op.user.is_empty() {
+            "root"
+        } else {
+            op.user.as_str()
+        };
+        let user = kiln_executor::resolve_user(&merged, user_spec)?;
+        let mut env = op.env.clone();
+        if !env.iter().any(|e| e.starts_with("HOME=")) {
+            env.push(format!(
+                "HOME={}",
+                kiln_executor::home_dir(&merged, user.uid)?
+            ));
+        }
+        // runc needs the working directory to exist, as BuildKit ensures.
+        fsutil::mkdir_all(&merged, &op.cwd, 0o755, (0, 0))
+            .map_err(io(format!("creating `{}`", op.cwd)))?;
+        let (out, err) = (progress.clone(), progress.clone());
+        let status = self
+            .executor
+            .run(RunRequest {
+                id: format!("kiln-{:016x}", rand::random::<u64>()),
+                rootfs: &merged,
+                process: ProcessSpec {
+                    args: op.args.clone(),
+                    env,
+                    cwd: op.cwd.clone(),
+                    user,
+                    hostname: SANDBOX_HOSTNAME.into(),
+                    terminal: false,
+                },
+                mounts: Vec::new(),
+                stdio: Stdio::Capture {
+                    stdout: Box::new(move |b| out.log(Stream::Stdout, b)),
+                    stderr: Box::new(move |b| err.log(Stream::Stderr, b)),
+                },
+                network: kiln_executor::Network::Host,
+                readonly_rootfs: false,
+            })
+            .await?;
+        if !status.success() {
+            return Err(Error::ExecFailed {
+                command: op.args.join(" "),
+                status,
+            });
+        }
+        self.commit(step).await
+    }
+
+    async fn copy(
+        &self,
+        op: &CopyOp,
+        layers: &[LayerRef],
+        source: &Value,
+        progress: &Vertex,
+    ) -> Result<Value> {
+        let step = self.prepare(layers, progress).await?;
+        let merged = step.dir.join("merged");
+        // The source: the context, or another filesystem mounted read-only for the copy.
+        let (src_root, matcher, src_step, keep_owner) = match source {
+            Value::Context => {
+                let ctx = self.context()?;
+                (ctx.dir.clone(), ctx.matcher.clone(), None, false)
+            }
+            Value::Rootfs { layers } => {
+                let s = self.prepare(layers, progress).await?;
+                (s.dir.join("merged"), None, Some(s), true)
+            }
+        };
+        let owner = match &op.chown {
+            Some(spec) => {
+                let u = kiln_executor::resolve_user(&merged, spec)?;
+                Owner::Set {
+                    uid: u.uid,
+                    gid: u.gid,
+                }
+            }
+            None if keep_owner => Owner::Keep,
+            None => Owner::Set { uid: 0, gid: 0 },
+        };
+        let (sources, dest, chmod) = (op.sources.clone(), op.dest.clone(), op.chmod);
+        let merged2 = merged.clone();
+        tokio::task::spawn_blocking(move || {
+            let m = matcher.as_deref();
+            let selected = fsutil::expand_sources(&src_root, &sources, m)?;
+            fsutil::copy(&selected, m, &merged2, &dest, owner, chmod)
+        })
+        .await?
+        .map_err(Error::Source)?;
+        drop(src_step);
+        self.commit(step).await
+    }
+
+    async fn mkdir(&self, op: &MkdirOp, layers: &[LayerRef], progress: &Vertex) -> Result<Value> {
+        let step = self.prepare(layers, progress).await?;
+        let merged = step.dir.join("merged");
+        let user_spec = if op.user.is_empty() {
+            "root"
+        } else {
+            op.user.as_str()
+        };
+        let user = kiln_executor::resolve_user(&merged, user_spec)?;
+        fsutil::mkdir_all(&merged, &op.path, op.mode, (user.uid, user.gid))
+            .map_err(io(format!("creating `{}`", op.path)))?;
+        self.commit(step).await
+    }
+}
+
+/// A mounted root filesystem with a private upper dir (a build step's or a container's);
+/// dropping it unmounts and removes it, so a cancelled build leaves nothing behind.
+pub struct Step {
+    dir: PathBuf,
+    mount: Option<OverlayMount>,
+    layers: Vec<LayerRef>,
+}
+
+impl Step {
+    /// The merged view: the container's root.
+    pub fn rootfs(&self) -> PathBuf {
+        self.dir.join("merged")
+    }
+}
+
+impl Drop for Step {
+    fn drop(&mut self) {
+        drop(self.mount.take());
+        let _ = fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// The content checksum of what a COPY selects from the context: paths, file types, modes,
+/// symlink targets and file bytes. Owners and mtimes are left out: COPY from the context writes
+/// 0:0 and a touched file must not miss the cache.
+fn context_checksum(ctx: &Context, sources: &[String]) -> Result<[u8; 32]> {
+    use std::os::unix::fs::MetadataExt;
+    let m = ctx.matcher.as_deref();
+    let selected = fsutil::expand_sources(&ctx.dir, sources, m).map_err(Error::Source)?;
+    let mut h = Sha256::new();
+    for s in &selected {
+        h.update(s.rel.as_bytes());
+        h.update([0]);
+    }
+    fsutil::walk(&selected, m, &mut |e| {
+        h.update(e.source.to_le_bytes());
+        h.update(e.rel.as_bytes());
+        h.update([0]);
+        h.update((e.meta.mode() & 0o177777).to_le_bytes());
+        if e.meta.file_type().is_symlink() {
+            h.update(fs::read_link(e.abs)?.as_os_str().as_encoded_bytes());
+        } else if e.meta.is_file() {
+            let mut file = fs::File::open(e.abs)?;
+            let mut fh = kiln_oci::Sha256Writer::new(std::io::sink());
+            std::io::copy(&mut file, &mut fh)?;
+            h.update(fh.finish().1.digest().as_bytes());
+        }
+        h.update([0xff]);
+        Ok(())
+    })
+    .map_err(Error::Source)?;
+    Ok(h.finalize().into())
+}
+
+impl kiln_solver::Worker<LlbGraph> for LlbWorker {
+    type Value = Value;
+
+    fn cache_key<'a>(
+        &'a self,
+        graph: &'a LlbGraph,
+        vertex: usize,
+        inputs: &'a [Solved<Value>],
+    ) -> BoxFuture<'a, std::result::Result<Digest, WorkerError>> {
+        async move {
+            self.key(graph, vertex, inputs)
+                .await
+                .map_err(|e| Box::new(e) as WorkerError)
+        }
+        .boxed()
+    }
+
+    fn exec<'a>(
+        &'a self,
+        graph: &'a LlbGraph,
+        vertex: usize,
+        inputs: &'a [Solved<Value>],
+        progress: &'a Vertex,
+    ) -> BoxFuture<'a, std::result::Result<Value, WorkerError>> {
+        async move {
+            self.run(graph, vertex, inputs, progress)
+                .await
+                .map_err(|e| Box::new(e) as WorkerError)
+        }
+        .boxed()
+    }
+
+    fn usable(&self, value: &Value) -> bool {
+        value.layers().iter().all(|l| match &l.blob {
+            None => true,
+            Some(blob) => l.source.is_some() || self.content.contains(blob),
+        })
+    }
+
+    fn persist(&self, graph: &LlbGraph, vertex: usize) -> bool {
+        !matches!(
+            graph.def.node(kiln_llb::NodeId(vertex)).op,
+            Op::Local { .. } | Op::Scratch
+        )
+    }
+}

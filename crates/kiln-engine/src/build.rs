@@ -1,0 +1,185 @@
+//! A build, end to end.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use kiln_frontend::BuildOpts;
+use kiln_ignore::Matcher;
+use kiln_oci::{Digest, Platform, Reference};
+use kiln_progress::Progress;
+use kiln_solver::{CacheStore, FileCacheStore, Solver};
+use kiln_worker::{Context, LlbGraph, Value};
+
+use crate::resolver::EngineResolver;
+use crate::{Engine, Error, Result, io};
+
+/// Where the result goes (`--output`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Output {
+    /// The local image store, under the request's tags.
+    Image,
+    /// An OCI layout tarball.
+    Oci { dest: PathBuf },
+    /// A tarball `docker load` accepts.
+    Docker { dest: PathBuf },
+}
+
+#[derive(Debug, Clone)]
+pub struct BuildRequest {
+    pub context: PathBuf,
+    /// The Dockerfile; `None` means `<context>/Dockerfile`.
+    pub dockerfile: Option<PathBuf>,
+    pub target: Option<String>,
+    pub build_args: BTreeMap<String, String>,
+    pub tags: Vec<Reference>,
+    pub outputs: Vec<Output>,
+    pub no_cache: bool,
+    pub platform: Option<Platform>,
+}
+
+#[derive(Debug, Clone)]
+pub struct BuildResult {
+    pub manifest: Digest,
+    /// The config digest: what `docker images` calls the image ID.
+    pub image_id: Digest,
+    pub warnings: Vec<String>,
+}
+
+impl Engine {
+    pub async fn build(&self, req: BuildRequest, progress: &Progress) -> Result<BuildResult> {
+        let dockerfile_path = req
+            .dockerfile
+            .clone()
+            .unwrap_or_else(|| req.context.join("Dockerfile"));
+        let dockerfile_name = dockerfile_path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_else(|| "Dockerfile".into());
+
+        let v = progress.vertex(format!(
+            "[internal] load build definition from {dockerfile_name}"
+        ));
+        let source = std::fs::read_to_string(&dockerfile_path).map_err(io(format!(
+            "failed to read the Dockerfile `{}`",
+            dockerfile_path.display()
+        )))?;
+        v.status(&format!("transferring dockerfile: {}B done", source.len()));
+        v.done();
+
+        let v = progress.vertex("[internal] load .dockerignore");
+        let ignore_path = req.context.join(".dockerignore");
+        let (excludes, matcher) = match std::fs::read_to_string(&ignore_path) {
+            Ok(text) => {
+                let matcher = Matcher::from_dockerignore(&text).map_err(|e| Error::Invalid {
+                    what: format!("`{}`", ignore_path.display()),
+                    source: Box::new(e),
+                })?;
+                let patterns = matcher
+                    .rules()
+                    .iter()
+                    .map(|r| r.text().to_string())
+                    .collect();
+                (patterns, Some(Arc::new(matcher)))
+            }
+            Err(_) => (Vec::new(), None),
+        };
+        v.status(&format!(
+            "transferring context: {}B done",
+            excludes.iter().map(|e: &String| e.len() + 1).sum::<usize>()
+        ));
+        v.done();
+
+        let platform = req.platform.clone().unwrap_or_else(Platform::host);
+        let opts = BuildOpts {
+            dockerfile_name: dockerfile_name.clone(),
+            build_args: req.build_args.clone(),
+            target: req.target.clone(),
+            platform: platform.clone(),
+            excludes,
+            created: now_rfc3339(),
+        };
+        let resolver = EngineResolver {
+            registry: &self.registry,
+            content: &self.content,
+            images: &self.images,
+            progress,
+            seen: Default::default(),
+        };
+        let converted = kiln_frontend::convert(&source, &opts, &resolver).await?;
+        for w in &converted.warnings {
+            progress.warn(w.clone());
+        }
+
+        let context_dir = std::fs::canonicalize(&req.context).map_err(io(format!(
+            "the build context `{}` cannot be read",
+            req.context.display()
+        )))?;
+        let worker = self.worker(Some(Context {
+            dir: context_dir,
+            matcher,
+        }));
+        let root = converted.root.0;
+        let locations = converted.locations.clone();
+        let graph = Arc::new(LlbGraph::new(converted.definition));
+        let cache: Arc<dyn CacheStore<Value>> = Arc::new(
+            FileCacheStore::open(self.root.join("cache"))
+                .map_err(io("opening the cache records"))?,
+        );
+        let solver = Solver::new(
+            graph.clone(),
+            Arc::new(worker),
+            cache,
+            progress.clone(),
+            req.no_cache,
+        );
+        let solved = solver.solve(root).await.map_err(|e| {
+            let message = kiln_solver::error_chain(&*e);
+            let location = failing_location(&e, &graph, &locations).map(|loc| {
+                kiln_dockerfile::render_snippet(
+                    &dockerfile_name,
+                    &source,
+                    loc,
+                    "the step that failed",
+                )
+            });
+            Error::Solve { message, location }
+        })?;
+
+        let exported = self
+            .export(&solved.value, converted.image, &req, progress)
+            .await?;
+        Ok(BuildResult {
+            manifest: exported.0,
+            image_id: exported.1,
+            warnings: converted.warnings,
+        })
+    }
+}
+
+/// The Dockerfile location of the vertex a solve error names.
+fn failing_location(
+    err: &kiln_solver::Error,
+    graph: &LlbGraph,
+    locations: &std::collections::HashMap<kiln_llb::NodeId, kiln_dockerfile::Location>,
+) -> Option<kiln_dockerfile::Location> {
+    let name = match err {
+        kiln_solver::Error::Vertex { name, .. } | kiln_solver::Error::CacheKey { name, .. } => name,
+    };
+    graph
+        .def
+        .nodes()
+        .find(|(_, n)| &n.name == name)
+        .and_then(|(id, _)| locations.get(&id).cloned())
+}
+
+pub(crate) fn now_rfc3339() -> String {
+    let epoch = std::env::var("SOURCE_DATE_EPOCH")
+        .ok()
+        .and_then(|s| s.parse::<i64>().ok());
+    let t = match epoch {
+        Some(secs) => chrono::DateTime::from_timestamp(secs, 0).unwrap_or_else(chrono::Utc::now),
+        None => chrono::Utc::now(),
+    };
+    t.to_rfc3339_opts(chrono::SecondsFormat::Nanos, true)
+}

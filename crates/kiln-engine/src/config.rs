@@ -1,0 +1,77 @@
+//! The config file, shaped like buildkitd.toml (see docs/config.md):
+//!
+//! ```toml
+//! [registry."docker.io"]
+//! mirrors = ["127.0.0.1:5001"]
+//!
+//! [registry."127.0.0.1:5001"]
+//! http = true
+//! ```
+
+use std::path::Path;
+use std::sync::Arc;
+
+use kiln_registry::{Anonymous, CredentialStore, DockerConfigCredentials, RegistryConfig};
+use serde::Deserialize;
+
+use crate::{Error, Result};
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    #[serde(default)]
+    pub registry: RegistryConfig,
+}
+
+impl Config {
+    /// Reads a config file; a missing file is an error only when `required`.
+    pub fn load(path: &Path, required: bool) -> Result<Config> {
+        let text = match std::fs::read_to_string(path) {
+            Ok(t) => t,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound && !required => {
+                return Ok(Config::default());
+            }
+            Err(e) => {
+                return Err(Error::Config {
+                    path: path.to_path_buf(),
+                    source: Box::new(e),
+                });
+            }
+        };
+        Self::parse(&text).map_err(|source| Error::Config {
+            path: path.to_path_buf(),
+            source,
+        })
+    }
+
+    pub fn parse(text: &str) -> std::result::Result<Config, crate::BoxError> {
+        Ok(toml::from_str(text)?)
+    }
+
+    /// Docker's credentials (`~/.docker/config.json`) when present, so `docker login` works.
+    pub(crate) fn credentials(&self) -> Arc<dyn CredentialStore> {
+        match DockerConfigCredentials::load_default() {
+            Ok(c) => Arc::new(c),
+            Err(_) => Arc::new(Anonymous),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_mirrors_and_http() {
+        let c = Config::parse(
+            "[registry.\"docker.io\"]\nmirrors = [\"127.0.0.1:5001\"]\n[registry.\"127.0.0.1:5001\"]\nhttp = true\n",
+        )
+        .unwrap();
+        assert_eq!(c.registry["docker.io"].mirrors, vec!["127.0.0.1:5001"]);
+        assert!(c.registry["127.0.0.1:5001"].http);
+        assert!(
+            Config::parse("[registri]\n").is_err(),
+            "unknown sections are refused"
+        );
+    }
+}

@@ -1,0 +1,161 @@
+//! The end of a build: the image config and manifest for the solved layer chain, names in the
+//! local store, and archives.
+
+use std::io::{BufWriter, Write};
+
+use kiln_oci::media_type::{self, LayerCompression};
+use kiln_oci::{Digest, ImageConfig, Reference};
+use kiln_progress::Progress;
+use kiln_worker::{LayerRef, Value};
+
+use crate::build::{BuildRequest, Output};
+use crate::{Engine, Result, io};
+
+impl Engine {
+    /// Writes config and manifest for `value` and sends them to the request's outputs; returns
+    /// (manifest digest, config digest).
+    pub(crate) async fn export(
+        &self,
+        value: &Value,
+        image: ImageConfig,
+        req: &BuildRequest,
+        progress: &Progress,
+    ) -> Result<(Digest, Digest)> {
+        let v = progress.vertex("exporting to image");
+        v.status("exporting layers");
+        self.fetch_missing_blobs(value.layers(), &v).await?;
+        let (manifest, config) = self.write_image(value.layers(), image)?;
+        v.status(&format!("exporting manifest {manifest} done"));
+        v.status(&format!("exporting config {config} done"));
+
+        let wants_store = req.outputs.is_empty() || req.outputs.contains(&Output::Image);
+        if wants_store {
+            for tag in &req.tags {
+                self.images.tag(tag, &manifest)?;
+                v.status(&format!("naming to {} done", tag.whole()));
+            }
+        }
+        for output in &req.outputs {
+            match output {
+                Output::Image => {}
+                Output::Oci { dest } | Output::Docker { dest } => {
+                    v.status(&format!("sending tarball to {}", dest.display()));
+                    let file = std::fs::File::create(dest)
+                        .map_err(io(format!("creating the output `{}`", dest.display())))?;
+                    let out = BufWriter::new(file);
+                    let mut out = if matches!(output, Output::Oci { .. }) {
+                        kiln_exporter::oci::write_archive(&self.content, &manifest, &req.tags, out)?
+                    } else {
+                        kiln_exporter::docker::write_archive(
+                            &self.content,
+                            &manifest,
+                            &req.tags,
+                            out,
+                        )?
+                    };
+                    out.flush()
+                        .map_err(io(format!("writing `{}`", dest.display())))?;
+                    out.get_ref()
+                        .sync_all()
+                        .map_err(io(format!("writing `{}`", dest.display())))?;
+                }
+            }
+        }
+        v.done();
+        Ok((manifest, config))
+    }
+
+    /// Base-image layers are only pulled when a step needs their files; an export needs them all.
+    pub(crate) async fn fetch_missing_blobs(
+        &self,
+        layers: &[LayerRef],
+        v: &kiln_progress::Vertex,
+    ) -> Result<()> {
+        for layer in layers {
+            let (Some(blob), Some(source)) = (&layer.blob, &layer.source) else {
+                continue;
+            };
+            if self.content.contains(blob) {
+                continue;
+            }
+            let reference: Reference = source
+                .parse()
+                .map_err(|_| crate::Error::Reference(source.clone()))?;
+            v.status(&format!("pulling {blob}"));
+            let desc = kiln_oci::Descriptor::new(
+                kiln_oci::MediaType::from(layer.media_type.as_str()),
+                layer.size,
+                blob.clone(),
+            );
+            let mut w = self.content.async_writer()?;
+            self.registry.fetch_blob(&reference, &desc, &mut w).await?;
+            w.commit(Some(blob)).await?;
+        }
+        Ok(())
+    }
+
+    /// Stores the config (diff_ids and empty-layer history filled in) and a manifest.
+    pub(crate) fn write_image(
+        &self,
+        layers: &[LayerRef],
+        mut image: ImageConfig,
+    ) -> Result<(Digest, Digest)> {
+        // History entries that made a layer line up with the chain; a step that changed nothing
+        // has no layer and its entry says so, as BuildKit writes it.
+        let mut chain = layers.iter();
+        for h in image.history.iter_mut().filter(|h| !h.empty_layer) {
+            match chain.next() {
+                Some(l) if l.diff_id.is_none() => h.empty_layer = true,
+                _ => {}
+            }
+        }
+        let present: Vec<&LayerRef> = layers.iter().filter(|l| l.diff_id.is_some()).collect();
+        image.rootfs.diff_ids = present
+            .iter()
+            .filter_map(|l| l.diff_id.as_ref().map(|d| d.to_string()))
+            .collect();
+        let config_bytes = serde_json::to_vec(&image).map_err(|e| crate::Error::Invalid {
+            what: "image config".into(),
+            source: Box::new(e),
+        })?;
+        let config = self.content.put(&config_bytes, None)?;
+
+        // Docker media types unless a layer can only be described in OCI terms (BuildKit's
+        // default for the image exporter).
+        let oci = present
+            .iter()
+            .any(|l| media_type::layer_compression(&l.media_type) == Some(LayerCompression::Zstd));
+        let layer_type = |mt: &str| -> String {
+            match (oci, media_type::layer_compression(mt)) {
+                (false, Some(LayerCompression::Gzip)) => media_type::DOCKER_LAYER_GZIP.into(),
+                (false, Some(LayerCompression::None)) => media_type::DOCKER_LAYER_TAR.into(),
+                (true, Some(LayerCompression::Gzip)) => media_type::OCI_LAYER_GZIP.into(),
+                (true, Some(LayerCompression::None)) => media_type::OCI_LAYER_TAR.into(),
+                _ => mt.to_string(),
+            }
+        };
+        let layer_descs: Vec<serde_json::Value> = present
+            .iter()
+            .map(|l| {
+                serde_json::json!({
+                    "mediaType": layer_type(&l.media_type),
+                    "digest": l.blob.as_ref().map(|d| d.to_string()),
+                    "size": l.size,
+                })
+            })
+            .collect();
+        let manifest = serde_json::json!({
+            "schemaVersion": 2,
+            "mediaType": if oci { media_type::OCI_MANIFEST } else { media_type::DOCKER_MANIFEST },
+            "config": {
+                "mediaType": if oci { media_type::OCI_CONFIG } else { media_type::DOCKER_CONFIG },
+                "digest": config.to_string(),
+                "size": config_bytes.len(),
+            },
+            "layers": layer_descs,
+        });
+        let manifest_bytes = serde_json::to_vec(&manifest).expect("json values serialise");
+        let manifest = self.content.put(&manifest_bytes, None)?;
+        Ok((manifest, config))
+    }
+}

@@ -1,0 +1,175 @@
+//! Image commands around builds: import a rootfs tarball, tag, push.
+
+use std::io::{BufReader, Read};
+use std::path::PathBuf;
+
+use futures::FutureExt;
+use futures::future::BoxFuture;
+use kiln_frontend::{BoxError, BuildOpts, ImageResolver, ResolvedImage};
+use kiln_oci::{Digest, History, ImageManifest, Platform, Reference, Sha256Writer};
+use kiln_progress::Progress;
+use kiln_worker::LayerRef;
+
+use crate::{Engine, Error, Result, io};
+
+#[derive(Debug, Clone)]
+pub struct ImportRequest {
+    /// A tar (plain or gzip) of a root filesystem.
+    pub tarball: PathBuf,
+    pub name: Reference,
+    /// Dockerfile instructions applied to the config, as `docker import --change`.
+    pub changes: Vec<String>,
+    pub platform: Option<Platform>,
+}
+
+/// `--change` lines may not refer to other images.
+struct NoImages;
+
+impl ImageResolver for NoImages {
+    fn resolve<'a>(
+        &'a self,
+        r: &'a Reference,
+        _: &'a Platform,
+    ) -> BoxFuture<'a, std::result::Result<ResolvedImage, BoxError>> {
+        let msg = format!("`{}`: --change cannot use other images", r.whole());
+        async move { Err(msg.into()) }.boxed()
+    }
+}
+
+impl Engine {
+    /// Creates a one-layer image from a rootfs tarball, like `docker import`.
+    pub async fn import(&self, req: ImportRequest) -> Result<Digest> {
+        let platform = req.platform.clone().unwrap_or_else(Platform::host);
+        let dockerfile = format!("FROM scratch\n{}\n", req.changes.join("\n"));
+        let opts = BuildOpts {
+            dockerfile_name: "--change".into(),
+            build_args: Default::default(),
+            target: None,
+            platform: platform.clone(),
+            excludes: Vec::new(),
+            created: crate::build::now_rfc3339(),
+        };
+        let converted = kiln_frontend::convert(&dockerfile, &opts, &NoImages).await?;
+        let mut image = converted.image;
+        image.history.insert(
+            0,
+            History {
+                created: Some(opts.created.clone()),
+                created_by: Some(format!("kiln import {}", req.tarball.display())),
+                comment: Some("imported".into()),
+                ..Default::default()
+            },
+        );
+
+        let content = self.content.clone();
+        let tarball = req.tarball.clone();
+        let layer = tokio::task::spawn_blocking(move || -> Result<LayerRef> {
+            let what = format!("reading `{}`", tarball.display());
+            let file = std::fs::File::open(&tarball).map_err(io(what.clone()))?;
+            let mut reader = BufReader::new(file);
+            let mut magic = [0u8; 2];
+            let peeked = reader.fill_buf_peek(&mut magic).map_err(io(what.clone()))?;
+            let mut input: Box<dyn Read> = if peeked == 2 && magic == [0x1f, 0x8b] {
+                Box::new(flate2::read::GzDecoder::new(reader))
+            } else {
+                Box::new(reader)
+            };
+            // One pass: the diffID hashes the tar, the blob digest hashes its gzip.
+            let blob = content.writer()?;
+            let gz = flate2::write::GzEncoder::new(blob, flate2::Compression::default());
+            let mut tee = Sha256Writer::new(gz);
+            std::io::copy(&mut input, &mut tee).map_err(io(what.clone()))?;
+            let (gz, diff_id, _) = tee.finish();
+            let blob = gz.finish().map_err(io(what))?;
+            let (digest, size) = blob.commit(None)?;
+            Ok(LayerRef {
+                diff_id: Some(diff_id),
+                blob: Some(digest),
+                size,
+                media_type: kiln_oci::media_type::DOCKER_LAYER_GZIP.into(),
+                source: None,
+            })
+        })
+        .await??;
+        let (manifest, _) = self.write_image(&[layer], image)?;
+        self.images.tag(&req.name, &manifest)?;
+        Ok(manifest)
+    }
+
+    /// Gives the image `src` another name.
+    pub fn tag(&self, src: &Reference, dst: &Reference) -> Result<()> {
+        let record = self
+            .images
+            .get(src)?
+            .ok_or_else(|| Error::NoSuchImage(src.whole()))?;
+        self.images.tag(dst, &record.manifest)?;
+        Ok(())
+    }
+
+    /// The manifest of a local image.
+    pub(crate) fn local_manifest(
+        &self,
+        name: &Reference,
+    ) -> Result<(Digest, ImageManifest, Vec<u8>)> {
+        let record = self
+            .images
+            .get(name)?
+            .ok_or_else(|| Error::NoSuchImage(name.whole()))?;
+        let bytes = self.content.read(&record.manifest)?;
+        let manifest: ImageManifest =
+            serde_json::from_slice(&bytes).map_err(|e| Error::Invalid {
+                what: format!("manifest of `{}`", name.whole()),
+                source: Box::new(e),
+            })?;
+        Ok((record.manifest, manifest, bytes))
+    }
+
+    /// Pushes a local image to its registry: blobs the registry lacks, then the manifest.
+    pub async fn push(&self, name: &Reference, progress: &Progress) -> Result<Digest> {
+        let (_, manifest, bytes) = self.local_manifest(name)?;
+        let v = progress.vertex(format!("pushing {}", name.whole()));
+        let mut blobs = vec![manifest.config().clone()];
+        blobs.extend(manifest.layers().iter().cloned());
+        for desc in &blobs {
+            let path = self.content.path(desc.digest());
+            if !path.exists() {
+                return Err(Error::Content(kiln_content::Error::NotFound(
+                    desc.digest().clone(),
+                )));
+            }
+            v.status(&format!("pushing {}", desc.digest()));
+            self.registry
+                .push_blob(name, desc.digest(), desc.size(), &path)
+                .await?;
+        }
+        let media_type = manifest
+            .media_type()
+            .as_ref()
+            .map(|m| m.to_string())
+            .unwrap_or_else(|| kiln_oci::media_type::OCI_MANIFEST.to_string());
+        let digest = self
+            .registry
+            .push_manifest(name, &media_type, &bytes)
+            .await?;
+        v.status(&format!(
+            "pushing manifest for {}@{digest} done",
+            name.whole()
+        ));
+        v.done();
+        Ok(digest)
+    }
+}
+
+/// Peeks at the first bytes of a buffered reader without consuming them.
+trait PeekExt {
+    fn fill_buf_peek(&mut self, out: &mut [u8]) -> std::io::Result<usize>;
+}
+
+impl<R: Read> PeekExt for BufReader<R> {
+    fn fill_buf_peek(&mut self, out: &mut [u8]) -> std::io::Result<usize> {
+        let buf = std::io::BufRead::fill_buf(self)?;
+        let n = buf.len().min(out.len());
+        out[..n].copy_from_slice(&buf[..n]);
+        Ok(n)
+    }
+}

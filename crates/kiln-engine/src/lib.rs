@@ -1,0 +1,147 @@
+//! kiln as a library. An [`Engine`] owns one data directory (content store, layers, image
+//! names, cache records) and runs builds and image commands against it; the `kiln` CLI and the
+//! `kilnd` daemon are thin shells over it. A build flows: Dockerfile → frontend (graph + image
+//! config) → solver with the worker (cache keys, exec, layers) → exporter (config, manifest, name,
+//! archives). See docs/architecture.md.
+
+mod build;
+mod config;
+mod export;
+mod image;
+mod resolver;
+mod run;
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use kiln_content::ContentStore;
+use kiln_executor::RuncExecutor;
+use kiln_exporter::ImageStore;
+use kiln_snapshot::LayerStore;
+
+pub use build::{BuildRequest, BuildResult, Output};
+pub use config::Config;
+pub use image::ImportRequest;
+pub use kiln_exporter::{ImageRecord, familiar_name, format_images_table};
+pub use run::RunRequest;
+
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error(transparent)]
+    Frontend(#[from] kiln_frontend::Error),
+    #[error("failed to solve: {message}")]
+    Solve {
+        message: String,
+        /// The Dockerfile lines of the failing step, already rendered.
+        location: Option<String>,
+    },
+    #[error("failed to read the config file `{path}`")]
+    Config {
+        path: PathBuf,
+        #[source]
+        source: BoxError,
+    },
+    #[error("{what}")]
+    Io {
+        what: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("no such image: `{0}`")]
+    NoSuchImage(String),
+    #[error("invalid reference `{0}`")]
+    Reference(String),
+    #[error("invalid {what}")]
+    Invalid {
+        what: String,
+        #[source]
+        source: BoxError,
+    },
+    #[error(transparent)]
+    Registry(#[from] kiln_registry::Error),
+    #[error(transparent)]
+    Content(#[from] kiln_content::Error),
+    #[error(transparent)]
+    Snapshot(#[from] kiln_snapshot::Error),
+    #[error(transparent)]
+    Executor(#[from] kiln_executor::Error),
+    #[error(transparent)]
+    Exporter(#[from] kiln_exporter::Error),
+    #[error(transparent)]
+    Worker(#[from] kiln_worker::Error),
+    #[error("background task failed")]
+    Join(#[from] tokio::task::JoinError),
+}
+
+pub type Result<T> = std::result::Result<T, Error>;
+
+pub(crate) fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> Error {
+    let what = what.into();
+    move |source| Error::Io { what, source }
+}
+
+/// The on-disk layout of a data directory (documented in docs/on-disk-layout.md).
+pub struct Engine {
+    root: PathBuf,
+    content: ContentStore,
+    layers: LayerStore,
+    images: ImageStore,
+    executor: Arc<RuncExecutor>,
+    registry: Arc<kiln_registry::Client>,
+}
+
+impl Engine {
+    /// Opens (creating) the data directory at `root` and clears what a killed run left there:
+    /// mounts, containers and half-written step dirs.
+    pub fn open(root: &Path, config: Config) -> Result<Engine> {
+        std::fs::create_dir_all(root).map_err(io(format!("creating `{}`", root.display())))?;
+        let content = ContentStore::open(root.join("content"))?;
+        let layers = LayerStore::open(&root.join("layers"))?;
+        let images = ImageStore::open(&root.join("images"), content.clone())?;
+        let executor = Arc::new(RuncExecutor::new(&root.join("executor"))?);
+        let tmp = root.join("tmp");
+        kiln_snapshot::cleanup_stale_mounts(&tmp)?;
+        // Only a killed run leaves bundles; skip spawning runc when there are none.
+        let has_bundles =
+            std::fs::read_dir(executor.bundles_dir()).is_ok_and(|mut d| d.next().is_some());
+        if has_bundles {
+            executor.cleanup_stale()?;
+        }
+        if tmp.exists() {
+            std::fs::remove_dir_all(&tmp).map_err(io("removing stale step directories"))?;
+        }
+        std::fs::create_dir_all(&tmp).map_err(io("creating the step directory"))?;
+        layers.remove_stale_temp_dirs()?;
+        let registry = kiln_registry::Client::new(config.registry.clone())?
+            .with_credentials(config.credentials());
+        Ok(Engine {
+            root: root.to_path_buf(),
+            content,
+            layers,
+            images,
+            executor,
+            registry: Arc::new(registry),
+        })
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    pub fn images(&self) -> Result<Vec<ImageRecord>> {
+        Ok(self.images.list()?)
+    }
+
+    pub(crate) fn worker(&self, context: Option<kiln_worker::Context>) -> kiln_worker::LlbWorker {
+        kiln_worker::LlbWorker::new(
+            self.content.clone(),
+            self.layers.clone(),
+            self.executor.clone(),
+            self.registry.clone(),
+            context,
+            self.root.join("tmp"),
+        )
+    }
+}

@@ -1,0 +1,105 @@
+//! How the frontend learns about base images: from the registry (through mirrors), saving the
+//! manifest and config in the content store so the worker never asks twice; when the registry
+//! does not have it, from the local image store, as `docker build` finds local images.
+
+use futures::FutureExt;
+use futures::future::BoxFuture;
+use kiln_content::ContentStore;
+use kiln_exporter::ImageStore;
+use kiln_frontend::{BoxError, ImageResolver, ResolvedImage};
+use kiln_oci::{ImageConfig, ImageManifest, Platform, Reference};
+use kiln_progress::Progress;
+
+pub(crate) struct EngineResolver<'a> {
+    pub registry: &'a kiln_registry::Client,
+    pub content: &'a ContentStore,
+    pub images: &'a ImageStore,
+    pub progress: &'a Progress,
+    /// One lookup per image and platform in a build, however many stages name it.
+    pub seen: std::sync::Mutex<std::collections::HashMap<(String, Platform), ResolvedImage>>,
+}
+
+impl EngineResolver<'_> {
+    async fn resolve_inner(
+        &self,
+        reference: &Reference,
+        platform: &Platform,
+    ) -> std::result::Result<ResolvedImage, BoxError> {
+        let key = (reference.whole(), platform.clone());
+        if let Some(found) = self.seen.lock().expect("resolver lock").get(&key) {
+            return Ok(found.clone());
+        }
+        let resolved = self.lookup(reference, platform).await?;
+        self.seen
+            .lock()
+            .expect("resolver lock")
+            .insert(key, resolved.clone());
+        Ok(resolved)
+    }
+
+    async fn lookup(
+        &self,
+        reference: &Reference,
+        platform: &Platform,
+    ) -> std::result::Result<ResolvedImage, BoxError> {
+        let vertex = self.progress.vertex(format!(
+            "[internal] load metadata for {}",
+            reference.whole()
+        ));
+        match self.registry.resolve(reference, platform).await {
+            Ok(r) => {
+                self.content.put(&r.manifest_bytes, Some(&r.digest))?;
+                self.content.put(&r.config_bytes, None)?;
+                let config: ImageConfig = serde_json::from_slice(&r.config_bytes)?;
+                vertex.done();
+                Ok(ResolvedImage {
+                    pinned: pin(reference, &r.digest),
+                    config,
+                })
+            }
+            Err(registry_err) => match self.local(reference)? {
+                Some(found) => {
+                    vertex.done();
+                    Ok(found)
+                }
+                None => {
+                    vertex.error(&kiln_solver::error_chain(&registry_err));
+                    Err(Box::new(registry_err))
+                }
+            },
+        }
+    }
+
+    fn local(&self, reference: &Reference) -> Result<Option<ResolvedImage>, BoxError> {
+        let Some(record) = self.images.get(reference)? else {
+            return Ok(None);
+        };
+        let manifest: ImageManifest =
+            serde_json::from_slice(&self.content.read(&record.manifest)?)?;
+        let config: ImageConfig =
+            serde_json::from_slice(&self.content.read(manifest.config().digest())?)?;
+        Ok(Some(ResolvedImage {
+            pinned: pin(reference, &record.manifest),
+            config,
+        }))
+    }
+}
+
+/// `registry/repo:tag@digest`.
+pub(crate) fn pin(reference: &Reference, digest: &kiln_oci::Digest) -> String {
+    let base = format!("{}/{}", reference.registry(), reference.repository());
+    match reference.tag() {
+        Some(tag) => format!("{base}:{tag}@{digest}"),
+        None => format!("{base}@{digest}"),
+    }
+}
+
+impl ImageResolver for EngineResolver<'_> {
+    fn resolve<'a>(
+        &'a self,
+        reference: &'a Reference,
+        platform: &'a Platform,
+    ) -> BoxFuture<'a, std::result::Result<ResolvedImage, BoxError>> {
+        self.resolve_inner(reference, platform).boxed()
+    }
+}

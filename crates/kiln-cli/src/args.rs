@@ -1,0 +1,216 @@
+//! The command line, with docker's and buildx's flag names.
+
+use std::path::PathBuf;
+
+use anyhow::{Result, bail};
+use clap::{Args, Parser, Subcommand};
+use kiln_engine::Output;
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "kiln",
+    version,
+    about = "Build container images from Dockerfiles, without a daemon"
+)]
+pub struct Cli {
+    /// Data directory (images, layers, cache) [env: KILN_ROOT] [default: /var/lib/kiln]
+    #[arg(long, global = true)]
+    pub root: Option<PathBuf>,
+    /// Config file (TOML) [env: KILN_CONFIG] [default: <root>/kiln.toml]
+    #[arg(long, global = true)]
+    pub config: Option<PathBuf>,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Start a build
+    Build(BuildArgs),
+    /// List images
+    Images(ImagesArgs),
+    /// Run a command in a new container (in the foreground, removed on exit)
+    Run(RunArgs),
+    /// Create an image from a root filesystem tarball
+    Import(ImportArgs),
+    /// Create a tag TARGET_IMAGE that refers to SOURCE_IMAGE
+    Tag(TagArgs),
+    /// Upload an image to a registry
+    Push(PushArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct BuildArgs {
+    /// Build context directory
+    pub context: PathBuf,
+    /// Name and optionally a tag (format: "name:tag")
+    #[arg(short = 't', long = "tag")]
+    pub tag: Vec<String>,
+    /// Name of the Dockerfile (default: "PATH/Dockerfile")
+    #[arg(short = 'f', long = "file")]
+    pub file: Option<PathBuf>,
+    /// Set the target build stage to build
+    #[arg(long)]
+    pub target: Option<String>,
+    /// Set build-time variables
+    #[arg(long = "build-arg")]
+    pub build_arg: Vec<String>,
+    /// Output destination (format: "type=local|oci|docker|image,dest=path")
+    #[arg(short = 'o', long = "output")]
+    pub output: Vec<String>,
+    /// Set target platform for build
+    #[arg(long)]
+    pub platform: Option<String>,
+    /// Do not use cache when building the image
+    #[arg(long = "no-cache")]
+    pub no_cache: bool,
+    /// Set type of progress output ("auto", "plain", "tty", "quiet", "rawjson")
+    #[arg(long, default_value = "auto")]
+    pub progress: String,
+    /// Shorthand for "--output=type=docker" (kiln: the local image store)
+    #[arg(long)]
+    pub load: bool,
+    /// Shorthand for "--output=type=registry"
+    #[arg(long)]
+    pub push: bool,
+    /// Suppress the build output and print image ID on success
+    #[arg(short = 'q', long)]
+    pub quiet: bool,
+    /// Write the image ID to a file
+    #[arg(long)]
+    pub iidfile: Option<PathBuf>,
+    /// External cache sources
+    #[arg(long = "cache-from")]
+    pub cache_from: Vec<String>,
+    /// Cache export destinations
+    #[arg(long = "cache-to")]
+    pub cache_to: Vec<String>,
+    /// Secret to expose to the build
+    #[arg(long)]
+    pub secret: Vec<String>,
+    /// SSH agent socket or keys to expose to the build
+    #[arg(long)]
+    pub ssh: Vec<String>,
+    /// Shorthand for "--call=check"
+    #[arg(long)]
+    pub check: bool,
+    /// Set method for evaluating build
+    #[arg(long)]
+    pub call: Option<String>,
+}
+
+#[derive(Args, Debug)]
+pub struct ImagesArgs {
+    /// Only show image IDs
+    #[arg(short, long)]
+    pub quiet: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct RunArgs {
+    /// Automatically remove the container when it exits (always, in this version)
+    #[arg(long)]
+    pub rm: bool,
+    /// Run container in background and print container ID
+    #[arg(short = 'd', long)]
+    pub detach: bool,
+    /// Set environment variables
+    #[arg(short = 'e', long = "env")]
+    pub env: Vec<String>,
+    /// Overwrite the default ENTRYPOINT of the image
+    #[arg(long)]
+    pub entrypoint: Option<String>,
+    /// Working directory inside the container
+    #[arg(short = 'w', long = "workdir")]
+    pub workdir: Option<String>,
+    /// Username or UID (format: <name|uid>[:<group|gid>])
+    #[arg(short = 'u', long = "user")]
+    pub user: Option<String>,
+    /// Publish a container's port(s) to the host
+    #[arg(short = 'p', long = "publish")]
+    pub publish: Vec<String>,
+    pub image: String,
+    #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+    pub command: Vec<String>,
+}
+
+#[derive(Args, Debug)]
+pub struct ImportArgs {
+    /// Apply Dockerfile instruction to the created image
+    #[arg(short = 'c', long)]
+    pub change: Vec<String>,
+    /// Set platform if server is multi-platform capable
+    #[arg(long)]
+    pub platform: Option<String>,
+    pub tarball: PathBuf,
+    pub name: String,
+}
+
+#[derive(Args, Debug)]
+pub struct TagArgs {
+    pub source: String,
+    pub target: String,
+}
+
+#[derive(Args, Debug)]
+pub struct PushArgs {
+    pub name: String,
+}
+
+/// `type=oci,dest=out.tar` and friends.
+pub fn parse_output(spec: &str) -> Result<Output> {
+    let mut kind = None;
+    let mut dest = None;
+    for part in spec.split(',') {
+        match part.split_once('=') {
+            Some(("type", v)) => kind = Some(v.to_string()),
+            Some(("dest", v)) => dest = Some(PathBuf::from(v)),
+            Some((k, _)) => bail!("--output option `{k}` is not supported yet"),
+            None if kind.is_none() && dest.is_none() => dest = Some(PathBuf::from(part)),
+            None => bail!("invalid --output `{spec}`"),
+        }
+    }
+    let need_dest = |t: &str| {
+        dest.clone()
+            .ok_or_else(|| anyhow::anyhow!("--output type={t} needs dest=FILE"))
+    };
+    Ok(match kind.as_deref() {
+        Some("image") => Output::Image,
+        Some("oci") => Output::Oci {
+            dest: need_dest("oci")?,
+        },
+        Some("docker") => Output::Docker {
+            dest: need_dest("docker")?,
+        },
+        Some(other) => bail!("--output type={other} is not supported yet"),
+        None => bail!("--output type=local is not supported yet"),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn output_specs() {
+        assert_eq!(
+            parse_output("type=oci,dest=a.tar").unwrap(),
+            Output::Oci {
+                dest: "a.tar".into()
+            }
+        );
+        assert!(parse_output("type=oci").is_err());
+        assert!(
+            parse_output("type=local,dest=x")
+                .unwrap_err()
+                .to_string()
+                .contains("not supported yet")
+        );
+        assert!(
+            parse_output("type=oci,dest=a,compression=zstd")
+                .unwrap_err()
+                .to_string()
+                .contains("not supported yet")
+        );
+    }
+}

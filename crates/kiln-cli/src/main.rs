@@ -1,0 +1,239 @@
+//! `kiln`: parses docker-style flags, opens the engine on the data directory, and prints. All
+//! the work is in kiln-engine.
+
+mod args;
+mod env;
+
+use std::collections::BTreeMap;
+use std::io::IsTerminal;
+use std::process::ExitCode;
+
+use anyhow::{Context as _, Result, bail};
+use clap::Parser;
+use kiln_engine::{BuildRequest, Config, Engine, ImportRequest, Output, RunRequest};
+use kiln_oci::Reference;
+use kiln_progress::{Mode, Progress};
+
+use crate::args::{BuildArgs, Cli, Command};
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error: starting the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    // Ctrl-C or SIGTERM drops the command's future: running containers are killed and mounts
+    // and step directories removed by their guards before kiln exits.
+    let result = runtime.block_on(async {
+        tokio::select! {
+            r = run(cli) => r,
+            s = interrupted() => Err(anyhow::anyhow!("interrupted by {s}")),
+        }
+    });
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            print_error(&e);
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn interrupted() -> &'static str {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut int), Ok(mut term)) = (
+        signal(SignalKind::interrupt()),
+        signal(SignalKind::terminate()),
+    ) else {
+        return std::future::pending().await;
+    };
+    tokio::select! {
+        _ = int.recv() => "SIGINT",
+        _ = term.recv() => "SIGTERM",
+    }
+}
+
+fn print_error(e: &anyhow::Error) {
+    if let Some(kiln_engine::Error::Solve { message, location }) =
+        e.downcast_ref::<kiln_engine::Error>()
+    {
+        eprintln!("ERROR: failed to solve: {message}");
+        if let Some(loc) = location {
+            eprintln!("{loc}");
+        }
+        return;
+    }
+    // Dockerfile errors come rendered, with their own `error:` and snippet.
+    if let Some(kiln_engine::Error::Frontend(f)) = e.downcast_ref::<kiln_engine::Error>() {
+        eprintln!("{f}");
+    } else {
+        eprintln!("error: {e}");
+    }
+    for cause in e.chain().skip(1) {
+        eprintln!("  caused by: {cause}");
+    }
+}
+
+fn open_engine(cli: &Cli) -> Result<Engine> {
+    let root = env::data_root(cli.root.as_deref());
+    let (config_path, required) = env::config_path(cli.config.as_deref(), &root);
+    let config = Config::load(&config_path, required)?;
+    Ok(Engine::open(&root, config)?)
+}
+
+fn parse_ref(s: &str) -> Result<Reference> {
+    s.parse::<Reference>()
+        .map_err(|e| anyhow::anyhow!("invalid reference format `{s}`: {e}"))
+}
+
+async fn run(cli: Cli) -> Result<ExitCode> {
+    match &cli.command {
+        Command::Build(b) => build(&cli, b).await,
+        Command::Images(a) => {
+            let engine = open_engine(&cli)?;
+            let records = engine.images()?;
+            if a.quiet {
+                for r in &records {
+                    println!("{}", &r.config.digest()[..12]);
+                }
+            } else {
+                let table = kiln_engine::format_images_table(&records, chrono::Utc::now());
+                println!("{}", table.trim_end_matches('\n'));
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Run(a) => {
+            let engine = open_engine(&cli)?;
+            if a.detach {
+                bail!("run -d is not supported yet");
+            }
+            if !a.publish.is_empty() {
+                bail!(
+                    "run -p is not supported yet (containers use the host network: the port is already reachable)"
+                );
+            }
+            let code = engine
+                .run(RunRequest {
+                    image: a.image.clone(),
+                    command: a.command.clone(),
+                    entrypoint: a.entrypoint.clone(),
+                    env: a.env.clone(),
+                    workdir: a.workdir.clone(),
+                    user: a.user.clone(),
+                })
+                .await?;
+            Ok(ExitCode::from(code.clamp(0, 255) as u8))
+        }
+        Command::Import(a) => {
+            let engine = open_engine(&cli)?;
+            let platform = a.platform.as_deref().map(str::parse).transpose()?;
+            let digest = engine
+                .import(ImportRequest {
+                    tarball: a.tarball.clone(),
+                    name: parse_ref(&a.name)?,
+                    changes: a.change.clone(),
+                    platform,
+                })
+                .await?;
+            println!("{digest}");
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Tag(a) => {
+            let engine = open_engine(&cli)?;
+            engine.tag(&parse_ref(&a.source)?, &parse_ref(&a.target)?)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Push(a) => {
+            let engine = open_engine(&cli)?;
+            let progress = Progress::new(Mode::Plain, Box::new(std::io::stderr()));
+            let r = engine.push(&parse_ref(&a.name)?, &progress).await;
+            progress.finish();
+            println!("{}", r?);
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+async fn build(cli: &Cli, b: &BuildArgs) -> Result<ExitCode> {
+    for (flag, set) in [
+        ("--push", b.push),
+        ("--cache-from", !b.cache_from.is_empty()),
+        ("--cache-to", !b.cache_to.is_empty()),
+        ("--secret", !b.secret.is_empty()),
+        ("--ssh", !b.ssh.is_empty()),
+        ("--check", b.check),
+        ("--call", b.call.is_some()),
+    ] {
+        if set {
+            bail!("`kiln build {flag}` is not supported yet");
+        }
+    }
+    let mut tags = Vec::new();
+    for t in &b.tag {
+        tags.push(parse_ref(t)?);
+    }
+    let mut build_args = BTreeMap::new();
+    for a in &b.build_arg {
+        match a.split_once('=') {
+            Some((k, v)) => {
+                build_args.insert(k.to_string(), v.to_string());
+            }
+            // `--build-arg NAME` takes the value from the environment, as docker does.
+            None => {
+                if let Ok(v) = std::env::var(a) {
+                    build_args.insert(a.clone(), v);
+                }
+            }
+        }
+    }
+    let mut outputs = Vec::new();
+    for o in &b.output {
+        outputs.push(args::parse_output(o)?);
+    }
+    if b.load || outputs.is_empty() {
+        outputs.push(Output::Image);
+    }
+    let platform = match b.platform.as_deref() {
+        None => None,
+        Some(p) if p.contains(',') => bail!("building for several platforms is not supported yet"),
+        Some(p) => Some(
+            p.parse()
+                .with_context(|| format!("invalid --platform `{p}`"))?,
+        ),
+    };
+    let mode = match b.progress.as_str() {
+        "auto" if std::io::stderr().is_terminal() => Mode::Tty,
+        "auto" | "plain" => Mode::Plain,
+        "tty" => Mode::Tty,
+        "quiet" => Mode::Quiet,
+        "rawjson" => Mode::RawJson,
+        other => bail!("invalid --progress `{other}`: expected auto, plain, tty, quiet or rawjson"),
+    };
+    let mode = if b.quiet { Mode::Quiet } else { mode };
+    let engine = open_engine(cli)?;
+    let progress = Progress::new(mode, Box::new(std::io::stderr()));
+    let req = BuildRequest {
+        context: b.context.clone(),
+        dockerfile: b.file.clone(),
+        target: b.target.clone(),
+        build_args,
+        tags,
+        outputs,
+        no_cache: b.no_cache,
+        platform,
+    };
+    let result = engine.build(req, &progress).await;
+    progress.finish();
+    let result = result?;
+    if let Some(path) = &b.iidfile {
+        std::fs::write(path, result.image_id.to_string())
+            .with_context(|| format!("writing `{}`", path.display()))?;
+    }
+    if b.quiet {
+        println!("{}", result.image_id);
+    }
+    Ok(ExitCode::SUCCESS)
+}

@@ -27,6 +27,7 @@ impl Engine {
         let (manifest, config) = self.write_image(value.layers(), image)?;
         v.status(&format!("exporting manifest {manifest} done"));
         v.status(&format!("exporting config {config} done"));
+        v.status(&format!("writing image {config} done"));
 
         let wants_store = req.outputs.is_empty() || req.outputs.contains(&Output::Image);
         if wants_store {

@@ -49,6 +49,17 @@ pub async fn convert(
     let dockerfile = kiln_dockerfile::parse(source).map_err(|e| Error::Dockerfile {
         rendered: e.render(&opts.dockerfile_name, source),
     })?;
+    if let Some(syntax) = &dockerfile.directives.syntax
+        && !is_builtin_syntax(syntax)
+    {
+        return Err(Error::Dockerfile {
+            rendered: format!(
+                "error: {}: `# syntax={syntax}` names an external frontend image, which is not supported yet \
+                 (kiln's built-in frontend implements docker/dockerfile:1)",
+                opts.dockerfile_name
+            ),
+        });
+    }
     let mut conv = Converter {
         opts,
         source,
@@ -168,6 +179,13 @@ pub async fn convert(
         warnings,
         locations: conv.locations,
     })
+}
+
+/// `docker/dockerfile:1`, `docker.io/docker/dockerfile:1.7`, `docker/dockerfile` and the like,
+/// which kiln's own frontend stands in for.
+fn is_builtin_syntax(syntax: &str) -> bool {
+    let name = syntax.split(['@', ':']).next().unwrap_or_default();
+    matches!(name, "docker/dockerfile" | "docker.io/docker/dockerfile")
 }
 
 fn platform_args(p: &Platform) -> BTreeMap<String, String> {
@@ -856,6 +874,14 @@ mod tests {
         );
         assert!(expose_keys("http").is_err());
         assert!(expose_keys("80/xyz").is_err());
+    }
+
+    #[test]
+    fn builtin_syntax_names() {
+        assert!(is_builtin_syntax("docker/dockerfile:1"));
+        assert!(is_builtin_syntax("docker.io/docker/dockerfile:1.7-labs"));
+        assert!(is_builtin_syntax("docker/dockerfile"));
+        assert!(!is_builtin_syntax("example.com/my/frontend:1"));
     }
 
     #[test]

@@ -523,14 +523,20 @@ impl Converter<'_> {
                         format!("{} {}", label(step), one_line(&ins.original)),
                     );
                     self.locations.insert(node, ins.location);
-                    let shown = match command {
-                        Command::Shell(_) => argv.join(" "),
-                        Command::Exec(v) => go_quote_list(v),
-                    };
-                    let prefix_args = if run_args.is_empty() {
+                    // BuildKit's history lists every ARG in scope, with the ENV value when an
+                    // ENV overrides it, then the argv joined by spaces (either form).
+                    let shown = argv.join(" ");
+                    let history_args: Vec<String> = args
+                        .iter()
+                        .map(|(k, v)| {
+                            let v = image.config.env_get(k).or(v.as_deref()).unwrap_or("");
+                            format!("{k}={v}")
+                        })
+                        .collect();
+                    let prefix_args = if history_args.is_empty() {
                         String::new()
                     } else {
-                        format!("|{} {} ", run_args.len(), run_args.join(" "))
+                        format!("|{} {} ", history_args.len(), history_args.join(" "))
                     };
                     history(
                         &mut image,
@@ -555,11 +561,14 @@ impl Converter<'_> {
                         )
                         .await?;
                     self.locations.insert(node, ins.location);
-                    let text = ins.original.trim_start();
-                    let rest = text.get(ins.keyword.len()..).unwrap_or("").trim();
+                    // BuildKit records the expanded sources and destination, without flags.
+                    let mut words = Vec::new();
+                    for w in copy.sources.iter().chain([&copy.dest]) {
+                        words.push(self.expand(ins, w, &env)?);
+                    }
                     history(
                         &mut image,
-                        format!("COPY {} # buildkit", one_line(rest)),
+                        format!("COPY {} # buildkit", words.join(" ")),
                         false,
                     );
                 }

@@ -1,0 +1,17 @@
+//! kiln end to end: the `kiln` binary against a real registry (`KILN_TEST_REGISTRY`, seeded
+//! with library/busybox:latest and, for the example, library/python:3.11-slim), runc and
+//! overlayfs. Each test has its own data root; after each, nothing may be mounted under it and
+//! no runc container may be left. Without the externals the tests skip with a reason, or fail
+//! under `KILN_TEST_REQUIRE_EXTERNAL=1`.
+
+mod cache;
+mod config;
+mod dockerd;
+mod dockerignore;
+mod errors;
+mod example;
+mod export_docker;
+mod export_oci;
+mod failure;
+mod multistage;
+mod support;

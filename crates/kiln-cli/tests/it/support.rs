@@ -1,0 +1,454 @@
+//! The harness: a temp data root and mirror config per test, a way to run `kiln` and read its
+//! plain progress, and the after-test checks (no mounts, no runc containers left).
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+
+pub const KILN: &str = env!("CARGO_BIN_EXE_kiln");
+
+/// Whether externals are required (CI): a missing one fails the test instead of skipping it.
+pub fn require_external() -> bool {
+    std::env::var("KILN_TEST_REQUIRE_EXTERNAL").as_deref() == Ok("1")
+}
+
+/// Returns true when the test should skip because `what` is missing; panics under
+/// `KILN_TEST_REQUIRE_EXTERNAL=1`.
+pub fn skip_because(test: &str, what: &str) -> bool {
+    if require_external() {
+        panic!("{test}: {what} (required: KILN_TEST_REQUIRE_EXTERNAL=1)");
+    }
+    eprintln!("skipping {test}: {what}");
+    true
+}
+
+pub fn find_program(name: &str) -> Option<PathBuf> {
+    std::env::var_os("PATH").and_then(|paths| {
+        std::env::split_paths(&paths)
+            .map(|p| p.join(name))
+            .find(|p| p.is_file())
+    })
+}
+
+/// A minimal HTTP/1.0 GET (the registry and the example app speak plain HTTP on loopback).
+/// Returns the status code and body.
+pub fn http_get(
+    addr: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    timeout: Duration,
+) -> Result<(u16, String)> {
+    let sock = addr.parse().with_context(|| format!("address `{addr}`"))?;
+    let mut stream = TcpStream::connect_timeout(&sock, timeout)?;
+    stream.set_read_timeout(Some(timeout))?;
+    stream.set_write_timeout(Some(timeout))?;
+    let mut req = format!("GET {path} HTTP/1.0\r\nHost: {addr}\r\n");
+    for (k, v) in headers {
+        req.push_str(&format!("{k}: {v}\r\n"));
+    }
+    req.push_str("\r\n");
+    stream.write_all(req.as_bytes())?;
+    let mut raw = Vec::new();
+    stream.read_to_end(&mut raw)?;
+    let text = String::from_utf8_lossy(&raw);
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .with_context(|| format!("bad HTTP response from {addr}: {head}"))?;
+    Ok((status, body.to_string()))
+}
+
+/// Whether the registry at `addr` has `repo:tag`.
+pub fn registry_has(addr: &str, repo: &str, tag: &str) -> bool {
+    let accept = "application/vnd.docker.distribution.manifest.v2+json, \
+                  application/vnd.oci.image.manifest.v1+json, \
+                  application/vnd.docker.distribution.manifest.list.v2+json, \
+                  application/vnd.oci.image.index.v1+json";
+    matches!(
+        http_get(
+            addr,
+            &format!("/v2/{repo}/manifests/{tag}"),
+            &[("Accept", accept)],
+            Duration::from_secs(10)
+        ),
+        Ok((200, _))
+    )
+}
+
+/// What a `kiln` invocation did.
+#[derive(Debug)]
+pub struct Run {
+    pub args: Vec<String>,
+    pub code: Option<i32>,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl Run {
+    fn from_output(args: Vec<String>, out: Output) -> Self {
+        Run {
+            args,
+            code: out.status.code(),
+            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        }
+    }
+
+    /// Fails the test with the output unless kiln exited 0.
+    #[track_caller]
+    pub fn ok(self) -> Self {
+        assert_eq!(
+            self.code,
+            Some(0),
+            "kiln {:?} failed:\n{}\n{}",
+            self.args,
+            self.stdout,
+            self.stderr
+        );
+        self
+    }
+
+    /// Fails the test unless kiln exited non-zero.
+    #[track_caller]
+    pub fn failed(self) -> Self {
+        assert!(
+            matches!(self.code, Some(c) if c != 0),
+            "kiln {:?} should have failed (exit {:?}):\n{}\n{}",
+            self.args,
+            self.code,
+            self.stdout,
+            self.stderr
+        );
+        self
+    }
+
+    pub fn progress(&self) -> Progress {
+        Progress::parse(&self.stderr)
+    }
+}
+
+/// One vertex of BuildKit's plain progress (`#N NAME`, `#N CACHED`, `#N DONE 0.1s`...).
+#[derive(Debug, Clone, Default)]
+pub struct Vertex {
+    pub number: u32,
+    pub name: String,
+    pub cached: bool,
+    pub done: bool,
+    pub error: Option<String>,
+    /// Log lines, without their `#N 0.123 ` prefix.
+    pub logs: Vec<String>,
+}
+
+impl Vertex {
+    /// A build step (`[2/5] RUN ...`, `[stage 1/3] FROM ...`), not `[internal]` or exporting.
+    pub fn is_step(&self) -> bool {
+        self.name.starts_with('[') && !self.name.starts_with("[internal]")
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Progress {
+    pub vertices: Vec<Vertex>,
+    raw: String,
+}
+
+impl Progress {
+    pub fn parse(text: &str) -> Self {
+        let mut vertices: Vec<Vertex> = Vec::new();
+        for line in text.lines() {
+            let Some(rest) = line.strip_prefix('#') else {
+                continue;
+            };
+            let Some((num, body)) = rest.split_once(' ') else {
+                continue;
+            };
+            let Ok(number) = num.parse::<u32>() else {
+                continue;
+            };
+            let v = match vertices.iter_mut().position(|v| v.number == number) {
+                Some(i) => &mut vertices[i],
+                None => {
+                    vertices.push(Vertex {
+                        number,
+                        name: body.to_string(),
+                        ..Default::default()
+                    });
+                    continue;
+                }
+            };
+            if body == "CACHED" {
+                v.cached = true;
+            } else if body.starts_with("DONE") {
+                v.done = true;
+            } else if let Some(e) = body.strip_prefix("ERROR") {
+                v.error = Some(e.trim_start_matches(':').trim().to_string());
+            } else if let Some((t, log)) = body.split_once(' ')
+                && t.parse::<f64>().is_ok()
+            {
+                v.logs.push(log.to_string());
+            }
+        }
+        Progress {
+            vertices,
+            raw: text.to_string(),
+        }
+    }
+
+    pub fn steps(&self) -> Vec<&Vertex> {
+        self.vertices.iter().filter(|v| v.is_step()).collect()
+    }
+
+    /// The one step whose name contains `needle`.
+    #[track_caller]
+    pub fn step(&self, needle: &str) -> &Vertex {
+        let found: Vec<&Vertex> = self
+            .steps()
+            .into_iter()
+            .filter(|v| v.name.contains(needle))
+            .collect();
+        assert_eq!(
+            found.len(),
+            1,
+            "expected one step matching {needle:?} in:\n{}",
+            self.raw
+        );
+        found[0]
+    }
+
+    /// Names of steps that were not cache hits.
+    pub fn rebuilt(&self) -> Vec<&str> {
+        self.steps()
+            .into_iter()
+            .filter(|v| !v.cached)
+            .map(|v| v.name.as_str())
+            .collect()
+    }
+
+    pub fn raw(&self) -> &str {
+        &self.raw
+    }
+}
+
+static COUNTER: AtomicUsize = AtomicUsize::new(0);
+
+/// One test's kiln: its own data root and config, checked for leftovers when dropped.
+pub struct Kiln {
+    pub test: String,
+    pub registry: String,
+    dir: tempfile::TempDir,
+    pub root: PathBuf,
+    pub config: PathBuf,
+    started: Instant,
+}
+
+impl Kiln {
+    /// A fresh kiln for `test`, or `None` (after printing why) when runc or the test registry
+    /// is missing; panics instead under `KILN_TEST_REQUIRE_EXTERNAL=1`.
+    pub fn new(test: &str) -> Option<Kiln> {
+        let Some(registry) = std::env::var("KILN_TEST_REGISTRY")
+            .ok()
+            .filter(|r| !r.is_empty())
+        else {
+            skip_because(test, "KILN_TEST_REGISTRY is not set");
+            return None;
+        };
+        if find_program("runc").is_none() {
+            skip_because(test, "runc is not installed");
+            return None;
+        }
+        if !registry_has(&registry, "library/busybox", "latest") {
+            skip_because(
+                test,
+                &format!("the registry at {registry} does not serve library/busybox:latest"),
+            );
+            return None;
+        }
+        let dir = tempfile::Builder::new()
+            .prefix("kiln-it-")
+            .tempdir()
+            .expect("creating a temp dir");
+        let root = dir.path().join("root");
+        let config = dir.path().join("kiln.toml");
+        std::fs::write(
+            &config,
+            format!("[registry.\"docker.io\"]\nmirrors = [\"{registry}\"]\n\n[registry.\"{registry}\"]\nhttp = true\n"),
+        )
+        .expect("writing the config");
+        Some(Kiln {
+            test: test.to_string(),
+            registry,
+            dir,
+            root,
+            config,
+            started: Instant::now(),
+        })
+    }
+
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// A name unique to this test run, for images and repositories.
+    pub fn unique(&self, base: &str) -> String {
+        format!(
+            "{base}-{}-{}",
+            std::process::id(),
+            COUNTER.fetch_add(1, Ordering::Relaxed)
+        )
+    }
+
+    /// `kiln --root R --config C ARGS...`, not yet started.
+    pub fn command<S: AsRef<std::ffi::OsStr>>(&self, args: &[S]) -> Command {
+        let mut cmd = Command::new(KILN);
+        cmd.arg("--root")
+            .arg(&self.root)
+            .arg("--config")
+            .arg(&self.config)
+            .args(args);
+        cmd.env_remove("KILN_ROOT").env_remove("KILN_CONFIG");
+        cmd
+    }
+
+    pub fn kiln<S: AsRef<std::ffi::OsStr>>(&self, args: &[S]) -> Run {
+        let shown: Vec<String> = args
+            .iter()
+            .map(|a| a.as_ref().to_string_lossy().into_owned())
+            .collect();
+        let out = self.command(args).output().expect("running kiln");
+        Run::from_output(shown, out)
+    }
+
+    /// `kiln build --progress plain EXTRA... CONTEXT`.
+    pub fn build(&self, context: &Path, extra: &[&str]) -> Run {
+        let mut args: Vec<String> = vec!["build".into(), "--progress".into(), "plain".into()];
+        args.extend(extra.iter().map(|s| s.to_string()));
+        args.push(context.to_string_lossy().into_owned());
+        self.kiln(&args)
+    }
+
+    /// Writes a build context `name` from (path, contents) pairs and returns its directory.
+    pub fn context(&self, name: &str, files: &[(&str, &str)]) -> PathBuf {
+        let dir = self.dir.path().join(name);
+        write_files(&dir, files);
+        dir
+    }
+
+    /// Fails when something is mounted under the data root or a runc container is left.
+    #[track_caller]
+    pub fn assert_clean(&self) {
+        let mounts = mounts_under(&self.root);
+        assert!(
+            mounts.is_empty(),
+            "{}: mounts left under the data root: {mounts:?}",
+            self.test
+        );
+        let containers = runc_containers(&self.root);
+        assert!(
+            containers.is_empty(),
+            "{}: runc containers left: {containers:?}",
+            self.test
+        );
+    }
+}
+
+impl Drop for Kiln {
+    fn drop(&mut self) {
+        eprintln!(
+            "{}: took {:.1}s",
+            self.test,
+            self.started.elapsed().as_secs_f64()
+        );
+        if std::thread::panicking() {
+            return;
+        }
+        self.assert_clean();
+    }
+}
+
+pub fn write_files(dir: &Path, files: &[(&str, &str)]) {
+    for (path, contents) in files {
+        let path = dir.join(path);
+        std::fs::create_dir_all(path.parent().expect("files have a parent"))
+            .expect("creating directories");
+        std::fs::write(&path, contents).expect("writing a context file");
+    }
+    std::fs::create_dir_all(dir).expect("creating the context");
+}
+
+/// Mount points at or below `root`, from /proc/self/mountinfo.
+pub fn mounts_under(root: &Path) -> Vec<String> {
+    let info = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+    let root = root.to_string_lossy();
+    info.lines()
+        .filter_map(|l| l.split(' ').nth(4))
+        .map(|m| m.replace("\\040", " "))
+        .filter(|m| m == root.as_ref() || m.starts_with(&format!("{root}/")))
+        .collect()
+}
+
+/// Containers runc still knows about under the data root's executor state.
+pub fn runc_containers(root: &Path) -> Vec<String> {
+    let state = root.join("executor").join("runc");
+    let out = Command::new("runc")
+        .arg("--root")
+        .arg(&state)
+        .args(["list", "-q"])
+        .output();
+    match out {
+        Ok(o) => String::from_utf8_lossy(&o.stdout)
+            .lines()
+            .map(str::to_string)
+            .filter(|l| !l.is_empty())
+            .collect(),
+        Err(e) => vec![format!("<runc list failed: {e}>")],
+    }
+}
+
+/// Reads every regular file of a tar archive into memory (test archives are small).
+pub fn read_tar(path: &Path) -> Result<std::collections::BTreeMap<String, Vec<u8>>> {
+    let mut archive = tar::Archive::new(std::fs::File::open(path)?);
+    let mut files = std::collections::BTreeMap::new();
+    for entry in archive.entries()? {
+        let mut entry = entry?;
+        if entry.header().entry_type() != tar::EntryType::Regular {
+            continue;
+        }
+        let name = entry
+            .path()?
+            .to_string_lossy()
+            .trim_start_matches("./")
+            .to_string();
+        let mut data = Vec::new();
+        entry.read_to_end(&mut data)?;
+        if files.insert(name.clone(), data).is_some() {
+            bail!("`{name}` appears twice in {}", path.display());
+        }
+    }
+    Ok(files)
+}
+
+/// Waits for `child` up to `timeout`; kills it after that. Returns its exit status.
+pub fn wait_timeout(
+    child: &mut std::process::Child,
+    timeout: Duration,
+) -> Result<std::process::ExitStatus> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(status) = child.try_wait()? {
+            return Ok(status);
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            bail!("process {} did not exit within {timeout:?}", child.id());
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}

@@ -1,0 +1,133 @@
+//! Golden conversions: each `corpus/convert/<case>/Dockerfile` is converted with a fake image
+//! resolver and a fixed `created` time; `Definition::dump(root)` must equal `llb.txt` and the
+//! image config (pretty JSON) `config.json`. An optional `opts.txt` holds `target=NAME` and
+//! `build-arg=KEY=VALUE` lines. `KILN_BLESS=1` rewrites the expected files.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use futures::FutureExt;
+use futures::future::BoxFuture;
+use kiln_frontend::{BoxError, BuildOpts, ImageResolver, ResolvedImage};
+use kiln_oci::{ImageConfig, Platform, Reference};
+
+const CREATED: &str = "2024-01-02T03:04:05Z";
+
+/// Every image is busybox-like: one layer, `sh` as Cmd, pinned by a digest derived from its
+/// name so different images stay distinguishable.
+struct FakeResolver;
+
+impl ImageResolver for FakeResolver {
+    fn resolve<'a>(
+        &'a self,
+        reference: &'a Reference,
+        platform: &'a Platform,
+    ) -> BoxFuture<'a, Result<ResolvedImage, BoxError>> {
+        async move {
+            if reference.repository().contains("missing") {
+                return Err(format!("`{}` not found", reference.whole()).into());
+            }
+            let digest = kiln_oci::sha256(reference.whole().as_bytes());
+            let config: ImageConfig = serde_json::from_value(serde_json::json!({
+                "created": "2023-05-18T22:34:17Z",
+                "architecture": platform.architecture,
+                "os": platform.os,
+                "config": {
+                    "Env": ["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"],
+                    "Cmd": ["sh"],
+                },
+                "rootfs": {"type": "layers", "diff_ids": [kiln_oci::sha256(b"base layer").to_string()]},
+                "history": [
+                    {"created": "2023-05-18T22:34:17Z", "created_by": "/bin/sh -c #(nop) ADD file:base in / "},
+                    {"created": "2023-05-18T22:34:17Z", "created_by": "/bin/sh -c #(nop)  CMD [\"sh\"]", "empty_layer": true},
+                ],
+            }))?;
+            let pinned = format!(
+                "{}/{}:{}@{digest}",
+                reference.registry(),
+                reference.repository(),
+                reference.tag().unwrap_or("latest")
+            );
+            Ok(ResolvedImage { pinned, config })
+        }
+        .boxed()
+    }
+}
+
+fn opts(case: &Path) -> BuildOpts {
+    let mut build_args = BTreeMap::new();
+    let mut target = None;
+    if let Ok(text) = std::fs::read_to_string(case.join("opts.txt")) {
+        for line in text
+            .lines()
+            .map(str::trim)
+            .filter(|l| !l.is_empty() && !l.starts_with('#'))
+        {
+            match line.split_once('=') {
+                Some(("target", t)) => target = Some(t.to_string()),
+                Some(("build-arg", kv)) => {
+                    let (k, v) = kv.split_once('=').expect("build-arg=KEY=VALUE");
+                    build_args.insert(k.to_string(), v.to_string());
+                }
+                _ => panic!("{}: bad opts.txt line `{line}`", case.display()),
+            }
+        }
+    }
+    BuildOpts {
+        dockerfile_name: "Dockerfile".into(),
+        build_args,
+        target,
+        platform: Platform::new("linux", "amd64", None),
+        excludes: Vec::new(),
+        created: CREATED.into(),
+    }
+}
+
+fn cases() -> Vec<PathBuf> {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/corpus/convert");
+    let mut cases: Vec<PathBuf> = std::fs::read_dir(&dir)
+        .unwrap_or_else(|e| panic!("reading {}: {e}", dir.display()))
+        .map(|e| e.expect("a corpus entry").path())
+        .filter(|p| p.join("Dockerfile").is_file())
+        .collect();
+    cases.sort();
+    cases
+}
+
+/// Compares `actual` with `case/file`, or writes it when blessing; returns a failure message.
+fn check(case: &Path, file: &str, actual: &str, bless: bool) -> Option<String> {
+    let path = case.join(file);
+    if bless {
+        std::fs::write(&path, actual).expect("writing a blessed file");
+        return None;
+    }
+    let expected = std::fs::read_to_string(&path).unwrap_or_default();
+    (expected != actual).then(|| {
+        format!("{}: {file} differs (KILN_BLESS=1 rewrites)\n--- expected\n{expected}\n+++ actual\n{actual}", case.display())
+    })
+}
+
+#[tokio::test]
+async fn convert_corpus() {
+    let bless = std::env::var("KILN_BLESS").as_deref() == Ok("1");
+    let cases = cases();
+    assert!(cases.len() >= 10, "the corpus lost cases: {cases:?}");
+    let mut failures = Vec::new();
+    for case in &cases {
+        let source =
+            std::fs::read_to_string(case.join("Dockerfile")).expect("reading the Dockerfile");
+        let converted = match kiln_frontend::convert(&source, &opts(case), &FakeResolver).await {
+            Ok(c) => c,
+            Err(e) => {
+                failures.push(format!("{}: conversion failed: {e}", case.display()));
+                continue;
+            }
+        };
+        let llb = converted.definition.dump(converted.root);
+        let config =
+            serde_json::to_string_pretty(&converted.image).expect("configs serialise") + "\n";
+        failures.extend(check(case, "llb.txt", &llb, bless));
+        failures.extend(check(case, "config.json", &config, bless));
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n\n"));
+}

@@ -349,26 +349,32 @@ impl Owner {
 /// Creates `path` (absolute in-image) and missing parents inside `root`; new directories get
 /// `mode` and `owner`. Returns the resolved host path.
 pub fn mkdir_all(root: &Path, path: &str, mode: u32, owner: (u32, u32)) -> io::Result<PathBuf> {
-    let mut cur = String::new();
-    for comp in components(path) {
-        cur.push('/');
-        cur.push_str(&comp);
-        let p = resolve_in_root(root, &cur, true)?;
-        match fs::symlink_metadata(&p) {
+    // Resolve first: symlinks on the way lead somewhere inside the root, and every component of
+    // the result that exists is a real directory; only the missing tail is created.
+    let target = resolve_in_root(root, path, true)?;
+    let rel = target
+        .strip_prefix(root)
+        .map_err(io::Error::other)?
+        .to_path_buf();
+    let mut cur = root.to_path_buf();
+    for comp in rel.components() {
+        cur.push(comp);
+        match fs::symlink_metadata(&cur) {
             Ok(m) if m.is_dir() => {}
             Ok(_) => {
                 return Err(io::Error::other(format!(
-                    "`{cur}` exists and is not a directory"
+                    "`{}` exists and is not a directory",
+                    cur.display()
                 )));
             }
             Err(_) => {
-                fs::create_dir(&p)?;
-                fs::set_permissions(&p, fs::Permissions::from_mode(mode))?;
-                std::os::unix::fs::lchown(&p, Some(owner.0), Some(owner.1))?;
+                fs::create_dir(&cur)?;
+                fs::set_permissions(&cur, fs::Permissions::from_mode(mode))?;
+                std::os::unix::fs::lchown(&cur, Some(owner.0), Some(owner.1))?;
             }
         }
     }
-    resolve_in_root(root, path, true)
+    Ok(target)
 }
 
 /// Copies the selected sources into `dest` (absolute in-image; trailing `/` means a directory)
@@ -496,6 +502,53 @@ fn copy_entry(
     Ok(())
 }
 
+/// Removes from an overlay upper dir the directories that hold no change: overlayfs copies a
+/// directory up when anything below it is touched (runc creating and removing the stubs it
+/// mounts /etc/hosts and /etc/resolv.conf on, say), and such a copy would otherwise make a layer
+/// of a step that changed nothing. A directory stays when it is new, opaque, non-empty, or its
+/// mode or owner differ from the lower one.
+pub fn prune_unchanged_dirs(upper: &Path, lowers: &[PathBuf]) -> io::Result<()> {
+    prune_dir(upper, Path::new(""), lowers).map(|_| ())
+}
+
+/// Returns whether `upper/rel` is now empty.
+fn prune_dir(upper: &Path, rel: &Path, lowers: &[PathBuf]) -> io::Result<bool> {
+    let dir = upper.join(rel);
+    let mut remaining = 0usize;
+    for entry in fs::read_dir(&dir)? {
+        let entry = entry?;
+        let child_rel = rel.join(entry.file_name());
+        let meta = fs::symlink_metadata(entry.path())?;
+        if meta.is_dir()
+            && prune_dir(upper, &child_rel, lowers)?
+            && unchanged_dir(&entry.path(), &meta, &child_rel, lowers)
+        {
+            fs::remove_dir(entry.path())?;
+            continue;
+        }
+        remaining += 1;
+    }
+    Ok(remaining == 0)
+}
+
+fn unchanged_dir(path: &Path, meta: &Metadata, rel: &Path, lowers: &[PathBuf]) -> bool {
+    let opaque = rustix::fs::lgetxattr(path, "trusted.overlay.opaque", &mut [0u8; 1]).is_ok();
+    if opaque {
+        return false;
+    }
+    for lower in lowers {
+        if let Ok(lm) = fs::symlink_metadata(lower.join(rel)) {
+            let whiteout = lm.file_type().is_char_device() && lm.rdev() == 0;
+            return !whiteout
+                && lm.is_dir()
+                && lm.mode() == meta.mode()
+                && lm.uid() == meta.uid()
+                && lm.gid() == meta.gid();
+        }
+    }
+    false
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -505,7 +558,7 @@ mod tests {
         let root = tempfile::tempdir().unwrap();
         let r = root.path();
         fs::create_dir_all(r.join("real/dir")).unwrap();
-        std::os::unix::fs::symlink("/etc", r.join("etc")).unwrap();
+        std::os::unix::fs::symlink("/etc", r.join("evil")).unwrap();
         std::os::unix::fs::symlink("../../../../..", r.join("up")).unwrap();
         std::os::unix::fs::symlink("real/dir", r.join("rel")).unwrap();
         assert_eq!(
@@ -519,6 +572,25 @@ mod tests {
         );
         assert_eq!(resolve_in_root(r, "rel", false).unwrap(), r.join("rel"));
         assert_eq!(resolve_in_root(r, "../../x", true).unwrap(), r.join("x"));
+    }
+
+    #[test]
+    fn prune_keeps_only_real_changes() {
+        let lower = tempfile::tempdir().unwrap();
+        let upper = tempfile::tempdir().unwrap();
+        fs::create_dir_all(lower.path().join("etc")).unwrap();
+        fs::create_dir_all(lower.path().join("tmp")).unwrap();
+        fs::set_permissions(lower.path().join("tmp"), fs::Permissions::from_mode(0o1777)).unwrap();
+        fs::create_dir_all(upper.path().join("etc")).unwrap(); // a bare copy-up
+        fs::create_dir_all(upper.path().join("tmp")).unwrap(); // mode differs from the lower
+        fs::create_dir_all(upper.path().join("new/empty")).unwrap(); // new directories
+        fs::create_dir_all(upper.path().join("etc2")).unwrap();
+        fs::set_permissions(upper.path().join("tmp"), fs::Permissions::from_mode(0o755)).unwrap();
+        prune_unchanged_dirs(upper.path(), &[lower.path().to_path_buf()]).unwrap();
+        assert!(!upper.path().join("etc").exists());
+        assert!(upper.path().join("tmp").exists());
+        assert!(upper.path().join("new/empty").exists());
+        assert!(upper.path().join("etc2").exists());
     }
 
     #[test]

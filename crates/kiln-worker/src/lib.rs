@@ -361,6 +361,13 @@ impl LlbWorker {
             m.unmount()?;
         }
         let upper = step.dir.join("upper");
+        let lowers: Vec<PathBuf> = step
+            .layers
+            .iter()
+            .rev()
+            .filter_map(|l| l.diff_id.as_ref().map(|d| self.layers.dir(d)))
+            .collect();
+        fsutil::prune_unchanged_dirs(&upper, &lowers).map_err(io("reading the step's changes"))?;
         let empty = fs::read_dir(&upper)
             .map_err(io("reading the step's changes"))?
             .next()

@@ -72,7 +72,10 @@ fn image_config_and_history() {
         ),
         ("COPY main.txt . # buildkit", false),
         // No layer: runc's mount stubs must not make one (BuildKit marks it empty too).
-        ("RUN /bin/sh -c echo this step writes nothing # buildkit", true),
+        (
+            "RUN /bin/sh -c echo this step writes nothing # buildkit",
+            true,
+        ),
         ("USER app", true),
         ("RUN /bin/sh -c id -u > /home/app/uid # buildkit", false),
         ("LABEL org.example.title=kiln test version=1", true),

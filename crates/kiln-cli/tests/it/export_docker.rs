@@ -1,8 +1,8 @@
 //! `-o type=docker,dest=X.tar`: `docker load` takes it, and `docker run` prints what
 //! `kiln run` prints.
 
-use crate::dockerd::Dockerd;
 use crate::support::{Kiln, find_program, skip_because};
+use kiln_test::Dockerd;
 
 const DOCKERFILE: &str = "FROM busybox
 ENV GREETING=hello

@@ -6,7 +6,6 @@
 
 mod cache;
 mod config;
-mod dockerd;
 mod dockerignore;
 mod errors;
 mod example;

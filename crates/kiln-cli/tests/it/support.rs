@@ -14,7 +14,7 @@ pub const KILN: &str = env!("CARGO_BIN_EXE_kiln");
 
 /// Whether externals are required (CI): a missing one fails the test instead of skipping it.
 pub fn require_external() -> bool {
-    std::env::var("KILN_TEST_REQUIRE_EXTERNAL").as_deref() == Ok("1")
+    kiln_test::externals_required()
 }
 
 /// Returns true when the test should skip because `what` is missing; panics under
@@ -27,13 +27,7 @@ pub fn skip_because(test: &str, what: &str) -> bool {
     true
 }
 
-pub fn find_program(name: &str) -> Option<PathBuf> {
-    std::env::var_os("PATH").and_then(|paths| {
-        std::env::split_paths(&paths)
-            .map(|p| p.join(name))
-            .find(|p| p.is_file())
-    })
-}
+pub use kiln_test::find_program;
 
 /// A minimal HTTP/1.0 GET (the registry and the example app speak plain HTTP on loopback).
 /// Returns the status code and body.

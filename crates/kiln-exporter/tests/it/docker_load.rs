@@ -1,127 +1,14 @@
 //! Loads a docker archive into a real, private dockerd and runs it. Skips (with a reason) when
 //! dockerd is not installed, unless `KILN_TEST_REQUIRE_EXTERNAL=1`.
 
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
-use std::time::{Duration, Instant};
+use std::path::Path;
 
-use anyhow::{Context, Result, bail, ensure};
+use anyhow::Result;
 use kiln_exporter::{ContentStore, docker};
 use kiln_oci::Reference;
+use kiln_test::{Dockerd, find_program, skip_without};
 
 use crate::support::{Layer, build_image};
-
-fn find_program(name: &str) -> Option<PathBuf> {
-    std::env::var_os("PATH").and_then(|paths| {
-        std::env::split_paths(&paths)
-            .map(|p| p.join(name))
-            .find(|p| p.is_file())
-    })
-}
-
-/// Whether a test needing `what` should skip; panics instead when externals are required.
-fn skip_without(what: &str, missing: bool) -> bool {
-    if !missing {
-        return false;
-    }
-    if std::env::var("KILN_TEST_REQUIRE_EXTERNAL").as_deref() == Ok("1") {
-        panic!("{what} is required (KILN_TEST_REQUIRE_EXTERNAL=1) but not installed");
-    }
-    eprintln!("skipping: {what} is not installed");
-    true
-}
-
-/// A dockerd on a private socket and data root; stopped and cleaned up on drop.
-struct Dockerd {
-    child: Child,
-    host: String,
-    config: PathBuf,
-    dir: PathBuf,
-}
-
-impl Dockerd {
-    fn start(dockerd: &Path, dir: &Path) -> Result<Self> {
-        let log = std::fs::File::create(dir.join("dockerd.log"))?;
-        let child = Command::new(dockerd)
-            .arg(format!(
-                "--host=unix://{}",
-                dir.join("docker.sock").display()
-            ))
-            .arg(format!("--data-root={}", dir.join("root").display()))
-            .arg(format!("--exec-root={}", dir.join("exec").display()))
-            .arg(format!("--pidfile={}", dir.join("pid").display()))
-            .args(["--iptables=false", "--ip6tables=false", "--bridge=none"])
-            .stdin(Stdio::null())
-            .stdout(log.try_clone()?)
-            .stderr(log)
-            .spawn()
-            .context("starting dockerd")?;
-        let config = dir.join("client-config");
-        std::fs::create_dir_all(&config)?;
-        let mut d = Dockerd {
-            child,
-            host: format!("unix://{}", dir.join("docker.sock").display()),
-            config,
-            dir: dir.to_path_buf(),
-        };
-        let deadline = Instant::now() + Duration::from_secs(60);
-        loop {
-            if let Some(status) = d.child.try_wait()? {
-                bail!("dockerd exited with {status}: {}", d.log());
-            }
-            if d.docker(&["version"]).is_ok_and(|o| o.status.success()) {
-                return Ok(d);
-            }
-            if Instant::now() > deadline {
-                bail!("dockerd did not come up in 60s: {}", d.log());
-            }
-            std::thread::sleep(Duration::from_millis(250));
-        }
-    }
-
-    fn log(&self) -> String {
-        let log = std::fs::read_to_string(self.dir.join("dockerd.log")).unwrap_or_default();
-        let lines: Vec<&str> = log.lines().collect();
-        lines[lines.len().saturating_sub(20)..].join("\n")
-    }
-
-    fn docker(&self, args: &[&str]) -> Result<Output> {
-        Ok(Command::new("docker")
-            .env("DOCKER_CONFIG", &self.config)
-            .arg("-H")
-            .arg(&self.host)
-            .args(args)
-            .output()?)
-    }
-
-    /// Runs docker and returns stdout, failing with stderr on a non-zero exit.
-    fn run(&self, args: &[&str]) -> Result<String> {
-        let out = self.docker(args)?;
-        ensure!(
-            out.status.success(),
-            "docker {args:?} failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        Ok(String::from_utf8(out.stdout)?)
-    }
-}
-
-impl Drop for Dockerd {
-    fn drop(&mut self) {
-        // SIGTERM lets dockerd stop its containerd and unmount its layers.
-        let pid = rustix::process::Pid::from_child(&self.child);
-        let _ = rustix::process::kill_process(pid, rustix::process::Signal::TERM);
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while Instant::now() < deadline {
-            if !matches!(self.child.try_wait(), Ok(None)) {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
 
 #[test]
 fn docker_load_accepts_the_archive_and_runs_it() -> Result<()> {

@@ -1,6 +1,5 @@
 //! A private dockerd (own socket, data root and exec root; no bridge, no iptables), stopped
-//! with SIGTERM when dropped so it unmounts its layers. The same approach as kiln-exporter's
-//! docker load test.
+//! with SIGTERM when dropped so it unmounts its layers.
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};

@@ -401,12 +401,7 @@ impl LlbWorker {
     async fn exec(&self, op: &ExecOp, layers: &[LayerRef], progress: &Vertex) -> Result<Value> {
         let step = self.prepare(layers, progress).await?;
         let merged = step.dir.join("merged");
-        let user_spec = if op.user.is_empty() {
-            "root"
-        } else {
-            op.user.as_str()
-        };
-        let user = kiln_executor::resolve_user(&merged, user_spec)?;
+        let user = resolve_user_or_root(&merged, &op.user)?;
         let mut env = op.env.clone();
         if !env.iter().any(|e| e.starts_with("HOME=")) {
             env.push(format!(
@@ -496,16 +491,17 @@ impl LlbWorker {
     async fn mkdir(&self, op: &MkdirOp, layers: &[LayerRef], progress: &Vertex) -> Result<Value> {
         let step = self.prepare(layers, progress).await?;
         let merged = step.dir.join("merged");
-        let user_spec = if op.user.is_empty() {
-            "root"
-        } else {
-            op.user.as_str()
-        };
-        let user = kiln_executor::resolve_user(&merged, user_spec)?;
+        let user = resolve_user_or_root(&merged, &op.user)?;
         fsutil::mkdir_all(&merged, &op.path, op.mode, (user.uid, user.gid))
             .map_err(io(format!("creating `{}`", op.path)))?;
         self.commit(step).await
     }
+}
+
+/// The user a step runs as (or owns what it creates as): USER's value, root when unset.
+fn resolve_user_or_root(rootfs: &std::path::Path, user: &str) -> Result<kiln_executor::User> {
+    let spec = if user.is_empty() { "root" } else { user };
+    Ok(kiln_executor::resolve_user(rootfs, spec)?)
 }
 
 /// A mounted root filesystem with a private upper dir (a build step's or a container's);

@@ -29,20 +29,30 @@ fn main() -> ExitCode {
     // and step directories removed by their guards before kiln exits.
     let result = runtime.block_on(async {
         tokio::select! {
-            r = run(cli) => r,
-            s = interrupted() => Err(anyhow::anyhow!("interrupted by {s}")),
+            r = run(cli) => r.map_err(Stop::Failed),
+            (name, number) = interrupted() => Err(Stop::Interrupted(name, number)),
         }
     });
     match result {
         Ok(code) => code,
-        Err(e) => {
+        Err(Stop::Failed(e)) => {
             print_error(&e);
             ExitCode::FAILURE
+        }
+        // As a shell reports a command killed by a signal: 128 + its number.
+        Err(Stop::Interrupted(name, number)) => {
+            eprintln!("kiln: interrupted by {name}");
+            ExitCode::from(128 + number)
         }
     }
 }
 
-async fn interrupted() -> &'static str {
+enum Stop {
+    Failed(anyhow::Error),
+    Interrupted(&'static str, u8),
+}
+
+async fn interrupted() -> (&'static str, u8) {
     use tokio::signal::unix::{SignalKind, signal};
     let (Ok(mut int), Ok(mut term)) = (
         signal(SignalKind::interrupt()),
@@ -51,8 +61,8 @@ async fn interrupted() -> &'static str {
         return std::future::pending().await;
     };
     tokio::select! {
-        _ = int.recv() => "SIGINT",
-        _ = term.recv() => "SIGTERM",
+        _ = int.recv() => ("SIGINT", 2),
+        _ = term.recv() => ("SIGTERM", 15),
     }
 }
 

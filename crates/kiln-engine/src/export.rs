@@ -24,7 +24,7 @@ impl Engine {
         let v = progress.vertex("exporting to image");
         v.status("exporting layers");
         self.fetch_missing_blobs(value.layers(), &v).await?;
-        let (manifest, config) = self.write_image(value.layers(), image)?;
+        let (manifest, config) = self.write_image(value.layers(), image, req.tags.first())?;
         v.status(&format!("exporting manifest {manifest} done"));
         v.status(&format!("exporting config {config} done"));
         v.status(&format!("writing image {config} done"));
@@ -96,10 +96,14 @@ impl Engine {
     }
 
     /// Stores the config (diff_ids and empty-layer history filled in) and a manifest.
+    ///
+    /// When `previous` names an image that differs from this one only in its timestamps (a
+    /// rebuild that hit the cache at every step), that image is kept: the same ID, nothing written.
     pub(crate) fn write_image(
         &self,
         layers: &[LayerRef],
         mut image: ImageConfig,
+        previous: Option<&Reference>,
     ) -> Result<(Digest, Digest)> {
         // History entries that made a layer line up with the chain; a step that changed nothing
         // has no layer and its entry says so, as BuildKit writes it.
@@ -115,6 +119,9 @@ impl Engine {
             .iter()
             .filter_map(|l| l.diff_id.as_ref().map(|d| d.to_string()))
             .collect();
+        if let Some(kept) = previous.and_then(|name| self.same_image(name, &image)) {
+            return Ok(kept);
+        }
         let config_bytes = serde_json::to_vec(&image).map_err(|e| crate::Error::Invalid {
             what: "image config".into(),
             source: Box::new(e),
@@ -159,4 +166,21 @@ impl Engine {
         let manifest = self.content.put(&manifest_bytes, None)?;
         Ok((manifest, config))
     }
+
+    /// The (manifest, config) of the image `name` if its config equals `image` but for times.
+    fn same_image(&self, name: &Reference, image: &ImageConfig) -> Option<(Digest, Digest)> {
+        let record = self.images.get(name).ok()??;
+        let old: ImageConfig =
+            serde_json::from_slice(&self.content.read(&record.config).ok()?).ok()?;
+        (without_times(&old) == without_times(image)).then_some((record.manifest, record.config))
+    }
+}
+
+fn without_times(image: &ImageConfig) -> ImageConfig {
+    let mut image = image.clone();
+    image.created = None;
+    for h in &mut image.history {
+        h.created = None;
+    }
+    image
 }

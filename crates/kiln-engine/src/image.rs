@@ -91,7 +91,7 @@ impl Engine {
             })
         })
         .await??;
-        let (manifest, _) = self.write_image(&[layer], image)?;
+        let (manifest, _) = self.write_image(&[layer], image, None)?;
         self.images.tag(&req.name, &manifest)?;
         Ok(manifest)
     }

@@ -105,7 +105,7 @@ async fn push_image(
             .unwrap();
         assert!(client.blob_exists(reference, &digest).await.unwrap());
     }
-    let by_digest = reference.clone_with_digest(image.digest.clone());
+    let by_digest = reference.with_digest(&image.digest);
     let pushed = client
         .push_manifest(&by_digest, &image.media_type, &image.manifest)
         .await

@@ -1,0 +1,321 @@
+#!/usr/bin/env bash
+# Prepares this machine (Debian bookworm, root) for kiln's demo and tests. Idempotent: each step
+# checks what is already there, so a second run only confirms.
+#
+#   1. installs the Debian packages kiln and its tests use
+#   2. builds target/release/kiln
+#   3. starts a local registry on $KILN_DEV_REGISTRY that kiln's config names as docker.io's mirror
+#   4. seeds that registry with base images made here, with kiln itself:
+#      library/busybox:latest, library/debian:bookworm-slim, library/python:3.11-slim
+#
+# Environment: KILN_DEV (default /var/tmp/kiln-dev) holds all state; delete it to start over.
+# KILN_DEV_REGISTRY (default 127.0.0.1:5123) is the registry's address.
+set -euo pipefail
+
+# shellcheck source-path=SCRIPTDIR source=common.sh
+source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
+
+PACKAGES=(
+    runc docker-registry busybox-static debootstrap debian-archive-keyring docker.io
+    curl ca-certificates tar gzip
+    # cargo build: a C toolchain for the crypto crates (rustls' aws-lc-rs, ring)
+    gcc libc6-dev make
+)
+DEBIAN_PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
+SUMMARY=()
+
+install_packages() {
+    local missing=() pkg
+    for pkg in "${PACKAGES[@]}"; do
+        if [[ $(dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null) != "install ok installed" ]]; then
+            missing+=("$pkg")
+        fi
+    done
+    if [[ ${#missing[@]} -eq 0 ]]; then
+        info "packages: all ${#PACKAGES[@]} present"
+        return
+    fi
+    log "installing ${missing[*]}"
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq
+    apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+    SUMMARY+=("installed packages: ${missing[*]}")
+}
+
+find_cargo() {
+    if ! command -v cargo >/dev/null; then
+        PATH="${HOME:-/root}/.cargo/bin:$PATH"
+    fi
+    command -v cargo >/dev/null ||
+        die "cargo not found: install a Rust toolchain (rustup; see rust-version in Cargo.toml)"
+}
+
+build_kiln() {
+    find_cargo
+    local t0
+    t0=$(now)
+    log "building kiln (cargo build --profile $KILN_PROFILE -p kiln-cli)"
+    (cd "$REPO_ROOT" && cargo build --profile "$KILN_PROFILE" -p kiln-cli --quiet)
+    [[ -x $KILN ]] || die "cargo did not produce $KILN"
+    info "kiln: $KILN ($(elapsed "$t0"))"
+}
+
+write_if_changed() {
+    local path="$1" content="$2"
+    if [[ ! -f $path || $(<"$path") != "$content" ]]; then
+        printf '%s\n' "$content" >"$path"
+    fi
+}
+
+prepare_dirs() {
+    mkdir -p "$KILN_DEV"/{registry,cache,logs,work} "$KILN_ROOT"
+    write_if_changed "$KILN_DEV/registry.yml" "version: 0.1
+log:
+  level: warn
+storage:
+  filesystem:
+    rootdirectory: $KILN_DEV/registry
+  delete:
+    enabled: true
+http:
+  addr: $KILN_DEV_REGISTRY"
+    # Unmodified Dockerfiles (`FROM python:3.11-slim`) resolve through the mirror.
+    write_if_changed "$KILN_CONFIG" "[registry.\"docker.io\"]
+mirrors = [\"$KILN_DEV_REGISTRY\"]
+
+[registry.\"$KILN_DEV_REGISTRY\"]
+http = true"
+}
+
+registry_up() {
+    curl -fsS -o /dev/null --max-time 2 "http://$KILN_DEV_REGISTRY/v2/" 2>/dev/null
+}
+
+start_registry() {
+    if registry_up; then
+        info "registry: already answering on $KILN_DEV_REGISTRY"
+        return
+    fi
+    log "starting docker-registry on $KILN_DEV_REGISTRY"
+    # Its own session, so it outlives this script and the terminal that started it.
+    setsid nohup docker-registry serve "$KILN_DEV/registry.yml" \
+        >>"$KILN_DEV/logs/registry.log" 2>&1 </dev/null &
+    echo $! >"$KILN_DEV/registry.pid"
+    for _ in $(seq 50); do
+        registry_up && break
+        kill -0 "$(<"$KILN_DEV/registry.pid")" 2>/dev/null ||
+            die "docker-registry exited; see $KILN_DEV/logs/registry.log"
+        sleep 0.2
+    done
+    registry_up || die "docker-registry is not answering after 10s; see $KILN_DEV/logs/registry.log"
+    SUMMARY+=("started registry on $KILN_DEV_REGISTRY (pid $(<"$KILN_DEV/registry.pid"))")
+}
+
+# Whether the registry has REPO:TAG, asking for the manifest types kiln pushes.
+has_manifest() {
+    curl -fsS -o /dev/null --head --max-time 10 \
+        -H 'Accept: application/vnd.docker.distribution.manifest.v2+json' \
+        -H 'Accept: application/vnd.oci.image.manifest.v1+json' \
+        -H 'Accept: application/vnd.docker.distribution.manifest.list.v2+json' \
+        -H 'Accept: application/vnd.oci.image.index.v1+json' \
+        "http://$KILN_DEV_REGISTRY/v2/$1/manifests/$2" 2>/dev/null
+}
+
+# The URI this machine's apt uses for SUITE (one-line .list and deb822 .sources files).
+apt_uri() {
+    local suite="$1" f
+    {
+        for f in /etc/apt/sources.list /etc/apt/sources.list.d/*.list; do
+            [[ -f $f ]] || continue
+            awk -v suite="$suite" '$1 == "deb" {
+                i = 2
+                if ($i ~ /^\[/) { while (i < NF && $i !~ /\]$/) i++; i++ }
+                if ($(i + 1) == suite) print $i
+            }' "$f"
+        done
+        for f in /etc/apt/sources.list.d/*.sources; do
+            [[ -f $f ]] || continue
+            awk -v suite="$suite" '
+                function flush() {
+                    if (types ~ /(^| )deb( |$)/ && (" " suites " ") ~ (" " suite " ") && enabled != "no" && uris != "") {
+                        split(uris, u, " "); print u[1]
+                    }
+                    types = uris = suites = enabled = ""
+                }
+                /^[ \t]*$/ { flush(); next }
+                /^#/ { next }
+                { key = tolower($1); $1 = ""; sub(/^ +/, "") }
+                key == "types:" { types = $0 } key == "uris:" { uris = $0 }
+                key == "suites:" { suites = $0 } key == "enabled:" { enabled = tolower($0) }
+                END { flush() }' "$f"
+        done
+    } | awk 'NR == 1' | sed 's:/*$::'
+}
+
+unmount_under() {
+    local dir="$1" m
+    [[ -d $dir ]] || return 0
+    awk -v d="$dir/" 'index($2, d) == 1 { print $2 }' /proc/self/mounts | sort -r |
+        while read -r m; do umount -l "$m" || true; done
+}
+
+make_busybox_tar() {
+    local out="$1" dir="$KILN_DEV/work/busybox-rootfs" applet
+    rm -rf "$dir"
+    mkdir -p "$dir"/{bin,etc,root,tmp}
+    install -m 0755 /bin/busybox "$dir/bin/busybox"
+    while read -r applet; do
+        [[ $applet == busybox ]] || ln -s busybox "$dir/bin/$applet"
+    done < <("$dir/bin/busybox" --list)
+    printf '%s\n' 'root:x:0:0:root:/root:/bin/sh' 'nobody:x:65534:65534:nobody:/nonexistent:/bin/false' \
+        >"$dir/etc/passwd"
+    printf '%s\n' 'root:x:0:' 'nobody:x:65534:' >"$dir/etc/group"
+    chmod 1777 "$dir/tmp"
+    chmod 0700 "$dir/root"
+    tar --numeric-owner -C "$dir" -cf "$out" .
+    rm -rf "$dir"
+}
+
+seed_busybox() {
+    local repo=library/busybox tag=latest
+    if has_manifest "$repo" "$tag"; then
+        info "$repo:$tag: in the registry"
+        return
+    fi
+    local t0 tarball="$KILN_DEV/work/busybox.tar"
+    t0=$(now)
+    log "seeding $repo:$tag from $(readlink -f /bin/busybox) (busybox-static)"
+    make_busybox_tar "$tarball"
+    "$KILN" import --change 'CMD ["sh"]' "$tarball" "$KILN_DEV_REGISTRY/$repo:$tag" >/dev/null
+    "$KILN" push "$KILN_DEV_REGISTRY/$repo:$tag" >"$KILN_DEV/logs/push-busybox.log" 2>&1 ||
+        { tail -n 20 "$KILN_DEV/logs/push-busybox.log" >&2; die "pushing $repo:$tag failed"; }
+    rm -f "$tarball"
+    SUMMARY+=("seeded $repo:$tag ($(elapsed "$t0"))")
+}
+
+debian_sources() {
+    local main security
+    main=$(apt_uri bookworm)
+    security=$(apt_uri bookworm-security)
+    cat <<EOF
+Types: deb
+URIs: ${main:-http://deb.debian.org/debian}
+Suites: bookworm bookworm-updates
+Components: main
+Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg
+
+Types: deb
+URIs: ${security:-http://deb.debian.org/debian-security}
+Suites: bookworm-security
+Components: main
+Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg
+EOF
+}
+
+make_debian_tar() {
+    local out="$1" dir="$KILN_DEV/work/debian-rootfs" mirror
+    mirror=$(apt_uri bookworm)
+    mirror=${mirror:-http://deb.debian.org/debian}
+    # A run interrupted inside debootstrap can leave /proc mounted in the target.
+    unmount_under "$dir"
+    rm -rf "$dir"
+    info "debootstrap --variant=minbase bookworm from $mirror (log: $KILN_DEV/logs/debootstrap.log)"
+    if ! debootstrap --variant=minbase bookworm "$dir" "$mirror" >"$KILN_DEV/logs/debootstrap.log" 2>&1; then
+        unmount_under "$dir"
+        tail -n 20 "$KILN_DEV/logs/debootstrap.log" >&2
+        die "debootstrap failed"
+    fi
+    unmount_under "$dir"
+
+    # The machine's CA bundle (it trusts the TLS-inspecting proxy), also as a local CA so that
+    # update-ca-certificates in later builds (installing ca-certificates) keeps it.
+    install -D -m 0644 /etc/ssl/certs/ca-certificates.crt "$dir/etc/ssl/certs/ca-certificates.crt"
+    install -D -m 0644 /etc/ssl/certs/ca-certificates.crt \
+        "$dir/usr/local/share/ca-certificates/kiln-host-bundle.crt"
+    # The suites docker's debian image has, from this machine's mirrors.
+    rm -f "$dir/etc/apt/sources.list"
+    debian_sources >"$dir/etc/apt/sources.list.d/debian.sources"
+    # Host files debootstrap copied in; containers get theirs from the runtime.
+    rm -f "$dir/etc/resolv.conf"
+    install -m 0644 /dev/null "$dir/etc/resolv.conf"
+    rm -f "$dir/etc/hostname"
+    rm -rf "$dir"/var/lib/apt/lists/* "$dir"/var/cache/apt/*.bin "$dir"/var/cache/apt/archives/*.deb
+    find "$dir/var/log" -type f -delete
+
+    # /dev, /proc and /sys are the runtime's; their contents stay out of the image.
+    tar --numeric-owner --exclude='./dev/*' --exclude='./proc/*' --exclude='./sys/*' \
+        -C "$dir" -cf "$out.tmp" .
+    mv "$out.tmp" "$out"
+    rm -rf "$dir"
+}
+
+seed_debian() {
+    local repo=library/debian tag=bookworm-slim
+    if has_manifest "$repo" "$tag"; then
+        info "$repo:$tag: in the registry"
+        return
+    fi
+    local t0 tarball="$KILN_DEV/cache/debian-bookworm-slim.tar"
+    t0=$(now)
+    log "seeding $repo:$tag"
+    if [[ -f $tarball ]]; then
+        info "using the cached rootfs $tarball"
+    else
+        make_debian_tar "$tarball"
+    fi
+    "$KILN" import --change 'CMD ["bash"]' --change "ENV PATH=$DEBIAN_PATH" \
+        "$tarball" "$KILN_DEV_REGISTRY/$repo:$tag" >/dev/null
+    "$KILN" push "$KILN_DEV_REGISTRY/$repo:$tag" >"$KILN_DEV/logs/push-debian.log" 2>&1 ||
+        { tail -n 20 "$KILN_DEV/logs/push-debian.log" >&2; die "pushing $repo:$tag failed"; }
+    SUMMARY+=("seeded $repo:$tag ($(elapsed "$t0"))")
+}
+
+seed_python() {
+    local repo=library/python tag=3.11-slim
+    if has_manifest "$repo" "$tag"; then
+        info "$repo:$tag: in the registry"
+        return
+    fi
+    local t0 log_file="$KILN_DEV/logs/build-python.log"
+    t0=$(now)
+    log "seeding $repo:$tag: kiln build images/python (log: $log_file)"
+    if ! "$KILN" build --progress plain -t "$KILN_DEV_REGISTRY/$repo:$tag" "$REPO_ROOT/images/python" \
+        >"$log_file" 2>&1; then
+        tail -n 30 "$log_file" >&2
+        die "building $repo:$tag failed"
+    fi
+    "$KILN" push "$KILN_DEV_REGISTRY/$repo:$tag" >"$KILN_DEV/logs/push-python.log" 2>&1 ||
+        { tail -n 20 "$KILN_DEV/logs/push-python.log" >&2; die "pushing $repo:$tag failed"; }
+    SUMMARY+=("seeded $repo:$tag ($(elapsed "$t0"))")
+}
+
+print_summary() {
+    local line
+    for line in "${SUMMARY[@]}"; do
+        info "$line"
+    done
+    cat >&2 <<EOF
+==> ready ($(elapsed "$T0"))
+    kiln      $KILN
+    data dir  KILN_ROOT=$KILN_ROOT
+    config    KILN_CONFIG=$KILN_CONFIG (docker.io -> $KILN_DEV_REGISTRY)
+    registry  http://$KILN_DEV_REGISTRY/v2/ (data $KILN_DEV/registry, log $KILN_DEV/logs/registry.log)
+    images    busybox:latest debian:bookworm-slim python:3.11-slim
+EOF
+}
+
+main() {
+    require_root
+    T0=$(now)
+    log "kiln dev setup in $KILN_DEV"
+    install_packages
+    build_kiln
+    prepare_dirs
+    start_registry
+    seed_busybox
+    seed_debian
+    seed_python
+    print_summary
+}
+
+main "$@"

@@ -144,7 +144,7 @@ pub struct Source {
 
 #[derive(Debug, thiserror::Error)]
 pub enum SourceError {
-    #[error("\"/{path}\": not found")]
+    #[error("\"/{path}\": not found{}", excluded_note(excluded_by))]
     NotFound {
         path: String,
         excluded_by: Option<String>,
@@ -157,6 +157,12 @@ pub enum SourceError {
         #[source]
         source: io::Error,
     },
+}
+
+fn excluded_note(rule: &Option<String>) -> String {
+    rule.as_ref()
+        .map(|r| format!(" (excluded by .dockerignore rule {r})"))
+        .unwrap_or_default()
 }
 
 fn excluded(matcher: Option<&Matcher>, rel: &str) -> bool {
@@ -666,10 +672,10 @@ mod tests {
         assert!(dst.path().join("keep").exists());
         assert!(!dst.path().join("secret.log").exists());
         match expand_sources(src.path(), &["secret.log".into()], Some(&m)) {
-            Err(SourceError::NotFound {
-                excluded_by: Some(rule),
-                ..
-            }) => assert!(rule.contains("*.log")),
+            Err(e @ SourceError::NotFound { .. }) => assert_eq!(
+                e.to_string(),
+                "\"/secret.log\": not found (excluded by .dockerignore rule `*.log` (line 1))"
+            ),
             other => panic!("{other:?}"),
         }
     }

@@ -19,3 +19,10 @@ pub fn config_path(flag: Option<&Path>, root: &Path) -> (PathBuf, bool) {
         None => (root.join("kiln.toml"), false),
     }
 }
+
+/// `SOURCE_DATE_EPOCH`, the reproducible-builds convention for the time written into images.
+pub fn source_date_epoch() -> Option<i64> {
+    std::env::var("SOURCE_DATE_EPOCH")
+        .ok()
+        .and_then(|s| s.parse().ok())
+}

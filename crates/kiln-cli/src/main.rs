@@ -146,6 +146,7 @@ async fn run(cli: Cli) -> Result<ExitCode> {
                     name: parse_ref(&a.name)?,
                     changes: a.change.clone(),
                     platform,
+                    source_date_epoch: env::source_date_epoch(),
                 })
                 .await?;
             println!("{digest}");
@@ -174,8 +175,12 @@ async fn build(cli: &Cli, b: &BuildArgs) -> Result<ExitCode> {
         ("--cache-to", !b.cache_to.is_empty()),
         ("--secret", !b.secret.is_empty()),
         ("--ssh", !b.ssh.is_empty()),
-        ("--check", b.check),
-        ("--call", b.call.is_some()),
+        (
+            "--call",
+            b.call
+                .as_deref()
+                .is_some_and(|c| !matches!(c, "build" | "check")),
+        ),
     ] {
         if set {
             bail!("`kiln build {flag}` is not supported yet");
@@ -214,6 +219,9 @@ async fn build(cli: &Cli, b: &BuildArgs) -> Result<ExitCode> {
                 .with_context(|| format!("invalid --platform `{p}`"))?,
         ),
     };
+    if b.check || b.call.as_deref() == Some("check") {
+        return check(b, &build_args, platform.as_ref());
+    }
     let mode = match b.progress.as_str() {
         "auto" if std::io::stderr().is_terminal() => Mode::Tty,
         "auto" | "plain" => Mode::Plain,
@@ -234,6 +242,7 @@ async fn build(cli: &Cli, b: &BuildArgs) -> Result<ExitCode> {
         outputs,
         no_cache: b.no_cache,
         platform,
+        source_date_epoch: env::source_date_epoch(),
     };
     let result = engine.build(req, &progress).await;
     progress.finish();
@@ -246,4 +255,68 @@ async fn build(cli: &Cli, b: &BuildArgs) -> Result<ExitCode> {
         println!("{}", result.image_id);
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// `kiln build --check` (`--call=check`): parse and lint every stage without building, print
+/// each warning as BuildKit does, and exit 1 when there are any.
+fn check(
+    b: &BuildArgs,
+    build_args: &BTreeMap<String, String>,
+    platform: Option<&kiln_oci::Platform>,
+) -> Result<ExitCode> {
+    let path = b
+        .file
+        .clone()
+        .unwrap_or_else(|| b.context.join("Dockerfile"));
+    let name = path
+        .file_name()
+        .map_or_else(|| "Dockerfile".into(), |n| n.to_string_lossy().into_owned());
+    let source = std::fs::read_to_string(&path)
+        .with_context(|| format!("failed to read the Dockerfile `{}`", path.display()))?;
+    let ignore_path = b.context.join(".dockerignore");
+    let ignore = match std::fs::read_to_string(&ignore_path) {
+        Ok(text) => Some(
+            kiln_ignore::Matcher::from_dockerignore(&text)
+                .with_context(|| format!("invalid `{}`", ignore_path.display()))?,
+        ),
+        Err(_) => None,
+    };
+    let dockerfile = match kiln_dockerfile::parse(&source) {
+        Ok(d) => d,
+        Err(e) => {
+            eprint!("{}", e.render(&name, &source));
+            return Ok(ExitCode::FAILURE);
+        }
+    };
+    let opts = kiln_frontend::LintOptions {
+        build_args: Some(build_args),
+        target: b.target.as_deref(),
+        platform,
+        ignore: ignore.as_ref(),
+        images: None,
+        all_stages: true,
+    };
+    let report = match kiln_frontend::lint(&dockerfile, &source, &opts) {
+        Ok(r) => r,
+        Err(e) => {
+            eprint!("{e}");
+            return Ok(ExitCode::FAILURE);
+        }
+    };
+    if report.warnings.is_empty() {
+        println!("Check complete, no warnings found.");
+        return Ok(ExitCode::SUCCESS);
+    }
+    for w in &report.warnings {
+        println!();
+        print!("{}", w.render(&name, &source));
+    }
+    let n = report.warnings.len();
+    let verb = if n == 1 {
+        "warning has"
+    } else {
+        "warnings have"
+    };
+    println!("Check complete, {n} {verb} been found!");
+    Ok(ExitCode::FAILURE)
 }

@@ -36,6 +36,8 @@ pub struct BuildRequest {
     pub outputs: Vec<Output>,
     pub no_cache: bool,
     pub platform: Option<Platform>,
+    /// Seconds since the epoch to write as the build's time (`SOURCE_DATE_EPOCH`).
+    pub source_date_epoch: Option<i64>,
 }
 
 #[derive(Debug, Clone)]
@@ -97,7 +99,7 @@ impl Engine {
             target: req.target.clone(),
             platform: platform.clone(),
             excludes,
-            created: now_rfc3339(),
+            created: created_time(req.source_date_epoch),
         };
         let resolver = EngineResolver {
             registry: &self.registry,
@@ -173,11 +175,9 @@ fn failing_location(
         .and_then(|(id, _)| locations.get(&id).cloned())
 }
 
-pub(crate) fn now_rfc3339() -> String {
-    let epoch = std::env::var("SOURCE_DATE_EPOCH")
-        .ok()
-        .and_then(|s| s.parse::<i64>().ok());
-    let t = match epoch {
+/// The time written into `created` fields: `SOURCE_DATE_EPOCH` when the caller gives one.
+pub(crate) fn created_time(source_date_epoch: Option<i64>) -> String {
+    let t = match source_date_epoch {
         Some(secs) => chrono::DateTime::from_timestamp(secs, 0).unwrap_or_else(chrono::Utc::now),
         None => chrono::Utc::now(),
     };

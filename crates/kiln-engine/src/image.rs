@@ -20,6 +20,8 @@ pub struct ImportRequest {
     /// Dockerfile instructions applied to the config, as `docker import --change`.
     pub changes: Vec<String>,
     pub platform: Option<Platform>,
+    /// Seconds since the epoch to write as the image's time (`SOURCE_DATE_EPOCH`).
+    pub source_date_epoch: Option<i64>,
 }
 
 /// `--change` lines may not refer to other images.
@@ -47,7 +49,7 @@ impl Engine {
             target: None,
             platform: platform.clone(),
             excludes: Vec::new(),
-            created: crate::build::now_rfc3339(),
+            created: crate::build::created_time(req.source_date_epoch),
         };
         let converted = kiln_frontend::convert(&dockerfile, &opts, &NoImages).await?;
         let mut image = converted.image;

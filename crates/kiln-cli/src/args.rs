@@ -37,6 +37,8 @@ pub enum Command {
     Tag(TagArgs),
     /// Upload an image to a registry
     Push(PushArgs),
+    /// Download an image from a registry
+    Pull(PushArgs),
 }
 
 #[derive(Args, Debug)]
@@ -154,6 +156,7 @@ pub struct TagArgs {
 
 #[derive(Args, Debug)]
 pub struct PushArgs {
+    /// NAME[:TAG|@DIGEST]
     pub name: String,
 }
 

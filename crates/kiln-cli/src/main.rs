@@ -157,10 +157,15 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             engine.tag(&parse_ref(&a.source)?, &parse_ref(&a.target)?)?;
             Ok(ExitCode::SUCCESS)
         }
-        Command::Push(a) => {
+        Command::Push(a) | Command::Pull(a) => {
             let engine = open_engine(&cli)?;
+            let name = parse_ref(&a.name)?;
             let progress = Progress::new(Mode::Plain, Box::new(std::io::stderr()));
-            let r = engine.push(&parse_ref(&a.name)?, &progress).await;
+            let r = if matches!(cli.command, Command::Push(_)) {
+                engine.push(&name, &progress).await
+            } else {
+                engine.pull(&name, &progress).await
+            };
             progress.finish();
             println!("{}", r?);
             Ok(ExitCode::SUCCESS)

@@ -98,6 +98,21 @@ impl Engine {
         Ok(manifest)
     }
 
+    /// Pulls an image for this machine's platform into the local store, as `docker pull`.
+    pub async fn pull(&self, name: &Reference, progress: &Progress) -> Result<Digest> {
+        let v = progress.vertex(format!("pulling {}", name.whole()));
+        let r = self.registry.resolve(name, &Platform::host()).await?;
+        self.content.put(&r.manifest_bytes, Some(&r.digest))?;
+        self.content.put(&r.config_bytes, None)?;
+        let pinned = crate::resolver::pin(name, &r.digest);
+        let layers = self.worker(None).image(&pinned).await?;
+        self.fetch_missing_blobs(layers.layers(), &v).await?;
+        self.images.tag(name, &r.digest)?;
+        v.status(&format!("digest: {}", r.digest));
+        v.done();
+        Ok(r.digest)
+    }
+
     /// Gives the image `src` another name.
     pub fn tag(&self, src: &Reference, dst: &Reference) -> Result<()> {
         let record = self

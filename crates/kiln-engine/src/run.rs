@@ -1,7 +1,7 @@
 //! `kiln run`: an image's entrypoint and command in the foreground, as `docker run --rm` does it.
 
 use kiln_executor::{ExitStatus, ProcessSpec, Stdio};
-use kiln_oci::{ImageConfig, Platform, Reference};
+use kiln_oci::{ImageConfig, Reference};
 use kiln_progress::Progress;
 
 use crate::{Engine, Error, Result};
@@ -27,13 +27,7 @@ impl Engine {
             .map_err(|_| Error::Reference(req.image.clone()))?;
         let manifest = match self.images.get(&name)? {
             Some(record) => record.manifest,
-            None => {
-                let r = self.registry.resolve(&name, &Platform::host()).await?;
-                self.content.put(&r.manifest_bytes, Some(&r.digest))?;
-                self.content.put(&r.config_bytes, None)?;
-                self.images.tag(&name, &r.digest)?;
-                r.digest
-            }
+            None => self.pull(&name, &Progress::discard()).await?,
         };
         let pinned = crate::resolver::pin(&name, &manifest);
         let worker = self.worker(None);

@@ -13,4 +13,5 @@ mod export_docker;
 mod export_oci;
 mod failure;
 mod multistage;
+mod pull;
 mod support;

@@ -147,6 +147,8 @@ fn expand_tabs(s: &str) -> String {
 
 /// Spaces up to `column`, then one caret per character of the word found there.
 fn carets(line: &str, column: usize) -> String {
+    // Columns are 1-based; a caller-made location may say 0, which means the line's start.
+    let column = column.max(1);
     let chars: Vec<char> = line.chars().collect();
     let before: usize = chars
         .iter()
@@ -165,6 +167,11 @@ fn carets(line: &str, column: usize) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn column_zero_points_at_the_line_start() {
+        assert_eq!(carets("FROM x", 0), "^^^^");
+    }
 
     #[test]
     fn renders_single_line() {

@@ -6,7 +6,10 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use kiln_dockerfile::shell::ShellLex;
 use kiln_dockerfile::{Command, CopyArgs, Instruction, InstructionKind, Location};
-use kiln_llb::{CopyOp, Definition, ExecOp, MkdirOp, NetworkMode, NodeId, Op};
+use kiln_llb::{
+    CopyOp, Definition, ExecMount, ExecOp, HttpOp, InlineFile, MkdirOp, MkfileOp, NetworkMode,
+    NodeId, Op,
+};
 use kiln_oci::{History, ImageConfig, Platform, Reference};
 
 use crate::path;
@@ -39,6 +42,8 @@ struct Converter<'a> {
     used_build_args: BTreeSet<String>,
     meta_args: BTreeMap<String, String>,
     locations: HashMap<NodeId, Location>,
+    /// Resolved base image configs by name, for the build checks.
+    images: BTreeMap<String, ImageConfig>,
 }
 
 pub async fn convert(
@@ -69,17 +74,10 @@ pub async fn convert(
         used_build_args: BTreeSet::new(),
         meta_args: platform_args(&opts.platform),
         locations: HashMap::new(),
+        images: BTreeMap::new(),
     };
-    let mut warnings: Vec<String> = dockerfile
-        .warnings
-        .iter()
-        .map(|w| {
-            format!(
-                "{}:{}: {}",
-                opts.dockerfile_name, w.location.start_line, w.message
-            )
-        })
-        .collect();
+    // Parser warnings (empty continuation lines) are reported by the build checks.
+    let mut warnings: Vec<String> = Vec::new();
 
     // Instructions before the first FROM: only ARG is allowed there.
     let mut stages: Vec<Stage> = Vec::new();
@@ -157,6 +155,27 @@ pub async fn convert(
             .await?;
         results[i] = Some(r);
     }
+    let ignore = kiln_ignore::Matcher::new(&opts.excludes).ok();
+    let report = crate::lint::lint(
+        &dockerfile,
+        source,
+        &crate::LintOptions {
+            build_args: Some(&opts.build_args),
+            target: opts.target.as_deref(),
+            platform: Some(&opts.platform),
+            ignore: ignore.as_ref().filter(|m| !m.is_empty()),
+            images: Some(&conv.images),
+            all_stages: false,
+        },
+    )?;
+    warnings.extend(report.warnings.iter().map(crate::Warning::short));
+    if let Some(violation) = report.violation() {
+        let mut rendered = format!("error: {violation}\n");
+        for w in &report.warnings {
+            rendered.push_str(&w.render(&opts.dockerfile_name, source));
+        }
+        return Err(Error::Dockerfile { rendered });
+    }
     let unused: Vec<&String> = opts
         .build_args
         .keys()
@@ -225,6 +244,162 @@ fn go_quote_list(items: &[String]) -> String {
         .map(|s| serde_json::to_string(s).expect("strings serialise"))
         .collect();
     format!("[{}]", quoted.join(" "))
+}
+
+/// Go's `%v` of a string slice: `[a b]`.
+fn go_list(items: &[String]) -> String {
+    format!("[{}]", items.join(" "))
+}
+
+/// Go's `time.Duration.String()` for a count of nanoseconds: `1m30s`, `1.5s`, `500ms`, `0s`.
+fn go_duration(nanos: i128) -> String {
+    if nanos == 0 {
+        return "0s".into();
+    }
+    let sign = if nanos < 0 { "-" } else { "" };
+    let n = nanos.unsigned_abs();
+    // Below a second Go picks the largest unit that keeps an integer part.
+    let fraction = |value: u128, unit: u128, digits: usize| {
+        let whole = value / unit;
+        let frac = value % unit;
+        if frac == 0 {
+            whole.to_string()
+        } else {
+            let f = format!("{frac:0digits$}");
+            format!("{whole}.{}", f.trim_end_matches('0'))
+        }
+    };
+    if n < 1_000 {
+        return format!("{sign}{n}ns");
+    }
+    if n < 1_000_000 {
+        return format!("{sign}{}µs", fraction(n, 1_000, 3));
+    }
+    if n < 1_000_000_000 {
+        return format!("{sign}{}ms", fraction(n, 1_000_000, 6));
+    }
+    let secs = fraction(n % 60_000_000_000, 1_000_000_000, 9);
+    let total_minutes = n / 60_000_000_000;
+    let (hours, minutes) = (total_minutes / 60, total_minutes % 60);
+    if hours > 0 {
+        format!("{sign}{hours}h{minutes}m{secs}s")
+    } else if minutes > 0 {
+        format!("{sign}{minutes}m{secs}s")
+    } else {
+        format!("{sign}{secs}s")
+    }
+}
+
+/// The config `Healthcheck` (zero values left out, as Go's `omitempty` does) and BuildKit's
+/// history text for it, Go's `%+v` of the struct.
+fn healthcheck(
+    check: &kiln_dockerfile::Healthcheck,
+) -> std::result::Result<(serde_json::Value, String), String> {
+    use kiln_dockerfile::Healthcheck;
+    let duration = |d: &Option<String>| match d {
+        None => Ok(0),
+        Some(d) => kiln_dockerfile::instructions::parse_go_duration(d),
+    };
+    let (test, durations, retries) = match check {
+        Healthcheck::None => (vec!["NONE".to_string()], [0; 4], 0),
+        Healthcheck::Cmd {
+            command,
+            interval,
+            timeout,
+            start_period,
+            start_interval,
+            retries,
+        } => {
+            let test = match command {
+                Command::Shell(s) => vec!["CMD-SHELL".to_string(), s.clone()],
+                Command::Exec(v) => std::iter::once("CMD".to_string())
+                    .chain(v.iter().cloned())
+                    .collect(),
+            };
+            let durations = [
+                duration(interval)?,
+                duration(timeout)?,
+                duration(start_period)?,
+                duration(start_interval)?,
+            ];
+            let retries = match retries {
+                None => 0,
+                Some(r) => r
+                    .parse::<i32>()
+                    .map_err(|_| format!("invalid --retries `{r}`"))?,
+            };
+            (test, durations, retries)
+        }
+    };
+    let names = ["Interval", "Timeout", "StartPeriod", "StartInterval"];
+    let mut json = serde_json::Map::new();
+    json.insert("Test".into(), serde_json::json!(test));
+    for (name, d) in names.iter().zip(durations) {
+        if d != 0 {
+            json.insert((*name).into(), serde_json::json!(d as i64));
+        }
+    }
+    if retries != 0 {
+        json.insert("Retries".into(), serde_json::json!(retries));
+    }
+    let mut shown = format!("{{Test:{}", go_list(&test));
+    for (name, d) in names.iter().zip(durations) {
+        shown.push_str(&format!(" {name}:{}", go_duration(d)));
+    }
+    shown.push_str(&format!(" Retries:{retries}}}"));
+    Ok((serde_json::Value::Object(json), shown))
+}
+
+/// A signal name (`SIGTERM`, `TERM`, case-insensitive) or a positive number, as Docker's
+/// `signal.ParseSignal` accepts.
+fn is_valid_signal(signal: &str) -> bool {
+    const NAMES: [&str; 34] = [
+        "ABRT", "ALRM", "BUS", "CHLD", "CLD", "CONT", "FPE", "HUP", "ILL", "INT", "IO", "IOT",
+        "KILL", "PIPE", "POLL", "PROF", "PWR", "QUIT", "SEGV", "STKFLT", "STOP", "SYS", "TERM",
+        "TRAP", "TSTP", "TTIN", "TTOU", "UNUSED", "URG", "USR1", "USR2", "VTALRM", "WINCH", "XCPU",
+    ];
+    if let Ok(n) = signal.parse::<u32>() {
+        return n > 0;
+    }
+    let upper = signal.to_ascii_uppercase();
+    let name = upper.strip_prefix("SIG").unwrap_or(&upper);
+    if NAMES.contains(&name) || name == "XFSZ" {
+        return true;
+    }
+    // Real-time signals: RTMIN, RTMIN+n, RTMAX-n.
+    let rt = |base: &str, sep: char| {
+        name.strip_prefix(base).is_some_and(|rest| {
+            rest.is_empty()
+                || rest
+                    .strip_prefix(sep)
+                    .is_some_and(|n| n.parse::<u8>().is_ok_and(|n| n <= 15))
+        })
+    };
+    rt("RTMIN", '+') || rt("RTMAX", '-')
+}
+
+/// The ONBUILD trigger as BuildKit stores it: the line after the keyword, then any heredoc
+/// bodies each followed by its terminator.
+fn onbuild_expression(ins: &Instruction) -> String {
+    let original = ins.original.trim_start();
+    let rest = original
+        .get(..7)
+        .filter(|k| k.eq_ignore_ascii_case("onbuild"))
+        .map_or(original, |_| original[7..].trim_start());
+    let mut out = rest.to_string();
+    if let InstructionKind::Onbuild(inner) = &ins.kind {
+        let heredocs = match &inner.kind {
+            InstructionKind::Run { heredocs, .. } => heredocs.as_slice(),
+            InstructionKind::Copy(c) | InstructionKind::Add(c) => c.heredocs.as_slice(),
+            _ => &[],
+        };
+        for h in heredocs {
+            out.push('\n');
+            out.push_str(&h.content);
+            out.push_str(&h.name);
+        }
+    }
+    out
 }
 
 fn one_line(text: &str) -> String {
@@ -343,6 +518,7 @@ impl Converter<'_> {
         display: &str,
         resolver: &dyn ImageResolver,
     ) -> Result<(NodeId, ImageConfig)> {
+        let base_name = name.to_string();
         let reference: Reference = name
             .parse()
             .map_err(|e| self.located(ins, &format!("invalid reference format `{name}`: {e}")))?;
@@ -375,6 +551,7 @@ impl Converter<'_> {
         };
         let node = self.def.add(op, vec![], name);
         self.locations.entry(node).or_insert_with(|| ins.location);
+        self.images.insert(base_name, resolved.config.clone());
         Ok((node, resolved.config))
     }
 
@@ -387,19 +564,7 @@ impl Converter<'_> {
         resolver: &dyn ImageResolver,
     ) -> Result<StageResult> {
         let stage = &stages[index];
-        let total = 1 + stage
-            .instructions
-            .iter()
-            .filter(|i| {
-                matches!(
-                    i.kind,
-                    InstructionKind::Run { .. }
-                        | InstructionKind::Copy(_)
-                        | InstructionKind::Add(_)
-                        | InstructionKind::Workdir(_)
-                )
-            })
-            .count();
+        let total = 1 + stage.instructions.iter().filter(|i| makes_step(i)).count();
         let prefix = if multistage {
             format!(
                 "{} ",
@@ -412,7 +577,6 @@ impl Converter<'_> {
             String::new()
         };
         let mut step = 1;
-        let label = |step: usize| format!("[{prefix}{step}/{total}]");
 
         let platform = match &stage.platform {
             None => self.opts.platform.clone(),
@@ -438,18 +602,16 @@ impl Converter<'_> {
             image.config.env = Some(vec![format!("PATH={}", DEFAULT_PATH)]);
             (self.def.add(Op::Scratch, vec![], ""), image)
         } else {
-            let display = label(step);
+            let display = format!("[{prefix}{step}/{}]", total);
             self.image_node(stage.from, &base, &platform, &display, resolver)
                 .await?
         };
-        if image
-            .config
-            .on_build
-            .as_ref()
-            .is_some_and(|t| !t.is_empty())
-        {
-            return Err(self.not_supported(stage.from, "running ONBUILD triggers of a base image"));
-        }
+        // The base's ONBUILD triggers run first, located at FROM, and are not inherited.
+        let triggers = self.onbuild_triggers(stage.from, image.config.on_build.take())?;
+        let mut instructions: Vec<(&Instruction, bool)> =
+            triggers.iter().map(|t| (t, true)).collect();
+        instructions.extend(stage.instructions.iter().map(|i| (*i, false)));
+        let total = total + triggers.iter().filter(|i| makes_step(i)).count();
         if image.config.env.is_none() {
             image.config.env = Some(vec![format!("PATH={DEFAULT_PATH}")]);
         }
@@ -466,7 +628,12 @@ impl Converter<'_> {
             });
         };
 
-        for ins in &stage.instructions {
+        let label = |step: usize, onbuild: bool| {
+            let trigger = if onbuild { " ONBUILD" } else { "" };
+            format!("[{prefix}{step}/{total}]{trigger}")
+        };
+        for (ins, onbuild) in instructions {
+            let label = |step: usize| label(step, onbuild);
             let env = expansion_env(&image, &args);
             match &ins.kind {
                 InstructionKind::From { .. } => unreachable!("FROM starts a new stage"),
@@ -478,9 +645,6 @@ impl Converter<'_> {
                     security,
                     device,
                 } => {
-                    if !heredocs.is_empty() {
-                        return Err(self.not_supported(ins, "a heredoc in RUN"));
-                    }
                     if !mounts.is_empty() {
                         return Err(self.not_supported(ins, "RUN --mount"));
                     }
@@ -493,7 +657,8 @@ impl Converter<'_> {
                     if !device.is_empty() {
                         return Err(self.not_supported(ins, "RUN --device"));
                     }
-                    let argv = self.command_argv(&image, command);
+                    let (command, script) = self.run_heredoc(ins, command, heredocs)?;
+                    let argv = self.command_argv(&image, &command);
                     let run_args: Vec<String> = args
                         .iter()
                         .filter_map(|(k, v)| v.as_ref().map(|v| format!("{k}={v}")))
@@ -516,12 +681,27 @@ impl Converter<'_> {
                             .unwrap_or_else(|| "/".into()),
                         user: image.config.user.clone().unwrap_or_default(),
                         network: NetworkMode::Host,
+                        mounts: script
+                            .iter()
+                            .map(|_| ExecMount {
+                                input: 1,
+                                target: HEREDOC_PIPES.into(),
+                                readonly: true,
+                            })
+                            .collect(),
                     });
-                    node = self.def.add(
-                        op,
-                        vec![node],
-                        format!("{} {}", label(step), one_line(&ins.original)),
-                    );
+                    let mut inputs = vec![node];
+                    if let Some(file) = script {
+                        let op = Op::Mkfile(MkfileOp { files: vec![file] });
+                        inputs.push(self.def.add(op, vec![], "preparing inline document"));
+                    }
+                    let mut name = format!("{} {}", label(step), one_line(&ins.original));
+                    if let [h] = heredocs.as_slice()
+                        && is_single_heredoc(&command_text(ins))
+                    {
+                        name.push_str(&format!(" ({})", summarize_heredoc(&h.content)));
+                    }
+                    node = self.def.add(op, inputs, name);
                     self.locations.insert(node, ins.location);
                     // BuildKit's history lists every ARG in scope, with the ENV value when an
                     // ENV overrides it, then the argv joined by spaces (either form).
@@ -544,11 +724,13 @@ impl Converter<'_> {
                         false,
                     );
                 }
-                InstructionKind::Copy(copy) => {
+                InstructionKind::Copy(copy) | InstructionKind::Add(copy) => {
+                    let add = matches!(ins.kind, InstructionKind::Add(_));
                     step += 1;
                     node = self
                         .copy(
                             ins,
+                            add,
                             copy,
                             node,
                             &image,
@@ -563,16 +745,18 @@ impl Converter<'_> {
                     self.locations.insert(node, ins.location);
                     // BuildKit records the expanded sources and destination, without flags.
                     let mut words = Vec::new();
-                    for w in copy.sources.iter().chain([&copy.dest]) {
+                    for w in &copy.sources {
                         words.push(self.expand(ins, w, &env)?);
                     }
+                    words.extend(copy.heredocs.iter().map(|h| format!("<<{}", h.name)));
+                    words.push(self.expand(ins, &copy.dest, &env)?);
+                    let keyword = if add { "ADD" } else { "COPY" };
                     history(
                         &mut image,
-                        format!("COPY {} # buildkit", words.join(" ")),
+                        format!("{keyword} {} # buildkit", words.join(" ")),
                         false,
                     );
                 }
-                InstructionKind::Add(_) => return Err(self.not_supported(ins, "ADD")),
                 InstructionKind::Workdir(dir) => {
                     let dir = self.expand(ins, dir, &env)?;
                     let cwd = image
@@ -682,14 +866,52 @@ impl Converter<'_> {
                     }
                     history(&mut image, format!("LABEL {}", shown.join(" ")), true);
                 }
-                InstructionKind::Shell(_) => return Err(self.not_supported(ins, "SHELL")),
-                InstructionKind::Volume(_) => return Err(self.not_supported(ins, "VOLUME")),
-                InstructionKind::StopSignal(_) => return Err(self.not_supported(ins, "STOPSIGNAL")),
-                InstructionKind::Maintainer(_) => return Err(self.not_supported(ins, "MAINTAINER")),
-                InstructionKind::Healthcheck(_) => {
-                    return Err(self.not_supported(ins, "HEALTHCHECK"));
+                InstructionKind::Shell(shell) => {
+                    image.config.shell = Some(shell.clone());
+                    history(&mut image, format!("SHELL {}", go_list(shell)), true);
                 }
-                InstructionKind::Onbuild(_) => return Err(self.not_supported(ins, "ONBUILD")),
+                InstructionKind::Volume(volumes) => {
+                    let mut expanded = Vec::new();
+                    for v in volumes {
+                        let v = self.expand(ins, v, &env)?;
+                        if v.is_empty() {
+                            return Err(
+                                self.located(ins, "VOLUME specified can not be an empty string")
+                            );
+                        }
+                        expanded.push(v);
+                    }
+                    let map = image.config.volumes.get_or_insert_with(BTreeMap::new);
+                    for v in &expanded {
+                        map.insert(v.clone(), serde_json::json!({}));
+                    }
+                    history(&mut image, format!("VOLUME {}", go_list(&expanded)), true);
+                }
+                InstructionKind::StopSignal(signal) => {
+                    let signal = self.expand(ins, signal, &env)?;
+                    if !is_valid_signal(&signal) {
+                        return Err(self.located(ins, &format!("invalid signal: {signal}")));
+                    }
+                    history(&mut image, format!("STOPSIGNAL {signal}"), true);
+                    image.config.stop_signal = Some(signal);
+                }
+                InstructionKind::Maintainer(maintainer) => {
+                    image.author = Some(maintainer.clone());
+                    history(&mut image, format!("MAINTAINER {maintainer}"), true);
+                }
+                InstructionKind::Healthcheck(check) => {
+                    let (json, shown) = healthcheck(check).map_err(|m| self.located(ins, &m))?;
+                    image.config.healthcheck = Some(json);
+                    history(&mut image, format!("HEALTHCHECK {shown}"), true);
+                }
+                // BuildKit records the trigger text as written and adds no history entry.
+                InstructionKind::Onbuild(_) => {
+                    image
+                        .config
+                        .on_build
+                        .get_or_insert_with(Vec::new)
+                        .push(onbuild_expression(ins));
+                }
             }
         }
         image.created = Some(self.opts.created.clone());
@@ -697,6 +919,81 @@ impl Converter<'_> {
         image.os = platform.os.clone();
         image.variant = platform.variant.clone();
         Ok(StageResult { node, image })
+    }
+
+    /// The command a RUN with heredocs runs, as BuildKit rewrites it: a lone heredoc starting
+    /// with `#!` is written to a file under [`HEREDOC_PIPES`] and run; any other lone heredoc
+    /// becomes the shell script itself; otherwise the heredocs are put back after the command
+    /// line for the shell to read. Bodies are never expanded here: the shell does it.
+    fn run_heredoc(
+        &self,
+        ins: &Instruction,
+        command: &Command,
+        heredocs: &[kiln_dockerfile::Heredoc],
+    ) -> Result<(Command, Option<InlineFile>)> {
+        if heredocs.is_empty() {
+            return Ok((command.clone(), None));
+        }
+        let Command::Shell(line) = command else {
+            return Err(self.located(ins, "parsing produced an invalid run command"));
+        };
+        if is_single_heredoc(line)
+            && let [h] = heredocs
+        {
+            let data = if h.chomp {
+                kiln_dockerfile::parser::heredoc::chomp_heredoc_content(&h.content)
+            } else {
+                h.content.clone()
+            };
+            if data.starts_with("#!") {
+                let run = format!("{HEREDOC_PIPES}/{}", h.name);
+                let file = InlineFile {
+                    path: h.name.clone(),
+                    data,
+                    mode: 0o755,
+                };
+                return Ok((Command::Shell(run), Some(file)));
+            }
+            return Ok((Command::Shell(data), None));
+        }
+        let mut script = line.clone();
+        for h in heredocs {
+            script.push('\n');
+            script.push_str(&h.content);
+            script.push_str(&h.name);
+        }
+        Ok((Command::Shell(script), None))
+    }
+
+    /// Parses a base image's (or stage's) ONBUILD triggers into instructions located at `from`.
+    fn onbuild_triggers(
+        &self,
+        from: &Instruction,
+        triggers: Option<Vec<String>>,
+    ) -> Result<Vec<Instruction>> {
+        let mut out = Vec::new();
+        for trigger in triggers.unwrap_or_default() {
+            let parsed = kiln_dockerfile::parse(&trigger).map_err(|e| {
+                self.located(from, &format!("invalid ONBUILD trigger `{trigger}`: {e}"))
+            })?;
+            let mut instructions = parsed.instructions;
+            if instructions.len() != 1 {
+                return Err(self.located(from, "onbuild trigger should be a single expression"));
+            }
+            let mut ins = instructions.remove(0);
+            if matches!(
+                ins.kind,
+                InstructionKind::From { .. } | InstructionKind::Onbuild(_)
+            ) {
+                return Err(self.located(
+                    from,
+                    &format!("{} isn't allowed as an ONBUILD trigger", ins.keyword),
+                ));
+            }
+            ins.location = from.location;
+            out.push(ins);
+        }
+        Ok(out)
     }
 
     fn command_argv(&self, image: &ImageConfig, command: &Command) -> Vec<String> {
@@ -718,6 +1015,7 @@ impl Converter<'_> {
     async fn copy(
         &mut self,
         ins: &Instruction,
+        add: bool,
         copy: &CopyArgs,
         node: NodeId,
         image: &ImageConfig,
@@ -728,25 +1026,66 @@ impl Converter<'_> {
         label: &str,
         resolver: &dyn ImageResolver,
     ) -> Result<NodeId> {
-        if !copy.heredocs.is_empty() {
-            return Err(self.not_supported(ins, "a heredoc in COPY"));
-        }
-        if copy.link {
-            return Err(self.not_supported(ins, "COPY --link"));
-        }
+        let keyword = if add { "ADD" } else { "COPY" };
+        // --link changes only how BuildKit reuses the layer, never the files: same op here.
         if copy.parents {
-            return Err(self.not_supported(ins, "COPY --parents"));
+            return Err(self.not_supported(ins, &format!("{keyword} --parents")));
         }
         if !copy.exclude.is_empty() {
-            return Err(self.not_supported(ins, "COPY --exclude"));
+            return Err(self.not_supported(ins, &format!("{keyword} --exclude")));
         }
-        if copy.checksum.is_some() || copy.keep_git_dir.is_some() || copy.unpack.is_some() {
+        if !add && (copy.checksum.is_some() || copy.keep_git_dir.is_some() || copy.unpack.is_some())
+        {
             return Err(self.not_supported(ins, "this COPY flag"));
         }
-        let mut sources = Vec::new();
-        for s in &copy.sources {
-            sources.push(self.expand(ins, s, env)?);
+        if copy.keep_git_dir.is_some() {
+            return Err(self.not_supported(ins, "ADD --keep-git-dir"));
         }
+        let mut sources = Vec::new();
+        let mut urls = Vec::new();
+        for s in &copy.sources {
+            let s = self.expand(ins, s, env)?;
+            if is_git_source(&s) {
+                return Err(self.not_supported(ins, "ADD of a Git repository"));
+            }
+            if s.starts_with("http://") || s.starts_with("https://") {
+                if !add {
+                    return Err(self.located(ins, "source can't be a URL for COPY"));
+                }
+                urls.push(s);
+            } else {
+                sources.push(s);
+            }
+        }
+        let checksum = match &copy.checksum {
+            None => None,
+            Some(c) => {
+                let c = self.expand(ins, c, env)?;
+                if copy.sources.len() + copy.heredocs.len() != 1 {
+                    return Err(
+                        self.located(ins, "checksum can't be specified for multiple sources")
+                    );
+                }
+                if urls.is_empty() {
+                    return Err(self.located(ins, "checksum requires HTTP(S) or Git sources"));
+                }
+                if kiln_oci::parse_digest(&c).is_err() || !c.starts_with("sha256:") {
+                    return Err(self.located(
+                        ins,
+                        &format!("invalid checksum `{c}`: only sha256:<hex> is supported"),
+                    ));
+                }
+                Some(c)
+            }
+        };
+        let unpack = match copy.unpack.as_deref() {
+            None => None,
+            Some(u) => Some(
+                self.expand(ins, u, env)?
+                    .parse::<bool>()
+                    .map_err(|_| self.located(ins, &format!("invalid --unpack `{u}`")))?,
+            ),
+        };
         let dest = self.expand(ins, &copy.dest, env)?;
         let cwd = image
             .config
@@ -755,7 +1094,7 @@ impl Converter<'_> {
             .filter(|w| !w.is_empty())
             .unwrap_or_else(|| "/".into());
         let mut dest = path::copy_dest(&cwd, &dest);
-        if sources.len() > 1 && !dest.ends_with('/') {
+        if sources.len() + urls.len() + copy.heredocs.len() > 1 && !dest.ends_with('/') {
             if copy.dest.ends_with('/') {
                 dest.push('/');
             } else {
@@ -790,9 +1129,15 @@ impl Converter<'_> {
             Some(from) => {
                 let from = self.expand(ins, from, env)?;
                 if let Some(dep) = self.stage_ref(stages, index, &from) {
+                    // Only an ONBUILD trigger can name a stage the target did not need.
                     done[dep]
                         .as_ref()
-                        .expect("stages a stage needs are converted first")
+                        .ok_or_else(|| {
+                            self.not_supported(
+                                ins,
+                                "COPY --from a stage named only in an ONBUILD trigger",
+                            )
+                        })?
                         .node
                 } else if stages[index..]
                     .iter()
@@ -809,18 +1154,104 @@ impl Converter<'_> {
                 }
             }
         };
-        let op = Op::Copy(CopyOp {
-            sources,
-            dest,
-            chown,
-            chmod,
-            allow_wildcard: true,
-        });
-        Ok(self.def.add(
-            op,
-            vec![node, source_node],
-            format!("{label} {}", one_line(&ins.original)),
-        ))
+        let name = format!("{label} {}", one_line(&ins.original));
+        let mut node = node;
+        if !sources.is_empty() || (copy.heredocs.is_empty() && urls.is_empty()) {
+            let op = Op::Copy(CopyOp {
+                sources,
+                dest: dest.clone(),
+                chown: chown.clone(),
+                chmod,
+                allow_wildcard: true,
+                unpack: add && unpack != Some(false),
+            });
+            node = self.def.add(op, vec![node, source_node], name.clone());
+        }
+        // Each URL is downloaded into its own filesystem, then copied like a local file;
+        // downloads are not extracted unless --unpack=true.
+        for url in urls {
+            let filename = url_filename(&url);
+            let http = Op::Http(HttpOp {
+                url: url.clone(),
+                checksum: checksum.clone(),
+                filename: filename.clone(),
+            });
+            let http = self
+                .def
+                .add(http, vec![], format!("{label} {}", one_line(&ins.original)));
+            let op = Op::Copy(CopyOp {
+                sources: vec![filename],
+                dest: dest.clone(),
+                chown: chown.clone(),
+                chmod,
+                allow_wildcard: false,
+                unpack: unpack == Some(true),
+            });
+            node = self.def.add(op, vec![node, http], name.clone());
+        }
+        if !copy.heredocs.is_empty() {
+            // Each body becomes a 0644 file named after its terminator, copied like a source.
+            let mut files = Vec::new();
+            for h in &copy.heredocs {
+                let data = if h.expand {
+                    self.expand_heredoc(ins, &h.content, env)?
+                } else {
+                    h.content.clone()
+                };
+                files.push(InlineFile {
+                    path: h.name.clone(),
+                    data,
+                    mode: 0o644,
+                });
+            }
+            let names = files.iter().map(|f| f.path.clone()).collect();
+            let mkfile = self.def.add(
+                Op::Mkfile(MkfileOp { files }),
+                vec![],
+                "preparing inline document",
+            );
+            let op = Op::Copy(CopyOp {
+                sources: names,
+                dest,
+                chown,
+                chmod,
+                allow_wildcard: false,
+                unpack: false,
+            });
+            node = self.def.add(op, vec![node, mkfile], name);
+        }
+        Ok(node)
+    }
+
+    /// Expands a COPY heredoc body as BuildKit does: variables and escapes are processed, quotes
+    /// are plain characters.
+    fn expand_heredoc(
+        &self,
+        ins: &Instruction,
+        body: &str,
+        env: &BTreeMap<String, String>,
+    ) -> Result<String> {
+        // kiln's lexer has no "skip quotes" mode; escaping every unescaped quote gives the same.
+        let mut escaped = String::with_capacity(body.len());
+        let mut chars = body.chars();
+        while let Some(c) = chars.next() {
+            match c {
+                '\\' => {
+                    escaped.push(c);
+                    if let Some(next) = chars.next() {
+                        escaped.push(next);
+                    }
+                }
+                '\'' | '"' => {
+                    escaped.push('\\');
+                    escaped.push(c);
+                }
+                _ => escaped.push(c),
+            }
+        }
+        ShellLex::new('\\')
+            .process_word(&escaped, env)
+            .map_err(|e| self.located(ins, &e.to_string()))
     }
 }
 
@@ -841,6 +1272,78 @@ fn expansion_env(
         env.insert(k.to_string(), v.to_string());
     }
     env
+}
+
+/// A Git URL as BuildKit recognises one for ADD (`git@`, `git://`, a `.git` path or fragment).
+fn is_git_source(src: &str) -> bool {
+    if src.starts_with("git@") || src.starts_with("git://") || src.starts_with("ssh://") {
+        return true;
+    }
+    let Some(rest) = src
+        .strip_prefix("https://")
+        .or_else(|| src.strip_prefix("http://"))
+    else {
+        return false;
+    };
+    let path = rest.split(['?', '#']).next().unwrap_or_default();
+    path.ends_with(".git") || rest.contains(".git#")
+}
+
+/// The file name ADD gives a download: the last segment of the URL path, `__unnamed__` when
+/// there is none (as BuildKit does).
+fn url_filename(url: &str) -> String {
+    let rest = url.split_once("://").map_or(url, |(_, r)| r);
+    let rest = rest.split(['?', '#']).next().unwrap_or_default();
+    let path = rest.find('/').map_or("", |i| &rest[i..]);
+    match path.trim_end_matches('/').rsplit('/').next() {
+        Some(base) if !base.is_empty() && base != "." => base.to_string(),
+        _ => "__unnamed__".to_string(),
+    }
+}
+
+/// Where a RUN heredoc with a shebang is mounted (read-only), as in BuildKit.
+const HEREDOC_PIPES: &str = "/dev/pipes";
+
+/// The command text of a shell-form RUN, as the parser keeps it.
+fn command_text(ins: &Instruction) -> String {
+    match &ins.kind {
+        InstructionKind::Run {
+            command: Command::Shell(s),
+            ..
+        } => s.clone(),
+        _ => String::new(),
+    }
+}
+
+/// Whether a whole command line is one heredoc introducer (`<<EOF`, `<<-'EOF'`).
+fn is_single_heredoc(line: &str) -> bool {
+    matches!(
+        kiln_dockerfile::parser::heredoc::parse_heredoc(line),
+        Ok(Some(_))
+    )
+}
+
+/// The first line of a heredoc, with `...` when there are more (BuildKit's progress name).
+fn summarize_heredoc(doc: &str) -> String {
+    let doc = doc.trim();
+    let mut lines = doc.lines();
+    let first = lines.next().unwrap_or_default().to_string();
+    if lines.next().is_some() {
+        format!("{first}...")
+    } else {
+        first
+    }
+}
+
+/// Whether an instruction is a build step (counted in `[n/total]`).
+fn makes_step(ins: &Instruction) -> bool {
+    matches!(
+        ins.kind,
+        InstructionKind::Run { .. }
+            | InstructionKind::Copy(_)
+            | InstructionKind::Add(_)
+            | InstructionKind::Workdir(_)
+    )
 }
 
 fn cmd_set_in_stage(instructions: &[&Instruction], before: &Instruction) -> bool {
@@ -891,6 +1394,46 @@ mod tests {
         assert!(is_builtin_syntax("docker.io/docker/dockerfile:1.7-labs"));
         assert!(is_builtin_syntax("docker/dockerfile"));
         assert!(!is_builtin_syntax("example.com/my/frontend:1"));
+    }
+
+    #[test]
+    fn url_file_names() {
+        assert_eq!(
+            url_filename("https://example.com/a/b.tar.gz?x=1"),
+            "b.tar.gz"
+        );
+        assert_eq!(url_filename("http://example.com/dir/"), "dir");
+        assert_eq!(url_filename("http://example.com"), "__unnamed__");
+        assert_eq!(url_filename("http://example.com/"), "__unnamed__");
+    }
+
+    #[test]
+    fn git_sources() {
+        assert!(is_git_source("https://github.com/moby/buildkit.git"));
+        assert!(is_git_source("git@github.com:moby/buildkit.git"));
+        assert!(is_git_source("https://github.com/moby/buildkit.git#v0.10"));
+        assert!(!is_git_source("https://example.com/file.tar.gz"));
+        assert!(!is_git_source("dir/file"));
+    }
+
+    #[test]
+    fn go_durations() {
+        assert_eq!(go_duration(0), "0s");
+        assert_eq!(go_duration(90_000_000_000), "1m30s");
+        assert_eq!(go_duration(1_500_000_000), "1.5s");
+        assert_eq!(go_duration(500_000_000), "500ms");
+        assert_eq!(go_duration(3_600_000_000_000), "1h0m0s");
+        assert_eq!(go_duration(1_500), "1.5µs");
+    }
+
+    #[test]
+    fn signals() {
+        assert!(is_valid_signal("SIGTERM"));
+        assert!(is_valid_signal("quit"));
+        assert!(is_valid_signal("9"));
+        assert!(is_valid_signal("SIGRTMIN+3"));
+        assert!(!is_valid_signal("SIGNOPE"));
+        assert!(!is_valid_signal("0"));
     }
 
     #[test]

@@ -28,6 +28,20 @@ pub enum Op {
     Copy(CopyOp),
     /// Create a directory (and its parents) in input 0.
     Mkdir(MkdirOp),
+    /// A new filesystem holding only the given files (heredoc bodies); the bytes are in the
+    /// op, so its digest covers them.
+    Mkfile(MkfileOp),
+    /// A new filesystem holding one file downloaded from `url` (ADD of a URL).
+    Http(HttpOp),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HttpOp {
+    pub url: String,
+    /// `sha256:<hex>` the download must match; without it the content is part of the cache key.
+    pub checksum: Option<String>,
+    /// The file's name in the result, mode 0600.
+    pub filename: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -37,6 +51,31 @@ pub struct ExecOp {
     pub cwd: String,
     pub user: String,
     pub network: NetworkMode,
+    /// Other inputs mounted into the process's view (not part of the result).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub mounts: Vec<ExecMount>,
+}
+
+/// Input `input` of the exec node mounted at `target`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ExecMount {
+    pub input: usize,
+    pub target: String,
+    pub readonly: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MkfileOp {
+    pub files: Vec<InlineFile>,
+}
+
+/// A file created with fixed contents, owned by 0:0.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InlineFile {
+    /// Path relative to the root; parent directories are created 0755.
+    pub path: String,
+    pub data: String,
+    pub mode: u32,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -57,6 +96,10 @@ pub struct CopyOp {
     pub chmod: Option<u32>,
     /// Whether sources may contain wildcards (always for Dockerfile COPY).
     pub allow_wildcard: bool,
+    /// ADD: a source file that is a tar archive (plain, gzip, bzip2 or xz) is extracted into
+    /// the destination directory instead of copied.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub unpack: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -189,6 +232,7 @@ mod tests {
             cwd: "/".into(),
             user: "root".into(),
             network: NetworkMode::Host,
+            mounts: vec![],
         })
     }
 
@@ -220,6 +264,29 @@ mod tests {
         let d = |id| def.node(id).digest.clone();
         assert_ne!(d(x), d(y));
         assert_ne!(d(x), d(z));
+    }
+
+    #[test]
+    fn mkfile_digest_covers_the_data() {
+        let mut def = Definition::new();
+        let file = |data: &str| {
+            Op::Mkfile(MkfileOp {
+                files: vec![InlineFile {
+                    path: "EOF".into(),
+                    data: data.into(),
+                    mode: 0o644,
+                }],
+            })
+        };
+        let a = def.add(file("a\n"), vec![], "");
+        let b = def.add(file("b\n"), vec![], "");
+        assert_ne!(def.node(a).digest, def.node(b).digest);
+    }
+
+    #[test]
+    fn exec_without_mounts_keeps_its_encoding() {
+        let json = serde_json::to_string(&exec("true")).unwrap();
+        assert!(!json.contains("mounts"), "{json}");
     }
 
     #[test]

@@ -383,6 +383,28 @@ pub fn mkdir_all(root: &Path, path: &str, mode: u32, owner: (u32, u32)) -> io::R
     Ok(target)
 }
 
+/// Writes a regular file at `path` (in-image) inside `root` with `mode`, owned by 0:0; missing
+/// parents are created 0755. An existing file there is replaced.
+pub fn write_file(root: &Path, path: &str, data: &[u8], mode: u32) -> io::Result<PathBuf> {
+    let clean = clean_rel(path);
+    let (parent, name) = match clean.rsplit_once('/') {
+        Some((p, n)) => (p, n),
+        None => ("", clean.as_str()),
+    };
+    if name.is_empty() {
+        return Err(io::Error::other(format!("invalid file name `{path}`")));
+    }
+    let dir = mkdir_all(root, &format!("/{parent}"), 0o755, (0, 0))?;
+    let target = dir.join(name);
+    if fs::symlink_metadata(&target).is_ok() {
+        fs::remove_file(&target)?;
+    }
+    fs::write(&target, data)?;
+    fs::set_permissions(&target, fs::Permissions::from_mode(mode))?;
+    std::os::unix::fs::lchown(&target, Some(0), Some(0))?;
+    Ok(target)
+}
+
 /// Copies the selected sources into `dest` (absolute in-image; trailing `/` means a directory)
 /// inside `dest_root`, as Dockerfile COPY does.
 pub fn copy(

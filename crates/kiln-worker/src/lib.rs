@@ -4,6 +4,7 @@
 //! are pulled and unpacked only when a step needs their files, so a fully cached build touches
 //! neither the registry's blobs nor the disk.
 
+mod add;
 mod fsutil;
 
 use std::collections::HashMap;
@@ -16,7 +17,7 @@ use futures::future::BoxFuture;
 use kiln_content::ContentStore;
 use kiln_executor::{ExitStatus, ProcessSpec, RunRequest, RuncExecutor, Stdio};
 use kiln_ignore::Matcher;
-use kiln_llb::{CopyOp, Definition, ExecOp, MkdirOp, Op};
+use kiln_llb::{CopyOp, Definition, ExecOp, HttpOp, MkdirOp, MkfileOp, Op};
 use kiln_oci::{Descriptor, Digest, ImageManifest, MediaType, Reference};
 use kiln_progress::{Stream, Vertex};
 use kiln_snapshot::{Compression, LayerStore, OverlayMount, mount_overlay};
@@ -112,6 +113,20 @@ pub enum Error {
     Executor(#[from] kiln_executor::Error),
     #[error("background task failed")]
     Join(#[from] tokio::task::JoinError),
+    #[error("failed to download `{url}`")]
+    Http {
+        url: String,
+        #[source]
+        source: reqwest::Error,
+    },
+    #[error("failed to download `{url}`: HTTP status {status}")]
+    HttpStatus { url: String, status: u16 },
+    #[error("digest mismatch for `{url}`: expected {expected}, got {actual}")]
+    ChecksumMismatch {
+        url: String,
+        expected: String,
+        actual: Digest,
+    },
 }
 
 pub type Result<T> = std::result::Result<T, Error>;
@@ -136,6 +151,9 @@ pub struct LlbWorker {
     context: Option<Context>,
     scratch: PathBuf,
     unpacking: parking_lot::Mutex<HashMap<Digest, Arc<tokio::sync::Mutex<()>>>>,
+    http: reqwest::Client,
+    /// Downloads made to compute a cache key, reused when the step runs.
+    downloads: parking_lot::Mutex<HashMap<String, Arc<add::Download>>>,
 }
 
 impl LlbWorker {
@@ -156,6 +174,8 @@ impl LlbWorker {
             context,
             scratch,
             unpacking: Default::default(),
+            http: reqwest::Client::new(),
+            downloads: Default::default(),
         }
     }
 
@@ -184,6 +204,13 @@ impl LlbWorker {
                 tokio::task::spawn_blocking(move || context_checksum(&ctx, &sources)).await??;
             h.update(sum);
         }
+        // Without a checksum a download is keyed by its content, as BuildKit does.
+        if let Op::Http(http) = &node.op
+            && http.checksum.is_none()
+        {
+            let d = self.download(http).await?;
+            h.update(kiln_oci::sha256(&d.data).as_ref().as_bytes());
+        }
         Ok(kiln_oci::sha256(&h.finalize()))
     }
 
@@ -202,7 +229,9 @@ impl LlbWorker {
                 Ok(Value::Context)
             }
             Op::Image { reference, .. } => self.image(reference).await,
-            Op::Exec(exec) => self.exec(exec, inputs[0].value.layers(), progress).await,
+            Op::Exec(exec) => self.exec(exec, inputs, progress).await,
+            Op::Mkfile(mkfile) => self.mkfile(mkfile, progress).await,
+            Op::Http(http) => self.http(http, progress).await,
             Op::Copy(copy) => {
                 self.copy(copy, inputs[0].value.layers(), &inputs[1].value, progress)
                     .await
@@ -398,9 +427,30 @@ impl LlbWorker {
         Ok(Value::Rootfs { layers })
     }
 
-    async fn exec(&self, op: &ExecOp, layers: &[LayerRef], progress: &Vertex) -> Result<Value> {
+    async fn exec(
+        &self,
+        op: &ExecOp,
+        inputs: &[Solved<Value>],
+        progress: &Vertex,
+    ) -> Result<Value> {
+        let layers = inputs.first().map(|i| i.value.layers()).unwrap_or_default();
         let step = self.prepare(layers, progress).await?;
         let merged = step.dir.join("merged");
+        // Mounted inputs get their own overlay, dropped (unmounted) once the process is done.
+        let mut mount_steps = Vec::new();
+        let mut mounts = Vec::new();
+        for m in &op.mounts {
+            let input = inputs.get(m.input).ok_or_else(|| {
+                Error::Manifest(format!("exec mount names missing input {}", m.input))
+            })?;
+            let s = self.prepare(input.value.layers(), progress).await?;
+            mounts.push(kiln_executor::Mount::Bind {
+                source: s.rootfs(),
+                destination: m.target.clone(),
+                readonly: m.readonly,
+            });
+            mount_steps.push(s);
+        }
         let user = resolve_user_or_root(&merged, &op.user)?;
         let mut env = op.env.clone();
         if !env.iter().any(|e| e.starts_with("HOME=")) {
@@ -426,7 +476,7 @@ impl LlbWorker {
                     hostname: SANDBOX_HOSTNAME.into(),
                     terminal: false,
                 },
-                mounts: Vec::new(),
+                mounts,
                 stdio: Stdio::Capture {
                     stdout: Box::new(move |b| out.log(Stream::Stdout, b)),
                     stderr: Box::new(move |b| err.log(Stream::Stderr, b)),
@@ -435,6 +485,7 @@ impl LlbWorker {
                 readonly_rootfs: false,
             })
             .await?;
+        drop(mount_steps);
         if !status.success() {
             return Err(Error::ExecFailed {
                 command: op.args.join(" "),
@@ -477,14 +528,97 @@ impl LlbWorker {
         };
         let (sources, dest, chmod) = (op.sources.clone(), op.dest.clone(), op.chmod);
         let merged2 = merged.clone();
+        let (unpack, work) = (op.unpack, step.dir.join("unpack"));
+        // An archive's own owners are kept unless --chown says otherwise.
+        let archive_owner = if op.chown.is_some() {
+            owner
+        } else {
+            Owner::Keep
+        };
         tokio::task::spawn_blocking(move || {
             let m = matcher.as_deref();
-            let selected = fsutil::expand_sources(&src_root, &sources, m)?;
-            fsutil::copy(&selected, m, &merged2, &dest, owner, chmod)
+            let mut selected = fsutil::expand_sources(&src_root, &sources, m)?;
+            let mut archives = Vec::new();
+            if unpack {
+                let scratch = work.join("decompressed");
+                fs::create_dir_all(&work).map_err(|source| SourceError::Io {
+                    path: work.clone(),
+                    source,
+                })?;
+                let (a, rest): (Vec<_>, Vec<_>) = selected
+                    .into_iter()
+                    .partition(|s| add::is_archive(&s.abs, &scratch));
+                archives = a;
+                selected = rest;
+            }
+            if !selected.is_empty() || archives.is_empty() {
+                fsutil::copy(&selected, m, &merged2, &dest, owner, chmod)?;
+            }
+            for (i, archive) in archives.iter().enumerate() {
+                let out = work.join(format!("archive-{i}"));
+                add::extract(&archive.abs, &out, &work.join("decompressed")).map_err(|source| {
+                    SourceError::Io {
+                        path: archive.abs.clone(),
+                        source,
+                    }
+                })?;
+                let tree = fsutil::Source {
+                    rel: String::new(),
+                    abs: out,
+                };
+                fsutil::copy(&[tree], None, &merged2, &dest, archive_owner, chmod)?;
+            }
+            Ok(())
         })
         .await?
         .map_err(Error::Source)?;
         drop(src_step);
+        self.commit(step).await
+    }
+
+    async fn download(&self, op: &HttpOp) -> Result<Arc<add::Download>> {
+        if let Some(d) = self.downloads.lock().get(&op.url) {
+            return Ok(d.clone());
+        }
+        let d = Arc::new(add::download(&self.http, &op.url).await?);
+        self.downloads.lock().insert(op.url.clone(), d.clone());
+        Ok(d)
+    }
+
+    /// A fresh filesystem holding the downloaded file, mode 0600, its mtime from Last-Modified.
+    async fn http(&self, op: &HttpOp, progress: &Vertex) -> Result<Value> {
+        progress.status(&format!("downloading {}", op.url));
+        let d = self.download(op).await?;
+        self.downloads.lock().remove(&op.url);
+        if let Some(expected) = &op.checksum {
+            let actual = kiln_oci::sha256(&d.data);
+            if actual.to_string() != *expected {
+                return Err(Error::ChecksumMismatch {
+                    url: op.url.clone(),
+                    expected: expected.clone(),
+                    actual,
+                });
+            }
+        }
+        let step = self.prepare(&[], progress).await?;
+        let merged = step.dir.join("merged");
+        let path = fsutil::write_file(&merged, &op.filename, &d.data, 0o600)
+            .map_err(io(format!("creating `{}`", op.filename)))?;
+        if let Some(t) = d.last_modified {
+            filetime::set_file_mtime(&path, filetime::FileTime::from_system_time(t))
+                .map_err(io(format!("setting the mtime of `{}`", op.filename)))?;
+        }
+        self.commit(step).await
+    }
+
+    /// A fresh filesystem holding only the op's files, owned by 0:0.
+    async fn mkfile(&self, op: &MkfileOp, progress: &Vertex) -> Result<Value> {
+        let step = self.prepare(&[], progress).await?;
+        let merged = step.dir.join("merged");
+        for f in &op.files {
+            fsutil::write_file(&merged, &f.path, f.data.as_bytes(), f.mode)
+                .map_err(io(format!("creating `{}`", f.path)))?;
+        }
         self.commit(step).await
     }
 

@@ -1,0 +1,246 @@
+//! What ADD adds to COPY: local tar archives extracted into the destination, and files
+//! downloaded over HTTP(S).
+
+use std::fs;
+use std::io::{self, BufReader, Read, Seek};
+use std::path::Path;
+use std::time::SystemTime;
+
+/// How an archive's bytes are compressed, from its first bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Compression {
+    None,
+    Gzip,
+    Bzip2,
+    Xz,
+}
+
+fn sniff(magic: &[u8]) -> Compression {
+    if magic.starts_with(&[0x1f, 0x8b]) {
+        Compression::Gzip
+    } else if magic.starts_with(b"BZh") {
+        Compression::Bzip2
+    } else if magic.starts_with(&[0xfd, b'7', b'z', b'X', b'Z', 0x00]) {
+        Compression::Xz
+    } else {
+        Compression::None
+    }
+}
+
+/// A reader over the decompressed bytes of `path`. xz has no streaming reader in the crate we
+/// use, so it is decompressed into `scratch` first.
+fn open_decompressed(path: &Path, scratch: &Path) -> io::Result<Box<dyn Read>> {
+    let mut file = fs::File::open(path)?;
+    let mut magic = [0u8; 6];
+    let n = read_up_to(&mut file, &mut magic)?;
+    file.rewind()?;
+    Ok(match sniff(&magic[..n]) {
+        Compression::None => Box::new(file),
+        Compression::Gzip => Box::new(flate2::read::MultiGzDecoder::new(BufReader::new(file))),
+        Compression::Bzip2 => Box::new(bzip2::read::MultiBzDecoder::new(BufReader::new(file))),
+        Compression::Xz => {
+            let mut out = fs::File::options()
+                .read(true)
+                .write(true)
+                .create(true)
+                .truncate(true)
+                .open(scratch)?;
+            lzma_rs::xz_decompress(&mut BufReader::new(file), &mut out)
+                .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e.to_string()))?;
+            out.rewind()?;
+            Box::new(out)
+        }
+    })
+}
+
+fn read_up_to(r: &mut impl Read, buf: &mut [u8]) -> io::Result<usize> {
+    let mut n = 0;
+    while n < buf.len() {
+        match r.read(&mut buf[n..])? {
+            0 => break,
+            k => n += k,
+        }
+    }
+    Ok(n)
+}
+
+/// Whether a 512-byte block is a tar header: a valid checksum (the `ustar` magic alone is not
+/// enough, and old v7 archives lack it).
+fn is_tar_header(block: &[u8]) -> bool {
+    if block.len() < 512 || block.iter().all(|b| *b == 0) {
+        return false;
+    }
+    let field = &block[148..156];
+    let text: String = field
+        .iter()
+        .take_while(|b| **b != 0 && **b != b' ')
+        .skip_while(|b| **b == b' ')
+        .map(|b| *b as char)
+        .collect();
+    let Ok(expected) = u32::from_str_radix(text.trim(), 8) else {
+        return false;
+    };
+    let sum: u32 = block
+        .iter()
+        .enumerate()
+        .map(|(i, b)| {
+            if (148..156).contains(&i) {
+                32
+            } else {
+                *b as u32
+            }
+        })
+        .sum();
+    sum == expected
+}
+
+/// Whether the regular file at `path` is a tar archive, possibly compressed.
+pub(crate) fn is_archive(path: &Path, scratch: &Path) -> bool {
+    let Ok(meta) = fs::metadata(path) else {
+        return false;
+    };
+    if !meta.is_file() {
+        return false;
+    }
+    let check = || -> io::Result<bool> {
+        let mut r = open_decompressed(path, scratch)?;
+        let mut block = [0u8; 512];
+        let n = read_up_to(&mut r, &mut block)?;
+        Ok(is_tar_header(&block[..n]))
+    };
+    let result = check().unwrap_or(false);
+    let _ = fs::remove_file(scratch);
+    result
+}
+
+/// Extracts the archive at `path` into the new empty directory `dir`. The tar crate skips
+/// entries with `..`, strips leading `/` and refuses to write through symlinks that lead out of
+/// `dir`, so nothing lands outside it; the caller then copies `dir` into the image with the
+/// same root-confined copy as COPY.
+pub(crate) fn extract(path: &Path, dir: &Path, scratch: &Path) -> io::Result<()> {
+    fs::create_dir_all(dir)?;
+    let reader = open_decompressed(path, scratch)?;
+    let mut archive = tar::Archive::new(reader);
+    archive.set_preserve_permissions(true);
+    archive.set_preserve_mtime(true);
+    archive.set_preserve_ownerships(true);
+    archive.set_unpack_xattrs(false);
+    archive.set_overwrite(true);
+    let result = archive.unpack(dir);
+    let _ = fs::remove_file(scratch);
+    result
+}
+
+/// A downloaded file.
+#[derive(Debug)]
+pub(crate) struct Download {
+    pub data: Vec<u8>,
+    pub last_modified: Option<SystemTime>,
+}
+
+pub(crate) async fn download(
+    client: &reqwest::Client,
+    url: &str,
+) -> std::result::Result<Download, crate::Error> {
+    let err = |source| crate::Error::Http {
+        url: url.to_string(),
+        source,
+    };
+    let resp = client.get(url).send().await.map_err(err)?;
+    if !resp.status().is_success() {
+        return Err(crate::Error::HttpStatus {
+            url: url.to_string(),
+            status: resp.status().as_u16(),
+        });
+    }
+    let last_modified = resp
+        .headers()
+        .get(reqwest::header::LAST_MODIFIED)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| httpdate::parse_http_date(v).ok());
+    let data = resp.bytes().await.map_err(err)?.to_vec();
+    Ok(Download {
+        data,
+        last_modified,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tar_bytes() -> Vec<u8> {
+        let mut b = tar::Builder::new(Vec::new());
+        let mut h = tar::Header::new_gnu();
+        h.set_size(3);
+        h.set_mode(0o640);
+        h.set_uid(1000);
+        h.set_gid(1000);
+        h.set_mtime(1_000_000);
+        h.set_cksum();
+        b.append_data(&mut h, "dir/file.txt", &b"abc"[..]).unwrap();
+        b.into_inner().unwrap()
+    }
+
+    #[test]
+    fn detects_compressed_tars_but_not_text() {
+        let tmp = tempfile::tempdir().unwrap();
+        let scratch = tmp.path().join("scratch");
+        let plain = tmp.path().join("a.tar");
+        fs::write(&plain, tar_bytes()).unwrap();
+        assert!(is_archive(&plain, &scratch));
+
+        let gz = tmp.path().join("a.tar.gz");
+        let mut enc = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        io::Write::write_all(&mut enc, &tar_bytes()).unwrap();
+        fs::write(&gz, enc.finish().unwrap()).unwrap();
+        assert!(is_archive(&gz, &scratch));
+
+        let bz = tmp.path().join("a.tar.bz2");
+        let mut enc = bzip2::write::BzEncoder::new(Vec::new(), bzip2::Compression::fast());
+        io::Write::write_all(&mut enc, &tar_bytes()).unwrap();
+        fs::write(&bz, enc.finish().unwrap()).unwrap();
+        assert!(is_archive(&bz, &scratch));
+
+        let xz = tmp.path().join("a.tar.xz");
+        let mut out = Vec::new();
+        lzma_rs::xz_compress(&mut io::Cursor::new(tar_bytes()), &mut out).unwrap();
+        fs::write(&xz, out).unwrap();
+        assert!(is_archive(&xz, &scratch));
+        let out = tmp.path().join("out-xz");
+        extract(&xz, &out, &scratch).unwrap();
+        assert_eq!(fs::read(out.join("dir/file.txt")).unwrap(), b"abc");
+
+        let text = tmp.path().join("a.txt");
+        fs::write(&text, "just text\n".repeat(100)).unwrap();
+        assert!(!is_archive(&text, &scratch));
+
+        let out = tmp.path().join("out");
+        extract(&gz, &out, &scratch).unwrap();
+        assert_eq!(fs::read(out.join("dir/file.txt")).unwrap(), b"abc");
+        let meta = fs::metadata(out.join("dir/file.txt")).unwrap();
+        use std::os::unix::fs::MetadataExt;
+        assert_eq!((meta.mode() & 0o7777, meta.uid()), (0o640, 1000));
+    }
+
+    #[test]
+    fn entries_escaping_the_directory_are_not_written() {
+        let tmp = tempfile::tempdir().unwrap();
+        let scratch = tmp.path().join("scratch");
+        let mut b = tar::Builder::new(Vec::new());
+        // A symlink pointing out, then a file written through it.
+        let mut h = tar::Header::new_gnu();
+        h.set_entry_type(tar::EntryType::Symlink);
+        h.set_size(0);
+        b.append_link(&mut h, "link", tmp.path()).unwrap();
+        let mut h = tar::Header::new_gnu();
+        h.set_size(1);
+        h.set_cksum();
+        b.append_data(&mut h, "link/escaped", &b"x"[..]).unwrap();
+        let archive = tmp.path().join("evil.tar");
+        fs::write(&archive, b.into_inner().unwrap()).unwrap();
+        let out = tmp.path().join("out");
+        let _ = extract(&archive, &out, &scratch);
+        assert!(!tmp.path().join("escaped").exists());
+    }
+}

@@ -262,66 +262,24 @@ async fn build(cli: &Cli, b: &BuildArgs) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// `kiln build --check` (`--call=check`): parse and lint every stage without building, print
-/// each warning as BuildKit does, and exit 1 when there are any.
+/// `kiln build --check` (`--call=check`): the engine lints every stage without building; print
+/// the report as BuildKit does and exit 1 when there are warnings.
 fn check(
     b: &BuildArgs,
     build_args: &BTreeMap<String, String>,
     platform: Option<&kiln_oci::Platform>,
 ) -> Result<ExitCode> {
-    let path = b
-        .file
-        .clone()
-        .unwrap_or_else(|| b.context.join("Dockerfile"));
-    let name = path
-        .file_name()
-        .map_or_else(|| "Dockerfile".into(), |n| n.to_string_lossy().into_owned());
-    let source = std::fs::read_to_string(&path)
-        .with_context(|| format!("failed to read the Dockerfile `{}`", path.display()))?;
-    let ignore_path = b.context.join(".dockerignore");
-    let ignore = match std::fs::read_to_string(&ignore_path) {
-        Ok(text) => Some(
-            kiln_ignore::Matcher::from_dockerignore(&text)
-                .with_context(|| format!("invalid `{}`", ignore_path.display()))?,
-        ),
-        Err(_) => None,
-    };
-    let dockerfile = match kiln_dockerfile::parse(&source) {
-        Ok(d) => d,
-        Err(e) => {
-            eprint!("{}", e.render(&name, &source));
-            return Ok(ExitCode::FAILURE);
-        }
-    };
-    let opts = kiln_frontend::LintOptions {
-        build_args: Some(build_args),
+    let report = kiln_engine::check(&kiln_engine::CheckRequest {
+        context: &b.context,
+        dockerfile: b.file.as_deref(),
+        build_args,
         target: b.target.as_deref(),
         platform,
-        ignore: ignore.as_ref(),
-        images: None,
-        all_stages: true,
-    };
-    let report = match kiln_frontend::lint(&dockerfile, &source, &opts) {
-        Ok(r) => r,
-        Err(e) => {
-            eprint!("{e}");
-            return Ok(ExitCode::FAILURE);
-        }
-    };
-    if report.warnings.is_empty() {
-        println!("Check complete, no warnings found.");
-        return Ok(ExitCode::SUCCESS);
-    }
-    for w in &report.warnings {
-        println!();
-        print!("{}", w.render(&name, &source));
-    }
-    let n = report.warnings.len();
-    let verb = if n == 1 {
-        "warning has"
+    })?;
+    print!("{}", report.text);
+    Ok(if report.warnings == 0 {
+        ExitCode::SUCCESS
     } else {
-        "warnings have"
-    };
-    println!("Check complete, {n} {verb} been found!");
-    Ok(ExitCode::FAILURE)
+        ExitCode::FAILURE
+    })
 }

@@ -13,7 +13,7 @@ pub mod instructions;
 pub mod parser;
 mod quote;
 pub mod shell;
-mod suggest;
+pub mod suggest;
 
 pub use error::{Error, Location, Result, render_snippet};
 pub use instructions::{Command, CopyArgs, Healthcheck, Instruction, InstructionKind};

@@ -24,7 +24,8 @@ pub fn closest<'a>(value: &str, candidates: &[&'a str], case_sensitive: bool) ->
         .map(|(_, c)| c)
 }
 
-fn levenshtein(a: &str, b: &str) -> usize {
+/// The edit distance between two strings, in characters.
+pub fn levenshtein(a: &str, b: &str) -> usize {
     let b: Vec<char> = b.chars().collect();
     let mut prev: Vec<usize> = (0..=b.len()).collect();
     let mut cur = vec![0; b.len() + 1];

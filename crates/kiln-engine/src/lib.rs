@@ -5,6 +5,7 @@
 //! archives). See docs/architecture.md.
 
 mod build;
+mod check;
 mod config;
 mod export;
 mod image;
@@ -20,6 +21,7 @@ use kiln_exporter::ImageStore;
 use kiln_snapshot::LayerStore;
 
 pub use build::{BuildRequest, BuildResult, Output};
+pub use check::{CheckReport, CheckRequest, check};
 pub use config::Config;
 pub use image::ImportRequest;
 pub use kiln_exporter::{ImageRecord, familiar_name, format_images_table};

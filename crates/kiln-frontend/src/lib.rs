@@ -4,6 +4,7 @@
 //! talks to a registry itself.
 
 mod convert;
+pub mod lint;
 mod path;
 
 use std::collections::{BTreeMap, HashMap};
@@ -13,6 +14,7 @@ use kiln_llb::{Definition, NodeId};
 use kiln_oci::{ImageConfig, Platform, Reference};
 
 pub use convert::convert;
+pub use lint::{LintOptions, Report, Warning, lint};
 
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 

@@ -321,7 +321,7 @@ mod tests {
                 "{bad:?} should be refused"
             );
         }
-        assert!(format!("{}", "a".repeat(256)).parse::<Reference>().is_err());
+        assert!("a".repeat(256).parse::<Reference>().is_err());
     }
 
     #[test]

@@ -12,6 +12,8 @@ mod example;
 mod export_docker;
 mod export_oci;
 mod failure;
+mod language;
+mod lint;
 mod multistage;
 mod pull;
 mod support;

@@ -1,0 +1,87 @@
+//! `kiln build --check`: parse and lint a Dockerfile without building anything.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::path::Path;
+
+use kiln_oci::Platform;
+
+use crate::{Error, Result, io};
+
+pub struct CheckRequest<'a> {
+    pub context: &'a Path,
+    /// The Dockerfile; `None` means `<context>/Dockerfile`.
+    pub dockerfile: Option<&'a Path>,
+    pub build_args: &'a BTreeMap<String, String>,
+    pub target: Option<&'a str>,
+    pub platform: Option<&'a Platform>,
+}
+
+/// What `--check` prints, and how many warnings it found.
+pub struct CheckReport {
+    pub text: String,
+    pub warnings: usize,
+}
+
+/// Lints every stage, as BuildKit's `--call=check` does: no registry access, nothing built.
+pub fn check(req: &CheckRequest<'_>) -> Result<CheckReport> {
+    let path = req
+        .dockerfile
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| req.context.join("Dockerfile"));
+    let name = path
+        .file_name()
+        .map_or_else(|| "Dockerfile".into(), |n| n.to_string_lossy().into_owned());
+    let source = std::fs::read_to_string(&path).map_err(io(format!(
+        "failed to read the Dockerfile `{}`",
+        path.display()
+    )))?;
+    let ignore_path = req.context.join(".dockerignore");
+    let ignore =
+        match std::fs::read_to_string(&ignore_path) {
+            Ok(text) => Some(kiln_ignore::Matcher::from_dockerignore(&text).map_err(|e| {
+                Error::Invalid {
+                    what: format!("`{}`", ignore_path.display()),
+                    source: Box::new(e),
+                }
+            })?),
+            Err(_) => None,
+        };
+    let dockerfile = kiln_dockerfile::parse(&source).map_err(|e| {
+        Error::Frontend(kiln_frontend::Error::Dockerfile {
+            rendered: e.render(&name, &source),
+        })
+    })?;
+    let opts = kiln_frontend::LintOptions {
+        build_args: Some(req.build_args),
+        target: req.target,
+        platform: req.platform,
+        ignore: ignore.as_ref(),
+        images: None,
+        all_stages: true,
+    };
+    let report = kiln_frontend::lint(&dockerfile, &source, &opts).map_err(|e| Error::Invalid {
+        what: "check options".into(),
+        source: Box::new(e),
+    })?;
+    let mut text = String::new();
+    if report.warnings.is_empty() {
+        text.push_str("Check complete, no warnings found.\n");
+    } else {
+        for w in &report.warnings {
+            text.push('\n');
+            text.push_str(&w.render(&name, &source));
+        }
+        let n = report.warnings.len();
+        let verb = if n == 1 {
+            "warning has"
+        } else {
+            "warnings have"
+        };
+        let _ = writeln!(text, "Check complete, {n} {verb} been found!");
+    }
+    Ok(CheckReport {
+        warnings: report.warnings.len(),
+        text,
+    })
+}

@@ -1114,7 +1114,7 @@ impl Linter<'_> {
             if add && is_remote(src) {
                 continue;
             }
-            let src = clean_path(src);
+            let src = kiln_ignore::clean_path(src);
             if src == "." || src == "/" {
                 let all = matcher
                     .rules()
@@ -1170,27 +1170,6 @@ fn is_remote(src: &str) -> bool {
         || src.ends_with(".git")
 }
 
-/// Go's `filepath.Clean` for `/`-separated paths.
-fn clean_path(path: &str) -> String {
-    let rooted = path.starts_with('/');
-    let mut parts: Vec<&str> = Vec::new();
-    for part in path.split('/') {
-        match part {
-            "" | "." => {}
-            ".." if parts.last().is_some_and(|p| *p != "..") => {
-                parts.pop();
-            }
-            ".." if rooted => {}
-            p => parts.push(p),
-        }
-    }
-    let joined = parts.join("/");
-    match (rooted, joined.is_empty()) {
-        (true, _) => format!("/{joined}"),
-        (false, true) => ".".into(),
-        (false, false) => joined,
-    }
-}
 
 /// The closest candidate within an edit distance of 2, case-sensitive; none when `value`
 /// itself is a candidate (then the problem is elsewhere).
@@ -1520,13 +1499,5 @@ mod tests {
              5 |\n\
              --------------------\n"
         );
-    }
-
-    #[test]
-    fn clean_path_is_go_clean() {
-        assert_eq!(clean_path("./a/../b/"), "b");
-        assert_eq!(clean_path("."), ".");
-        assert_eq!(clean_path("/../x"), "/x");
-        assert_eq!(clean_path("../x"), "../x");
     }
 }

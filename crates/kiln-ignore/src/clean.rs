@@ -4,7 +4,7 @@
 /// Returns the shortest equivalent of a slash-separated path: `//` collapsed, `.` elements
 /// dropped, `..` resolved against the element before it, trailing `/` removed. An empty result
 /// is `.` (or `/` when the path was rooted).
-pub(crate) fn clean(path: &str) -> String {
+pub fn clean(path: &str) -> String {
     if path.is_empty() {
         return ".".to_owned();
     }

@@ -17,6 +17,7 @@ use std::fmt;
 use regex::Regex;
 
 use compile::Kind;
+pub use clean::clean as clean_path;
 pub use ignorefile::{IgnoreLine, read_patterns};
 
 #[derive(Debug, thiserror::Error)]

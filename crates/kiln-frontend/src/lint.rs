@@ -1170,7 +1170,6 @@ fn is_remote(src: &str) -> bool {
         || src.ends_with(".git")
 }
 
-
 /// The closest candidate within an edit distance of 2, case-sensitive; none when `value`
 /// itself is a candidate (then the problem is elsewhere).
 fn suggest<'a>(value: &str, candidates: impl Iterator<Item = &'a str>) -> Option<&'a str> {

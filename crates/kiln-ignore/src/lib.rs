@@ -16,8 +16,8 @@ use std::fmt;
 
 use regex::Regex;
 
-use compile::Kind;
 pub use clean::clean as clean_path;
+use compile::Kind;
 pub use ignorefile::{IgnoreLine, read_patterns};
 
 #[derive(Debug, thiserror::Error)]

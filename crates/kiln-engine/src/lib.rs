@@ -86,6 +86,8 @@ pub(crate) fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> Erro
 
 /// The on-disk layout of a data directory (documented in docs/on-disk-layout.md).
 pub struct Engine {
+    /// Held (shared) for the engine's life; see `open`.
+    _lock: std::fs::File,
     root: PathBuf,
     content: ContentStore,
     layers: LayerStore,
@@ -104,21 +106,34 @@ impl Engine {
         let images = ImageStore::open(&root.join("images"), content.clone())?;
         let executor = Arc::new(RuncExecutor::new(&root.join("executor"))?);
         let tmp = root.join("tmp");
-        kiln_snapshot::cleanup_stale_mounts(&tmp)?;
-        // Only a killed run leaves bundles; skip spawning runc when there are none.
-        let has_bundles =
-            std::fs::read_dir(executor.bundles_dir()).is_ok_and(|mut d| d.next().is_some());
-        if has_bundles {
-            executor.cleanup_stale()?;
+        // Every engine on this data dir holds a shared lock. One that gets the lock exclusively
+        // is alone, so whatever is in tmp/, the executor's state and layers/.tmp-* was left by a
+        // killed run and is cleared; with others running, their work is left alone.
+        let lock_path = root.join("engine.lock");
+        let lock = std::fs::File::create(&lock_path)
+            .map_err(io(format!("opening `{}`", lock_path.display())))?;
+        let alone = rustix::fs::flock(&lock, rustix::fs::FlockOperation::NonBlockingLockExclusive)
+            .is_ok();
+        if alone {
+            kiln_snapshot::cleanup_stale_mounts(&tmp)?;
+            // Only a killed run leaves bundles; skip spawning runc when there are none.
+            let has_bundles =
+                std::fs::read_dir(executor.bundles_dir()).is_ok_and(|mut d| d.next().is_some());
+            if has_bundles {
+                executor.cleanup_stale()?;
+            }
+            if tmp.exists() {
+                std::fs::remove_dir_all(&tmp).map_err(io("removing stale step directories"))?;
+            }
+            layers.remove_stale_temp_dirs()?;
         }
-        if tmp.exists() {
-            std::fs::remove_dir_all(&tmp).map_err(io("removing stale step directories"))?;
-        }
+        rustix::fs::flock(&lock, rustix::fs::FlockOperation::LockShared)
+            .map_err(|e| io(format!("locking `{}`", lock_path.display()))(e.into()))?;
         std::fs::create_dir_all(&tmp).map_err(io("creating the step directory"))?;
-        layers.remove_stale_temp_dirs()?;
         let registry = kiln_registry::Client::new(config.registry.clone())?
             .with_credentials(config.credentials());
         Ok(Engine {
+            _lock: lock,
             root: root.to_path_buf(),
             content,
             layers,

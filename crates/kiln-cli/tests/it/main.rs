@@ -5,6 +5,7 @@
 //! under `KILN_TEST_REQUIRE_EXTERNAL=1`.
 
 mod cache;
+mod concurrent;
 mod config;
 mod dockerignore;
 mod errors;

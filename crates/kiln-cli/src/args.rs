@@ -161,6 +161,59 @@ pub struct PushArgs {
 }
 
 /// `type=oci,dest=out.tar` and friends.
+/// Where a `--secret`'s value comes from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SecretSource {
+    File(PathBuf),
+    Env(String),
+}
+
+/// Parses `--secret id=ID,src=FILE`, `id=ID,env=VAR` or `id=ID,type=file|env,...`. As buildx:
+/// without `type`, `src`/`source` means a file and `env` a variable; the id defaults to the
+/// file's name or the variable's name; a bare `id=ID` reads the variable `ID`.
+pub fn parse_secret(spec: &str) -> Result<(String, SecretSource)> {
+    let (mut id, mut typ, mut src, mut env) = (None, None, None, None);
+    for field in spec.split(',').filter(|f| !f.is_empty()) {
+        let Some((k, v)) = field.split_once('=') else {
+            bail!("invalid --secret `{spec}`: expected key=value fields");
+        };
+        match k.trim().to_ascii_lowercase().as_str() {
+            "id" => id = Some(v.to_string()),
+            "type" => typ = Some(v.to_ascii_lowercase()),
+            "src" | "source" => src = Some(v.to_string()),
+            "env" => env = Some(v.to_string()),
+            other => bail!("invalid --secret `{spec}`: unexpected key `{other}`"),
+        }
+    }
+    let typ = match typ.as_deref() {
+        Some("file") | Some("env") => typ.unwrap_or_default(),
+        Some(other) => bail!("invalid --secret `{spec}`: unsupported type `{other}`"),
+        None if src.is_some() => "file".into(),
+        None => "env".into(),
+    };
+    if typ == "file" {
+        let Some(path) = src.or_else(|| id.clone()) else {
+            bail!("invalid --secret `{spec}`: a file secret needs `src`");
+        };
+        let id = match id {
+            Some(id) => id,
+            None => std::path::Path::new(&path)
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default(),
+        };
+        if id.is_empty() {
+            bail!("invalid --secret `{spec}`: missing `id`");
+        }
+        Ok((id, SecretSource::File(PathBuf::from(path))))
+    } else {
+        let Some(var) = env.or_else(|| src.clone()).or_else(|| id.clone()) else {
+            bail!("invalid --secret `{spec}`: missing `id` or `env`");
+        };
+        Ok((id.unwrap_or_else(|| var.clone()), SecretSource::Env(var)))
+    }
+}
+
 pub fn parse_output(spec: &str) -> Result<Output> {
     let mut kind = None;
     let mut dest = None;
@@ -192,6 +245,32 @@ pub fn parse_output(spec: &str) -> Result<Output> {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn secret_specs_infer_type_and_id() {
+        use super::{SecretSource, parse_secret};
+        assert_eq!(
+            parse_secret("id=tok,src=/tmp/t.txt").unwrap(),
+            ("tok".into(), SecretSource::File("/tmp/t.txt".into()))
+        );
+        assert_eq!(
+            parse_secret("source=/run/a/key.pem").unwrap(),
+            (
+                "key.pem".into(),
+                SecretSource::File("/run/a/key.pem".into())
+            )
+        );
+        assert_eq!(
+            parse_secret("env=GH_TOKEN").unwrap(),
+            ("GH_TOKEN".into(), SecretSource::Env("GH_TOKEN".into()))
+        );
+        assert_eq!(
+            parse_secret("id=x,env=Y").unwrap(),
+            ("x".into(), SecretSource::Env("Y".into()))
+        );
+        assert!(parse_secret("id=x,type=ssh").is_err());
+        assert!(parse_secret("id=x,bogus=1").is_err());
+    }
+
     use super::*;
 
     #[test]

@@ -178,7 +178,6 @@ async fn build(cli: &Cli, b: &BuildArgs) -> Result<ExitCode> {
         ("--push", b.push),
         ("--cache-from", !b.cache_from.is_empty()),
         ("--cache-to", !b.cache_to.is_empty()),
-        ("--secret", !b.secret.is_empty()),
         ("--ssh", !b.ssh.is_empty()),
         (
             "--call",
@@ -238,6 +237,18 @@ async fn build(cli: &Cli, b: &BuildArgs) -> Result<ExitCode> {
     let mode = if b.quiet { Mode::Quiet } else { mode };
     let engine = open_engine(cli)?;
     let progress = Progress::new(mode, Box::new(std::io::stderr()));
+    let mut secrets = kiln_engine::Secrets::new();
+    for spec in &b.secret {
+        let (id, source) = args::parse_secret(spec)?;
+        let value = match source {
+            args::SecretSource::File(path) => std::fs::read(&path)
+                .with_context(|| format!("reading secret `{id}` from `{}`", path.display()))?,
+            args::SecretSource::Env(var) => std::env::var_os(&var)
+                .with_context(|| format!("secret `{id}`: environment variable `{var}` is not set"))?
+                .into_encoded_bytes(),
+        };
+        secrets.insert(id, value);
+    }
     let req = BuildRequest {
         context: b.context.clone(),
         dockerfile: b.file.clone(),
@@ -248,6 +259,7 @@ async fn build(cli: &Cli, b: &BuildArgs) -> Result<ExitCode> {
         no_cache: b.no_cache,
         platform,
         source_date_epoch: env::source_date_epoch(),
+        secrets,
     };
     let result = engine.build(req, &progress).await;
     progress.finish();

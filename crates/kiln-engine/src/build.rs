@@ -38,6 +38,8 @@ pub struct BuildRequest {
     pub platform: Option<Platform>,
     /// Seconds since the epoch to write as the build's time (`SOURCE_DATE_EPOCH`).
     pub source_date_epoch: Option<i64>,
+    /// Values for `RUN --mount=type=secret`, by id.
+    pub secrets: kiln_worker::Secrets,
 }
 
 #[derive(Debug, Clone)]
@@ -117,10 +119,12 @@ impl Engine {
             "the build context `{}` cannot be read",
             req.context.display()
         )))?;
-        let worker = self.worker(Some(Context {
-            dir: context_dir,
-            matcher,
-        }));
+        let worker = self
+            .worker(Some(Context {
+                dir: context_dir,
+                matcher,
+            }))
+            .with_secrets(req.secrets.clone());
         let root = converted.root.0;
         let locations = converted.locations.clone();
         let graph = Arc::new(LlbGraph::new(converted.definition));

@@ -25,6 +25,7 @@ pub use check::{CheckReport, CheckRequest, check};
 pub use config::Config;
 pub use image::ImportRequest;
 pub use kiln_exporter::{ImageRecord, familiar_name, format_images_table};
+pub use kiln_worker::Secrets;
 pub use run::RunRequest;
 
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -112,8 +113,8 @@ impl Engine {
         let lock_path = root.join("engine.lock");
         let lock = std::fs::File::create(&lock_path)
             .map_err(io(format!("opening `{}`", lock_path.display())))?;
-        let alone = rustix::fs::flock(&lock, rustix::fs::FlockOperation::NonBlockingLockExclusive)
-            .is_ok();
+        let alone =
+            rustix::fs::flock(&lock, rustix::fs::FlockOperation::NonBlockingLockExclusive).is_ok();
         if alone {
             kiln_snapshot::cleanup_stale_mounts(&tmp)?;
             // Only a killed run leaves bundles; skip spawning runc when there are none.

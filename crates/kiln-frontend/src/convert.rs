@@ -7,8 +7,8 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use kiln_dockerfile::shell::ShellLex;
 use kiln_dockerfile::{Command, CopyArgs, Instruction, InstructionKind, Location};
 use kiln_llb::{
-    CopyOp, Definition, ExecMount, ExecOp, HttpOp, InlineFile, MkdirOp, MkfileOp, NetworkMode,
-    NodeId, Op,
+    CacheMount, CopyOp, Definition, ExecMount, ExecOp, HttpOp, InlineFile, MkdirOp, MkfileOp,
+    NetworkMode, NodeId, Op, SecretMount, TmpfsMount,
 };
 use kiln_oci::{History, ImageConfig, Platform, Reference};
 
@@ -402,6 +402,16 @@ fn onbuild_expression(ins: &Instruction) -> String {
     out
 }
 
+/// What a RUN's `--mount`s add to its exec op.
+#[derive(Default)]
+struct RunMounts {
+    binds: Vec<ExecMount>,
+    caches: Vec<CacheMount>,
+    tmpfs: Vec<TmpfsMount>,
+    secrets: Vec<SecretMount>,
+    inputs: Vec<NodeId>,
+}
+
 fn one_line(text: &str) -> String {
     text.split_whitespace().collect::<Vec<_>>().join(" ")
 }
@@ -479,6 +489,15 @@ impl Converter<'_> {
                     && let Some(dep) = self.stage_ref(stages, i, from)
                 {
                     todo.push(dep);
+                }
+                if let InstructionKind::Run { mounts, .. } = &ins.kind {
+                    for m in mounts {
+                        if let Some(from) = crate::mount::from_of(m)
+                            && let Some(dep) = self.stage_ref(stages, i, &from)
+                        {
+                            todo.push(dep);
+                        }
+                    }
                 }
             }
         }
@@ -645,8 +664,19 @@ impl Converter<'_> {
                     security,
                     device,
                 } => {
-                    if !mounts.is_empty() {
-                        return Err(self.not_supported(ins, "RUN --mount"));
+                    let cwd = image
+                        .config
+                        .working_dir
+                        .clone()
+                        .filter(|w| !w.is_empty())
+                        .unwrap_or_else(|| "/".into());
+                    let mut parsed = Vec::new();
+                    for m in mounts {
+                        let m = crate::mount::parse(m, |w| {
+                            self.lex.process_word(w, &env).map_err(|e| e.to_string())
+                        })
+                        .map_err(|e| self.located(ins, &e))?;
+                        parsed.push(m);
                     }
                     if network.is_some() {
                         return Err(self.not_supported(ins, "RUN --network"));
@@ -658,6 +688,19 @@ impl Converter<'_> {
                         return Err(self.not_supported(ins, "RUN --device"));
                     }
                     let (command, script) = self.run_heredoc(ins, command, heredocs)?;
+                    let first_mount_input = 1 + usize::from(script.is_some());
+                    let run_mounts = self
+                        .run_mounts(
+                            ins,
+                            &parsed,
+                            &cwd,
+                            first_mount_input,
+                            stages,
+                            index,
+                            done,
+                            resolver,
+                        )
+                        .await?;
                     let argv = self.command_argv(&image, &command);
                     let run_args: Vec<String> = args
                         .iter()
@@ -687,14 +730,20 @@ impl Converter<'_> {
                                 input: 1,
                                 target: HEREDOC_PIPES.into(),
                                 readonly: true,
+                                source: String::new(),
                             })
+                            .chain(run_mounts.binds)
                             .collect(),
+                        caches: run_mounts.caches,
+                        tmpfs: run_mounts.tmpfs,
+                        secrets: run_mounts.secrets,
                     });
                     let mut inputs = vec![node];
                     if let Some(file) = script {
                         let op = Op::Mkfile(MkfileOp { files: vec![file] });
                         inputs.push(self.def.add(op, vec![], "preparing inline document"));
                     }
+                    inputs.extend(run_mounts.inputs);
                     let mut name = format!("{} {}", label(step), one_line(&ins.original));
                     if let [h] = heredocs.as_slice()
                         && is_single_heredoc(&command_text(ins))
@@ -1009,6 +1058,135 @@ impl Converter<'_> {
                 argv
             }
         }
+    }
+
+    /// The LLB form of a RUN's `--mount`s; bind sources become inputs from `first_input` on.
+    #[allow(clippy::too_many_arguments)]
+    async fn run_mounts(
+        &mut self,
+        ins: &Instruction,
+        mounts: &[crate::mount::RunMount],
+        cwd: &str,
+        first_input: usize,
+        stages: &[Stage<'_>],
+        index: usize,
+        done: &[Option<StageResult>],
+        resolver: &dyn ImageResolver,
+    ) -> Result<RunMounts> {
+        use crate::mount::RunMount;
+        let mut out = RunMounts::default();
+        for m in mounts {
+            match m {
+                RunMount::Bind {
+                    target,
+                    source,
+                    from,
+                    readwrite,
+                } => {
+                    let node = match from {
+                        None => self.context(),
+                        Some(from) => {
+                            self.mount_from_node(ins, from, stages, index, done, resolver)
+                                .await?
+                        }
+                    };
+                    out.binds.push(ExecMount {
+                        input: first_input + out.inputs.len(),
+                        target: path::join(cwd, target),
+                        readonly: !readwrite,
+                        source: path::clean(&format!("/{source}")),
+                    });
+                    out.inputs.push(node);
+                }
+                RunMount::Cache {
+                    id,
+                    target,
+                    readonly,
+                    sharing,
+                    mode,
+                    uid,
+                    gid,
+                } => {
+                    let target = path::join(cwd, target);
+                    out.caches.push(CacheMount {
+                        id: id.clone().unwrap_or_else(|| target.clone()),
+                        target,
+                        readonly: *readonly,
+                        sharing: *sharing,
+                        mode: *mode,
+                        uid: *uid,
+                        gid: *gid,
+                    });
+                }
+                RunMount::Tmpfs { target, size } => out.tmpfs.push(TmpfsMount {
+                    target: path::join(cwd, target),
+                    size: *size,
+                }),
+                RunMount::Secret {
+                    id,
+                    target,
+                    env,
+                    required,
+                    mode,
+                    uid,
+                    gid,
+                } => {
+                    let target = target.as_deref().map(|t| path::join(cwd, t));
+                    // As BuildKit: the id defaults to the target's file name.
+                    let id = match (id, &target) {
+                        (Some(id), _) => id.clone(),
+                        (None, Some(t)) => t.rsplit('/').next().unwrap_or_default().to_string(),
+                        (None, None) => String::new(),
+                    };
+                    if id.is_empty() {
+                        return Err(self.located(ins, "secret `id` must be specified"));
+                    }
+                    // Without `env` or `target`, the file goes to /run/secrets/<id>.
+                    let target = match (target, env) {
+                        (None, None) => Some(format!("/run/secrets/{id}")),
+                        (t, _) => t,
+                    };
+                    out.secrets.push(SecretMount {
+                        id,
+                        target,
+                        env: env.clone(),
+                        required: *required,
+                        mode: *mode,
+                        uid: *uid,
+                        gid: *gid,
+                    });
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// The node a `from=` names: an earlier stage, else an image.
+    async fn mount_from_node(
+        &mut self,
+        ins: &Instruction,
+        from: &str,
+        stages: &[Stage<'_>],
+        index: usize,
+        done: &[Option<StageResult>],
+        resolver: &dyn ImageResolver,
+    ) -> Result<NodeId> {
+        if let Some(dep) = self.stage_ref(stages, index, from) {
+            return Ok(done[dep]
+                .as_ref()
+                .ok_or_else(|| {
+                    self.not_supported(ins, "`from` a stage named only in an ONBUILD trigger")
+                })?
+                .node);
+        }
+        if stages[index..]
+            .iter()
+            .any(|s| s.name.as_deref() == Some(from.to_ascii_lowercase().as_str()))
+        {
+            return Err(self.located(ins, &format!("stage `{from}` is used before it is defined")));
+        }
+        let platform = self.opts.platform.clone();
+        Ok(self.image_node(ins, from, &platform, "", resolver).await?.0)
     }
 
     #[allow(clippy::too_many_arguments)]

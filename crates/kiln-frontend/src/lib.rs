@@ -5,6 +5,7 @@
 
 mod convert;
 pub mod lint;
+mod mount;
 mod path;
 
 use std::collections::{BTreeMap, HashMap};

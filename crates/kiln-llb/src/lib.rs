@@ -54,14 +54,69 @@ pub struct ExecOp {
     /// Other inputs mounted into the process's view (not part of the result).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub mounts: Vec<ExecMount>,
+    /// Persistent cache dirs (`RUN --mount=type=cache`); their contents are not in the digest.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub caches: Vec<CacheMount>,
+    /// Empty tmpfs mounts (`RUN --mount=type=tmpfs`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tmpfs: Vec<TmpfsMount>,
+    /// Secrets by id only: their values are given to the worker, never put in the graph.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub secrets: Vec<SecretMount>,
 }
 
-/// Input `input` of the exec node mounted at `target`.
+/// A secret exposed to the process as a read-only file at `target`, as the env var `env`, or both.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SecretMount {
+    pub id: String,
+    pub target: Option<String>,
+    pub env: Option<String>,
+    /// Whether a missing secret fails the step (otherwise the mount is skipped).
+    pub required: bool,
+    pub mode: u32,
+    pub uid: u32,
+    pub gid: u32,
+}
+
+/// Input `input` of the exec node mounted at `target`. A writable mount's changes are
+/// discarded after the process.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ExecMount {
     pub input: usize,
     pub target: String,
     pub readonly: bool,
+    /// The path inside the input to mount; empty for its root.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub source: String,
+}
+
+/// A directory kept by the worker between builds, shared by every step naming the same `id`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CacheMount {
+    pub id: String,
+    pub target: String,
+    pub readonly: bool,
+    pub sharing: CacheSharing,
+    /// Mode, uid and gid of the cache dir when it is first created.
+    pub mode: u32,
+    pub uid: u32,
+    pub gid: u32,
+}
+
+/// How concurrent steps share a cache mount, as in BuildKit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CacheSharing {
+    Shared,
+    Private,
+    Locked,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TmpfsMount {
+    pub target: String,
+    /// Size limit in bytes; None for the kernel's default.
+    pub size: Option<u64>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -233,6 +288,9 @@ mod tests {
             user: "root".into(),
             network: NetworkMode::Host,
             mounts: vec![],
+            caches: vec![],
+            tmpfs: vec![],
+            secrets: vec![],
         })
     }
 

@@ -9,7 +9,7 @@ mod fsutil;
 
 use std::collections::HashMap;
 use std::fs;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use futures::FutureExt;
@@ -17,7 +17,10 @@ use futures::future::BoxFuture;
 use kiln_content::ContentStore;
 use kiln_executor::{ExitStatus, ProcessSpec, RunRequest, RuncExecutor, Stdio};
 use kiln_ignore::Matcher;
-use kiln_llb::{CopyOp, Definition, ExecOp, HttpOp, MkdirOp, MkfileOp, Op};
+use kiln_llb::{
+    CacheMount, CacheSharing, CopyOp, Definition, ExecOp, HttpOp, MkdirOp, MkfileOp, Op,
+    SecretMount,
+};
 use kiln_oci::{Descriptor, Digest, ImageManifest, MediaType, Reference};
 use kiln_progress::{Stream, Vertex};
 use kiln_snapshot::{Compression, LayerStore, OverlayMount, mount_overlay};
@@ -97,6 +100,8 @@ pub enum Error {
         #[source]
         source: std::io::Error,
     },
+    #[error("secret `{0}` not found")]
+    SecretNotFound(String),
     #[error("no build context was given")]
     NoContext,
     #[error("invalid image reference `{0}`")]
@@ -154,6 +159,7 @@ pub struct LlbWorker {
     http: reqwest::Client,
     /// Downloads made to compute a cache key, reused when the step runs.
     downloads: parking_lot::Mutex<HashMap<String, Arc<add::Download>>>,
+    secrets: Secrets,
 }
 
 impl LlbWorker {
@@ -176,7 +182,14 @@ impl LlbWorker {
             unpacking: Default::default(),
             http: reqwest::Client::new(),
             downloads: Default::default(),
+            secrets: Secrets::default(),
         }
+    }
+
+    /// The secrets `RUN --mount=type=secret` may use.
+    pub fn with_secrets(mut self, secrets: Secrets) -> Self {
+        self.secrets = secrets;
+        self
     }
 
     fn context(&self) -> Result<&Context> {
@@ -203,6 +216,18 @@ impl LlbWorker {
             let sum =
                 tokio::task::spawn_blocking(move || context_checksum(&ctx, &sources)).await??;
             h.update(sum);
+        }
+        // A bind mount of the context is keyed by the content it exposes, as COPY is.
+        if let Op::Exec(exec) = &node.op {
+            for m in &exec.mounts {
+                if let Some(Value::Context) = inputs.get(m.input).map(|i| &i.value) {
+                    let ctx = self.context()?.clone();
+                    let sources = vec![context_source(&m.source)];
+                    let sum = tokio::task::spawn_blocking(move || context_checksum(&ctx, &sources))
+                        .await??;
+                    h.update(sum);
+                }
+            }
         }
         // Without a checksum a download is keyed by its content, as BuildKit does.
         if let Op::Http(http) = &node.op
@@ -384,6 +409,66 @@ impl LlbWorker {
         Ok(step)
     }
 
+    /// An overlay with a fresh upper dir over plain directories (topmost first).
+    fn overlay(&self, lowers: &[PathBuf]) -> Result<Step> {
+        let dir = self
+            .scratch
+            .join(format!("step-{:016x}", rand::random::<u64>()));
+        let (upper, work, merged) = (dir.join("upper"), dir.join("work"), dir.join("merged"));
+        for d in [&upper, &work, &merged] {
+            fs::create_dir_all(d).map_err(io(format!("creating `{}`", d.display())))?;
+        }
+        let mut step = Step {
+            dir,
+            mount: None,
+            layers: Vec::new(),
+        };
+        step.mount = Some(mount_overlay(lowers, &upper, &work, &merged)?);
+        Ok(step)
+    }
+
+    /// The directory backing a cache mount, created on first use, and the lock guard to hold
+    /// while the step runs. `locked` waits for the lock; `private` falls back to a temporary
+    /// dir under the step dir when another step holds it; `shared` takes no lock.
+    async fn cache_dir(&self, c: &CacheMount, step_dir: &Path) -> Result<(PathBuf, CacheGuard)> {
+        let root = self
+            .scratch
+            .parent()
+            .unwrap_or(&self.scratch)
+            .join("cache-mounts");
+        let dir = root.join(sanitize_cache_id(&c.id));
+        if !dir.exists() {
+            fs::create_dir_all(&root).map_err(io(format!("creating `{}`", root.display())))?;
+            let tmp = root.join(format!(".new-{:016x}", rand::random::<u64>()));
+            make_cache_dir(&tmp, c).map_err(io(format!("creating `{}`", tmp.display())))?;
+            // Another step may have created it meanwhile; its dir wins.
+            if fs::rename(&tmp, &dir).is_err() {
+                let _ = fs::remove_dir(&tmp);
+            }
+        }
+        let mode = match c.sharing {
+            CacheSharing::Shared => return Ok((dir, CacheGuard(None))),
+            CacheSharing::Locked => rustix::fs::FlockOperation::LockExclusive,
+            CacheSharing::Private => rustix::fs::FlockOperation::NonBlockingLockExclusive,
+        };
+        let file = fs::File::open(&dir).map_err(io(format!("opening `{}`", dir.display())))?;
+        let locked =
+            tokio::task::spawn_blocking(move || rustix::fs::flock(&file, mode).map(|()| file))
+                .await?;
+        match locked {
+            Ok(file) => Ok((dir, CacheGuard(Some(file)))),
+            Err(e) if c.sharing == CacheSharing::Private && e == rustix::io::Errno::WOULDBLOCK => {
+                let tmp = step_dir.join("private-cache");
+                make_cache_dir(&tmp, c).map_err(io(format!("creating `{}`", tmp.display())))?;
+                Ok((tmp, CacheGuard(None)))
+            }
+            Err(e) => Err(Error::Io {
+                what: format!("locking `{}`", dir.display()),
+                source: e.into(),
+            }),
+        }
+    }
+
     /// Unmounts the step and turns its upper dir into the next layer of the chain.
     async fn commit(&self, mut step: Step) -> Result<Value> {
         if let Some(m) = step.mount.take() {
@@ -443,13 +528,77 @@ impl LlbWorker {
             let input = inputs.get(m.input).ok_or_else(|| {
                 Error::Manifest(format!("exec mount names missing input {}", m.input))
             })?;
-            let s = self.prepare(input.value.layers(), progress).await?;
+            let sub = m.source.trim_start_matches('/');
+            let root = match &input.value {
+                // Files .dockerignore excludes are not part of the context, for a bind mount as
+                // for COPY: mount a private copy of what the rules let through (writes to it
+                // are dropped with the step).
+                Value::Context if self.context()?.matcher.is_some() => {
+                    let ctx = self.context()?.clone();
+                    let view = step.dir.join(format!("context-{}", mounts.len()));
+                    let (sub, dest) = (sub.to_string(), format!("/{sub}"));
+                    let view2 = view.clone();
+                    tokio::task::spawn_blocking(move || {
+                        fs::create_dir_all(&view2).map_err(|e| SourceError::Io {
+                            path: view2.clone(),
+                            source: e,
+                        })?;
+                        let m = ctx.matcher.as_deref();
+                        let from = if sub.is_empty() { ".".to_string() } else { sub };
+                        let selected = fsutil::expand_sources(&ctx.dir, &[from], m)?;
+                        fsutil::copy(
+                            &selected,
+                            m,
+                            &view2,
+                            &dest,
+                            Owner::Set { uid: 0, gid: 0 },
+                            None,
+                        )
+                    })
+                    .await?
+                    .map_err(Error::Source)?;
+                    view
+                }
+                // Read-only: the context itself. Writable: an overlay over it, whose writes
+                // are dropped with the step.
+                Value::Context if m.readonly => self.context()?.dir.clone(),
+                Value::Context => {
+                    let s = self.overlay(&[self.context()?.dir.clone()])?;
+                    let root = s.rootfs();
+                    mount_steps.push(s);
+                    root
+                }
+                Value::Rootfs { layers } => {
+                    let s = self.prepare(layers, progress).await?;
+                    let root = s.rootfs();
+                    mount_steps.push(s);
+                    root
+                }
+            };
+            let source = resolve_in_root(&root, sub, true)
+                .map_err(io(format!("resolving mount source `{}`", m.source)))?;
             mounts.push(kiln_executor::Mount::Bind {
-                source: s.rootfs(),
+                source,
                 destination: m.target.clone(),
                 readonly: m.readonly,
             });
-            mount_steps.push(s);
+        }
+        // Cache dirs live outside every layer; a guard holds each one's lock for the step.
+        let mut cache_guards = Vec::new();
+        for c in &op.caches {
+            let (source, guard) = self.cache_dir(c, &step.dir).await?;
+            mounts.push(kiln_executor::Mount::Bind {
+                source,
+                destination: c.target.clone(),
+                readonly: c.readonly,
+            });
+            cache_guards.push(guard);
+        }
+        for t in &op.tmpfs {
+            mounts.push(kiln_executor::Mount::Tmpfs {
+                destination: t.target.clone(),
+                size: t.size,
+            });
         }
         let user = resolve_user_or_root(&merged, &op.user)?;
         let mut env = op.env.clone();
@@ -458,6 +607,29 @@ impl LlbWorker {
                 "HOME={}",
                 kiln_executor::home_dir(&merged, user.uid)?
             ));
+        }
+        let secrets_dir = step.dir.join("secrets");
+        for (i, sm) in op.secrets.iter().enumerate() {
+            let Some(value) = self.secrets.get(&sm.id) else {
+                if sm.required {
+                    return Err(Error::SecretNotFound(sm.id.clone()));
+                }
+                continue;
+            };
+            if let Some(name) = &sm.env {
+                let text = String::from_utf8_lossy(value);
+                env.retain(|e| e.split_once('=').map_or(e.as_str(), |(k, _)| k) != name);
+                env.push(format!("{name}={text}"));
+            }
+            if let Some(target) = &sm.target {
+                let file = write_secret(&secrets_dir, i, value, sm)
+                    .map_err(io(format!("preparing secret `{}`", sm.id)))?;
+                mounts.push(kiln_executor::Mount::Bind {
+                    source: file,
+                    destination: target.clone(),
+                    readonly: true,
+                });
+            }
         }
         // runc needs the working directory to exist, as BuildKit ensures.
         fsutil::mkdir_all(&merged, &op.cwd, 0o755, (0, 0))
@@ -484,8 +656,13 @@ impl LlbWorker {
                 network: kiln_executor::Network::Host,
                 readonly_rootfs: false,
             })
-            .await?;
+            .await;
+        if secrets_dir.exists() {
+            let _ = fs::remove_dir_all(&secrets_dir);
+        }
+        let status = status?;
         drop(mount_steps);
+        drop(cache_guards);
         if !status.success() {
             return Err(Error::ExecFailed {
                 command: op.args.join(" "),
@@ -636,6 +813,95 @@ impl LlbWorker {
 fn resolve_user_or_root(rootfs: &std::path::Path, user: &str) -> Result<kiln_executor::User> {
     let spec = if user.is_empty() { "root" } else { user };
     Ok(kiln_executor::resolve_user(rootfs, spec)?)
+}
+
+/// Secret values by id for `RUN --mount=type=secret`. They are never hashed or recorded;
+/// `Debug` shows the ids only.
+#[derive(Clone, Default)]
+pub struct Secrets(HashMap<String, Vec<u8>>);
+
+impl Secrets {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    pub fn insert(&mut self, id: impl Into<String>, value: Vec<u8>) {
+        self.0.insert(id.into(), value);
+    }
+
+    pub fn get(&self, id: &str) -> Option<&[u8]> {
+        self.0.get(id).map(Vec::as_slice)
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+impl std::fmt::Debug for Secrets {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let mut ids: Vec<&String> = self.0.keys().collect();
+        ids.sort();
+        f.debug_tuple("Secrets").field(&ids).finish()
+    }
+}
+
+/// Writes a secret to a private file (in a 0700 dir) for a read-only bind mount.
+fn write_secret(
+    dir: &Path,
+    index: usize,
+    value: &[u8],
+    sm: &SecretMount,
+) -> std::io::Result<PathBuf> {
+    use std::io::Write as _;
+    use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
+    if !dir.exists() {
+        fs::DirBuilder::new().mode(0o700).create(dir)?;
+    }
+    let path = dir.join(format!("secret-{index}"));
+    let mut f = fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o400)
+        .open(&path)?;
+    f.write_all(value)?;
+    f.set_permissions(fs::Permissions::from_mode(sm.mode))?;
+    std::os::unix::fs::fchown(&f, Some(sm.uid), Some(sm.gid))?;
+    Ok(path)
+}
+
+/// Holds a cache mount's lock (if any) until dropped.
+struct CacheGuard(#[allow(dead_code)] Option<fs::File>);
+
+fn make_cache_dir(path: &Path, c: &CacheMount) -> std::io::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    fs::create_dir_all(path)?;
+    fs::set_permissions(path, fs::Permissions::from_mode(c.mode))?;
+    std::os::unix::fs::chown(path, Some(c.uid), Some(c.gid))
+}
+
+/// A cache id as a single file name: anything but `[A-Za-z0-9._-]` becomes `_`, and a hash
+/// of the whole id keeps distinct ids apart.
+fn sanitize_cache_id(id: &str) -> String {
+    let readable: String = id
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-') {
+                c
+            } else {
+                '_'
+            }
+        })
+        .take(64)
+        .collect();
+    let hash = kiln_oci::sha256_hex(id.as_bytes());
+    format!("{}-{}", readable.trim_start_matches('.'), &hash[..12])
+}
+
+/// The COPY-style source path for a bind mount's `source`.
+fn context_source(source: &str) -> String {
+    let s = source.trim_start_matches('/');
+    if s.is_empty() { ".".into() } else { s.into() }
 }
 
 /// A mounted root filesystem with a private upper dir (a build step's or a container's);

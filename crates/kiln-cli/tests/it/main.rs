@@ -15,6 +15,7 @@ mod export_oci;
 mod failure;
 mod language;
 mod lint;
+mod mounts;
 mod multistage;
 mod pull;
 mod support;

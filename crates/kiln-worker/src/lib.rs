@@ -393,24 +393,16 @@ impl LlbWorker {
     /// Mounts `layers` with a fresh upper dir for a step.
     pub async fn prepare(&self, layers: &[LayerRef], progress: &Vertex) -> Result<Step> {
         let lowers = self.materialize(layers, progress).await?;
-        let dir = self
-            .scratch
-            .join(format!("step-{:016x}", rand::random::<u64>()));
-        let (upper, work, merged) = (dir.join("upper"), dir.join("work"), dir.join("merged"));
-        for d in [&upper, &work, &merged] {
-            fs::create_dir_all(d).map_err(io(format!("creating `{}`", d.display())))?;
-        }
-        let mut step = Step {
-            dir,
-            mount: None,
-            layers: layers.to_vec(),
-        };
-        step.mount = Some(mount_overlay(&lowers, &upper, &work, &merged)?);
-        Ok(step)
+        self.mount_step(&lowers, layers.to_vec())
     }
 
     /// An overlay with a fresh upper dir over plain directories (topmost first).
     fn overlay(&self, lowers: &[PathBuf]) -> Result<Step> {
+        self.mount_step(lowers, Vec::new())
+    }
+
+    /// A step directory with its overlay of `lowers` mounted; `layers` is the chain they are.
+    fn mount_step(&self, lowers: &[PathBuf], layers: Vec<LayerRef>) -> Result<Step> {
         let dir = self
             .scratch
             .join(format!("step-{:016x}", rand::random::<u64>()));
@@ -421,7 +413,7 @@ impl LlbWorker {
         let mut step = Step {
             dir,
             mount: None,
-            layers: Vec::new(),
+            layers,
         };
         step.mount = Some(mount_overlay(lowers, &upper, &work, &merged)?);
         Ok(step)

@@ -46,33 +46,51 @@ struct Fetched {
     digest: Digest,
 }
 
+/// What went wrong across the endpoints of one pull: each mirror's failure in one line, and the
+/// registry's own in full (it is what the user asked for; mirrors are a detail).
+#[derive(Default)]
+struct Failures {
+    mirrors: Vec<String>,
+    registry: Option<Cause>,
+}
+
+impl Failures {
+    fn record(&mut self, ep: &Endpoint, cause: Cause) {
+        if ep.mirror {
+            self.mirrors
+                .push(format!("{}: {}", ep.host, cause.one_line()));
+        } else {
+            self.registry = Some(cause);
+        }
+    }
+
+    fn into_cause(self, reference: &Reference) -> Cause {
+        let cause = self.registry.unwrap_or_else(|| Cause::InvalidResponse {
+            url: reference.to_string(),
+            reason: "no endpoints".into(),
+        });
+        cause.after_mirrors(self.mirrors)
+    }
+}
+
 impl Client {
     /// Resolves a tag or digest to the manifest for `platform`: follows OCI indexes and Docker
     /// manifest lists, accepts OCI and Docker schema 2 manifests, and verifies the manifest and
     /// config digests. Mirrors are tried first, in order; the error reported is the registry's.
     pub async fn resolve(&self, reference: &Reference, platform: &Platform) -> Result<Resolved> {
-        let mut mirror_errors = Vec::new();
-        let mut last = None;
+        let mut failures = Failures::default();
         for ep in self.hosts.pull_endpoints(reference.registry()) {
             match self.resolve_at(&ep, reference, platform).await {
                 Ok(resolved) => return Ok(resolved),
                 Err(cause) => {
                     tracing::debug!(host = %ep.host, mirror = ep.mirror, %reference, error = %cause, "resolve failed");
-                    if ep.mirror {
-                        mirror_errors.push(format!("{}: {}", ep.host, cause.one_line()));
-                    } else {
-                        last = Some(cause);
-                    }
+                    failures.record(&ep, cause);
                 }
             }
         }
-        let cause = last.unwrap_or_else(|| Cause::InvalidResponse {
-            url: reference.to_string(),
-            reason: "no endpoints".into(),
-        });
         Err(Error::Resolve {
             reference: reference.to_string(),
-            source: Box::new(cause.after_mirrors(mirror_errors)),
+            source: Box::new(failures.into_cause(reference)),
         })
     }
 
@@ -237,8 +255,7 @@ impl Client {
         out: &mut W,
     ) -> Result<()> {
         let digest = descriptor.digest();
-        let mut mirror_errors = Vec::new();
-        let mut last = None;
+        let mut failures = Failures::default();
         for ep in self.hosts.pull_endpoints(reference.registry()) {
             let mut counting = CountingWriter {
                 inner: &mut *out,
@@ -273,22 +290,14 @@ impl Client {
                 }
                 Err(BlobError::Cause(cause)) => {
                     tracing::debug!(host = %ep.host, mirror = ep.mirror, %digest, error = %cause, "blob fetch failed");
-                    if ep.mirror {
-                        mirror_errors.push(format!("{}: {}", ep.host, cause.one_line()));
-                    } else {
-                        last = Some(cause);
-                    }
+                    failures.record(&ep, cause);
                 }
             }
         }
-        let cause = last.unwrap_or_else(|| Cause::InvalidResponse {
-            url: reference.to_string(),
-            reason: "no endpoints".into(),
-        });
         Err(Error::FetchBlob {
             reference: reference.to_string(),
             digest: digest.clone(),
-            source: Box::new(cause.after_mirrors(mirror_errors)),
+            source: Box::new(failures.into_cause(reference)),
         })
     }
 

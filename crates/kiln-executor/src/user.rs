@@ -132,15 +132,18 @@ fn read_group(root: &Root) -> Result<Vec<GroupEntry>> {
     Ok(parse_group(&read_db(root, GROUP)?))
 }
 
+/// The colon-separated fields of each line of an /etc database, skipping blanks and comments.
+fn records(text: &str) -> impl Iterator<Item = Vec<&str>> {
+    text.lines()
+        .map(str::trim)
+        .filter(|line| !line.is_empty() && !line.starts_with('#'))
+        .map(|line| line.split(':').collect())
+}
+
 /// `name:password:uid:gid:gecos:home:shell`; malformed lines are skipped as libc does.
 fn parse_passwd(text: &str) -> Vec<PasswdEntry> {
-    text.lines()
-        .filter_map(|line| {
-            let line = line.trim();
-            if line.is_empty() || line.starts_with('#') {
-                return None;
-            }
-            let f: Vec<&str> = line.split(':').collect();
+    records(text)
+        .filter_map(|f| {
             Some(PasswdEntry {
                 name: f.first()?.to_string(),
                 uid: f.get(2)?.parse().ok()?,
@@ -153,13 +156,8 @@ fn parse_passwd(text: &str) -> Vec<PasswdEntry> {
 
 /// `name:password:gid:member,member`.
 fn parse_group(text: &str) -> Vec<GroupEntry> {
-    text.lines()
-        .filter_map(|line| {
-            let line = line.trim();
-            if line.is_empty() || line.starts_with('#') {
-                return None;
-            }
-            let f: Vec<&str> = line.split(':').collect();
+    records(text)
+        .filter_map(|f| {
             Some(GroupEntry {
                 name: f.first()?.to_string(),
                 gid: f.get(2)?.parse().ok()?,

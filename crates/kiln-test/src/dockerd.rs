@@ -60,12 +60,22 @@ impl Dockerd {
     }
 
     fn docker(&self, args: &[&str]) -> Result<Output> {
-        Ok(Command::new("docker")
-            .env("DOCKER_CONFIG", &self.client_config)
+        Ok(self.command(Path::new("docker")).args(args).output()?)
+    }
+
+    /// A command for this daemon's client `program` (a `docker` binary), its socket and config
+    /// already set.
+    pub fn command(&self, program: &Path) -> Command {
+        let mut cmd = Command::new(program);
+        cmd.env("DOCKER_CONFIG", &self.client_config)
             .arg("-H")
-            .arg(&self.host)
-            .args(args)
-            .output()?)
+            .arg(&self.host);
+        cmd
+    }
+
+    /// The daemon's process id, to read its memory use.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
     }
 
     /// Runs a docker command; returns stdout, or fails with its stderr.

@@ -1,0 +1,632 @@
+//! `cargo xtask bench`: the workloads of bench/workloads run by kiln, BuildKit and Buildah in
+//! turn (runs alternate between the tools, so a noisy minute hurts all of them alike), with the
+//! medians, ratios and peak memory printed as a table and written as JSON.
+
+mod limits;
+mod measure;
+mod tools;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use anyhow::{Context, Result, bail, ensure};
+use serde::Serialize;
+
+use measure::Sample;
+use tools::{BuildSpec, Tool};
+
+#[derive(clap::Args)]
+pub struct Args {
+    /// Phases to run, by id or workload prefix (w1, w4, w4-edit, run-step, limits...); default all.
+    #[arg(long, value_delimiter = ',')]
+    only: Vec<String>,
+    /// Tools to run: kiln, buildkit, buildah; default all three.
+    #[arg(long, value_delimiter = ',')]
+    tool: Vec<String>,
+    /// Measured runs per phase and tool (heavy phases take at most 3).
+    #[arg(long, default_value_t = 5)]
+    runs: usize,
+    /// Unmeasured runs before the measured ones.
+    #[arg(long, default_value_t = 1)]
+    warmup: usize,
+    /// Working directory: data directories, contexts, logs.
+    #[arg(long, default_value = "/var/tmp/kiln-bench")]
+    dir: PathBuf,
+    /// Where to write the results as JSON; default <dir>/results.json.
+    #[arg(long)]
+    json: Option<PathBuf>,
+    /// The kiln binary; default target/release/kiln, built by the set-up.
+    #[arg(long)]
+    kiln: Option<PathBuf>,
+    /// Skip scripts/setup.sh (packages, release build, registry, base images).
+    #[arg(long)]
+    no_setup: bool,
+}
+
+/// What one phase measures. Every phase starts from a state its preparation makes, untimed.
+#[derive(Debug, Clone, Copy)]
+enum Kind {
+    /// Empty cache, base image present; time the build.
+    Cold,
+    /// Build once, then time a rebuild with nothing changed.
+    Unchanged,
+    /// Build once, change this context file, time the rebuild.
+    Edit(&'static str),
+    /// Cold build and export to an archive, timed together.
+    BuildExport,
+    /// Build once, time the export alone.
+    Export,
+    /// Build an image with new content, time its push.
+    PushNew,
+    /// Push an image, time pushing it again.
+    PushUnchanged,
+    /// Cold builds with and without ten `RUN` steps; the figure is the difference over ten.
+    RunStep,
+}
+
+struct Phase {
+    id: &'static str,
+    workload: &'static str,
+    base: &'static str,
+    kind: Kind,
+    /// Target for kiln's median, seconds (from the issue that set them).
+    target: Option<f64>,
+    /// Few runs: each takes many seconds.
+    heavy: bool,
+    /// Bound by the network (Debian's mirror), reported apart.
+    network: bool,
+}
+
+const BUSYBOX: &str = "library/busybox:latest";
+const DEBIAN: &str = "library/debian:bookworm-slim";
+
+const PHASES: &[Phase] = &[
+    phase("w1-cold", "w1-small-app", BUSYBOX, Kind::Cold, Some(1.6)),
+    phase(
+        "w2-noop",
+        "w1-small-app",
+        BUSYBOX,
+        Kind::Unchanged,
+        Some(0.05),
+    ),
+    phase(
+        "w3-edit",
+        "w1-small-app",
+        BUSYBOX,
+        Kind::Edit("app.txt"),
+        Some(0.25),
+    ),
+    heavy(phase(
+        "w4-cold",
+        "w4-big-context",
+        BUSYBOX,
+        Kind::Cold,
+        Some(2.5),
+    )),
+    phase(
+        "w4-noop",
+        "w4-big-context",
+        BUSYBOX,
+        Kind::Unchanged,
+        Some(0.3),
+    ),
+    phase(
+        "w4-edit",
+        "w4-big-context",
+        BUSYBOX,
+        Kind::Edit("app.txt"),
+        Some(1.0),
+    ),
+    heavy(phase(
+        "w5-cold",
+        "w5-parallel-stages",
+        BUSYBOX,
+        Kind::Cold,
+        Some(3.3),
+    )),
+    heavy(phase(
+        "w6-build-export",
+        "w6-big-layer",
+        BUSYBOX,
+        Kind::BuildExport,
+        Some(3.5),
+    )),
+    heavy(phase(
+        "w6-export",
+        "w6-big-layer",
+        BUSYBOX,
+        Kind::Export,
+        None,
+    )),
+    heavy(phase(
+        "w7-push-new",
+        "w7-push",
+        BUSYBOX,
+        Kind::PushNew,
+        Some(1.2),
+    )),
+    phase(
+        "w7-push-unchanged",
+        "w7-push",
+        BUSYBOX,
+        Kind::PushUnchanged,
+        Some(0.03),
+    ),
+    Phase {
+        network: true,
+        ..heavy(phase(
+            "w8-cold",
+            "w8-debian-python",
+            DEBIAN,
+            Kind::Cold,
+            None,
+        ))
+    },
+    phase(
+        "w8-edit",
+        "w8-debian-python",
+        DEBIAN,
+        Kind::Edit("app.py"),
+        Some(0.3),
+    ),
+    phase(
+        "run-step",
+        "run-overhead",
+        BUSYBOX,
+        Kind::RunStep,
+        Some(0.06),
+    ),
+];
+
+const fn phase(
+    id: &'static str,
+    workload: &'static str,
+    base: &'static str,
+    kind: Kind,
+    target: Option<f64>,
+) -> Phase {
+    Phase {
+        id,
+        workload,
+        base,
+        kind,
+        target,
+        heavy: false,
+        network: false,
+    }
+}
+
+const fn heavy(p: Phase) -> Phase {
+    Phase { heavy: true, ..p }
+}
+
+#[derive(Serialize)]
+struct PhaseResult {
+    phase: String,
+    tool: String,
+    samples: Vec<f64>,
+    median: f64,
+    peak_rss_mib: Option<f64>,
+    target: Option<f64>,
+    network_bound: bool,
+}
+
+#[derive(Serialize)]
+struct Report {
+    date: String,
+    machine: BTreeMap<String, String>,
+    results: Vec<PhaseResult>,
+    limits: Vec<limits::Limit>,
+    errors: Vec<String>,
+}
+
+struct Bench {
+    dir: PathBuf,
+    registry: String,
+    repo: PathBuf,
+    /// A counter that makes every edit and every "new" image unique.
+    serial: u64,
+}
+
+pub fn run(args: Args) -> Result<()> {
+    ensure!(
+        is_root(),
+        "the benchmarks must run as root (overlayfs, runc, dockerd)"
+    );
+    let repo = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .context("xtask lives in the repository")?
+        .to_path_buf();
+    let registry =
+        std::env::var("KILN_DEV_REGISTRY").unwrap_or_else(|_| "127.0.0.1:5123".to_string());
+    if !args.no_setup {
+        setup(&repo)?;
+    }
+    std::fs::create_dir_all(&args.dir)?;
+    let wanted = |name: &str| args.tool.is_empty() || args.tool.iter().any(|t| t == name);
+    let mut tools: Vec<Box<dyn Tool>> = Vec::new();
+    if wanted("kiln") {
+        let bin = args
+            .kiln
+            .clone()
+            .unwrap_or_else(|| repo.join("target/release/kiln"));
+        ensure!(bin.exists(), "no kiln binary at {}", bin.display());
+        tools.push(Box::new(tools::Kiln::new(
+            bin,
+            &args.dir.join("kiln"),
+            &registry,
+        )?));
+    }
+    if wanted("buildkit") {
+        let docker = PathBuf::from("/usr/bin/docker");
+        ensure!(
+            docker.exists(),
+            "buildkit: Debian's docker.io client is missing at /usr/bin/docker"
+        );
+        tools.push(Box::new(tools::BuildKit::start(
+            Path::new("/usr/sbin/dockerd"),
+            docker,
+            &args.dir.join("docker"),
+        )?));
+    }
+    if wanted("buildah") {
+        tools.push(Box::new(tools::Buildah::new(&args.dir.join("buildah"))?));
+    }
+    for t in &args.tool {
+        ensure!(
+            ["kiln", "buildkit", "buildah"].contains(&t.as_str()),
+            "unknown tool `{t}`: expected kiln, buildkit or buildah"
+        );
+    }
+    let selected = |id: &str, workload: &str| {
+        args.only.is_empty()
+            || args
+                .only
+                .iter()
+                .any(|o| id.starts_with(o.as_str()) || workload.starts_with(o.as_str()))
+    };
+
+    let mut bench = Bench {
+        dir: args.dir.clone(),
+        registry: registry.clone(),
+        repo: repo.clone(),
+        serial: 0,
+    };
+    let mut results = Vec::new();
+    let mut errors = Vec::new();
+    for phase in PHASES.iter().filter(|p| selected(p.id, p.workload)) {
+        let runs = if phase.heavy {
+            args.runs.min(3)
+        } else {
+            args.runs
+        };
+        let warmup = if phase.network { 0 } else { args.warmup };
+        let runs = if phase.network { 1 } else { runs };
+        eprintln!("==> {} ({} warm-up, {runs} measured)", phase.id, warmup);
+        let mut samples: Vec<Vec<Sample>> = vec![Vec::new(); tools.len()];
+        let mut failed = vec![false; tools.len()];
+        for i in 0..warmup + runs {
+            for (t, tool) in tools.iter_mut().enumerate() {
+                if failed[t] {
+                    continue;
+                }
+                match bench.one(phase, tool.as_mut()) {
+                    Ok(s) => {
+                        eprintln!("    {:<9} {:>8.3}s", tool.name(), s.secs);
+                        if i >= warmup {
+                            samples[t].push(s);
+                        }
+                    }
+                    Err(e) => {
+                        let msg = format!("{} {}: {e:#}", phase.id, tool.name());
+                        eprintln!("    {msg}");
+                        errors.push(msg);
+                        failed[t] = true;
+                    }
+                }
+            }
+        }
+        for (t, tool) in tools.iter().enumerate() {
+            if samples[t].is_empty() {
+                continue;
+            }
+            let secs: Vec<f64> = samples[t].iter().map(|s| s.secs).collect();
+            let peak = samples[t].iter().filter_map(|s| s.max_rss_kib).max();
+            results.push(PhaseResult {
+                phase: phase.id.to_string(),
+                tool: tool.name().to_string(),
+                median: measure::median(&secs),
+                samples: secs,
+                peak_rss_mib: peak.map(|k| k as f64 / 1024.0),
+                target: phase.target,
+                network_bound: phase.network,
+            });
+        }
+    }
+    let limits = if selected("limits", "limits") {
+        eprintln!("==> limits of this machine");
+        limits::measure(&bench.context("w4-big-context")?, &args.dir.join("limits")).unwrap_or_else(
+            |e| {
+                errors.push(format!("limits: {e:#}"));
+                Vec::new()
+            },
+        )
+    } else {
+        Vec::new()
+    };
+    drop(tools);
+
+    let report = Report {
+        date: String::from_utf8_lossy(&Command::new("date").arg("-Iseconds").output()?.stdout)
+            .trim()
+            .to_string(),
+        machine: machine(),
+        results,
+        limits,
+        errors,
+    };
+    print_table(&report);
+    let json = args.json.unwrap_or_else(|| args.dir.join("results.json"));
+    std::fs::write(&json, serde_json::to_vec_pretty(&report)?)?;
+    eprintln!("results written to {}", json.display());
+    if !report.errors.is_empty() {
+        bail!("{} phase(s) failed; see above", report.errors.len());
+    }
+    Ok(())
+}
+
+impl Bench {
+    /// The workload's context, generated by its gen.sh on first use.
+    fn context(&self, workload: &str) -> Result<PathBuf> {
+        let dir = self.dir.join("contexts").join(workload);
+        if !dir.join(".complete").exists() {
+            if dir.exists() {
+                std::fs::remove_dir_all(&dir)?;
+            }
+            let gen_script = self.workload_dir(workload).join("gen.sh");
+            let status = Command::new("bash").arg(&gen_script).arg(&dir).status()?;
+            ensure!(status.success(), "{} failed", gen_script.display());
+            std::fs::write(dir.join(".complete"), "")?;
+            // The marker must not be part of what is built.
+            std::fs::write(dir.join(".dockerignore"), ".complete\n.dockerignore\n")?;
+        }
+        Ok(dir)
+    }
+
+    fn workload_dir(&self, workload: &str) -> PathBuf {
+        self.repo.join("bench/workloads").join(workload)
+    }
+
+    fn edit(&mut self, workload: &str, file: &str) -> Result<()> {
+        self.serial += 1;
+        let path = self.context(workload)?.join(file);
+        let text = if file.ends_with(".py") {
+            format!("print(\"edit {}\")\n", self.serial)
+        } else {
+            format!("edit {}\n", self.serial)
+        };
+        Ok(std::fs::write(path, text)?)
+    }
+
+    /// One run of `phase` by `tool`: its preparation, then the measured part.
+    fn one(&mut self, phase: &Phase, tool: &mut dyn Tool) -> Result<Sample> {
+        let base = format!("{}/{}", self.registry, phase.base);
+        let context = self.context(phase.workload)?;
+        let dockerfile = self.workload_dir(phase.workload).join("Dockerfile");
+        let mut build_args = vec![("REGISTRY".to_string(), self.registry.clone())];
+        let tag = format!("bench/{}-{}:latest", phase.workload, tool.name());
+        match phase.kind {
+            Kind::Cold => {
+                tool.reset(&base)?;
+                tool.build(&BuildSpec {
+                    dockerfile: &dockerfile,
+                    context: &context,
+                    tag: &tag,
+                    build_args: &build_args,
+                })
+            }
+            Kind::Unchanged | Kind::Edit(_) | Kind::Export => {
+                let spec = BuildSpec {
+                    dockerfile: &dockerfile,
+                    context: &context,
+                    tag: &tag,
+                    build_args: &build_args,
+                };
+                tool.build(&spec)?;
+                if let Kind::Edit(file) = phase.kind {
+                    self.edit(phase.workload, file)?;
+                }
+                if let Kind::Export = phase.kind {
+                    let dest = self.dir.join(format!("export-{}.tar", tool.name()));
+                    let s = tool.export(&spec, &dest);
+                    let _ = std::fs::remove_file(&dest);
+                    return s;
+                }
+                tool.build(&spec)
+            }
+            Kind::BuildExport => {
+                tool.reset(&base)?;
+                let spec = BuildSpec {
+                    dockerfile: &dockerfile,
+                    context: &context,
+                    tag: &tag,
+                    build_args: &build_args,
+                };
+                let dest = self.dir.join(format!("export-{}.tar", tool.name()));
+                let b = tool.build(&spec)?;
+                let e = tool.export(&spec, &dest);
+                let _ = std::fs::remove_file(&dest);
+                Ok(b.plus(e?))
+            }
+            Kind::PushNew | Kind::PushUnchanged => {
+                let nonce = if let Kind::PushNew = phase.kind {
+                    self.serial += 1;
+                    format!("{}-{}", std::process::id(), self.serial)
+                } else {
+                    "unchanged".to_string()
+                };
+                build_args.push(("NONCE".to_string(), nonce.clone()));
+                let tag = format!("{}/bench/w7-{}:{nonce}", self.registry, tool.name());
+                tool.build(&BuildSpec {
+                    dockerfile: &dockerfile,
+                    context: &context,
+                    tag: &tag,
+                    build_args: &build_args,
+                })?;
+                if let Kind::PushUnchanged = phase.kind {
+                    tool.push(&tag)?;
+                }
+                tool.push(&tag)
+            }
+            Kind::RunStep => {
+                let without = self.dir.join("run-overhead.base.Dockerfile");
+                let text = std::fs::read_to_string(&dockerfile)?;
+                let kept: Vec<&str> = text.lines().filter(|l| !l.starts_with("RUN ")).collect();
+                std::fs::write(&without, kept.join("\n") + "\n")?;
+                let mut timed = |df: &Path| -> Result<Sample> {
+                    tool.reset(&base)?;
+                    tool.build(&BuildSpec {
+                        dockerfile: df,
+                        context: &context,
+                        tag: &tag,
+                        build_args: &build_args,
+                    })
+                };
+                let with = timed(&dockerfile)?;
+                let base_run = timed(&without)?;
+                Ok(Sample {
+                    secs: (with.secs - base_run.secs) / 10.0,
+                    max_rss_kib: with.max_rss_kib,
+                })
+            }
+        }
+    }
+}
+
+fn setup(repo: &Path) -> Result<()> {
+    eprintln!("==> set-up: scripts/setup.sh (release build, registry, base images)");
+    let status = Command::new("bash")
+        .arg(repo.join("scripts/setup.sh"))
+        .env("KILN_PROFILE", "release")
+        .env_remove("CARGO_TARGET_DIR")
+        .status()?;
+    ensure!(status.success(), "scripts/setup.sh failed");
+    // The peers, which kiln itself never needs.
+    let missing: Vec<&str> = ["buildah", "docker.io"]
+        .into_iter()
+        .filter(|p| {
+            !Command::new("dpkg-query")
+                .args(["-W", "-f=${Status}", p])
+                .output()
+                .is_ok_and(|o| o.stdout.starts_with(b"install ok installed"))
+        })
+        .collect();
+    if !missing.is_empty() {
+        eprintln!("==> installing {}", missing.join(" "));
+        let status = Command::new("apt-get")
+            .args(["install", "-y", "-qq", "--no-install-recommends"])
+            .args(&missing)
+            .env("DEBIAN_FRONTEND", "noninteractive")
+            .status()?;
+        ensure!(status.success(), "apt-get install {missing:?} failed");
+    }
+    Ok(())
+}
+
+fn is_root() -> bool {
+    // SAFETY: geteuid has no preconditions.
+    unsafe { libc::geteuid() == 0 }
+}
+
+fn machine() -> BTreeMap<String, String> {
+    let mut m = BTreeMap::new();
+    let read = |p: &str| std::fs::read_to_string(p).unwrap_or_default();
+    let cpu = read("/proc/cpuinfo")
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix("model name")
+                .map(|v| v.trim_start_matches([' ', '\t', ':']).to_string())
+        })
+        .unwrap_or_default();
+    m.insert("cpu".into(), cpu);
+    m.insert(
+        "cpus".into(),
+        std::thread::available_parallelism()
+            .map(|n| n.to_string())
+            .unwrap_or_default(),
+    );
+    let mem = read("/proc/meminfo")
+        .lines()
+        .find_map(|l| l.strip_prefix("MemTotal:").map(|v| v.trim().to_string()))
+        .unwrap_or_default();
+    m.insert("memory".into(), mem);
+    m.insert(
+        "kernel".into(),
+        read("/proc/sys/kernel/osrelease").trim().to_string(),
+    );
+    m
+}
+
+fn print_table(r: &Report) {
+    let tools = ["kiln", "buildkit", "buildah"];
+    println!(
+        "\n{:<18} {:>8} {:>9} {:>8} {:>10} {:>9} {:>7}  {:>6} {:>6} {:>6}",
+        "phase (s)",
+        "kiln",
+        "buildkit",
+        "buildah",
+        "kiln/bk",
+        "kiln/bah",
+        "target",
+        "MiB k",
+        "bk",
+        "bah"
+    );
+    let mut phases: Vec<&str> = Vec::new();
+    for res in &r.results {
+        if !phases.contains(&res.phase.as_str()) {
+            phases.push(&res.phase);
+        }
+    }
+    for p in phases {
+        let get = |t: &str| r.results.iter().find(|x| x.phase == p && x.tool == t);
+        let med = |t: &str| get(t).map(|x| x.median);
+        let cell = |v: Option<f64>| v.map_or("-".to_string(), |v| format!("{v:.3}"));
+        let ratio = |a: Option<f64>, b: Option<f64>| match (a, b) {
+            (Some(a), Some(b)) if b > 0.0 => format!("{:.2}", a / b),
+            _ => "-".to_string(),
+        };
+        let mem = |t: &str| {
+            get(t)
+                .and_then(|x| x.peak_rss_mib)
+                .map_or("-".to_string(), |m| format!("{m:.0}"))
+        };
+        let any = tools.iter().find_map(|t| get(t));
+        let target = any.and_then(|x| x.target);
+        let name = if any.is_some_and(|x| x.network_bound) {
+            format!("{p} (net)")
+        } else {
+            p.to_string()
+        };
+        println!(
+            "{:<18} {:>8} {:>9} {:>8} {:>10} {:>9} {:>7}  {:>6} {:>6} {:>6}",
+            name,
+            cell(med("kiln")),
+            cell(med("buildkit")),
+            cell(med("buildah")),
+            ratio(med("kiln"), med("buildkit")),
+            ratio(med("kiln"), med("buildah")),
+            target.map_or("-".to_string(), |t| format!("{t}")),
+            mem("kiln"),
+            mem("buildkit"),
+            mem("buildah"),
+        );
+    }
+    if !r.limits.is_empty() {
+        println!("\nthis machine's limits:");
+        for l in &r.limits {
+            println!("  {:<40} {:>8.3}s  {}", l.name, l.secs, l.rate);
+        }
+    }
+}

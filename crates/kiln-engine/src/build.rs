@@ -119,12 +119,14 @@ impl Engine {
             "the build context `{}` cannot be read",
             req.context.display()
         )))?;
-        let worker = self
-            .worker(Some(Context {
+        let worker = Arc::new(
+            self.worker(Some(Context {
                 dir: context_dir,
                 matcher,
             }))
-            .with_secrets(req.secrets.clone());
+            .with_secrets(req.secrets.clone())
+            .with_file_hashes(self.root.join("context-hashes")),
+        );
         let root = converted.root.0;
         let locations = converted.locations.clone();
         let graph = Arc::new(LlbGraph::new(converted.definition));
@@ -134,12 +136,15 @@ impl Engine {
         );
         let solver = Solver::new(
             graph.clone(),
-            Arc::new(worker),
+            worker.clone(),
             cache,
             progress.clone(),
             req.no_cache,
         );
-        let solved = solver.solve(root).await.map_err(|e| {
+        let solved = solver.solve(root).await;
+        // Only a hint cache: failing to save it costs rehashing next time, not the build.
+        let _ = worker.save_file_hashes();
+        let solved = solved.map_err(|e| {
             let message = kiln_solver::error_chain(&*e);
             let location = failing_location(&e, &graph, &locations).map(|loc| {
                 kiln_dockerfile::render_snippet(

@@ -6,6 +6,9 @@
 
 mod add;
 mod fsutil;
+mod hashcache;
+
+pub use hashcache::FileHashes;
 
 use std::collections::HashMap;
 use std::fs;
@@ -160,6 +163,8 @@ pub struct LlbWorker {
     /// Downloads made to compute a cache key, reused when the step runs.
     downloads: parking_lot::Mutex<HashMap<String, Arc<add::Download>>>,
     secrets: Secrets,
+    /// Remembered digests of context files; `None` hashes every file every time.
+    hashes: Option<Arc<FileHashes>>,
 }
 
 impl LlbWorker {
@@ -183,7 +188,19 @@ impl LlbWorker {
             http: reqwest::Client::new(),
             downloads: Default::default(),
             secrets: Secrets::default(),
+            hashes: None,
         }
+    }
+
+    /// Remembers context files' digests in `table` across builds (see [`FileHashes`]).
+    pub fn with_file_hashes(mut self, table: PathBuf) -> Self {
+        self.hashes = Some(Arc::new(FileHashes::new(table)));
+        self
+    }
+
+    /// Writes the remembered digests back; a failure only costs rehashing next time.
+    pub fn save_file_hashes(&self) -> std::io::Result<()> {
+        self.hashes.as_ref().map_or(Ok(()), |h| h.save())
     }
 
     /// The secrets `RUN --mount=type=secret` may use.
@@ -213,8 +230,11 @@ impl LlbWorker {
         {
             let ctx = self.context()?.clone();
             let sources = copy.sources.clone();
-            let sum =
-                tokio::task::spawn_blocking(move || context_checksum(&ctx, &sources)).await??;
+            let hashes = self.hashes.clone();
+            let sum = tokio::task::spawn_blocking(move || {
+                context_checksum(&ctx, &sources, hashes.as_deref())
+            })
+            .await??;
             h.update(sum);
         }
         // A bind mount of the context is keyed by the content it exposes, as COPY is.
@@ -223,8 +243,11 @@ impl LlbWorker {
                 if let Some(Value::Context) = inputs.get(m.input).map(|i| &i.value) {
                     let ctx = self.context()?.clone();
                     let sources = vec![context_source(&m.source)];
-                    let sum = tokio::task::spawn_blocking(move || context_checksum(&ctx, &sources))
-                        .await??;
+                    let hashes = self.hashes.clone();
+                    let sum = tokio::task::spawn_blocking(move || {
+                        context_checksum(&ctx, &sources, hashes.as_deref())
+                    })
+                    .await??;
                     h.update(sum);
                 }
             }
@@ -921,7 +944,11 @@ impl Drop for Step {
 /// The content checksum of what a COPY selects from the context: paths, file types, modes,
 /// symlink targets and file bytes. Owners and mtimes are left out: COPY from the context writes
 /// 0:0 and a touched file must not miss the cache.
-fn context_checksum(ctx: &Context, sources: &[String]) -> Result<[u8; 32]> {
+fn context_checksum(
+    ctx: &Context,
+    sources: &[String],
+    hashes: Option<&FileHashes>,
+) -> Result<[u8; 32]> {
     use std::os::unix::fs::MetadataExt;
     let m = ctx.matcher.as_deref();
     let selected = fsutil::expand_sources(&ctx.dir, sources, m).map_err(Error::Source)?;
@@ -938,10 +965,10 @@ fn context_checksum(ctx: &Context, sources: &[String]) -> Result<[u8; 32]> {
         if e.meta.file_type().is_symlink() {
             h.update(fs::read_link(e.abs)?.as_os_str().as_encoded_bytes());
         } else if e.meta.is_file() {
-            let mut file = fs::File::open(e.abs)?;
-            let mut fh = kiln_oci::Sha256Writer::new(std::io::sink());
-            std::io::copy(&mut file, &mut fh)?;
-            h.update(fh.finish().1.digest().as_bytes());
+            match hashes {
+                Some(table) => h.update(table.digest(e.abs, e.meta)?),
+                None => h.update(hashcache::file_digest(e.abs)?),
+            }
         }
         h.update([0xff]);
         Ok(())

@@ -185,8 +185,7 @@ fn load(path: &Path) -> Option<HashMap<PathBuf, Entry>> {
         Some(head)
     };
     let mut entries = HashMap::new();
-    loop {
-        let Some(len) = take(4) else { break };
+    while let Some(len) = take(4) {
         let len = u32::from_le_bytes(len.try_into().ok()?) as usize;
         let path = PathBuf::from(std::ffi::OsStr::from_bytes(take(len)?));
         let u64_at = |b: &[u8]| b.try_into().ok().map(u64::from_le_bytes);

@@ -95,8 +95,7 @@ fn open_engine(cli: &Cli) -> Result<Engine> {
 }
 
 fn parse_ref(s: &str) -> Result<Reference> {
-    s.parse::<Reference>()
-        .map_err(|e| anyhow::anyhow!("invalid reference format `{s}`: {e}"))
+    s.parse::<Reference>().map_err(|e| anyhow::anyhow!("{e}"))
 }
 
 async fn run(cli: Cli) -> Result<ExitCode> {

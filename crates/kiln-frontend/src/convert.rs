@@ -540,7 +540,7 @@ impl Converter<'_> {
         let base_name = name.to_string();
         let reference: Reference = name
             .parse()
-            .map_err(|e| self.located(ins, &e.to_string()))?;
+            .map_err(|e: kiln_oci::Error| self.located(ins, &e.to_string()))?;
         let resolved = resolver
             .resolve(&reference, platform)
             .await

@@ -126,7 +126,12 @@ fn build(
     };
     let (mut tag, mut branch) = (None, None);
     for (k, v) in &values {
-        if v.is_empty() && !matches!(k.as_str(), "submodules" | "keep-git-dir") {
+        if v.is_empty()
+            && !matches!(
+                k.as_str(),
+                "submodules" | "keep-git-dir" | "fetch-by-commit"
+            )
+        {
             return Err(error(src, format!("query `{k}` has no value")));
         }
         match k.as_str() {
@@ -147,6 +152,9 @@ fn build(
                     ));
                 }
             },
+            "fetch-by-commit" => {
+                return Err(error(src, "query `fetch-by-commit` is not supported yet"));
+            }
             _ => return Err(error(src, format!("unexpected query `{k}`"))),
         }
     }
@@ -294,6 +302,7 @@ mod tests {
                 "invalid keep-git-dir value `maybe`",
             ),
             ("https://h/r.git?depth=1", "unexpected query `depth`"),
+            ("https://h/r.git?fetch-by-commit", "not supported yet"),
         ] {
             match parse_git_ref(s) {
                 Some(Err(e)) => assert!(e.to_string().contains(reason), "{s}: {e}"),

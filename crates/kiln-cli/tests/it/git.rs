@@ -142,9 +142,10 @@ fn add_git_refs_subdirs_and_checksum() {
     let Some(k) = Kiln::new("add_git_refs_subdirs_and_checksum") else {
         return;
     };
-    let Some((server, _repo, first, second)) = sample(&k) else {
+    let Some((server, repo, first, second)) = sample(&k) else {
         return;
     };
+    let commit_time = git(&repo, &["log", "-1", "--format=%ct", &second]);
     let url = server.url("repo.git");
     let short = &second[..12];
     let dockerfile = format!(
@@ -155,6 +156,7 @@ ADD {url}#{first} /commit
 ADD {url}#main:sub /subdir
 ADD {url}?branch=main&subdir=sub&submodules=false /query/
 ADD --checksum={short} {url} /default
+ADD {url}?branch=main&mtime=commit /mtime
 "
     );
     let ctx = k.context("ctx", &[("Dockerfile", &dockerfile)]);
@@ -174,6 +176,11 @@ ADD --checksum={short} {url} /default
     assert_eq!(
         run("cat /branch/vendor/lib/lib.txt"),
         "from the submodule\n"
+    );
+    // `mtime=commit`: the commit's time, on files and directories alike.
+    assert_eq!(
+        run("stat -c %Y /mtime/hello.txt /mtime/sub /mtime/sub/inner.txt"),
+        format!("{commit_time}\n{commit_time}\n{commit_time}\n")
     );
     // The tag predates the script and the submodule.
     assert_eq!(run("ls -A /tag"), "hello.txt\n");

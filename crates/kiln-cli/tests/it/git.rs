@@ -411,3 +411,88 @@ fn git_url_as_the_build_context() {
     );
     k.assert_clean();
 }
+
+/// Serves the files under `base` over plain HTTP on loopback (git's "dumb" protocol needs
+/// nothing more); returns the address. The thread lives as long as the test process.
+fn serve_files(base: PathBuf) -> String {
+    use std::io::{BufRead, BufReader, Write};
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { continue };
+            let mut reader = BufReader::new(stream.try_clone().unwrap());
+            let mut request = String::new();
+            let _ = reader.read_line(&mut request);
+            let mut line = String::new();
+            while reader.read_line(&mut line).is_ok_and(|n| n > 2) {
+                line.clear();
+            }
+            let path = request.split(' ').nth(1).unwrap_or("/");
+            let path = path
+                .split('?')
+                .next()
+                .unwrap_or("/")
+                .trim_start_matches('/');
+            let file = (!path.split('/').any(|c| c == ".."))
+                .then(|| std::fs::read(base.join(path)).ok())
+                .flatten();
+            let response = match file {
+                Some(body) => {
+                    let mut r = format!(
+                        "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+                        body.len()
+                    )
+                    .into_bytes();
+                    r.extend(body);
+                    r
+                }
+                None => b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+                    .to_vec(),
+            };
+            let _ = stream.write_all(&response);
+        }
+    });
+    addr
+}
+
+#[test]
+fn add_git_over_dumb_http() {
+    let Some(k) = Kiln::new("add_git_over_dumb_http") else {
+        return;
+    };
+    if find_program("git").is_none() {
+        skip_because(&k.test, "git is not installed");
+        return;
+    }
+    let work = k.dir().join("work");
+    std::fs::create_dir_all(&work).unwrap();
+    git(&work, &["init", "-q", "-b", "main"]);
+    commit(
+        &work,
+        &[("hello.txt", "over http\n"), ("sub/a.txt", "a\n")],
+        "first",
+    );
+    // A bare copy with the index files the dumb protocol reads.
+    let srv = k.dir().join("srv");
+    std::fs::create_dir_all(&srv).unwrap();
+    git(
+        &srv,
+        &["clone", "-q", "--bare", work.to_str().unwrap(), "repo.git"],
+    );
+    git(&srv.join("repo.git"), &["update-server-info"]);
+    let addr = serve_files(srv);
+    // No shallow fetch over dumb HTTP: kiln retries without `--depth`.
+    let dockerfile = format!(
+        "FROM busybox\nADD http://{addr}/repo.git /default\nADD http://{addr}/repo.git#main:sub /sub\n"
+    );
+    let ctx = k.context("ctx", &[("Dockerfile", &dockerfile)]);
+    let tag = k.unique("git-http");
+    k.build(&ctx, &["-t", &tag]).ok();
+    let out = k
+        .kiln(&["run", &tag, "cat", "/default/hello.txt", "/sub/a.txt"])
+        .ok()
+        .stdout;
+    assert_eq!(out, "over http\na\n");
+    k.assert_clean();
+}

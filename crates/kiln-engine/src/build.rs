@@ -52,6 +52,8 @@ pub struct BuildResult {
 
 impl Engine {
     pub async fn build(&self, req: BuildRequest, progress: &Progress) -> Result<BuildResult> {
+        // A Git URL context is checked out for the build's duration.
+        let (req, _git_context) = self.git_context(req, progress).await?;
         let dockerfile_path = req
             .dockerfile
             .clone()

@@ -25,6 +25,18 @@ pub struct CheckReport {
 
 /// Lints every stage, as BuildKit's `--call=check` does: no registry access, nothing built.
 pub fn check(req: &CheckRequest<'_>) -> Result<CheckReport> {
+    if !req.context.exists()
+        && req
+            .context
+            .to_str()
+            .and_then(kiln_frontend::parse_git_ref)
+            .is_some()
+    {
+        return Err(Error::Io {
+            what: "`--check` of a Git URL context is not supported yet".into(),
+            source: std::io::ErrorKind::Unsupported.into(),
+        });
+    }
     let path = req
         .dockerfile
         .map(Path::to_path_buf)

@@ -8,6 +8,7 @@ mod build;
 mod check;
 mod config;
 mod export;
+mod git_context;
 mod image;
 mod resolver;
 mod run;

@@ -7,8 +7,8 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use kiln_dockerfile::shell::ShellLex;
 use kiln_dockerfile::{Command, CopyArgs, Instruction, InstructionKind, Location};
 use kiln_llb::{
-    CacheMount, CopyOp, Definition, ExecMount, ExecOp, HttpOp, InlineFile, MkdirOp, MkfileOp,
-    NetworkMode, NodeId, Op, SecretMount, TmpfsMount,
+    CacheMount, CopyOp, Definition, ExecMount, ExecOp, GitOp, HttpOp, InlineFile, MkdirOp,
+    MkfileOp, NetworkMode, NodeId, Op, SecretMount, TmpfsMount,
 };
 use kiln_oci::{History, ImageConfig, Platform, Reference};
 
@@ -1216,15 +1216,17 @@ impl Converter<'_> {
         {
             return Err(self.not_supported(ins, "this COPY flag"));
         }
-        if copy.keep_git_dir.is_some() {
-            return Err(self.not_supported(ins, "ADD --keep-git-dir"));
-        }
         let mut sources = Vec::new();
         let mut urls = Vec::new();
+        let mut gits = Vec::new();
         for s in &copy.sources {
             let s = self.expand(ins, s, env)?;
-            if is_git_source(&s) {
-                return Err(self.not_supported(ins, "ADD of a Git repository"));
+            if let Some(git) = crate::git_url::parse_git_ref(&s) {
+                if !add {
+                    return Err(self.located(ins, "source can't be a git ref for COPY"));
+                }
+                gits.push(git.map_err(|e| self.located(ins, &e.to_string()))?);
+                continue;
             }
             if s.starts_with("http://") || s.starts_with("https://") {
                 if !add {
@@ -1244,10 +1246,19 @@ impl Converter<'_> {
                         self.located(ins, "checksum can't be specified for multiple sources")
                     );
                 }
-                if urls.is_empty() {
+                if urls.is_empty() && gits.is_empty() {
                     return Err(self.located(ins, "checksum requires HTTP(S) or Git sources"));
                 }
-                if kiln_oci::parse_digest(&c).is_err() || !c.starts_with("sha256:") {
+                if !gits.is_empty() {
+                    if c.is_empty() || !c.chars().all(|ch| ch.is_ascii_hexdigit()) {
+                        return Err(self.located(
+                            ins,
+                            &format!(
+                                "invalid checksum `{c}` for a Git URL: expected a hex commit hash"
+                            ),
+                        ));
+                    }
+                } else if kiln_oci::parse_digest(&c).is_err() || !c.starts_with("sha256:") {
                     return Err(self.located(
                         ins,
                         &format!("invalid checksum `{c}`: only sha256:<hex> is supported"),
@@ -1272,7 +1283,8 @@ impl Converter<'_> {
             .filter(|w| !w.is_empty())
             .unwrap_or_else(|| "/".into());
         let mut dest = path::copy_dest(&cwd, &dest);
-        if sources.len() + urls.len() + copy.heredocs.len() > 1 && !dest.ends_with('/') {
+        if sources.len() + urls.len() + gits.len() + copy.heredocs.len() > 1 && !dest.ends_with('/')
+        {
             if copy.dest.ends_with('/') {
                 dest.push('/');
             } else {
@@ -1334,7 +1346,7 @@ impl Converter<'_> {
         };
         let name = format!("{label} {}", one_line(&ins.original));
         let mut node = node;
-        if !sources.is_empty() || (copy.heredocs.is_empty() && urls.is_empty()) {
+        if !sources.is_empty() || (copy.heredocs.is_empty() && urls.is_empty() && gits.is_empty()) {
             let op = Op::Copy(CopyOp {
                 sources,
                 dest: dest.clone(),
@@ -1366,6 +1378,32 @@ impl Converter<'_> {
                 unpack: unpack == Some(true),
             });
             node = self.def.add(op, vec![node, http], name.clone());
+        }
+        // Each repository is checked out into its own filesystem, whose root is copied into the
+        // destination directory, as BuildKit does.
+        if !gits.is_empty() {
+            let keep_git_dir =
+                match copy.keep_git_dir.as_deref() {
+                    None => None,
+                    Some(k) => Some(self.expand(ins, k, env)?.parse::<bool>().map_err(|_| {
+                        self.located(ins, &format!("invalid --keep-git-dir `{k}`"))
+                    })?),
+                };
+            for git in gits {
+                let op = self.git_op(ins, git, keep_git_dir, checksum.as_deref())?;
+                let git = self.def.add(op, vec![], name.clone());
+                // Fetch errors are reported against the ADD line.
+                self.locations.entry(git).or_insert(ins.location);
+                let op = Op::Copy(CopyOp {
+                    sources: vec![".".into()],
+                    dest: dest.clone(),
+                    chown: chown.clone(),
+                    chmod,
+                    allow_wildcard: false,
+                    unpack: false,
+                });
+                node = self.def.add(op, vec![node, git], name.clone());
+            }
         }
         if !copy.heredocs.is_empty() {
             // Each body becomes a 0644 file named after its terminator, copied like a source.
@@ -1399,6 +1437,45 @@ impl Converter<'_> {
             node = self.def.add(op, vec![node, mkfile], name);
         }
         Ok(node)
+    }
+
+    /// The Git source op of `ADD <git url>`: `--keep-git-dir` and `--checksum` must agree with
+    /// the URL's own `keep-git-dir=` and `checksum=` when both are given.
+    fn git_op(
+        &self,
+        ins: &Instruction,
+        git: crate::git_url::GitRef,
+        keep_git_dir: Option<bool>,
+        checksum: Option<&str>,
+    ) -> Result<Op> {
+        if let (Some(a), Some(b)) = (keep_git_dir, git.keep_git_dir)
+            && a != b
+        {
+            return Err(self.located(ins, "inconsistent keep-git-dir configuration"));
+        }
+        if let (Some(a), Some(b)) = (checksum, git.checksum.as_deref())
+            && a != b
+        {
+            return Err(self.located(ins, &format!("checksum mismatch `{a}` != `{b}`")));
+        }
+        let checksum = git.checksum.as_deref().or(checksum).map(str::to_string);
+        if let Some(c) = &checksum
+            && (c.is_empty() || !c.chars().all(|ch| ch.is_ascii_hexdigit()))
+        {
+            return Err(self.located(
+                ins,
+                &format!("invalid checksum `{c}` for a Git URL: expected a hex commit hash"),
+            ));
+        }
+        Ok(Op::Git(GitOp {
+            remote: git.remote,
+            reference: git.reference,
+            subdir: git.subdir,
+            keep_git_dir: git.keep_git_dir.or(keep_git_dir).unwrap_or(false),
+            checksum: checksum.map(|c| c.to_ascii_lowercase()),
+            skip_submodules: git.submodules == Some(false),
+            mtime_commit: git.mtime_commit,
+        }))
     }
 
     /// Expands a COPY heredoc body as BuildKit does: variables and escapes are processed, quotes
@@ -1450,21 +1527,6 @@ fn expansion_env(
         env.insert(k.to_string(), v.to_string());
     }
     env
-}
-
-/// A Git URL as BuildKit recognises one for ADD (`git@`, `git://`, a `.git` path or fragment).
-fn is_git_source(src: &str) -> bool {
-    if src.starts_with("git@") || src.starts_with("git://") || src.starts_with("ssh://") {
-        return true;
-    }
-    let Some(rest) = src
-        .strip_prefix("https://")
-        .or_else(|| src.strip_prefix("http://"))
-    else {
-        return false;
-    };
-    let path = rest.split(['?', '#']).next().unwrap_or_default();
-    path.ends_with(".git") || rest.contains(".git#")
 }
 
 /// The file name ADD gives a download: the last segment of the URL path, `__unnamed__` when
@@ -1583,15 +1645,6 @@ mod tests {
         assert_eq!(url_filename("http://example.com/dir/"), "dir");
         assert_eq!(url_filename("http://example.com"), "__unnamed__");
         assert_eq!(url_filename("http://example.com/"), "__unnamed__");
-    }
-
-    #[test]
-    fn git_sources() {
-        assert!(is_git_source("https://github.com/moby/buildkit.git"));
-        assert!(is_git_source("git@github.com:moby/buildkit.git"));
-        assert!(is_git_source("https://github.com/moby/buildkit.git#v0.10"));
-        assert!(!is_git_source("https://example.com/file.tar.gz"));
-        assert!(!is_git_source("dir/file"));
     }
 
     #[test]

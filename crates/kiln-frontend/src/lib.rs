@@ -4,6 +4,7 @@
 //! talks to a registry itself.
 
 mod convert;
+mod git_url;
 pub mod lint;
 mod mount;
 mod path;
@@ -15,6 +16,7 @@ use kiln_llb::{Definition, NodeId};
 use kiln_oci::{ImageConfig, Platform, Reference};
 
 pub use convert::convert;
+pub use git_url::{GitRef, GitUrlError, parse_git_ref};
 pub use lint::{LintOptions, Report, Warning, lint};
 
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;

@@ -33,6 +33,34 @@ pub enum Op {
     Mkfile(MkfileOp),
     /// A new filesystem holding one file downloaded from `url` (ADD of a URL).
     Http(HttpOp),
+    /// A new filesystem holding a checkout of a Git repository (ADD of a Git URL).
+    Git(GitOp),
+}
+
+/// A Git checkout. The op names the remote and a ref; the worker resolves the ref to a commit,
+/// and that commit (not the ref) is what the step's cache key covers.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GitOp {
+    /// What `git fetch` is given: `https://`, `http://`, `git://`, `ssh://` or `user@host:path`.
+    pub remote: String,
+    /// A branch, tag, other ref or full commit sha; empty for the remote's default branch.
+    #[serde(rename = "ref", default, skip_serializing_if = "String::is_empty")]
+    pub reference: String,
+    /// The directory of the checkout that becomes the result; empty for the root.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub subdir: String,
+    /// Keep `.git` (only for a checkout of the whole tree, as BuildKit does).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub keep_git_dir: bool,
+    /// Hex prefix the resolved commit (or annotated tag object) must start with.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub checksum: Option<String>,
+    /// Skip `git submodule update --init --recursive` (`?submodules=false`).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub skip_submodules: bool,
+    /// Set every file's mtime to the commit time (`?mtime=commit`) instead of the checkout time.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub mtime_commit: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

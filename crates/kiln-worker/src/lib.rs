@@ -6,6 +6,7 @@
 
 mod add;
 mod fsutil;
+pub mod git;
 mod hashcache;
 
 pub use hashcache::FileHashes;
@@ -21,7 +22,7 @@ use kiln_content::ContentStore;
 use kiln_executor::{ExitStatus, ProcessSpec, RunRequest, RuncExecutor, Stdio};
 use kiln_ignore::Matcher;
 use kiln_llb::{
-    CacheMount, CacheSharing, CopyOp, Definition, ExecOp, HttpOp, MkdirOp, MkfileOp, Op,
+    CacheMount, CacheSharing, CopyOp, Definition, ExecOp, GitOp, HttpOp, MkdirOp, MkfileOp, Op,
     SecretMount,
 };
 use kiln_oci::{Descriptor, Digest, ImageManifest, MediaType, Reference};
@@ -129,6 +130,12 @@ pub enum Error {
     },
     #[error("failed to download `{url}`: HTTP status {status}")]
     HttpStatus { url: String, status: u16 },
+    #[error("failed to fetch Git repository `{remote}`")]
+    Git {
+        remote: String,
+        #[source]
+        source: git::GitError,
+    },
     #[error("digest mismatch for `{url}`: expected {expected}, got {actual}")]
     ChecksumMismatch {
         url: String,
@@ -162,6 +169,9 @@ pub struct LlbWorker {
     http: reqwest::Client,
     /// Downloads made to compute a cache key, reused when the step runs.
     downloads: parking_lot::Mutex<HashMap<String, Arc<add::Download>>>,
+    /// Git refs resolved to commits for a cache key, by op, reused when the step runs so the
+    /// checkout is the commit the key names.
+    git_resolved: parking_lot::Mutex<HashMap<String, git::Resolved>>,
     secrets: Secrets,
     /// Remembered digests of context files; `None` hashes every file every time.
     hashes: Option<Arc<FileHashes>>,
@@ -187,6 +197,7 @@ impl LlbWorker {
             unpacking: Default::default(),
             http: reqwest::Client::new(),
             downloads: Default::default(),
+            git_resolved: Default::default(),
             secrets: Secrets::default(),
             hashes: None,
         }
@@ -220,6 +231,9 @@ impl LlbWorker {
         inputs: &[Solved<Value>],
     ) -> Result<Digest> {
         let node = graph.def.node(kiln_llb::NodeId(vertex));
+        if let Op::Git(op) = &node.op {
+            return self.git_key(op).await;
+        }
         let mut h = Sha256::new();
         h.update(serde_json::to_vec(&node.op).expect("ops serialise"));
         for input in inputs {
@@ -280,6 +294,7 @@ impl LlbWorker {
             Op::Exec(exec) => self.exec(exec, inputs, progress).await,
             Op::Mkfile(mkfile) => self.mkfile(mkfile, progress).await,
             Op::Http(http) => self.http(http, progress).await,
+            Op::Git(op) => self.git(op, progress).await,
             Op::Copy(copy) => {
                 self.copy(copy, inputs[0].value.layers(), &inputs[1].value, progress)
                     .await
@@ -800,6 +815,69 @@ impl LlbWorker {
             filetime::set_file_mtime(&path, filetime::FileTime::from_system_time(t))
                 .map_err(io(format!("setting the mtime of `{}`", op.filename)))?;
         }
+        self.commit(step).await
+    }
+
+    async fn resolve_git(&self, op: &GitOp) -> Result<git::Resolved> {
+        let id = serde_json::to_string(op).expect("ops serialise");
+        if let Some(r) = self.git_resolved.lock().get(&id) {
+            return Ok(r.clone());
+        }
+        let r = git::resolve(op, &self.scratch)
+            .await
+            .map_err(|source| Error::Git {
+                remote: git::redact(&op.remote),
+                source,
+            })?;
+        self.git_resolved.lock().insert(id, r.clone());
+        Ok(r)
+    }
+
+    /// A Git source is keyed by the commit its ref resolves to now (so a moved branch misses
+    /// and an unchanged one hits, as in BuildKit) and by what shapes the checkout; the remote
+    /// and ref name count only when `.git` is kept, since they are written into it.
+    async fn git_key(&self, op: &GitOp) -> Result<Digest> {
+        let resolved = self.resolve_git(op).await?;
+        let mut h = Sha256::new();
+        h.update(b"git\0");
+        h.update(resolved.commit.as_bytes());
+        h.update([0]);
+        h.update(op.subdir.as_bytes());
+        h.update([0, op.skip_submodules as u8, op.mtime_commit as u8]);
+        if op.keep_git_dir && op.subdir.is_empty() {
+            h.update(op.remote.as_bytes());
+            h.update([0]);
+            h.update(resolved.full_ref.as_deref().unwrap_or_default().as_bytes());
+        }
+        Ok(kiln_oci::sha256(&h.finalize()))
+    }
+
+    /// A fresh filesystem holding the checkout (or its subdir), as the user running kiln
+    /// fetched it; the result's files are owned by that user (root for builds).
+    async fn git(&self, op: &GitOp, progress: &Vertex) -> Result<Value> {
+        let resolved = self.resolve_git(op).await?;
+        progress.status(&format!(
+            "fetching {} at {}",
+            git::redact(&op.remote),
+            resolved.commit
+        ));
+        let dir = self
+            .scratch
+            .join(format!("git-{:016x}", rand::random::<u64>()));
+        // No overlay: the checkout is the new layer's whole upper dir.
+        let step = Step {
+            dir: dir.clone(),
+            mount: None,
+            layers: Vec::new(),
+        };
+        let tree = git::checkout(op, &resolved, &dir.join("work"))
+            .await
+            .map_err(|source| Error::Git {
+                remote: git::redact(&op.remote),
+                source,
+            })?;
+        let upper = dir.join("upper");
+        fs::rename(&tree, &upper).map_err(io(format!("moving `{}`", tree.display())))?;
         self.commit(step).await
     }
 

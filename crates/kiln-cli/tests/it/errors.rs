@@ -41,8 +41,8 @@ fn unsupported_features_say_not_supported_yet() {
     let cases = [
         ("RUN --mount=type=ssh true", "RUN --mount=type=ssh"),
         (
-            "ADD https://example.com/repo.git /src",
-            "ADD of a Git repository",
+            "ADD https://example.com/repo.git?fetch-by-commit /src",
+            "query `fetch-by-commit`",
         ),
         ("COPY --parents a.txt /dir/", "COPY --parents"),
     ];

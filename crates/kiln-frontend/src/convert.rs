@@ -792,8 +792,18 @@ impl Converter<'_> {
                         )
                         .await?;
                     self.locations.insert(node, ins.location);
-                    // BuildKit records the expanded sources and destination, without flags.
+                    // BuildKit records --parents, --chown and --chmod (expanded) and the
+                    // expanded sources and destination; --from, --link and --exclude are left out.
                     let mut words = Vec::new();
+                    if copy.parents {
+                        words.push("--parents".to_string());
+                    }
+                    if let Some(c) = &copy.chown {
+                        words.push(format!("--chown={}", self.expand(ins, c, &env)?));
+                    }
+                    if let Some(c) = &copy.chmod {
+                        words.push(format!("--chmod={}", self.expand(ins, c, &env)?));
+                    }
                     for w in &copy.sources {
                         words.push(self.expand(ins, w, &env)?);
                     }
@@ -1206,11 +1216,10 @@ impl Converter<'_> {
     ) -> Result<NodeId> {
         let keyword = if add { "ADD" } else { "COPY" };
         // --link changes only how BuildKit reuses the layer, never the files: same op here.
-        if copy.parents {
-            return Err(self.not_supported(ins, &format!("{keyword} --parents")));
-        }
-        if !copy.exclude.is_empty() {
-            return Err(self.not_supported(ins, &format!("{keyword} --exclude")));
+        // --exclude patterns are not expanded, as in BuildKit; they are checked here so a bad
+        // one fails at its line.
+        if let Err(e) = kiln_ignore::Matcher::new(&copy.exclude).and_then(|m| m.validate()) {
+            return Err(self.located(ins, &format!("invalid --exclude pattern: {e}")));
         }
         if !add && (copy.checksum.is_some() || copy.keep_git_dir.is_some() || copy.unpack.is_some())
         {
@@ -1283,24 +1292,17 @@ impl Converter<'_> {
             Some(c) => Some(self.expand(ins, c, env)?),
             None => None,
         };
-        let chmod = match &copy.chmod {
+        // Octal modes go in `chmod`; symbolic ones are kept as written and applied per file.
+        let (chmod, chmod_symbolic) = match &copy.chmod {
             Some(c) => {
                 let c = self.expand(ins, c, env)?;
-                Some(
-                    u32::from_str_radix(&c, 8)
-                        .ok()
-                        .filter(|m| *m <= 0o7777)
-                        .ok_or_else(|| {
-                            self.located(
-                                ins,
-                                &format!(
-                                    "invalid --chmod `{c}`: only octal modes are supported yet"
-                                ),
-                            )
-                        })?,
-                )
+                match kiln_llb::mode::Chmod::parse(&c) {
+                    Ok(kiln_llb::mode::Chmod::Octal(m)) => (Some(m), None),
+                    Ok(kiln_llb::mode::Chmod::Symbolic(_)) => (None, Some(c)),
+                    Err(e) => return Err(self.located(ins, &e.to_string())),
+                }
             }
-            None => None,
+            None => (None, None),
         };
         let source_node = match &copy.from {
             None => self.context(),
@@ -1342,6 +1344,9 @@ impl Converter<'_> {
                 chmod,
                 allow_wildcard: true,
                 unpack: add && unpack != Some(false),
+                exclude: copy.exclude.clone(),
+                parents: copy.parents,
+                chmod_symbolic: chmod_symbolic.clone(),
             });
             node = self.def.add(op, vec![node, source_node], name.clone());
         }
@@ -1364,6 +1369,9 @@ impl Converter<'_> {
                 chmod,
                 allow_wildcard: false,
                 unpack: unpack == Some(true),
+                exclude: Vec::new(),
+                parents: false,
+                chmod_symbolic: chmod_symbolic.clone(),
             });
             node = self.def.add(op, vec![node, http], name.clone());
         }
@@ -1395,6 +1403,9 @@ impl Converter<'_> {
                 chmod,
                 allow_wildcard: false,
                 unpack: false,
+                exclude: Vec::new(),
+                parents: false,
+                chmod_symbolic,
             });
             node = self.def.add(op, vec![node, mkfile], name);
         }

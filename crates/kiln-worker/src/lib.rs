@@ -212,9 +212,11 @@ impl LlbWorker {
         if let (Op::Copy(copy), Some(Value::Context)) = (&node.op, inputs.get(1).map(|i| &i.value))
         {
             let ctx = self.context()?.clone();
-            let sources = copy.sources.clone();
-            let sum =
-                tokio::task::spawn_blocking(move || context_checksum(&ctx, &sources)).await??;
+            let copy = copy.clone();
+            let sum = tokio::task::spawn_blocking(move || {
+                context_checksum(&ctx, &copy.sources, copy.parents, &copy.exclude)
+            })
+            .await??;
             h.update(sum);
         }
         // A bind mount of the context is keyed by the content it exposes, as COPY is.
@@ -223,8 +225,10 @@ impl LlbWorker {
                 if let Some(Value::Context) = inputs.get(m.input).map(|i| &i.value) {
                     let ctx = self.context()?.clone();
                     let sources = vec![context_source(&m.source)];
-                    let sum = tokio::task::spawn_blocking(move || context_checksum(&ctx, &sources))
-                        .await??;
+                    let sum = tokio::task::spawn_blocking(move || {
+                        context_checksum(&ctx, &sources, false, &[])
+                    })
+                    .await??;
                     h.update(sum);
                 }
             }
@@ -541,6 +545,7 @@ impl LlbWorker {
                         fsutil::copy(
                             &selected,
                             m,
+                            fsutil::Filter::default(),
                             &view2,
                             &dest,
                             Owner::Set { uid: 0, gid: 0 },
@@ -695,7 +700,11 @@ impl LlbWorker {
             None if keep_owner => Owner::Keep,
             None => Owner::Set { uid: 0, gid: 0 },
         };
-        let (sources, dest, chmod) = (op.sources.clone(), op.dest.clone(), op.chmod);
+        let (sources, dest, parents) = (op.sources.clone(), op.dest.clone(), op.parents);
+        let chmod = op
+            .chmod()
+            .map_err(|e| Error::Manifest(format!("copy op: {e}")))?;
+        let exclude = exclude_matcher(&op.exclude)?;
         let merged2 = merged.clone();
         let (unpack, work) = (op.unpack, step.dir.join("unpack"));
         // An archive's own owners are kept unless --chown says otherwise.
@@ -706,7 +715,24 @@ impl LlbWorker {
         };
         tokio::task::spawn_blocking(move || {
             let m = matcher.as_deref();
-            let mut selected = fsutil::expand_sources(&src_root, &sources, m)?;
+            let chmod = chmod.as_ref();
+            let groups = fsutil::select(&src_root, &sources, parents, m)?;
+            if parents {
+                for g in &groups {
+                    let filter = fsutil::Filter {
+                        include: g.include.as_ref(),
+                        exclude: exclude.as_ref(),
+                    };
+                    fsutil::copy(&g.sources, m, filter, &merged2, &dest, owner, chmod)?;
+                }
+                return Ok(());
+            }
+            let filter = fsutil::Filter {
+                include: None,
+                exclude: exclude.as_ref(),
+            };
+            let mut selected: Vec<fsutil::Source> =
+                groups.into_iter().flat_map(|g| g.sources).collect();
             let mut archives = Vec::new();
             if unpack {
                 let scratch = work.join("decompressed");
@@ -721,7 +747,7 @@ impl LlbWorker {
                 selected = rest;
             }
             if !selected.is_empty() || archives.is_empty() {
-                fsutil::copy(&selected, m, &merged2, &dest, owner, chmod)?;
+                fsutil::copy(&selected, m, filter, &merged2, &dest, owner, chmod)?;
             }
             for (i, archive) in archives.iter().enumerate() {
                 let out = work.join(format!("archive-{i}"));
@@ -735,7 +761,8 @@ impl LlbWorker {
                     rel: String::new(),
                     abs: out,
                 };
-                fsutil::copy(&[tree], None, &merged2, &dest, archive_owner, chmod)?;
+                let all = fsutil::Filter::default();
+                fsutil::copy(&[tree], None, all, &merged2, &dest, archive_owner, chmod)?;
             }
             Ok(())
         })
@@ -918,19 +945,52 @@ impl Drop for Step {
     }
 }
 
-/// The content checksum of what a COPY selects from the context: paths, file types, modes,
-/// symlink targets and file bytes. Owners and mtimes are left out: COPY from the context writes
-/// 0:0 and a touched file must not miss the cache.
-fn context_checksum(ctx: &Context, sources: &[String]) -> Result<[u8; 32]> {
-    use std::os::unix::fs::MetadataExt;
+/// `--exclude` patterns as a matcher (None when there are none).
+fn exclude_matcher(patterns: &[String]) -> Result<Option<kiln_ignore::Matcher>> {
+    if patterns.is_empty() {
+        return Ok(None);
+    }
+    kiln_ignore::Matcher::new(patterns)
+        .map(Some)
+        .map_err(|e| Error::Source(SourceError::Pattern(e)))
+}
+
+/// The content checksum of what a COPY selects from the context (after `.dockerignore`,
+/// `--parents` and `--exclude`): paths, file types, modes, symlink targets and file bytes.
+/// Owners and mtimes are left out: COPY from the context writes 0:0 and a touched file must
+/// not miss the cache.
+fn context_checksum(
+    ctx: &Context,
+    sources: &[String],
+    parents: bool,
+    exclude: &[String],
+) -> Result<[u8; 32]> {
     let m = ctx.matcher.as_deref();
-    let selected = fsutil::expand_sources(&ctx.dir, sources, m).map_err(Error::Source)?;
+    let groups = fsutil::select(&ctx.dir, sources, parents, m).map_err(Error::Source)?;
+    let exclude = exclude_matcher(exclude)?;
     let mut h = Sha256::new();
-    for s in &selected {
+    for g in &groups {
+        let filter = fsutil::Filter {
+            include: g.include.as_ref(),
+            exclude: exclude.as_ref(),
+        };
+        checksum_group(&mut h, &g.sources, m, filter)?;
+    }
+    Ok(h.finalize().into())
+}
+
+fn checksum_group(
+    h: &mut Sha256,
+    selected: &[fsutil::Source],
+    m: Option<&kiln_ignore::Matcher>,
+    filter: fsutil::Filter<'_>,
+) -> Result<()> {
+    use std::os::unix::fs::MetadataExt;
+    for s in selected {
         h.update(s.rel.as_bytes());
         h.update([0]);
     }
-    fsutil::walk(&selected, m, &mut |e| {
+    fsutil::walk(selected, m, filter, &mut |e| {
         h.update(e.source.to_le_bytes());
         h.update(e.rel.as_bytes());
         h.update([0]);
@@ -946,8 +1006,7 @@ fn context_checksum(ctx: &Context, sources: &[String]) -> Result<[u8; 32]> {
         h.update([0xff]);
         Ok(())
     })
-    .map_err(Error::Source)?;
-    Ok(h.finalize().into())
+    .map_err(Error::Source)
 }
 
 impl kiln_solver::Worker<LlbGraph> for LlbWorker {

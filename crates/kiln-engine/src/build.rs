@@ -124,7 +124,8 @@ impl Engine {
                 dir: context_dir,
                 matcher,
             }))
-            .with_secrets(req.secrets.clone());
+            .with_secrets(req.secrets.clone())
+            .with_proxy_env(converted.proxy_env.clone());
         let root = converted.root.0;
         let locations = converted.locations.clone();
         let graph = Arc::new(LlbGraph::new(converted.definition));

@@ -44,6 +44,8 @@ struct Converter<'a> {
     locations: HashMap<NodeId, Location>,
     /// Resolved base image configs by name, for the build checks.
     images: BTreeMap<String, ImageConfig>,
+    /// Every stage's name, to suggest one when an image name that fails to resolve is a typo.
+    stage_names: Vec<String>,
 }
 
 pub async fn convert(
@@ -75,6 +77,7 @@ pub async fn convert(
         meta_args: platform_args(&opts.platform),
         locations: HashMap::new(),
         images: BTreeMap::new(),
+        stage_names: Vec::new(),
     };
     // Parser warnings (empty continuation lines) are reported by the build checks.
     let mut warnings: Vec<String> = Vec::new();
@@ -110,6 +113,7 @@ pub async fn convert(
             ),
         });
     }
+    conv.stage_names = stages.iter().filter_map(|s| s.name.clone()).collect();
     for (i, s) in stages.iter().enumerate() {
         if let Some(name) = &s.name
             && stages[..i].iter().any(|o| o.name.as_deref() == Some(name))
@@ -128,9 +132,12 @@ pub async fn convert(
                 .ok_or_else(|| {
                     let names: Vec<&str> =
                         stages.iter().filter_map(|s| s.name.as_deref()).collect();
+                    let hint = kiln_dockerfile::suggest::closest(&t, &names, false)
+                        .map(|s| format!(" (did you mean {s}?)"))
+                        .unwrap_or_default();
                     Error::Dockerfile {
                         rendered: format!(
-                            "error: target stage `{t}` could not be found in {}; valid stages: {}",
+                            "error: target stage `{t}` could not be found in {}{hint}; valid stages: {}",
                             opts.dockerfile_name,
                             if names.is_empty() {
                                 "(none are named)".to_string()
@@ -197,6 +204,12 @@ pub async fn convert(
         image: result.image,
         warnings,
         locations: conv.locations,
+        proxy_env: opts
+            .build_args
+            .iter()
+            .filter(|(k, _)| is_builtin_arg(k))
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect(),
     })
 }
 
@@ -545,10 +558,17 @@ impl Converter<'_> {
             .resolve(&reference, platform)
             .await
             .map_err(|source| {
-                let msg = format!(
+                let mut msg = format!(
                     "failed to resolve source metadata for `{}`",
                     reference.whole()
                 );
+                // A name that is not an image may be a stage name with a typo.
+                let stages: Vec<&str> = self.stage_names.iter().map(String::as_str).collect();
+                if !name.contains(['/', ':', '@'])
+                    && let Some(s) = kiln_dockerfile::suggest::closest(name, &stages, false)
+                {
+                    msg.push_str(&format!(" (did you mean the stage `{s}`?)"));
+                }
                 Error::Resolve {
                     rendered: kiln_dockerfile::render_snippet(
                         &self.opts.dockerfile_name,

@@ -160,6 +160,8 @@ pub struct LlbWorker {
     /// Downloads made to compute a cache key, reused when the step runs.
     downloads: parking_lot::Mutex<HashMap<String, Arc<add::Download>>>,
     secrets: Secrets,
+    /// `KEY=value` proxy settings every RUN gets unless its env sets the key.
+    proxy_env: Vec<String>,
 }
 
 impl LlbWorker {
@@ -183,7 +185,15 @@ impl LlbWorker {
             http: reqwest::Client::new(),
             downloads: Default::default(),
             secrets: Secrets::default(),
+            proxy_env: Vec::new(),
         }
+    }
+
+    /// Proxy variables (`HTTP_PROXY=...`) for every RUN, kept out of cache keys as BuildKit
+    /// keeps its proxy env out of them.
+    pub fn with_proxy_env(mut self, env: Vec<String>) -> Self {
+        self.proxy_env = env;
+        self
     }
 
     /// The secrets `RUN --mount=type=secret` may use.
@@ -599,6 +609,15 @@ impl LlbWorker {
         }
         let user = resolve_user_or_root(&merged, &op.user)?;
         let mut env = op.env.clone();
+        for kv in &self.proxy_env {
+            let key = kv.split_once('=').map_or(kv.as_str(), |(k, _)| k);
+            if !env
+                .iter()
+                .any(|e| e.split_once('=').map_or(e.as_str(), |(k, _)| k) == key)
+            {
+                env.push(kv.clone());
+            }
+        }
         if !env.iter().any(|e| e.starts_with("HOME=")) {
             env.push(format!(
                 "HOME={}",

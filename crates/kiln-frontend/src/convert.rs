@@ -472,13 +472,10 @@ impl Converter<'_> {
                     None => None,
                 },
             };
-            match value {
-                Some(v) => {
-                    self.meta_args.insert(name.clone(), v);
-                }
-                None => {
-                    self.meta_args.remove(name);
-                }
+            // A declaration without a value keeps what the global scope already has (an
+            // automatic platform arg, an earlier ARG), as BuildKit's buildMetaArgs does.
+            if let Some(v) = value {
+                self.meta_args.insert(name.clone(), v);
             }
         }
         Ok(())

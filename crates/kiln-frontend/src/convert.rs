@@ -1231,7 +1231,6 @@ impl Converter<'_> {
         label: &str,
         resolver: &dyn ImageResolver,
     ) -> Result<NodeId> {
-        let keyword = if add { "ADD" } else { "COPY" };
         // --link changes only how BuildKit reuses the layer, never the files: same op here.
         // --exclude patterns are not expanded, as in BuildKit; they are checked here so a bad
         // one fails at its line.

@@ -127,6 +127,7 @@ impl Engine {
                 matcher,
             }))
             .with_secrets(req.secrets.clone())
+            .with_proxy_env(converted.proxy_env.clone())
             .with_file_hashes(self.root.join("context-hashes")),
         );
         let root = converted.root.0;

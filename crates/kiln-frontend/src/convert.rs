@@ -44,6 +44,8 @@ struct Converter<'a> {
     locations: HashMap<NodeId, Location>,
     /// Resolved base image configs by name, for the build checks.
     images: BTreeMap<String, ImageConfig>,
+    /// Every stage's name, to suggest one when an image name that fails to resolve is a typo.
+    stage_names: Vec<String>,
 }
 
 pub async fn convert(
@@ -75,6 +77,7 @@ pub async fn convert(
         meta_args: platform_args(&opts.platform),
         locations: HashMap::new(),
         images: BTreeMap::new(),
+        stage_names: Vec::new(),
     };
     // Parser warnings (empty continuation lines) are reported by the build checks.
     let mut warnings: Vec<String> = Vec::new();
@@ -110,6 +113,7 @@ pub async fn convert(
             ),
         });
     }
+    conv.stage_names = stages.iter().filter_map(|s| s.name.clone()).collect();
     for (i, s) in stages.iter().enumerate() {
         if let Some(name) = &s.name
             && stages[..i].iter().any(|o| o.name.as_deref() == Some(name))
@@ -128,9 +132,12 @@ pub async fn convert(
                 .ok_or_else(|| {
                     let names: Vec<&str> =
                         stages.iter().filter_map(|s| s.name.as_deref()).collect();
+                    let hint = kiln_dockerfile::suggest::closest(&t, &names, false)
+                        .map(|s| format!(" (did you mean {s}?)"))
+                        .unwrap_or_default();
                     Error::Dockerfile {
                         rendered: format!(
-                            "error: target stage `{t}` could not be found in {}; valid stages: {}",
+                            "error: target stage `{t}` could not be found in {}{hint}; valid stages: {}",
                             opts.dockerfile_name,
                             if names.is_empty() {
                                 "(none are named)".to_string()
@@ -197,6 +204,12 @@ pub async fn convert(
         image: result.image,
         warnings,
         locations: conv.locations,
+        proxy_env: opts
+            .build_args
+            .iter()
+            .filter(|(k, _)| is_builtin_arg(k))
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect(),
     })
 }
 
@@ -459,13 +472,10 @@ impl Converter<'_> {
                     None => None,
                 },
             };
-            match value {
-                Some(v) => {
-                    self.meta_args.insert(name.clone(), v);
-                }
-                None => {
-                    self.meta_args.remove(name);
-                }
+            // A declaration without a value keeps what the global scope already has (an
+            // automatic platform arg, an earlier ARG), as BuildKit's buildMetaArgs does.
+            if let Some(v) = value {
+                self.meta_args.insert(name.clone(), v);
             }
         }
         Ok(())
@@ -545,10 +555,17 @@ impl Converter<'_> {
             .resolve(&reference, platform)
             .await
             .map_err(|source| {
-                let msg = format!(
+                let mut msg = format!(
                     "failed to resolve source metadata for `{}`",
                     reference.whole()
                 );
+                // A name that is not an image may be a stage name with a typo.
+                let stages: Vec<&str> = self.stage_names.iter().map(String::as_str).collect();
+                if !name.contains(['/', ':', '@'])
+                    && let Some(s) = kiln_dockerfile::suggest::closest(name, &stages, false)
+                {
+                    msg.push_str(&format!(" (did you mean the stage `{s}`?)"));
+                }
                 Error::Resolve {
                     rendered: kiln_dockerfile::render_snippet(
                         &self.opts.dockerfile_name,
@@ -792,8 +809,18 @@ impl Converter<'_> {
                         )
                         .await?;
                     self.locations.insert(node, ins.location);
-                    // BuildKit records the expanded sources and destination, without flags.
+                    // BuildKit records --parents, --chown and --chmod (expanded) and the
+                    // expanded sources and destination; --from, --link and --exclude are left out.
                     let mut words = Vec::new();
+                    if copy.parents {
+                        words.push("--parents".to_string());
+                    }
+                    if let Some(c) = &copy.chown {
+                        words.push(format!("--chown={}", self.expand(ins, c, &env)?));
+                    }
+                    if let Some(c) = &copy.chmod {
+                        words.push(format!("--chmod={}", self.expand(ins, c, &env)?));
+                    }
                     for w in &copy.sources {
                         words.push(self.expand(ins, w, &env)?);
                     }
@@ -1204,13 +1231,11 @@ impl Converter<'_> {
         label: &str,
         resolver: &dyn ImageResolver,
     ) -> Result<NodeId> {
-        let keyword = if add { "ADD" } else { "COPY" };
         // --link changes only how BuildKit reuses the layer, never the files: same op here.
-        if copy.parents {
-            return Err(self.not_supported(ins, &format!("{keyword} --parents")));
-        }
-        if !copy.exclude.is_empty() {
-            return Err(self.not_supported(ins, &format!("{keyword} --exclude")));
+        // --exclude patterns are not expanded, as in BuildKit; they are checked here so a bad
+        // one fails at its line.
+        if let Err(e) = kiln_ignore::Matcher::new(&copy.exclude).and_then(|m| m.validate()) {
+            return Err(self.located(ins, &format!("invalid --exclude pattern: {e}")));
         }
         if !add && (copy.checksum.is_some() || copy.keep_git_dir.is_some() || copy.unpack.is_some())
         {
@@ -1295,24 +1320,17 @@ impl Converter<'_> {
             Some(c) => Some(self.expand(ins, c, env)?),
             None => None,
         };
-        let chmod = match &copy.chmod {
+        // Octal modes go in `chmod`; symbolic ones are kept as written and applied per file.
+        let (chmod, chmod_symbolic) = match &copy.chmod {
             Some(c) => {
                 let c = self.expand(ins, c, env)?;
-                Some(
-                    u32::from_str_radix(&c, 8)
-                        .ok()
-                        .filter(|m| *m <= 0o7777)
-                        .ok_or_else(|| {
-                            self.located(
-                                ins,
-                                &format!(
-                                    "invalid --chmod `{c}`: only octal modes are supported yet"
-                                ),
-                            )
-                        })?,
-                )
+                match kiln_llb::mode::Chmod::parse(&c) {
+                    Ok(kiln_llb::mode::Chmod::Octal(m)) => (Some(m), None),
+                    Ok(kiln_llb::mode::Chmod::Symbolic(_)) => (None, Some(c)),
+                    Err(e) => return Err(self.located(ins, &e.to_string())),
+                }
             }
-            None => None,
+            None => (None, None),
         };
         let source_node = match &copy.from {
             None => self.context(),
@@ -1354,6 +1372,9 @@ impl Converter<'_> {
                 chmod,
                 allow_wildcard: true,
                 unpack: add && unpack != Some(false),
+                exclude: copy.exclude.clone(),
+                parents: copy.parents,
+                chmod_symbolic: chmod_symbolic.clone(),
             });
             node = self.def.add(op, vec![node, source_node], name.clone());
         }
@@ -1376,6 +1397,9 @@ impl Converter<'_> {
                 chmod,
                 allow_wildcard: false,
                 unpack: unpack == Some(true),
+                exclude: Vec::new(),
+                parents: false,
+                chmod_symbolic: chmod_symbolic.clone(),
             });
             node = self.def.add(op, vec![node, http], name.clone());
         }
@@ -1401,6 +1425,9 @@ impl Converter<'_> {
                     chmod,
                     allow_wildcard: false,
                     unpack: false,
+                    exclude: copy.exclude.clone(),
+                    parents: false,
+                    chmod_symbolic: chmod_symbolic.clone(),
                 });
                 node = self.def.add(op, vec![node, git], name.clone());
             }
@@ -1433,6 +1460,9 @@ impl Converter<'_> {
                 chmod,
                 allow_wildcard: false,
                 unpack: false,
+                exclude: Vec::new(),
+                parents: false,
+                chmod_symbolic,
             });
             node = self.def.add(op, vec![node, mkfile], name);
         }

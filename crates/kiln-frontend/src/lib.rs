@@ -60,6 +60,10 @@ pub struct Converted {
     pub warnings: Vec<String>,
     /// Where in the Dockerfile each step comes from, for error messages.
     pub locations: HashMap<NodeId, kiln_dockerfile::Location>,
+    /// Proxy build args given on the command line (`HTTP_PROXY=...`, any case BuildKit knows):
+    /// every RUN gets them in its environment unless it sets them itself, but they stay out of
+    /// the graph (so out of cache keys), the image config and the history, as in BuildKit.
+    pub proxy_env: Vec<String>,
 }
 
 #[derive(Debug, thiserror::Error)]

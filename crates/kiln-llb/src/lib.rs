@@ -2,6 +2,8 @@
 //! digest of its op and its inputs' digests, so identical steps are one node and are solved once.
 //! It knows nothing of Dockerfiles, files on disk or how an op runs.
 
+pub mod mode;
+
 use std::collections::HashMap;
 use std::fmt::Write as _;
 
@@ -183,6 +185,27 @@ pub struct CopyOp {
     /// the destination directory instead of copied.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub unpack: bool,
+    /// `--exclude` patterns (.dockerignore syntax), matched against paths below each source.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub exclude: Vec<String>,
+    /// `--parents`: each source keeps its path relative to the source root, or to the `/./`
+    /// pivot written in it; the part after the pivot is a pattern (`*`, `**`).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub parents: bool,
+    /// A symbolic `--chmod` ([`mode::Chmod`]), applied per file; octal modes use `chmod`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub chmod_symbolic: Option<String>,
+}
+
+impl CopyOp {
+    /// The `--chmod` to apply, octal or symbolic.
+    pub fn chmod(&self) -> Result<Option<mode::Chmod>, mode::ModeError> {
+        match (&self.chmod_symbolic, self.chmod) {
+            (Some(s), _) => mode::Chmod::parse(s).map(Some),
+            (None, Some(m)) => Ok(Some(mode::Chmod::Octal(m))),
+            (None, None) => Ok(None),
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

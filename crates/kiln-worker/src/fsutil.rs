@@ -10,6 +10,7 @@ use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
 use std::path::{Component, Path, PathBuf};
 
 use kiln_ignore::Matcher;
+use kiln_llb::mode::Chmod;
 
 const MAX_SYMLINKS: usize = 255;
 
@@ -151,6 +152,8 @@ pub enum SourceError {
     },
     #[error("no source files were specified matching `{0}`")]
     NoMatch(String),
+    #[error("invalid copy pattern")]
+    Pattern(#[source] kiln_ignore::Error),
     #[error("reading `{path}`")]
     Io {
         path: PathBuf,
@@ -249,11 +252,32 @@ pub struct Entry<'a> {
     pub meta: &'a Metadata,
 }
 
+/// Which entries below each source a COPY keeps, besides the context's `.dockerignore`. Both
+/// matchers see paths relative to the source, as BuildKit's copier does.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Filter<'a> {
+    /// `--parents`: only paths matching (or below a match) are kept.
+    pub include: Option<&'a Matcher>,
+    /// `--exclude`: matching paths are dropped (`!` rules re-include).
+    pub exclude: Option<&'a Matcher>,
+}
+
+/// A directory walked but not kept itself: it is visited only if something below it is kept,
+/// so the copy can create it first.
+struct Pending {
+    rel: String,
+    abs: PathBuf,
+    meta: Metadata,
+}
+
 /// Visits every selected source and, for directories, everything below them in sorted
-/// pre-order, skipping excluded paths (context-relative rules apply to `source.rel/...`).
+/// pre-order, skipping excluded paths (context-relative rules apply to `source.rel/...`, the
+/// filter's to paths below the source). A directory that is not kept but holds kept entries
+/// is visited just before the first of them.
 pub fn walk(
     sources: &[Source],
     matcher: Option<&Matcher>,
+    filter: Filter<'_>,
     f: &mut dyn FnMut(Entry<'_>) -> io::Result<()>,
 ) -> Result<(), SourceError> {
     for (i, s) in sources.iter().enumerate() {
@@ -274,62 +298,182 @@ pub fn walk(
             source,
         })?;
         if meta.is_dir() {
-            walk_dir(i, &s.abs, &s.rel, "", matcher, f)?;
+            let mut walker = Walker {
+                index: i,
+                ctx_prefix: &s.rel,
+                matcher,
+                filter,
+                pending: Vec::new(),
+                f,
+            };
+            walker.dir(&s.abs, "")?;
         }
     }
     Ok(())
 }
 
-fn walk_dir(
+struct Walker<'a, 'f> {
     index: usize,
-    dir: &Path,
-    ctx_prefix: &str,
-    rel_prefix: &str,
-    matcher: Option<&Matcher>,
-    f: &mut dyn FnMut(Entry<'_>) -> io::Result<()>,
-) -> Result<(), SourceError> {
-    let io_err = |path: &Path| {
-        let path = path.to_path_buf();
-        move |source| SourceError::Io { path, source }
-    };
-    let mut names: Vec<std::ffi::OsString> = fs::read_dir(dir)
-        .map_err(io_err(dir))?
-        .filter_map(|e| e.ok())
-        .map(|e| e.file_name())
-        .collect();
-    names.sort();
-    for name in names {
-        let name_str = name.to_string_lossy();
-        let rel = if rel_prefix.is_empty() {
-            name_str.to_string()
-        } else {
-            format!("{rel_prefix}/{name_str}")
-        };
-        let ctx_rel = if ctx_prefix.is_empty() {
-            rel.clone()
-        } else {
-            format!("{ctx_prefix}/{rel}")
-        };
-        let abs = dir.join(&name);
-        let meta = fs::symlink_metadata(&abs).map_err(io_err(&abs))?;
-        let is_excluded = excluded(matcher, &ctx_rel);
-        if is_excluded && (!meta.is_dir() || matcher.is_some_and(|m| m.can_skip_dir(&ctx_rel))) {
-            continue;
-        }
-        if !is_excluded {
-            f(Entry {
-                source: index,
-                rel: &rel,
-                abs: &abs,
-                meta: &meta,
+    ctx_prefix: &'a str,
+    matcher: Option<&'a Matcher>,
+    filter: Filter<'a>,
+    pending: Vec<Pending>,
+    f: &'f mut dyn FnMut(Entry<'_>) -> io::Result<()>,
+}
+
+impl Walker<'_, '_> {
+    fn visit(&mut self, rel: &str, abs: &Path, meta: &Metadata) -> Result<(), SourceError> {
+        for p in std::mem::take(&mut self.pending) {
+            (self.f)(Entry {
+                source: self.index,
+                rel: &p.rel,
+                abs: &p.abs,
+                meta: &p.meta,
             })
-            .map_err(io_err(&abs))?;
+            .map_err(|source| SourceError::Io {
+                path: p.abs.clone(),
+                source,
+            })?;
         }
-        if meta.is_dir() {
-            walk_dir(index, &abs, ctx_prefix, &rel, matcher, f)?;
-        }
+        (self.f)(Entry {
+            source: self.index,
+            rel,
+            abs,
+            meta,
+        })
+        .map_err(|source| SourceError::Io {
+            path: abs.to_path_buf(),
+            source,
+        })
     }
-    Ok(())
+
+    fn dir(&mut self, dir: &Path, rel_prefix: &str) -> Result<(), SourceError> {
+        let io_err = |path: &Path| {
+            let path = path.to_path_buf();
+            move |source| SourceError::Io { path, source }
+        };
+        let mut names: Vec<std::ffi::OsString> = fs::read_dir(dir)
+            .map_err(io_err(dir))?
+            .filter_map(|e| e.ok())
+            .map(|e| e.file_name())
+            .collect();
+        names.sort();
+        for name in names {
+            let name_str = name.to_string_lossy();
+            let rel = if rel_prefix.is_empty() {
+                name_str.to_string()
+            } else {
+                format!("{rel_prefix}/{name_str}")
+            };
+            let ctx_rel = if self.ctx_prefix.is_empty() {
+                rel.clone()
+            } else {
+                format!("{}/{rel}", self.ctx_prefix)
+            };
+            let abs = dir.join(&name);
+            let meta = fs::symlink_metadata(&abs).map_err(io_err(&abs))?;
+            let is_dir = meta.is_dir();
+            let ignored = excluded(self.matcher, &ctx_rel);
+            if ignored && (!is_dir || self.matcher.is_some_and(|m| m.can_skip_dir(&ctx_rel))) {
+                continue;
+            }
+            let exclude = self.filter.exclude;
+            let dropped = exclude.is_some_and(|m| m.excludes(&rel));
+            if dropped && (!is_dir || !exclude.is_some_and(Matcher::has_exceptions)) {
+                continue;
+            }
+            let include = self.filter.include;
+            let selected = include.is_none_or(|m| m.excludes(&rel));
+            if !selected && (!is_dir || !include.is_some_and(|m| may_match_below(m, &rel))) {
+                continue;
+            }
+            let keep = !ignored && !dropped && selected;
+            let depth = self.pending.len();
+            if keep {
+                self.visit(&rel, &abs, &meta)?;
+            } else if is_dir {
+                self.pending.push(Pending {
+                    rel: rel.clone(),
+                    abs: abs.clone(),
+                    meta: meta.clone(),
+                });
+            }
+            if is_dir {
+                self.dir(&abs, &rel)?;
+            }
+            self.pending.truncate(depth);
+        }
+        Ok(())
+    }
+}
+
+/// Could some path strictly below `dir` match one of `m`'s patterns? Compares the pattern's
+/// leading components with the directory's; may say yes when the answer is no.
+fn may_match_below(m: &Matcher, dir: &str) -> bool {
+    let dir: Vec<&str> = dir.split('/').collect();
+    m.rules().iter().filter(|r| !r.is_exception()).any(|r| {
+        for (i, p) in r.pattern().split('/').enumerate() {
+            if p.contains("**") {
+                return true;
+            }
+            match dir.get(i) {
+                None => return true,
+                Some(d) if !component_match(p, d) => return false,
+                Some(_) => {}
+            }
+        }
+        true
+    })
+}
+
+/// The sources of a COPY, in groups that share an include filter.
+pub struct Group {
+    pub sources: Vec<Source>,
+    /// The `--parents` pattern of the group (None: everything below the sources).
+    pub include: Option<Matcher>,
+}
+
+/// Expands a COPY's sources. Without `parents` that is [`expand_sources`]; with it, each source
+/// is split at its first `/./` (or taken whole, from the root) into the directory to copy
+/// from, which may hold wildcards, and a pattern below it that selects what is copied with
+/// its path. A pattern without wildcards must name something that exists.
+pub fn select(
+    root: &Path,
+    sources: &[String],
+    parents: bool,
+    matcher: Option<&Matcher>,
+) -> Result<Vec<Group>, SourceError> {
+    if !parents {
+        return Ok(vec![Group {
+            sources: expand_sources(root, sources, matcher)?,
+            include: None,
+        }]);
+    }
+    let mut groups = Vec::new();
+    for source in sources {
+        let (base, pattern) = match source.split_once("/./") {
+            Some((base, pattern)) => (clean_rel(base), clean_rel(pattern)),
+            None => (String::new(), clean_rel(source)),
+        };
+        if !has_wildcard(&base) && !has_wildcard(&pattern) {
+            let whole = if base.is_empty() {
+                pattern.clone()
+            } else {
+                format!("{base}/{pattern}")
+            };
+            expand_sources(root, &[whole], matcher)?;
+        }
+        let include = if pattern.is_empty() {
+            None
+        } else {
+            Some(Matcher::new(std::slice::from_ref(&pattern)).map_err(SourceError::Pattern)?)
+        };
+        groups.push(Group {
+            sources: expand_sources(root, &[base], matcher)?,
+            include,
+        });
+    }
+    Ok(groups)
 }
 
 /// Who owns what a COPY or mkdir creates.
@@ -410,10 +554,11 @@ pub fn write_file(root: &Path, path: &str, data: &[u8], mode: u32) -> io::Result
 pub fn copy(
     sources: &[Source],
     matcher: Option<&Matcher>,
+    filter: Filter<'_>,
     dest_root: &Path,
     dest: &str,
     owner: Owner,
-    chmod: Option<u32>,
+    chmod: Option<&Chmod>,
 ) -> Result<(), SourceError> {
     let dest_is_dir = dest.ends_with('/') || sources.len() > 1;
     let root_owner = match owner {
@@ -450,7 +595,7 @@ pub fn copy(
         targets.push(target);
     }
     let mut dirs: Vec<(PathBuf, Metadata)> = Vec::new();
-    walk(sources, matcher, &mut |e| {
+    walk(sources, matcher, filter, &mut |e| {
         let target = if e.rel.is_empty() {
             targets[e.source].clone()
         } else {
@@ -479,11 +624,11 @@ fn copy_entry(
     meta: &Metadata,
     dst: &Path,
     owner: Owner,
-    chmod: Option<u32>,
+    chmod: Option<&Chmod>,
 ) -> io::Result<()> {
     let ft = meta.file_type();
     let (uid, gid) = owner.ids(meta);
-    let mode = chmod.unwrap_or(meta.mode() & 0o7777);
+    let mode = chmod.map_or(meta.mode() & 0o7777, |c| c.apply(meta.mode(), ft.is_dir()));
     if let Ok(existing) = fs::symlink_metadata(dst) {
         if existing.is_dir() && !ft.is_dir() {
             return Err(io::Error::other(format!(
@@ -644,7 +789,16 @@ mod tests {
         let owner = Owner::Set { uid: 0, gid: 0 };
 
         let s = expand_sources(src.path(), &["a.txt".into()], None).unwrap();
-        copy(&s, None, dst.path(), "/out/renamed", owner, None).unwrap();
+        copy(
+            &s,
+            None,
+            Filter::default(),
+            dst.path(),
+            "/out/renamed",
+            owner,
+            None,
+        )
+        .unwrap();
         assert_eq!(
             fs::read_to_string(dst.path().join("out/renamed")).unwrap(),
             "a"
@@ -652,11 +806,20 @@ mod tests {
 
         let s = expand_sources(src.path(), &["*.txt".into()], None).unwrap();
         assert_eq!(s.len(), 2);
-        copy(&s, None, dst.path(), "/w/", owner, None).unwrap();
+        copy(&s, None, Filter::default(), dst.path(), "/w/", owner, None).unwrap();
         assert!(dst.path().join("w/a.txt").is_file() && dst.path().join("w/b.txt").is_file());
 
         let s = expand_sources(src.path(), &["d".into()], None).unwrap();
-        copy(&s, None, dst.path(), "/app/", owner, Some(0o600)).unwrap();
+        copy(
+            &s,
+            None,
+            Filter::default(),
+            dst.path(),
+            "/app/",
+            owner,
+            Some(&Chmod::Octal(0o600)),
+        )
+        .unwrap();
         let m = fs::metadata(dst.path().join("app/x")).unwrap();
         assert_eq!(m.mode() & 0o7777, 0o600);
         assert!(
@@ -685,6 +848,7 @@ mod tests {
         copy(
             &s,
             Some(&m),
+            Filter::default(),
             dst.path(),
             "/",
             Owner::Set { uid: 0, gid: 0 },
@@ -713,6 +877,7 @@ mod tests {
         copy(
             &s,
             None,
+            Filter::default(),
             dst.path(),
             "/evil/",
             Owner::Set { uid: 0, gid: 0 },
@@ -726,5 +891,202 @@ mod tests {
                 .join("f")
                 .exists()
         );
+    }
+
+    fn tree(files: &[&str]) -> tempfile::TempDir {
+        let dir = tempfile::tempdir().unwrap();
+        for f in files {
+            let path = dir.path().join(f);
+            fs::create_dir_all(path.parent().unwrap()).unwrap();
+            fs::write(&path, f).unwrap();
+        }
+        dir
+    }
+
+    fn listing(root: &Path) -> Vec<String> {
+        fn visit(dir: &Path, prefix: &str, out: &mut Vec<String>) {
+            let mut names: Vec<_> = fs::read_dir(dir)
+                .unwrap()
+                .map(|e| e.unwrap().file_name())
+                .collect();
+            names.sort();
+            for name in names {
+                let rel = format!("{prefix}{}", name.to_string_lossy());
+                let path = dir.join(&name);
+                if path.is_dir() {
+                    out.push(format!("{rel}/"));
+                    visit(&path, &format!("{rel}/"), out);
+                } else {
+                    out.push(rel);
+                }
+            }
+        }
+        let mut out = Vec::new();
+        visit(root, "", &mut out);
+        out
+    }
+
+    fn copy_with(
+        src: &Path,
+        sources: &[&str],
+        parents: bool,
+        exclude: &[&str],
+        dest: &str,
+    ) -> Vec<String> {
+        let dst = tempfile::tempdir().unwrap();
+        let sources: Vec<String> = sources.iter().map(|s| s.to_string()).collect();
+        let exclude: Vec<String> = exclude.iter().map(|s| s.to_string()).collect();
+        let exclude = (!exclude.is_empty()).then(|| Matcher::new(&exclude).unwrap());
+        for g in select(src, &sources, parents, None).unwrap() {
+            let filter = Filter {
+                include: g.include.as_ref(),
+                exclude: exclude.as_ref(),
+            };
+            let owner = Owner::Set { uid: 0, gid: 0 };
+            copy(&g.sources, None, filter, dst.path(), dest, owner, None).unwrap();
+        }
+        listing(dst.path())
+    }
+
+    #[test]
+    fn exclude_applies_below_each_source() {
+        let src = tree(&[
+            "dir1/a.png",
+            "dir1/b.txt",
+            "dir2/c.png",
+            "dir2/sub/d.png",
+            "top.png",
+        ]);
+        assert_eq!(
+            copy_with(src.path(), &["."], false, &["*/*.png"], "/o/"),
+            [
+                "o/",
+                "o/dir1/",
+                "o/dir1/b.txt",
+                "o/dir2/",
+                "o/dir2/sub/",
+                "o/dir2/sub/d.png",
+                "o/top.png"
+            ]
+        );
+        // Each wildcard match is a source of its own: patterns are relative to it.
+        assert_eq!(
+            copy_with(src.path(), &["dir*"], false, &["*.png"], "/o/"),
+            ["o/", "o/b.txt", "o/sub/", "o/sub/d.png"]
+        );
+        assert_eq!(
+            copy_with(src.path(), &["dir*"], false, &["*"], "/o/"),
+            ["o/"]
+        );
+        // An exception reaches into an excluded directory, which is then created.
+        assert_eq!(
+            copy_with(src.path(), &["."], false, &["dir2", "!dir2/sub"], "/o/"),
+            [
+                "o/",
+                "o/dir1/",
+                "o/dir1/a.png",
+                "o/dir1/b.txt",
+                "o/dir2/",
+                "o/dir2/sub/",
+                "o/dir2/sub/d.png",
+                "o/top.png"
+            ]
+        );
+        // A named file source is never excluded itself.
+        assert_eq!(
+            copy_with(src.path(), &["top.png"], false, &["*.png"], "/o/"),
+            ["o/", "o/top.png"]
+        );
+    }
+
+    #[test]
+    fn parents_keep_the_path_below_the_pivot() {
+        let src = tree(&[
+            "foo1/foo2/bar",
+            "foo1/foo2/baz",
+            "x/y/a.txt",
+            "x/y/b.md",
+            "src/a.txt",
+            "src/x/b.txt",
+            "src/x/y/c.txt",
+            "src/x/y/d.md",
+        ]);
+        assert_eq!(
+            copy_with(src.path(), &["foo1/foo2/bar"], true, &[], "/"),
+            ["foo1/", "foo1/foo2/", "foo1/foo2/bar"]
+        );
+        assert_eq!(
+            copy_with(src.path(), &["foo1/foo2/ba*"], true, &[], "/t/"),
+            [
+                "t/",
+                "t/foo1/",
+                "t/foo1/foo2/",
+                "t/foo1/foo2/bar",
+                "t/foo1/foo2/baz"
+            ]
+        );
+        assert_eq!(
+            copy_with(src.path(), &["./x/./y/*.txt"], true, &[], "/p/"),
+            ["p/", "p/y/", "p/y/a.txt"]
+        );
+        assert_eq!(
+            copy_with(src.path(), &["./src/**/*.txt"], true, &[], "/p/"),
+            [
+                "p/",
+                "p/src/",
+                "p/src/a.txt",
+                "p/src/x/",
+                "p/src/x/b.txt",
+                "p/src/x/y/",
+                "p/src/x/y/c.txt"
+            ]
+        );
+        assert_eq!(
+            copy_with(
+                src.path(),
+                &["x/./y", "foo*/./foo2/baz"],
+                true,
+                &["**/*.md"],
+                "/p/"
+            ),
+            ["p/", "p/foo2/", "p/foo2/baz", "p/y/", "p/y/a.txt"]
+        );
+        assert!(matches!(
+            select(src.path(), &["x/./nope".to_string()], true, None),
+            Err(SourceError::NotFound { .. })
+        ));
+        // A wildcard that matches nothing copies nothing.
+        assert_eq!(
+            copy_with(src.path(), &["*/none*"], true, &[], "/p/"),
+            ["p/"]
+        );
+    }
+
+    #[test]
+    fn symbolic_chmod_is_applied_per_file() {
+        let src = tree(&["d/plain", "d/tool"]);
+        fs::set_permissions(
+            src.path().join("d/plain"),
+            fs::Permissions::from_mode(0o640),
+        )
+        .unwrap();
+        fs::set_permissions(src.path().join("d/tool"), fs::Permissions::from_mode(0o700)).unwrap();
+        let dst = tempfile::tempdir().unwrap();
+        let s = expand_sources(src.path(), &["d".into()], None).unwrap();
+        let chmod = Chmod::parse("a+rX,go-w").unwrap();
+        let owner = Owner::Set { uid: 0, gid: 0 };
+        copy(
+            &s,
+            None,
+            Filter::default(),
+            dst.path(),
+            "/out/",
+            owner,
+            Some(&chmod),
+        )
+        .unwrap();
+        let mode = |p: &str| fs::metadata(dst.path().join(p)).unwrap().mode() & 0o7777;
+        assert_eq!(mode("out/plain"), 0o644);
+        assert_eq!(mode("out/tool"), 0o755);
     }
 }

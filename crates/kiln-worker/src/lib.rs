@@ -175,6 +175,8 @@ pub struct LlbWorker {
     secrets: Secrets,
     /// Remembered digests of context files; `None` hashes every file every time.
     hashes: Option<Arc<FileHashes>>,
+    /// `KEY=value` proxy settings every RUN gets unless its env sets the key.
+    proxy_env: Vec<String>,
 }
 
 impl LlbWorker {
@@ -200,6 +202,7 @@ impl LlbWorker {
             git_resolved: Default::default(),
             secrets: Secrets::default(),
             hashes: None,
+            proxy_env: Vec::new(),
         }
     }
 
@@ -212,6 +215,13 @@ impl LlbWorker {
     /// Writes the remembered digests back; a failure only costs rehashing next time.
     pub fn save_file_hashes(&self) -> std::io::Result<()> {
         self.hashes.as_ref().map_or(Ok(()), |h| h.save())
+    }
+
+    /// Proxy variables (`HTTP_PROXY=...`) for every RUN, kept out of cache keys as BuildKit
+    /// keeps its proxy env out of them.
+    pub fn with_proxy_env(mut self, env: Vec<String>) -> Self {
+        self.proxy_env = env;
+        self
     }
 
     /// The secrets `RUN --mount=type=secret` may use.
@@ -243,10 +253,16 @@ impl LlbWorker {
         if let (Op::Copy(copy), Some(Value::Context)) = (&node.op, inputs.get(1).map(|i| &i.value))
         {
             let ctx = self.context()?.clone();
-            let sources = copy.sources.clone();
+            let copy = copy.clone();
             let hashes = self.hashes.clone();
             let sum = tokio::task::spawn_blocking(move || {
-                context_checksum(&ctx, &sources, hashes.as_deref())
+                context_checksum(
+                    &ctx,
+                    &copy.sources,
+                    copy.parents,
+                    &copy.exclude,
+                    hashes.as_deref(),
+                )
             })
             .await??;
             h.update(sum);
@@ -259,7 +275,7 @@ impl LlbWorker {
                     let sources = vec![context_source(&m.source)];
                     let hashes = self.hashes.clone();
                     let sum = tokio::task::spawn_blocking(move || {
-                        context_checksum(&ctx, &sources, hashes.as_deref())
+                        context_checksum(&ctx, &sources, false, &[], hashes.as_deref())
                     })
                     .await??;
                     h.update(sum);
@@ -579,6 +595,7 @@ impl LlbWorker {
                         fsutil::copy(
                             &selected,
                             m,
+                            fsutil::Filter::default(),
                             &view2,
                             &dest,
                             Owner::Set { uid: 0, gid: 0 },
@@ -632,6 +649,15 @@ impl LlbWorker {
         }
         let user = resolve_user_or_root(&merged, &op.user)?;
         let mut env = op.env.clone();
+        for kv in &self.proxy_env {
+            let key = kv.split_once('=').map_or(kv.as_str(), |(k, _)| k);
+            if !env
+                .iter()
+                .any(|e| e.split_once('=').map_or(e.as_str(), |(k, _)| k) == key)
+            {
+                env.push(kv.clone());
+            }
+        }
         if !env.iter().any(|e| e.starts_with("HOME=")) {
             env.push(format!(
                 "HOME={}",
@@ -733,7 +759,11 @@ impl LlbWorker {
             None if keep_owner => Owner::Keep,
             None => Owner::Set { uid: 0, gid: 0 },
         };
-        let (sources, dest, chmod) = (op.sources.clone(), op.dest.clone(), op.chmod);
+        let (sources, dest, parents) = (op.sources.clone(), op.dest.clone(), op.parents);
+        let chmod = op
+            .chmod()
+            .map_err(|e| Error::Manifest(format!("copy op: {e}")))?;
+        let exclude = exclude_matcher(&op.exclude)?;
         let merged2 = merged.clone();
         let (unpack, work) = (op.unpack, step.dir.join("unpack"));
         // An archive's own owners are kept unless --chown says otherwise.
@@ -744,7 +774,24 @@ impl LlbWorker {
         };
         tokio::task::spawn_blocking(move || {
             let m = matcher.as_deref();
-            let mut selected = fsutil::expand_sources(&src_root, &sources, m)?;
+            let chmod = chmod.as_ref();
+            let groups = fsutil::select(&src_root, &sources, parents, m)?;
+            if parents {
+                for g in &groups {
+                    let filter = fsutil::Filter {
+                        include: g.include.as_ref(),
+                        exclude: exclude.as_ref(),
+                    };
+                    fsutil::copy(&g.sources, m, filter, &merged2, &dest, owner, chmod)?;
+                }
+                return Ok(());
+            }
+            let filter = fsutil::Filter {
+                include: None,
+                exclude: exclude.as_ref(),
+            };
+            let mut selected: Vec<fsutil::Source> =
+                groups.into_iter().flat_map(|g| g.sources).collect();
             let mut archives = Vec::new();
             if unpack {
                 let scratch = work.join("decompressed");
@@ -759,7 +806,7 @@ impl LlbWorker {
                 selected = rest;
             }
             if !selected.is_empty() || archives.is_empty() {
-                fsutil::copy(&selected, m, &merged2, &dest, owner, chmod)?;
+                fsutil::copy(&selected, m, filter, &merged2, &dest, owner, chmod)?;
             }
             for (i, archive) in archives.iter().enumerate() {
                 let out = work.join(format!("archive-{i}"));
@@ -773,7 +820,8 @@ impl LlbWorker {
                     rel: String::new(),
                     abs: out,
                 };
-                fsutil::copy(&[tree], None, &merged2, &dest, archive_owner, chmod)?;
+                let all = fsutil::Filter::default();
+                fsutil::copy(&[tree], None, all, &merged2, &dest, archive_owner, chmod)?;
             }
             Ok(())
         })
@@ -1019,23 +1067,54 @@ impl Drop for Step {
     }
 }
 
-/// The content checksum of what a COPY selects from the context: paths, file types, modes,
-/// symlink targets and file bytes. Owners and mtimes are left out: COPY from the context writes
-/// 0:0 and a touched file must not miss the cache.
+/// `--exclude` patterns as a matcher (None when there are none).
+fn exclude_matcher(patterns: &[String]) -> Result<Option<kiln_ignore::Matcher>> {
+    if patterns.is_empty() {
+        return Ok(None);
+    }
+    kiln_ignore::Matcher::new(patterns)
+        .map(Some)
+        .map_err(|e| Error::Source(SourceError::Pattern(e)))
+}
+
+/// The content checksum of what a COPY selects from the context (after `.dockerignore`,
+/// `--parents` and `--exclude`): paths, file types, modes, symlink targets and file bytes.
+/// Owners and mtimes are left out: COPY from the context writes 0:0 and a touched file must
+/// not miss the cache. `hashes` spares reading files whose metadata did not change.
 fn context_checksum(
     ctx: &Context,
     sources: &[String],
+    parents: bool,
+    exclude: &[String],
     hashes: Option<&FileHashes>,
 ) -> Result<[u8; 32]> {
-    use std::os::unix::fs::MetadataExt;
     let m = ctx.matcher.as_deref();
-    let selected = fsutil::expand_sources(&ctx.dir, sources, m).map_err(Error::Source)?;
+    let groups = fsutil::select(&ctx.dir, sources, parents, m).map_err(Error::Source)?;
+    let exclude = exclude_matcher(exclude)?;
     let mut h = Sha256::new();
-    for s in &selected {
+    for g in &groups {
+        let filter = fsutil::Filter {
+            include: g.include.as_ref(),
+            exclude: exclude.as_ref(),
+        };
+        checksum_group(&mut h, &g.sources, m, filter, hashes)?;
+    }
+    Ok(h.finalize().into())
+}
+
+fn checksum_group(
+    h: &mut Sha256,
+    selected: &[fsutil::Source],
+    m: Option<&kiln_ignore::Matcher>,
+    filter: fsutil::Filter<'_>,
+    hashes: Option<&FileHashes>,
+) -> Result<()> {
+    use std::os::unix::fs::MetadataExt;
+    for s in selected {
         h.update(s.rel.as_bytes());
         h.update([0]);
     }
-    fsutil::walk(&selected, m, &mut |e| {
+    fsutil::walk(selected, m, filter, &mut |e| {
         h.update(e.source.to_le_bytes());
         h.update(e.rel.as_bytes());
         h.update([0]);
@@ -1051,8 +1130,7 @@ fn context_checksum(
         h.update([0xff]);
         Ok(())
     })
-    .map_err(Error::Source)?;
-    Ok(h.finalize().into())
+    .map_err(Error::Source)
 }
 
 impl kiln_solver::Worker<LlbGraph> for LlbWorker {

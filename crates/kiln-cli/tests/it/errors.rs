@@ -44,7 +44,6 @@ fn unsupported_features_say_not_supported_yet() {
             "ADD https://example.com/repo.git?fetch-by-commit /src",
             "query `fetch-by-commit`",
         ),
-        ("COPY --parents a.txt /dir/", "COPY --parents"),
     ];
     for (i, (line, what)) in cases.iter().enumerate() {
         let dockerfile = format!("FROM busybox\n{line}\nRUN echo after\n");

@@ -13,6 +13,7 @@ mod example;
 mod export_docker;
 mod export_oci;
 mod failure;
+mod frontend;
 mod git;
 mod language;
 mod lint;

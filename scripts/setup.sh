@@ -18,6 +18,8 @@ source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 PACKAGES=(
     runc docker-registry busybox-static debootstrap debian-archive-keyring docker.io
     curl ca-certificates tar gzip
+    # RUN --mount=type=ssh: ssh-agent and ssh-add for `kiln build --ssh ID=KEYFILE` and its tests
+    openssh-client
     # cargo build: a C toolchain for the crypto crates (rustls' aws-lc-rs, ring)
     gcc libc6-dev make
 )

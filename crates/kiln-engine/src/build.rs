@@ -40,6 +40,8 @@ pub struct BuildRequest {
     pub source_date_epoch: Option<i64>,
     /// Values for `RUN --mount=type=secret`, by id.
     pub secrets: kiln_worker::Secrets,
+    /// Agents for `RUN --mount=type=ssh`, by id.
+    pub ssh: kiln_worker::SshAgents,
 }
 
 #[derive(Debug, Clone)]
@@ -124,7 +126,8 @@ impl Engine {
                 dir: context_dir,
                 matcher,
             }))
-            .with_secrets(req.secrets.clone());
+            .with_secrets(req.secrets.clone())
+            .with_ssh(req.ssh.clone());
         let root = converted.root.0;
         let locations = converted.locations.clone();
         let graph = Arc::new(LlbGraph::new(converted.definition));

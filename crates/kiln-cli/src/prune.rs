@@ -23,7 +23,8 @@ fn table(records: &[UsageRecord]) -> String {
     let rows: Vec<[String; 5]> = records
         .iter()
         .map(|r| {
-            let mut id = r.id.clone();
+            // As buildx: ids shortened to 25 characters (`--verbose` shows them whole).
+            let mut id: String = r.id.chars().take(25).collect();
             if r.in_use {
                 id.push('*');
             }
@@ -56,39 +57,51 @@ fn table(records: &[UsageRecord]) -> String {
     out
 }
 
+/// Writes `text` to stdout; a reader that went away (`kiln du | head`) is not an error.
+fn emit(text: &str) -> Result<()> {
+    match std::io::stdout().lock().write_all(text.as_bytes()) {
+        Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => Err(e.into()),
+        _ => Ok(()),
+    }
+}
+
 pub fn du(engine: &Engine, a: &DuArgs) -> Result<ExitCode> {
+    use std::fmt::Write as _;
     let usage = engine.disk_usage()?;
+    let mut out = String::new();
     if a.verbose {
         for r in &usage.records {
-            println!("ID:\t\t{}", r.id);
-            println!("Type:\t\t{}", r.kind.name());
-            println!("Reclaimable:\t{}", r.reclaimable());
-            println!("Shared:\t\t{}", r.shared);
-            println!("In use:\t\t{}", r.in_use);
-            println!("Size:\t\t{}", human_size(r.size));
-            println!("Description:\t{}", r.description);
-            println!("Last used:\t{}", last_used(r));
-            println!();
+            let _ = writeln!(out, "ID:\t\t{}", r.id);
+            let _ = writeln!(out, "Type:\t\t{}", r.kind.name());
+            let _ = writeln!(out, "Reclaimable:\t{}", r.reclaimable());
+            let _ = writeln!(out, "Shared:\t\t{}", r.shared);
+            let _ = writeln!(out, "In use:\t\t{}", r.in_use);
+            let _ = writeln!(out, "Size:\t\t{}", human_size(r.size));
+            let _ = writeln!(out, "Description:\t{}", r.description);
+            let _ = writeln!(out, "Last used:\t{}\n", last_used(r));
         }
     } else if !usage.records.is_empty() {
-        print!("{}", table(&usage.records));
-        println!();
+        out.push_str(&table(&usage.records));
+        out.push('\n');
     }
     let mounts = usage
         .records
         .iter()
         .filter(|r| r.kind == UsageKind::CacheMount)
         .count();
-    println!("Cache mounts:\t{mounts}");
-    println!("Shared:\t\t{}", human_size(usage.shared()));
-    println!("Private:\t{}", human_size(usage.total() - usage.shared()));
-    println!("Reclaimable:\t{}", human_size(usage.reclaimable()));
-    println!("Total:\t\t{}", human_size(usage.total()));
-    println!(
+    let _ = writeln!(out, "Cache mounts:\t{mounts}");
+    let _ = writeln!(out, "Shared:\t\t{}", human_size(usage.shared()));
+    let private = usage.total() - usage.shared();
+    let _ = writeln!(out, "Private:\t{}", human_size(private));
+    let _ = writeln!(out, "Reclaimable:\t{}", human_size(usage.reclaimable()));
+    let _ = writeln!(out, "Total:\t\t{}", human_size(usage.total()));
+    let _ = writeln!(
+        out,
         "Images:\t\t{} tagged, {}",
         usage.images,
         human_size(usage.images_size)
     );
+    emit(&out)?;
     Ok(ExitCode::SUCCESS)
 }
 
@@ -149,18 +162,21 @@ pub fn prune(engine: &Engine, a: &PruneArgs) -> Result<ExitCode> {
         }
     }
     let report = engine.prune(&req)?;
+    let mut out = String::new();
     if !report.removed.is_empty() {
-        println!("Deleted build cache objects:");
+        out.push_str("Deleted build cache objects:\n");
         for r in &report.removed {
-            println!("{}", r.id);
+            out.push_str(&r.id);
+            out.push('\n');
         }
-        println!();
+        out.push('\n');
     }
     if report.gc_skipped {
         eprintln!(
             "note: other kiln processes use this data directory: unreferenced layers and blobs are kept until a prune runs alone"
         );
     }
-    println!("Total:\t{}", human_size(report.reclaimed));
+    out.push_str(&format!("Total:\t{}\n", human_size(report.reclaimed)));
+    emit(&out)?;
     Ok(ExitCode::SUCCESS)
 }

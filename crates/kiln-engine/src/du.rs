@@ -81,7 +81,7 @@ impl UsageRecord {
 enum Target {
     Record(PathBuf),
     CacheMount(cachemount::CacheMountEntry),
-    Layer(Digest),
+    Layer,
     Blob(Digest),
 }
 
@@ -239,6 +239,21 @@ struct CacheRecord {
 }
 
 impl Engine {
+    /// What a record references: its layers and blobs, and for pulled layers the manifest and
+    /// config of the image they come from (the metadata a base image's record stands for).
+    fn record_refs(&self, r: &CacheRecord, refs: &mut Refs) {
+        for l in &r.layers {
+            refs.diff_ids.extend(l.diff_id.clone());
+            refs.blobs.extend(l.blob.clone());
+            let pinned = l.source.as_deref().and_then(|s| s.rsplit_once('@'));
+            if let Some(d) = pinned.and_then(|(_, d)| kiln_oci::parse_digest(d).ok())
+                && !refs.blobs.contains(&d)
+            {
+                image_refs(self, &d, refs);
+            }
+        }
+    }
+
     fn cache_records(&self) -> Vec<CacheRecord> {
         let mut out = Vec::new();
         for (key, path) in hex_entries(&self.root.join("cache")) {
@@ -281,14 +296,14 @@ impl Engine {
         let records = self.cache_records();
         let mut rows = Vec::new();
         // Layers and blobs some record or image references (the rest is unreferenced).
-        let mut known_layers: HashSet<Digest> = image_refs.diff_ids.clone();
-        let mut known_blobs: HashSet<Digest> = image_refs.blobs.clone();
+        let mut known = Refs {
+            diff_ids: image_refs.diff_ids.clone(),
+            blobs: image_refs.blobs.clone(),
+        };
         for r in &records {
-            for l in &r.layers {
-                known_layers.extend(l.diff_id.clone());
-                known_blobs.extend(l.blob.clone());
-            }
+            self.record_refs(r, &mut known);
         }
+        let (known_layers, known_blobs) = (known.diff_ids, known.blobs);
         for r in &records {
             let is_source = !r.layers.is_empty() && r.layers.iter().all(|l| l.source.is_some());
             // A step owns the layer it made; a base image record owns all of its layers.
@@ -300,6 +315,16 @@ impl Engine {
             let mut size = 0;
             let mut shared = false;
             let mut layers = Vec::new();
+            if is_source {
+                // The image's manifest and config, found again through the pinned reference.
+                let mut own = Refs::default();
+                self.record_refs(r, &mut own);
+                for b in &own.blobs {
+                    if !r.layers.iter().any(|l| l.blob.as_ref() == Some(b)) {
+                        size += self.content.size(b).ok().flatten().unwrap_or(0);
+                    }
+                }
+            }
             for l in owned {
                 let Some(d) = &l.diff_id else { continue };
                 size += self.layer_size(d, l.blob.as_ref());
@@ -353,7 +378,7 @@ impl Engine {
                     in_use: false,
                     last_used: fs::metadata(&path).and_then(|m| m.modified()).ok(),
                     description: "unpacked layer".into(),
-                    target: Target::Layer(d),
+                    target: Target::Layer,
                 });
             }
         }
@@ -465,11 +490,13 @@ impl Engine {
                 Target::CacheMount(m) => cachemount::remove(m)
                     .map_err(io(format!("removing the cache mount `{}`", m.id)))?,
                 // Unreferenced data goes with the collection below, which needs to be alone.
-                Target::Layer(_) | Target::Blob(_) => alone,
+                Target::Layer | Target::Blob(_) => alone,
             };
             if done {
-                total = total.saturating_sub(row.size);
-                report.reclaimed += row.size;
+                // A shared row's data stays with the image that uses it: nothing is freed.
+                let freed = if row.shared { 0 } else { row.size };
+                total = total.saturating_sub(freed);
+                report.reclaimed += freed;
                 report.removed.push(row.clone());
             }
         }
@@ -484,14 +511,11 @@ impl Engine {
     /// metadata the frontend may read offline) go only with `--all`.
     fn collect(&self, req: &PruneRequest, report: &PruneReport, records_went: bool) -> Result<()> {
         let (_, image_refs) = self.image_refs()?;
-        let mut keep_layers = image_refs.diff_ids;
-        let mut keep_blobs = image_refs.blobs;
+        let mut keep = image_refs;
         for r in self.cache_records() {
-            for l in r.layers {
-                keep_layers.extend(l.diff_id);
-                keep_blobs.extend(l.blob);
-            }
+            self.record_refs(&r, &mut keep);
         }
+        let (keep_layers, keep_blobs) = (keep.diff_ids, keep.blobs);
         let chosen: BTreeMap<String, &UsageRecord> =
             report.removed.iter().map(|r| (r.id.clone(), r)).collect();
         for (hex, path) in hex_entries(self.layers.root()) {
@@ -547,7 +571,7 @@ pub fn parse_size(s: &str) -> Option<u64> {
         _ => (lower, 1),
     };
     let n: f64 = num.trim().parse().ok()?;
-    (n >= 0.0).then(|| (n * mult as f64) as u64)
+    (n >= 0.0).then_some((n * mult as f64) as u64)
 }
 
 /// Parses `--filter until=` durations: `24h`, `90m`, `1h30m`, `45s`, `2d`.

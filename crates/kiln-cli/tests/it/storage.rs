@@ -240,3 +240,213 @@ fn ssh_required_without_agent_fails() {
     assert!(out.stderr.contains("Dockerfile:2"), "{}", out.stderr);
     k.assert_clean();
 }
+
+const COUNTER: &str = "FROM busybox
+RUN --mount=type=cache,id=dutest,target=/c echo x >> /c/n && wc -l < /c/n > /count
+";
+
+#[test]
+fn du_lists_cache_mounts_and_prune_removes_them() {
+    let Some(k) = Kiln::new("du_lists_cache_mounts_and_prune_removes_them") else {
+        return;
+    };
+    let ctx = k.context("ctx", &[("Dockerfile", COUNTER)]);
+    let tag = k.unique("du");
+    k.build(&ctx, &["-t", &tag]).ok();
+    let du = k.kiln(&["du"]).ok().stdout;
+    assert!(du.contains("exec.cachemount"), "{du}");
+    assert!(du.contains("Cache mounts:\t1"), "{du}");
+    assert!(du.contains("Images:\t\t1 tagged"), "{du}");
+    let verbose = k.kiln(&["du", "--verbose"]).ok().stdout;
+    assert!(
+        verbose.contains("Description:\tcache mount dutest"),
+        "{verbose}"
+    );
+    assert!(verbose.contains("Type:\t\tregular"), "{verbose}");
+
+    let pruned = k.kiln(&["prune", "-f"]).ok().stdout;
+    assert!(pruned.contains("Deleted build cache objects:"), "{pruned}");
+    let du = k.kiln(&["du"]).ok().stdout;
+    assert!(du.contains("Cache mounts:\t0"), "{du}");
+    assert!(!du.contains("regular"), "{du}");
+    // Base images stay without --all.
+    assert!(du.contains("source.image"), "{du}");
+
+    // The step's record and the cache dir are gone: the RUN runs again on an empty cache.
+    let p = k.build(&ctx, &["-t", &tag]).ok().progress();
+    assert!(!p.step("RUN --mount").cached, "{}", p.raw());
+    assert!(p.step("FROM").cached, "{}", p.raw());
+    let out = k.kiln(&["run", &tag, "cat", "/count"]).ok();
+    assert_eq!(out.stdout.trim(), "1");
+    k.assert_clean();
+}
+
+#[test]
+fn prune_all_keeps_tagged_images_runnable() {
+    let Some(k) = Kiln::new("prune_all_keeps_tagged_images_runnable") else {
+        return;
+    };
+    let ctx = k.context(
+        "ctx",
+        &[(
+            "Dockerfile",
+            "FROM busybox\nRUN echo kept > /kept\nRUN echo also > /also\n",
+        )],
+    );
+    let tag = k.unique("kept");
+    k.build(&ctx, &["-t", &tag]).ok();
+    // An untagged build's layers are the garbage prune may take.
+    let other = k.context(
+        "other",
+        &[("Dockerfile", "FROM busybox\nRUN echo gone > /gone\n")],
+    );
+    k.build(&other, &[]).ok();
+    let layers_before = std::fs::read_dir(k.root.join("layers")).unwrap().count();
+
+    let pruned = k.kiln(&["prune", "-a", "-f"]).ok().stdout;
+    assert!(pruned.contains("Deleted build cache objects:"), "{pruned}");
+    let du = k.kiln(&["du"]).ok().stdout;
+    assert!(
+        !du.contains("regular") && !du.contains("source.image"),
+        "{du}"
+    );
+    let layers_after = std::fs::read_dir(k.root.join("layers")).unwrap().count();
+    assert!(
+        layers_after < layers_before,
+        "{layers_before} -> {layers_after}"
+    );
+
+    let out = k.kiln(&["run", &tag, "cat", "/kept", "/also"]).ok();
+    assert_eq!(out.stdout, "kept\nalso\n");
+    // And building again works (base image fetched again, every step rerun).
+    let p = k.build(&ctx, &["-t", &tag]).ok().progress();
+    assert!(!p.step("RUN echo kept").cached, "{}", p.raw());
+    k.assert_clean();
+}
+
+#[test]
+fn prune_filters_and_keep_storage() {
+    let Some(k) = Kiln::new("prune_filters_and_keep_storage") else {
+        return;
+    };
+    let ctx = k.context("ctx", &[("Dockerfile", COUNTER)]);
+    k.build(&ctx, &[]).ok();
+
+    // Everything is fresh: `until=24h` selects nothing; a huge keep-storage keeps everything.
+    for args in [
+        &["prune", "-f", "--filter", "until=24h"][..],
+        &["prune", "-f", "--keep-storage", "10GB"][..],
+        &["prune", "-f", "--filter", "id=ffffffffffffffff"][..],
+    ] {
+        let out = k.kiln(args).ok().stdout;
+        assert!(!out.contains("Deleted"), "{args:?}: {out}");
+        assert!(out.contains("Total:\t0B"), "{args:?}: {out}");
+    }
+    // Only the cache mounts go with type=exec.cachemount: the step itself stays cached.
+    let out = k
+        .kiln(&["prune", "-f", "--filter", "type=exec.cachemount"])
+        .ok()
+        .stdout;
+    assert_eq!(out.matches('\n').count(), 4, "one object deleted: {out}");
+    let du = k.kiln(&["du"]).ok().stdout;
+    assert!(
+        du.contains("Cache mounts:\t0") && du.contains("regular"),
+        "{du}"
+    );
+    let p = k.build(&ctx, &[]).ok().progress();
+    assert!(p.step("RUN --mount").cached, "{}", p.raw());
+
+    // A keep-storage of zero takes what the default allows, by id prefix too.
+    let verbose = k.kiln(&["du", "--verbose"]).ok().stdout;
+    let regular_id = verbose
+        .split("\n\n")
+        .find(|b| b.contains("Type:\t\tregular"))
+        .and_then(|b| b.lines().next())
+        .and_then(|l| l.strip_prefix("ID:\t\t"))
+        .unwrap()
+        .to_string();
+    let out = k
+        .kiln(&[
+            "prune",
+            "-f",
+            "--keep-storage",
+            "0",
+            "--filter",
+            &format!("id={}", &regular_id[..12]),
+        ])
+        .ok()
+        .stdout;
+    assert!(out.contains(&regular_id), "{out}");
+    let p = k.build(&ctx, &[]).ok().progress();
+    assert!(!p.step("RUN --mount").cached, "{}", p.raw());
+
+    let bad = k.kiln(&["prune", "-f", "--filter", "until=soon"]).failed();
+    assert!(bad.stderr.contains("until=soon"), "{}", bad.stderr);
+    k.assert_clean();
+}
+
+#[test]
+fn prune_without_force_needs_a_terminal() {
+    let Some(k) = Kiln::new("prune_without_force_needs_a_terminal") else {
+        return;
+    };
+    let ctx = k.context("ctx", &[("Dockerfile", COUNTER)]);
+    k.build(&ctx, &[]).ok();
+    let out = k.command(&["prune"]).stdin(Stdio::null()).output().unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("--force"), "{stderr}");
+    let du = k.kiln(&["du"]).ok().stdout;
+    assert!(du.contains("Cache mounts:\t1"), "nothing was removed: {du}");
+}
+
+#[test]
+fn prune_skips_what_a_running_build_holds() {
+    let Some(k) = Kiln::new("prune_skips_what_a_running_build_holds") else {
+        return;
+    };
+    // The step waits for a file the test creates in the (bind-mounted) context.
+    let dockerfile = "FROM busybox
+RUN --mount=type=cache,id=held,target=/c --mount=target=/ctx touch /c/started && while [ ! -e /ctx/go ]; do sleep 0.05; done
+";
+    let ctx = k.context("ctx", &[("Dockerfile", dockerfile)]);
+    let mut build = k
+        .command(&["build", "--progress", "plain"])
+        .arg(&ctx)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mounts = k.root.join("cache-mounts");
+    let started = || {
+        std::fs::read_dir(&mounts)
+            .map(|rd| rd.flatten().any(|e| e.path().join("started").exists()))
+            .unwrap_or(false)
+    };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(300);
+    while !started() {
+        assert!(
+            build.try_wait().unwrap().is_none(),
+            "the build ended before its step started"
+        );
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the step never started"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let out = k.kiln(&["prune", "-a", "-f"]).ok();
+    assert!(
+        out.stderr.contains("other kiln processes"),
+        "{}",
+        out.stderr
+    );
+    assert!(started(), "the cache mount in use was removed");
+    std::fs::write(ctx.join("go"), "").unwrap();
+    let status =
+        crate::support::wait_timeout(&mut build, std::time::Duration::from_secs(300)).unwrap();
+    assert!(status.success());
+    let du = k.kiln(&["du"]).ok().stdout;
+    assert!(du.contains("Cache mounts:\t1"), "{du}");
+    k.assert_clean();
+}

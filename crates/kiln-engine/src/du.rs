@@ -616,6 +616,74 @@ mod tests {
         assert_eq!(parse_duration("5x"), None);
     }
 
+    /// A record over one layer dir of `size` bytes, last used `age` ago.
+    fn record(root: &Path, name: &str, size: usize, age: Duration) -> (PathBuf, PathBuf) {
+        let diff_id = kiln_oci::sha256(name.as_bytes());
+        let layer = root.join("layers").join(diff_id.digest());
+        fs::create_dir_all(&layer).unwrap();
+        fs::write(layer.join("data"), vec![b'x'; size]).unwrap();
+        let value = Value::Rootfs {
+            layers: vec![kiln_worker::LayerRef {
+                diff_id: Some(diff_id),
+                blob: None,
+                size: 0,
+                media_type: String::new(),
+                source: None,
+            }],
+        };
+        let key = root
+            .join("cache")
+            .join(kiln_oci::sha256_hex(format!("key-{name}").as_bytes()));
+        fs::create_dir_all(key.parent().unwrap()).unwrap();
+        fs::write(&key, serde_json::to_vec(&value).unwrap()).unwrap();
+        let f = fs::File::options().write(true).open(&key).unwrap();
+        f.set_modified(SystemTime::now() - age).unwrap();
+        (key, layer)
+    }
+
+    #[test]
+    fn keep_storage_removes_least_recently_used_first() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("root");
+        let engine = match Engine::open(&root, crate::Config::default()) {
+            Ok(e) => e,
+            Err(e) if std::env::var("KILN_TEST_REQUIRE_EXTERNAL").as_deref() != Ok("1") => {
+                eprintln!("skipping: cannot open an engine here: {e}");
+                return;
+            }
+            Err(e) => panic!("{e}"),
+        };
+        let hour = Duration::from_secs(3600);
+        let (old_key, old_layer) = record(&root, "old", 1000, 3 * hour);
+        let (mid_key, mid_layer) = record(&root, "mid", 1000, 2 * hour);
+        let (new_key, new_layer) = record(&root, "new", 1000, Duration::ZERO);
+        let usage = engine.disk_usage().unwrap();
+        assert_eq!(usage.total(), 3000);
+        assert_eq!(usage.records[0].kind, UsageKind::Regular);
+
+        // `until` spares what was used recently; keep-storage takes the oldest first.
+        let report = engine
+            .prune(&PruneRequest {
+                until: Some(90 * 60 * Duration::from_secs(1)),
+                keep_storage: Some(1500),
+                ..Default::default()
+            })
+            .unwrap();
+        assert_eq!(report.reclaimed, 2000);
+        assert!(!old_key.exists() && !old_layer.exists());
+        assert!(!mid_key.exists() && !mid_layer.exists());
+        assert!(new_key.exists() && new_layer.exists());
+
+        let report = engine
+            .prune(&PruneRequest {
+                until: Some(hour),
+                ..Default::default()
+            })
+            .unwrap();
+        assert!(report.removed.is_empty());
+        assert!(new_key.exists() && new_layer.exists());
+    }
+
     #[test]
     fn kinds_round_trip() {
         for k in [

@@ -39,7 +39,6 @@ fn unsupported_features_say_not_supported_yet() {
         return;
     };
     let cases = [
-        ("RUN --mount=type=ssh true", "RUN --mount=type=ssh"),
         (
             "ADD https://example.com/repo.git /src",
             "ADD of a Git repository",

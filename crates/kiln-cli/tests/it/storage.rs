@@ -18,16 +18,21 @@ FROM busybox
 RUN --mount=type=cache,id=c1,target=/c,from=seed,source=/out cp /c/s.txt /first && echo more >> /c/s.txt && stat -c %u:%g /c > /owner
 RUN --mount=type=cache,id=c1,target=/c,from=seed,source=out cp /c/s.txt /second
 RUN --mount=type=cache,id=c1,target=/c ls -A /c | wc -l > /plain
+RUN --mount=type=cache,id=sub,target=/s,source=inner touch /s/f
+RUN --mount=type=cache,id=sub,target=/s ls /s/inner > /subdir
 ";
     let ctx = k.context("ctx", &[("Dockerfile", dockerfile)]);
     let tag = k.unique("seeded");
     k.build(&ctx, &["-t", &tag]).ok();
     let out = k
-        .kiln(&["run", &tag, "cat", "/first", "/second", "/owner", "/plain"])
+        .kiln(&[
+            "run", &tag, "cat", "/first", "/second", "/owner", "/plain", "/subdir",
+        ])
         .ok();
     // Seeded once from the stage, then kept: the second step sees the first one's write. The
-    // same id without `from` is another cache (empty), as in BuildKit.
-    assert_eq!(out.stdout, "seeded\nseeded\nmore\n7:8\n0\n");
+    // same id without `from` is another cache (empty), as in BuildKit. Without `from`, `source`
+    // is the subdirectory of the cache that is mounted.
+    assert_eq!(out.stdout, "seeded\nseeded\nmore\n7:8\n0\nf\n");
 
     // A changed seed starts a new cache rather than reusing the old one.
     let changed = dockerfile.replace("echo seeded", "echo reseeded");

@@ -20,6 +20,8 @@ PACKAGES=(
     curl ca-certificates tar gzip
     # Git sources (ADD <git url>, Git URL contexts) and their tests (git daemon)
     git
+    # RUN --mount=type=ssh: ssh-agent and ssh-add for `kiln build --ssh ID=KEYFILE` and its tests
+    openssh-client
     # cargo build: a C toolchain for the crypto crates (rustls' aws-lc-rs, ring)
     gcc libc6-dev make
 )

@@ -39,6 +39,33 @@ pub enum Command {
     Push(PushArgs),
     /// Download an image from a registry
     Pull(PushArgs),
+    /// Show the disk usage of the build cache
+    Du(DuArgs),
+    /// Remove build cache
+    Prune(PruneArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct DuArgs {
+    /// Provide a more verbose output
+    #[arg(long)]
+    pub verbose: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct PruneArgs {
+    /// Include base images' layers (`source.image`), not just build results and cache mounts
+    #[arg(short = 'a', long)]
+    pub all: bool,
+    /// Do not prompt for confirmation
+    #[arg(short = 'f', long)]
+    pub force: bool,
+    /// Provide filter values (e.g., "until=24h", "type=exec.cachemount", "id=abc")
+    #[arg(long)]
+    pub filter: Vec<String>,
+    /// Amount of disk space to keep for cache (e.g., "512MB")
+    #[arg(long = "keep-storage")]
+    pub keep_storage: Option<String>,
 }
 
 #[derive(Args, Debug)]
@@ -214,6 +241,24 @@ pub fn parse_secret(spec: &str) -> Result<(String, SecretSource)> {
     }
 }
 
+/// Parses `--ssh default|ID[=SOCKET|KEY[,KEY...]]` (buildx's syntax) into the id and paths.
+pub fn parse_ssh(spec: &str) -> Result<(String, Vec<PathBuf>)> {
+    let (id, paths) = match spec.split_once('=') {
+        Some((id, rest)) => (
+            id,
+            rest.split(',')
+                .filter(|p| !p.is_empty())
+                .map(PathBuf::from)
+                .collect(),
+        ),
+        None => (spec, Vec::new()),
+    };
+    if id.is_empty() {
+        bail!("invalid --ssh `{spec}`: missing id");
+    }
+    Ok((id.to_string(), paths))
+}
+
 pub fn parse_output(spec: &str) -> Result<Output> {
     let mut kind = None;
     let mut dest = None;
@@ -272,6 +317,19 @@ mod tests {
     }
 
     use super::*;
+
+    #[test]
+    fn ssh_specs() {
+        assert_eq!(parse_ssh("default").unwrap(), ("default".into(), vec![]));
+        assert_eq!(
+            parse_ssh("gh=/k1,/k2").unwrap(),
+            (
+                "gh".into(),
+                vec![PathBuf::from("/k1"), PathBuf::from("/k2")]
+            )
+        );
+        assert!(parse_ssh("=/k").is_err());
+    }
 
     #[test]
     fn output_specs() {

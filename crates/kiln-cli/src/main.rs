@@ -3,6 +3,7 @@
 
 mod args;
 mod env;
+mod prune;
 
 use std::collections::BTreeMap;
 use std::io::IsTerminal;
@@ -156,6 +157,8 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             engine.tag(&parse_ref(&a.source)?, &parse_ref(&a.target)?)?;
             Ok(ExitCode::SUCCESS)
         }
+        Command::Du(a) => prune::du(&open_engine(&cli)?, a),
+        Command::Prune(a) => prune::prune(&open_engine(&cli)?, a),
         Command::Push(a) | Command::Pull(a) => {
             let engine = open_engine(&cli)?;
             let name = parse_ref(&a.name)?;
@@ -177,7 +180,6 @@ async fn build(cli: &Cli, b: &BuildArgs) -> Result<ExitCode> {
         ("--push", b.push),
         ("--cache-from", !b.cache_from.is_empty()),
         ("--cache-to", !b.cache_to.is_empty()),
-        ("--ssh", !b.ssh.is_empty()),
         (
             "--call",
             b.call
@@ -248,6 +250,11 @@ async fn build(cli: &Cli, b: &BuildArgs) -> Result<ExitCode> {
         };
         secrets.insert(id, value);
     }
+    let mut ssh = kiln_engine::SshAgents::new();
+    for spec in &b.ssh {
+        let (id, paths) = args::parse_ssh(spec)?;
+        ssh.add(&id, &paths)?;
+    }
     let req = BuildRequest {
         context: b.context.clone(),
         dockerfile: b.file.clone(),
@@ -259,6 +266,7 @@ async fn build(cli: &Cli, b: &BuildArgs) -> Result<ExitCode> {
         platform,
         source_date_epoch: env::source_date_epoch(),
         secrets,
+        ssh,
     };
     let result = engine.build(req, &progress).await;
     progress.finish();

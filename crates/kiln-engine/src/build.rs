@@ -40,6 +40,8 @@ pub struct BuildRequest {
     pub source_date_epoch: Option<i64>,
     /// Values for `RUN --mount=type=secret`, by id.
     pub secrets: kiln_worker::Secrets,
+    /// Agents for `RUN --mount=type=ssh`, by id.
+    pub ssh: kiln_worker::SshAgents,
 }
 
 #[derive(Debug, Clone)]
@@ -127,6 +129,7 @@ impl Engine {
                 matcher,
             }))
             .with_secrets(req.secrets.clone())
+            .with_ssh(req.ssh.clone())
             .with_proxy_env(converted.proxy_env.clone())
             .with_file_hashes(self.root.join("context-hashes")),
         );

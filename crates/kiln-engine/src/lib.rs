@@ -7,6 +7,7 @@
 mod build;
 mod check;
 mod config;
+mod du;
 mod export;
 mod git_context;
 mod image;
@@ -24,9 +25,14 @@ use kiln_snapshot::LayerStore;
 pub use build::{BuildRequest, BuildResult, Output};
 pub use check::{CheckReport, CheckRequest, check};
 pub use config::Config;
+pub use du::{
+    DiskUsage, PruneReport, PruneRequest, UsageKind, UsageRecord, parse_duration, parse_size,
+};
 pub use image::ImportRequest;
-pub use kiln_exporter::{ImageRecord, familiar_name, format_images_table};
-pub use kiln_worker::Secrets;
+pub use kiln_exporter::{
+    ImageRecord, familiar_name, format_images_table, human_duration, human_size,
+};
+pub use kiln_worker::{Secrets, SshAgents, SshError};
 pub use run::RunRequest;
 
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -128,6 +134,8 @@ impl Engine {
                 std::fs::remove_dir_all(&tmp).map_err(io("removing stale step directories"))?;
             }
             layers.remove_stale_temp_dirs()?;
+            kiln_worker::cachemount::remove_stale(root)
+                .map_err(io("removing stale cache mount dirs"))?;
         }
         rustix::fs::flock(&lock, rustix::fs::FlockOperation::LockShared)
             .map_err(|e| io(format!("locking `{}`", lock_path.display()))(e.into()))?;

@@ -49,7 +49,7 @@ pub fn format_images_table(records: &[ImageRecord], now: DateTime<Utc>) -> Strin
 }
 
 /// go-units `HumanDuration`: "Less than a second", "About a minute", "2 hours", "3 weeks", ...
-pub(crate) fn human_duration(d: TimeDelta) -> String {
+pub fn human_duration(d: TimeDelta) -> String {
     const HOUR_MS: i64 = 3_600_000;
     let seconds = d.num_seconds();
     if seconds < 1 {
@@ -86,7 +86,7 @@ pub(crate) fn human_duration(d: TimeDelta) -> String {
 }
 
 /// go-units `HumanSizeWithPrecision(size, 3)`: decimal units and Go's `%.3g`.
-pub(crate) fn human_size(size: u64) -> String {
+pub fn human_size(size: u64) -> String {
     const UNITS: [&str; 9] = ["B", "kB", "MB", "GB", "TB", "PB", "EB", "ZB", "YB"];
     let mut value = size as f64;
     let mut unit = 0;

@@ -8,7 +8,7 @@ use kiln_dockerfile::shell::ShellLex;
 use kiln_dockerfile::{Command, CopyArgs, Instruction, InstructionKind, Location};
 use kiln_llb::{
     CacheMount, CopyOp, Definition, ExecMount, ExecOp, GitOp, HttpOp, InlineFile, MkdirOp,
-    MkfileOp, NetworkMode, NodeId, Op, SecretMount, TmpfsMount,
+    MkfileOp, NetworkMode, NodeId, Op, SecretMount, SshMount, TmpfsMount,
 };
 use kiln_oci::{History, ImageConfig, Platform, Reference};
 
@@ -422,6 +422,7 @@ struct RunMounts {
     caches: Vec<CacheMount>,
     tmpfs: Vec<TmpfsMount>,
     secrets: Vec<SecretMount>,
+    ssh: Vec<SshMount>,
     inputs: Vec<NodeId>,
 }
 
@@ -729,6 +730,12 @@ impl Converter<'_> {
                         .collect();
                     let mut run_env = image.config.env.clone().unwrap_or_default();
                     run_env.extend(run_args.iter().cloned());
+                    // As BuildKit: the first agent is the default one unless the env names one.
+                    if let Some(first) = run_mounts.ssh.first()
+                        && !run_env.iter().any(|e| e.starts_with("SSH_AUTH_SOCK="))
+                    {
+                        run_env.push(format!("SSH_AUTH_SOCK={}", first.target));
+                    }
                     step += 1;
                     let op = Op::Exec(ExecOp {
                         args: argv.clone(),
@@ -754,6 +761,7 @@ impl Converter<'_> {
                         caches: run_mounts.caches,
                         tmpfs: run_mounts.tmpfs,
                         secrets: run_mounts.secrets,
+                        ssh: run_mounts.ssh,
                     });
                     let mut inputs = vec![node];
                     if let Some(file) = script {
@@ -1133,13 +1141,49 @@ impl Converter<'_> {
                     mode,
                     uid,
                     gid,
+                    from,
+                    source,
                 } => {
                     let target = path::join(cwd, target);
+                    let input = match from {
+                        None => None,
+                        Some(from) => {
+                            let node = self
+                                .mount_from_node(ins, from, stages, index, done, resolver)
+                                .await?;
+                            out.inputs.push(node);
+                            Some(first_input + out.inputs.len() - 1)
+                        }
+                    };
+                    let source = path::clean(&format!("/{source}"));
                     out.caches.push(CacheMount {
                         id: id.clone().unwrap_or_else(|| target.clone()),
                         target,
                         readonly: *readonly,
                         sharing: *sharing,
+                        mode: *mode,
+                        uid: *uid,
+                        gid: *gid,
+                        input,
+                        source: if source == "/" { String::new() } else { source },
+                    });
+                }
+                RunMount::Ssh {
+                    id,
+                    target,
+                    required,
+                    mode,
+                    uid,
+                    gid,
+                } => {
+                    let target = match target {
+                        Some(t) => path::join(cwd, t),
+                        None => format!("/run/buildkit/ssh_agent.{}", out.ssh.len()),
+                    };
+                    out.ssh.push(SshMount {
+                        id: id.clone().unwrap_or_else(|| "default".into()),
+                        target,
+                        required: *required,
                         mode: *mode,
                         uid: *uid,
                         gid: *gid,

@@ -20,6 +20,9 @@ pub enum RunMount {
         mode: u32,
         uid: u32,
         gid: u32,
+        /// The stage or image whose `source` path seeds a new cache dir.
+        from: Option<String>,
+        source: String,
     },
     Tmpfs {
         target: String,
@@ -34,6 +37,16 @@ pub enum RunMount {
         uid: u32,
         gid: u32,
     },
+    Ssh {
+        /// Defaults to `default`.
+        id: Option<String>,
+        /// Defaults to `/run/buildkit/ssh_agent.N`, N counting the RUN's ssh mounts.
+        target: Option<String>,
+        required: bool,
+        mode: u32,
+        uid: u32,
+        gid: u32,
+    },
 }
 
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -42,6 +55,7 @@ enum Kind {
     Cache,
     Tmpfs,
     Secret,
+    Ssh,
 }
 
 fn parse_bool(key: &str, value: Option<&str>) -> Result<bool, String> {
@@ -88,7 +102,7 @@ pub fn parse(
                 "cache" => Kind::Cache,
                 "tmpfs" => Kind::Tmpfs,
                 "secret" => Kind::Secret,
-                "ssh" => return Err("RUN --mount=type=ssh is not supported yet".into()),
+                "ssh" => Kind::Ssh,
                 other => return Err(format!("unsupported mount type `{other}`")),
             };
         }
@@ -112,13 +126,15 @@ pub fn parse(
         match key.as_str() {
             "type" => {}
             "target" | "dst" | "destination" => target = Some(need(value)?),
-            "source" | "src" if kind != Kind::Tmpfs && kind != Kind::Secret => {
+            "source" | "src" if matches!(kind, Kind::Bind | Kind::Cache) => {
                 source = Some(need(value)?)
             }
             "from" if kind == Kind::Bind || kind == Kind::Cache => from = Some(need(value)?),
             "ro" | "readonly" => readonly = Some(parse_bool(&key, value.as_deref())?),
             "rw" | "readwrite" => readwrite = parse_bool(&key, value.as_deref())?,
-            "id" if kind == Kind::Cache || kind == Kind::Secret => id = Some(need(value)?),
+            "id" if matches!(kind, Kind::Cache | Kind::Secret | Kind::Ssh) => {
+                id = Some(need(value)?)
+            }
             "sharing" if kind == Kind::Cache => {
                 sharing = match need(value)?.as_str() {
                     "shared" => CacheSharing::Shared,
@@ -127,18 +143,20 @@ pub fn parse(
                     other => return Err(format!("unsupported sharing value `{other}`")),
                 }
             }
-            "mode" if kind == Kind::Cache || kind == Kind::Secret => {
+            "mode" if matches!(kind, Kind::Cache | Kind::Secret | Kind::Ssh) => {
                 mode = Some(parse_u32(&key, &need(value)?, 8)?)
             }
-            "uid" if kind == Kind::Cache || kind == Kind::Secret => {
+            "uid" if matches!(kind, Kind::Cache | Kind::Secret | Kind::Ssh) => {
                 uid = parse_u32(&key, &need(value)?, 10)?
             }
-            "gid" if kind == Kind::Cache || kind == Kind::Secret => {
+            "gid" if matches!(kind, Kind::Cache | Kind::Secret | Kind::Ssh) => {
                 gid = parse_u32(&key, &need(value)?, 10)?
             }
             "size" if kind == Kind::Tmpfs => size = Some(parse_size(&need(value)?)?),
             "env" if kind == Kind::Secret => env = Some(need(value)?),
-            "required" if kind == Kind::Secret => required = parse_bool(&key, value.as_deref())?,
+            "required" if matches!(kind, Kind::Secret | Kind::Ssh) => {
+                required = parse_bool(&key, value.as_deref())?
+            }
             "source" | "src" | "from" | "id" | "sharing" | "mode" | "uid" | "gid" | "size"
             | "env" | "required" => return Err(bad()),
             _ => return Err(format!("unexpected key `{key}` in `--mount`")),
@@ -153,22 +171,17 @@ pub fn parse(
             from,
             readwrite: readwrite || readonly == Some(false),
         },
-        Kind::Cache => {
-            if from.is_some() || source.is_some() {
-                return Err(
-                    "RUN --mount=type=cache with `from` or `source` is not supported yet".into(),
-                );
-            }
-            RunMount::Cache {
-                id: id.filter(|i| !i.is_empty()),
-                target: target.ok_or_else(needs_target)?,
-                readonly: readonly.unwrap_or(false),
-                sharing,
-                mode: mode.unwrap_or(0o755),
-                uid,
-                gid,
-            }
-        }
+        Kind::Cache => RunMount::Cache {
+            id: id.filter(|i| !i.is_empty()),
+            target: target.ok_or_else(needs_target)?,
+            readonly: readonly.unwrap_or(false),
+            sharing,
+            mode: mode.unwrap_or(0o755),
+            uid,
+            gid,
+            from: from.filter(|f| !f.is_empty()),
+            source: source.unwrap_or_default(),
+        },
         Kind::Tmpfs => RunMount::Tmpfs {
             target: target.ok_or_else(needs_target)?,
             size,
@@ -179,6 +192,14 @@ pub fn parse(
             env,
             required,
             mode: mode.unwrap_or(0o400),
+            uid,
+            gid,
+        },
+        Kind::Ssh => RunMount::Ssh {
+            id: id.filter(|i| !i.is_empty()),
+            target,
+            required,
+            mode: mode.unwrap_or(0o600),
             uid,
             gid,
         },
@@ -230,6 +251,8 @@ mod tests {
                 mode: 0o755,
                 uid: 0,
                 gid: 0,
+                from: None,
+                source: String::new(),
             }
         );
         assert_eq!(
@@ -242,8 +265,45 @@ mod tests {
                 mode: 0o700,
                 uid: 1,
                 gid: 2,
+                from: None,
+                source: String::new(),
             }
         );
+        match p("type=cache,target=/c,from=build,source=/out").unwrap() {
+            RunMount::Cache { from, source, .. } => {
+                assert_eq!(from.as_deref(), Some("build"));
+                assert_eq!(source, "/out");
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn ssh_defaults_and_options() {
+        assert_eq!(
+            p("type=ssh").unwrap(),
+            RunMount::Ssh {
+                id: None,
+                target: None,
+                required: false,
+                mode: 0o600,
+                uid: 0,
+                gid: 0,
+            }
+        );
+        assert_eq!(
+            p("type=ssh,id=gh,target=/s,required,mode=0644,uid=5,gid=6").unwrap(),
+            RunMount::Ssh {
+                id: Some("gh".into()),
+                target: Some("/s".into()),
+                required: true,
+                mode: 0o644,
+                uid: 5,
+                gid: 6,
+            }
+        );
+        assert!(p("type=ssh,source=/x").is_err());
+        assert!(p("type=ssh,env=X").is_err());
     }
 
     #[test]
@@ -284,7 +344,6 @@ mod tests {
         assert!(p("type=tmpfs,target=/x,id=a").unwrap_err().contains("id"));
         assert!(p("type=cache,target=/x,sharing=maybe").is_err());
         assert!(p("type=nfs,target=/x").unwrap_err().contains("nfs"));
-        assert!(p("type=ssh").unwrap_err().contains("not supported yet"));
         assert!(p("type=bind,source=x").unwrap_err().contains("target"));
         assert!(p("type=cache,target=/x,mode=9").is_err());
     }

@@ -93,6 +93,21 @@ pub struct ExecOp {
     /// Secrets by id only: their values are given to the worker, never put in the graph.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub secrets: Vec<SecretMount>,
+    /// SSH agents by id only: the socket is given to the worker, never put in the graph.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ssh: Vec<SshMount>,
+}
+
+/// An SSH agent socket (`RUN --mount=type=ssh`) forwarded to the process at `target`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SshMount {
+    pub id: String,
+    pub target: String,
+    /// Whether a missing agent fails the step (otherwise the mount is skipped).
+    pub required: bool,
+    pub mode: u32,
+    pub uid: u32,
+    pub gid: u32,
 }
 
 /// A secret exposed to the process as a read-only file at `target`, as the env var `env`, or both.
@@ -131,6 +146,14 @@ pub struct CacheMount {
     pub mode: u32,
     pub uid: u32,
     pub gid: u32,
+    /// `from`: the exec input whose files seed the cache dir when it is first created; the
+    /// input's key is part of the dir's identity, as in BuildKit.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub input: Option<usize>,
+    /// `source`: with `input`, the path in it to seed from; without, the subdirectory of the
+    /// cache dir to mount. Empty for the root.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub source: String,
 }
 
 /// How concurrent steps share a cache mount, as in BuildKit.
@@ -342,6 +365,7 @@ mod tests {
             caches: vec![],
             tmpfs: vec![],
             secrets: vec![],
+            ssh: vec![],
         })
     }
 

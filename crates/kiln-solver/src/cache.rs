@@ -33,8 +33,14 @@ impl<V> FileCacheStore<V> {
 
 impl<V: Serialize + DeserializeOwned + Send + Sync> CacheStore<V> for FileCacheStore<V> {
     fn load(&self, key: &Digest) -> Option<V> {
-        let bytes = fs::read(self.path(key)).ok()?;
-        serde_json::from_slice(&bytes).ok()
+        use std::io::Read;
+        let mut file = fs::File::open(self.path(key)).ok()?;
+        let mut bytes = Vec::new();
+        file.read_to_end(&mut bytes).ok()?;
+        let value = serde_json::from_slice(&bytes).ok()?;
+        // The record's mtime is its last use, for `kiln du` and `kiln prune --filter until=`.
+        let _ = file.set_modified(std::time::SystemTime::now());
+        Some(value)
     }
 
     fn save(&self, key: &Digest, value: &V) {

@@ -5,11 +5,13 @@
 //! neither the registry's blobs nor the disk.
 
 mod add;
+pub mod cachemount;
 mod fsutil;
 pub mod git;
 mod hashcache;
 
 pub use hashcache::FileHashes;
+mod ssh;
 
 use std::collections::HashMap;
 use std::fs;
@@ -21,10 +23,7 @@ use futures::future::BoxFuture;
 use kiln_content::ContentStore;
 use kiln_executor::{ExitStatus, ProcessSpec, RunRequest, RuncExecutor, Stdio};
 use kiln_ignore::Matcher;
-use kiln_llb::{
-    CacheMount, CacheSharing, CopyOp, Definition, ExecOp, GitOp, HttpOp, MkdirOp, MkfileOp, Op,
-    SecretMount,
-};
+use kiln_llb::{CopyOp, Definition, ExecOp, GitOp, HttpOp, MkdirOp, MkfileOp, Op, SecretMount};
 use kiln_oci::{Descriptor, Digest, ImageManifest, MediaType, Reference};
 use kiln_progress::{Stream, Vertex};
 use kiln_snapshot::{Compression, LayerStore, OverlayMount, mount_overlay};
@@ -33,6 +32,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest as _, Sha256};
 
 pub use fsutil::{Owner, SourceError, resolve_in_root};
+pub use ssh::{SshAgents, SshError};
 
 /// The hostname RUN steps see, as in BuildKit.
 pub const SANDBOX_HOSTNAME: &str = "buildkitsandbox";
@@ -106,6 +106,8 @@ pub enum Error {
     },
     #[error("secret `{0}` not found")]
     SecretNotFound(String),
+    #[error("no SSH agent `{0}` was given (`kiln build --ssh {0}`)")]
+    SshNotFound(String),
     #[error("no build context was given")]
     NoContext,
     #[error("invalid image reference `{0}`")]
@@ -177,6 +179,7 @@ pub struct LlbWorker {
     hashes: Option<Arc<FileHashes>>,
     /// `KEY=value` proxy settings every RUN gets unless its env sets the key.
     proxy_env: Vec<String>,
+    ssh: SshAgents,
 }
 
 impl LlbWorker {
@@ -203,6 +206,7 @@ impl LlbWorker {
             secrets: Secrets::default(),
             hashes: None,
             proxy_env: Vec::new(),
+            ssh: SshAgents::default(),
         }
     }
 
@@ -227,6 +231,12 @@ impl LlbWorker {
     /// The secrets `RUN --mount=type=secret` may use.
     pub fn with_secrets(mut self, secrets: Secrets) -> Self {
         self.secrets = secrets;
+        self
+    }
+
+    /// The agents `RUN --mount=type=ssh` may use.
+    pub fn with_ssh(mut self, ssh: SshAgents) -> Self {
+        self.ssh = ssh;
         self
     }
 
@@ -473,48 +483,6 @@ impl LlbWorker {
         Ok(step)
     }
 
-    /// The directory backing a cache mount, created on first use, and the lock guard to hold
-    /// while the step runs. `locked` waits for the lock; `private` falls back to a temporary
-    /// dir under the step dir when another step holds it; `shared` takes no lock.
-    async fn cache_dir(&self, c: &CacheMount, step_dir: &Path) -> Result<(PathBuf, CacheGuard)> {
-        let root = self
-            .scratch
-            .parent()
-            .unwrap_or(&self.scratch)
-            .join("cache-mounts");
-        let dir = root.join(sanitize_cache_id(&c.id));
-        if !dir.exists() {
-            fs::create_dir_all(&root).map_err(io(format!("creating `{}`", root.display())))?;
-            let tmp = root.join(format!(".new-{:016x}", rand::random::<u64>()));
-            make_cache_dir(&tmp, c).map_err(io(format!("creating `{}`", tmp.display())))?;
-            // Another step may have created it meanwhile; its dir wins.
-            if fs::rename(&tmp, &dir).is_err() {
-                let _ = fs::remove_dir(&tmp);
-            }
-        }
-        let mode = match c.sharing {
-            CacheSharing::Shared => return Ok((dir, CacheGuard(None))),
-            CacheSharing::Locked => rustix::fs::FlockOperation::LockExclusive,
-            CacheSharing::Private => rustix::fs::FlockOperation::NonBlockingLockExclusive,
-        };
-        let file = fs::File::open(&dir).map_err(io(format!("opening `{}`", dir.display())))?;
-        let locked =
-            tokio::task::spawn_blocking(move || rustix::fs::flock(&file, mode).map(|()| file))
-                .await?;
-        match locked {
-            Ok(file) => Ok((dir, CacheGuard(Some(file)))),
-            Err(e) if c.sharing == CacheSharing::Private && e == rustix::io::Errno::WOULDBLOCK => {
-                let tmp = step_dir.join("private-cache");
-                make_cache_dir(&tmp, c).map_err(io(format!("creating `{}`", tmp.display())))?;
-                Ok((tmp, CacheGuard(None)))
-            }
-            Err(e) => Err(Error::Io {
-                what: format!("locking `{}`", dir.display()),
-                source: e.into(),
-            }),
-        }
-    }
-
     /// Unmounts the step and turns its upper dir into the next layer of the chain.
     async fn commit(&self, mut step: Step) -> Result<Value> {
         if let Some(m) = step.mount.take() {
@@ -633,7 +601,13 @@ impl LlbWorker {
         // Cache dirs live outside every layer; a guard holds each one's lock for the step.
         let mut cache_guards = Vec::new();
         for c in &op.caches {
-            let (source, guard) = self.cache_dir(c, &step.dir).await?;
+            let seed = match c.input {
+                Some(i) => Some(inputs.get(i).ok_or_else(|| {
+                    Error::Manifest(format!("cache mount names missing input {i}"))
+                })?),
+                None => None,
+            };
+            let (source, guard) = self.cache_dir(c, seed, &step.dir, progress).await?;
             mounts.push(kiln_executor::Mount::Bind {
                 source,
                 destination: c.target.clone(),
@@ -687,6 +661,24 @@ impl LlbWorker {
                 });
             }
         }
+        // Each agent is served on a socket of the step's own; the proxies stop when dropped.
+        let mut ssh_proxies = Vec::new();
+        for m in &op.ssh {
+            let Some(agent) = self.ssh.socket(&m.id) else {
+                if m.required {
+                    return Err(Error::SshNotFound(m.id.clone()));
+                }
+                continue;
+            };
+            let (socket, proxy) = ssh::SshProxy::start(agent, m)
+                .map_err(io(format!("serving SSH agent `{}`", m.id)))?;
+            mounts.push(kiln_executor::Mount::Bind {
+                source: socket,
+                destination: m.target.clone(),
+                readonly: false,
+            });
+            ssh_proxies.push(proxy);
+        }
         // runc needs the working directory to exist, as BuildKit ensures.
         fsutil::mkdir_all(&merged, &op.cwd, 0o755, (0, 0))
             .map_err(io(format!("creating `{}`", op.cwd)))?;
@@ -716,6 +708,7 @@ impl LlbWorker {
         if secrets_dir.exists() {
             let _ = fs::remove_dir_all(&secrets_dir);
         }
+        drop(ssh_proxies);
         let status = status?;
         drop(mount_steps);
         drop(cache_guards);
@@ -1009,34 +1002,6 @@ fn write_secret(
     f.set_permissions(fs::Permissions::from_mode(sm.mode))?;
     std::os::unix::fs::fchown(&f, Some(sm.uid), Some(sm.gid))?;
     Ok(path)
-}
-
-/// Holds a cache mount's lock (if any) until dropped.
-struct CacheGuard(#[allow(dead_code)] Option<fs::File>);
-
-fn make_cache_dir(path: &Path, c: &CacheMount) -> std::io::Result<()> {
-    use std::os::unix::fs::PermissionsExt;
-    fs::create_dir_all(path)?;
-    fs::set_permissions(path, fs::Permissions::from_mode(c.mode))?;
-    std::os::unix::fs::chown(path, Some(c.uid), Some(c.gid))
-}
-
-/// A cache id as a single file name: anything but `[A-Za-z0-9._-]` becomes `_`, and a hash
-/// of the whole id keeps distinct ids apart.
-fn sanitize_cache_id(id: &str) -> String {
-    let readable: String = id
-        .chars()
-        .map(|c| {
-            if c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-') {
-                c
-            } else {
-                '_'
-            }
-        })
-        .take(64)
-        .collect();
-    let hash = kiln_oci::sha256_hex(id.as_bytes());
-    format!("{}-{}", readable.trim_start_matches('.'), &hash[..12])
 }
 
 /// The COPY-style source path for a bind mount's `source`.

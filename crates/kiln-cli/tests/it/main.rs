@@ -20,4 +20,5 @@ mod lint;
 mod mounts;
 mod multistage;
 mod pull;
+mod storage;
 mod support;

@@ -1,0 +1,699 @@
+//! Disk usage of a data directory (`kiln du`) and pruning the build cache (`kiln prune`).
+//!
+//! What is counted, as `docker buildx du` lists it: one row per cache record (`regular` for a
+//! step's result, sized by the layer the step made; `source.image` for a base image, sized by
+//! its layers), one per cache mount (`exec.cachemount`), and one per layer or layer blob that
+//! nothing references any more. Tagged images are summed apart and never pruned, nor anything
+//! they reference. Sizes are apparent file sizes: an unpacked layer dir plus its blob.
+//!
+//! Pruning removes the selected cache records and cache mounts, then (only when no other kiln
+//! uses the data directory: the engine lock taken exclusively) the layer dirs and blobs no
+//! remaining record or tagged image references. A cache mount a running step holds is skipped.
+
+use std::collections::{BTreeMap, HashSet};
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime};
+
+use kiln_oci::Digest;
+use kiln_worker::{Value, cachemount};
+
+use crate::{Engine, Error, Result, io};
+
+/// What a row of `kiln du` is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum UsageKind {
+    /// A build step's cached result.
+    Regular,
+    /// A base image's layers, pulled for `FROM`.
+    SourceImage,
+    /// A `RUN --mount=type=cache` directory.
+    CacheMount,
+    /// A layer dir or blob that no record or image references.
+    Unreferenced,
+}
+
+impl UsageKind {
+    /// The name `--filter type=` and `du --verbose` use (BuildKit's where it has one).
+    pub fn name(self) -> &'static str {
+        match self {
+            UsageKind::Regular => "regular",
+            UsageKind::SourceImage => "source.image",
+            UsageKind::CacheMount => "exec.cachemount",
+            UsageKind::Unreferenced => "unreferenced",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<UsageKind> {
+        [
+            UsageKind::Regular,
+            UsageKind::SourceImage,
+            UsageKind::CacheMount,
+            UsageKind::Unreferenced,
+        ]
+        .into_iter()
+        .find(|k| k.name() == s)
+    }
+}
+
+/// One row of `kiln du`.
+#[derive(Debug, Clone)]
+pub struct UsageRecord {
+    pub id: String,
+    pub kind: UsageKind,
+    pub size: u64,
+    /// Whether a tagged image also uses what the row counts (pruning it frees nothing).
+    pub shared: bool,
+    /// Whether a running step holds it.
+    pub in_use: bool,
+    pub last_used: Option<SystemTime>,
+    pub description: String,
+    target: Target,
+}
+
+impl UsageRecord {
+    pub fn reclaimable(&self) -> bool {
+        !self.shared && !self.in_use
+    }
+}
+
+#[derive(Debug, Clone)]
+enum Target {
+    Record(PathBuf),
+    CacheMount(cachemount::CacheMountEntry),
+    Layer,
+    Blob(Digest),
+}
+
+/// What `kiln du` reports.
+#[derive(Debug, Clone, Default)]
+pub struct DiskUsage {
+    /// Oldest use first.
+    pub records: Vec<UsageRecord>,
+    /// Tagged images: how many names, and the bytes of what they reference (blobs and
+    /// unpacked layers), counted once.
+    pub images: usize,
+    pub images_size: u64,
+}
+
+impl DiskUsage {
+    /// Bytes of the build cache, what several rows share counted once.
+    pub fn total(&self) -> u64 {
+        self.records.iter().map(|r| r.size).sum()
+    }
+
+    pub fn reclaimable(&self) -> u64 {
+        self.records
+            .iter()
+            .filter(|r| r.reclaimable())
+            .map(|r| r.size)
+            .sum()
+    }
+
+    pub fn shared(&self) -> u64 {
+        self.records
+            .iter()
+            .filter(|r| r.shared)
+            .map(|r| r.size)
+            .sum()
+    }
+}
+
+/// `kiln prune`'s choices, as `docker builder prune` takes them.
+#[derive(Debug, Clone, Default)]
+pub struct PruneRequest {
+    /// Also base images' layers (`source.image`); by default only step results, cache mounts
+    /// and unreferenced data go.
+    pub all: bool,
+    /// Only what was last used longer ago than this.
+    pub until: Option<Duration>,
+    /// Only these kinds (any of them); empty for every kind `all` allows.
+    pub kinds: Vec<UsageKind>,
+    /// Only rows whose id starts with one of these.
+    pub ids: Vec<String>,
+    /// Keep this many bytes of build cache: remove the least recently used first, and only
+    /// until the rest fits.
+    pub keep_storage: Option<u64>,
+}
+
+/// What `kiln prune` removed.
+#[derive(Debug, Clone, Default)]
+pub struct PruneReport {
+    pub removed: Vec<UsageRecord>,
+    pub reclaimed: u64,
+    /// Set when other kiln processes were running: layers and blobs were left for later.
+    pub gc_skipped: bool,
+}
+
+/// The layers, blobs and identities referenced by the tagged images.
+#[derive(Default)]
+struct Refs {
+    diff_ids: HashSet<Digest>,
+    blobs: HashSet<Digest>,
+}
+
+fn dir_size(path: &Path) -> u64 {
+    let mut total = 0;
+    let mut todo = vec![path.to_path_buf()];
+    while let Some(d) = todo.pop() {
+        let Ok(rd) = fs::read_dir(&d) else { continue };
+        for e in rd.flatten() {
+            let Ok(m) = e.metadata() else { continue };
+            if m.is_dir() {
+                todo.push(e.path());
+            } else {
+                total += m.len();
+            }
+        }
+    }
+    total
+}
+
+fn hex_entries(dir: &Path) -> Vec<(String, PathBuf)> {
+    let Ok(rd) = fs::read_dir(dir) else {
+        return Vec::new();
+    };
+    let mut out: Vec<_> = rd
+        .flatten()
+        .map(|e| (e.file_name().to_string_lossy().into_owned(), e.path()))
+        .filter(|(n, _)| n.len() == 64 && n.bytes().all(|b| b.is_ascii_hexdigit()))
+        .collect();
+    out.sort();
+    out
+}
+
+fn sha(hex: &str) -> Option<Digest> {
+    kiln_oci::parse_digest(&format!("sha256:{hex}")).ok()
+}
+
+fn short(d: &Digest) -> String {
+    d.digest().chars().take(12).collect()
+}
+
+/// The digests a manifest, index or config names, recursively through the content store.
+fn image_refs(engine: &Engine, manifest: &Digest, refs: &mut Refs) {
+    if !refs.blobs.insert(manifest.clone()) {
+        return;
+    }
+    let Ok(bytes) = engine.content.read(manifest) else {
+        return;
+    };
+    let Ok(json) = serde_json::from_slice::<serde_json::Value>(&bytes) else {
+        return;
+    };
+    let digest_of = |v: &serde_json::Value| {
+        v.get("digest")
+            .and_then(|d| d.as_str())
+            .and_then(|d| kiln_oci::parse_digest(d).ok())
+    };
+    for child in json["manifests"].as_array().into_iter().flatten() {
+        if let Some(d) = digest_of(child) {
+            image_refs(engine, &d, refs);
+        }
+    }
+    for layer in json["layers"].as_array().into_iter().flatten() {
+        if let Some(d) = digest_of(layer) {
+            refs.blobs.insert(d);
+        }
+    }
+    if let Some(config) = digest_of(&json["config"]) {
+        refs.blobs.insert(config.clone());
+        if let Ok(cfg) = engine.content.read(&config)
+            && let Ok(cfg) = serde_json::from_slice::<serde_json::Value>(&cfg)
+        {
+            for d in cfg["rootfs"]["diff_ids"].as_array().into_iter().flatten() {
+                if let Some(d) = d.as_str().and_then(|d| kiln_oci::parse_digest(d).ok()) {
+                    refs.diff_ids.insert(d);
+                }
+            }
+        }
+    }
+}
+
+/// A cache record as read from `cache/<key>`.
+struct CacheRecord {
+    key: String,
+    path: PathBuf,
+    last_used: Option<SystemTime>,
+    layers: Vec<kiln_worker::LayerRef>,
+}
+
+impl Engine {
+    /// What a record references: its layers and blobs, and for pulled layers the manifest and
+    /// config of the image they come from (the metadata a base image's record stands for).
+    fn record_refs(&self, r: &CacheRecord, refs: &mut Refs) {
+        for l in &r.layers {
+            refs.diff_ids.extend(l.diff_id.clone());
+            refs.blobs.extend(l.blob.clone());
+            let pinned = l.source.as_deref().and_then(|s| s.rsplit_once('@'));
+            if let Some(d) = pinned.and_then(|(_, d)| kiln_oci::parse_digest(d).ok())
+                && !refs.blobs.contains(&d)
+            {
+                image_refs(self, &d, refs);
+            }
+        }
+    }
+
+    fn cache_records(&self) -> Vec<CacheRecord> {
+        let mut out = Vec::new();
+        for (key, path) in hex_entries(&self.root.join("cache")) {
+            let Ok(bytes) = fs::read(&path) else { continue };
+            let Ok(value) = serde_json::from_slice::<Value>(&bytes) else {
+                continue;
+            };
+            out.push(CacheRecord {
+                key,
+                last_used: fs::metadata(&path).and_then(|m| m.modified()).ok(),
+                path,
+                layers: value.layers().to_vec(),
+            });
+        }
+        out
+    }
+
+    fn image_refs(&self) -> Result<(usize, Refs)> {
+        let images = self.images.list()?;
+        let mut refs = Refs::default();
+        for image in &images {
+            image_refs(self, &image.manifest, &mut refs);
+        }
+        Ok((images.len(), refs))
+    }
+
+    /// The size of a layer as stored here: its unpacked dir and its blob.
+    fn layer_size(&self, diff_id: &Digest, blob: Option<&Digest>) -> u64 {
+        let dir = self.layers.dir(diff_id);
+        let unpacked = if dir.is_dir() { dir_size(&dir) } else { 0 };
+        let packed = blob
+            .and_then(|b| self.content.size(b).ok().flatten())
+            .unwrap_or(0);
+        unpacked + packed
+    }
+
+    /// `kiln du`: what the build cache holds, least recently used first.
+    pub fn disk_usage(&self) -> Result<DiskUsage> {
+        let (images, image_refs) = self.image_refs()?;
+        let records = self.cache_records();
+        let mut rows = Vec::new();
+        // Layers and blobs some record or image references (the rest is unreferenced).
+        let mut known = Refs {
+            diff_ids: image_refs.diff_ids.clone(),
+            blobs: image_refs.blobs.clone(),
+        };
+        for r in &records {
+            self.record_refs(r, &mut known);
+        }
+        let (known_layers, known_blobs) = (known.diff_ids, known.blobs);
+        for r in &records {
+            let is_source = !r.layers.is_empty() && r.layers.iter().all(|l| l.source.is_some());
+            // A step owns the layer it made; a base image record owns all of its layers.
+            let owned: Vec<&kiln_worker::LayerRef> = if is_source {
+                r.layers.iter().collect()
+            } else {
+                r.layers.last().into_iter().collect()
+            };
+            let mut size = 0;
+            let mut shared = false;
+            let mut layers = Vec::new();
+            if is_source {
+                // The image's manifest and config, found again through the pinned reference.
+                let mut own = Refs::default();
+                self.record_refs(r, &mut own);
+                for b in &own.blobs {
+                    if !r.layers.iter().any(|l| l.blob.as_ref() == Some(b)) {
+                        size += self.content.size(b).ok().flatten().unwrap_or(0);
+                    }
+                }
+            }
+            for l in owned {
+                let Some(d) = &l.diff_id else { continue };
+                size += self.layer_size(d, l.blob.as_ref());
+                shared |= image_refs.diff_ids.contains(d);
+                layers.push(short(d));
+            }
+            let description = match (is_source, layers.is_empty()) {
+                (true, _) => format!(
+                    "pulled {}",
+                    r.layers[0].source.as_deref().unwrap_or_default()
+                ),
+                (false, true) => "a step that changed no files".to_string(),
+                (false, false) => format!("layer {}", layers.join(", ")),
+            };
+            rows.push(UsageRecord {
+                id: r.key.clone(),
+                kind: if is_source {
+                    UsageKind::SourceImage
+                } else {
+                    UsageKind::Regular
+                },
+                size,
+                shared,
+                in_use: false,
+                last_used: r.last_used,
+                description,
+                target: Target::Record(r.path.clone()),
+            });
+        }
+        let mounts = cachemount::list(&self.root).map_err(io("listing the cache mounts"))?;
+        for m in mounts {
+            rows.push(UsageRecord {
+                id: m.name.clone(),
+                kind: UsageKind::CacheMount,
+                size: dir_size(&m.path),
+                shared: false,
+                in_use: m.in_use,
+                last_used: m.last_used,
+                description: format!("cache mount {}", m.id),
+                target: Target::CacheMount(m),
+            });
+        }
+        for (hex, path) in hex_entries(self.layers.root()) {
+            let Some(d) = sha(&hex) else { continue };
+            if !known_layers.contains(&d) {
+                rows.push(UsageRecord {
+                    id: hex.clone(),
+                    kind: UsageKind::Unreferenced,
+                    size: dir_size(&path),
+                    shared: false,
+                    in_use: false,
+                    last_used: fs::metadata(&path).and_then(|m| m.modified()).ok(),
+                    description: "unpacked layer".into(),
+                    target: Target::Layer,
+                });
+            }
+        }
+        for (hex, path) in hex_entries(&self.content.root().join("blobs/sha256")) {
+            let Some(d) = sha(&hex) else { continue };
+            if known_blobs.contains(&d) {
+                continue;
+            }
+            let meta = fs::metadata(&path).ok();
+            rows.push(UsageRecord {
+                id: hex.clone(),
+                kind: UsageKind::Unreferenced,
+                size: meta.as_ref().map_or(0, |m| m.len()),
+                shared: false,
+                in_use: false,
+                last_used: meta.and_then(|m| m.modified().ok()),
+                description: if is_metadata_blob(&path) {
+                    "manifest or config".into()
+                } else {
+                    "layer blob".into()
+                },
+                target: Target::Blob(d),
+            });
+        }
+        rows.sort_by(|a, b| a.last_used.cmp(&b.last_used).then(a.id.cmp(&b.id)));
+
+        let mut images_size = 0;
+        for d in &image_refs.diff_ids {
+            let dir = self.layers.dir(d);
+            if dir.is_dir() {
+                images_size += dir_size(&dir);
+            }
+        }
+        for b in &image_refs.blobs {
+            images_size += self.content.size(b).ok().flatten().unwrap_or(0);
+        }
+        Ok(DiskUsage {
+            records: rows,
+            images,
+            images_size,
+        })
+    }
+
+    /// `kiln prune`: removes the build cache `req` selects; never tagged images or what they
+    /// reference, never what a running build holds.
+    pub fn prune(&self, req: &PruneRequest) -> Result<PruneReport> {
+        // Alone (the engine lock taken exclusively), nothing can be between "layer written" and
+        // "record saved": unreferenced data is garbage. Others block in `Engine::open` meanwhile.
+        let alone = rustix::fs::flock(
+            &self._lock,
+            rustix::fs::FlockOperation::NonBlockingLockExclusive,
+        )
+        .is_ok();
+        let result = self.prune_locked(req, alone);
+        // A failed conversion may have dropped the shared lock, and success made it exclusive:
+        // either way, back to shared.
+        rustix::fs::flock(&self._lock, rustix::fs::FlockOperation::LockShared)
+            .map_err(|e| io("locking the data directory")(e.into()))?;
+        result
+    }
+
+    fn prune_locked(&self, req: &PruneRequest, alone: bool) -> Result<PruneReport> {
+        if alone {
+            cachemount::remove_stale(&self.root).map_err(io("removing stale cache mounts"))?;
+        }
+        let usage = self.disk_usage()?;
+        let now = SystemTime::now();
+        let allowed = |k: UsageKind| {
+            let by_all = req.all || k != UsageKind::SourceImage;
+            let by_filter = req.kinds.is_empty() || req.kinds.contains(&k);
+            by_all && by_filter
+        };
+        let mut total = usage.total();
+        let mut report = PruneReport {
+            gc_skipped: !alone,
+            ..Default::default()
+        };
+        let mut removed_records = false;
+        for row in &usage.records {
+            if let Some(keep) = req.keep_storage
+                && total <= keep
+            {
+                break;
+            }
+            let old_enough = match (req.until, row.last_used) {
+                (None, _) => true,
+                (Some(age), Some(t)) => now.duration_since(t).is_ok_and(|d| d >= age),
+                (Some(_), None) => true,
+            };
+            let id_ok = req.ids.is_empty() || req.ids.iter().any(|p| row.id.starts_with(p));
+            // Base images' manifests and configs, which the frontend may read offline, go
+            // only with `--all`.
+            let metadata = matches!(&row.target, Target::Blob(d)
+                if is_metadata_blob(&self.content.path(d)));
+            if row.in_use || !old_enough || !id_ok || !allowed(row.kind) || (metadata && !req.all) {
+                continue;
+            }
+            let done = match &row.target {
+                Target::Record(path) => {
+                    removed_records = true;
+                    match fs::remove_file(path) {
+                        Ok(()) => true,
+                        Err(e) if e.kind() == std::io::ErrorKind::NotFound => false,
+                        Err(e) => {
+                            return Err(io(format!("removing `{}`", path.display()))(e));
+                        }
+                    }
+                }
+                Target::CacheMount(m) => cachemount::remove(m)
+                    .map_err(io(format!("removing the cache mount `{}`", m.id)))?,
+                // Unreferenced data goes with the collection below, which needs to be alone.
+                Target::Layer | Target::Blob(_) => alone,
+            };
+            if done {
+                // A shared row's data stays with the image that uses it: nothing is freed.
+                let freed = if row.shared { 0 } else { row.size };
+                total = total.saturating_sub(freed);
+                report.reclaimed += freed;
+                report.removed.push(row.clone());
+            }
+        }
+        if alone {
+            self.collect(req, &report, removed_records)?;
+        }
+        Ok(report)
+    }
+
+    /// Removes layer dirs and blobs nothing references any more: what the removed rows counted,
+    /// and what the records just removed left unreferenced. Manifests and configs (base images'
+    /// metadata the frontend may read offline) go only with `--all`.
+    fn collect(&self, req: &PruneRequest, report: &PruneReport, records_went: bool) -> Result<()> {
+        let (_, image_refs) = self.image_refs()?;
+        let mut keep = image_refs;
+        for r in self.cache_records() {
+            self.record_refs(&r, &mut keep);
+        }
+        let (keep_layers, keep_blobs) = (keep.diff_ids, keep.blobs);
+        let chosen: BTreeMap<String, &UsageRecord> =
+            report.removed.iter().map(|r| (r.id.clone(), r)).collect();
+        for (hex, path) in hex_entries(self.layers.root()) {
+            let Some(d) = sha(&hex) else { continue };
+            let picked = chosen.contains_key(&hex);
+            if keep_layers.contains(&d) || !(picked || records_went) {
+                continue;
+            }
+            // Renamed to a temp name first: a killed prune leaves only what `open` clears.
+            let tmp = self
+                .layers
+                .root()
+                .join(format!(".tmp-gc-{:016x}", rand::random::<u64>()));
+            fs::rename(&path, &tmp).map_err(io(format!("removing `{}`", path.display())))?;
+            fs::remove_dir_all(&tmp).map_err(io(format!("removing `{}`", tmp.display())))?;
+        }
+        for (hex, path) in hex_entries(&self.content.root().join("blobs/sha256")) {
+            let Some(d) = sha(&hex) else { continue };
+            let picked = chosen.contains_key(&hex);
+            if keep_blobs.contains(&d) || !(picked || records_went) {
+                continue;
+            }
+            if !picked && !req.all && is_metadata_blob(&path) {
+                continue;
+            }
+            self.content.delete(&d).map_err(Error::Content)?;
+        }
+        Ok(())
+    }
+}
+
+/// Whether a blob is JSON (a manifest, index or config) rather than a layer.
+fn is_metadata_blob(path: &Path) -> bool {
+    use std::io::Read;
+    let mut first = [0u8; 1];
+    fs::File::open(path)
+        .and_then(|mut f| f.read_exact(&mut first))
+        .is_ok()
+        && first[0] == b'{'
+}
+
+/// Parses `--keep-storage` sizes: `1024`, `512k`, `10MB`, `1.5gb`; units are binary (k = 1024),
+/// as docker reads them.
+pub fn parse_size(s: &str) -> Option<u64> {
+    let lower = s.trim().to_ascii_lowercase();
+    let lower = lower.strip_suffix('b').unwrap_or(&lower);
+    let lower = lower.strip_suffix('i').unwrap_or(lower);
+    let (num, mult) = match lower.chars().last()? {
+        'k' => (&lower[..lower.len() - 1], 1u64 << 10),
+        'm' => (&lower[..lower.len() - 1], 1 << 20),
+        'g' => (&lower[..lower.len() - 1], 1 << 30),
+        't' => (&lower[..lower.len() - 1], 1 << 40),
+        _ => (lower, 1),
+    };
+    let n: f64 = num.trim().parse().ok()?;
+    (n >= 0.0).then_some((n * mult as f64) as u64)
+}
+
+/// Parses `--filter until=` durations: `24h`, `90m`, `1h30m`, `45s`, `2d`.
+pub fn parse_duration(s: &str) -> Option<Duration> {
+    let mut total = 0u64;
+    let mut num = String::new();
+    for c in s.trim().chars() {
+        if c.is_ascii_digit() {
+            num.push(c);
+            continue;
+        }
+        let n: u64 = num.parse().ok()?;
+        num.clear();
+        total += n * match c {
+            's' => 1,
+            'm' => 60,
+            'h' => 3600,
+            'd' => 86400,
+            _ => return None,
+        };
+    }
+    if !num.is_empty() {
+        return None;
+    }
+    Some(Duration::from_secs(total))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes_and_durations() {
+        assert_eq!(parse_size("1024"), Some(1024));
+        assert_eq!(parse_size("512k"), Some(512 << 10));
+        assert_eq!(parse_size("10MB"), Some(10 << 20));
+        assert_eq!(parse_size("1.5gb"), Some(3 << 29));
+        assert_eq!(parse_size("lots"), None);
+        assert_eq!(parse_duration("24h"), Some(Duration::from_secs(86400)));
+        assert_eq!(parse_duration("1h30m"), Some(Duration::from_secs(5400)));
+        assert_eq!(parse_duration("10"), None);
+        assert_eq!(parse_duration("5x"), None);
+    }
+
+    /// A record over one layer dir of `size` bytes, last used `age` ago.
+    fn record(root: &Path, name: &str, size: usize, age: Duration) -> (PathBuf, PathBuf) {
+        let diff_id = kiln_oci::sha256(name.as_bytes());
+        let layer = root.join("layers").join(diff_id.digest());
+        fs::create_dir_all(&layer).unwrap();
+        fs::write(layer.join("data"), vec![b'x'; size]).unwrap();
+        let value = Value::Rootfs {
+            layers: vec![kiln_worker::LayerRef {
+                diff_id: Some(diff_id),
+                blob: None,
+                size: 0,
+                media_type: String::new(),
+                source: None,
+            }],
+        };
+        let key = root
+            .join("cache")
+            .join(kiln_oci::sha256_hex(format!("key-{name}").as_bytes()));
+        fs::create_dir_all(key.parent().unwrap()).unwrap();
+        fs::write(&key, serde_json::to_vec(&value).unwrap()).unwrap();
+        let f = fs::File::options().write(true).open(&key).unwrap();
+        f.set_modified(SystemTime::now() - age).unwrap();
+        (key, layer)
+    }
+
+    #[test]
+    fn keep_storage_removes_least_recently_used_first() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("root");
+        let engine = match Engine::open(&root, crate::Config::default()) {
+            Ok(e) => e,
+            Err(e) if std::env::var("KILN_TEST_REQUIRE_EXTERNAL").as_deref() != Ok("1") => {
+                eprintln!("skipping: cannot open an engine here: {e}");
+                return;
+            }
+            Err(e) => panic!("{e}"),
+        };
+        let hour = Duration::from_secs(3600);
+        let (old_key, old_layer) = record(&root, "old", 1000, 3 * hour);
+        let (mid_key, mid_layer) = record(&root, "mid", 1000, 2 * hour);
+        let (new_key, new_layer) = record(&root, "new", 1000, Duration::ZERO);
+        let usage = engine.disk_usage().unwrap();
+        assert_eq!(usage.total(), 3000);
+        assert_eq!(usage.records[0].kind, UsageKind::Regular);
+
+        // `until` spares what was used recently; keep-storage takes the oldest first.
+        let report = engine
+            .prune(&PruneRequest {
+                until: Some(90 * 60 * Duration::from_secs(1)),
+                keep_storage: Some(1500),
+                ..Default::default()
+            })
+            .unwrap();
+        assert_eq!(report.reclaimed, 2000);
+        assert!(!old_key.exists() && !old_layer.exists());
+        assert!(!mid_key.exists() && !mid_layer.exists());
+        assert!(new_key.exists() && new_layer.exists());
+
+        let report = engine
+            .prune(&PruneRequest {
+                until: Some(hour),
+                ..Default::default()
+            })
+            .unwrap();
+        assert!(report.removed.is_empty());
+        assert!(new_key.exists() && new_layer.exists());
+    }
+
+    #[test]
+    fn kinds_round_trip() {
+        for k in [
+            UsageKind::Regular,
+            UsageKind::SourceImage,
+            UsageKind::CacheMount,
+            UsageKind::Unreferenced,
+        ] {
+            assert_eq!(UsageKind::parse(k.name()), Some(k));
+        }
+        assert_eq!(UsageKind::parse("bogus"), None);
+    }
+}

@@ -7,8 +7,12 @@
 mod build;
 mod check;
 mod config;
+mod container;
 mod export;
 mod image;
+mod logs;
+mod monitor;
+mod proxy_linux;
 mod resolver;
 mod run;
 
@@ -26,7 +30,13 @@ pub use config::Config;
 pub use image::ImportRequest;
 pub use kiln_exporter::{ImageRecord, familiar_name, format_images_table};
 pub use kiln_worker::Secrets;
-pub use run::RunRequest;
+pub use container::{
+    ContainerConfig, ContainerError, ContainerInfo, ContainerState, Containers, PortSpec, Status,
+    Volume, format_ps_table,
+};
+pub use logs::{LogOptions, LogStream};
+pub use monitor::{Attach, Ready};
+pub use run::{ExecRequest, RunRequest};
 
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
@@ -74,6 +84,8 @@ pub enum Error {
     Exporter(#[from] kiln_exporter::Error),
     #[error(transparent)]
     Worker(#[from] kiln_worker::Error),
+    #[error(transparent)]
+    Container(#[from] ContainerError),
     #[error("background task failed")]
     Join(#[from] tokio::task::JoinError),
 }

@@ -374,7 +374,7 @@ impl Drop for Cleanup {
 }
 
 /// Runs a short runc subcommand to completion and returns its stdout.
-fn runc_sync(runc: &Path, runc_root: &Path, args: &[&str]) -> Result<String> {
+pub(crate) fn runc_sync(runc: &Path, runc_root: &Path, args: &[&str]) -> Result<String> {
     let command = args.join(" ");
     let out = Command::new(runc)
         .arg("--root")

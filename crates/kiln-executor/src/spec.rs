@@ -99,15 +99,16 @@ pub(crate) fn build(input: SpecInput<'_>) -> Result<Spec, OciSpecError> {
         mounts.push(extra_mount(m)?);
     }
 
-    let ns_types = match input.network {
-        // The host's network namespace: no network namespace of our own.
-        Network::Host => [
-            LinuxNamespaceType::Pid,
-            LinuxNamespaceType::Ipc,
-            LinuxNamespaceType::Uts,
-            LinuxNamespaceType::Mount,
-        ],
-    };
+    let mut ns_types = vec![
+        LinuxNamespaceType::Pid,
+        LinuxNamespaceType::Ipc,
+        LinuxNamespaceType::Uts,
+        LinuxNamespaceType::Mount,
+    ];
+    // Host: no network namespace of our own. A new one gets loopback up from runc.
+    if input.network == Network::None {
+        ns_types.push(LinuxNamespaceType::Network);
+    }
     let namespaces = ns_types
         .into_iter()
         .map(|t| LinuxNamespaceBuilder::default().typ(t).build())

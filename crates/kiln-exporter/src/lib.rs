@@ -19,7 +19,7 @@ pub use archive::ArchiveOptions;
 pub use kiln_content::ContentStore;
 use kiln_oci::Digest;
 pub use store::{ImageRecord, ImageStore, familiar_name};
-pub use table::format_images_table;
+pub use table::{format_images_table, human_duration};
 
 /// Manifests and configs bigger than this are refused rather than read into memory; the OCI
 /// distribution spec lets registries refuse manifests over 4 MiB too.

@@ -49,7 +49,7 @@ pub fn format_images_table(records: &[ImageRecord], now: DateTime<Utc>) -> Strin
 }
 
 /// go-units `HumanDuration`: "Less than a second", "About a minute", "2 hours", "3 weeks", ...
-pub(crate) fn human_duration(d: TimeDelta) -> String {
+pub fn human_duration(d: TimeDelta) -> String {
     const HOUR_MS: i64 = 3_600_000;
     let seconds = d.num_seconds();
     if seconds < 1 {

@@ -260,7 +260,8 @@ impl Containers {
         &self.executor
     }
 
-    pub(crate) fn container_dir(&self, id: &str) -> PathBuf {
+    /// The container's directory (config, state, log, rootfs).
+    pub fn container_dir(&self, id: &str) -> PathBuf {
         self.dir.join(id)
     }
 

@@ -40,8 +40,8 @@ impl RuncExecutor {
         }
         let out = match runc_sync(self.runc_path(), self.runc_root(), &["state", id]) {
             Ok(out) => out,
-            // Gone between the check and the call.
-            Err(Error::Runc { .. }) if !self.runc_root().join(id).exists() => return Ok(None),
+            // Still being created (runc writes its state last), or gone since the check.
+            Err(Error::Runc { .. }) => return Ok(None),
             Err(e) => return Err(e),
         };
         let v: Value = serde_json::from_str(&out).map_err(|e| Error::Runc {

@@ -252,7 +252,9 @@ impl Containers {
         fs::create_dir_all(&names).map_err(crate::io(format!("creating `{}`", names.display())))?;
         // Not the builds' executor dir: a build's cleanup of stale runc state must not touch
         // containers that monitors own.
-        let executor = RuncExecutor::new(&dir.join("executor"))?;
+        let pids = dir.join("executor").join("pids");
+        fs::create_dir_all(&pids).map_err(crate::io(format!("creating `{}`", pids.display())))?;
+        let executor = RuncExecutor::new(&dir.join("executor"))?.with_pid_files(&pids);
         Ok(Containers { dir, executor })
     }
 

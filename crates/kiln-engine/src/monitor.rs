@@ -137,16 +137,19 @@ impl Containers {
             },
             readonly_rootfs: false,
         });
+        let pid_file = self.executor().pid_file(id).unwrap_or_default();
+        let _ = std::fs::remove_file(&pid_file);
         tokio::pin!(run);
         let mut listeners = Some(listeners);
         // Dropped (stopping the proxies) when the container ends.
         let mut _proxies = None;
+        let mut started = false;
         let status = loop {
             tokio::select! {
                 r = &mut run => break r,
-                _ = tokio::time::sleep(Duration::from_millis(20)), if ready.is_some() => {
-                    // Started once runc reports the init process: its namespaces exist.
-                    let Some(pid) = self.executor().state(id)?.map(|s| s.pid).filter(|p| *p != 0) else {
+                _ = tokio::time::sleep(Duration::from_millis(20)), if !started => {
+                    // Started once runc wrote the pid file: the namespaces exist.
+                    let Some(pid) = read_pid(&pid_file) else {
                         continue;
                     };
                     if let Some(listeners) = listeners.take().filter(|l| !l.is_empty()) {
@@ -156,6 +159,7 @@ impl Containers {
                             format!("publishing the ports of `{}`", config.name),
                         ))?);
                     }
+                    started = true;
                     tell(&mut ready, Ok(()));
                 }
             }
@@ -174,8 +178,10 @@ impl Containers {
         };
         log.lock().unwrap_or_else(|e| e.into_inner()).flush();
         finish.code = Some(code);
-        if ready.is_some() && code != 0 {
-            // Ended before runc reported it running: most likely runc could not start it.
+        let created = read_pid(&pid_file).is_some();
+        let _ = std::fs::remove_file(&pid_file);
+        if !started && !created {
+            // runc could not create it (bad command, mount, user): say why.
             let tail = log_tail(&self.log_path(id), 5);
             tell(&mut ready, Err(format!("exit code {code}: {tail}")));
             return Err(ContainerError::Start {
@@ -217,6 +223,10 @@ impl Drop for Finish<'_> {
             tracing::warn!(id = %self.id, error = %e, "failed to record the container's exit");
         }
     }
+}
+
+fn read_pid(path: &std::path::Path) -> Option<u32> {
+    std::fs::read_to_string(path).ok()?.trim().parse().ok()
 }
 
 fn tell(ready: &mut Option<Ready>, result: std::result::Result<(), String>) {

@@ -1,22 +1,12 @@
-//! Control of a container another call started: its state, signals, and extra processes in it
-//! (`runc state`, `runc kill`, `runc exec`), for containers that outlive one command.
+//! Control of a container another call started: signals, deletion and extra processes in it
+//! (`runc kill`, `runc delete`, `runc exec`), for containers that outlive one command.
 
 use std::process::Stdio as StdStdio;
 
-use serde_json::Value;
 use tokio::process::Command as TokioCommand;
 
 use crate::runc::runc_sync;
 use crate::{Error, ExitStatus, Result, RuncExecutor, User};
-
-/// What runc reports about a container.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ContainerState {
-    /// `creating`, `created`, `running`, `paused` or `stopped`.
-    pub status: String,
-    /// The container's init process as seen from the host; 0 once stopped.
-    pub pid: u32,
-}
 
 /// One more process in a running container; what is not set comes from the container's own.
 #[derive(Debug, Clone, Default)]
@@ -33,27 +23,6 @@ pub struct ExecRequest {
 }
 
 impl RuncExecutor {
-    /// The state of container `id`, `None` when runc does not know it.
-    pub fn state(&self, id: &str) -> Result<Option<ContainerState>> {
-        if !self.runc_root().join(id).exists() {
-            return Ok(None);
-        }
-        let out = match runc_sync(self.runc_path(), self.runc_root(), &["state", id]) {
-            Ok(out) => out,
-            // Still being created (runc writes its state last), or gone since the check.
-            Err(Error::Runc { .. }) => return Ok(None),
-            Err(e) => return Err(e),
-        };
-        let v: Value = serde_json::from_str(&out).map_err(|e| Error::Runc {
-            command: format!("state {id}"),
-            stderr: format!("unreadable output: {e}"),
-        })?;
-        Ok(Some(ContainerState {
-            status: v["status"].as_str().unwrap_or_default().to_string(),
-            pid: v["pid"].as_u64().unwrap_or(0) as u32,
-        }))
-    }
-
     /// Sends `signal` (a name such as `TERM`, or a number) to the container's init process.
     pub fn kill(&self, id: &str, signal: &str) -> Result<()> {
         runc_sync(self.runc_path(), self.runc_root(), &["kill", id, signal]).map(drop)

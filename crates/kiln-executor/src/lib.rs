@@ -14,7 +14,7 @@ mod runc;
 mod spec;
 mod user;
 
-pub use control::{ContainerState, ExecRequest};
+pub use control::ExecRequest;
 pub use error::{Error, Result};
 pub use runc::RuncExecutor;
 pub use user::{home_dir, resolve_user};

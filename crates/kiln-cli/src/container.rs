@@ -110,7 +110,9 @@ pub async fn monitor(cli: &Cli, id: &str) -> Result<ExitCode> {
         };
         let _ = out.flush();
     });
-    let code = containers.monitor(id, Attach::Detached, Some(ready)).await?;
+    let code = containers
+        .monitor(id, Attach::Detached, Some(ready))
+        .await?;
     Ok(exit_code(code))
 }
 

@@ -183,11 +183,7 @@ impl std::fmt::Display for PortSpec {
             IpAddr::V6(ip) => format!("[{ip}]"),
             IpAddr::V4(ip) => ip.to_string(),
         };
-        write!(
-            f,
-            "{ip}:{}->{}/tcp",
-            self.host_port, self.container_port
-        )
+        write!(f, "{ip}:{}->{}/tcp", self.host_port, self.container_port)
     }
 }
 
@@ -334,8 +330,8 @@ impl Containers {
 
     fn ids(&self) -> Result<Vec<String>> {
         let mut ids = Vec::new();
-        let entries =
-            fs::read_dir(&self.dir).map_err(crate::io(format!("reading `{}`", self.dir.display())))?;
+        let entries = fs::read_dir(&self.dir)
+            .map_err(crate::io(format!("reading `{}`", self.dir.display())))?;
         for entry in entries.flatten() {
             let name = entry.file_name().to_string_lossy().into_owned();
             if is_id(&name) {
@@ -357,14 +353,15 @@ impl Containers {
         {
             return Ok(id);
         }
-        let matches: Vec<String> = if !query.is_empty() && query.bytes().all(|b| b.is_ascii_hexdigit()) {
-            self.ids()?
-                .into_iter()
-                .filter(|id| id.starts_with(query))
-                .collect()
-        } else {
-            Vec::new()
-        };
+        let matches: Vec<String> =
+            if !query.is_empty() && query.bytes().all(|b| b.is_ascii_hexdigit()) {
+                self.ids()?
+                    .into_iter()
+                    .filter(|id| id.starts_with(query))
+                    .collect()
+            } else {
+                Vec::new()
+            };
         match matches.len() {
             0 => Err(ContainerError::NoSuchContainer(query.to_string()).into()),
             1 => Ok(matches.into_iter().next().unwrap_or_default()),
@@ -413,9 +410,7 @@ impl Containers {
         for _ in 0..100 {
             match rustix::fs::flock(&file, rustix::fs::FlockOperation::NonBlockingLockExclusive) {
                 Ok(()) => return Ok(file),
-                Err(rustix::io::Errno::WOULDBLOCK) => {
-                    std::thread::sleep(Duration::from_millis(10))
-                }
+                Err(rustix::io::Errno::WOULDBLOCK) => std::thread::sleep(Duration::from_millis(10)),
                 Err(e) => {
                     return Err(crate::io(format!("locking `{}`", path.display()))(e.into()));
                 }
@@ -549,7 +544,12 @@ pub fn format_ps_table(containers: &[ContainerInfo], now: DateTime<Utc>) -> Stri
             Status::Dead => "Dead".to_string(),
         };
         let ports = if c.state.status == Status::Running {
-            c.state.ports.iter().map(|p| p.to_string()).collect::<Vec<_>>().join(", ")
+            c.state
+                .ports
+                .iter()
+                .map(|p| p.to_string())
+                .collect::<Vec<_>>()
+                .join(", ")
         } else {
             String::new()
         };
@@ -656,8 +656,16 @@ mod tests {
         assert_eq!((p.host_port, p.container_port), (0, 80));
         let p = PortSpec::parse("[::1]:8080:80").unwrap();
         assert_eq!(p.to_string(), "[::1]:8080->80/tcp");
-        assert!(PortSpec::parse("53:53/udp").unwrap_err().contains("not supported yet"));
-        assert!(PortSpec::parse("8000-8001:80-81").unwrap_err().contains("not supported yet"));
+        assert!(
+            PortSpec::parse("53:53/udp")
+                .unwrap_err()
+                .contains("not supported yet")
+        );
+        assert!(
+            PortSpec::parse("8000-8001:80-81")
+                .unwrap_err()
+                .contains("not supported yet")
+        );
         for bad in ["", "x:80", "80:0", "1.2.3:80:80", "99999:80"] {
             assert!(PortSpec::parse(bad).is_err(), "{bad}");
         }
@@ -668,8 +676,16 @@ mod tests {
         let v = Volume::parse("/app/data:/app/data").unwrap();
         assert_eq!((v.destination.as_str(), v.readonly), ("/app/data", false));
         assert!(Volume::parse("/a:/b:ro").unwrap().readonly);
-        assert!(Volume::parse("data:/b").unwrap_err().contains("not supported yet"));
-        assert!(Volume::parse("/a:/b:z").unwrap_err().contains("not supported yet"));
+        assert!(
+            Volume::parse("data:/b")
+                .unwrap_err()
+                .contains("not supported yet")
+        );
+        assert!(
+            Volume::parse("/a:/b:z")
+                .unwrap_err()
+                .contains("not supported yet")
+        );
         assert!(Volume::parse("/a:b").is_err());
         assert!(Volume::parse("/a").is_err());
     }

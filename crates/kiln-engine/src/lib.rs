@@ -27,13 +27,13 @@ use kiln_snapshot::LayerStore;
 pub use build::{BuildRequest, BuildResult, Output};
 pub use check::{CheckReport, CheckRequest, check};
 pub use config::Config;
-pub use image::ImportRequest;
-pub use kiln_exporter::{ImageRecord, familiar_name, format_images_table};
-pub use kiln_worker::Secrets;
 pub use container::{
     ContainerConfig, ContainerError, ContainerInfo, ContainerState, Containers, PortSpec, Status,
     Volume, format_ps_table,
 };
+pub use image::ImportRequest;
+pub use kiln_exporter::{ImageRecord, familiar_name, format_images_table};
+pub use kiln_worker::Secrets;
 pub use logs::{LogOptions, LogStream};
 pub use monitor::{Attach, Ready};
 pub use run::{ExecRequest, RunRequest};

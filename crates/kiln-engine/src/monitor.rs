@@ -153,11 +153,12 @@ impl Containers {
                         continue;
                     };
                     if let Some(listeners) = listeners.take().filter(|l| !l.is_empty()) {
-                        let netns = File::open(format!("/proc/{pid}/ns/net"))
-                            .map_err(io(format!("opening the network namespace of `{}`", config.name)))?;
-                        _proxies = Some(proxy_linux::serve(listeners, netns).map_err(io(
-                            format!("publishing the ports of `{}`", config.name),
-                        ))?);
+                        // Missing when the process has exited already: nothing to publish then.
+                        if let Ok(netns) = File::open(format!("/proc/{pid}/ns/net")) {
+                            _proxies = Some(proxy_linux::serve(listeners, netns).map_err(io(
+                                format!("publishing the ports of `{}`", config.name),
+                            ))?);
+                        }
                     }
                     started = true;
                     tell(&mut ready, Ok(()));
@@ -345,7 +346,11 @@ mod tests {
             .collect();
         assert_eq!(
             got,
-            [("stderr", "oops\n"), ("stdout", "hello\n"), ("stdout", "world")]
+            [
+                ("stderr", "oops\n"),
+                ("stdout", "hello\n"),
+                ("stdout", "world")
+            ]
         );
         assert!(records[0]["time"].as_str().unwrap().ends_with('Z'));
         assert_eq!(log_tail(&path, 2), "hello\nworld");

@@ -84,7 +84,10 @@ impl Dialer {
 
 /// Serves every listener into the namespace `netns`, connecting to the container's loopback.
 /// Dropping the returned set stops listening and closes every proxied connection.
-pub(crate) fn serve(listeners: Vec<(PortSpec, TcpListener)>, netns: File) -> io::Result<JoinSet<()>> {
+pub(crate) fn serve(
+    listeners: Vec<(PortSpec, TcpListener)>,
+    netns: File,
+) -> io::Result<JoinSet<()>> {
     let dialer = Dialer::new(netns)?;
     let mut tasks = JoinSet::new();
     for (port, listener) in listeners {

@@ -143,7 +143,9 @@ impl Engine {
             .or_else(|| cfg.working_dir.clone())
             .filter(|w| !w.is_empty())
             .unwrap_or_else(|| "/".into());
-        let lowers = worker.materialize(layers.layers(), &quiet.vertex("")).await?;
+        let lowers = worker
+            .materialize(layers.layers(), &quiet.vertex(""))
+            .await?;
         drop(step);
         for v in &volumes {
             // As docker does, a missing host directory is created.

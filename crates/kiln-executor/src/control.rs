@@ -33,7 +33,12 @@ impl RuncExecutor {
         if !self.runc_root().join(id).exists() {
             return Ok(());
         }
-        runc_sync(self.runc_path(), self.runc_root(), &["delete", "--force", id]).map(drop)
+        runc_sync(
+            self.runc_path(),
+            self.runc_root(),
+            &["delete", "--force", id],
+        )
+        .map(drop)
     }
 
     /// Runs a process in running container `id` with this process's stdout and stderr, and
@@ -67,13 +72,10 @@ impl RuncExecutor {
         if !req.stdin {
             cmd.stdin(StdStdio::null());
         }
-        let status = cmd
-            .status()
-            .await
-            .map_err(|source| Error::Spawn {
-                id: id.to_string(),
-                source,
-            })?;
+        let status = cmd.status().await.map_err(|source| Error::Spawn {
+            id: id.to_string(),
+            source,
+        })?;
         use std::os::unix::process::ExitStatusExt;
         Ok(match (status.code(), status.signal()) {
             (Some(code), _) => ExitStatus::Code(code),

@@ -30,8 +30,40 @@ fn eventually<T>(what: &str, timeout: Duration, mut check: impl FnMut() -> Optio
     }
 }
 
+/// Force-removes every container of the test when dropped, so a failed test leaves no monitor
+/// running and no port bound.
+struct RemoveAll<'a>(&'a Kiln);
+
+impl Drop for RemoveAll<'_> {
+    fn drop(&mut self) {
+        if let Ok(out) = self.0.command(&["ps", "-a", "-q"]).output() {
+            for id in String::from_utf8_lossy(&out.stdout).lines() {
+                let _ = self.0.command(&["rm", "-f", id]).output();
+            }
+        }
+    }
+}
+
+/// A foreground `kiln run`, sent SIGTERM if the test fails before it does.
+struct Foreground(std::process::Child);
+
+impl Drop for Foreground {
+    fn drop(&mut self) {
+        if let Ok(None) = self.0.try_wait() {
+            let pid = rustix::process::Pid::from_child(&self.0);
+            let _ = rustix::process::kill_process(pid, rustix::process::Signal::TERM);
+            let _ = wait_timeout(&mut self.0, Duration::from_secs(30));
+        }
+    }
+}
+
 fn get(port: u16) -> Option<String> {
-    match http_get(&format!("127.0.0.1:{port}"), "/", &[], Duration::from_secs(2)) {
+    match http_get(
+        &format!("127.0.0.1:{port}"),
+        "/",
+        &[],
+        Duration::from_secs(2),
+    ) {
         Ok((200, body)) => Some(body),
         _ => None,
     }
@@ -39,15 +71,32 @@ fn get(port: u16) -> Option<String> {
 
 /// The ids of `kiln ps [-a] -q`.
 fn ps_ids(k: &Kiln, all: bool) -> Vec<String> {
-    let args: &[&str] = if all { &["ps", "-a", "-q"] } else { &["ps", "-q"] };
-    k.kiln(args).ok().stdout.lines().map(str::to_string).collect()
+    let args: &[&str] = if all {
+        &["ps", "-a", "-q"]
+    } else {
+        &["ps", "-q"]
+    };
+    k.kiln(args)
+        .ok()
+        .stdout
+        .lines()
+        .map(str::to_string)
+        .collect()
 }
 
 /// Nothing of any container left: no runc container, no mount, no container directory.
 #[track_caller]
 fn assert_no_containers(k: &Kiln) {
-    assert!(runc_containers(&k.root).is_empty(), "{:?}", runc_containers(&k.root));
-    assert!(mounts_under(&k.root).is_empty(), "{:?}", mounts_under(&k.root));
+    assert!(
+        runc_containers(&k.root).is_empty(),
+        "{:?}",
+        runc_containers(&k.root)
+    );
+    assert!(
+        mounts_under(&k.root).is_empty(),
+        "{:?}",
+        mounts_under(&k.root)
+    );
     let dirs: Vec<String> = std::fs::read_dir(k.root.join("containers"))
         .map(|d| {
             d.flatten()
@@ -72,14 +121,15 @@ fn run_detached_publishes_a_port_and_is_managed_by_ps_exec_stop_rm() {
     else {
         return;
     };
+    let _cleanup = RemoveAll(&k);
     let port = free_port();
     let www = www(&k, "hello from a volume\n");
     let publish = format!("{port}:80");
     let volume = format!("{www}:/www:ro");
     let id = k
         .kiln(&[
-            "run", "-d", "-p", &publish, "-v", &volume, "--name", "web", "busybox", "httpd",
-            "-f", "-vv", "-p", "80", "-h", "/www",
+            "run", "-d", "-p", &publish, "-v", &volume, "--name", "web", "busybox", "httpd", "-f",
+            "-vv", "-p", "80", "-h", "/www",
         ])
         .ok()
         .stdout
@@ -92,7 +142,10 @@ fn run_detached_publishes_a_port_and_is_managed_by_ps_exec_stop_rm() {
     assert_eq!(page, "hello from a volume\n");
 
     let ps = k.kiln(&["ps"]).ok().stdout;
-    let row = ps.lines().find(|l| l.ends_with(" web")).unwrap_or_else(|| panic!("{ps}"));
+    let row = ps
+        .lines()
+        .find(|l| l.ends_with(" web"))
+        .unwrap_or_else(|| panic!("{ps}"));
     assert!(row.starts_with(&id[..12]), "{ps}");
     assert!(row.contains(&format!("0.0.0.0:{port}->80/tcp")), "{ps}");
     assert!(row.contains(" Up "), "{ps}");
@@ -102,11 +155,24 @@ fn run_detached_publishes_a_port_and_is_managed_by_ps_exec_stop_rm() {
     let out = k.kiln(&["exec", "web", "sh", "-c", "echo hi"]).ok().stdout;
     assert_eq!(out, "hi\n");
     let out = k
-        .kiln(&["exec", "-e", "GREETING=hey", "-w", "/www", &id[..12], "sh", "-c", "echo $GREETING $(pwd) $HOSTNAME"])
+        .kiln(&[
+            "exec",
+            "-e",
+            "GREETING=hey",
+            "-w",
+            "/www",
+            &id[..12],
+            "sh",
+            "-c",
+            "echo $GREETING $(pwd) $HOSTNAME",
+        ])
         .ok()
         .stdout;
     assert_eq!(out, format!("hey /www {}\n", &id[..12]));
-    let out = k.kiln(&["exec", "-u", "nobody", &id, "id", "-u"]).ok().stdout;
+    let out = k
+        .kiln(&["exec", "-u", "nobody", &id, "id", "-u"])
+        .ok()
+        .stdout;
     assert_eq!(out, "65534\n");
     let failed = k.kiln(&["exec", "web", "sh", "-c", "exit 7"]);
     assert_eq!(failed.code, Some(7), "{failed:?}");
@@ -128,15 +194,24 @@ fn run_detached_publishes_a_port_and_is_managed_by_ps_exec_stop_rm() {
     assert!(logs.stderr.contains("url:/\n"), "{logs:?}");
 
     let removing = k.kiln(&["rm", "web"]).failed();
-    assert!(removing.stderr.contains("container is running"), "{removing:?}");
+    assert!(
+        removing.stderr.contains("container is running"),
+        "{removing:?}"
+    );
 
     // Busybox httpd as PID 1 ignores SIGTERM: stop has to kill it after the timeout.
     assert_eq!(k.kiln(&["stop", "-t", "1", "web"]).ok().stdout, "web\n");
-    assert!(get(port).is_none(), "the port is still published after stop");
+    assert!(
+        get(port).is_none(),
+        "the port is still published after stop"
+    );
     assert!(ps_ids(&k, false).is_empty());
     let ps = k.kiln(&["ps", "-a"]).ok().stdout;
     assert!(ps.contains("Exited (137)"), "{ps}");
-    assert!(mounts_under(&k.root).is_empty(), "the rootfs stays mounted after stop");
+    assert!(
+        mounts_under(&k.root).is_empty(),
+        "the rootfs stays mounted after stop"
+    );
     k.kiln(&["exec", "web", "true"]).failed();
 
     assert_eq!(k.kiln(&["rm", "web"]).ok().stdout, "web\n");
@@ -149,9 +224,15 @@ fn run_detached_records_logs_and_exit_code() {
     let Some(k) = Kiln::new("run_detached_records_logs_and_exit_code") else {
         return;
     };
+    let _cleanup = RemoveAll(&k);
     let id = k
         .kiln(&[
-            "run", "-d", "busybox", "sh", "-c", "echo one; echo two; echo oops >&2; exit 3",
+            "run",
+            "-d",
+            "busybox",
+            "sh",
+            "-c",
+            "echo one; echo two; echo oops >&2; exit 3",
         ])
         .ok()
         .stdout
@@ -171,15 +252,24 @@ fn run_detached_records_logs_and_exit_code() {
     assert_eq!(logs.stderr, "oops\n");
     // The tail counts lines of both streams.
     let tail = k.kiln(&["logs", "--tail", "1", short]).ok();
-    assert_eq!(tail.stdout.lines().count() + tail.stderr.lines().count(), 1, "{tail:?}");
+    assert_eq!(
+        tail.stdout.lines().count() + tail.stderr.lines().count(),
+        1,
+        "{tail:?}"
+    );
     let tail = k.kiln(&["logs", "--tail", "3", short]).ok();
-    assert_eq!((tail.stdout.as_str(), tail.stderr.as_str()), ("one\ntwo\n", "oops\n"));
+    assert_eq!(
+        (tail.stdout.as_str(), tail.stderr.as_str()),
+        ("one\ntwo\n", "oops\n")
+    );
     let stamped = k.kiln(&["logs", "-t", short]).ok().stdout;
     let first = stamped.lines().next().unwrap_or_default();
     assert!(first.ends_with("Z one"), "{stamped}");
 
     // A command runc cannot start is reported by run -d itself.
-    let bad = k.kiln(&["run", "-d", "--rm", "busybox", "no-such-command"]).failed();
+    let bad = k
+        .kiln(&["run", "-d", "--rm", "busybox", "no-such-command"])
+        .failed();
     assert!(bad.stderr.contains("no-such-command"), "{bad:?}");
 
     k.kiln(&["rm", &id]).ok();
@@ -191,16 +281,24 @@ fn run_rm_removes_the_container_and_frees_its_name() {
     let Some(k) = Kiln::new("run_rm_removes_the_container_and_frees_its_name") else {
         return;
     };
-    k.kiln(&["run", "-d", "--rm", "--name", "once", "busybox", "true"]).ok();
-    eventually("--rm to remove the container", Duration::from_secs(30), || {
-        ps_ids(&k, true).is_empty().then_some(())
-    });
+    let _cleanup = RemoveAll(&k);
+    k.kiln(&["run", "-d", "--rm", "--name", "once", "busybox", "true"])
+        .ok();
+    eventually(
+        "--rm to remove the container",
+        Duration::from_secs(30),
+        || ps_ids(&k, true).is_empty().then_some(()),
+    );
     assert_no_containers(&k);
 
-    k.kiln(&["run", "-d", "--name", "once", "busybox", "sleep", "60"]).ok();
-    let taken = k.kiln(&["run", "-d", "--name", "once", "busybox", "true"]).failed();
+    k.kiln(&["run", "-d", "--name", "once", "busybox", "sleep", "60"])
+        .ok();
+    let taken = k
+        .kiln(&["run", "-d", "--name", "once", "busybox", "true"])
+        .failed();
     assert!(taken.stderr.contains("already in use"), "{taken:?}");
-    k.kiln(&["run", "--name", "bad/name", "busybox", "true"]).failed();
+    k.kiln(&["run", "--name", "bad/name", "busybox", "true"])
+        .failed();
     assert_eq!(ps_ids(&k, true).len(), 1);
 
     // A follower of the logs ends when the container does.
@@ -221,7 +319,17 @@ fn run_foreground_publishes_ports_and_returns_the_exit_code() {
     let Some(k) = Kiln::new("run_foreground_publishes_ports_and_returns_the_exit_code") else {
         return;
     };
-    let r = k.kiln(&["run", "--rm", "-p", "80", "busybox", "sh", "-c", "echo out; exit 4"]);
+    let _cleanup = RemoveAll(&k);
+    let r = k.kiln(&[
+        "run",
+        "--rm",
+        "-p",
+        "80",
+        "busybox",
+        "sh",
+        "-c",
+        "echo out; exit 4",
+    ]);
     assert_eq!(r.code, Some(4), "{r:?}");
     assert_eq!(r.stdout, "out\n");
     assert_no_containers(&k);
@@ -233,8 +341,8 @@ fn run_foreground_publishes_ports_and_returns_the_exit_code() {
 
     let port = free_port();
     let www = www(&k, "foreground\n");
-    let mut child = k
-        .command(&[
+    let mut child = Foreground(
+        k.command(&[
             "run",
             "--rm",
             "-p",
@@ -253,12 +361,13 @@ fn run_foreground_publishes_ports_and_returns_the_exit_code() {
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
-        .expect("starting kiln run");
+        .expect("starting kiln run"),
+    );
     let page = eventually("the published port", Duration::from_secs(30), || get(port));
     assert_eq!(page, "foreground\n");
-    let pid = rustix::process::Pid::from_child(&child);
+    let pid = rustix::process::Pid::from_child(&child.0);
     rustix::process::kill_process(pid, rustix::process::Signal::TERM).expect("sending SIGTERM");
-    wait_timeout(&mut child, Duration::from_secs(30)).expect("kiln run exits after SIGTERM");
+    wait_timeout(&mut child.0, Duration::from_secs(30)).expect("kiln run exits after SIGTERM");
     assert!(get(port).is_none());
     assert_no_containers(&k);
 }
@@ -269,11 +378,15 @@ fn run_foreground_publishes_ports_and_returns_the_exit_code() {
 fn flask_tutorial_runs_detached_end_to_end() {
     const TEST: &str = "flask_tutorial_runs_detached_end_to_end";
     let Some(k) = Kiln::new(TEST) else { return };
+    let _cleanup = RemoveAll(&k);
     if !registry_has(&k.registry, "library/python", "3.11-slim") {
         skip_because(TEST, "the registry does not serve library/python:3.11-slim");
         return;
     }
-    assert!(get(8000).is_none(), "something already answers on port 8000");
+    assert!(
+        get(8000).is_none(),
+        "something already answers on port 8000"
+    );
     let ctx = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/hello-world-flask");
     let tag = k.unique("hello-world-flask");
     k.build(&ctx, &["-t", &tag]).ok();
@@ -286,16 +399,29 @@ fn flask_tutorial_runs_detached_end_to_end() {
         .to_string();
     let page = eventually("flask on port 8000", Duration::from_secs(120), || get(8000));
     // The app prints $HOSTNAME: the container's short id, as docker sets it.
-    assert_eq!(page, format!("Hello, my first docker images! {}", &id[..12]));
+    assert_eq!(
+        page,
+        format!("Hello, my first docker images! {}", &id[..12])
+    );
 
     let ps = k.kiln(&["ps"]).ok().stdout;
     assert!(ps.contains("0.0.0.0:8000->5000/tcp"), "{ps}");
-    assert!(ps.lines().any(|l| l.starts_with(&id[..12]) && l.ends_with(" web")), "{ps}");
+    assert!(
+        ps.lines()
+            .any(|l| l.starts_with(&id[..12]) && l.ends_with(" web")),
+        "{ps}"
+    );
     let logs = k.kiln(&["logs", "web"]).ok();
     assert!(logs.stderr.contains("\"GET / HTTP/1.0\" 200"), "{logs:?}");
-    assert_eq!(k.kiln(&["exec", "web", "sh", "-c", "echo hi"]).ok().stdout, "hi\n");
+    assert_eq!(
+        k.kiln(&["exec", "web", "sh", "-c", "echo hi"]).ok().stdout,
+        "hi\n"
+    );
     // procps comes from the Dockerfile's apt-get step.
-    let top = k.kiln(&["exec", "web", "ps", "-o", "args=", "-p", "1"]).ok().stdout;
+    let top = k
+        .kiln(&["exec", "web", "ps", "-o", "args=", "-p", "1"])
+        .ok()
+        .stdout;
     assert!(top.contains("flask run"), "{top}");
 
     k.kiln(&["stop", "web"]).ok();

@@ -431,7 +431,7 @@ impl Containers {
                 out.push(ContainerInfo { config, state });
             }
         }
-        out.sort_by(|a, b| b.config.created.cmp(&a.config.created));
+        out.sort_by_key(|c| std::cmp::Reverse(c.config.created));
         Ok(out)
     }
 

@@ -1,7 +1,7 @@
 //! `kiln logs`: reads a container's json-lines log (written by the monitor), optionally
 //! following it until the container stops.
 
-use std::io::{Read, Seek, SeekFrom};
+use std::io::Read;
 use std::time::Duration;
 
 use crate::Result;
@@ -81,12 +81,8 @@ impl Containers {
             if !running {
                 return Ok(());
             }
+            // The next read goes on from where this one ended; the monitor only appends.
             tokio::time::sleep(Duration::from_millis(100)).await;
-            if let Some(f) = file.as_mut() {
-                // Read from where we are; the writer only appends.
-                f.seek(SeekFrom::Current(0))
-                    .map_err(crate::io(format!("reading `{}`", path.display())))?;
-            }
         }
     }
 }

@@ -273,10 +273,12 @@ impl LogWriter {
         let i = usize::from(stream == "stderr");
         let mut rest = bytes;
         while !rest.is_empty() {
+            let room = MAX_LINE - self.partial[i].len();
             let take = match rest.iter().position(|b| *b == b'\n') {
                 Some(n) => n + 1,
                 None => rest.len(),
-            };
+            }
+            .min(room);
             self.partial[i].extend_from_slice(&rest[..take]);
             rest = &rest[take..];
             if self.partial[i].ends_with(b"\n") || self.partial[i].len() >= MAX_LINE {

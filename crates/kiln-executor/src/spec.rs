@@ -362,6 +362,36 @@ mod tests {
     }
 
     #[test]
+    fn network_none_gets_its_own_namespace() {
+        let p = ProcessSpec {
+            args: vec!["true".into()],
+            env: vec![],
+            cwd: "/".into(),
+            user: crate::User::default(),
+            hostname: "h".into(),
+            terminal: false,
+        };
+        let spec = build(SpecInput {
+            rootfs: Path::new("/r"),
+            process: &p,
+            env: finalize_env(&p.env, "/", false),
+            mounts: &[],
+            hosts: Path::new("/b/hosts"),
+            resolv_conf: Path::new("/b/resolv.conf"),
+            network: Network::None,
+            readonly_rootfs: false,
+        })
+        .unwrap();
+        let json = serde_json::to_value(&spec).unwrap();
+        let ns = json["linux"]["namespaces"].as_array().unwrap();
+        assert_eq!(ns.len(), 5);
+        assert!(
+            ns.iter()
+                .any(|n| n["type"] == "network" && n.get("path").is_none())
+        );
+    }
+
+    #[test]
     fn hosts_file_names_the_hostname() {
         let h = hosts_file("buildkitsandbox");
         assert!(h.contains("127.0.0.1\tlocalhost\n"));

@@ -29,7 +29,7 @@ pub enum Command {
     Build(BuildArgs),
     /// List images
     Images(ImagesArgs),
-    /// Run a command in a new container (in the foreground, removed on exit)
+    /// Create and run a new container from an image
     Run(RunArgs),
     /// Create an image from a root filesystem tarball
     Import(ImportArgs),
@@ -43,6 +43,21 @@ pub enum Command {
     Du(DuArgs),
     /// Remove build cache
     Prune(PruneArgs),
+    /// List containers
+    Ps(PsArgs),
+    /// Fetch the logs of a container
+    Logs(LogsArgs),
+    /// Stop one or more running containers
+    Stop(StopArgs),
+    /// Remove one or more containers
+    Rm(RmArgs),
+    /// Execute a command in a running container
+    Exec(ExecArgs),
+    /// Start one or more stopped containers (detached)
+    Start(StartArgs),
+    /// Runs one container to its end, detached (started by `run -d` and `start`)
+    #[command(hide = true)]
+    ContainerMonitor(MonitorArgs),
 }
 
 #[derive(Args, Debug)]
@@ -66,6 +81,81 @@ pub struct PruneArgs {
     /// Amount of disk space to keep for cache (e.g., "512MB")
     #[arg(long = "keep-storage")]
     pub keep_storage: Option<String>,
+}
+
+#[derive(Args, Debug)]
+pub struct PsArgs {
+    /// Show all containers (default shows just running)
+    #[arg(short, long)]
+    pub all: bool,
+    /// Only display container IDs
+    #[arg(short, long)]
+    pub quiet: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct LogsArgs {
+    /// Follow log output
+    #[arg(short, long)]
+    pub follow: bool,
+    /// Number of lines to show from the end of the logs ("all" for all)
+    #[arg(short = 'n', long, default_value = "all")]
+    pub tail: String,
+    /// Show timestamps
+    #[arg(short, long)]
+    pub timestamps: bool,
+    pub container: String,
+}
+
+#[derive(Args, Debug)]
+pub struct StopArgs {
+    /// Seconds to wait before killing the container
+    #[arg(short = 't', long = "time", default_value_t = 10)]
+    pub time: u64,
+    #[arg(required = true)]
+    pub containers: Vec<String>,
+}
+
+#[derive(Args, Debug)]
+pub struct RmArgs {
+    /// Force the removal of a running container (uses SIGKILL)
+    #[arg(short, long)]
+    pub force: bool,
+    #[arg(required = true)]
+    pub containers: Vec<String>,
+}
+
+#[derive(Args, Debug)]
+pub struct ExecArgs {
+    /// Keep STDIN open
+    #[arg(short, long)]
+    pub interactive: bool,
+    /// Allocate a pseudo-TTY
+    #[arg(short, long)]
+    pub tty: bool,
+    /// Set environment variables
+    #[arg(short = 'e', long = "env")]
+    pub env: Vec<String>,
+    /// Working directory inside the container
+    #[arg(short = 'w', long = "workdir")]
+    pub workdir: Option<String>,
+    /// Username or UID (format: <name|uid>[:<group|gid>])
+    #[arg(short = 'u', long = "user")]
+    pub user: Option<String>,
+    pub container: String,
+    #[arg(required = true, trailing_var_arg = true, allow_hyphen_values = true)]
+    pub command: Vec<String>,
+}
+
+#[derive(Args, Debug)]
+pub struct StartArgs {
+    #[arg(required = true)]
+    pub containers: Vec<String>,
+}
+
+#[derive(Args, Debug)]
+pub struct MonitorArgs {
+    pub id: String,
 }
 
 #[derive(Args, Debug)]
@@ -137,9 +227,21 @@ pub struct ImagesArgs {
 
 #[derive(Args, Debug)]
 pub struct RunArgs {
-    /// Automatically remove the container when it exits (always, in this version)
+    /// Automatically remove the container when it exits
     #[arg(long)]
     pub rm: bool,
+    /// Assign a name to the container
+    #[arg(long)]
+    pub name: Option<String>,
+    /// Bind mount a volume (format: /HOST:/CONTAINER[:ro|rw])
+    #[arg(short = 'v', long = "volume")]
+    pub volume: Vec<String>,
+    /// Keep STDIN open
+    #[arg(short, long)]
+    pub interactive: bool,
+    /// Allocate a pseudo-TTY
+    #[arg(short, long)]
+    pub tty: bool,
     /// Run container in background and print container ID
     #[arg(short = 'd', long)]
     pub detach: bool,

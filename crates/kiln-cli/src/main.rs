@@ -2,6 +2,7 @@
 //! the work is in kiln-engine.
 
 mod args;
+mod container;
 mod env;
 mod prune;
 
@@ -11,7 +12,7 @@ use std::process::ExitCode;
 
 use anyhow::{Context as _, Result, bail};
 use clap::Parser;
-use kiln_engine::{BuildRequest, Config, Engine, ImportRequest, Output, RunRequest};
+use kiln_engine::{BuildRequest, Config, Engine, ImportRequest, Output};
 use kiln_oci::Reference;
 use kiln_progress::{Mode, Progress};
 
@@ -115,28 +116,12 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
-        Command::Run(a) => {
-            let engine = open_engine(&cli)?;
-            if a.detach {
-                bail!("run -d is not supported yet");
-            }
-            if !a.publish.is_empty() {
-                bail!(
-                    "run -p is not supported yet (containers use the host network: the port is already reachable)"
-                );
-            }
-            let code = engine
-                .run(RunRequest {
-                    image: a.image.clone(),
-                    command: a.command.clone(),
-                    entrypoint: a.entrypoint.clone(),
-                    env: a.env.clone(),
-                    workdir: a.workdir.clone(),
-                    user: a.user.clone(),
-                })
-                .await?;
-            Ok(ExitCode::from(code.clamp(0, 255) as u8))
-        }
+        Command::Run(a) => container::run(&cli, a).await,
+        Command::Ps(a) => container::ps(&cli, a),
+        Command::Logs(a) => container::logs(&cli, a).await,
+        Command::Stop(_) | Command::Rm(_) | Command::Start(_) => container::each(&cli).await,
+        Command::Exec(a) => container::exec(&cli, a).await,
+        Command::ContainerMonitor(a) => container::monitor(&cli, &a.id).await,
         Command::Import(a) => {
             let engine = open_engine(&cli)?;
             let platform = a.platform.as_deref().map(str::parse).transpose()?;

@@ -7,10 +7,14 @@
 mod build;
 mod check;
 mod config;
+mod container;
 mod du;
 mod export;
 mod git_context;
 mod image;
+mod logs;
+mod monitor;
+mod proxy_linux;
 mod resolver;
 mod run;
 
@@ -25,6 +29,10 @@ use kiln_snapshot::LayerStore;
 pub use build::{BuildRequest, BuildResult, Output};
 pub use check::{CheckReport, CheckRequest, check};
 pub use config::Config;
+pub use container::{
+    ContainerConfig, ContainerError, ContainerInfo, ContainerState, Containers, PortSpec, Status,
+    Volume, format_ps_table,
+};
 pub use du::{
     DiskUsage, PruneReport, PruneRequest, UsageKind, UsageRecord, parse_duration, parse_size,
 };
@@ -33,7 +41,9 @@ pub use kiln_exporter::{
     ImageRecord, familiar_name, format_images_table, human_duration, human_size,
 };
 pub use kiln_worker::{Secrets, SshAgents, SshError};
-pub use run::RunRequest;
+pub use logs::{LogOptions, LogStream};
+pub use monitor::{Attach, Ready};
+pub use run::{ExecRequest, RunRequest};
 
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
@@ -81,6 +91,8 @@ pub enum Error {
     Exporter(#[from] kiln_exporter::Error),
     #[error(transparent)]
     Worker(#[from] kiln_worker::Error),
+    #[error(transparent)]
+    Container(#[from] ContainerError),
     #[error("background task failed")]
     Join(#[from] tokio::task::JoinError),
 }

@@ -1,9 +1,12 @@
-//! `kiln run`: an image's entrypoint and command in the foreground, as `docker run --rm` does it.
+//! `kiln run` and `kiln exec`: a container from an image's entrypoint and command, run in the
+//! foreground or handed to a monitor (`-d`), and more processes in a running one.
 
-use kiln_executor::{ExitStatus, ProcessSpec, Stdio};
+use kiln_executor::ExitStatus;
 use kiln_oci::{ImageConfig, Reference};
 use kiln_progress::Progress;
 
+use crate::container::{ContainerConfig, ContainerError, Containers, PortSpec, Volume};
+use crate::monitor::Attach;
 use crate::{Engine, Error, Result};
 
 #[derive(Debug, Clone, Default)]
@@ -16,11 +19,64 @@ pub struct RunRequest {
     pub env: Vec<String>,
     pub workdir: Option<String>,
     pub user: Option<String>,
+    /// `--name`; generated when `None`.
+    pub name: Option<String>,
+    /// `--rm`: remove the container when it exits.
+    pub auto_remove: bool,
+    /// `-p [IP:][HOST:]CONTAINER[/tcp]`.
+    pub publish: Vec<String>,
+    /// `-v /HOST:/CONTAINER[:ro|rw]`.
+    pub volumes: Vec<String>,
+    /// `-i`: the container reads this process's stdin (foreground only).
+    pub interactive: bool,
+    /// `-t`: allocate a terminal (foreground only).
+    pub tty: bool,
+}
+
+/// `kiln exec`: one more process in a running container.
+#[derive(Debug, Clone, Default)]
+pub struct ExecRequest {
+    pub container: String,
+    pub command: Vec<String>,
+    /// `KEY=VALUE`, or `KEY` to pass this process's value.
+    pub env: Vec<String>,
+    pub workdir: Option<String>,
+    pub user: Option<String>,
+    pub interactive: bool,
+    pub tty: bool,
 }
 
 impl Engine {
-    /// Runs the container to completion; returns its exit code (128+N for a signal).
+    /// The containers of this data directory.
+    pub fn containers(&self) -> Result<Containers> {
+        Containers::open(&self.root)
+    }
+
+    /// Runs a new container in the foreground; returns its exit code (128+N for a signal).
     pub async fn run(&self, req: RunRequest) -> Result<i32> {
+        let config = self.create_container(&req).await?;
+        let attach = if req.interactive || req.tty {
+            Attach::Interactive { tty: req.tty }
+        } else {
+            Attach::Foreground
+        };
+        self.containers()?.monitor(&config.id, attach, None).await
+    }
+
+    /// Creates a container (pulling the image if missing) without starting it: its record,
+    /// name and upper dir. A monitor runs it (see [`Containers::monitor`]).
+    pub async fn create_container(&self, req: &RunRequest) -> Result<ContainerConfig> {
+        let invalid = |e: String| Error::from(ContainerError::InvalidSpec(e));
+        let ports = req
+            .publish
+            .iter()
+            .map(|p| PortSpec::parse(p).map_err(invalid))
+            .collect::<Result<Vec<_>>>()?;
+        let volumes = req
+            .volumes
+            .iter()
+            .map(|v| Volume::parse(v).map_err(invalid))
+            .collect::<Result<Vec<_>>>()?;
         let name: Reference = req
             .image
             .parse()
@@ -63,19 +119,11 @@ impl Engine {
                 source: "no command specified".into(),
             });
         }
-        let id = format!("{:012x}", rand::random::<u64>() & 0xffff_ffff_ffff);
+        let id = crate::container::new_id();
+        let short = id[..12].to_string();
         let mut env = cfg.env.clone().unwrap_or_default();
-        env.push(format!("HOSTNAME={id}"));
-        for e in &req.env {
-            match e.split_once('=') {
-                Some(_) => env.push(e.clone()),
-                None => {
-                    if let Ok(v) = std::env::var(e) {
-                        env.push(format!("{e}={v}"));
-                    }
-                }
-            }
-        }
+        env.push(format!("HOSTNAME={short}"));
+        env.extend(expand_env(&req.env));
         let user_spec = req
             .user
             .clone()
@@ -95,29 +143,73 @@ impl Engine {
             .or_else(|| cfg.working_dir.clone())
             .filter(|w| !w.is_empty())
             .unwrap_or_else(|| "/".into());
-        let status = self
-            .executor
-            .run(kiln_executor::RunRequest {
-                id: format!("kiln-run-{id}"),
-                rootfs: &rootfs,
-                process: ProcessSpec {
-                    args,
-                    env,
-                    cwd,
-                    user,
-                    hostname: id.clone(),
-                    terminal: false,
-                },
-                mounts: Vec::new(),
-                stdio: Stdio::Inherit,
-                network: kiln_executor::Network::Host,
-                readonly_rootfs: false,
-            })
+        let lowers = worker
+            .materialize(layers.layers(), &quiet.vertex(""))
             .await?;
         drop(step);
+        for v in &volumes {
+            // As docker does, a missing host directory is created.
+            std::fs::create_dir_all(&v.source)
+                .map_err(crate::io(format!("creating `{}`", v.source.display())))?;
+        }
+        self.containers()?.create(ContainerConfig {
+            id,
+            name: req.name.clone().unwrap_or_default(),
+            image: req.image.clone(),
+            image_id: m.config().digest().to_string(),
+            created: chrono::Utc::now(),
+            args,
+            env,
+            cwd,
+            uid: user.uid,
+            gid: user.gid,
+            additional_gids: user.additional_gids,
+            hostname: short,
+            lowers,
+            volumes,
+            ports,
+            auto_remove: req.auto_remove,
+        })
+    }
+
+    /// Runs a process in a running container with this process's stdio; returns its exit code.
+    pub async fn exec(&self, req: ExecRequest) -> Result<i32> {
+        let containers = self.containers()?;
+        let id = containers.lookup(&req.container)?;
+        if containers.state(&id)?.status != crate::container::Status::Running {
+            return Err(ContainerError::NotRunning(req.container.clone()).into());
+        }
+        let user = match req.user.as_deref().filter(|u| !u.is_empty()) {
+            Some(u) => Some(kiln_executor::resolve_user(&containers.rootfs(&id), u)?),
+            None => None,
+        };
+        let status = containers
+            .executor()
+            .exec(
+                &id,
+                kiln_executor::ExecRequest {
+                    args: req.command.clone(),
+                    env: expand_env(&req.env),
+                    cwd: req.workdir.clone().filter(|w| !w.is_empty()),
+                    user,
+                    terminal: req.tty,
+                    stdin: req.interactive,
+                },
+            )
+            .await?;
         Ok(match status {
             ExitStatus::Code(c) => c,
             ExitStatus::Signal(s) => 128 + s,
         })
     }
+}
+
+/// `KEY=VALUE` as is; a bare `KEY` takes this process's value, or is dropped when unset.
+fn expand_env(env: &[String]) -> Vec<String> {
+    env.iter()
+        .filter_map(|e| match e.split_once('=') {
+            Some(_) => Some(e.clone()),
+            None => std::env::var(e).ok().map(|v| format!("{e}={v}")),
+        })
+        .collect()
 }

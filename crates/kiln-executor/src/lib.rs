@@ -6,6 +6,7 @@
 //! This crate knows a rootfs, mounts and a process. It must not know images, layers, snapshots
 //! or the build graph: the caller mounts the rootfs (an overlay) and passes its path.
 
+mod control;
 mod env;
 mod error;
 mod rootfs_linux;
@@ -13,6 +14,7 @@ mod runc;
 mod spec;
 mod user;
 
+pub use control::ExecRequest;
 pub use error::{Error, Result};
 pub use runc::RuncExecutor;
 pub use user::{home_dir, resolve_user};
@@ -109,6 +111,8 @@ pub enum Network {
     /// Share the host's network namespace.
     #[default]
     Host,
+    /// A network namespace of its own with only loopback (up): no route out.
+    None,
 }
 
 /// How the container's process ended.

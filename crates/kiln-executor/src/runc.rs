@@ -28,6 +28,8 @@ pub struct RuncExecutor {
     runc: PathBuf,
     runc_root: PathBuf,
     bundles: PathBuf,
+    /// Where `run` has runc write each container's pid file (see `with_pid_files`).
+    pid_files: Option<PathBuf>,
 }
 
 impl RuncExecutor {
@@ -60,7 +62,20 @@ impl RuncExecutor {
             runc: runc.to_path_buf(),
             runc_root,
             bundles,
+            pid_files: None,
         })
+    }
+
+    /// Has runc write `<dir>/<id>.pid` once a container is created, for callers that must tell
+    /// "runc could not create it" from "it ran and failed"; the caller removes the file.
+    pub fn with_pid_files(mut self, dir: &Path) -> RuncExecutor {
+        self.pid_files = Some(dir.to_path_buf());
+        self
+    }
+
+    /// The pid file of container `id` (see [`RuncExecutor::with_pid_files`]).
+    pub fn pid_file(&self, id: &str) -> Option<PathBuf> {
+        self.pid_files.as_ref().map(|d| d.join(format!("{id}.pid")))
     }
 
     pub fn runc_path(&self) -> &Path {
@@ -177,8 +192,11 @@ impl RuncExecutor {
             .arg(&self.runc_root)
             .arg("run")
             .arg("--bundle")
-            .arg(&bundle)
-            .arg(&id)
+            .arg(&bundle);
+        if let Some(pid_file) = self.pid_file(&id) {
+            cmd.arg("--pid-file").arg(pid_file);
+        }
+        cmd.arg(&id)
             // The guard decides how to stop runc; a plain SIGKILL would orphan the container.
             .kill_on_drop(false);
         let sinks = match req.stdio {
@@ -374,7 +392,7 @@ impl Drop for Cleanup {
 }
 
 /// Runs a short runc subcommand to completion and returns its stdout.
-fn runc_sync(runc: &Path, runc_root: &Path, args: &[&str]) -> Result<String> {
+pub(crate) fn runc_sync(runc: &Path, runc_root: &Path, args: &[&str]) -> Result<String> {
     let command = args.join(" ");
     let out = Command::new(runc)
         .arg("--root")

@@ -99,15 +99,16 @@ pub(crate) fn build(input: SpecInput<'_>) -> Result<Spec, OciSpecError> {
         mounts.push(extra_mount(m)?);
     }
 
-    let ns_types = match input.network {
-        // The host's network namespace: no network namespace of our own.
-        Network::Host => [
-            LinuxNamespaceType::Pid,
-            LinuxNamespaceType::Ipc,
-            LinuxNamespaceType::Uts,
-            LinuxNamespaceType::Mount,
-        ],
-    };
+    let mut ns_types = vec![
+        LinuxNamespaceType::Pid,
+        LinuxNamespaceType::Ipc,
+        LinuxNamespaceType::Uts,
+        LinuxNamespaceType::Mount,
+    ];
+    // Host: no network namespace of our own. A new one gets loopback up from runc.
+    if input.network == Network::None {
+        ns_types.push(LinuxNamespaceType::Network);
+    }
     let namespaces = ns_types
         .into_iter()
         .map(|t| LinuxNamespaceBuilder::default().typ(t).build())
@@ -357,6 +358,36 @@ mod tests {
                 .as_array()
                 .unwrap()
                 .contains(&"size=1024".into())
+        );
+    }
+
+    #[test]
+    fn network_none_gets_its_own_namespace() {
+        let p = ProcessSpec {
+            args: vec!["true".into()],
+            env: vec![],
+            cwd: "/".into(),
+            user: crate::User::default(),
+            hostname: "h".into(),
+            terminal: false,
+        };
+        let spec = build(SpecInput {
+            rootfs: Path::new("/r"),
+            process: &p,
+            env: finalize_env(&p.env, "/", false),
+            mounts: &[],
+            hosts: Path::new("/b/hosts"),
+            resolv_conf: Path::new("/b/resolv.conf"),
+            network: Network::None,
+            readonly_rootfs: false,
+        })
+        .unwrap();
+        let json = serde_json::to_value(&spec).unwrap();
+        let ns = json["linux"]["namespaces"].as_array().unwrap();
+        assert_eq!(ns.len(), 5);
+        assert!(
+            ns.iter()
+                .any(|n| n["type"] == "network" && n.get("path").is_none())
         );
     }
 

@@ -387,7 +387,11 @@ impl LlbWorker {
     }
 
     /// Makes sure every layer of a chain is unpacked; returns their dirs, topmost first.
-    async fn materialize(&self, layers: &[LayerRef], progress: &Vertex) -> Result<Vec<PathBuf>> {
+    pub async fn materialize(
+        &self,
+        layers: &[LayerRef],
+        progress: &Vertex,
+    ) -> Result<Vec<PathBuf>> {
         let mut dirs = Vec::new();
         for layer in layers {
             let Some(diff_id) = &layer.diff_id else {

@@ -20,5 +20,6 @@ mod lint;
 mod mounts;
 mod multistage;
 mod pull;
+mod run;
 mod storage;
 mod support;

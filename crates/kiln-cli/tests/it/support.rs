@@ -387,22 +387,30 @@ pub fn mounts_under(root: &Path) -> Vec<String> {
         .collect()
 }
 
-/// Containers runc still knows about under the data root's executor state.
+/// Containers runc still knows about under the data root's executor state (builds' and
+/// `kiln run`'s).
 pub fn runc_containers(root: &Path) -> Vec<String> {
-    let state = root.join("executor").join("runc");
-    let out = Command::new("runc")
-        .arg("--root")
-        .arg(&state)
-        .args(["list", "-q"])
-        .output();
-    match out {
-        Ok(o) => String::from_utf8_lossy(&o.stdout)
-            .lines()
-            .map(str::to_string)
-            .filter(|l| !l.is_empty())
-            .collect(),
-        Err(e) => vec![format!("<runc list failed: {e}>")],
+    let mut found = Vec::new();
+    for state in [
+        root.join("executor").join("runc"),
+        root.join("containers").join("executor").join("runc"),
+    ] {
+        let out = Command::new("runc")
+            .arg("--root")
+            .arg(&state)
+            .args(["list", "-q"])
+            .output();
+        match out {
+            Ok(o) => found.extend(
+                String::from_utf8_lossy(&o.stdout)
+                    .lines()
+                    .map(str::to_string)
+                    .filter(|l| !l.is_empty()),
+            ),
+            Err(e) => found.push(format!("<runc list failed: {e}>")),
+        }
     }
+    found
 }
 
 /// Reads every regular file of a tar archive into memory (test archives are small).

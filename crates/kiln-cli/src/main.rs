@@ -3,6 +3,7 @@
 
 mod args;
 mod env;
+mod run_opts;
 
 use std::collections::BTreeMap;
 use std::io::IsTerminal;
@@ -260,6 +261,7 @@ async fn build(cli: &Cli, b: &BuildArgs) -> Result<ExitCode> {
         platform,
         source_date_epoch: env::source_date_epoch(),
         secrets,
+        run: run_opts::parse(b)?,
     };
     let result = engine.build(req, &progress).await;
     progress.finish();

@@ -24,7 +24,10 @@ pub use build::{BuildRequest, BuildResult, Output};
 pub use check::{CheckReport, CheckRequest, check};
 pub use config::Config;
 pub use image::ImportRequest;
+pub use kiln_executor::RLIMIT_NAMES;
 pub use kiln_exporter::{ImageRecord, familiar_name, format_images_table};
+pub use kiln_frontend::{Entitlement, RunOpts};
+pub use kiln_llb::{HostEntry, Ulimit};
 pub use kiln_worker::Secrets;
 pub use run::RunRequest;
 
@@ -52,6 +55,11 @@ pub enum Error {
         #[source]
         source: std::io::Error,
     },
+    #[error(
+        "entitlement `{entitlement}` is not allowed by the configuration: add it to \
+         `insecure-entitlements` in the config file"
+    )]
+    EntitlementNotAllowed { entitlement: Entitlement },
     #[error("no such image: `{0}`")]
     NoSuchImage(String),
     #[error("invalid reference `{0}`")]
@@ -95,6 +103,8 @@ pub struct Engine {
     images: ImageStore,
     executor: Arc<RuncExecutor>,
     registry: Arc<kiln_registry::Client>,
+    /// Entitlements a build may be granted (`insecure-entitlements`).
+    insecure_entitlements: std::collections::BTreeSet<Entitlement>,
 }
 
 impl Engine {
@@ -141,6 +151,7 @@ impl Engine {
             images,
             executor,
             registry: Arc::new(registry),
+            insecure_entitlements: config.insecure_entitlements(),
         })
     }
 

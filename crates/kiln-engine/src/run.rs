@@ -112,12 +112,14 @@ impl Engine {
                 stdio: Stdio::Inherit,
                 network: kiln_executor::Network::Host,
                 readonly_rootfs: false,
+                sandbox: Default::default(),
             })
             .await?;
         drop(step);
         Ok(match status {
             ExitStatus::Code(c) => c,
             ExitStatus::Signal(s) => 128 + s,
+            ExitStatus::Killed { signal, .. } => 128 + signal,
         })
     }
 }

@@ -228,3 +228,47 @@ fn killed_step_reports_the_signal() {
     assert!(err.contains("Dockerfile:2"), "{err}");
     assert!(err.contains("before-kill"), "the output tail:\n{err}");
 }
+
+#[test]
+fn seccomp_blocks_keyctl_but_glibc_threads_and_spawns_work() {
+    let Some(k) = Kiln::new("seccomp_blocks_keyctl_but_glibc_threads_and_spawns_work") else {
+        return;
+    };
+    let keyctl = match std::env::consts::ARCH {
+        "x86_64" => 250,
+        "aarch64" => 219,
+        other => {
+            eprintln!("skipping: no keyctl syscall number for {other}");
+            return;
+        }
+    };
+    // keyctl(KEYCTL_GET_KEYRING_ID, KEY_SPEC_SESSION_KEYRING, create): Docker's profile refuses
+    // the kernel keyring, which is not namespaced. glibc 2.36 creates threads and spawns
+    // processes with clone3, which the profile answers with ENOSYS so glibc falls back to clone.
+    let probe = format!(
+        "import ctypes, os, subprocess, threading\n\
+         libc = ctypes.CDLL(None, use_errno=True)\n\
+         r = libc.syscall({keyctl}, 0, -3, 1)\n\
+         print('keyctl', 'EPERM' if r == -1 and ctypes.get_errno() == 1 else 'allowed')\n\
+         t = threading.Thread(target=print, args=('thread-ok',)); t.start(); t.join()\n\
+         print(subprocess.run(['echo', 'spawn-ok'], capture_output=True, text=True).stdout.strip())\n"
+    );
+    let dockerfile = "FROM python:3.11-slim\n\
+         COPY probe.py /probe.py\n\
+         RUN python3 /probe.py\n\
+         RUN --security=insecure python3 /probe.py && echo insecure\n";
+    let ctx = k.context("ctx", &[("Dockerfile", dockerfile), ("probe.py", &probe)]);
+    let run = k.build(&ctx, &["--allow", "security.insecure"]).ok();
+    let sandboxed = logs(&run, "RUN python3 /probe.py");
+    assert_eq!(
+        sandboxed,
+        ["keyctl EPERM", "thread-ok", "spawn-ok"],
+        "{}",
+        run.stderr
+    );
+    let insecure = logs(&run, "--security=insecure");
+    assert!(
+        insecure.iter().any(|l| l == "keyctl allowed"),
+        "{insecure:?}"
+    );
+}

@@ -26,7 +26,7 @@ pub struct Cli {
 #[derive(Subcommand, Debug)]
 pub enum Command {
     /// Start a build
-    Build(BuildArgs),
+    Build(Box<BuildArgs>),
     /// List images
     Images(ImagesArgs),
     /// Run a command in a new container (in the foreground, removed on exit)

@@ -26,7 +26,7 @@ pub struct Cli {
 #[derive(Subcommand, Debug)]
 pub enum Command {
     /// Start a build
-    Build(BuildArgs),
+    Build(Box<BuildArgs>),
     /// List images
     Images(ImagesArgs),
     /// Create and run a new container from an image
@@ -216,6 +216,18 @@ pub struct BuildArgs {
     /// Set method for evaluating build
     #[arg(long)]
     pub call: Option<String>,
+    /// Allow extra privileged entitlement (e.g., "network.host", "security.insecure")
+    #[arg(long)]
+    pub allow: Vec<String>,
+    /// Add a custom host-to-IP mapping (format: "host:ip")
+    #[arg(long = "add-host")]
+    pub add_host: Vec<String>,
+    /// Ulimit options (format: "name=soft[:hard]")
+    #[arg(long)]
+    pub ulimit: Vec<String>,
+    /// Size of "/dev/shm" (e.g. "64m")
+    #[arg(long = "shm-size")]
+    pub shm_size: Option<String>,
 }
 
 #[derive(Args, Debug)]

@@ -5,6 +5,7 @@ mod args;
 mod container;
 mod env;
 mod prune;
+mod run_opts;
 
 use std::collections::BTreeMap;
 use std::io::IsTerminal;
@@ -252,6 +253,7 @@ async fn build(cli: &Cli, b: &BuildArgs) -> Result<ExitCode> {
         source_date_epoch: env::source_date_epoch(),
         secrets,
         ssh,
+        run: run_opts::parse(b)?,
     };
     let result = engine.build(req, &progress).await;
     progress.finish();

@@ -42,6 +42,8 @@ pub struct BuildRequest {
     pub secrets: kiln_worker::Secrets,
     /// Agents for `RUN --mount=type=ssh`, by id.
     pub ssh: kiln_worker::SshAgents,
+    /// `--allow`, `--add-host`, `--ulimit`, `--shm-size`.
+    pub run: kiln_frontend::RunOpts,
 }
 
 #[derive(Debug, Clone)]
@@ -98,6 +100,7 @@ impl Engine {
         ));
         v.done();
 
+        self.check_entitlements(&req.run)?;
         let platform = req.platform.clone().unwrap_or_else(Platform::host);
         let opts = BuildOpts {
             dockerfile_name: dockerfile_name.clone(),
@@ -106,6 +109,7 @@ impl Engine {
             platform: platform.clone(),
             excludes,
             created: created_time(req.source_date_epoch),
+            run: req.run.clone(),
         };
         let resolver = EngineResolver {
             registry: &self.registry,
@@ -197,4 +201,19 @@ pub(crate) fn created_time(source_date_epoch: Option<i64>) -> String {
         None => chrono::Utc::now(),
     };
     t.to_rfc3339_opts(chrono::SecondsFormat::Nanos, true)
+}
+
+impl Engine {
+    /// Refuses a build asking for an entitlement the configuration does not allow, as buildkitd
+    /// refuses one missing from `insecure-entitlements`.
+    fn check_entitlements(&self, run: &kiln_frontend::RunOpts) -> Result<()> {
+        match run
+            .entitlements
+            .iter()
+            .find(|e| !self.insecure_entitlements.contains(e))
+        {
+            Some(e) => Err(Error::EntitlementNotAllowed { entitlement: *e }),
+            None => Ok(()),
+        }
+    }
 }

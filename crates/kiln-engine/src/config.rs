@@ -8,19 +8,24 @@
 //! http = true
 //! ```
 
+use std::collections::BTreeSet;
 use std::path::Path;
 use std::sync::Arc;
 
 use kiln_registry::{Anonymous, CredentialStore, DockerConfigCredentials, RegistryConfig};
 use serde::Deserialize;
 
-use crate::{Error, Result};
+use crate::{Entitlement, Error, Result};
 
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Config {
     #[serde(default)]
     pub registry: RegistryConfig,
+    /// Entitlements builds may ask for with `--allow`, as buildkitd.toml's key. Unset: all of
+    /// them, since kiln has no daemon and whoever runs it already runs it as root.
+    #[serde(default, rename = "insecure-entitlements")]
+    pub insecure_entitlements: Option<Vec<String>>,
 }
 
 impl Config {
@@ -45,7 +50,19 @@ impl Config {
     }
 
     pub fn parse(text: &str) -> std::result::Result<Config, crate::BoxError> {
-        Ok(toml::from_str(text)?)
+        let config: Config = toml::from_str(text)?;
+        for name in config.insecure_entitlements.iter().flatten() {
+            name.parse::<Entitlement>()?;
+        }
+        Ok(config)
+    }
+
+    /// The entitlements builds may be granted; unknown names were refused by `parse`.
+    pub(crate) fn insecure_entitlements(&self) -> BTreeSet<Entitlement> {
+        match &self.insecure_entitlements {
+            None => Entitlement::ALL.into_iter().collect(),
+            Some(names) => names.iter().filter_map(|n| n.parse().ok()).collect(),
+        }
     }
 
     /// Docker's credentials (`~/.docker/config.json`) when present, so `docker login` works.
@@ -73,5 +90,17 @@ mod tests {
             Config::parse("[registri]\n").is_err(),
             "unknown sections are refused"
         );
+    }
+
+    #[test]
+    fn insecure_entitlements_default_to_all_and_are_checked() {
+        let all = Config::parse("").unwrap().insecure_entitlements();
+        assert_eq!(all.len(), Entitlement::ALL.len());
+        let c = Config::parse("insecure-entitlements = [\"network.host\"]\n").unwrap();
+        assert_eq!(
+            c.insecure_entitlements().into_iter().collect::<Vec<_>>(),
+            [Entitlement::NetworkHost]
+        );
+        assert!(Config::parse("insecure-entitlements = [\"device\"]\n").is_err());
     }
 }

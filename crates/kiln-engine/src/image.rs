@@ -50,6 +50,7 @@ impl Engine {
             platform: platform.clone(),
             excludes: Vec::new(),
             created: crate::build::created_time(req.source_date_epoch),
+            run: Default::default(),
         };
         let converted = kiln_frontend::convert(&dockerfile, &opts, &NoImages).await?;
         let mut image = converted.image;

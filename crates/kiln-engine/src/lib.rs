@@ -37,9 +37,12 @@ pub use du::{
     DiskUsage, PruneReport, PruneRequest, UsageKind, UsageRecord, parse_duration, parse_size,
 };
 pub use image::ImportRequest;
+pub use kiln_executor::RLIMIT_NAMES;
 pub use kiln_exporter::{
     ImageRecord, familiar_name, format_images_table, human_duration, human_size,
 };
+pub use kiln_frontend::{Entitlement, RunOpts};
+pub use kiln_llb::{HostEntry, Ulimit};
 pub use kiln_worker::{Secrets, SshAgents, SshError};
 pub use logs::{LogOptions, LogStream};
 pub use monitor::{Attach, Ready};
@@ -69,6 +72,11 @@ pub enum Error {
         #[source]
         source: std::io::Error,
     },
+    #[error(
+        "entitlement `{entitlement}` is not allowed by the configuration: add it to \
+         `insecure-entitlements` in the config file"
+    )]
+    EntitlementNotAllowed { entitlement: Entitlement },
     #[error("no such image: `{0}`")]
     NoSuchImage(String),
     #[error("invalid reference `{0}`")]
@@ -114,6 +122,8 @@ pub struct Engine {
     images: ImageStore,
     executor: Arc<RuncExecutor>,
     registry: Arc<kiln_registry::Client>,
+    /// Entitlements a build may be granted (`insecure-entitlements`).
+    insecure_entitlements: std::collections::BTreeSet<Entitlement>,
 }
 
 impl Engine {
@@ -162,6 +172,7 @@ impl Engine {
             images,
             executor,
             registry: Arc::new(registry),
+            insecure_entitlements: config.insecure_entitlements(),
         })
     }
 

@@ -9,7 +9,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use chrono::Utc;
-use kiln_executor::{ExitStatus, Mount, Network, ProcessSpec, Stdio, User};
+use kiln_executor::{Mount, Network, ProcessSpec, Stdio, User};
 
 use crate::container::{ContainerError, ContainerState, Containers, Status};
 use crate::{Result, io, proxy_linux};
@@ -136,6 +136,8 @@ impl Containers {
                 Network::Host
             },
             readonly_rootfs: false,
+            // Docker's default confinement, the same as a RUN step's.
+            sandbox: Default::default(),
         });
         let pid_file = self.executor().pid_file(id).unwrap_or_default();
         let _ = std::fs::remove_file(&pid_file);
@@ -167,8 +169,7 @@ impl Containers {
         };
         drop(_proxies);
         let code = match status {
-            Ok(ExitStatus::Code(c)) => c,
-            Ok(ExitStatus::Signal(s)) => 128 + s,
+            Ok(status) => status.code(),
             Err(e) => {
                 let e = crate::Error::from(e);
                 let message = error_chain(&e);

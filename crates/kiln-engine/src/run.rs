@@ -200,6 +200,7 @@ impl Engine {
         Ok(match status {
             ExitStatus::Code(c) => c,
             ExitStatus::Signal(s) => 128 + s,
+            ExitStatus::Killed { signal, .. } => 128 + signal,
         })
     }
 }

@@ -11,6 +11,7 @@ mod env;
 mod error;
 mod rootfs_linux;
 mod runc;
+mod seccomp;
 mod spec;
 mod user;
 
@@ -36,6 +37,8 @@ pub struct RunRequest<'a> {
     pub stdio: Stdio,
     pub network: Network,
     pub readonly_rootfs: bool,
+    /// Confinement and limits; the default is Docker's sandbox.
+    pub sandbox: Sandbox,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -111,16 +114,72 @@ pub enum Network {
     /// Share the host's network namespace.
     #[default]
     Host,
-    /// A network namespace of its own with only loopback (up): no route out.
+    /// A new network namespace with only the loopback interface, which runc brings up.
     None,
 }
+
+/// How the process is confined, and the limits `docker build` lets a user set.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Sandbox {
+    pub security: Security,
+    /// Extra `/etc/hosts` entries as (name, address), after the defaults (`--add-host`).
+    pub extra_hosts: Vec<(String, String)>,
+    /// Resource limits (`--ulimit`); without them the process inherits ours, as Docker's
+    /// containers inherit dockerd's.
+    pub rlimits: Vec<Rlimit>,
+    /// Size of the `/dev/shm` tmpfs in bytes; 64 MiB when `None`, as in Docker.
+    pub shm_size: Option<u64>,
+    /// A cgroup memory limit in bytes; none when `None`.
+    pub memory_limit: Option<u64>,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Security {
+    /// Docker's defaults: its capability set and seccomp profile, masked and read-only paths
+    /// in /proc and /sys, no new privileges, only the default devices.
+    #[default]
+    Sandbox,
+    /// As `docker run --privileged`: every capability, no seccomp, nothing masked, /sys
+    /// writable, every device allowed.
+    Insecure,
+}
+
+/// One resource limit, by its Docker `--ulimit` name (`nofile`, `nproc`, ...).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rlimit {
+    pub name: String,
+    pub soft: u64,
+    pub hard: u64,
+}
+
+/// The `--ulimit` names and the resources they limit.
+pub const RLIMIT_NAMES: &[&str] = &[
+    "core",
+    "cpu",
+    "data",
+    "fsize",
+    "locks",
+    "memlock",
+    "msgqueue",
+    "nice",
+    "nofile",
+    "nproc",
+    "rss",
+    "rtprio",
+    "rttime",
+    "sigpending",
+    "stack",
+];
 
 /// How the container's process ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ExitStatus {
-    /// The exit code reported by `runc run`. A process killed by signal `n` shows as `128 + n`,
-    /// as in a shell, because runc reports it that way.
+    /// The exit code reported by `runc run`.
     Code(i32),
+    /// The process was killed by `signal`. runc reports that as exit code `128 + signal`, as a
+    /// shell does, so a process that itself exits with such a code reads the same (as in
+    /// Docker). `oom`: the kernel's out-of-memory killer ran while the process did.
+    Killed { signal: i32, oom: bool },
     /// `runc` itself was killed by this signal, so the process's own status is unknown.
     Signal(i32),
 }
@@ -129,13 +188,118 @@ impl ExitStatus {
     pub fn success(&self) -> bool {
         matches!(self, ExitStatus::Code(0))
     }
+
+    /// The status for `runc run`'s exit code: `128 + n` for a process killed by signal `n`.
+    pub fn from_runc_code(code: i32) -> ExitStatus {
+        match code - 128 {
+            signal @ 1..=64 => ExitStatus::Killed { signal, oom: false },
+            _ => ExitStatus::Code(code),
+        }
+    }
+
+    /// The exit code a shell would show for this status.
+    pub fn code(&self) -> i32 {
+        match self {
+            ExitStatus::Code(c) => *c,
+            ExitStatus::Killed { signal, .. } | ExitStatus::Signal(signal) => 128 + signal,
+        }
+    }
+}
+
+/// `SIGKILL` for 9, as the generic Linux signal numbers are named.
+pub fn signal_name(signal: i32) -> Option<&'static str> {
+    const NAMES: [&str; 31] = [
+        "SIGHUP",
+        "SIGINT",
+        "SIGQUIT",
+        "SIGILL",
+        "SIGTRAP",
+        "SIGABRT",
+        "SIGBUS",
+        "SIGFPE",
+        "SIGKILL",
+        "SIGUSR1",
+        "SIGSEGV",
+        "SIGUSR2",
+        "SIGPIPE",
+        "SIGALRM",
+        "SIGTERM",
+        "SIGSTKFLT",
+        "SIGCHLD",
+        "SIGCONT",
+        "SIGSTOP",
+        "SIGTSTP",
+        "SIGTTIN",
+        "SIGTTOU",
+        "SIGURG",
+        "SIGXCPU",
+        "SIGXFSZ",
+        "SIGVTALRM",
+        "SIGPROF",
+        "SIGWINCH",
+        "SIGIO",
+        "SIGPWR",
+        "SIGSYS",
+    ];
+    usize::try_from(signal - 1)
+        .ok()
+        .and_then(|i| NAMES.get(i))
+        .copied()
 }
 
 impl std::fmt::Display for ExitStatus {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             ExitStatus::Code(c) => write!(f, "exit code: {c}"),
+            ExitStatus::Killed { signal, oom } => {
+                write!(f, "exit code: {}: killed by signal {signal}", self.code())?;
+                if let Some(name) = signal_name(*signal) {
+                    write!(f, " ({name})")?;
+                }
+                if *oom {
+                    f.write_str(", out of memory: the kernel's OOM killer ran during the step")?;
+                }
+                Ok(())
+            }
             ExitStatus::Signal(s) => write!(f, "runc killed by signal {s}"),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn runc_codes_above_128_are_signals() {
+        assert_eq!(ExitStatus::from_runc_code(0), ExitStatus::Code(0));
+        assert_eq!(ExitStatus::from_runc_code(128), ExitStatus::Code(128));
+        assert_eq!(ExitStatus::from_runc_code(255), ExitStatus::Code(255));
+        let killed = ExitStatus::from_runc_code(137);
+        assert_eq!(
+            killed,
+            ExitStatus::Killed {
+                signal: 9,
+                oom: false
+            }
+        );
+        assert_eq!(killed.code(), 137);
+        assert_eq!(
+            killed.to_string(),
+            "exit code: 137: killed by signal 9 (SIGKILL)"
+        );
+        let oom = ExitStatus::Killed {
+            signal: 9,
+            oom: true,
+        };
+        assert!(oom.to_string().contains("out of memory"), "{oom}");
+        assert_eq!(signal_name(15), Some("SIGTERM"));
+        assert_eq!(signal_name(31), Some("SIGSYS"));
+        assert_eq!(signal_name(40), None);
+        assert_eq!(signal_name(0), None);
+        assert_eq!(
+            ExitStatus::from_runc_code(168).to_string(),
+            "exit code: 168: killed by signal 40"
+        );
     }
 }

@@ -166,7 +166,8 @@ impl RuncExecutor {
 
         let hosts = bundle.join("hosts");
         let resolv_conf = bundle.join("resolv.conf");
-        fs_err::write(&hosts, spec::hosts_file(&req.process.hostname)).map_err(bundle_err)?;
+        let hosts_text = spec::hosts_file(&req.process.hostname, &req.sandbox.extra_hosts);
+        fs_err::write(&hosts, hosts_text).map_err(bundle_err)?;
         fs_err::write(&resolv_conf, host_resolv_conf()).map_err(bundle_err)?;
         let spec = spec::build(SpecInput {
             rootfs: &rootfs,
@@ -177,6 +178,7 @@ impl RuncExecutor {
             resolv_conf: &resolv_conf,
             network: req.network,
             readonly_rootfs: req.readonly_rootfs,
+            sandbox: &req.sandbox,
         })
         .map_err(|source| Error::Spec {
             id: id.clone(),
@@ -209,6 +211,7 @@ impl RuncExecutor {
                 Some((stdout, stderr))
             }
         };
+        let ooms_before = oom_kills();
         let child = cmd.spawn().map_err(|source| Error::Spawn {
             id: id.clone(),
             source,
@@ -237,11 +240,32 @@ impl RuncExecutor {
         };
         drop(guard);
         Ok(match (status.code(), status.signal()) {
-            (Some(code), _) => ExitStatus::Code(code),
+            (Some(code), _) => match ExitStatus::from_runc_code(code) {
+                ExitStatus::Killed { signal: 9, .. } => ExitStatus::Killed {
+                    signal: 9,
+                    oom: oom_kills() > ooms_before,
+                },
+                s => s,
+            },
             (None, Some(sig)) => ExitStatus::Signal(sig),
             (None, None) => ExitStatus::Code(-1),
         })
     }
+}
+
+/// How many processes the kernel's OOM killer has killed since boot (`oom_kill` in
+/// /proc/vmstat, Linux 4.13+), counting memory-cgroup limits too. runc removes the container's
+/// cgroup, and its counters with it, before `runc run` returns, so a SIGKILL is put down to
+/// memory when this count grew during the run. Another process's OOM kill at the same moment
+/// would be counted too; that is rare enough for a diagnosis.
+fn oom_kills() -> u64 {
+    std::fs::read_to_string("/proc/vmstat")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("oom_kill ")?.trim().parse().ok())
+        })
+        .unwrap_or(0)
 }
 
 async fn pump<R: AsyncRead + Unpin>(reader: Option<R>, sink: &mut OutputSink) -> io::Result<()> {
@@ -463,6 +487,7 @@ mod tests {
             stdio: Stdio::Inherit,
             network: Network::Host,
             readonly_rootfs: false,
+            sandbox: Default::default(),
         }
     }
 

@@ -4,13 +4,14 @@ use std::path::Path;
 
 use oci_spec::OciSpecError;
 use oci_spec::runtime::{
-    Capabilities, Capability, LinuxBuilder, LinuxCapabilitiesBuilder, LinuxNamespace,
-    LinuxNamespaceBuilder, LinuxNamespaceType, Mount as OciMount, MountBuilder, ProcessBuilder,
-    RootBuilder, Spec, SpecBuilder, UserBuilder, get_default_maskedpaths,
-    get_default_readonly_paths,
+    Capabilities, Capability, LinuxBuilder, LinuxCapabilitiesBuilder, LinuxDeviceCgroupBuilder,
+    LinuxMemoryBuilder, LinuxNamespace, LinuxNamespaceBuilder, LinuxNamespaceType,
+    LinuxResourcesBuilder, Mount as OciMount, MountBuilder, PosixRlimit, PosixRlimitBuilder,
+    PosixRlimitType, ProcessBuilder, RootBuilder, Spec, SpecBuilder, UserBuilder,
+    get_default_maskedpaths, get_default_readonly_paths,
 };
 
-use crate::{DEFAULT_PATH, Mount, Network, ProcessSpec};
+use crate::{DEFAULT_PATH, Mount, Network, ProcessSpec, Rlimit, Sandbox, Security};
 
 /// Destinations of the default mounts whose mount points live in the rootfs.
 pub(crate) const DEFAULT_MOUNT_POINTS: &[&str] =
@@ -34,6 +35,76 @@ const DEFAULT_CAPS: &[Capability] = &[
     Capability::AuditWrite,
 ];
 
+/// Every capability with its bit number, for `--security=insecure`.
+const ALL_CAPS: &[(Capability, u32)] = &[
+    (Capability::AuditControl, 30),
+    (Capability::AuditRead, 37),
+    (Capability::AuditWrite, 29),
+    (Capability::BlockSuspend, 36),
+    (Capability::Bpf, 39),
+    (Capability::CheckpointRestore, 40),
+    (Capability::Chown, 0),
+    (Capability::DacOverride, 1),
+    (Capability::DacReadSearch, 2),
+    (Capability::Fowner, 3),
+    (Capability::Fsetid, 4),
+    (Capability::IpcLock, 14),
+    (Capability::IpcOwner, 15),
+    (Capability::Kill, 5),
+    (Capability::Lease, 28),
+    (Capability::LinuxImmutable, 9),
+    (Capability::MacAdmin, 33),
+    (Capability::MacOverride, 32),
+    (Capability::Mknod, 27),
+    (Capability::NetAdmin, 12),
+    (Capability::NetBindService, 10),
+    (Capability::NetBroadcast, 11),
+    (Capability::NetRaw, 13),
+    (Capability::Perfmon, 38),
+    (Capability::Setfcap, 31),
+    (Capability::Setgid, 6),
+    (Capability::Setpcap, 8),
+    (Capability::Setuid, 7),
+    (Capability::SysAdmin, 21),
+    (Capability::SysBoot, 22),
+    (Capability::SysChroot, 18),
+    (Capability::SysModule, 16),
+    (Capability::SysNice, 23),
+    (Capability::SysPacct, 20),
+    (Capability::SysPtrace, 19),
+    (Capability::SysRawio, 17),
+    (Capability::SysResource, 24),
+    (Capability::SysTime, 25),
+    (Capability::SysTtyConfig, 26),
+    (Capability::Syslog, 34),
+    (Capability::WakeAlarm, 35),
+];
+
+/// The capabilities `--security=insecure` grants: every one this process may pass on (its
+/// bounding set), as runc fails to start a container asking for more.
+fn insecure_caps() -> Vec<Capability> {
+    let bounding = std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("CapBnd:"))
+                .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
+        })
+        .unwrap_or(u64::MAX);
+    ALL_CAPS
+        .iter()
+        .filter(|(_, bit)| bounding & (1 << bit) != 0)
+        .map(|(cap, _)| *cap)
+        .collect()
+}
+
+/// Masked beside oci-spec's defaults, as Docker does: RAPL energy counters leak what other
+/// processes compute (CVE-2020-8694).
+const EXTRA_MASKED_PATHS: &[&str] = &["/sys/devices/virtual/powercap"];
+
+/// `/dev/shm`'s size when the caller sets none: Docker's 64 MiB.
+const DEFAULT_SHM_SIZE: u64 = 64 * 1024 * 1024;
+
 pub(crate) struct SpecInput<'a> {
     pub rootfs: &'a Path,
     pub process: &'a ProcessSpec,
@@ -44,6 +115,7 @@ pub(crate) struct SpecInput<'a> {
     pub resolv_conf: &'a Path,
     pub network: Network,
     pub readonly_rootfs: bool,
+    pub sandbox: &'a Sandbox,
 }
 
 /// Adds `PATH`, `HOME` and, with a terminal, `TERM` when the caller did not set them.
@@ -67,7 +139,13 @@ pub(crate) fn finalize_env(env: &[String], home: &str, terminal: bool) -> Vec<St
 
 pub(crate) fn build(input: SpecInput<'_>) -> Result<Spec, OciSpecError> {
     let p = input.process;
-    let caps: Capabilities = DEFAULT_CAPS.iter().copied().collect();
+    let insecure = input.sandbox.security == Security::Insecure;
+    let cap_list = if insecure {
+        insecure_caps()
+    } else {
+        DEFAULT_CAPS.to_vec()
+    };
+    let caps: Capabilities = cap_list.iter().copied().collect();
     // Inheritable and ambient stay empty (CVE-2022-24769), as in Docker and containerd.
     let capabilities = LinuxCapabilitiesBuilder::default()
         .bounding(caps.clone())
@@ -89,12 +167,12 @@ pub(crate) fn build(input: SpecInput<'_>) -> Result<Spec, OciSpecError> {
         .env(input.env)
         .cwd(p.cwd.clone())
         .capabilities(capabilities)
-        .no_new_privileges(true)
-        // No rlimits: the process inherits ours, as Docker containers inherit dockerd's.
-        .rlimits(Vec::new())
+        .no_new_privileges(!insecure)
+        .rlimits(rlimits(&input.sandbox.rlimits)?)
         .build()?;
 
-    let mut mounts = default_mounts(input.hosts, input.resolv_conf)?;
+    let shm_size = input.sandbox.shm_size.unwrap_or(DEFAULT_SHM_SIZE);
+    let mut mounts = default_mounts(input.hosts, input.resolv_conf, shm_size, insecure)?;
     for m in input.mounts {
         mounts.push(extra_mount(m)?);
     }
@@ -105,20 +183,42 @@ pub(crate) fn build(input: SpecInput<'_>) -> Result<Spec, OciSpecError> {
         LinuxNamespaceType::Uts,
         LinuxNamespaceType::Mount,
     ];
-    // Host: no network namespace of our own. A new one gets loopback up from runc.
-    if input.network == Network::None {
-        ns_types.push(LinuxNamespaceType::Network);
+    match input.network {
+        // The host's network namespace: no network namespace of our own.
+        Network::Host => {}
+        // A new one, where runc brings up `lo` and nothing else.
+        Network::None => ns_types.push(LinuxNamespaceType::Network),
     }
     let namespaces = ns_types
         .into_iter()
         .map(|t| LinuxNamespaceBuilder::default().typ(t).build())
         .collect::<Result<Vec<LinuxNamespace>, _>>()?;
-    // No cgroups path and no resources: runc picks its default, which works on v1 and v2.
-    let linux = LinuxBuilder::default()
-        .namespaces(namespaces)
-        .masked_paths(get_default_maskedpaths())
-        .readonly_paths(get_default_readonly_paths())
+    // Devices: deny all, then runc appends its defaults (null, zero, full, random, urandom,
+    // tty, console, ptmx, pts), Docker's set. Insecure allows every device, as --privileged.
+    let devices = LinuxDeviceCgroupBuilder::default()
+        .allow(insecure)
+        .access("rwm")
         .build()?;
+    let mut resources = LinuxResourcesBuilder::default().devices(vec![devices]);
+    if let Some(limit) = input.sandbox.memory_limit {
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        resources = resources.memory(LinuxMemoryBuilder::default().limit(limit).build()?);
+    }
+    // No cgroups path: runc picks its default, which works on v1 and v2.
+    let mut linux = LinuxBuilder::default()
+        .namespaces(namespaces)
+        .resources(resources.build()?);
+    linux = if insecure {
+        linux.masked_paths(Vec::new()).readonly_paths(Vec::new())
+    } else {
+        let mut masked = get_default_maskedpaths();
+        masked.extend(EXTRA_MASKED_PATHS.iter().map(|p| p.to_string()));
+        linux
+            .masked_paths(masked)
+            .readonly_paths(get_default_readonly_paths())
+            .seccomp(crate::seccomp::default_profile(&cap_list)?)
+    };
+    let linux = linux.build()?;
 
     SpecBuilder::default()
         .version("1.0.2")
@@ -144,8 +244,52 @@ fn mount(dest: &str, typ: &str, source: &str, options: &[&str]) -> Result<OciMou
         .build()
 }
 
-fn default_mounts(hosts: &Path, resolv_conf: &Path) -> Result<Vec<OciMount>, OciSpecError> {
+fn rlimits(limits: &[Rlimit]) -> Result<Vec<PosixRlimit>, OciSpecError> {
+    limits
+        .iter()
+        .map(|l| {
+            let typ = rlimit_type(&l.name)
+                .ok_or_else(|| OciSpecError::Other(format!("unknown ulimit `{}`", l.name)))?;
+            PosixRlimitBuilder::default()
+                .typ(typ)
+                .soft(l.soft)
+                .hard(l.hard)
+                .build()
+        })
+        .collect()
+}
+
+/// The resource a Docker `--ulimit` name limits (see [`crate::RLIMIT_NAMES`]).
+fn rlimit_type(name: &str) -> Option<PosixRlimitType> {
+    Some(match name {
+        "core" => PosixRlimitType::RlimitCore,
+        "cpu" => PosixRlimitType::RlimitCpu,
+        "data" => PosixRlimitType::RlimitData,
+        "fsize" => PosixRlimitType::RlimitFsize,
+        "locks" => PosixRlimitType::RlimitLocks,
+        "memlock" => PosixRlimitType::RlimitMemlock,
+        "msgqueue" => PosixRlimitType::RlimitMsgqueue,
+        "nice" => PosixRlimitType::RlimitNice,
+        "nofile" => PosixRlimitType::RlimitNofile,
+        "nproc" => PosixRlimitType::RlimitNproc,
+        "rss" => PosixRlimitType::RlimitRss,
+        "rtprio" => PosixRlimitType::RlimitRtprio,
+        "rttime" => PosixRlimitType::RlimitRttime,
+        "sigpending" => PosixRlimitType::RlimitSigpending,
+        "stack" => PosixRlimitType::RlimitStack,
+        _ => return None,
+    })
+}
+
+fn default_mounts(
+    hosts: &Path,
+    resolv_conf: &Path,
+    shm_size: u64,
+    insecure: bool,
+) -> Result<Vec<OciMount>, OciSpecError> {
     let ro_file = ["rbind", "ro", "nosuid", "nodev", "noexec"];
+    let shm_size = format!("size={shm_size}");
+    let sys_mode = if insecure { "rw" } else { "ro" };
     Ok(vec![
         mount("/proc", "proc", "proc", &["nosuid", "noexec", "nodev"])?,
         mount(
@@ -171,7 +315,7 @@ fn default_mounts(hosts: &Path, resolv_conf: &Path) -> Result<Vec<OciMount>, Oci
             "/dev/shm",
             "tmpfs",
             "shm",
-            &["nosuid", "noexec", "nodev", "mode=1777", "size=65536k"],
+            &["nosuid", "noexec", "nodev", "mode=1777", &shm_size],
         )?,
         mount(
             "/dev/mqueue",
@@ -183,7 +327,7 @@ fn default_mounts(hosts: &Path, resolv_conf: &Path) -> Result<Vec<OciMount>, Oci
             "/sys",
             "sysfs",
             "sysfs",
-            &["nosuid", "noexec", "nodev", "ro"],
+            &["nosuid", "noexec", "nodev", sys_mode],
         )?,
         MountBuilder::default()
             .destination("/etc/hosts")
@@ -234,11 +378,14 @@ fn extra_mount(m: &Mount) -> Result<OciMount, OciSpecError> {
     }
 }
 
-/// `/etc/hosts` for a container on the host network.
-pub(crate) fn hosts_file(hostname: &str) -> String {
+/// `/etc/hosts`: localhost, the hostname, then `extra` (`--add-host`) in order.
+pub(crate) fn hosts_file(hostname: &str, extra: &[(String, String)]) -> String {
     let mut s = String::from("127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n");
     if !hostname.is_empty() && hostname != "localhost" {
         s.push_str(&format!("127.0.0.1\t{hostname}\n"));
+    }
+    for (name, address) in extra {
+        s.push_str(&format!("{address}\t{name}\n"));
     }
     s
 }
@@ -298,6 +445,7 @@ mod tests {
             resolv_conf: Path::new("/b/resolv.conf"),
             network: Network::Host,
             readonly_rootfs: false,
+            sandbox: &Sandbox::default(),
         })
         .unwrap();
         let json = serde_json::to_value(&spec).unwrap();
@@ -317,6 +465,23 @@ mod tests {
         assert_eq!(proc_["capabilities"]["inheritable"], serde_json::json!([]));
         assert_eq!(proc_["capabilities"]["ambient"], serde_json::json!([]));
         assert_eq!(proc_["rlimits"], serde_json::json!([]));
+        assert_eq!(json["linux"]["seccomp"]["defaultAction"], "SCMP_ACT_ERRNO");
+        assert_eq!(
+            json["linux"]["resources"]["devices"],
+            serde_json::json!([{"allow": false, "access": "rwm"}])
+        );
+        let shm = json["mounts"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|m| m["destination"] == "/dev/shm")
+            .unwrap();
+        assert!(
+            shm["options"]
+                .as_array()
+                .unwrap()
+                .contains(&format!("size={DEFAULT_SHM_SIZE}").into())
+        );
 
         let ns: Vec<&str> = json["linux"]["namespaces"]
             .as_array()
@@ -362,40 +527,86 @@ mod tests {
     }
 
     #[test]
-    fn network_none_gets_its_own_namespace() {
-        let p = ProcessSpec {
-            args: vec!["true".into()],
-            env: vec![],
-            cwd: "/".into(),
-            user: crate::User::default(),
-            hostname: "h".into(),
-            terminal: false,
+    fn insecure_network_none_and_limits() {
+        let p = process();
+        let sandbox = Sandbox {
+            security: Security::Insecure,
+            extra_hosts: vec![],
+            rlimits: vec![Rlimit {
+                name: "nofile".into(),
+                soft: 1024,
+                hard: 2048,
+            }],
+            shm_size: Some(1 << 20),
+            memory_limit: Some(1 << 30),
         };
         let spec = build(SpecInput {
             rootfs: Path::new("/r"),
             process: &p,
-            env: finalize_env(&p.env, "/", false),
+            env: vec![],
             mounts: &[],
             hosts: Path::new("/b/hosts"),
             resolv_conf: Path::new("/b/resolv.conf"),
             network: Network::None,
             readonly_rootfs: false,
+            sandbox: &sandbox,
         })
         .unwrap();
         let json = serde_json::to_value(&spec).unwrap();
-        let ns = json["linux"]["namespaces"].as_array().unwrap();
-        assert_eq!(ns.len(), 5);
+        let linux = &json["linux"];
+        assert!(linux.get("seccomp").is_none(), "insecure has no seccomp");
+        assert_eq!(linux["maskedPaths"], serde_json::json!([]));
+        assert_eq!(linux["readonlyPaths"], serde_json::json!([]));
+        assert_eq!(linux["resources"]["devices"][0]["allow"], true);
+        assert_eq!(linux["resources"]["memory"]["limit"], 1 << 30);
         assert!(
-            ns.iter()
-                .any(|n| n["type"] == "network" && n.get("path").is_none())
+            linux["namespaces"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|n| n["type"] == "network")
+        );
+        let bounding = json["process"]["capabilities"]["bounding"]
+            .as_array()
+            .unwrap();
+        assert!(bounding.contains(&"CAP_SYS_ADMIN".into()));
+        assert_eq!(bounding.len(), insecure_caps().len());
+        assert!(bounding.len() > DEFAULT_CAPS.len());
+        assert_eq!(json["process"]["noNewPrivileges"], false);
+        assert_eq!(
+            json["process"]["rlimits"],
+            serde_json::json!([{"type": "RLIMIT_NOFILE", "soft": 1024, "hard": 2048}])
+        );
+        let mounts = json["mounts"].as_array().unwrap();
+        let sys = mounts.iter().find(|m| m["destination"] == "/sys").unwrap();
+        assert!(sys["options"].as_array().unwrap().contains(&"rw".into()));
+        let shm = mounts
+            .iter()
+            .find(|m| m["destination"] == "/dev/shm")
+            .unwrap();
+        assert!(
+            shm["options"]
+                .as_array()
+                .unwrap()
+                .contains(&"size=1048576".into())
         );
     }
 
     #[test]
+    fn every_ulimit_name_maps_to_a_resource() {
+        for name in crate::RLIMIT_NAMES {
+            assert!(rlimit_type(name).is_some(), "{name}");
+        }
+        assert!(rlimit_type("files").is_none());
+    }
+
+    #[test]
     fn hosts_file_names_the_hostname() {
-        let h = hosts_file("buildkitsandbox");
+        let h = hosts_file("buildkitsandbox", &[]);
         assert!(h.contains("127.0.0.1\tlocalhost\n"));
         assert!(h.lines().any(|l| l == "127.0.0.1\tbuildkitsandbox"));
-        assert!(!hosts_file("").lines().any(|l| l.ends_with('\t')));
+        assert!(!hosts_file("", &[]).lines().any(|l| l.ends_with('\t')));
+        let extra = [("db.local".to_string(), "10.0.0.5".to_string())];
+        assert!(hosts_file("h", &extra).ends_with("10.0.0.5\tdb.local\n"));
     }
 }

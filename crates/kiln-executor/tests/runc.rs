@@ -6,12 +6,13 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use kiln_executor::{
-    Error, ExitStatus, Mount, Network, OutputSink, ProcessSpec, RunRequest, RuncExecutor, Stdio,
-    User, resolve_user,
+    Error, ExitStatus, Mount, Network, OutputSink, ProcessSpec, RunRequest, RuncExecutor, Sandbox,
+    Security, Stdio, User, resolve_user,
 };
 
 const APPLETS: &[&str] = &[
     "sh", "echo", "cat", "id", "pwd", "sleep", "env", "false", "true", "ls", "hostname", "touch",
+    "unshare", "mount", "grep", "ip", "dd", "wc", "kill",
 ];
 const PASSWD: &str = "root:x:0:0:root:/root:/bin/sh\napp:x:1000:1000:app:/home/app:/bin/sh\n";
 const GROUP: &str = "root:x:0:\napp:x:1000:\nwheel:x:10:app\n";
@@ -101,6 +102,7 @@ fn request<'a>(id: String, rootfs: &'a Path, script: &str, stdio: Stdio) -> RunR
         stdio,
         network: Network::Host,
         readonly_rootfs: false,
+        sandbox: Sandbox::default(),
     }
 }
 
@@ -406,4 +408,173 @@ fn missing_runc_is_a_clear_error() {
     let state = tempfile::tempdir().unwrap();
     let err = RuncExecutor::with_runc(state.path(), Path::new("/nonexistent/runc")).unwrap_err();
     assert!(err.to_string().contains("/nonexistent/runc"), "{err}");
+}
+
+/// Runs `script` with `sandbox` and `network`; returns the status and stdout+stderr.
+async fn run_with(
+    env: &Env,
+    test: &str,
+    script: &str,
+    network: Network,
+    sandbox: Sandbox,
+) -> (ExitStatus, String) {
+    let (stdio, out, err) = capture();
+    let mut req = request(id(test), env.rootfs.path(), script, stdio);
+    req.network = network;
+    req.sandbox = sandbox;
+    let status = env.executor.run(req).await.unwrap();
+    (status, format!("{}{}", out.text(), err.text()))
+}
+
+#[tokio::test]
+async fn network_none_has_only_loopback() {
+    let Some(env) = setup() else { return };
+    let script = "ip -o link; echo routes:; ip route; ip -6 route";
+    let (status, text) =
+        run_with(&env, "net-none", script, Network::None, Sandbox::default()).await;
+    assert!(status.success(), "{text}");
+    let links: Vec<&str> = text.lines().take_while(|l| *l != "routes:").collect();
+    assert_eq!(links.len(), 1, "{text}");
+    assert!(
+        links[0].contains("lo:") && links[0].contains("UP"),
+        "{text}"
+    );
+    let routes = text.split("routes:\n").nth(1).unwrap_or_default();
+    assert!(!routes.lines().any(|l| l.starts_with("default")), "{text}");
+    // The host network, for contrast, has more than loopback.
+    let (_, host) = run_with(
+        &env,
+        "net-host",
+        "ip -o link",
+        Network::Host,
+        Sandbox::default(),
+    )
+    .await;
+    assert!(host.lines().count() > 1, "{host}");
+}
+
+#[tokio::test]
+async fn seccomp_and_capabilities_confine_the_sandbox() {
+    let Some(env) = setup() else { return };
+    let script = "grep -E '^(Seccomp|NoNewPrivs|CapEff):' /proc/self/status; \
+                  unshare -U true && echo userns-ok; \
+                  mount -t tmpfs t /mnt && echo mount-ok; \
+                  echo x > /sys/kernel/uevent_helper && echo sys-ok; \
+                  echo done";
+    let (status, text) =
+        run_with(&env, "confined", script, Network::Host, Sandbox::default()).await;
+    assert!(status.success(), "{text}");
+    assert!(text.contains("Seccomp:\t2"), "{text}");
+    assert!(text.contains("NoNewPrivs:\t1"), "{text}");
+    assert!(
+        !text.contains("userns-ok"),
+        "unshare(CLONE_NEWUSER) needs no capability, only seccomp stops it: {text}"
+    );
+    assert!(!text.contains("mount-ok"), "{text}");
+    assert!(!text.contains("sys-ok"), "{text}");
+
+    let insecure = Sandbox {
+        security: Security::Insecure,
+        ..Sandbox::default()
+    };
+    let script = "grep -E '^(Seccomp|CapEff):' /proc/self/status; \
+                  unshare -U true && echo userns-ok; \
+                  mkdir -p /mnt && mount -t tmpfs t /mnt && echo mount-ok; umount /mnt";
+    let (status, text) = run_with(&env, "insecure", script, Network::Host, insecure).await;
+    assert!(status.success(), "{text}");
+    assert!(text.contains("Seccomp:\t0"), "{text}");
+    assert!(text.contains("userns-ok"), "{text}");
+    assert!(text.contains("mount-ok"), "{text}");
+}
+
+#[tokio::test]
+async fn devices_are_dockers_default_set() {
+    let Some(env) = setup() else { return };
+    let script = "ls /dev; echo x > /dev/null && echo null-ok; \
+                  dd if=/dev/urandom bs=4 count=1 2>/dev/null | wc -c";
+    let (status, text) = run_with(&env, "devices", script, Network::Host, Sandbox::default()).await;
+    assert!(status.success(), "{text}");
+    assert!(text.contains("null-ok"), "{text}");
+    let mut names: Vec<&str> = text
+        .lines()
+        .take_while(|l| *l != "null-ok")
+        .flat_map(|l| l.split_whitespace())
+        .collect();
+    names.sort();
+    let mut expected = [
+        "fd", "full", "mqueue", "null", "ptmx", "pts", "random", "shm", "stderr", "stdin",
+        "stdout", "tty", "urandom", "zero",
+    ];
+    expected.sort();
+    assert_eq!(names, expected, "{text}");
+}
+
+#[tokio::test]
+async fn rlimits_and_shm_size_are_applied() {
+    let Some(env) = setup() else { return };
+    let sandbox = Sandbox {
+        rlimits: vec![kiln_executor::Rlimit {
+            name: "nofile".into(),
+            soft: 1024,
+            hard: 2048,
+        }],
+        shm_size: Some(8 * 1024 * 1024),
+        ..Sandbox::default()
+    };
+    let script = "ulimit -n; ulimit -Hn; grep /dev/shm /proc/mounts";
+    let (status, text) = run_with(&env, "limits", script, Network::Host, sandbox).await;
+    assert!(status.success(), "{text}");
+    assert!(text.starts_with("1024\n2048\n"), "{text}");
+    assert!(text.contains("size=8192k"), "{text}");
+}
+
+#[tokio::test]
+async fn signals_and_oom_kills_are_reported() {
+    let Some(env) = setup() else { return };
+    // The shell is the namespace's init, which SIGKILL from inside cannot end; its child can.
+    let (status, text) = run_with(
+        &env,
+        "kill",
+        "sleep 30 & kill -9 $!; wait $!",
+        Network::Host,
+        Sandbox::default(),
+    )
+    .await;
+    assert_eq!(
+        status,
+        ExitStatus::Killed {
+            signal: 9,
+            oom: false
+        },
+        "{text}"
+    );
+    let (status, _) = run_with(
+        &env,
+        "term",
+        "sleep 30 & kill $!; wait $!",
+        Network::Host,
+        Sandbox::default(),
+    )
+    .await;
+    assert_eq!(
+        status.to_string(),
+        "exit code: 143: killed by signal 15 (SIGTERM)"
+    );
+
+    // A 64 MiB buffer under a 16 MiB limit: the memory cgroup's OOM killer ends dd (not the
+    // shell, which as the namespace's init would ignore the SIGKILL).
+    let sandbox = Sandbox {
+        memory_limit: Some(16 * 1024 * 1024),
+        ..Sandbox::default()
+    };
+    let script = "dd if=/dev/zero of=/dev/null bs=64M count=1";
+    let (status, text) = run_with(&env, "oom", script, Network::Host, sandbox).await;
+    assert_eq!(
+        status,
+        ExitStatus::Killed {
+            signal: 9,
+            oom: true
+        },
+        "{text}"
+    );
 }

@@ -8,7 +8,7 @@ use kiln_dockerfile::shell::ShellLex;
 use kiln_dockerfile::{Command, CopyArgs, Instruction, InstructionKind, Location};
 use kiln_llb::{
     CacheMount, CopyOp, Definition, ExecMount, ExecOp, GitOp, HttpOp, InlineFile, MkdirOp,
-    MkfileOp, NetworkMode, NodeId, Op, SecretMount, SshMount, TmpfsMount,
+    MkfileOp, NodeId, Op, SecretMount, SshMount, TmpfsMount,
 };
 use kiln_oci::{History, ImageConfig, Platform, Reference};
 
@@ -696,12 +696,12 @@ impl Converter<'_> {
                         .map_err(|e| self.located(ins, &e))?;
                         parsed.push(m);
                     }
-                    if network.is_some() {
-                        return Err(self.not_supported(ins, "RUN --network"));
-                    }
-                    if security.is_some() {
-                        return Err(self.not_supported(ins, "RUN --security"));
-                    }
+                    let (network, sandbox) = crate::sandbox::run_modes(
+                        &self.opts.run,
+                        network.as_deref(),
+                        security.as_deref(),
+                    )
+                    .map_err(|e| self.located(ins, &e))?;
                     if !device.is_empty() {
                         return Err(self.not_supported(ins, "RUN --device"));
                     }
@@ -747,7 +747,7 @@ impl Converter<'_> {
                             .filter(|w| !w.is_empty())
                             .unwrap_or_else(|| "/".into()),
                         user: image.config.user.clone().unwrap_or_default(),
-                        network: NetworkMode::Host,
+                        network,
                         mounts: script
                             .iter()
                             .map(|_| ExecMount {
@@ -762,6 +762,7 @@ impl Converter<'_> {
                         tmpfs: run_mounts.tmpfs,
                         secrets: run_mounts.secrets,
                         ssh: run_mounts.ssh,
+                        sandbox,
                     });
                     let mut inputs = vec![node];
                     if let Some(file) = script {

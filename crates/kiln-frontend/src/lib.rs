@@ -8,6 +8,7 @@ mod git_url;
 pub mod lint;
 mod mount;
 mod path;
+mod sandbox;
 
 use std::collections::{BTreeMap, HashMap};
 
@@ -18,6 +19,7 @@ use kiln_oci::{ImageConfig, Platform, Reference};
 pub use convert::convert;
 pub use git_url::{GitRef, GitUrlError, parse_git_ref};
 pub use lint::{LintOptions, Report, Warning, lint};
+pub use sandbox::{Entitlement, InvalidEntitlement, RunOpts};
 
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
@@ -48,6 +50,8 @@ pub struct BuildOpts {
     pub excludes: Vec<String>,
     /// RFC 3339 time written into `created` fields.
     pub created: String,
+    /// Entitlements and what every RUN gets (`--allow`, `--add-host`, `--ulimit`, `--shm-size`).
+    pub run: RunOpts,
 }
 
 /// The frontend's result: the graph, its root, and the image config of the target stage

@@ -57,6 +57,7 @@ impl ImageResolver for FakeResolver {
 fn opts(case: &Path) -> BuildOpts {
     let mut build_args = BTreeMap::new();
     let mut target = None;
+    let mut run = kiln_frontend::RunOpts::default();
     if let Ok(text) = std::fs::read_to_string(case.join("opts.txt")) {
         for line in text
             .lines()
@@ -69,6 +70,9 @@ fn opts(case: &Path) -> BuildOpts {
                     let (k, v) = kv.split_once('=').expect("build-arg=KEY=VALUE");
                     build_args.insert(k.to_string(), v.to_string());
                 }
+                Some(("allow", e)) => {
+                    run.entitlements.insert(e.parse().expect("an entitlement"));
+                }
                 _ => panic!("{}: bad opts.txt line `{line}`", case.display()),
             }
         }
@@ -80,6 +84,7 @@ fn opts(case: &Path) -> BuildOpts {
         platform: Platform::new("linux", "amd64", None),
         excludes: Vec::new(),
         created: CREATED.into(),
+        run,
     }
 }
 

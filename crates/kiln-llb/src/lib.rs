@@ -96,6 +96,10 @@ pub struct ExecOp {
     /// SSH agents by id only: the socket is given to the worker, never put in the graph.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub ssh: Vec<SshMount>,
+    /// Security mode and the build's `--add-host`, `--ulimit`, `--shm-size`; each changes what
+    /// the process can do, so each is in the digest, as in BuildKit's exec meta.
+    #[serde(flatten)]
+    pub sandbox: ExecSandbox,
 }
 
 /// An SSH agent socket (`RUN --mount=type=ssh`) forwarded to the process at `target`.
@@ -108,6 +112,52 @@ pub struct SshMount {
     pub mode: u32,
     pub uid: u32,
     pub gid: u32,
+}
+
+/// The parts of an exec's environment beyond its command; empty ones stay out of the encoding.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ExecSandbox {
+    #[serde(default, skip_serializing_if = "SecurityMode::is_sandbox")]
+    pub security: SecurityMode,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub extra_hosts: Vec<HostEntry>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ulimits: Vec<Ulimit>,
+    /// `/dev/shm` size in bytes; the worker's default (64 MiB) when `None`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shm_size: Option<u64>,
+}
+
+/// `RUN --security`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SecurityMode {
+    /// Docker's default confinement.
+    #[default]
+    Sandbox,
+    /// Every capability, no seccomp, nothing masked (needs the `security.insecure` entitlement).
+    Insecure,
+}
+
+impl SecurityMode {
+    pub fn is_sandbox(&self) -> bool {
+        *self == SecurityMode::Sandbox
+    }
+}
+
+/// An `/etc/hosts` entry (`--add-host name:address`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HostEntry {
+    pub host: String,
+    pub ip: String,
+}
+
+/// A resource limit by its `--ulimit` name (`nofile`, `nproc`, ...).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Ulimit {
+    pub name: String,
+    pub soft: u64,
+    pub hard: u64,
 }
 
 /// A secret exposed to the process as a read-only file at `target`, as the env var `env`, or both.
@@ -186,10 +236,14 @@ pub struct InlineFile {
     pub mode: u32,
 }
 
+/// `RUN --network`. `default` is the host's namespace (BuildKit's default without CNI), so
+/// `default` and `host` are one mode; only the entitlement check tells them apart.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum NetworkMode {
     Host,
+    /// A namespace of its own with loopback only.
+    None,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -366,6 +420,7 @@ mod tests {
             tmpfs: vec![],
             secrets: vec![],
             ssh: vec![],
+            sandbox: ExecSandbox::default(),
         })
     }
 
@@ -420,6 +475,39 @@ mod tests {
     fn exec_without_mounts_keeps_its_encoding() {
         let json = serde_json::to_string(&exec("true")).unwrap();
         assert!(!json.contains("mounts"), "{json}");
+        assert!(!json.contains("security"), "{json}");
+        assert!(!json.contains("ulimits"), "{json}");
+    }
+
+    #[test]
+    fn network_and_sandbox_are_in_the_digest_and_round_trip() {
+        let mut def = Definition::new();
+        let s = def.add(Op::Scratch, vec![], "");
+        let plain = exec("true");
+        let mut none = plain.clone();
+        let mut insecure = plain.clone();
+        let mut limited = plain.clone();
+        if let (Op::Exec(n), Op::Exec(i), Op::Exec(l)) = (&mut none, &mut insecure, &mut limited) {
+            n.network = NetworkMode::None;
+            i.sandbox.security = SecurityMode::Insecure;
+            l.sandbox.ulimits.push(Ulimit {
+                name: "nofile".into(),
+                soft: 1,
+                hard: 2,
+            });
+        }
+        let ids: Vec<NodeId> = [&plain, &none, &insecure, &limited]
+            .into_iter()
+            .map(|op| def.add(op.clone(), vec![s], ""))
+            .collect();
+        let digests: std::collections::HashSet<_> =
+            ids.iter().map(|id| def.node(*id).digest.clone()).collect();
+        assert_eq!(digests.len(), 4);
+        for op in [&none, &insecure, &limited] {
+            let json = serde_json::to_string(op).unwrap();
+            let back: Op = serde_json::from_str(&json).unwrap();
+            assert_eq!(&back, op, "{json}");
+        }
     }
 
     #[test]

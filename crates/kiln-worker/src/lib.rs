@@ -23,7 +23,10 @@ use futures::future::BoxFuture;
 use kiln_content::ContentStore;
 use kiln_executor::{ExitStatus, ProcessSpec, RunRequest, RuncExecutor, Stdio};
 use kiln_ignore::Matcher;
-use kiln_llb::{CopyOp, Definition, ExecOp, GitOp, HttpOp, MkdirOp, MkfileOp, Op, SecretMount};
+use kiln_llb::{
+    CopyOp, Definition, ExecOp, ExecSandbox, GitOp, HttpOp, MkdirOp, MkfileOp, NetworkMode, Op,
+    SecretMount, SecurityMode,
+};
 use kiln_oci::{Descriptor, Digest, ImageManifest, MediaType, Reference};
 use kiln_progress::{Stream, Vertex};
 use kiln_snapshot::{Compression, LayerStore, OverlayMount, mount_overlay};
@@ -705,8 +708,12 @@ impl LlbWorker {
                     stdout: Box::new(move |b| out.log(Stream::Stdout, b)),
                     stderr: Box::new(move |b| err.log(Stream::Stderr, b)),
                 },
-                network: kiln_executor::Network::Host,
+                network: match op.network {
+                    NetworkMode::Host => kiln_executor::Network::Host,
+                    NetworkMode::None => kiln_executor::Network::None,
+                },
                 readonly_rootfs: false,
+                sandbox: executor_sandbox(&op.sandbox),
             })
             .await;
         if secrets_dir.exists() {
@@ -1146,5 +1153,31 @@ impl kiln_solver::Worker<LlbGraph> for LlbWorker {
             graph.def.node(kiln_llb::NodeId(vertex)).op,
             Op::Local { .. } | Op::Scratch
         )
+    }
+}
+
+/// The executor's sandbox for an exec op's security mode and build-wide settings.
+fn executor_sandbox(s: &ExecSandbox) -> kiln_executor::Sandbox {
+    kiln_executor::Sandbox {
+        security: match s.security {
+            SecurityMode::Sandbox => kiln_executor::Security::Sandbox,
+            SecurityMode::Insecure => kiln_executor::Security::Insecure,
+        },
+        extra_hosts: s
+            .extra_hosts
+            .iter()
+            .map(|h| (h.host.clone(), h.ip.clone()))
+            .collect(),
+        rlimits: s
+            .ulimits
+            .iter()
+            .map(|u| kiln_executor::Rlimit {
+                name: u.name.clone(),
+                soft: u.soft,
+                hard: u.hard,
+            })
+            .collect(),
+        shm_size: s.shm_size,
+        memory_limit: None,
     }
 }

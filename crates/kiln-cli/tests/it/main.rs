@@ -21,5 +21,6 @@ mod mounts;
 mod multistage;
 mod pull;
 mod run;
+mod sandbox;
 mod storage;
 mod support;

@@ -9,6 +9,8 @@ mod check;
 mod config;
 mod export;
 mod image;
+mod images;
+mod imagetools;
 mod resolver;
 mod run;
 
@@ -24,6 +26,10 @@ pub use build::{BuildRequest, BuildResult, Output};
 pub use check::{CheckReport, CheckRequest, check};
 pub use config::Config;
 pub use image::ImportRequest;
+pub use images::{FoundImage, ImageFilter, RmiEvent};
+pub use imagetools::{IndexRequest, format_imagetools};
+pub use kiln_exporter::{load::LoadedImage, save::SaveFormat, view};
+pub use kiln_registry::RawManifest;
 pub use kiln_exporter::{ImageRecord, familiar_name, format_images_table};
 pub use kiln_worker::Secrets;
 pub use run::RunRequest;
@@ -76,6 +82,10 @@ pub enum Error {
     Worker(#[from] kiln_worker::Error),
     #[error("background task failed")]
     Join(#[from] tokio::task::JoinError),
+    #[error("{0}")]
+    Usage(String),
+    #[error("conflict: {0}")]
+    Conflict(String),
 }
 
 pub type Result<T> = std::result::Result<T, Error>;

@@ -3,6 +3,7 @@
 
 mod args;
 mod env;
+mod images;
 
 use std::collections::BTreeMap;
 use std::io::IsTerminal;
@@ -101,19 +102,13 @@ fn parse_ref(s: &str) -> Result<Reference> {
 async fn run(cli: Cli) -> Result<ExitCode> {
     match &cli.command {
         Command::Build(b) => build(&cli, b).await,
-        Command::Images(a) => {
-            let engine = open_engine(&cli)?;
-            let records = engine.images()?;
-            if a.quiet {
-                for r in &records {
-                    println!("{}", &r.config.digest()[..12]);
-                }
-            } else {
-                let table = kiln_engine::format_images_table(&records, chrono::Utc::now());
-                println!("{}", table.trim_end_matches('\n'));
-            }
-            Ok(ExitCode::SUCCESS)
-        }
+        Command::Images(_)
+        | Command::Rmi(_)
+        | Command::Save(_)
+        | Command::Load(_)
+        | Command::Inspect(_)
+        | Command::History(_)
+        | Command::Imagetools(_) => images::run(&cli).await,
         Command::Run(a) => {
             let engine = open_engine(&cli)?;
             if a.detach {

@@ -30,9 +30,11 @@ impl ImageFilter {
     pub fn parse(terms: &[String]) -> Result<ImageFilter> {
         let mut f = ImageFilter::default();
         for term in terms {
-            let (key, value) = term
-                .split_once('=')
-                .ok_or_else(|| Error::Usage(format!("bad format of filter `{term}` (expected name=value)")))?;
+            let (key, value) = term.split_once('=').ok_or_else(|| {
+                Error::Usage(format!(
+                    "bad format of filter `{term}` (expected name=value)"
+                ))
+            })?;
             match key.to_ascii_lowercase().as_str() {
                 "reference" => f.references.push(value.to_string()),
                 "dangling" => {
@@ -91,7 +93,10 @@ impl Engine {
         let mut out = Vec::new();
         for r in records {
             if !filter.references.is_empty()
-                && !filter.references.iter().any(|p| reference_matches(p, &r.name))
+                && !filter
+                    .references
+                    .iter()
+                    .any(|p| reference_matches(p, &r.name))
             {
                 continue;
             }
@@ -174,10 +179,22 @@ impl Engine {
         Err(Error::NoSuchImage(s.to_string()))
     }
 
-    fn found(&self, records: &[ImageRecord], config: Digest, by_name: Option<Reference>) -> FoundImage {
-        let mine: Vec<ImageRecord> = records.iter().filter(|r| r.config == config).cloned().collect();
+    fn found(
+        &self,
+        records: &[ImageRecord],
+        config: Digest,
+        by_name: Option<Reference>,
+    ) -> FoundImage {
+        let mine: Vec<ImageRecord> = records
+            .iter()
+            .filter(|r| r.config == config)
+            .cloned()
+            .collect();
         FoundImage {
-            manifest: mine.first().map(|r| r.manifest.clone()).unwrap_or_else(|| config.clone()),
+            manifest: mine
+                .first()
+                .map(|r| r.manifest.clone())
+                .unwrap_or_else(|| config.clone()),
             config,
             by_name,
             records: mine,
@@ -215,7 +232,12 @@ impl Engine {
                 let mut repos: Vec<(String, String)> = found
                     .records
                     .iter()
-                    .map(|r| (r.name.registry().to_string(), r.name.repository().to_string()))
+                    .map(|r| {
+                        (
+                            r.name.registry().to_string(),
+                            r.name.repository().to_string(),
+                        )
+                    })
                     .collect();
                 repos.dedup();
                 if !force && repos.len() > 1 {
@@ -307,7 +329,12 @@ impl Engine {
     pub fn inspect_image(&self, image: &str) -> Result<serde_json::Value> {
         let (found, d) = self.image_details(image)?;
         let c = &d.config_json;
-        let text = |key: &str| c.get(key).and_then(|v| v.as_str()).unwrap_or("").to_string();
+        let text = |key: &str| {
+            c.get(key)
+                .and_then(|v| v.as_str())
+                .unwrap_or("")
+                .to_string()
+        };
         let mut tags = Vec::new();
         let mut digests = Vec::new();
         for r in &found.records {
@@ -374,7 +401,8 @@ fn short_str(s: &str) -> &str {
 /// `repo:tag`, or against the familiar repository alone.
 fn reference_matches(pattern: &str, name: &Reference) -> bool {
     let (repo, tag) = familiar_name(name);
-    glob(pattern.as_bytes(), format!("{repo}:{tag}").as_bytes()) || glob(pattern.as_bytes(), repo.as_bytes())
+    glob(pattern.as_bytes(), format!("{repo}:{tag}").as_bytes())
+        || glob(pattern.as_bytes(), repo.as_bytes())
 }
 
 /// Go's `path.Match` without character classes: `*` is any run of non-`/`, `?` one non-`/`.
@@ -393,7 +421,9 @@ fn glob(p: &[u8], s: &[u8]) -> bool {
                 i += 1;
             }
         }
-        Some((b'?', rest)) => matches!(s.split_first(), Some((c, tail)) if *c != b'/' && glob(rest, tail)),
+        Some((b'?', rest)) => {
+            matches!(s.split_first(), Some((c, tail)) if *c != b'/' && glob(rest, tail))
+        }
         Some((c, rest)) => matches!(s.split_first(), Some((d, tail)) if c == d && glob(rest, tail)),
     }
 }
@@ -410,21 +440,39 @@ mod tests {
         assert!(reference_matches("busy*", &r("busybox:1.36")));
         assert!(reference_matches("busybox:1.*", &r("busybox:1.36")));
         assert!(!reference_matches("busybox:2*", &r("busybox:1.36")));
-        assert!(!reference_matches("*", &r("team/app:v1")), "`*` stops at `/`");
+        assert!(
+            !reference_matches("*", &r("team/app:v1")),
+            "`*` stops at `/`"
+        );
         assert!(reference_matches("*/*", &r("team/app:v1")));
-        assert!(reference_matches("127.0.0.1:5000/a/*:v?", &r("127.0.0.1:5000/a/b:v1")));
+        assert!(reference_matches(
+            "127.0.0.1:5000/a/*:v?",
+            &r("127.0.0.1:5000/a/b:v1")
+        ));
     }
 
     #[test]
     fn filters_parse_like_docker() {
-        let terms: Vec<String> = ["reference=a*", "dangling=false", "label=x", "label=k=v", "since=busybox"]
-            .iter()
-            .map(|s| s.to_string())
-            .collect();
+        let terms: Vec<String> = [
+            "reference=a*",
+            "dangling=false",
+            "label=x",
+            "label=k=v",
+            "since=busybox",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
         let f = ImageFilter::parse(&terms).unwrap();
         assert_eq!(f.references, ["a*"]);
         assert_eq!(f.dangling, Some(false));
-        assert_eq!(f.labels, [("x".to_string(), None), ("k".to_string(), Some("v".to_string()))]);
+        assert_eq!(
+            f.labels,
+            [
+                ("x".to_string(), None),
+                ("k".to_string(), Some("v".to_string()))
+            ]
+        );
         assert_eq!(f.since.as_deref(), Some("busybox"));
         assert!(ImageFilter::parse(&["nope=1".to_string()]).is_err());
         assert!(ImageFilter::parse(&["dangling=maybe".to_string()]).is_err());

@@ -194,7 +194,9 @@ fn descriptor(v: &Value, of: &Reference) -> Result<Descriptor> {
     let size = v["size"]
         .as_u64()
         .ok_or_else(|| bad("a descriptor without a size"))?;
-    let mt = v["mediaType"].as_str().unwrap_or("application/octet-stream");
+    let mt = v["mediaType"]
+        .as_str()
+        .unwrap_or("application/octet-stream");
     Ok(Descriptor::new(MediaType::from(mt), size, digest))
 }
 
@@ -205,17 +207,24 @@ fn parse_annotations(specs: &[String]) -> Result<(Annotations, Annotations)> {
     let mut index = BTreeMap::new();
     let mut descriptors = BTreeMap::new();
     for spec in specs {
-        let (key, value) = spec
-            .split_once('=')
-            .ok_or_else(|| Error::Usage(format!("invalid annotation `{spec}`: expected KEY=VALUE")))?;
+        let (key, value) = spec.split_once('=').ok_or_else(|| {
+            Error::Usage(format!("invalid annotation `{spec}`: expected KEY=VALUE"))
+        })?;
         let (kind, key) = match key.split_once(':') {
-            Some((kind, k)) if matches!(kind, "index" | "manifest-descriptor" | "manifest" | "index-descriptor") => {
+            Some((kind, k))
+                if matches!(
+                    kind,
+                    "index" | "manifest-descriptor" | "manifest" | "index-descriptor"
+                ) =>
+            {
                 (kind, k)
             }
             _ => ("index", key),
         };
         if key.is_empty() {
-            return Err(Error::Usage(format!("invalid annotation `{spec}`: empty key")));
+            return Err(Error::Usage(format!(
+                "invalid annotation `{spec}`: empty key"
+            )));
         }
         match kind {
             "index" => index.insert(key.to_string(), value.to_string()),
@@ -245,7 +254,12 @@ pub fn format_imagetools(reference: &Reference, raw: &RawManifest) -> String {
     let doc: Value = serde_json::from_slice(&raw.bytes).unwrap_or(Value::Null);
     if is_index(&raw.media_type) {
         out.push_str("\nManifests:\n");
-        for (i, m) in doc["manifests"].as_array().into_iter().flatten().enumerate() {
+        for (i, m) in doc["manifests"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .enumerate()
+        {
             if i > 0 {
                 out.push('\n');
             }
@@ -324,9 +338,21 @@ mod tests {
         };
         let r: Reference = "127.0.0.1:5000/x:multi".parse().unwrap();
         let text = format_imagetools(&r, &raw);
-        assert!(text.starts_with("Name:      127.0.0.1:5000/x:multi\n"), "{text}");
+        assert!(
+            text.starts_with("Name:      127.0.0.1:5000/x:multi\n"),
+            "{text}"
+        );
         assert!(text.contains("  Platform:  linux/arm/v7\n"), "{text}");
-        assert!(text.contains(&format!("  Name:      127.0.0.1:5000/x@{}", kiln_oci::sha256(b"a"))), "{text}");
-        assert!(text.contains("Annotations:\n  org.opencontainers.image.description: two\n"), "{text}");
+        assert!(
+            text.contains(&format!(
+                "  Name:      127.0.0.1:5000/x@{}",
+                kiln_oci::sha256(b"a")
+            )),
+            "{text}"
+        );
+        assert!(
+            text.contains("Annotations:\n  org.opencontainers.image.description: two\n"),
+            "{text}"
+        );
     }
 }

@@ -28,9 +28,9 @@ pub use config::Config;
 pub use image::ImportRequest;
 pub use images::{FoundImage, ImageFilter, RmiEvent};
 pub use imagetools::{IndexRequest, format_imagetools};
+pub use kiln_exporter::{ImageRecord, familiar_name, format_images_table};
 pub use kiln_exporter::{load::LoadedImage, save::SaveFormat, view};
 pub use kiln_registry::RawManifest;
-pub use kiln_exporter::{ImageRecord, familiar_name, format_images_table};
 pub use kiln_worker::Secrets;
 pub use run::RunRequest;
 

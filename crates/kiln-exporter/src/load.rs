@@ -133,7 +133,10 @@ impl Loader<'_> {
                     .ok_or_else(|| self.invalid(format!("link `{name}` has no target")))?;
                 // Symlinks are relative to their directory, hard links to the archive root.
                 let base = if kind.is_symlink() {
-                    Path::new(&name).parent().unwrap_or(Path::new("")).join(target)
+                    Path::new(&name)
+                        .parent()
+                        .unwrap_or(Path::new(""))
+                        .join(target)
                 } else {
                     target.into_owned()
                 };
@@ -413,7 +416,9 @@ impl Loader<'_> {
                     )));
                 }
             };
-            descs.push(serde_json::json!({"mediaType": mt, "digest": digest.to_string(), "size": size}));
+            descs.push(
+                serde_json::json!({"mediaType": mt, "digest": digest.to_string(), "size": size}),
+            );
             layers.push((digest, Some(compression)));
         }
         self.check_diff_ids(&config, &layers)?;
@@ -560,13 +565,22 @@ mod tests {
             },
         ];
         for format in [SaveFormat::Docker, SaveFormat::Oci] {
-            let bytes =
-                write_save_archive(&src, &images, format, &ArchiveOptions::default(), Vec::new())
-                    .unwrap();
+            let bytes = write_save_archive(
+                &src,
+                &images,
+                format,
+                &ArchiveOptions::default(),
+                Vec::new(),
+            )
+            .unwrap();
             let (_d2, dst) = store();
-            let loaded =
-                load_archive(&dst, bytes.as_slice(), Path::new("x.tar"), &Platform::host())
-                    .unwrap();
+            let loaded = load_archive(
+                &dst,
+                bytes.as_slice(),
+                Path::new("x.tar"),
+                &Platform::host(),
+            )
+            .unwrap();
             assert_eq!(loaded.len(), 2, "{format:?}");
             assert_eq!(loaded[0].manifest, m1);
             assert_eq!(loaded[0].config, c1);
@@ -635,9 +649,10 @@ mod tests {
         assert_eq!(m.layers().len(), 2);
         assert_eq!(m.layers()[1].digest(), &diff);
 
-        let bad = String::from_utf8(config.clone())
-            .unwrap()
-            .replacen(&diff.digest()[..8], "00000000", 1);
+        let bad =
+            String::from_utf8(config.clone())
+                .unwrap()
+                .replacen(&diff.digest()[..8], "00000000", 1);
         let err = load_archive(
             &content,
             archive(bad.as_bytes()).as_slice(),
@@ -659,8 +674,13 @@ mod tests {
         b.append_data(&mut h, crate::archive::blob_path(&wrong), &b"abc"[..])
             .unwrap();
         let bytes = b.into_inner().unwrap();
-        let err = load_archive(&content, bytes.as_slice(), Path::new("-"), &Platform::host())
-            .unwrap_err();
+        let err = load_archive(
+            &content,
+            bytes.as_slice(),
+            Path::new("-"),
+            &Platform::host(),
+        )
+        .unwrap_err();
         assert!(matches!(err, Error::DigestMismatch { .. }), "{err}");
     }
 

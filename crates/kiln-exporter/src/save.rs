@@ -104,7 +104,10 @@ pub fn write_save_archive<W: Write>(
 
     let mut tar = TarOut::new(out, opts);
     tar.dir("blobs/")?;
-    let mut algorithms: Vec<&str> = blobs.values().map(|(d, _)| d.algorithm().as_ref()).collect();
+    let mut algorithms: Vec<&str> = blobs
+        .values()
+        .map(|(d, _)| d.algorithm().as_ref())
+        .collect();
     algorithms.sort();
     algorithms.dedup();
     for alg in algorithms {

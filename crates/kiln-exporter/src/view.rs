@@ -255,7 +255,10 @@ pub fn history_rows(
     let mut rows: Vec<BTreeMap<&'static str, String>> = Vec::new();
     let history: Vec<kiln_oci::History> = if d.config.history.is_empty() {
         // Configs without history (some imports) get one row per layer.
-        d.layers.iter().map(|_| kiln_oci::History::default()).collect()
+        d.layers
+            .iter()
+            .map(|_| kiln_oci::History::default())
+            .collect()
     } else {
         d.config.history.clone()
     };
@@ -376,7 +379,10 @@ mod tests {
             manifest_media_type: kiln_oci::media_type::DOCKER_MANIFEST.into(),
             config,
             config_json: serde_json::json!({}),
-            layers: vec![(kiln_oci::sha256(b"l1"), 1_500), (kiln_oci::sha256(b"l2"), 42)],
+            layers: vec![
+                (kiln_oci::sha256(b"l1"), 1_500),
+                (kiln_oci::sha256(b"l2"), 42),
+            ],
         };
         let now = DateTime::parse_from_rfc3339("2026-01-01T02:00:00Z")
             .unwrap()
@@ -392,6 +398,9 @@ mod tests {
         assert_eq!(full[0]["ID"], id.to_string());
         assert_eq!(full[0]["CreatedBy"].len(), 64);
         let table = history_table(&rows);
-        assert!(table.starts_with("IMAGE          CREATED       CREATED BY"), "{table}");
+        assert!(
+            table.starts_with("IMAGE          CREATED       CREATED BY"),
+            "{table}"
+        );
     }
 }

@@ -106,10 +106,13 @@ impl Client {
     /// following an index to a platform (what `imagetools inspect --raw` shows). Mirrors first.
     pub async fn fetch_manifest_raw(&self, reference: &Reference) -> Result<RawManifest> {
         let (target, expected) = match reference.digest() {
-            Some(d) => (d.to_string(), Some(parse_sha256(d).map_err(|c| Error::Resolve {
-                reference: reference.to_string(),
-                source: Box::new(c),
-            })?)),
+            Some(d) => (
+                d.to_string(),
+                Some(parse_sha256(d).map_err(|c| Error::Resolve {
+                    reference: reference.to_string(),
+                    source: Box::new(c),
+                })?),
+            ),
             None => (reference.tag().unwrap_or("latest").to_string(), None),
         };
         let mut failures = Failures::default();

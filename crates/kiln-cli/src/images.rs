@@ -180,6 +180,10 @@ fn save(engine: &Engine, a: &SaveArgs) -> Result<ExitCode> {
                 .with_context(|| format!("creating a file in `{}`", dir.display()))?;
             let out = engine.save(&a.images, format, BufWriter::new(tmp))?;
             let tmp = out.into_inner().map_err(|e| e.into_error())?;
+            // Temp files are private; the archive gets an ordinary file's mode, as docker's does.
+            use std::os::unix::fs::PermissionsExt as _;
+            tmp.as_file()
+                .set_permissions(std::fs::Permissions::from_mode(0o644))?;
             tmp.as_file().sync_all()?;
             tmp.persist(path)
                 .with_context(|| format!("writing `{}`", path.display()))?;

@@ -61,7 +61,7 @@ pub fn load_archive<R: Read>(
     let files = l.ingest(input)?;
     let has = |p: &str| files.contains_key(p);
     let mut images = if has(INDEX_FILE) {
-        l.from_index(&files, platform)?
+        l.images_in_index(&files, platform)?
     } else if has(MANIFEST_FILE) {
         Vec::new()
     } else {
@@ -91,7 +91,7 @@ pub fn load_archive<R: Read>(
                 }
                 continue;
             }
-            let mut img = l.from_docker_entry(&files, entry)?;
+            let mut img = l.image_of_docker_entry(&files, entry)?;
             img.names = names;
             images.push(img);
         }
@@ -151,13 +151,13 @@ impl Loader<'_> {
             let mut writer = self.content.writer().map_err(|e| self.store_err(e))?;
             io::copy(&mut entry, &mut writer).map_err(self.read_err())?;
             let (digest, size) = writer.commit(None).map_err(|e| self.store_err(e))?;
-            if let Some(expected) = blob_name(&name) {
-                if expected != digest {
-                    return Err(Error::DigestMismatch {
-                        expected,
-                        actual: digest,
-                    });
-                }
+            if let Some(expected) = blob_name(&name)
+                && expected != digest
+            {
+                return Err(Error::DigestMismatch {
+                    expected,
+                    actual: digest,
+                });
             }
             files.insert(name, Stored::Blob { digest, size });
         }
@@ -212,7 +212,7 @@ impl Loader<'_> {
         Ok(())
     }
 
-    fn from_index(
+    fn images_in_index(
         &self,
         files: &BTreeMap<String, Stored>,
         platform: &Platform,
@@ -390,7 +390,7 @@ impl Loader<'_> {
 
     /// A legacy `manifest.json` entry: the config and layer files become a Docker schema 2
     /// manifest, each layer described as gzip or plain tar by its first bytes.
-    fn from_docker_entry(
+    fn image_of_docker_entry(
         &self,
         files: &BTreeMap<String, Stored>,
         entry: &ManifestEntry,

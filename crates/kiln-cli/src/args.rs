@@ -58,6 +58,18 @@ pub enum Command {
     /// Runs one container to its end, detached (started by `run -d` and `start`)
     #[command(hide = true)]
     ContainerMonitor(MonitorArgs),
+    /// Remove one or more images
+    Rmi(RmiArgs),
+    /// Save one or more images to a tar archive (streamed to STDOUT by default)
+    Save(SaveArgs),
+    /// Load images from a tar archive or STDIN
+    Load(LoadArgs),
+    /// Display detailed information on one or more images
+    Inspect(InspectArgs),
+    /// Show the history of an image
+    History(HistoryArgs),
+    /// Commands to work on images in a registry
+    Imagetools(ImagetoolsArgs),
 }
 
 #[derive(Args, Debug)]
@@ -235,6 +247,114 @@ pub struct ImagesArgs {
     /// Only show image IDs
     #[arg(short, long)]
     pub quiet: bool,
+    /// Show digests
+    #[arg(long)]
+    pub digests: bool,
+    /// Don't truncate output
+    #[arg(long = "no-trunc")]
+    pub no_trunc: bool,
+    /// Filter output based on conditions provided (reference, dangling, before, since, label)
+    #[arg(short = 'f', long = "filter")]
+    pub filter: Vec<String>,
+    /// Format output using a template of {{.Field}} placeholders (Repository, Tag, ID, Digest,
+    /// CreatedSince, CreatedAt, Size); "table TEMPLATE" adds headers
+    #[arg(long)]
+    pub format: Option<String>,
+    /// Only images whose name matches [REPOSITORY[:TAG]]
+    pub repository: Option<String>,
+}
+
+#[derive(Args, Debug)]
+pub struct RmiArgs {
+    /// Force removal of the image
+    #[arg(short, long)]
+    pub force: bool,
+    #[arg(required = true)]
+    pub images: Vec<String>,
+}
+
+#[derive(Args, Debug)]
+pub struct SaveArgs {
+    /// Write to a file, instead of STDOUT
+    #[arg(short, long)]
+    pub output: Option<PathBuf>,
+    /// Archive format: "docker" (what `docker load` reads, also an OCI layout) or "oci"
+    #[arg(long, default_value = "docker", value_parser = ["docker", "oci"])]
+    pub format: String,
+    #[arg(required = true)]
+    pub images: Vec<String>,
+}
+
+#[derive(Args, Debug)]
+pub struct LoadArgs {
+    /// Read from tar archive file, instead of STDIN
+    #[arg(short, long)]
+    pub input: Option<PathBuf>,
+    /// Suppress the load output
+    #[arg(short, long)]
+    pub quiet: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct InspectArgs {
+    #[arg(required = true)]
+    pub images: Vec<String>,
+}
+
+#[derive(Args, Debug)]
+pub struct HistoryArgs {
+    /// Don't truncate output
+    #[arg(long = "no-trunc")]
+    pub no_trunc: bool,
+    /// Only show image IDs
+    #[arg(short, long)]
+    pub quiet: bool,
+    /// Format output using a template of {{.Field}} placeholders (ID, CreatedSince, CreatedAt,
+    /// CreatedBy, Size, Comment)
+    #[arg(long)]
+    pub format: Option<String>,
+    pub image: String,
+}
+
+#[derive(Args, Debug)]
+pub struct ImagetoolsArgs {
+    #[command(subcommand)]
+    pub command: ImagetoolsCommand,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum ImagetoolsCommand {
+    /// Show details of an image in the registry
+    Inspect(ImagetoolsInspectArgs),
+    /// Create a new image (an index) based on source images in a registry
+    Create(ImagetoolsCreateArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct ImagetoolsInspectArgs {
+    /// Show original, unformatted JSON manifest
+    #[arg(long)]
+    pub raw: bool,
+    pub name: String,
+}
+
+#[derive(Args, Debug)]
+pub struct ImagetoolsCreateArgs {
+    /// Set reference for new image
+    #[arg(short = 't', long = "tag", required = true)]
+    pub tag: Vec<String>,
+    /// Append to existing manifest
+    #[arg(long)]
+    pub append: bool,
+    /// Add annotation to the image (KEY=VALUE, index:KEY=VALUE, manifest-descriptor:KEY=VALUE)
+    #[arg(long)]
+    pub annotation: Vec<String>,
+    /// Show final image instead of pushing
+    #[arg(long = "dry-run")]
+    pub dry_run: bool,
+    /// Source images (a name, or a digest in the first target's repository)
+    #[arg(required = true)]
+    pub sources: Vec<String>,
 }
 
 #[derive(Args, Debug)]

@@ -4,6 +4,7 @@
 mod args;
 mod container;
 mod env;
+mod images;
 mod prune;
 mod run_opts;
 
@@ -104,19 +105,13 @@ fn parse_ref(s: &str) -> Result<Reference> {
 async fn run(cli: Cli) -> Result<ExitCode> {
     match &cli.command {
         Command::Build(b) => build(&cli, b).await,
-        Command::Images(a) => {
-            let engine = open_engine(&cli)?;
-            let records = engine.images()?;
-            if a.quiet {
-                for r in &records {
-                    println!("{}", &r.config.digest()[..12]);
-                }
-            } else {
-                let table = kiln_engine::format_images_table(&records, chrono::Utc::now());
-                println!("{}", table.trim_end_matches('\n'));
-            }
-            Ok(ExitCode::SUCCESS)
-        }
+        Command::Images(_)
+        | Command::Rmi(_)
+        | Command::Save(_)
+        | Command::Load(_)
+        | Command::Inspect(_)
+        | Command::History(_)
+        | Command::Imagetools(_) => images::run(&cli).await,
         Command::Run(a) => container::run(&cli, a).await,
         Command::Ps(a) => container::ps(&cli, a),
         Command::Logs(a) => container::logs(&cli, a).await,

@@ -12,6 +12,8 @@ mod du;
 mod export;
 mod git_context;
 mod image;
+mod images;
+mod imagetools;
 mod logs;
 mod monitor;
 mod proxy_linux;
@@ -37,12 +39,16 @@ pub use du::{
     DiskUsage, PruneReport, PruneRequest, UsageKind, UsageRecord, parse_duration, parse_size,
 };
 pub use image::ImportRequest;
+pub use images::{FoundImage, ImageFilter, RmiEvent};
+pub use imagetools::{IndexRequest, format_imagetools};
 pub use kiln_executor::RLIMIT_NAMES;
 pub use kiln_exporter::{
     ImageRecord, familiar_name, format_images_table, human_duration, human_size,
 };
+pub use kiln_exporter::{load::LoadedImage, save::SaveFormat, view};
 pub use kiln_frontend::{Entitlement, RunOpts};
 pub use kiln_llb::{HostEntry, Ulimit};
+pub use kiln_registry::RawManifest;
 pub use kiln_worker::{Secrets, SshAgents, SshError};
 pub use logs::{LogOptions, LogStream};
 pub use monitor::{Attach, Ready};
@@ -103,6 +109,10 @@ pub enum Error {
     Container(#[from] ContainerError),
     #[error("background task failed")]
     Join(#[from] tokio::task::JoinError),
+    #[error("{0}")]
+    Usage(String),
+    #[error("conflict: {0}")]
+    Conflict(String),
 }
 
 pub type Result<T> = std::result::Result<T, Error>;

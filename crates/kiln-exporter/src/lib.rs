@@ -7,10 +7,13 @@
 mod archive;
 pub mod docker;
 mod image;
+pub mod load;
 pub mod oci;
+pub mod save;
 pub mod store;
 mod table;
 pub mod verify;
+pub mod view;
 
 use std::io;
 use std::path::PathBuf;

@@ -20,4 +20,4 @@ pub use credentials::{
 pub use error::{
     Cause, ConfigError, CredentialsError, Error, Mismatch, RegistryError, RegistryErrors, Result,
 };
-pub use pull::Resolved;
+pub use pull::{RawManifest, Resolved};

@@ -40,6 +40,14 @@ pub struct Resolved {
     pub config_bytes: Vec<u8>,
 }
 
+/// A manifest or index exactly as the registry sent it, digest verified.
+#[derive(Debug, Clone)]
+pub struct RawManifest {
+    pub digest: Digest,
+    pub media_type: String,
+    pub bytes: Vec<u8>,
+}
+
 struct Fetched {
     bytes: Vec<u8>,
     media_type: String,
@@ -86,6 +94,41 @@ impl Client {
                     tracing::debug!(host = %ep.host, mirror = ep.mirror, %reference, error = %cause, "resolve failed");
                     failures.record(&ep, cause);
                 }
+            }
+        }
+        Err(Error::Resolve {
+            reference: reference.to_string(),
+            source: Box::new(failures.into_cause(reference)),
+        })
+    }
+
+    /// Fetches the manifest or index a reference names as the registry serves it, without
+    /// following an index to a platform (what `imagetools inspect --raw` shows). Mirrors first.
+    pub async fn fetch_manifest_raw(&self, reference: &Reference) -> Result<RawManifest> {
+        let (target, expected) = match reference.digest() {
+            Some(d) => (
+                d.to_string(),
+                Some(parse_sha256(d).map_err(|c| Error::Resolve {
+                    reference: reference.to_string(),
+                    source: Box::new(c),
+                })?),
+            ),
+            None => (reference.tag().unwrap_or("latest").to_string(), None),
+        };
+        let mut failures = Failures::default();
+        for ep in self.hosts.pull_endpoints(reference.registry()) {
+            match self
+                .fetch_manifest(&ep, reference, &target, expected.as_ref(), None)
+                .await
+            {
+                Ok(f) => {
+                    return Ok(RawManifest {
+                        digest: f.digest,
+                        media_type: f.media_type,
+                        bytes: f.bytes,
+                    });
+                }
+                Err(cause) => failures.record(&ep, cause),
             }
         }
         Err(Error::Resolve {

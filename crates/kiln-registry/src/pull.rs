@@ -265,7 +265,10 @@ impl Client {
                 .fetch_blob_at(&ep, reference, descriptor, &mut counting)
                 .await
             {
-                Ok(()) => return Ok(()),
+                Ok(()) => {
+                    self.remember_blob(reference, digest);
+                    return Ok(());
+                }
                 Err(BlobError::Mismatch(source)) => {
                     return Err(Error::DigestMismatch {
                         reference: reference.to_string(),

@@ -36,6 +36,15 @@ pub struct FaultProxy {
     log: Arc<Mutex<Vec<String>>>,
     rules: Arc<Mutex<Vec<Rule>>>,
     stop: Arc<AtomicBool>,
+    uploads: Arc<InFlight>,
+}
+
+/// Upload requests (PATCH or PUT under `/blobs/uploads/`) being forwarded now, and the most
+/// at once; each is held a little before forwarding so that concurrent ones overlap.
+#[derive(Default)]
+struct InFlight {
+    now: std::sync::atomic::AtomicUsize,
+    max: std::sync::atomic::AtomicUsize,
 }
 
 impl FaultProxy {
@@ -47,8 +56,10 @@ impl FaultProxy {
             log: Arc::default(),
             rules: Arc::default(),
             stop: Arc::default(),
+            uploads: Arc::default(),
         };
         let (log, rules, stop) = (proxy.log.clone(), proxy.rules.clone(), proxy.stop.clone());
+        let uploads = proxy.uploads.clone();
         let upstream = upstream.to_string();
         std::thread::spawn(move || {
             for conn in listener.incoming() {
@@ -57,8 +68,9 @@ impl FaultProxy {
                 }
                 let Ok(conn) = conn else { continue };
                 let (log, rules, upstream) = (log.clone(), rules.clone(), upstream.clone());
+                let uploads = uploads.clone();
                 std::thread::spawn(move || {
-                    let _ = serve(conn, &upstream, &log, &rules);
+                    let _ = serve(conn, &upstream, &log, &rules, &uploads);
                 });
             }
         });
@@ -81,6 +93,11 @@ impl FaultProxy {
     /// ` !drop`).
     pub fn log(&self) -> Vec<String> {
         self.log.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// The most upload requests that were in flight at once.
+    pub fn max_concurrent_uploads(&self) -> usize {
+        self.uploads.max.load(Ordering::SeqCst)
     }
 
     pub fn clear_log(&self) {
@@ -179,6 +196,7 @@ fn serve(
     upstream: &str,
     log: &Mutex<Vec<String>>,
     rules: &Mutex<Vec<Rule>>,
+    uploads: &InFlight,
 ) -> Result<()> {
     let mut reader = BufReader::new(client.try_clone()?);
     let mut writer = client;
@@ -225,6 +243,14 @@ fn serve(
             }
             None => {}
         }
+        let is_upload = matches!(head.method.as_str(), "PATCH" | "PUT")
+            && head.target.contains("/blobs/uploads/");
+        let _guard = is_upload.then(|| {
+            let now = uploads.now.fetch_add(1, Ordering::SeqCst) + 1;
+            uploads.max.fetch_max(now, Ordering::SeqCst);
+            std::thread::sleep(std::time::Duration::from_millis(30));
+            Leave(&uploads.now)
+        });
         let mut up = TcpStream::connect(upstream)?;
         let mut out = format!("{} {} HTTP/1.1\r\n", head.method, head.target);
         for line in &head.lines {
@@ -240,4 +266,13 @@ fn serve(
         return Ok(());
     }
     Ok(())
+}
+
+/// Counts an upload as finished however `serve` returns.
+struct Leave<'a>(&'a std::sync::atomic::AtomicUsize);
+
+impl Drop for Leave<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
 }

@@ -39,6 +39,10 @@ pub enum Command {
     Push(PushArgs),
     /// Download an image from a registry
     Pull(PushArgs),
+    /// Authenticate to a registry (saved in Docker's config.json)
+    Login(LoginArgs),
+    /// Log out from a registry
+    Logout(LogoutArgs),
 }
 
 #[derive(Args, Debug)]
@@ -158,6 +162,27 @@ pub struct TagArgs {
 pub struct PushArgs {
     /// NAME[:TAG|@DIGEST]
     pub name: String,
+}
+
+#[derive(Args, Debug)]
+pub struct LoginArgs {
+    /// Username
+    #[arg(short = 'u', long)]
+    pub username: Option<String>,
+    /// Password
+    #[arg(short = 'p', long, conflicts_with = "password_stdin")]
+    pub password: Option<String>,
+    /// Take the password from stdin
+    #[arg(long = "password-stdin")]
+    pub password_stdin: bool,
+    /// Registry (default: docker.io)
+    pub server: Option<String>,
+}
+
+#[derive(Args, Debug)]
+pub struct LogoutArgs {
+    /// Registry (default: docker.io)
+    pub server: Option<String>,
 }
 
 /// `type=oci,dest=out.tar` and friends.

@@ -3,6 +3,7 @@
 
 mod args;
 mod env;
+mod login;
 
 use std::collections::BTreeMap;
 use std::io::IsTerminal;
@@ -157,6 +158,8 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             engine.tag(&parse_ref(&a.source)?, &parse_ref(&a.target)?)?;
             Ok(ExitCode::SUCCESS)
         }
+        Command::Login(a) => login::login(&cli, a).await,
+        Command::Logout(a) => login::logout(a),
         Command::Push(a) | Command::Pull(a) => {
             let engine = open_engine(&cli)?;
             let name = parse_ref(&a.name)?;

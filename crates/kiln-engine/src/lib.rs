@@ -9,6 +9,7 @@ mod check;
 mod config;
 mod export;
 mod image;
+mod login;
 mod resolver;
 mod run;
 
@@ -24,6 +25,7 @@ pub use build::{BuildRequest, BuildResult, Output};
 pub use check::{CheckReport, CheckRequest, check};
 pub use config::Config;
 pub use image::ImportRequest;
+pub use login::{login, login_server, logout};
 pub use kiln_exporter::{ImageRecord, familiar_name, format_images_table};
 pub use kiln_worker::Secrets;
 pub use run::RunRequest;

@@ -18,4 +18,5 @@ mod lint;
 mod mounts;
 mod multistage;
 mod pull;
+mod registry_auth;
 mod support;

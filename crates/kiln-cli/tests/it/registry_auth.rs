@@ -221,4 +221,10 @@ fn login_writes_auths_and_push_mounts_shared_layers() {
     let again = s.kiln(&["push", &app], "").ok();
     assert!(again.stderr.contains("already exists"), "{}", again.stderr);
     assert!(!again.stderr.contains("mounted"), "{}", again.stderr);
+
+    // Pulled back by digest, with the saved credentials.
+    let digest = again.stdout.trim().to_string();
+    let by_digest = format!("{host}/lib/app@{digest}");
+    let pulled = s.kiln(&["pull", &by_digest], "").ok();
+    assert_eq!(pulled.stdout.trim(), digest);
 }

@@ -18,6 +18,8 @@ source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 PACKAGES=(
     runc docker-registry busybox-static debootstrap debian-archive-keyring docker.io
     curl ca-certificates tar gzip
+    # tests: certificates for the TLS registry
+    openssl
     # cargo build: a C toolchain for the crypto crates (rustls' aws-lc-rs, ring)
     gcc libc6-dev make
 )

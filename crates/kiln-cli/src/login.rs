@@ -27,7 +27,9 @@ pub async fn login(cli: &Cli, a: &LoginArgs) -> Result<ExitCode> {
         eprintln!("WARNING! Using --password via the CLI is insecure. Use --password-stdin.");
         p.clone()
     } else if std::io::stdin().is_terminal() {
-        bail!("kiln login needs a password (-p or --password-stdin); prompting is not supported yet");
+        bail!(
+            "kiln login needs a password (-p or --password-stdin); prompting is not supported yet"
+        );
     } else {
         bail!("kiln login needs a password: use -p or --password-stdin");
     };

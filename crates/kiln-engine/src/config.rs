@@ -95,7 +95,10 @@ cert = "/etc/kiln/client.pem"
         assert!(host.insecure);
         assert_eq!(host.ca, [std::path::PathBuf::from("/etc/kiln/ca.pem")]);
         assert_eq!(host.keypair.len(), 1);
-        assert_eq!(host.keypair[0].cert, std::path::Path::new("/etc/kiln/client.pem"));
+        assert_eq!(
+            host.keypair[0].cert,
+            std::path::Path::new("/etc/kiln/client.pem")
+        );
         assert_eq!(host.chunk_size, Some(1 << 20));
         assert_eq!(host.max_concurrent_uploads, Some(8));
         assert!(

@@ -196,7 +196,11 @@ impl Engine {
 impl Engine {
     /// Tells the registry client which repositories of `name`'s registry hold each blob, from
     /// the local images named there (pulled from or pushed to it), so pushes can mount.
-    fn remember_mount_sources(&self, name: &Reference, blobs: &[kiln_oci::Descriptor]) -> Result<()> {
+    fn remember_mount_sources(
+        &self,
+        name: &Reference,
+        blobs: &[kiln_oci::Descriptor],
+    ) -> Result<()> {
         for record in self.images.list()? {
             if record.name.registry() != name.registry()
                 || record.name.repository() == name.repository()

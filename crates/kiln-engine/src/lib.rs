@@ -25,9 +25,9 @@ pub use build::{BuildRequest, BuildResult, Output};
 pub use check::{CheckReport, CheckRequest, check};
 pub use config::Config;
 pub use image::ImportRequest;
-pub use login::{login, login_server, logout};
 pub use kiln_exporter::{ImageRecord, familiar_name, format_images_table};
 pub use kiln_worker::Secrets;
+pub use login::{login, login_server, logout};
 pub use run::RunRequest;
 
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;

@@ -61,9 +61,15 @@ mod tests {
     #[test]
     fn servers_as_docker_names_them() {
         assert_eq!(login_server(None), "docker.io");
-        assert_eq!(login_server(Some("https://index.docker.io/v1/")), "docker.io");
+        assert_eq!(
+            login_server(Some("https://index.docker.io/v1/")),
+            "docker.io"
+        );
         assert_eq!(login_server(Some("Registry-1.Docker.io")), "docker.io");
-        assert_eq!(login_server(Some("http://127.0.0.1:5000/v2/")), "127.0.0.1:5000");
+        assert_eq!(
+            login_server(Some("http://127.0.0.1:5000/v2/")),
+            "127.0.0.1:5000"
+        );
         assert_eq!(login_server(Some("ghcr.io")), "ghcr.io");
     }
 }

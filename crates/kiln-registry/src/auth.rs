@@ -268,7 +268,11 @@ impl AuthCache {
             return Err(token_err(Cause::HttpNotAllowed { url: realm.clone() }));
         }
         // `scope` may hold several, space-separated; each is its own `scope` parameter.
-        let mut scopes: Vec<String> = scope.split(' ').filter(|s| !s.is_empty()).map(String::from).collect();
+        let mut scopes: Vec<String> = scope
+            .split(' ')
+            .filter(|s| !s.is_empty())
+            .map(String::from)
+            .collect();
         if let Some(s) = challenge_scope
             .as_ref()
             .filter(|s| !s.is_empty() && !scopes.contains(s))
@@ -390,7 +394,8 @@ fn token_lifetime(
     issued_at: Option<&str>,
     now: chrono::DateTime<chrono::Utc>,
 ) -> Duration {
-    let expires_in = Duration::from_secs(expires_in.filter(|s| *s > 0).unwrap_or(DEFAULT_EXPIRES_IN));
+    let expires_in =
+        Duration::from_secs(expires_in.filter(|s| *s > 0).unwrap_or(DEFAULT_EXPIRES_IN));
     let Some(issued) = issued_at.and_then(|s| chrono::DateTime::parse_from_rfc3339(s).ok()) else {
         return expires_in;
     };

@@ -113,8 +113,11 @@ impl Client {
     /// pulled from there), so a push to another repository of that registry can mount the blob
     /// instead of uploading it.
     pub fn remember_blob(&self, reference: &kiln_oci::Reference, digest: &kiln_oci::Digest) {
-        self.blob_sources
-            .add(reference.registry(), reference.repository(), digest.as_ref());
+        self.blob_sources.add(
+            reference.registry(),
+            reference.repository(),
+            digest.as_ref(),
+        );
     }
 
     /// A slot for one blob upload to `registry`; at most the host's `max_concurrent_uploads`

@@ -130,7 +130,9 @@ impl Helper {
 }
 
 fn is_not_found(output: &str) -> bool {
-    output.to_ascii_lowercase().contains("credentials not found")
+    output
+        .to_ascii_lowercase()
+        .contains("credentials not found")
 }
 
 #[cfg(test)]
@@ -159,7 +161,10 @@ mod tests {
         // Erasing what is not there is fine, as docker logout treats it.
         helper.erase(server).unwrap();
         let calls = std::fs::read_to_string(dir.path().join("t-calls.log")).unwrap();
-        assert!(calls.starts_with(&format!("get {server}\nstore {server}\n")), "{calls}");
+        assert!(
+            calls.starts_with(&format!("get {server}\nstore {server}\n")),
+            "{calls}"
+        );
     }
 
     #[test]
@@ -173,11 +178,8 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("docker-credential-bad");
         std::fs::write(&path, "#!/bin/sh\necho 'not json'\n").unwrap();
-        std::fs::set_permissions(
-            &path,
-            std::os::unix::fs::PermissionsExt::from_mode(0o755),
-        )
-        .unwrap();
+        std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+            .unwrap();
         let err = Helper::at(&path).get("r.example").unwrap_err();
         assert!(
             matches!(

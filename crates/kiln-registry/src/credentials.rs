@@ -205,8 +205,9 @@ pub fn save_credential(path: &Path, registry: &str, credential: &Credential) -> 
     };
     let mut doc = read_document(path).map_err(err)?;
     let key = server_key(registry);
-    let current = DockerConfigCredentials::from_json(&serde_json::to_vec(&doc).map_err(|e| err(e.into()))?)
-        .map_err(err)?;
+    let current =
+        DockerConfigCredentials::from_json(&serde_json::to_vec(&doc).map_err(|e| err(e.into()))?)
+            .map_err(err)?;
     let entry = match current.helper_for(&normalize_key(registry)) {
         Some(helper) => {
             Helper::new(helper).store(&key, credential).map_err(err)?;
@@ -247,11 +248,14 @@ pub fn remove_credential(path: &Path, registry: &str) -> Result<bool> {
         return Ok(false);
     }
     let mut doc = read_document(path).map_err(err)?;
-    let current = DockerConfigCredentials::from_json(&serde_json::to_vec(&doc).map_err(|e| err(e.into()))?)
-        .map_err(err)?;
+    let current =
+        DockerConfigCredentials::from_json(&serde_json::to_vec(&doc).map_err(|e| err(e.into()))?)
+            .map_err(err)?;
     let host = normalize_key(registry);
     if let Some(helper) = current.helper_for(&host) {
-        Helper::new(helper).erase(&server_key(registry)).map_err(err)?;
+        Helper::new(helper)
+            .erase(&server_key(registry))
+            .map_err(err)?;
     }
     let mut removed = false;
     if let Some(auths) = doc.get_mut("auths").and_then(|a| a.as_object_mut()) {
@@ -276,9 +280,15 @@ fn read_document(path: &Path) -> std::result::Result<serde_json::Value, Credenti
 
 /// Writes through a temp file and a rename, owner-only, so a crash never leaves half a file
 /// and other users never read the secrets.
-fn write_document(path: &Path, doc: &serde_json::Value) -> std::result::Result<(), CredentialsError> {
+fn write_document(
+    path: &Path,
+    doc: &serde_json::Value,
+) -> std::result::Result<(), CredentialsError> {
     use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
-    let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let dir = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
     std::fs::DirBuilder::new()
         .recursive(true)
         .mode(0o700)
@@ -405,7 +415,10 @@ mod tests {
             serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
         assert_eq!(doc["psFormat"], "table");
         let keys: Vec<&String> = doc["auths"].as_object().unwrap().keys().collect();
-        assert_eq!(keys, ["https://index.docker.io/v1/", "keep.io", "r.example"]);
+        assert_eq!(
+            keys,
+            ["https://index.docker.io/v1/", "keep.io", "r.example"]
+        );
         let creds = DockerConfigCredentials::from_path(&path).unwrap();
         assert_eq!(creds.get("r.example"), Some(cred.clone()));
         assert_eq!(creds.get("registry-1.docker.io"), Some(cred));

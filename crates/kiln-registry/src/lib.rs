@@ -15,15 +15,14 @@ mod pull;
 mod push;
 
 pub use client::{Client, RetryPolicy};
-pub use config::{
-    DEFAULT_CHUNK_SIZE, DEFAULT_MAX_UPLOADS, HostConfig, KeyPair, RegistryConfig,
-};
+pub use config::{DEFAULT_CHUNK_SIZE, DEFAULT_MAX_UPLOADS, HostConfig, KeyPair, RegistryConfig};
 pub use credentials::{
     Anonymous, Credential, CredentialStore, DockerConfigCredentials, StaticCredentials,
     remove_credential, save_credential, server_key,
 };
 pub use error::{
-    Cause, ConfigError, CredentialsError, Error, HelperError, Mismatch, RegistryError, RegistryErrors, Result,
+    Cause, ConfigError, CredentialsError, Error, HelperError, Mismatch, RegistryError,
+    RegistryErrors, Result,
 };
 pub use pull::Resolved;
 pub use push::BlobPush;

@@ -133,8 +133,17 @@ impl Client {
         loop {
             attempt += 1;
             let result = if chunked {
-                self.upload_chunked(&ep, &scope, reference, digest, size, path, chunk_size, &mut session)
-                    .await
+                self.upload_chunked(
+                    &ep,
+                    &scope,
+                    reference,
+                    digest,
+                    size,
+                    path,
+                    chunk_size,
+                    &mut session,
+                )
+                .await
             } else {
                 self.upload_monolithic(&ep, &scope, reference, digest, size, path, session.take())
                     .await
@@ -164,14 +173,12 @@ impl Client {
         digest: &Digest,
         from: &str,
     ) -> std::result::Result<Mount, Cause> {
-        let mut url = url::Url::parse(&ep.url(&format!(
-            "/v2/{}/blobs/uploads/",
-            reference.repository()
-        )))
-        .map_err(|e| Cause::InvalidResponse {
-            url: reference.to_string(),
-            reason: e.to_string(),
-        })?;
+        let mut url =
+            url::Url::parse(&ep.url(&format!("/v2/{}/blobs/uploads/", reference.repository())))
+                .map_err(|e| Cause::InvalidResponse {
+                    url: reference.to_string(),
+                    reason: e.to_string(),
+                })?;
         url.query_pairs_mut()
             .append_pair("mount", digest.as_ref())
             .append_pair("from", from);
@@ -264,7 +271,8 @@ impl Client {
             location: location.clone(),
             offset,
         });
-        self.finish_upload(ep, scope, location, digest, None).await?;
+        self.finish_upload(ep, scope, location, digest, None)
+            .await?;
         *session = None;
         Ok(())
     }
@@ -468,7 +476,10 @@ fn file_body(
 }
 
 /// The upload location a response points to, resolved against the request URL.
-fn location(response: &reqwest::Response, request_url: &str) -> std::result::Result<url::Url, Cause> {
+fn location(
+    response: &reqwest::Response,
+    request_url: &str,
+) -> std::result::Result<url::Url, Cause> {
     let base = url::Url::parse(request_url).map_err(|e| Cause::InvalidResponse {
         url: request_url.to_string(),
         reason: e.to_string(),
@@ -476,7 +487,10 @@ fn location(response: &reqwest::Response, request_url: &str) -> std::result::Res
     location_of(response, &base)
 }
 
-fn location_of(response: &reqwest::Response, base: &url::Url) -> std::result::Result<url::Url, Cause> {
+fn location_of(
+    response: &reqwest::Response,
+    base: &url::Url,
+) -> std::result::Result<url::Url, Cause> {
     let value = response
         .headers()
         .get(LOCATION)

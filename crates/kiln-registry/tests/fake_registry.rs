@@ -647,7 +647,10 @@ async fn login_checks_credentials_at_the_token_service_or_the_registry() {
         password: pass.into(),
     };
 
-    client.login(&bearer.host(), &cred("alice", "right")).await.unwrap();
+    client
+        .login(&bearer.host(), &cred("alice", "right"))
+        .await
+        .unwrap();
     let token = bearer.token_requests().pop().unwrap();
     assert!(!token.query.contains("scope="), "{}", token.query);
     let err = client
@@ -655,9 +658,15 @@ async fn login_checks_credentials_at_the_token_service_or_the_registry() {
         .await
         .unwrap_err();
     let chain = format!("{:?}", anyhow::Error::from(err));
-    assert!(chain.contains("login to") && chain.contains("401"), "{chain}");
+    assert!(
+        chain.contains("login to") && chain.contains("401"),
+        "{chain}"
+    );
 
-    client.login(&basic.host(), &cred("bob", "right")).await.unwrap();
+    client
+        .login(&basic.host(), &cred("bob", "right"))
+        .await
+        .unwrap();
     let err = client
         .login(&basic.host(), &cred("bob", "wrong"))
         .await

@@ -193,12 +193,17 @@ async fn htpasswd_basic_auth_push_pull_and_login() {
             },
         )])))
     };
-    let client = Client::new(config.clone()).unwrap().with_credentials(creds("s3cret"));
+    let client = Client::new(config.clone())
+        .unwrap()
+        .with_credentials(creds("s3cret"));
     let work = tempfile::tempdir().unwrap();
     let image = TestImage::new("linux/amd64", true);
     let reference: Reference = format!("{host}/private/app:v1").parse().unwrap();
     push_image(&client, &reference, &image, work.path()).await;
-    let resolved = client.resolve(&reference, &"linux/amd64".parse().unwrap()).await.unwrap();
+    let resolved = client
+        .resolve(&reference, &"linux/amd64".parse().unwrap())
+        .await
+        .unwrap();
     assert_eq!(resolved.digest.to_string(), image.digest);
 
     // Anonymous: the registry's basic challenge finds no credentials.
@@ -213,22 +218,35 @@ async fn htpasswd_basic_auth_push_pull_and_login() {
     assert!(matches!(**source, Cause::NoCredentials { .. }), "{err:?}");
 
     client
-        .login(&host, &Credential::Basic {
-            username: "kiln".into(),
-            password: "s3cret".into(),
-        })
+        .login(
+            &host,
+            &Credential::Basic {
+                username: "kiln".into(),
+                password: "s3cret".into(),
+            },
+        )
         .await
         .unwrap();
     let err = anonymous
-        .login(&host, &Credential::Basic {
-            username: "kiln".into(),
-            password: "wrong".into(),
-        })
+        .login(
+            &host,
+            &Credential::Basic {
+                username: "kiln".into(),
+                password: "wrong".into(),
+            },
+        )
         .await
         .unwrap_err();
     assert!(format!("{:?}", anyhow::Error::from(err)).contains("401"));
-    let wrong = Client::new(config).unwrap().with_credentials(creds("wrong"));
-    assert!(wrong.resolve(&reference, &"linux/amd64".parse().unwrap()).await.is_err());
+    let wrong = Client::new(config)
+        .unwrap()
+        .with_credentials(creds("wrong"));
+    assert!(
+        wrong
+            .resolve(&reference, &"linux/amd64".parse().unwrap())
+            .await
+            .is_err()
+    );
 }
 
 #[tokio::test]
@@ -285,10 +303,15 @@ async fn tls_with_a_test_ca_and_client_certificates() {
     });
     assert!(no_cert.resolve(&reference, &arm).await.is_err());
     // Plain HTTP to a TLS registry fails too, rather than silently downgrading.
-    assert!(client_with(HostConfig { http: true, ..Default::default() })
+    assert!(
+        client_with(HostConfig {
+            http: true,
+            ..Default::default()
+        })
         .resolve(&reference, &arm)
         .await
-        .is_err());
+        .is_err()
+    );
 }
 
 /// A registry behind a fault-injecting proxy, with uploads chunked every `chunk` bytes.
@@ -328,17 +351,31 @@ async fn chunked_upload_resumes_after_a_500_and_a_dropped_connection() {
     // the registry, which keeps what it had, so both resume from there.
     proxy.fail("PATCH", "/blobs/uploads/", 1, 1, Fault::ServerError);
     proxy.fail("PATCH", "/blobs/uploads/", 2, 1, Fault::Drop);
-    let pushed = client.push_blob(&reference, &digest, size, &path).await.unwrap();
+    let pushed = client
+        .push_blob(&reference, &digest, size, &path)
+        .await
+        .unwrap();
     assert_eq!(pushed, BlobPush::Uploaded);
     let log = proxy.log();
     assert_eq!(count(&log, "POST "), 1, "one upload session: {log:#?}");
-    assert_eq!(count(&log, "PATCH "), 7, "five chunks, two of them twice: {log:#?}");
-    assert_eq!(count(&log, "GET /v2/chunked/blob/blobs/uploads/"), 2, "{log:#?}");
+    assert_eq!(
+        count(&log, "PATCH "),
+        7,
+        "five chunks, two of them twice: {log:#?}"
+    );
+    assert_eq!(
+        count(&log, "GET /v2/chunked/blob/blobs/uploads/"),
+        2,
+        "{log:#?}"
+    );
     assert_eq!(count(&log, "PUT "), 1, "{log:#?}");
 
     let desc = kiln_oci::Descriptor::new(media_type::OCI_LAYER_GZIP.into(), size, digest.clone());
     let mut back = Vec::new();
-    client.fetch_blob(&reference, &desc, &mut back).await.unwrap();
+    client
+        .fetch_blob(&reference, &desc, &mut back)
+        .await
+        .unwrap();
     assert_eq!(back, bytes);
 }
 
@@ -360,7 +397,10 @@ async fn monolithic_upload_restarts_after_failures_and_manifest_put_is_retried()
     assert_eq!(count(&log, "POST "), 4, "{log:#?}");
     assert_eq!(count(&log, "PUT /v2/mono/app/manifests/"), 2, "{log:#?}");
     let resolved = client
-        .resolve(&reference.with_digest(&image.digest), &"linux/amd64".parse().unwrap())
+        .resolve(
+            &reference.with_digest(&image.digest),
+            &"linux/amd64".parse().unwrap(),
+        )
         .await
         .unwrap();
     assert_eq!(resolved.config_bytes, image.config);
@@ -393,10 +433,19 @@ async fn failing_uploads_fail_cleanly_and_leave_no_manifest() {
         .push_manifest(&reference, &image.media_type, &image.manifest)
         .await
         .unwrap_err();
-    assert!(format!("{err:?}").contains("MANIFEST_BLOB_UNKNOWN") || format!("{err:?}").contains("BLOB_UNKNOWN"), "{err:?}");
+    assert!(
+        format!("{err:?}").contains("MANIFEST_BLOB_UNKNOWN")
+            || format!("{err:?}").contains("BLOB_UNKNOWN"),
+        "{err:?}"
+    );
     let direct: Reference = format!("{}/broken/app:v1", registry.host).parse().unwrap();
     let plain = Client::new([http(&registry.host)].into_iter().collect()).unwrap();
-    assert!(plain.resolve(&direct, &"linux/amd64".parse().unwrap()).await.is_err());
+    assert!(
+        plain
+            .resolve(&direct, &"linux/amd64".parse().unwrap())
+            .await
+            .is_err()
+    );
 }
 
 #[tokio::test]
@@ -415,7 +464,11 @@ async fn mounts_across_repositories_and_bounds_parallel_uploads() {
         .map(|(d, s, p)| client.push_blob(&base, d, *s, p));
     let results = futures::future::try_join_all(pushes).await.unwrap();
     assert!(results.iter().all(|r| *r == BlobPush::Uploaded));
-    assert_eq!(proxy.max_concurrent_uploads(), 2, "bounded by max_concurrent_uploads");
+    assert_eq!(
+        proxy.max_concurrent_uploads(),
+        2,
+        "bounded by max_concurrent_uploads"
+    );
 
     proxy.clear_log();
     let app: Reference = format!("{}/lib/app:1", proxy.host).parse().unwrap();
@@ -426,8 +479,15 @@ async fn mounts_across_repositories_and_bounds_parallel_uploads() {
         );
     }
     let log = proxy.log();
-    assert_eq!(count(&log, "POST /v2/lib/app/blobs/uploads/?mount=sha256%3A"), 6, "{log:#?}");
-    assert!(log.iter().all(|l| l.contains("from=lib%2Fbase") || !l.starts_with("POST")));
+    assert_eq!(
+        count(&log, "POST /v2/lib/app/blobs/uploads/?mount=sha256%3A"),
+        6,
+        "{log:#?}"
+    );
+    assert!(
+        log.iter()
+            .all(|l| l.contains("from=lib%2Fbase") || !l.starts_with("POST"))
+    );
     assert_eq!(count(&log, "PUT "), 0, "{log:#?}");
     // And the second push of the same blobs finds them all there.
     proxy.clear_log();

@@ -80,13 +80,16 @@ impl FaultProxy {
     /// Injects `fault` into `times` requests whose method is `method` and whose path contains
     /// `path_contains`, after letting `skip` of them through.
     pub fn fail(&self, method: &str, path_contains: &str, skip: usize, times: usize, fault: Fault) {
-        self.rules.lock().unwrap_or_else(|e| e.into_inner()).push(Rule {
-            method: method.to_string(),
-            path_contains: path_contains.to_string(),
-            skip,
-            times,
-            fault,
-        });
+        self.rules
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(Rule {
+                method: method.to_string(),
+                path_contains: path_contains.to_string(),
+                skip,
+                times,
+                fault,
+            });
     }
 
     /// `METHOD path?query` of every request seen, faulted ones included (marked ` !500` or

@@ -164,7 +164,11 @@ fn login_push_logout_through_a_credential_helper() {
     assert_eq!(config["credsStore"], "kilntest");
 
     let pushed = s.kiln(&["push", &name], "").ok();
-    assert!(pushed.stdout.trim().starts_with("sha256:"), "{}", pushed.stdout);
+    assert!(
+        pushed.stdout.trim().starts_with("sha256:"),
+        "{}",
+        pushed.stdout
+    );
     assert!(
         s.helper_calls().contains(&format!("get {host}\n")),
         "{}",
@@ -173,7 +177,11 @@ fn login_push_logout_through_a_credential_helper() {
     assert!(registry_has_tag(&s.registry, "team/app", "v1"));
 
     let out = s.kiln(&["logout", &host], "").ok();
-    assert!(out.stdout.contains("Removing login credentials"), "{}", out.stdout);
+    assert!(
+        out.stdout.contains("Removing login credentials"),
+        "{}",
+        out.stdout
+    );
     assert!(s.helper_calls().contains(&format!("erase {host}\n")));
     assert!(s.config_json()["auths"].get(&host).is_none());
     let again = s.kiln(&["push", &name], "").failed();
@@ -198,7 +206,11 @@ fn login_writes_auths_and_push_mounts_shared_layers() {
     let insecure = s
         .kiln(&["login", "-u", USER, "-p", PASSWORD, &host], "")
         .ok();
-    assert!(insecure.stderr.contains("--password-stdin"), "{}", insecure.stderr);
+    assert!(
+        insecure.stderr.contains("--password-stdin"),
+        "{}",
+        insecure.stderr
+    );
     let config = s.config_json();
     assert_eq!(config["psFormat"], "table", "other settings kept");
     let auth = config["auths"][&host]["auth"].as_str().unwrap().to_string();

@@ -403,7 +403,10 @@ fn route(
                     StatusCode::CREATED,
                     [
                         (header::LOCATION, format!("/v2/{repo}/blobs/{digest}")),
-                        (header::HeaderName::from_static("docker-content-digest"), digest),
+                        (
+                            header::HeaderName::from_static("docker-content-digest"),
+                            digest,
+                        ),
                     ],
                 )
                     .into_response();

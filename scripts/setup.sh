@@ -22,6 +22,8 @@ PACKAGES=(
     git
     # RUN --mount=type=ssh: ssh-agent and ssh-add for `kiln build --ssh ID=KEYFILE` and its tests
     openssh-client
+    # tests: certificates for the TLS registry
+    openssl
     # cargo build: a C toolchain for the crypto crates (rustls' aws-lc-rs, ring)
     gcc libc6-dev make
 )

@@ -70,6 +70,10 @@ pub enum Command {
     History(HistoryArgs),
     /// Commands to work on images in a registry
     Imagetools(ImagetoolsArgs),
+    /// Authenticate to a registry (saved in Docker's config.json)
+    Login(LoginArgs),
+    /// Log out from a registry
+    Logout(LogoutArgs),
 }
 
 #[derive(Args, Debug)]
@@ -419,6 +423,27 @@ pub struct TagArgs {
 pub struct PushArgs {
     /// NAME[:TAG|@DIGEST]
     pub name: String,
+}
+
+#[derive(Args, Debug)]
+pub struct LoginArgs {
+    /// Username
+    #[arg(short = 'u', long)]
+    pub username: Option<String>,
+    /// Password
+    #[arg(short = 'p', long, conflicts_with = "password_stdin")]
+    pub password: Option<String>,
+    /// Take the password from stdin
+    #[arg(long = "password-stdin")]
+    pub password_stdin: bool,
+    /// Registry (default: docker.io)
+    pub server: Option<String>,
+}
+
+#[derive(Args, Debug)]
+pub struct LogoutArgs {
+    /// Registry (default: docker.io)
+    pub server: Option<String>,
 }
 
 /// `type=oci,dest=out.tar` and friends.

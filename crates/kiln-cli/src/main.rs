@@ -5,6 +5,7 @@ mod args;
 mod container;
 mod env;
 mod images;
+mod login;
 mod prune;
 mod run_opts;
 
@@ -140,6 +141,8 @@ async fn run(cli: Cli) -> Result<ExitCode> {
         }
         Command::Du(a) => prune::du(&open_engine(&cli)?, a),
         Command::Prune(a) => prune::prune(&open_engine(&cli)?, a),
+        Command::Login(a) => login::login(&cli, a).await,
+        Command::Logout(a) => login::logout(a),
         Command::Push(a) | Command::Pull(a) => {
             let engine = open_engine(&cli)?;
             let name = parse_ref(&a.name)?;

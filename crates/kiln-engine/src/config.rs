@@ -103,4 +103,36 @@ mod tests {
         );
         assert!(Config::parse("insecure-entitlements = [\"device\"]\n").is_err());
     }
+
+    #[test]
+    fn parses_tls_keypairs_and_upload_settings_as_buildkitd_toml_writes_them() {
+        let c = Config::parse(
+            r#"
+[registry."r.example:5000"]
+insecure = true
+ca = ["/etc/kiln/ca.pem"]
+chunk_size = 1048576
+max_concurrent_uploads = 8
+
+[[registry."r.example:5000".keypair]]
+key = "/etc/kiln/client.key"
+cert = "/etc/kiln/client.pem"
+"#,
+        )
+        .unwrap();
+        let host = &c.registry["r.example:5000"];
+        assert!(host.insecure);
+        assert_eq!(host.ca, [std::path::PathBuf::from("/etc/kiln/ca.pem")]);
+        assert_eq!(host.keypair.len(), 1);
+        assert_eq!(
+            host.keypair[0].cert,
+            std::path::Path::new("/etc/kiln/client.pem")
+        );
+        assert_eq!(host.chunk_size, Some(1 << 20));
+        assert_eq!(host.max_concurrent_uploads, Some(8));
+        assert!(
+            Config::parse("[[registry.\"r\".keypair]]\nkey = \"k\"\n").is_err(),
+            "a key pair needs both files"
+        );
+    }
 }

@@ -142,12 +142,17 @@ impl Engine {
         Ok((record.manifest, manifest, bytes))
     }
 
-    /// Pushes a local image to its registry: blobs the registry lacks, then the manifest.
+    /// Pushes a local image to its registry: the blobs the registry lacks, in parallel (the
+    /// client bounds uploads per registry), mounted from another repository of the registry
+    /// when a local image of that repository holds them; the manifest last, only once every
+    /// blob is there.
     pub async fn push(&self, name: &Reference, progress: &Progress) -> Result<Digest> {
         let (_, manifest, bytes) = self.local_manifest(name)?;
         let v = progress.vertex(format!("pushing {}", name.whole()));
         let mut blobs = vec![manifest.config().clone()];
         blobs.extend(manifest.layers().iter().cloned());
+        self.remember_mount_sources(name, &blobs)?;
+        let mut pushes = Vec::new();
         for desc in &blobs {
             let path = self.content.path(desc.digest());
             if !path.exists() {
@@ -155,11 +160,22 @@ impl Engine {
                     desc.digest().clone(),
                 )));
             }
-            v.status(&format!("pushing {}", desc.digest()));
-            self.registry
-                .push_blob(name, desc.digest(), desc.size(), &path)
-                .await?;
+            let v = &v;
+            pushes.push(async move {
+                let pushed = self
+                    .registry
+                    .push_blob(name, desc.digest(), desc.size(), &path)
+                    .await?;
+                let what = match pushed {
+                    kiln_registry::BlobPush::Exists => "layer already exists",
+                    kiln_registry::BlobPush::Mounted => "mounted from another repository",
+                    kiln_registry::BlobPush::Uploaded => "pushed",
+                };
+                v.status(&format!("{}: {what}", desc.digest()));
+                Ok::<_, Error>(())
+            });
         }
+        futures::future::try_join_all(pushes).await?;
         let media_type = manifest
             .media_type()
             .as_ref()
@@ -175,6 +191,38 @@ impl Engine {
         ));
         v.done();
         Ok(digest)
+    }
+}
+
+impl Engine {
+    /// Tells the registry client which repositories of `name`'s registry hold each blob, from
+    /// the local images named there (pulled from or pushed to it), so pushes can mount.
+    fn remember_mount_sources(
+        &self,
+        name: &Reference,
+        blobs: &[kiln_oci::Descriptor],
+    ) -> Result<()> {
+        for record in self.images.list()? {
+            if record.name.registry() != name.registry()
+                || record.name.repository() == name.repository()
+            {
+                continue;
+            }
+            let Ok(bytes) = self.content.read(&record.manifest) else {
+                continue;
+            };
+            let Ok(other) = serde_json::from_slice::<ImageManifest>(&bytes) else {
+                continue;
+            };
+            for desc in blobs {
+                let held = other.config().digest() == desc.digest()
+                    || other.layers().iter().any(|l| l.digest() == desc.digest());
+                if held {
+                    self.registry.remember_blob(&record.name, desc.digest());
+                }
+            }
+        }
+        Ok(())
     }
 }
 

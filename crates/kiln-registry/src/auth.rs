@@ -21,6 +21,12 @@ pub(crate) fn push_scope(repository: &str) -> String {
     format!("repository:{repository}:pull,push")
 }
 
+/// Pushing to `repository` with a blob mounted from `from`: one token for both, as the
+/// registry checks pull access on the source.
+pub(crate) fn mount_scope(repository: &str, from: &str) -> String {
+    format!("{} {}", push_scope(repository), pull_scope(from))
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum Challenge {
     Bearer {
@@ -129,9 +135,8 @@ impl AuthCache {
         }
     }
 
-    fn store_token(&self, host: &str, scope: &str, token: String, expires_in: u64) {
-        let Some(expires_at) = Instant::now()
-            .checked_add(Duration::from_secs(expires_in).saturating_sub(EXPIRY_MARGIN))
+    fn store_token(&self, host: &str, scope: &str, token: String, lifetime: Duration) {
+        let Some(expires_at) = Instant::now().checked_add(lifetime.saturating_sub(EXPIRY_MARGIN))
         else {
             return;
         };
@@ -262,8 +267,16 @@ impl AuthCache {
         if url.scheme() != "https" && !(url.scheme() == "http" && ep.http) {
             return Err(token_err(Cause::HttpNotAllowed { url: realm.clone() }));
         }
-        let mut scopes = vec![scope.to_string()];
-        if let Some(s) = challenge_scope.as_ref().filter(|s| *s != scope) {
+        // `scope` may hold several, space-separated; each is its own `scope` parameter.
+        let mut scopes: Vec<String> = scope
+            .split(' ')
+            .filter(|s| !s.is_empty())
+            .map(String::from)
+            .collect();
+        if let Some(s) = challenge_scope
+            .as_ref()
+            .filter(|s| !s.is_empty() && !scopes.contains(s))
+        {
             scopes.push(s.clone());
         }
         let request = match credential {
@@ -271,8 +284,10 @@ impl AuthCache {
                 let mut form = url::form_urlencoded::Serializer::new(String::new());
                 form.append_pair("grant_type", "refresh_token")
                     .append_pair("refresh_token", token)
-                    .append_pair("client_id", "kiln")
-                    .append_pair("scope", &scopes.join(" "));
+                    .append_pair("client_id", "kiln");
+                if !scopes.is_empty() {
+                    form.append_pair("scope", &scopes.join(" "));
+                }
                 if let Some(service) = service {
                     form.append_pair("service", service);
                 }
@@ -349,12 +364,12 @@ impl AuthCache {
                     reason: "no `token` or `access_token`".into(),
                 })
             })?;
-        self.store_token(
-            &ep.host,
-            scope,
-            token.clone(),
-            parsed.expires_in.unwrap_or(DEFAULT_EXPIRES_IN),
+        let lifetime = token_lifetime(
+            parsed.expires_in,
+            parsed.issued_at.as_deref(),
+            chrono::Utc::now(),
         );
+        self.store_token(&ep.host, scope, token.clone(), lifetime);
         Ok(token)
     }
 }
@@ -367,6 +382,27 @@ struct TokenResponse {
     access_token: Option<String>,
     #[serde(default)]
     expires_in: Option<u64>,
+    #[serde(default)]
+    issued_at: Option<String>,
+}
+
+/// How long from `now` a token stays valid: `expires_in` (default 60 s) counted from
+/// `issued_at` when the server sent one, so a token issued a while ago (or by a server whose
+/// clock runs ahead) is dropped sooner; never longer than `expires_in` from now.
+fn token_lifetime(
+    expires_in: Option<u64>,
+    issued_at: Option<&str>,
+    now: chrono::DateTime<chrono::Utc>,
+) -> Duration {
+    let expires_in =
+        Duration::from_secs(expires_in.filter(|s| *s > 0).unwrap_or(DEFAULT_EXPIRES_IN));
+    let Some(issued) = issued_at.and_then(|s| chrono::DateTime::parse_from_rfc3339(s).ok()) else {
+        return expires_in;
+    };
+    let age = (now - issued.with_timezone(&chrono::Utc))
+        .to_std()
+        .unwrap_or(Duration::ZERO);
+    expires_in.saturating_sub(age)
 }
 
 #[cfg(test)]
@@ -409,8 +445,8 @@ mod tests {
     #[test]
     fn token_cache_expires() {
         let cache = AuthCache::default();
-        cache.store_token("h", "s", "long".into(), 300);
-        cache.store_token("h", "short", "t".into(), 1);
+        cache.store_token("h", "s", "long".into(), Duration::from_secs(300));
+        cache.store_token("h", "short", "t".into(), Duration::from_secs(1));
         assert_eq!(cache.cached_token("h", "s").as_deref(), Some("long"));
         assert_eq!(cache.cached_token("h", "other"), None);
         assert_eq!(cache.cached_token("other", "s"), None);
@@ -422,5 +458,26 @@ mod tests {
     fn scopes() {
         assert_eq!(pull_scope("library/x"), "repository:library/x:pull");
         assert_eq!(push_scope("a/b"), "repository:a/b:pull,push");
+        assert_eq!(
+            mount_scope("a/b", "c"),
+            "repository:a/b:pull,push repository:c:pull"
+        );
+    }
+
+    #[test]
+    fn lifetime_counts_from_issued_at() {
+        let now = chrono::DateTime::parse_from_rfc3339("2026-01-01T00:10:00Z")
+            .unwrap()
+            .with_timezone(&chrono::Utc);
+        let secs = |e, i| token_lifetime(e, i, now).as_secs();
+        assert_eq!(secs(Some(300), None), 300);
+        assert_eq!(secs(None, None), 60);
+        assert_eq!(secs(Some(0), None), 60);
+        // Issued 4 minutes ago with a 5 minute life: one minute left.
+        assert_eq!(secs(Some(300), Some("2026-01-01T00:06:00Z")), 60);
+        assert_eq!(secs(Some(300), Some("2026-01-01T00:00:00Z")), 0);
+        // A server clock ahead of ours never extends the life.
+        assert_eq!(secs(Some(300), Some("2026-01-01T00:20:00+00:00")), 300);
+        assert_eq!(secs(Some(300), Some("yesterday")), 300);
     }
 }

@@ -1,3 +1,4 @@
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -44,6 +45,38 @@ pub struct Client {
     pub(crate) credentials: Arc<dyn CredentialStore>,
     pub(crate) auth: AuthCache,
     pub(crate) retry: RetryPolicy,
+    /// Repositories known to hold a blob, per registry, for cross-repository mounts.
+    pub(crate) blob_sources: BlobSources,
+    /// Bounds blob uploads in flight per registry.
+    pub(crate) upload_slots: std::sync::Mutex<HashMap<String, Arc<tokio::sync::Semaphore>>>,
+}
+
+/// digest → (registry, repository) pairs, most recent last.
+#[derive(Debug, Default)]
+pub(crate) struct BlobSources(std::sync::Mutex<HashMap<String, Vec<(String, String)>>>);
+
+impl BlobSources {
+    pub fn add(&self, registry: &str, repository: &str, digest: &str) {
+        let mut map = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        let repos = map.entry(digest.to_string()).or_default();
+        repos.retain(|(r, n)| !(r == registry && n == repository));
+        repos.push((registry.to_string(), repository.to_string()));
+    }
+
+    /// Other repositories of `registry` known to hold `digest`, most recent first.
+    pub fn candidates(&self, registry: &str, repository: &str, digest: &str) -> Vec<String> {
+        let map = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        map.get(digest)
+            .map(|repos| {
+                repos
+                    .iter()
+                    .rev()
+                    .filter(|(r, n)| r == registry && n != repository)
+                    .map(|(_, n)| n.clone())
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
 }
 
 impl std::fmt::Debug for Client {
@@ -71,7 +104,41 @@ impl Client {
             credentials: Arc::new(Anonymous),
             auth: AuthCache::default(),
             retry: RetryPolicy::default(),
+            blob_sources: BlobSources::default(),
+            upload_slots: Default::default(),
         })
+    }
+
+    /// Records that `reference`'s repository holds blob `digest` (say, the image it names was
+    /// pulled from there), so a push to another repository of that registry can mount the blob
+    /// instead of uploading it.
+    pub fn remember_blob(&self, reference: &kiln_oci::Reference, digest: &kiln_oci::Digest) {
+        self.blob_sources.add(
+            reference.registry(),
+            reference.repository(),
+            digest.as_ref(),
+        );
+    }
+
+    /// A slot for one blob upload to `registry`; at most the host's `max_concurrent_uploads`
+    /// are handed out at once.
+    pub(crate) async fn upload_slot(
+        &self,
+        registry: &str,
+    ) -> Option<tokio::sync::OwnedSemaphorePermit> {
+        let semaphore = {
+            let mut slots = self.upload_slots.lock().unwrap_or_else(|e| e.into_inner());
+            slots
+                .entry(registry.to_string())
+                .or_insert_with(|| {
+                    Arc::new(tokio::sync::Semaphore::new(
+                        self.hosts.upload_settings(registry).1,
+                    ))
+                })
+                .clone()
+        };
+        // Never closed, so this fails only in theory; then the upload goes unbounded.
+        semaphore.acquire_owned().await.ok()
     }
 
     pub fn with_credentials(self, credentials: Arc<dyn CredentialStore>) -> Client {

@@ -22,7 +22,32 @@ pub struct HostConfig {
     /// Extra PEM root certificates.
     #[serde(default)]
     pub ca: Vec<PathBuf>,
+    /// A client certificate and key (PEM) for mutual TLS.
+    #[serde(default)]
+    pub keypair: Vec<KeyPair>,
+    /// Blobs larger than this many bytes are uploaded in chunks of this size (PATCH with
+    /// `Content-Range`), so a failed upload resumes where the registry got to; 0 uploads every
+    /// blob in one request. Default [`DEFAULT_CHUNK_SIZE`].
+    #[serde(default)]
+    pub chunk_size: Option<u64>,
+    /// Blob uploads in flight to this registry at once. Default [`DEFAULT_MAX_UPLOADS`].
+    #[serde(default)]
+    pub max_concurrent_uploads: Option<usize>,
 }
+
+/// A `[[registry."host".keypair]]` entry, as buildkitd.toml writes it.
+#[derive(Deserialize, Default, Clone, Debug)]
+#[serde(deny_unknown_fields)]
+pub struct KeyPair {
+    pub key: PathBuf,
+    pub cert: PathBuf,
+}
+
+/// Large enough that a chunk's round trip costs little, small enough that a resumed upload
+/// resends little.
+pub const DEFAULT_CHUNK_SIZE: u64 = 32 * 1024 * 1024;
+/// As docker and BuildKit push: a few layers at a time per registry.
+pub const DEFAULT_MAX_UPLOADS: usize = 4;
 
 /// Host settings keyed by registry host (`docker.io`, `127.0.0.1:5001`, ...).
 pub type RegistryConfig = BTreeMap<String, HostConfig>;
@@ -75,7 +100,7 @@ impl Hosts {
                     return Err(err(ConfigError::Mirror(mirror.clone())));
                 }
             }
-            if cfg.insecure || !cfg.ca.is_empty() {
+            if cfg.insecure || !cfg.ca.is_empty() || !cfg.keypair.is_empty() {
                 clients.insert(host.clone(), build_client(cfg).map_err(err)?);
             }
         }
@@ -114,6 +139,17 @@ impl Hosts {
             mirror,
             cred_host,
         }
+    }
+
+    /// (chunk size, concurrent uploads) for pushes to `registry`.
+    pub fn upload_settings(&self, registry: &str) -> (u64, usize) {
+        let cfg = self.config.get(registry);
+        (
+            cfg.and_then(|c| c.chunk_size).unwrap_or(DEFAULT_CHUNK_SIZE),
+            cfg.and_then(|c| c.max_concurrent_uploads)
+                .unwrap_or(DEFAULT_MAX_UPLOADS)
+                .max(1),
+        )
     }
 
     /// The registry itself, where pushes go.
@@ -159,11 +195,33 @@ fn build_client(cfg: &HostConfig) -> std::result::Result<reqwest::Client, Config
             })?,
         );
     }
-    base_builder()
+    let mut builder = base_builder()
         .tls_certs_merge(certs)
-        .tls_danger_accept_invalid_certs(cfg.insecure)
-        .build()
-        .map_err(ConfigError::Client)
+        .tls_danger_accept_invalid_certs(cfg.insecure);
+    match cfg.keypair.as_slice() {
+        [] => {}
+        [pair] => builder = builder.identity(load_identity(pair)?),
+        _ => return Err(ConfigError::TooManyKeyPairs),
+    }
+    builder.build().map_err(ConfigError::Client)
+}
+
+/// rustls takes the certificate chain and the key as one PEM buffer.
+fn load_identity(pair: &KeyPair) -> std::result::Result<reqwest::Identity, ConfigError> {
+    let read = |path: &PathBuf| {
+        fs_err::read(path).map_err(|source| ConfigError::ReadKeyPair {
+            path: path.clone(),
+            source,
+        })
+    };
+    let mut pem = read(&pair.cert)?;
+    pem.push(b'\n');
+    pem.extend(read(&pair.key)?);
+    reqwest::Identity::from_pem(&pem).map_err(|source| ConfigError::ParseKeyPair {
+        cert: pair.cert.clone(),
+        key: pair.key.clone(),
+        source,
+    })
 }
 
 fn base_builder() -> reqwest::ClientBuilder {
@@ -276,6 +334,75 @@ mod tests {
                 ..
             }
         ));
+    }
+
+    #[test]
+    fn keypairs_are_loaded_and_checked() {
+        let dir = tempfile::tempdir().unwrap();
+        let (cert, key) = (dir.path().join("c.pem"), dir.path().join("k.pem"));
+        std::fs::write(&cert, "not a certificate").unwrap();
+        std::fs::write(&key, "not a key").unwrap();
+        let pair = KeyPair {
+            key: key.clone(),
+            cert: cert.clone(),
+        };
+        let host = |keypair: Vec<KeyPair>| {
+            Hosts::new(config(&[(
+                "r.example",
+                HostConfig {
+                    keypair,
+                    ..Default::default()
+                },
+            )]))
+        };
+        let err = host(vec![pair.clone()]).unwrap_err();
+        assert!(
+            matches!(
+                err,
+                Error::Config {
+                    source: ConfigError::ParseKeyPair { .. },
+                    ..
+                }
+            ),
+            "{err:?}"
+        );
+        let missing = KeyPair {
+            key: dir.path().join("absent.pem"),
+            cert,
+        };
+        assert!(matches!(
+            host(vec![missing]).unwrap_err(),
+            Error::Config {
+                source: ConfigError::ReadKeyPair { .. },
+                ..
+            }
+        ));
+        let err = host(vec![pair.clone(), pair]).unwrap_err();
+        assert!(matches!(
+            err,
+            Error::Config {
+                source: ConfigError::TooManyKeyPairs,
+                ..
+            }
+        ));
+    }
+
+    #[test]
+    fn upload_settings_default_and_override() {
+        let hosts = Hosts::new(config(&[(
+            "r.example",
+            HostConfig {
+                chunk_size: Some(1024),
+                max_concurrent_uploads: Some(0),
+                ..Default::default()
+            },
+        )]))
+        .unwrap();
+        assert_eq!(hosts.upload_settings("r.example"), (1024, 1));
+        assert_eq!(
+            hosts.upload_settings("other"),
+            (DEFAULT_CHUNK_SIZE, DEFAULT_MAX_UPLOADS)
+        );
     }
 
     #[test]

@@ -1,11 +1,13 @@
 use std::collections::HashMap;
 use std::fmt;
 use std::path::{Path, PathBuf};
+use std::sync::Mutex;
 
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD;
 use serde::Deserialize;
 
+use crate::cred_helper::Helper;
 use crate::error::{CredentialsError, Error, Result};
 
 /// A secret for one registry host.
@@ -62,16 +64,26 @@ impl CredentialStore for StaticCredentials {
     }
 }
 
-/// The `auths` section of Docker's `config.json`, read once when loaded.
-#[derive(Debug, Default, Clone)]
+/// Docker's `config.json`: `auths`, and the `credsStore` / `credHelpers` credential helpers,
+/// read once when loaded. Helpers are asked on first use of a host and their answers kept.
+#[derive(Debug, Default)]
 pub struct DockerConfigCredentials {
     auths: HashMap<String, Credential>,
+    creds_store: Option<String>,
+    /// Normalised host → helper name.
+    cred_helpers: HashMap<String, String>,
+    asked: Mutex<HashMap<String, Option<Credential>>>,
 }
 
 #[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
 struct ConfigFile {
     #[serde(default)]
     auths: HashMap<String, AuthEntry>,
+    #[serde(default)]
+    creds_store: Option<String>,
+    #[serde(default)]
+    cred_helpers: HashMap<String, String>,
 }
 
 #[derive(Deserialize)]
@@ -130,14 +142,170 @@ impl DockerConfigCredentials {
             };
             auths.insert(host, credential);
         }
-        Ok(Self { auths })
+        Ok(Self {
+            auths,
+            creds_store: file.creds_store.filter(|s| !s.is_empty()),
+            cred_helpers: file
+                .cred_helpers
+                .into_iter()
+                .filter(|(_, helper)| !helper.is_empty())
+                .map(|(host, helper)| (normalize_key(&host), helper))
+                .collect(),
+            asked: Mutex::default(),
+        })
+    }
+
+    /// The helper Docker would use for `host`: its `credHelpers` entry, else `credsStore`.
+    fn helper_for(&self, host: &str) -> Option<&str> {
+        self.cred_helpers
+            .get(host)
+            .or(self.creds_store.as_ref())
+            .map(String::as_str)
     }
 }
 
 impl CredentialStore for DockerConfigCredentials {
     fn get(&self, host: &str) -> Option<Credential> {
-        self.auths.get(&normalize_key(host)).cloned()
+        let host = normalize_key(host);
+        if let Some(helper) = self.helper_for(&host) {
+            let mut asked = self.asked.lock().unwrap_or_else(|e| e.into_inner());
+            let answer = asked.entry(host.clone()).or_insert_with(|| {
+                // As docker does, a failing helper means no credentials, not a failed pull.
+                Helper::new(helper)
+                    .get(&server_key(&host))
+                    .unwrap_or_else(|e| {
+                        tracing::warn!(%host, error = %crate::error::chain(&e), "credential helper failed");
+                        None
+                    })
+            });
+            if answer.is_some() {
+                return answer.clone();
+            }
+        }
+        self.auths.get(&host).cloned()
     }
+}
+
+/// The key Docker stores a registry's credentials under: Docker Hub's v1 URL, else the host.
+pub fn server_key(registry: &str) -> String {
+    match normalize_key(registry).as_str() {
+        "docker.io" => "https://index.docker.io/v1/".to_string(),
+        _ => registry.to_string(),
+    }
+}
+
+/// Saves `credential` for `registry` in the Docker config file at `path`, as `docker login`
+/// does: through the credential helper when one is configured for the host (leaving an empty
+/// `auths` entry), else base64 in `auths`. Other contents of the file are kept.
+pub fn save_credential(path: &Path, registry: &str, credential: &Credential) -> Result<()> {
+    let err = |source| Error::SaveCredentials {
+        host: registry.to_string(),
+        path: path.to_path_buf(),
+        source,
+    };
+    let mut doc = read_document(path).map_err(err)?;
+    let key = server_key(registry);
+    let current =
+        DockerConfigCredentials::from_json(&serde_json::to_vec(&doc).map_err(|e| err(e.into()))?)
+            .map_err(err)?;
+    let entry = match current.helper_for(&normalize_key(registry)) {
+        Some(helper) => {
+            Helper::new(helper).store(&key, credential).map_err(err)?;
+            serde_json::json!({})
+        }
+        None => match credential {
+            Credential::Basic { username, password } => {
+                serde_json::json!({"auth": STANDARD.encode(format!("{username}:{password}"))})
+            }
+            Credential::IdentityToken { token } => serde_json::json!({"identitytoken": token}),
+        },
+    };
+    let auths = doc
+        .as_object_mut()
+        .ok_or(CredentialsError::NotAnObject("config.json"))
+        .map_err(err)?
+        .entry("auths")
+        .or_insert_with(|| serde_json::json!({}));
+    let auths = auths
+        .as_object_mut()
+        .ok_or(CredentialsError::NotAnObject("auths"))
+        .map_err(err)?;
+    // Drop other spellings of the same host so the new entry is the one read back.
+    auths.retain(|k, _| normalize_key(k) != normalize_key(registry));
+    auths.insert(key, entry);
+    write_document(path, &doc).map_err(err)
+}
+
+/// Removes `registry`'s credentials from the file at `path` and from its helper, as `docker
+/// logout`. Returns whether the file had an entry for it.
+pub fn remove_credential(path: &Path, registry: &str) -> Result<bool> {
+    let err = |source| Error::SaveCredentials {
+        host: registry.to_string(),
+        path: path.to_path_buf(),
+        source,
+    };
+    if !path.exists() {
+        return Ok(false);
+    }
+    let mut doc = read_document(path).map_err(err)?;
+    let current =
+        DockerConfigCredentials::from_json(&serde_json::to_vec(&doc).map_err(|e| err(e.into()))?)
+            .map_err(err)?;
+    let host = normalize_key(registry);
+    if let Some(helper) = current.helper_for(&host) {
+        Helper::new(helper)
+            .erase(&server_key(registry))
+            .map_err(err)?;
+    }
+    let mut removed = false;
+    if let Some(auths) = doc.get_mut("auths").and_then(|a| a.as_object_mut()) {
+        let before = auths.len();
+        auths.retain(|k, _| normalize_key(k) != host);
+        removed = auths.len() != before;
+    }
+    if removed {
+        write_document(path, &doc).map_err(err)?;
+    }
+    Ok(removed)
+}
+
+fn read_document(path: &Path) -> std::result::Result<serde_json::Value, CredentialsError> {
+    match fs_err::read(path) {
+        Ok(bytes) if bytes.iter().all(u8::is_ascii_whitespace) => Ok(serde_json::json!({})),
+        Ok(bytes) => Ok(serde_json::from_slice(&bytes)?),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(serde_json::json!({})),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Writes through a temp file and a rename, owner-only, so a crash never leaves half a file
+/// and other users never read the secrets.
+fn write_document(
+    path: &Path,
+    doc: &serde_json::Value,
+) -> std::result::Result<(), CredentialsError> {
+    use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+    let dir = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)?;
+    let tmp = dir.join(format!(".config.json.tmp-{}", std::process::id()));
+    let mut bytes = serde_json::to_vec_pretty(doc)?;
+    bytes.push(b'\n');
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&tmp)?;
+    std::io::Write::write_all(&mut file, &bytes)?;
+    file.sync_all()?;
+    fs_err::rename(&tmp, path)?;
+    Ok(())
 }
 
 /// Docker writes keys as URLs (`https://index.docker.io/v1/`) or bare hosts; compare hosts,
@@ -225,6 +393,45 @@ mod tests {
         assert!(matches!(creds.get("r.io"), Some(Credential::Basic { .. })));
         let missing = DockerConfigCredentials::from_path(&dir.path().join("nope.json"));
         assert!(matches!(missing, Err(Error::Credentials { .. })));
+    }
+
+    #[test]
+    fn save_and_remove_keep_the_rest_of_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("sub").join("config.json");
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(
+            &path,
+            r#"{"auths":{"http://R.example/v2/":{"auth":"eDp5"},"keep.io":{"auth":"eDp5"}},"psFormat":"table"}"#,
+        )
+        .unwrap();
+        let cred = Credential::Basic {
+            username: "u".into(),
+            password: "p:w".into(),
+        };
+        save_credential(&path, "r.example", &cred).unwrap();
+        save_credential(&path, "docker.io", &cred).unwrap();
+        let doc: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+        assert_eq!(doc["psFormat"], "table");
+        let keys: Vec<&String> = doc["auths"].as_object().unwrap().keys().collect();
+        assert_eq!(
+            keys,
+            ["https://index.docker.io/v1/", "keep.io", "r.example"]
+        );
+        let creds = DockerConfigCredentials::from_path(&path).unwrap();
+        assert_eq!(creds.get("r.example"), Some(cred.clone()));
+        assert_eq!(creds.get("registry-1.docker.io"), Some(cred));
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
+
+        assert!(remove_credential(&path, "r.example").unwrap());
+        assert!(!remove_credential(&path, "r.example").unwrap());
+        let creds = DockerConfigCredentials::from_path(&path).unwrap();
+        assert_eq!(creds.get("r.example"), None);
+        assert!(creds.get("keep.io").is_some());
+        assert!(!remove_credential(&dir.path().join("absent.json"), "r.example").unwrap());
     }
 
     #[test]

@@ -20,6 +20,19 @@ pub enum Error {
         #[source]
         source: CredentialsError,
     },
+    #[error("failed to save registry credentials for `{host}` to `{path}`")]
+    SaveCredentials {
+        host: String,
+        path: PathBuf,
+        #[source]
+        source: CredentialsError,
+    },
+    #[error("login to `{registry}` failed")]
+    Login {
+        registry: String,
+        #[source]
+        source: Box<Cause>,
+    },
     #[error("failed to resolve `{reference}`")]
     Resolve {
         reference: String,
@@ -103,6 +116,21 @@ pub enum ConfigError {
         #[source]
         source: reqwest::Error,
     },
+    #[error("failed to read the client key pair `{path}`")]
+    ReadKeyPair {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("invalid client key pair (cert `{cert}`, key `{key}`)")]
+    ParseKeyPair {
+        cert: PathBuf,
+        key: PathBuf,
+        #[source]
+        source: reqwest::Error,
+    },
+    #[error("more than one `keypair` per host is not supported yet")]
+    TooManyKeyPairs,
     #[error("failed to build the HTTP client")]
     Client(#[source] reqwest::Error),
 }
@@ -115,6 +143,28 @@ pub enum CredentialsError {
     Json(#[from] serde_json::Error),
     #[error("`auths.{host}.auth` is not base64 `user:password`")]
     Auth { host: String },
+    #[error("`{0}` is not a JSON object")]
+    NotAnObject(&'static str),
+    #[error("credential helper `{program}` failed")]
+    Helper {
+        program: String,
+        #[source]
+        source: HelperError,
+    },
+}
+
+/// Why a `docker-credential-*` helper call failed.
+#[derive(Debug, thiserror::Error)]
+pub enum HelperError {
+    #[error("failed to run it")]
+    Spawn(#[source] std::io::Error),
+    #[error("it exited with {status}: {output}")]
+    Exit {
+        status: std::process::ExitStatus,
+        output: String,
+    },
+    #[error("it printed invalid JSON")]
+    Json(#[source] serde_json::Error),
 }
 
 /// Why a content check failed.
@@ -229,14 +279,7 @@ impl Cause {
 
     /// This cause and its sources on one line, for summarising a mirror's failure.
     pub(crate) fn one_line(&self) -> String {
-        let mut out = self.to_string();
-        let mut next = std::error::Error::source(self);
-        while let Some(e) = next {
-            out.push_str(": ");
-            out.push_str(&e.to_string());
-            next = e.source();
-        }
-        out
+        chain(self)
     }
 
     /// Worth another attempt: server errors, rate limits and broken connections.
@@ -253,6 +296,18 @@ impl Cause {
             _ => false,
         }
     }
+}
+
+/// An error and its sources on one line.
+pub(crate) fn chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut next = e.source();
+    while let Some(e) = next {
+        out.push_str(": ");
+        out.push_str(&e.to_string());
+        next = e.source();
+    }
+    out
 }
 
 /// The `errors` array of a distribution-spec error body; empty when the body was not one.

@@ -7,17 +7,22 @@
 mod auth;
 mod client;
 mod config;
+mod cred_helper;
 mod credentials;
 mod error;
+mod login;
 mod pull;
 mod push;
 
 pub use client::{Client, RetryPolicy};
-pub use config::{HostConfig, RegistryConfig};
+pub use config::{DEFAULT_CHUNK_SIZE, DEFAULT_MAX_UPLOADS, HostConfig, KeyPair, RegistryConfig};
 pub use credentials::{
     Anonymous, Credential, CredentialStore, DockerConfigCredentials, StaticCredentials,
+    remove_credential, save_credential, server_key,
 };
 pub use error::{
-    Cause, ConfigError, CredentialsError, Error, Mismatch, RegistryError, RegistryErrors, Result,
+    Cause, ConfigError, CredentialsError, Error, HelperError, Mismatch, RegistryError,
+    RegistryErrors, Result,
 };
 pub use pull::{RawManifest, Resolved};
+pub use push::BlobPush;

@@ -308,7 +308,10 @@ impl Client {
                 .fetch_blob_at(&ep, reference, descriptor, &mut counting)
                 .await
             {
-                Ok(()) => return Ok(()),
+                Ok(()) => {
+                    self.remember_blob(reference, digest);
+                    return Ok(());
+                }
                 Err(BlobError::Mismatch(source)) => {
                     return Err(Error::DigestMismatch {
                         reference: reference.to_string(),
@@ -438,12 +441,16 @@ impl<W: AsyncWrite + Unpin> AsyncWrite for CountingWriter<'_, W> {
     }
 }
 
-/// Picks the first entry of `index` whose platform satisfies `want`.
+/// Picks the first entry of `index` whose platform satisfies `want`; failing that, for 32-bit
+/// arm, the newest older variant it can run (v7 runs v6 and v5 images), as containerd's
+/// default matcher does.
 fn select_platform<'a>(
     index: &'a ImageIndex,
     want: &Platform,
 ) -> std::result::Result<&'a Descriptor, Cause> {
     let mut available = Vec::new();
+    let mut fallback: Option<(u32, &Descriptor)> = None;
+    let want_arm = arm_variant(want);
     for desc in index.manifests() {
         let Some(p) = desc.platform() else { continue };
         let candidate = Platform::new(
@@ -454,7 +461,17 @@ fn select_platform<'a>(
         if want.matches(&candidate) {
             return Ok(desc);
         }
+        if let (Some(w), Some(c)) = (want_arm, arm_variant(&candidate))
+            && candidate.os == want.os
+            && c < w
+            && fallback.is_none_or(|(best, _)| c > best)
+        {
+            fallback = Some((c, desc));
+        }
         available.push(candidate.to_string());
+    }
+    if let Some((_, desc)) = fallback {
+        return Ok(desc);
     }
     Err(Cause::PlatformNotFound {
         platform: want.to_string(),
@@ -464,6 +481,14 @@ fn select_platform<'a>(
             available.join(", ")
         },
     })
+}
+
+/// `N` of a 32-bit `arm/vN` platform.
+fn arm_variant(p: &Platform) -> Option<u32> {
+    if p.architecture != "arm" {
+        return None;
+    }
+    p.variant.as_deref()?.strip_prefix('v')?.parse().ok()
 }
 
 /// The media type from the response, else the descriptor that pointed here, else the body's
@@ -560,12 +585,32 @@ mod tests {
         assert_eq!(pick("linux/arm/v7").unwrap(), 3);
         assert_eq!(pick("linux/arm/v6").unwrap(), 2);
         assert_eq!(pick("linux/arm64").unwrap(), 4);
+        assert_eq!(pick("linux/arm64/v8").unwrap(), 4);
+        assert_eq!(pick("linux/aarch64").unwrap(), 4);
         let err = pick("linux/s390x").unwrap_err();
         assert_eq!(
             err.to_string(),
             "no manifest for platform `linux/s390x` (available: linux/amd64, linux/arm/v6, \
              linux/arm/v7, linux/arm64, unknown/unknown)"
         );
+    }
+
+    #[test]
+    fn arm_falls_back_to_the_newest_older_variant() {
+        let idx = index(&[
+            ("linux", "arm", Some("v5")),
+            ("linux", "arm", Some("v6")),
+            ("linux", "arm64", None),
+        ]);
+        let pick = |p: &str| select_platform(&idx, &p.parse().unwrap()).map(|d| d.size());
+        assert_eq!(pick("linux/arm/v7").unwrap(), 2);
+        assert_eq!(pick("linux/arm/v6").unwrap(), 2);
+        assert_eq!(pick("linux/arm/v5").unwrap(), 1);
+        let only_v7 = index(&[("linux", "arm", Some("v7"))]);
+        assert!(select_platform(&only_v7, &"linux/arm/v6".parse().unwrap()).is_err());
+        // An arm64 request never takes a 32-bit image.
+        let only_arm = index(&[("linux", "arm", Some("v7"))]);
+        assert!(select_platform(&only_arm, &"linux/arm64".parse().unwrap()).is_err());
     }
 
     #[test]

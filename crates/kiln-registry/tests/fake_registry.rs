@@ -10,7 +10,8 @@ use std::time::Duration;
 
 use kiln_oci::{Descriptor, Platform, Reference, media_type};
 use kiln_registry::{
-    Cause, Client, Credential, Error, HostConfig, RegistryConfig, RetryPolicy, StaticCredentials,
+    BlobPush, Cause, Client, Credential, Error, HostConfig, RegistryConfig, RetryPolicy,
+    StaticCredentials,
 };
 use support::{Auth, Fake, TestImage, digest_of, index_of};
 
@@ -562,4 +563,115 @@ async fn push_uploads_missing_blobs_only() {
         .await
         .unwrap_err();
     assert!(err.is_digest_mismatch(), "{err:?}");
+}
+
+#[tokio::test]
+async fn mount_from_a_repository_known_to_hold_the_blob() {
+    let fake = Fake::start(Auth::Bearer {
+        expires_in: 300,
+        basic: None,
+    })
+    .await;
+    fake.strict_repos
+        .store(true, std::sync::atomic::Ordering::SeqCst);
+    let client = client_for(&[&fake.host()]);
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("layer");
+    let bytes = b"shared base layer".repeat(100);
+    std::fs::write(&path, &bytes).unwrap();
+    let digest = kiln_oci::parse_digest(&digest_of(&bytes)).unwrap();
+    let size = bytes.len() as u64;
+
+    let base = reference(&fake, "team/base:1");
+    let pushed = client.push_blob(&base, &digest, size, &path).await.unwrap();
+    assert_eq!(pushed, BlobPush::Uploaded);
+
+    // The client remembers where it pushed the blob: the next repository mounts it.
+    let app = reference(&fake, "team/app:1");
+    let before = fake.log().len();
+    let pushed = client.push_blob(&app, &digest, size, &path).await.unwrap();
+    assert_eq!(pushed, BlobPush::Mounted);
+    let log = fake.log()[before..].to_vec();
+    let mount = log
+        .iter()
+        .find(|l| l.method == "POST")
+        .expect("a mount request");
+    assert_eq!(mount.path, "/v2/team/app/blobs/uploads/");
+    assert!(
+        mount.query.contains("mount=sha256%3A") && mount.query.contains("from=team%2Fbase"),
+        "{}",
+        mount.query
+    );
+    assert!(
+        !log.iter().any(|l| l.method == "PUT" || l.method == "PATCH"),
+        "nothing uploaded: {:?}",
+        fake.calls()
+    );
+    // One token for push to the target and pull from the source.
+    let tokens: Vec<String> = fake.token_requests().into_iter().map(|t| t.query).collect();
+    assert!(
+        tokens.iter().any(|q| {
+            q.contains("scope=repository%3Ateam%2Fapp%3Apull%2Cpush")
+                && q.contains("scope=repository%3Ateam%2Fbase%3Apull")
+        }),
+        "{tokens:?}"
+    );
+    assert!(client.blob_exists(&app, &digest).await.unwrap());
+
+    // A source that does not hold the blob: the registry starts an upload, which is used.
+    let other_bytes = b"other".repeat(10);
+    let other_path = dir.path().join("other");
+    std::fs::write(&other_path, &other_bytes).unwrap();
+    let other = kiln_oci::parse_digest(&digest_of(&other_bytes)).unwrap();
+    client.remember_blob(&reference(&fake, "team/nowhere:x"), &other);
+    let pushed = client
+        .push_blob(&app, &other, other_bytes.len() as u64, &other_path)
+        .await
+        .unwrap();
+    assert_eq!(pushed, BlobPush::Uploaded);
+    assert!(client.blob_exists(&app, &other).await.unwrap());
+}
+
+#[tokio::test]
+async fn login_checks_credentials_at_the_token_service_or_the_registry() {
+    let bearer = Fake::start(Auth::Bearer {
+        expires_in: 300,
+        basic: Some(("alice".into(), "right".into())),
+    })
+    .await;
+    let basic = Fake::start(Auth::Basic("bob".into(), "right".into())).await;
+    let open = Fake::start(Auth::None).await;
+    let client = client_for(&[&bearer.host(), &basic.host(), &open.host()]);
+    let cred = |user: &str, pass: &str| Credential::Basic {
+        username: user.into(),
+        password: pass.into(),
+    };
+
+    client
+        .login(&bearer.host(), &cred("alice", "right"))
+        .await
+        .unwrap();
+    let token = bearer.token_requests().pop().unwrap();
+    assert!(!token.query.contains("scope="), "{}", token.query);
+    let err = client
+        .login(&bearer.host(), &cred("alice", "wrong"))
+        .await
+        .unwrap_err();
+    let chain = format!("{:?}", anyhow::Error::from(err));
+    assert!(
+        chain.contains("login to") && chain.contains("401"),
+        "{chain}"
+    );
+
+    client
+        .login(&basic.host(), &cred("bob", "right"))
+        .await
+        .unwrap();
+    let err = client
+        .login(&basic.host(), &cred("bob", "wrong"))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, Error::Login { .. }), "{err:?}");
+
+    client.login(&open.host(), &cred("x", "y")).await.unwrap();
 }

@@ -1,89 +1,26 @@
-//! Push to and pull from a real `docker-registry` (Debian's distribution build) on loopback,
-//! pulling back through a `docker.io` mirror entry.
+//! Push to and pull from a real `docker-registry` (Debian's distribution build) on loopback:
+//! plain, through a `docker.io` mirror entry, with htpasswd basic auth, with TLS and client
+//! certificates from a CA the test makes, and behind a proxy that injects 500s and dropped
+//! connections.
 //!
 //! Skipped with a message when the binary is missing, unless `KILN_TEST_REQUIRE_EXTERNAL=1`.
 
 mod support;
 
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
 
-use kiln_oci::{Platform, Reference, media_type};
-use kiln_registry::{Client, HostConfig, RegistryConfig};
+use kiln_oci::{Digest, Platform, Reference, media_type};
+use kiln_registry::{
+    BlobPush, Cause, Client, Credential, Error, HostConfig, KeyPair, RegistryConfig, RetryPolicy,
+    StaticCredentials,
+};
+use kiln_test::{Fault, FaultProxy, RegistryOptions, TestRegistry};
 use support::{TestImage, digest_of, index_of};
 
-/// Kills the registry when the test ends, pass or fail.
-struct RegistryProcess {
-    child: Child,
-    host: String,
-    _dir: tempfile::TempDir,
-}
-
-impl Drop for RegistryProcess {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn find_binary() -> Option<PathBuf> {
-    let path = std::env::var_os("PATH")?;
-    std::env::split_paths(&path)
-        .map(|d| d.join("docker-registry"))
-        .find(|p| p.is_file())
-}
-
-async fn start_registry() -> Option<RegistryProcess> {
-    let Some(binary) = find_binary() else {
-        let reason = "`docker-registry` not found on PATH (Debian package docker-registry)";
-        if std::env::var("KILN_TEST_REQUIRE_EXTERNAL").as_deref() == Ok("1") {
-            panic!("{reason}, and KILN_TEST_REQUIRE_EXTERNAL=1");
-        }
-        eprintln!("skipping: {reason}");
-        return None;
-    };
-    let dir = tempfile::tempdir().unwrap();
-    // Take a free port from the kernel; the registry binds it right after.
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let host = format!("127.0.0.1:{port}");
-    let config = dir.path().join("config.yml");
-    std::fs::write(
-        &config,
-        format!(
-            "version: 0.1\nlog:\n  level: warn\nstorage:\n  filesystem:\n    rootdirectory: {}\n\
-             http:\n  addr: {host}\n",
-            dir.path().join("storage").display()
-        ),
-    )
-    .unwrap();
-    let child = Command::new(binary)
-        .arg("serve")
-        .arg(&config)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let process = RegistryProcess {
-        child,
-        host,
-        _dir: dir,
-    };
-    let url = format!("http://{}/v2/", process.host);
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        if let Ok(resp) = reqwest::get(&url).await
-            && resp.status().is_success()
-        {
-            return Some(process);
-        }
-        assert!(Instant::now() < deadline, "registry did not start at {url}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+async fn start_registry() -> Option<TestRegistry> {
+    TestRegistry::start(RegistryOptions::default())
 }
 
 async fn push_image(
@@ -196,4 +133,367 @@ async fn push_then_pull_through_docker_io_mirror() {
         chain.contains(&format!("all mirrors failed ({host}: GET http://{host}/v2/library/kiln-test/manifests/absent returned 404 Not Found: MANIFEST_UNKNOWN")),
         "{chain}"
     );
+}
+
+fn http(host: &str) -> (String, HostConfig) {
+    (
+        host.to_string(),
+        HostConfig {
+            http: true,
+            ..Default::default()
+        },
+    )
+}
+
+fn fast_retry() -> RetryPolicy {
+    RetryPolicy {
+        attempts: 4,
+        initial_backoff: Duration::from_millis(10),
+        max_backoff: Duration::from_millis(50),
+    }
+}
+
+/// Writes `bytes` as a blob file and returns (digest, size, path).
+fn blob_file(dir: &std::path::Path, bytes: &[u8]) -> (Digest, u64, std::path::PathBuf) {
+    let digest = kiln_oci::parse_digest(&digest_of(bytes)).unwrap();
+    let path = dir.join(digest.digest());
+    std::fs::write(&path, bytes).unwrap();
+    (digest, bytes.len() as u64, path)
+}
+
+/// Bytes that do not compress into a pattern a registry could special-case.
+fn noise(len: usize, seed: u8) -> Vec<u8> {
+    let mut x = u32::from(seed).wrapping_mul(2_654_435_761) | 1;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 17;
+            x ^= x << 5;
+            x as u8
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn htpasswd_basic_auth_push_pull_and_login() {
+    let Some(registry) = TestRegistry::start(RegistryOptions {
+        htpasswd: Some(("kiln".into(), "s3cret".into())),
+        ..Default::default()
+    }) else {
+        return;
+    };
+    let host = registry.host.clone();
+    let config: RegistryConfig = [http(&host)].into_iter().collect();
+    let creds = |password: &str| {
+        Arc::new(StaticCredentials(HashMap::from([(
+            host.clone(),
+            Credential::Basic {
+                username: "kiln".into(),
+                password: password.into(),
+            },
+        )])))
+    };
+    let client = Client::new(config.clone())
+        .unwrap()
+        .with_credentials(creds("s3cret"));
+    let work = tempfile::tempdir().unwrap();
+    let image = TestImage::new("linux/amd64", true);
+    let reference: Reference = format!("{host}/private/app:v1").parse().unwrap();
+    push_image(&client, &reference, &image, work.path()).await;
+    let resolved = client
+        .resolve(&reference, &"linux/amd64".parse().unwrap())
+        .await
+        .unwrap();
+    assert_eq!(resolved.digest.to_string(), image.digest);
+
+    // Anonymous: the registry's basic challenge finds no credentials.
+    let anonymous = Client::new(config.clone()).unwrap();
+    let err = anonymous
+        .resolve(&reference, &"linux/amd64".parse().unwrap())
+        .await
+        .unwrap_err();
+    let Error::Resolve { source, .. } = &err else {
+        panic!("{err:?}")
+    };
+    assert!(matches!(**source, Cause::NoCredentials { .. }), "{err:?}");
+
+    client
+        .login(
+            &host,
+            &Credential::Basic {
+                username: "kiln".into(),
+                password: "s3cret".into(),
+            },
+        )
+        .await
+        .unwrap();
+    let err = anonymous
+        .login(
+            &host,
+            &Credential::Basic {
+                username: "kiln".into(),
+                password: "wrong".into(),
+            },
+        )
+        .await
+        .unwrap_err();
+    assert!(format!("{:?}", anyhow::Error::from(err)).contains("401"));
+    let wrong = Client::new(config)
+        .unwrap()
+        .with_credentials(creds("wrong"));
+    assert!(
+        wrong
+            .resolve(&reference, &"linux/amd64".parse().unwrap())
+            .await
+            .is_err()
+    );
+}
+
+#[tokio::test]
+async fn tls_with_a_test_ca_and_client_certificates() {
+    let Some(registry) = TestRegistry::start(RegistryOptions {
+        tls: true,
+        client_certs: true,
+        ..Default::default()
+    }) else {
+        return;
+    };
+    let certs = registry.tls.clone().unwrap();
+    let host = registry.host.clone();
+    let keypair = KeyPair {
+        key: certs.client_key.clone(),
+        cert: certs.client_cert.clone(),
+    };
+    let client_with = |cfg: HostConfig| {
+        Client::new([(host.clone(), cfg)].into_iter().collect())
+            .unwrap()
+            .with_retry(RetryPolicy {
+                attempts: 1,
+                ..fast_retry()
+            })
+    };
+    let full = client_with(HostConfig {
+        ca: vec![certs.ca.clone()],
+        keypair: vec![keypair.clone()],
+        ..Default::default()
+    });
+    let work = tempfile::tempdir().unwrap();
+    let image = TestImage::new("linux/arm/v7", false);
+    let reference: Reference = format!("{host}/secure/app:v1").parse().unwrap();
+    push_image(&full, &reference, &image, work.path()).await;
+    let arm: Platform = "linux/arm/v7".parse().unwrap();
+    let resolved = full.resolve(&reference, &arm).await.unwrap();
+    assert_eq!(resolved.digest.to_string(), image.digest);
+
+    // `insecure` skips verifying the server, but the registry still wants our certificate.
+    let insecure = client_with(HostConfig {
+        insecure: true,
+        keypair: vec![keypair],
+        ..Default::default()
+    });
+    insecure.resolve(&reference, &arm).await.unwrap();
+
+    // Without the CA the server is not trusted; without the key pair we are not.
+    let no_ca = client_with(HostConfig::default());
+    let err = no_ca.resolve(&reference, &arm).await.unwrap_err();
+    assert!(format!("{:?}", anyhow::Error::from(err)).contains("certificate"));
+    let no_cert = client_with(HostConfig {
+        ca: vec![certs.ca.clone()],
+        ..Default::default()
+    });
+    assert!(no_cert.resolve(&reference, &arm).await.is_err());
+    // Plain HTTP to a TLS registry fails too, rather than silently downgrading.
+    assert!(
+        client_with(HostConfig {
+            http: true,
+            ..Default::default()
+        })
+        .resolve(&reference, &arm)
+        .await
+        .is_err()
+    );
+}
+
+/// A registry behind a fault-injecting proxy, with uploads chunked every `chunk` bytes.
+fn proxied(registry: &TestRegistry, chunk: u64, uploads: usize) -> (FaultProxy, Client) {
+    let proxy = FaultProxy::start(&registry.host).unwrap();
+    let config: RegistryConfig = [(
+        proxy.host.clone(),
+        HostConfig {
+            http: true,
+            chunk_size: Some(chunk),
+            max_concurrent_uploads: Some(uploads),
+            ..Default::default()
+        },
+    )]
+    .into_iter()
+    .collect();
+    let client = Client::new(config).unwrap().with_retry(fast_retry());
+    (proxy, client)
+}
+
+fn count(log: &[String], prefix: &str) -> usize {
+    log.iter().filter(|l| l.starts_with(prefix)).count()
+}
+
+#[tokio::test]
+async fn chunked_upload_resumes_after_a_500_and_a_dropped_connection() {
+    let Some(registry) = start_registry().await else {
+        return;
+    };
+    let (proxy, client) = proxied(&registry, 1000, 4);
+    let work = tempfile::tempdir().unwrap();
+    let bytes = noise(4500, 1);
+    let (digest, size, path) = blob_file(work.path(), &bytes);
+    let reference: Reference = format!("{}/chunked/blob:x", proxy.host).parse().unwrap();
+
+    // The second chunk gets a 500, the fourth loses its connection halfway: neither reaches
+    // the registry, which keeps what it had, so both resume from there.
+    proxy.fail("PATCH", "/blobs/uploads/", 1, 1, Fault::ServerError);
+    proxy.fail("PATCH", "/blobs/uploads/", 2, 1, Fault::Drop);
+    let pushed = client
+        .push_blob(&reference, &digest, size, &path)
+        .await
+        .unwrap();
+    assert_eq!(pushed, BlobPush::Uploaded);
+    let log = proxy.log();
+    assert_eq!(count(&log, "POST "), 1, "one upload session: {log:#?}");
+    assert_eq!(
+        count(&log, "PATCH "),
+        7,
+        "five chunks, two of them twice: {log:#?}"
+    );
+    assert_eq!(
+        count(&log, "GET /v2/chunked/blob/blobs/uploads/"),
+        2,
+        "{log:#?}"
+    );
+    assert_eq!(count(&log, "PUT "), 1, "{log:#?}");
+
+    let desc = kiln_oci::Descriptor::new(media_type::OCI_LAYER_GZIP.into(), size, digest.clone());
+    let mut back = Vec::new();
+    client
+        .fetch_blob(&reference, &desc, &mut back)
+        .await
+        .unwrap();
+    assert_eq!(back, bytes);
+}
+
+#[tokio::test]
+async fn monolithic_upload_restarts_after_failures_and_manifest_put_is_retried() {
+    let Some(registry) = start_registry().await else {
+        return;
+    };
+    let (proxy, client) = proxied(&registry, 0, 4);
+    let work = tempfile::tempdir().unwrap();
+    let image = TestImage::new("linux/amd64", false);
+    let reference: Reference = format!("{}/mono/app:v1", proxy.host).parse().unwrap();
+    proxy.fail("PUT", "/blobs/uploads/", 0, 1, Fault::Drop);
+    proxy.fail("PUT", "/blobs/uploads/", 0, 1, Fault::ServerError);
+    proxy.fail("PUT", "/manifests/", 0, 1, Fault::ServerError);
+    push_image(&client, &reference, &image, work.path()).await;
+    let log = proxy.log();
+    // Each failed PUT costs a new session: 2 blobs + 2 restarts.
+    assert_eq!(count(&log, "POST "), 4, "{log:#?}");
+    assert_eq!(count(&log, "PUT /v2/mono/app/manifests/"), 2, "{log:#?}");
+    let resolved = client
+        .resolve(
+            &reference.with_digest(&image.digest),
+            &"linux/amd64".parse().unwrap(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(resolved.config_bytes, image.config);
+}
+
+#[tokio::test]
+async fn failing_uploads_fail_cleanly_and_leave_no_manifest() {
+    let Some(registry) = start_registry().await else {
+        return;
+    };
+    let (proxy, client) = proxied(&registry, 0, 4);
+    let work = tempfile::tempdir().unwrap();
+    let image = TestImage::new("linux/amd64", false);
+    let reference: Reference = format!("{}/broken/app:v1", proxy.host).parse().unwrap();
+    proxy.fail("PUT", "/blobs/uploads/", 0, 100, Fault::ServerError);
+    let (digest, size, path) = blob_file(work.path(), &image.layer);
+    let err = client
+        .push_blob(&reference, &digest, size, &path)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&err, Error::PushBlob { digest: d, .. } if *d == digest),
+        "{err:?}"
+    );
+    assert!(format!("{err:?}").contains("500"), "{err:?}");
+    assert_eq!(count(&proxy.log(), "PUT "), 4, "every attempt used");
+
+    // Even asked to, the registry refuses a manifest whose blobs it lacks.
+    let err = client
+        .push_manifest(&reference, &image.media_type, &image.manifest)
+        .await
+        .unwrap_err();
+    assert!(
+        format!("{err:?}").contains("MANIFEST_BLOB_UNKNOWN")
+            || format!("{err:?}").contains("BLOB_UNKNOWN"),
+        "{err:?}"
+    );
+    let direct: Reference = format!("{}/broken/app:v1", registry.host).parse().unwrap();
+    let plain = Client::new([http(&registry.host)].into_iter().collect()).unwrap();
+    assert!(
+        plain
+            .resolve(&direct, &"linux/amd64".parse().unwrap())
+            .await
+            .is_err()
+    );
+}
+
+#[tokio::test]
+async fn mounts_across_repositories_and_bounds_parallel_uploads() {
+    let Some(registry) = start_registry().await else {
+        return;
+    };
+    let (proxy, client) = proxied(&registry, 0, 2);
+    let work = tempfile::tempdir().unwrap();
+    let blobs: Vec<_> = (0..6u8)
+        .map(|i| blob_file(work.path(), &noise(2000, i + 10)))
+        .collect();
+    let base: Reference = format!("{}/lib/base:1", proxy.host).parse().unwrap();
+    let pushes = blobs
+        .iter()
+        .map(|(d, s, p)| client.push_blob(&base, d, *s, p));
+    let results = futures::future::try_join_all(pushes).await.unwrap();
+    assert!(results.iter().all(|r| *r == BlobPush::Uploaded));
+    // Six uploads asked for at once; never more than two reach the registry together.
+    let most = proxy.max_concurrent_uploads();
+    assert!((1..=2).contains(&most), "{most} uploads at once");
+
+    proxy.clear_log();
+    let app: Reference = format!("{}/lib/app:1", proxy.host).parse().unwrap();
+    for (d, s, p) in &blobs {
+        assert_eq!(
+            client.push_blob(&app, d, *s, p).await.unwrap(),
+            BlobPush::Mounted
+        );
+    }
+    let log = proxy.log();
+    assert_eq!(
+        count(&log, "POST /v2/lib/app/blobs/uploads/?mount=sha256%3A"),
+        6,
+        "{log:#?}"
+    );
+    assert!(
+        log.iter()
+            .all(|l| l.contains("from=lib%2Fbase") || !l.starts_with("POST"))
+    );
+    assert_eq!(count(&log, "PUT "), 0, "{log:#?}");
+    // And the second push of the same blobs finds them all there.
+    proxy.clear_log();
+    for (d, s, p) in &blobs {
+        assert_eq!(
+            client.push_blob(&app, d, *s, p).await.unwrap(),
+            BlobPush::Exists
+        );
+    }
+    assert!(proxy.log().iter().all(|l| l.starts_with("HEAD ")));
 }

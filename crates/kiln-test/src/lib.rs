@@ -2,10 +2,14 @@
 //! tests run against, and the rule for what happens when one is missing.
 
 mod dockerd;
+mod proxy;
+mod registry;
 
 use std::path::PathBuf;
 
 pub use dockerd::Dockerd;
+pub use proxy::{Fault, FaultProxy};
+pub use registry::{Certificates, RegistryOptions, TestRegistry};
 
 /// The first `name` on PATH.
 pub fn find_program(name: &str) -> Option<PathBuf> {
@@ -32,4 +36,36 @@ pub fn skip_without(what: &str, missing: bool) -> bool {
     }
     eprintln!("skipping: {what} is not available");
     true
+}
+
+/// Writes `docker-credential-<name>` into `dir`: a credential helper speaking Docker's
+/// protocol that keeps one JSON file per server under `dir/<name>-store/` and appends
+/// `ACTION SERVER` to `dir/<name>-calls.log`. Put `dir` first on PATH to use it.
+pub fn write_credential_helper(dir: &std::path::Path, name: &str) -> PathBuf {
+    use std::os::unix::fs::PermissionsExt;
+    let path = dir.join(format!("docker-credential-{name}"));
+    let script = format!(
+        r#"#!/bin/sh
+store="{dir}/{name}-store"
+mkdir -p "$store"
+input=$(cat)
+case "$1" in
+store) server=$(printf '%s' "$input" | sed 's/.*"ServerURL":"\([^"]*\)".*/\1/') ;;
+*) server="$input" ;;
+esac
+echo "$1 $server" >> "{dir}/{name}-calls.log"
+file="$store/$(printf '%s' "$server" | tr '/:' '__')"
+case "$1" in
+get) if [ -f "$file" ]; then cat "$file"; else echo "credentials not found in native keychain"; exit 1; fi ;;
+store) printf '%s' "$input" > "$file" ;;
+erase) if [ -f "$file" ]; then rm "$file"; else echo "credentials not found in native keychain"; exit 1; fi ;;
+*) echo "unknown action $1"; exit 1 ;;
+esac
+"#,
+        dir = dir.display(),
+    );
+    std::fs::write(&path, script).expect("writing the credential helper");
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755))
+        .expect("making the credential helper executable");
+    path
 }

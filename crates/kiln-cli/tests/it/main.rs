@@ -21,6 +21,7 @@ mod lint;
 mod mounts;
 mod multistage;
 mod pull;
+mod registry_auth;
 mod run;
 mod sandbox;
 mod storage;

@@ -50,6 +50,10 @@ pub struct Fake {
     pub fail: Mutex<VecDeque<u16>>,
     seq: Arc<AtomicUsize>,
     uploads: AtomicUsize,
+    /// When set, blobs belong to repositories (as in a real registry): HEAD and GET find only
+    /// blobs uploaded to, mounted into or put in that repository.
+    pub strict_repos: std::sync::atomic::AtomicBool,
+    pub repo_blobs: Mutex<std::collections::HashSet<(String, String)>>,
 }
 
 impl Fake {
@@ -67,6 +71,8 @@ impl Fake {
             fail: Mutex::default(),
             seq,
             uploads: AtomicUsize::new(0),
+            strict_repos: Default::default(),
+            repo_blobs: Mutex::default(),
         });
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         fake.addr.set(listener.local_addr().unwrap()).unwrap();
@@ -318,8 +324,9 @@ fn token(fake: &Fake, authorization: Option<&str>, query: &str) -> Response {
     {
         return error(StatusCode::UNAUTHORIZED, "DENIED", "bad credentials");
     }
-    if !query.contains("service=fake") || !query.contains("scope=repository") {
-        return error(StatusCode::BAD_REQUEST, "BAD", "missing service or scope");
+    // No scope is fine: `docker login` asks for a token without one.
+    if !query.contains("service=fake") {
+        return error(StatusCode::BAD_REQUEST, "BAD", "missing service");
     }
     let n = fake.token_requests().len();
     // Alternate the field name so both spellings are exercised.
@@ -362,12 +369,49 @@ fn route(
             return error(StatusCode::BAD_REQUEST, "DIGEST_INVALID", "digest mismatch");
         }
         fake.put_blob(&digest, &body);
+        // The id is `<repo>-<n>`.
+        if let Some((repo, _)) = id.rsplit_once('-') {
+            fake.repo_blobs
+                .lock()
+                .unwrap()
+                .insert((repo.to_string(), digest.clone()));
+        }
         return (StatusCode::CREATED, [("docker-content-digest", digest)]).into_response();
     }
     let Some(rest) = path.strip_prefix("/v2/") else {
         return StatusCode::NOT_FOUND.into_response();
     };
     if let Some(repo) = rest.strip_suffix("/blobs/uploads/") {
+        let param = |name: &str| {
+            query
+                .split('&')
+                .find_map(|kv| kv.strip_prefix(&format!("{name}=")))
+                .map(|v| v.replace("%3A", ":").replace("%2F", "/"))
+        };
+        if let (Some(digest), Some(from)) = (param("mount"), param("from")) {
+            let held = fake
+                .repo_blobs
+                .lock()
+                .unwrap()
+                .contains(&(from.clone(), digest.clone()));
+            if held {
+                fake.repo_blobs
+                    .lock()
+                    .unwrap()
+                    .insert((repo.to_string(), digest.clone()));
+                return (
+                    StatusCode::CREATED,
+                    [
+                        (header::LOCATION, format!("/v2/{repo}/blobs/{digest}")),
+                        (
+                            header::HeaderName::from_static("docker-content-digest"),
+                            digest,
+                        ),
+                    ],
+                )
+                    .into_response();
+            }
+        }
         let n = fake.uploads.fetch_add(1, Ordering::SeqCst);
         // A relative Location with a query, as real registries send.
         let location = format!("/upload/{repo}-{n}?state=abc");
@@ -409,6 +453,15 @@ fn route(
     }
     if let Some(i) = rest.find("/blobs/") {
         let digest = &rest[i + 7..];
+        if fake.strict_repos.load(Ordering::SeqCst)
+            && !fake
+                .repo_blobs
+                .lock()
+                .unwrap()
+                .contains(&(rest[..i].to_string(), digest.to_string()))
+        {
+            return error(StatusCode::NOT_FOUND, "BLOB_UNKNOWN", "blob unknown");
+        }
         let Some(bytes) = fake.blobs.lock().unwrap().get(digest).cloned() else {
             return error(StatusCode::NOT_FOUND, "BLOB_UNKNOWN", "blob unknown");
         };

@@ -135,3 +135,19 @@ pub(crate) fn unique_suffix() -> String {
         NEXT.fetch_add(1, Ordering::Relaxed)
     )
 }
+
+/// The `rootfs.diff_ids` of an image config, reading nothing else of it (archives from other
+/// tools may carry fields kiln's own config type does not know).
+pub(crate) fn config_diff_ids(config: &[u8]) -> serde_json::Result<Vec<String>> {
+    #[derive(serde::Deserialize)]
+    struct Config {
+        rootfs: Option<RootFs>,
+    }
+    #[derive(serde::Deserialize)]
+    struct RootFs {
+        #[serde(default)]
+        diff_ids: Vec<String>,
+    }
+    let c: Config = serde_json::from_slice(config)?;
+    Ok(c.rootfs.map(|r| r.diff_ids).unwrap_or_default())
+}

@@ -35,17 +35,6 @@ enum Stored {
     Link(String),
 }
 
-#[derive(Deserialize)]
-struct ConfigRootfs {
-    rootfs: Option<RootFs>,
-}
-
-#[derive(Deserialize)]
-struct RootFs {
-    #[serde(default)]
-    diff_ids: Vec<String>,
-}
-
 /// Reads an archive from `input` (`source` names it in errors) into `content`, choosing
 /// `platform`'s manifest where the archive holds an index.
 pub fn load_archive<R: Read>(
@@ -344,12 +333,10 @@ impl Loader<'_> {
         layers: &[(Digest, Option<LayerCompression>)],
     ) -> Result<()> {
         let bytes = self.metadata(config)?;
-        let doc: ConfigRootfs =
-            serde_json::from_slice(&bytes).map_err(|source| Error::InvalidConfig {
-                digest: config.clone(),
-                source,
-            })?;
-        let ids = doc.rootfs.map(|r| r.diff_ids).unwrap_or_default();
+        let ids = crate::config_diff_ids(&bytes).map_err(|source| Error::InvalidConfig {
+            digest: config.clone(),
+            source,
+        })?;
         if ids.len() != layers.len() {
             return Err(self.invalid(format!(
                 "config `{config}` has {} diff IDs for {} layers",

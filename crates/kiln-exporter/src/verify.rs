@@ -59,17 +59,6 @@ struct Entry {
     bytes: Option<Vec<u8>>,
 }
 
-#[derive(Deserialize)]
-struct ConfigRootfs {
-    rootfs: Option<RootFs>,
-}
-
-#[derive(Deserialize)]
-struct RootFs {
-    #[serde(default)]
-    diff_ids: Vec<String>,
-}
-
 /// Verifies the OCI image layout tarball at `path`; see the module docs for what is checked.
 pub fn verify_oci_archive(path: &Path) -> Result<Summary> {
     let v = Verifier {
@@ -303,9 +292,8 @@ impl Verifier {
                 let bytes = config_entry.bytes.as_deref().ok_or_else(|| {
                     self.invalid(format!("config `{}` is not JSON", config.digest()))
                 })?;
-                let doc: ConfigRootfs = serde_json::from_slice(bytes)
+                let ids = crate::config_diff_ids(bytes)
                     .map_err(|e| self.invalid(format!("config `{}`: {e}", config.digest())))?;
-                let ids = doc.rootfs.map(|r| r.diff_ids).unwrap_or_default();
                 if ids.len() != manifest.layers().len() {
                     return Err(self.invalid(format!(
                         "config `{}` has {} diff IDs for {} layers",

@@ -16,6 +16,16 @@ pub struct BuildSpec<'a> {
     pub build_args: &'a [(String, String)],
 }
 
+impl BuildSpec<'_> {
+    /// Adds what every builder's command line ends with: the build args and the context.
+    fn finish(&self, c: &mut Command) {
+        for (k, v) in self.build_args {
+            c.arg("--build-arg").arg(format!("{k}={v}"));
+        }
+        c.arg(self.context);
+    }
+}
+
 pub trait Tool {
     fn name(&self) -> &'static str;
     /// Empties the build cache and the image store, then makes `base` present again, untimed: the
@@ -62,10 +72,7 @@ impl Kiln {
         let mut c = self.cmd();
         c.args(["build", "--progress", "plain", "-t", spec.tag, "-f"])
             .arg(spec.dockerfile);
-        for (k, v) in spec.build_args {
-            c.arg("--build-arg").arg(format!("{k}={v}"));
-        }
-        c.arg(spec.context);
+        spec.finish(&mut c);
         c
     }
 }
@@ -161,10 +168,7 @@ impl Tool for BuildKit {
             "-f",
         ])
         .arg(spec.dockerfile);
-        for (k, v) in spec.build_args {
-            c.arg("--build-arg").arg(format!("{k}={v}"));
-        }
-        c.arg(spec.context);
+        spec.finish(&mut c);
         self.measured(c)
     }
 
@@ -238,10 +242,7 @@ impl Tool for Buildah {
             "-f",
         ])
         .arg(spec.dockerfile);
-        for (k, v) in spec.build_args {
-            c.arg("--build-arg").arg(format!("{k}={v}"));
-        }
-        c.arg(spec.context);
+        spec.finish(&mut c);
         measure::run(&mut c, &self.log)
     }
 

@@ -1,8 +1,7 @@
 //! `-o type=docker,dest=X.tar`: `docker load` takes it, and `docker run` prints what
 //! `kiln run` prints.
 
-use crate::support::{Kiln, find_program, skip_because};
-use kiln_test::Dockerd;
+use crate::support::{Kiln, PrivateDockerd, dockerd_for};
 
 const DOCKERFILE: &str = "FROM busybox
 ENV GREETING=hello
@@ -15,14 +14,9 @@ CMD [\"sh\", \"-c\", \"echo $GREETING; pwd; cat msg.txt built.txt; id -u\"]
 #[test]
 fn docker_output_loads_and_runs_like_kiln_run() {
     const TEST: &str = "docker_output_loads_and_runs_like_kiln_run";
-    let Some(dockerd) = find_program("dockerd") else {
-        skip_because(TEST, "dockerd is not installed");
+    let Some(dockerd) = dockerd_for(TEST) else {
         return;
     };
-    if find_program("docker").is_none() {
-        skip_because(TEST, "the docker client is not installed");
-        return;
-    }
     let Some(k) = Kiln::new(TEST) else { return };
     let ctx = k.context(
         "ctx",
@@ -52,11 +46,8 @@ fn docker_output_loads_and_runs_like_kiln_run() {
     assert_eq!(kiln_out, "hello\n/app\na message\nbuilt by kiln\n0\n");
 
     // A short path: the socket must fit in sun_path.
-    let dir = tempfile::Builder::new()
-        .prefix("kiln-dk")
-        .tempdir_in("/tmp")
-        .unwrap();
-    let daemon = Dockerd::start(&dockerd, dir.path()).expect("starting dockerd");
+    let docker = PrivateDockerd::start(&dockerd);
+    let daemon = &docker.daemon;
     let loaded = daemon
         .run(&["load", "-i", &dest.to_string_lossy()])
         .unwrap();

@@ -4,8 +4,7 @@
 use std::io::Write;
 use std::process::Stdio;
 
-use crate::support::{Kiln, find_program, skip_because};
-use kiln_test::Dockerd;
+use crate::support::{Kiln, PrivateDockerd, dockerd_for};
 
 /// busybox plus a labelled image built from it, tagged in two repositories.
 fn two_images(k: &Kiln) -> (String, String) {
@@ -341,14 +340,9 @@ fn inspect_and_history_describe_the_image() {
 #[test]
 fn docker_save_loads_into_kiln_and_kiln_save_into_docker() {
     const TEST: &str = "docker_save_loads_into_kiln_and_kiln_save_into_docker";
-    let Some(dockerd) = find_program("dockerd") else {
-        skip_because(TEST, "dockerd is not installed");
+    let Some(dockerd) = dockerd_for(TEST) else {
         return;
     };
-    if find_program("docker").is_none() {
-        skip_because(TEST, "the docker client is not installed");
-        return;
-    }
     let Some(k) = Kiln::new(TEST) else { return };
     let (name, _) = two_images(&k);
     let to_docker = k.dir().join("to-docker.tar");
@@ -356,11 +350,8 @@ fn docker_save_loads_into_kiln_and_kiln_save_into_docker() {
     k.kiln(&["save", "-o", &to_docker_arg, &name, "busybox"])
         .ok();
 
-    let dir = tempfile::Builder::new()
-        .prefix("kiln-dk")
-        .tempdir_in("/tmp")
-        .unwrap();
-    let daemon = Dockerd::start(&dockerd, dir.path()).expect("starting dockerd");
+    let docker = PrivateDockerd::start(&dockerd);
+    let daemon = &docker.daemon;
     let loaded = daemon.run(&["load", "-i", &to_docker_arg]).unwrap();
     assert!(
         loaded.contains(&format!("Loaded image: {name}")),
@@ -403,7 +394,7 @@ fn docker_save_loads_into_kiln_and_kiln_save_into_docker() {
     daemon
         .run(&["save", "-o", &from_docker_arg, "docker-made:v2", "busybox"])
         .unwrap();
-    drop(daemon);
+    drop(docker);
 
     let Some(fresh) = Kiln::new(TEST) else { return };
     let loaded = fresh.kiln(&["load", "-i", &from_docker_arg]).ok().stdout;

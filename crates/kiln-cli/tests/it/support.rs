@@ -29,6 +29,38 @@ pub fn skip_because(test: &str, what: &str) -> bool {
 
 pub use kiln_test::find_program;
 
+/// The `dockerd` to start for `test`, or `None` (skipping) when docker's daemon or client is
+/// missing.
+pub fn dockerd_for(test: &str) -> Option<PathBuf> {
+    let Some(dockerd) = find_program("dockerd") else {
+        skip_because(test, "dockerd is not installed");
+        return None;
+    };
+    if find_program("docker").is_none() {
+        skip_because(test, "the docker client is not installed");
+        return None;
+    }
+    Some(dockerd)
+}
+
+/// A private dockerd in a short temp dir (its socket path must stay short); the daemon stops
+/// before its dir is removed.
+pub struct PrivateDockerd {
+    pub daemon: kiln_test::Dockerd,
+    _dir: tempfile::TempDir,
+}
+
+impl PrivateDockerd {
+    pub fn start(dockerd: &Path) -> PrivateDockerd {
+        let dir = tempfile::Builder::new()
+            .prefix("kiln-dk")
+            .tempdir_in("/tmp")
+            .unwrap();
+        let daemon = kiln_test::Dockerd::start(dockerd, dir.path()).expect("starting dockerd");
+        PrivateDockerd { daemon, _dir: dir }
+    }
+}
+
 /// A minimal HTTP/1.0 GET (the registry and the example app speak plain HTTP on loopback).
 /// Returns the status code and body.
 pub fn http_get(

@@ -161,7 +161,6 @@ async fn run(cli: Cli) -> Result<ExitCode> {
 
 async fn build(cli: &Cli, b: &BuildArgs) -> Result<ExitCode> {
     for (flag, set) in [
-        ("--push", b.push),
         ("--cache-from", !b.cache_from.is_empty()),
         ("--cache-to", !b.cache_to.is_empty()),
         (
@@ -179,6 +178,11 @@ async fn build(cli: &Cli, b: &BuildArgs) -> Result<ExitCode> {
     for t in &b.tag {
         tags.push(parse_ref(t)?);
     }
+    if b.push && tags.is_empty() {
+        // buildx's words: the registry exporter pushes the image's names.
+        bail!("tag is needed when pushing to registry");
+    }
+    let push_tags = if b.push { tags.clone() } else { Vec::new() };
     let mut build_args = BTreeMap::new();
     for a in &b.build_arg {
         match a.split_once('=') {
@@ -197,7 +201,8 @@ async fn build(cli: &Cli, b: &BuildArgs) -> Result<ExitCode> {
     for o in &b.output {
         outputs.push(args::parse_output(o)?);
     }
-    if b.load || outputs.is_empty() {
+    // `--push` is the image exporter with push=true: the image lands in the store, then goes out.
+    if (b.load || b.push || outputs.is_empty()) && !outputs.contains(&Output::Image) {
         outputs.push(Output::Image);
     }
     let platform = match b.platform.as_deref() {
@@ -253,7 +258,15 @@ async fn build(cli: &Cli, b: &BuildArgs) -> Result<ExitCode> {
         ssh,
         run: run_opts::parse(b)?,
     };
-    let result = engine.build(req, &progress).await;
+    let mut result = engine.build(req, &progress).await;
+    if result.is_ok() {
+        for tag in &push_tags {
+            if let Err(e) = engine.push(tag, &progress).await {
+                result = Err(e);
+                break;
+            }
+        }
+    }
     progress.finish();
     let result = result?;
     if let Some(path) = &b.iidfile {

@@ -66,10 +66,13 @@ fn unsupported_features_say_not_supported_yet() {
         );
     }
 
-    let ctx = k.context("push", &[("Dockerfile", "FROM busybox\n")]);
-    let err = k.build(&ctx, &["--push"]).failed().stderr;
+    let ctx = k.context("cache", &[("Dockerfile", "FROM busybox\n")]);
+    let err = k
+        .build(&ctx, &["--cache-to", "type=local,dest=/tmp/x"])
+        .failed()
+        .stderr;
     assert!(
-        err.contains("--push") && err.contains("not supported yet"),
+        err.contains("--cache-to") && err.contains("not supported yet"),
         "{err}"
     );
 }

@@ -1,6 +1,6 @@
 //! `kiln pull`, and `kiln run` of an image that is only in the registry.
 
-use crate::support::Kiln;
+use crate::support::{Kiln, registry_has};
 
 #[test]
 fn run_pulls_a_missing_image_and_pull_stores_it() {
@@ -28,4 +28,30 @@ fn run_pulls_a_missing_image_and_pull_stores_it() {
         "{}",
         missing.stderr
     );
+}
+
+#[test]
+fn build_push_sends_every_tag_and_a_fresh_store_runs_it() {
+    const TEST: &str = "build_push_sends_every_tag_and_a_fresh_store_runs_it";
+    let Some(k) = Kiln::new(TEST) else { return };
+    let ctx = k.context(
+        "ctx",
+        &[(
+            "Dockerfile",
+            "FROM busybox\nRUN echo pushed-by-kiln > /msg\nCMD [\"cat\", \"/msg\"]\n",
+        )],
+    );
+    let err = k.build(&ctx, &["--push"]).failed().stderr;
+    assert!(err.contains("tag is needed"), "{err}");
+
+    let repo = k.unique("kiln-it-push");
+    let one = format!("{}/{repo}:one", k.registry);
+    let two = format!("{}/{repo}:two", k.registry);
+    k.build(&ctx, &["--push", "-t", &one, "-t", &two]).ok();
+    assert!(registry_has(&k.registry, &repo, "one"));
+    assert!(registry_has(&k.registry, &repo, "two"));
+
+    let Some(fresh) = Kiln::new(TEST) else { return };
+    let out = fresh.kiln(&["run", "--rm", &two]).ok();
+    assert_eq!(out.stdout, "pushed-by-kiln\n");
 }

@@ -38,7 +38,7 @@ pub enum Command {
     /// Upload an image to a registry
     Push(PushArgs),
     /// Download an image from a registry
-    Pull(PushArgs),
+    Pull(PullArgs),
     /// Show the disk usage of the build cache
     Du(DuArgs),
     /// Remove build cache
@@ -423,6 +423,15 @@ pub struct TagArgs {
 pub struct PushArgs {
     /// NAME[:TAG|@DIGEST]
     pub name: String,
+}
+
+#[derive(Args, Debug)]
+pub struct PullArgs {
+    /// NAME[:TAG|@DIGEST]
+    pub name: String,
+    /// Pick this platform's image from a multi-platform index (default: this machine's)
+    #[arg(long)]
+    pub platform: Option<String>,
 }
 
 #[derive(Args, Debug)]

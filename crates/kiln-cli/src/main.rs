@@ -143,15 +143,26 @@ async fn run(cli: Cli) -> Result<ExitCode> {
         Command::Prune(a) => prune::prune(&open_engine(&cli)?, a),
         Command::Login(a) => login::login(&cli, a).await,
         Command::Logout(a) => login::logout(a),
-        Command::Push(a) | Command::Pull(a) => {
+        Command::Push(a) => {
             let engine = open_engine(&cli)?;
             let name = parse_ref(&a.name)?;
             let progress = Progress::new(Mode::Plain, Box::new(std::io::stderr()));
-            let r = if matches!(cli.command, Command::Push(_)) {
-                engine.push(&name, &progress).await
-            } else {
-                engine.pull(&name, &progress).await
+            let r = engine.push(&name, &progress).await;
+            progress.finish();
+            println!("{}", r?);
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Pull(a) => {
+            let platform = match a.platform.as_deref() {
+                None => kiln_oci::Platform::host(),
+                Some(p) => p
+                    .parse()
+                    .with_context(|| format!("invalid --platform `{p}`"))?,
             };
+            let engine = open_engine(&cli)?;
+            let name = parse_ref(&a.name)?;
+            let progress = Progress::new(Mode::Plain, Box::new(std::io::stderr()));
+            let r = engine.pull_platform(&name, &platform, &progress).await;
             progress.finish();
             println!("{}", r?);
             Ok(ExitCode::SUCCESS)

@@ -101,8 +101,18 @@ impl Engine {
 
     /// Pulls an image for this machine's platform into the local store, as `docker pull`.
     pub async fn pull(&self, name: &Reference, progress: &Progress) -> Result<Digest> {
+        self.pull_platform(name, &Platform::host(), progress).await
+    }
+
+    /// Downloads `platform`'s image where `name` is an index (`kiln pull --platform`).
+    pub async fn pull_platform(
+        &self,
+        name: &Reference,
+        platform: &Platform,
+        progress: &Progress,
+    ) -> Result<Digest> {
         let v = progress.vertex(format!("pulling {}", name.whole()));
-        let r = self.registry.resolve(name, &Platform::host()).await?;
+        let r = self.registry.resolve(name, platform).await?;
         self.content.put(&r.manifest_bytes, Some(&r.digest))?;
         self.content.put(&r.config_bytes, None)?;
         let pinned = crate::resolver::pin(name, &r.digest);

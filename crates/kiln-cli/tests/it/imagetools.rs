@@ -103,6 +103,16 @@ fn imagetools_creates_appends_and_inspects_an_index() {
     // is pullable from the index's repository by digest.
     let pulled = k.kiln(&["pull", &multi]).ok().stdout;
     assert_eq!(pulled.trim(), digests[0]);
+    let pulled_arm = k
+        .kiln(&["pull", "--platform", "linux/arm64", &multi])
+        .ok()
+        .stdout;
+    assert_eq!(pulled_arm.trim(), digests[1]);
+    let none = k
+        .kiln(&["pull", "--platform", "linux/s390x", &multi])
+        .failed()
+        .stderr;
+    assert!(none.contains("s390x"), "{none}");
     let single = k
         .kiln(&[
             "imagetools",

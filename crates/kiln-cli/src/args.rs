@@ -214,6 +214,9 @@ pub struct BuildArgs {
     /// Write the image ID to a file
     #[arg(long)]
     pub iidfile: Option<PathBuf>,
+    /// Write build result metadata to a file (buildx's keys)
+    #[arg(long = "metadata-file")]
+    pub metadata_file: Option<PathBuf>,
     /// External cache sources
     #[arg(long = "cache-from")]
     pub cache_from: Vec<String>,

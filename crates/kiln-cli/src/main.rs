@@ -284,6 +284,28 @@ async fn build(cli: &Cli, b: &BuildArgs) -> Result<ExitCode> {
         std::fs::write(path, result.image_id.to_string())
             .with_context(|| format!("writing `{}`", path.display()))?;
     }
+    if let Some(path) = &b.metadata_file {
+        let names: Vec<String> = b
+            .tag
+            .iter()
+            .filter_map(|t| parse_ref(t).ok())
+            .map(|r| r.whole())
+            .collect();
+        let mut meta = serde_json::json!({
+            "containerimage.config.digest": result.image_id.to_string(),
+            "containerimage.digest": result.manifest.to_string(),
+            "containerimage.descriptor": {
+                "mediaType": result.manifest_media_type,
+                "digest": result.manifest.to_string(),
+                "size": result.manifest_size,
+            },
+        });
+        if !names.is_empty() {
+            meta["image.name"] = names.join(",").into();
+        }
+        std::fs::write(path, serde_json::to_vec_pretty(&meta)?)
+            .with_context(|| format!("writing `{}`", path.display()))?;
+    }
     if b.quiet {
         println!("{}", result.image_id);
     }

@@ -49,6 +49,9 @@ pub struct BuildRequest {
 #[derive(Debug, Clone)]
 pub struct BuildResult {
     pub manifest: Digest,
+    /// The manifest's media type and size, for its descriptor (`--metadata-file`).
+    pub manifest_media_type: String,
+    pub manifest_size: u64,
     /// The config digest: what `docker images` calls the image ID.
     pub image_id: Digest,
     pub warnings: Vec<String>,
@@ -170,7 +173,14 @@ impl Engine {
         let exported = self
             .export(&solved.value, converted.image, &req, progress)
             .await?;
+        let manifest_bytes = self.content.read(&exported.0)?;
+        let manifest_media_type = serde_json::from_slice::<serde_json::Value>(&manifest_bytes)
+            .ok()
+            .and_then(|m| m["mediaType"].as_str().map(str::to_string))
+            .unwrap_or_default();
         Ok(BuildResult {
+            manifest_media_type,
+            manifest_size: manifest_bytes.len() as u64,
             manifest: exported.0,
             image_id: exported.1,
             warnings: converted.warnings,

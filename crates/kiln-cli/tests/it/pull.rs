@@ -47,9 +47,47 @@ fn build_push_sends_every_tag_and_a_fresh_store_runs_it() {
     let repo = k.unique("kiln-it-push");
     let one = format!("{}/{repo}:one", k.registry);
     let two = format!("{}/{repo}:two", k.registry);
-    k.build(&ctx, &["--push", "-t", &one, "-t", &two]).ok();
+    let meta_path = k.dir().join("metadata.json");
+    let meta_arg = meta_path.to_string_lossy().into_owned();
+    let iid_path = k.dir().join("iid");
+    let iid_arg = iid_path.to_string_lossy().into_owned();
+    k.build(
+        &ctx,
+        &[
+            "--push",
+            "-t",
+            &one,
+            "-t",
+            &two,
+            "--metadata-file",
+            &meta_arg,
+            "--iidfile",
+            &iid_arg,
+        ],
+    )
+    .ok();
     assert!(registry_has(&k.registry, &repo, "one"));
     assert!(registry_has(&k.registry, &repo, "two"));
+
+    // buildx's metadata keys: the pushed manifest, its descriptor, the config (= --iidfile).
+    let meta: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&meta_path).unwrap()).unwrap();
+    let pushed = k.kiln(&["push", &one]).ok().stdout;
+    assert_eq!(meta["containerimage.digest"], pushed.trim());
+    assert_eq!(meta["containerimage.descriptor"]["digest"], pushed.trim());
+    assert!(meta["containerimage.descriptor"]["size"].as_u64().unwrap() > 0);
+    assert!(
+        meta["containerimage.descriptor"]["mediaType"]
+            .as_str()
+            .unwrap()
+            .contains("manifest"),
+        "{meta}"
+    );
+    assert_eq!(
+        meta["containerimage.config.digest"],
+        std::fs::read_to_string(&iid_path).unwrap().trim()
+    );
+    assert_eq!(meta["image.name"], format!("{one},{two}"));
 
     let Some(fresh) = Kiln::new(TEST) else { return };
     let out = fresh.kiln(&["run", "--rm", &two]).ok();

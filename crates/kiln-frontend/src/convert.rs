@@ -682,12 +682,7 @@ impl Converter<'_> {
                     security,
                     device,
                 } => {
-                    let cwd = image
-                        .config
-                        .working_dir
-                        .clone()
-                        .filter(|w| !w.is_empty())
-                        .unwrap_or_else(|| "/".into());
+                    let cwd = working_dir(&image);
                     let mut parsed = Vec::new();
                     for m in mounts {
                         let m = crate::mount::parse(m, |w| {
@@ -740,12 +735,7 @@ impl Converter<'_> {
                     let op = Op::Exec(ExecOp {
                         args: argv.clone(),
                         env: run_env,
-                        cwd: image
-                            .config
-                            .working_dir
-                            .clone()
-                            .filter(|w| !w.is_empty())
-                            .unwrap_or_else(|| "/".into()),
+                        cwd,
                         user: image.config.user.clone().unwrap_or_default(),
                         network,
                         mounts: script
@@ -844,12 +834,7 @@ impl Converter<'_> {
                 }
                 InstructionKind::Workdir(dir) => {
                     let dir = self.expand(ins, dir, &env)?;
-                    let cwd = image
-                        .config
-                        .working_dir
-                        .clone()
-                        .filter(|w| !w.is_empty())
-                        .unwrap_or_else(|| "/".into());
+                    let cwd = working_dir(&image);
                     let path = path::join(&cwd, &dir);
                     image.config.working_dir = Some(path.clone());
                     step += 1;
@@ -1346,12 +1331,7 @@ impl Converter<'_> {
             ),
         };
         let dest = self.expand(ins, &copy.dest, env)?;
-        let cwd = image
-            .config
-            .working_dir
-            .clone()
-            .filter(|w| !w.is_empty())
-            .unwrap_or_else(|| "/".into());
+        let cwd = working_dir(image);
         let mut dest = path::copy_dest(&cwd, &dest);
         if sources.len() + urls.len() + gits.len() + copy.heredocs.len() > 1 && !dest.ends_with('/')
         {
@@ -1685,6 +1665,17 @@ fn expose_keys(spec: &str) -> std::result::Result<Vec<String>, String> {
         return Err(bad());
     }
     Ok((lo..=hi).map(|p| format!("{p}/{proto}")).collect())
+}
+
+/// The directory RUN, WORKDIR and relative COPY destinations start from: the image's working
+/// directory, `/` when it has none.
+fn working_dir(image: &ImageConfig) -> String {
+    image
+        .config
+        .working_dir
+        .clone()
+        .filter(|w| !w.is_empty())
+        .unwrap_or_else(|| "/".into())
 }
 
 #[cfg(test)]

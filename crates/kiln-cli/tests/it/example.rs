@@ -5,45 +5,13 @@ use std::path::PathBuf;
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use crate::support::{Kiln, http_get, registry_has, skip_because, wait_timeout, write_files};
+use crate::support::{Kiln, http_get, registry_has, skip_because, wait_timeout};
 
 const EXPECTED: &str = "Hello, my first docker images!";
 
-const APP_PY: &str = r#"from flask import Flask
-import os
-app = Flask(__name__)
-app.run(debug=True)
-
-@app.route('/')
-def hello_world():
-    return 'Hello, my first docker images! ' + os.getenv("HOSTNAME") + ''
-"#;
-
-const DOCKERFILE: &str = r#"FROM python:3.11-slim
-RUN apt-get update && apt-get install -y procps vim apache2-utils && rm -rf /var/lib/apt/lists/*
-WORKDIR /app
-COPY requirements.txt requirements.txt
-RUN pip3 install -r requirements.txt
-COPY . .
-CMD [ "python3", "-m" , "flask", "run", "--host=0.0.0.0"]
-"#;
-
-/// The repository's example, or the same files in a temp context until it exists.
-fn example_context(k: &Kiln) -> PathBuf {
-    let repo = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../examples/hello-world-flask");
-    if repo.join("Dockerfile").is_file() {
-        return repo;
-    }
-    let dir = k.dir().join("hello-world-flask");
-    write_files(
-        &dir,
-        &[
-            ("Dockerfile", DOCKERFILE),
-            ("app.py", APP_PY),
-            ("requirements.txt", "Flask==2.2.2\nWerkzeug<3\n"),
-        ],
-    );
-    dir
+/// The repository's example, the same directory README's demo builds.
+pub fn example_context() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../examples/hello-world-flask")
 }
 
 fn get_page() -> Option<String> {
@@ -72,7 +40,7 @@ fn hello_world_flask_builds_runs_and_stops() {
         "something already answers on 127.0.0.1:5000; stop it first"
     );
 
-    let ctx = example_context(&k);
+    let ctx = example_context();
     let tag = k.unique("hello-world-flask");
     let t0 = Instant::now();
     k.build(&ctx, &["-t", &tag]).ok();

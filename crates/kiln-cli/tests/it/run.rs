@@ -2,7 +2,6 @@
 //! owned by a detached monitor, with busybox (httpd for published ports), and the seeds'
 //! flask tutorial end to end once.
 
-use std::path::Path;
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
@@ -387,7 +386,7 @@ fn flask_tutorial_runs_detached_end_to_end() {
         get(8000).is_none(),
         "something already answers on port 8000"
     );
-    let ctx = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/hello-world-flask");
+    let ctx = crate::example::example_context();
     let tag = k.unique("hello-world-flask");
     k.build(&ctx, &["-t", &tag]).ok();
 

@@ -177,9 +177,7 @@ mod tests {
         );
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("docker-credential-bad");
-        std::fs::write(&path, "#!/bin/sh\necho 'not json'\n").unwrap();
-        std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o755))
-            .unwrap();
+        kiln_test::write_executable(&path, "#!/bin/sh\necho 'not json'\n");
         let err = Helper::at(&path).get("r.example").unwrap_err();
         assert!(
             matches!(

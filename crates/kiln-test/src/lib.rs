@@ -42,7 +42,6 @@ pub fn skip_without(what: &str, missing: bool) -> bool {
 /// protocol that keeps one JSON file per server under `dir/<name>-store/` and appends
 /// `ACTION SERVER` to `dir/<name>-calls.log`. Put `dir` first on PATH to use it.
 pub fn write_credential_helper(dir: &std::path::Path, name: &str) -> PathBuf {
-    use std::os::unix::fs::PermissionsExt;
     let path = dir.join(format!("docker-credential-{name}"));
     let script = format!(
         r#"#!/bin/sh
@@ -64,8 +63,30 @@ esac
 "#,
         dir = dir.display(),
     );
-    std::fs::write(&path, script).expect("writing the credential helper");
-    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755))
-        .expect("making the credential helper executable");
+    write_executable(&path, &script);
     path
+}
+
+/// Writes an executable script at `path` that this process can run at once.
+///
+/// Writing it with `std::fs::write` races with other test threads: a thread that forks while
+/// our write descriptor is open hands a copy of it to its child until that child execs, and
+/// executing the script in that window fails with ETXTBSY ("Text file busy"). So the
+/// executable is written by a child process (`install`), whose descriptor no thread of ours
+/// can inherit.
+pub fn write_executable(path: &std::path::Path, contents: &str) {
+    let staged = path.with_file_name(format!(
+        ".{}.staged",
+        path.file_name().expect("a file path").to_string_lossy()
+    ));
+    std::fs::write(&staged, contents).expect("staging the script");
+    let status = std::process::Command::new("install")
+        .arg("-m")
+        .arg("0755")
+        .arg(&staged)
+        .arg(path)
+        .status()
+        .expect("running install");
+    assert!(status.success(), "install {} failed", path.display());
+    std::fs::remove_file(&staged).expect("removing the staged script");
 }

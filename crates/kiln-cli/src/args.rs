@@ -4,7 +4,6 @@ use std::path::PathBuf;
 
 use anyhow::{Result, bail};
 use clap::{Args, Parser, Subcommand};
-use kiln_engine::Output;
 
 #[derive(Parser, Debug)]
 #[command(
@@ -190,7 +189,7 @@ pub struct BuildArgs {
     /// Set build-time variables
     #[arg(long = "build-arg")]
     pub build_arg: Vec<String>,
-    /// Output destination (format: "type=local|oci|docker|image,dest=path")
+    /// Output destination (format: "type=local|tar|oci|docker|image|registry|cacheonly,dest=path")
     #[arg(short = 'o', long = "output")]
     pub output: Vec<String>,
     /// Set target platform for build
@@ -530,35 +529,6 @@ pub fn parse_ssh(spec: &str) -> Result<(String, Vec<PathBuf>)> {
     Ok((id.to_string(), paths))
 }
 
-pub fn parse_output(spec: &str) -> Result<Output> {
-    let mut kind = None;
-    let mut dest = None;
-    for part in spec.split(',') {
-        match part.split_once('=') {
-            Some(("type", v)) => kind = Some(v.to_string()),
-            Some(("dest", v)) => dest = Some(PathBuf::from(v)),
-            Some((k, _)) => bail!("--output option `{k}` is not supported yet"),
-            None if kind.is_none() && dest.is_none() => dest = Some(PathBuf::from(part)),
-            None => bail!("invalid --output `{spec}`"),
-        }
-    }
-    let need_dest = |t: &str| {
-        dest.clone()
-            .ok_or_else(|| anyhow::anyhow!("--output type={t} needs dest=FILE"))
-    };
-    Ok(match kind.as_deref() {
-        Some("image") => Output::Image,
-        Some("oci") => Output::Oci {
-            dest: need_dest("oci")?,
-        },
-        Some("docker") => Output::Docker {
-            dest: need_dest("docker")?,
-        },
-        Some(other) => bail!("--output type={other} is not supported yet"),
-        None => bail!("--output type=local is not supported yet"),
-    })
-}
-
 #[cfg(test)]
 mod tests {
     #[test]
@@ -600,28 +570,5 @@ mod tests {
             )
         );
         assert!(parse_ssh("=/k").is_err());
-    }
-
-    #[test]
-    fn output_specs() {
-        assert_eq!(
-            parse_output("type=oci,dest=a.tar").unwrap(),
-            Output::Oci {
-                dest: "a.tar".into()
-            }
-        );
-        assert!(parse_output("type=oci").is_err());
-        assert!(
-            parse_output("type=local,dest=x")
-                .unwrap_err()
-                .to_string()
-                .contains("not supported yet")
-        );
-        assert!(
-            parse_output("type=oci,dest=a,compression=zstd")
-                .unwrap_err()
-                .to_string()
-                .contains("not supported yet")
-        );
     }
 }

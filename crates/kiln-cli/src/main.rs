@@ -15,7 +15,7 @@ use std::process::ExitCode;
 
 use anyhow::{Context as _, Result, bail};
 use clap::Parser;
-use kiln_engine::{BuildRequest, Config, Engine, ImportRequest, Output};
+use kiln_engine::{BuildRequest, Config, Engine, ExporterKind, ImportRequest, Output};
 use kiln_oci::Reference;
 use kiln_progress::{Mode, Progress};
 
@@ -210,11 +210,13 @@ async fn build(cli: &Cli, b: &BuildArgs) -> Result<ExitCode> {
     }
     let mut outputs = Vec::new();
     for o in &b.output {
-        outputs.push(args::parse_output(o)?);
+        outputs.push(Output::parse(o)?);
     }
     // `--push` is the image exporter with push=true: the image lands in the store, then goes out.
-    if (b.load || b.push || outputs.is_empty()) && !outputs.contains(&Output::Image) {
-        outputs.push(Output::Image);
+    if (b.load || b.push || outputs.is_empty())
+        && !outputs.iter().any(|o| o.kind == ExporterKind::Image)
+    {
+        outputs.push(Output::new(ExporterKind::Image));
     }
     let platform = match b.platform.as_deref() {
         None => None,

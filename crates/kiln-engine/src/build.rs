@@ -11,19 +11,9 @@ use kiln_progress::Progress;
 use kiln_solver::{CacheStore, FileCacheStore, Solver};
 use kiln_worker::{Context, LlbGraph, Value};
 
+use crate::output::Output;
 use crate::resolver::EngineResolver;
 use crate::{Engine, Error, Result, io};
-
-/// Where the result goes (`--output`).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Output {
-    /// The local image store, under the request's tags.
-    Image,
-    /// An OCI layout tarball.
-    Oci { dest: PathBuf },
-    /// A tarball `docker load` accepts.
-    Docker { dest: PathBuf },
-}
 
 #[derive(Debug, Clone)]
 pub struct BuildRequest {
@@ -59,6 +49,9 @@ pub struct BuildResult {
 
 impl Engine {
     pub async fn build(&self, req: BuildRequest, progress: &Progress) -> Result<BuildResult> {
+        if let Some(why) = req.outputs.iter().find_map(Output::unsupported) {
+            return Err(Error::Unsupported(why));
+        }
         // A Git URL context is checked out for the build's duration.
         let (req, _git_context) = self.git_context(req, progress).await?;
         let dockerfile_path = req

@@ -8,7 +8,8 @@ use kiln_oci::{Digest, ImageConfig, Reference};
 use kiln_progress::Progress;
 use kiln_worker::{LayerRef, Value};
 
-use crate::build::{BuildRequest, Output};
+use crate::build::BuildRequest;
+use crate::output::ExporterKind;
 use crate::{Engine, Result, io};
 
 impl Engine {
@@ -29,7 +30,11 @@ impl Engine {
         v.status(&format!("exporting config {config} done"));
         v.status(&format!("writing image {config} done"));
 
-        let wants_store = req.outputs.is_empty() || req.outputs.contains(&Output::Image);
+        let wants_store = req.outputs.is_empty()
+            || req.outputs.iter().any(|o| {
+                matches!(o.kind, ExporterKind::Image | ExporterKind::Registry)
+                    || o.kind == ExporterKind::Docker && o.dest.is_none()
+            });
         if wants_store {
             for tag in &req.tags {
                 self.images.tag(tag, &manifest)?;
@@ -37,29 +42,23 @@ impl Engine {
             }
         }
         for output in &req.outputs {
-            match output {
-                Output::Image => {}
-                Output::Oci { dest } | Output::Docker { dest } => {
-                    v.status(&format!("sending tarball to {}", dest.display()));
-                    let file = std::fs::File::create(dest)
-                        .map_err(io(format!("creating the output `{}`", dest.display())))?;
-                    let out = BufWriter::new(file);
-                    let mut out = if matches!(output, Output::Oci { .. }) {
-                        kiln_exporter::oci::write_archive(&self.content, &manifest, &req.tags, out)?
-                    } else {
-                        kiln_exporter::docker::write_archive(
-                            &self.content,
-                            &manifest,
-                            &req.tags,
-                            out,
-                        )?
-                    };
-                    out.flush()
-                        .map_err(io(format!("writing `{}`", dest.display())))?;
-                    out.get_ref()
-                        .sync_all()
-                        .map_err(io(format!("writing `{}`", dest.display())))?;
-                }
+            if let (ExporterKind::Oci | ExporterKind::Docker, Some(dest)) =
+                (output.kind, &output.dest)
+            {
+                v.status(&format!("sending tarball to {}", dest.display()));
+                let file = std::fs::File::create(dest)
+                    .map_err(io(format!("creating the output `{}`", dest.display())))?;
+                let out = BufWriter::new(file);
+                let mut out = if output.kind == ExporterKind::Oci {
+                    kiln_exporter::oci::write_archive(&self.content, &manifest, &req.tags, out)?
+                } else {
+                    kiln_exporter::docker::write_archive(&self.content, &manifest, &req.tags, out)?
+                };
+                out.flush()
+                    .map_err(io(format!("writing `{}`", dest.display())))?;
+                out.get_ref()
+                    .sync_all()
+                    .map_err(io(format!("writing `{}`", dest.display())))?;
             }
         }
         v.done();

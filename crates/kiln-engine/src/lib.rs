@@ -17,6 +17,7 @@ mod imagetools;
 mod login;
 mod logs;
 mod monitor;
+mod output;
 mod proxy_linux;
 mod resolver;
 mod run;
@@ -29,7 +30,7 @@ use kiln_executor::RuncExecutor;
 use kiln_exporter::ImageStore;
 use kiln_snapshot::LayerStore;
 
-pub use build::{BuildRequest, BuildResult, Output};
+pub use build::{BuildRequest, BuildResult};
 pub use check::{CheckReport, CheckRequest, check};
 pub use config::Config;
 pub use container::{
@@ -54,6 +55,9 @@ pub use kiln_worker::{Secrets, SshAgents, SshError};
 pub use login::{login, login_server, logout};
 pub use logs::{LogOptions, LogStream};
 pub use monitor::{Attach, Ready};
+pub use output::{
+    Annotation, AnnotationTarget, ExporterKind, LayerCompressionKind, Output, OutputError,
+};
 pub use run::{ExecRequest, RunRequest};
 
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -85,6 +89,9 @@ pub enum Error {
          `insecure-entitlements` in the config file"
     )]
     EntitlementNotAllowed { entitlement: Entitlement },
+    /// Something kiln parses but does not implement yet.
+    #[error("{0}")]
+    Unsupported(String),
     #[error("no such image: `{0}`")]
     NoSuchImage(String),
     #[error("invalid reference `{0}`")]

@@ -18,7 +18,9 @@ use std::path::PathBuf;
 
 use kiln_oci::Digest;
 
-pub use overlay_linux::{OverlayMount, cleanup_stale_mounts, mount_overlay};
+pub use overlay_linux::{
+    OverlayMount, cleanup_stale_mounts, mount_overlay, mount_scratch_overlay, sync_filesystem,
+};
 pub use store::{Compression, LayerBlob, LayerStore};
 
 #[derive(Debug, thiserror::Error)]

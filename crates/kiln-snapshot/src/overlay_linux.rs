@@ -77,6 +77,30 @@ pub fn mount_overlay(
     work: &Path,
     target: &Path,
 ) -> Result<OverlayMount> {
+    mount(lowers, upper, work, target, false)
+}
+
+/// [`mount_overlay`] for a build step's scratch upper dir: overlayfs's `volatile` option (Linux
+/// 5.10+; a plain mount where the kernel lacks it), so the unmount does not `syncfs` the whole
+/// upper filesystem. That sync flushed every dirty page on the disk, other processes' too, and
+/// was most of a small step's cost; the caller makes the upper dir durable with
+/// [`sync_filesystem`] when it keeps it (a step that changed nothing has nothing to keep).
+pub fn mount_scratch_overlay(
+    lowers: &[PathBuf],
+    upper: &Path,
+    work: &Path,
+    target: &Path,
+) -> Result<OverlayMount> {
+    mount(lowers, upper, work, target, true)
+}
+
+fn mount(
+    lowers: &[PathBuf],
+    upper: &Path,
+    work: &Path,
+    target: &Path,
+    volatile: bool,
+) -> Result<OverlayMount> {
     let mut mount = OverlayMount {
         target: target.to_path_buf(),
         empty_lower: None,
@@ -100,13 +124,30 @@ pub fn mount_overlay(
     } else {
         lowers
     };
-    match mount_new_api(lowers, upper, work, target) {
+    match mount_new_api(lowers, upper, work, target, volatile) {
         Ok(()) => {}
-        Err(Attempt::Unsupported) => mount_classic(lowers, upper, work, target)?,
+        Err(Attempt::Unsupported) => mount_classic(lowers, upper, work, target, volatile)?,
         Err(Attempt::Failed(e)) => return Err(e),
     }
     mount.mounted = true;
     Ok(mount)
+}
+
+/// Flushes the filesystem holding `path` (`syncfs`), as a non-volatile overlay unmount does.
+pub fn sync_filesystem(path: &Path) -> Result<()> {
+    let fd = rustix::fs::open(
+        path,
+        rustix::fs::OFlags::RDONLY | rustix::fs::OFlags::CLOEXEC,
+        rustix::fs::Mode::empty(),
+    )
+    .map_err(|e| Error::Io {
+        path: path.to_path_buf(),
+        source: e.into(),
+    })?;
+    rustix::fs::syncfs(&fd).map_err(|e| Error::Io {
+        path: path.to_path_buf(),
+        source: e.into(),
+    })
 }
 
 fn empty_lower_for(work: &Path) -> Result<PathBuf> {
@@ -138,6 +179,7 @@ fn mount_new_api(
     upper: &Path,
     work: &Path,
     target: &Path,
+    volatile: bool,
 ) -> std::result::Result<(), Attempt> {
     let fs =
         rustix::mount::fsopen("overlay", FsOpenFlags::FSOPEN_CLOEXEC).map_err(|e| match e {
@@ -161,6 +203,10 @@ fn mount_new_api(
     rustix::mount::fsconfig_set_string(&fs, "workdir", work).map_err(failed)?;
     for (key, value) in FIXED_OPTIONS {
         rustix::mount::fsconfig_set_string(&fs, key, value).map_err(failed)?;
+    }
+    // A kernel without the option refuses the key; the mount is then simply durable.
+    if volatile {
+        let _ = rustix::mount::fsconfig_set_flag(&fs, "volatile");
     }
     rustix::mount::fsconfig_create(&fs).map_err(failed)?;
     let mnt = rustix::mount::fsmount(&fs, FsMountFlags::FSMOUNT_CLOEXEC, MountAttrFlags::empty())
@@ -188,7 +234,13 @@ fn kernel_log(fs: &OwnedFd) -> Option<String> {
     (!messages.is_empty()).then(|| messages.join("; "))
 }
 
-fn mount_classic(lowers: &[PathBuf], upper: &Path, work: &Path, target: &Path) -> Result<()> {
+fn mount_classic(
+    lowers: &[PathBuf],
+    upper: &Path,
+    work: &Path,
+    target: &Path,
+    volatile: bool,
+) -> Result<()> {
     // The classic option string splits on `,` and `:`; refuse rather than escape.
     let plain = |p: &Path| -> Result<String> {
         match p.to_str() {
@@ -209,15 +261,21 @@ fn mount_classic(lowers: &[PathBuf], upper: &Path, work: &Path, target: &Path) -
     for (key, value) in FIXED_OPTIONS {
         options.push_str(&format!(",{key}={value}"));
     }
-    let options = CString::new(options).map_err(|_| Error::MountPath(upper.to_path_buf()))?;
-    rustix::mount::mount(
-        "overlay",
-        target,
-        "overlay",
-        MountFlags::empty(),
-        options.as_c_str(),
-    )
-    .map_err(|e| mount_err(target, None, e))
+    let classic = |options: String| {
+        let options = CString::new(options).map_err(|_| Error::MountPath(upper.to_path_buf()))?;
+        rustix::mount::mount(
+            "overlay",
+            target,
+            "overlay",
+            MountFlags::empty(),
+            options.as_c_str(),
+        )
+        .map_err(|e| mount_err(target, None, e))
+    };
+    if volatile && classic(format!("{options},volatile")).is_ok() {
+        return Ok(());
+    }
+    classic(options)
 }
 
 fn mount_err(target: &Path, detail: Option<String>, e: Errno) -> Error {

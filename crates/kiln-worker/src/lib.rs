@@ -29,7 +29,9 @@ use kiln_llb::{
 };
 use kiln_oci::{Descriptor, Digest, ImageManifest, MediaType, Reference};
 use kiln_progress::{Stream, Vertex};
-use kiln_snapshot::{Compression, LayerStore, OverlayMount, mount_overlay};
+use kiln_snapshot::{
+    Compression, LayerStore, OverlayMount, mount_scratch_overlay, sync_filesystem,
+};
 use kiln_solver::{Graph, Solved, WorkerError};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest as _, Sha256};
@@ -486,7 +488,7 @@ impl LlbWorker {
             mount: None,
             layers,
         };
-        step.mount = Some(mount_overlay(lowers, &upper, &work, &merged)?);
+        step.mount = Some(mount_scratch_overlay(lowers, &upper, &work, &merged)?);
         Ok(step)
     }
 
@@ -518,7 +520,9 @@ impl LlbWorker {
             });
         } else {
             let (store, content) = (self.layers.clone(), self.content.clone());
+            // The step's overlay was volatile: the layer must reach the disk before it is kept.
             let blob = tokio::task::spawn_blocking(move || {
+                sync_filesystem(&upper)?;
                 store.commit_upper(&upper, &content, Compression::Gzip)
             })
             .await??;

@@ -6,7 +6,9 @@ use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::{Path, PathBuf};
 
 use kiln_content::ContentStore;
-use kiln_snapshot::{Compression, LayerStore, cleanup_stale_mounts, mount_overlay};
+use kiln_snapshot::{
+    Compression, LayerStore, cleanup_stale_mounts, mount_overlay, mount_scratch_overlay,
+};
 
 use crate::common::*;
 
@@ -140,6 +142,43 @@ fn mount_without_lowers_and_drop_unmounts() {
     assert_eq!(fs::read(upper.join("hello")).unwrap(), b"hi");
     assert!(!merged.join("hello").exists());
     assert!(!tmp.path().join("work.empty-lower").exists());
+}
+
+/// The super-block options of the mount at `target` (the last field of its mountinfo line).
+fn super_options(target: &Path) -> String {
+    let info = fs::read_to_string("/proc/self/mountinfo").unwrap();
+    let target = target.to_str().unwrap();
+    info.lines()
+        .find(|l| l.split(' ').nth(4) == Some(target))
+        .and_then(|l| l.rsplit(' ').next())
+        .unwrap_or_default()
+        .to_string()
+}
+
+#[test]
+fn step_mounts_are_volatile_and_durable_ones_are_not() {
+    let tmp = tempfile::tempdir().unwrap();
+    let [lower, upper, work, merged, upper2, work2, merged2] = dirs(
+        tmp.path(),
+        &[
+            "lower", "upper", "work", "merged", "upper2", "work2", "merged2",
+        ],
+    )
+    .try_into()
+    .unwrap();
+    let scratch =
+        mount_scratch_overlay(std::slice::from_ref(&lower), &upper, &work, &merged).unwrap();
+    let durable = mount_overlay(std::slice::from_ref(&lower), &upper2, &work2, &merged2).unwrap();
+    // This machine's kernel (6.x) has the option; an older one would get a plain mount.
+    assert!(
+        super_options(&merged).contains("volatile"),
+        "{}",
+        super_options(&merged)
+    );
+    assert!(!super_options(&merged2).contains("volatile"));
+    fs::write(merged.join("f"), b"kept").unwrap();
+    drop((scratch, durable));
+    assert_eq!(fs::read(upper.join("f")).unwrap(), b"kept");
 }
 
 #[test]

@@ -212,6 +212,17 @@ async fn build(cli: &Cli, b: &BuildArgs) -> Result<ExitCode> {
     for o in &b.output {
         outputs.push(Output::parse(o)?);
     }
+    // buildx refuses to send an archive to a terminal.
+    if let Some(o) = outputs
+        .iter()
+        .find(|o| o.dest.as_deref() == Some(std::path::Path::new("-")))
+        && std::io::stdout().is_terminal()
+    {
+        bail!(
+            "dest file is required for {} exporter. refusing to write to console",
+            o.kind.name()
+        );
+    }
     // `--push` is the image exporter with push=true: the image lands in the store, then goes out.
     if (b.load || b.push || outputs.is_empty())
         && !outputs.iter().any(|o| o.kind == ExporterKind::Image)

@@ -24,7 +24,11 @@ impl Engine {
     ) -> Result<(Digest, Digest)> {
         let v = progress.vertex("exporting to image");
         v.status("exporting layers");
-        self.fetch_missing_blobs(value.layers(), &v).await?;
+        // local, tar and cacheonly outputs need no layer blobs (the rootfs comes from the
+        // layer store), so a base image's are not pulled for them.
+        if req.outputs.is_empty() || req.outputs.iter().any(|o| o.kind.is_image()) {
+            self.fetch_missing_blobs(value.layers(), &v).await?;
+        }
         let (manifest, config) = self.write_image(value.layers(), image, req.tags.first())?;
         v.status(&format!("exporting manifest {manifest} done"));
         v.status(&format!("exporting config {config} done"));
@@ -42,6 +46,16 @@ impl Engine {
             }
         }
         for output in &req.outputs {
+            if matches!(output.kind, ExporterKind::Local | ExporterKind::Tar) {
+                let what = match output.kind {
+                    ExporterKind::Local => "exporting to client directory",
+                    _ => "exporting to client tarball",
+                };
+                let rv = progress.vertex(what);
+                self.export_rootfs(value.layers(), output, &rv).await?;
+                rv.done();
+                continue;
+            }
             if let (ExporterKind::Oci | ExporterKind::Docker, Some(dest)) =
                 (output.kind, &output.dest)
             {

@@ -240,11 +240,7 @@ impl Output {
     /// The options of this output that kiln parses but does not implement yet, as the error a
     /// build fails with before it starts.
     pub fn unsupported(&self) -> Option<String> {
-        let what = if matches!(self.kind, ExporterKind::Local | ExporterKind::Tar) {
-            format!("--output type={}", self.kind.name())
-        } else if self.kind == ExporterKind::CacheOnly {
-            "--output type=cacheonly".into()
-        } else if self.kind == ExporterKind::Registry
+        let what = if self.kind == ExporterKind::Registry
             || self.push && self.kind != ExporterKind::Image
         {
             format!("--output type={},push=true", self.kind.name())
@@ -406,16 +402,20 @@ mod tests {
 
     #[test]
     fn unimplemented_options_are_named() {
-        for spec in ["type=local,dest=x", "type=oci,dest=a,compression=zstd"] {
+        for spec in ["type=oci,dest=a,compression=zstd"] {
             let o = Output::parse(spec).unwrap();
             assert!(
                 o.unsupported().unwrap().contains("not supported yet"),
                 "{spec}"
             );
         }
-        assert_eq!(
-            Output::parse("type=oci,dest=a").unwrap().unsupported(),
-            None
-        );
+        for spec in [
+            "type=oci,dest=a",
+            "type=local,dest=x",
+            "type=tar,dest=-",
+            "type=cacheonly",
+        ] {
+            assert_eq!(Output::parse(spec).unwrap().unsupported(), None, "{spec}");
+        }
     }
 }

@@ -20,6 +20,7 @@ mod language;
 mod lint;
 mod mounts;
 mod multistage;
+mod outputs;
 mod pull;
 mod registry_auth;
 mod run;

@@ -1,0 +1,240 @@
+//! `--output` exporters other than the image archives: `local` and `tar` (the target's final
+//! root filesystem), `cacheonly`, and the image exporter's `name`, `push`, `unpack` options.
+
+use std::collections::BTreeMap;
+use std::io::Read;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::Path;
+
+use crate::support::Kiln;
+
+/// A final stage on busybox whose later steps delete a file, replace a directory (an opaque
+/// directory in overlay terms) and make links, so every kind of change reaches the rootfs.
+const ROOTFS_DOCKERFILE: &str = "FROM busybox
+RUN mkdir -p /out/old /out/sub && echo gone > /out/gone && echo old > /out/old/stale \\
+ && echo app > /out/app && chmod 750 /out/app && chown 123:456 /out/app
+RUN rm /out/gone && rm -rf /out/old && mkdir /out/old && echo fresh > /out/old/new \\
+ && ln -s app /out/link && ln /out/app /out/hard && echo kept > /out/sub/file
+";
+
+fn names(k: &Kiln) -> String {
+    k.kiln(&["images", "--format", "{{.Repository}}:{{.Tag}}"])
+        .ok()
+        .stdout
+}
+
+#[test]
+fn local_output_writes_the_final_rootfs() {
+    let Some(k) = Kiln::new("local_output_writes_the_final_rootfs") else {
+        return;
+    };
+    let ctx = k.context("ctx", &[("Dockerfile", ROOTFS_DOCKERFILE)]);
+    let dest = k.dir().join("dist");
+    // BuildKit merges into an existing directory: what the image lacks stays.
+    std::fs::create_dir_all(dest.join("out")).unwrap();
+    std::fs::write(dest.join("untouched"), "mine\n").unwrap();
+    std::fs::write(dest.join("out/app"), "to be replaced\n").unwrap();
+    let name = k.unique("local");
+    let spec = format!("type=local,dest={}", dest.display());
+    k.build(&ctx, &["-t", &name, "--output", &spec]).ok();
+
+    let out = dest.join("out");
+    assert_eq!(std::fs::read_to_string(out.join("app")).unwrap(), "app\n");
+    let app = std::fs::symlink_metadata(out.join("app")).unwrap();
+    assert_eq!(app.permissions().mode() & 0o7777, 0o750);
+    assert_eq!((app.uid(), app.gid()), (123, 456), "owners kept as root");
+    let hard = std::fs::symlink_metadata(out.join("hard")).unwrap();
+    assert_eq!(hard.ino(), app.ino(), "the hardlink is a hardlink");
+    assert_eq!(
+        std::fs::read_link(out.join("link")).unwrap(),
+        Path::new("app")
+    );
+    assert!(!out.join("gone").exists(), "a deleted file is absent");
+    assert!(!out.join("old/stale").exists(), "a replaced dir's files");
+    assert_eq!(
+        std::fs::read_to_string(out.join("old/new")).unwrap(),
+        "fresh\n"
+    );
+    assert_eq!(
+        std::fs::read_to_string(out.join("sub/file")).unwrap(),
+        "kept\n"
+    );
+    // The base image's files are there too, and nothing of overlay's bookkeeping.
+    assert!(dest.join("bin/busybox").is_file());
+    assert!(dest.join("bin/sh").exists());
+    assert_eq!(
+        std::fs::read_to_string(dest.join("untouched")).unwrap(),
+        "mine\n"
+    );
+    // Only an image output names an image.
+    assert!(!names(&k).contains(&name), "{}", names(&k));
+}
+
+#[test]
+fn local_shorthand_exports_a_scratch_stage() {
+    let Some(k) = Kiln::new("local_shorthand_exports_a_scratch_stage") else {
+        return;
+    };
+    let ctx = k.context(
+        "ctx",
+        &[(
+            "Dockerfile",
+            "FROM busybox AS build\nRUN mkdir /bin2 && echo '#!/bin/sh' > /bin2/app && chmod 755 /bin2/app\n\
+             FROM scratch AS out\nCOPY --from=build /bin2/app /\n",
+        )],
+    );
+    let dest = k.dir().join("dist");
+    let dest_arg = dest.to_string_lossy().into_owned();
+    k.build(&ctx, &["-o", &dest_arg]).ok();
+    let entries: Vec<String> = std::fs::read_dir(&dest)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(entries, ["app"]);
+    let md = std::fs::metadata(dest.join("app")).unwrap();
+    assert_eq!(md.permissions().mode() & 0o777, 0o755);
+    assert_eq!(
+        std::fs::read_to_string(dest.join("app")).unwrap(),
+        "#!/bin/sh\n"
+    );
+    assert_eq!(names(&k).trim(), "", "no image named");
+}
+
+/// (path, type, mode, uid, link target, data) of each entry.
+type TarEntry = (tar::EntryType, u32, u64, String, Vec<u8>);
+
+fn tar_entries(bytes: &[u8]) -> BTreeMap<String, TarEntry> {
+    let mut found = BTreeMap::new();
+    let mut archive = tar::Archive::new(bytes);
+    for e in archive.entries().unwrap() {
+        let mut e = e.unwrap();
+        let path = e.path().unwrap().to_string_lossy().into_owned();
+        let h = e.header().clone();
+        let link = e
+            .link_name()
+            .unwrap()
+            .map(|l| l.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let mut data = Vec::new();
+        e.read_to_end(&mut data).unwrap();
+        let path = path
+            .trim_start_matches("./")
+            .trim_end_matches('/')
+            .to_string();
+        found.insert(
+            path,
+            (
+                h.entry_type(),
+                h.mode().unwrap() & 0o7777,
+                h.uid().unwrap(),
+                link,
+                data,
+            ),
+        );
+    }
+    found
+}
+
+fn check_rootfs_tar(entries: &BTreeMap<String, TarEntry>) {
+    let app = &entries["out/app"];
+    assert_eq!((app.0, app.1, app.2), (tar::EntryType::Regular, 0o750, 123));
+    assert_eq!(app.4, b"app\n");
+    let hard = &entries["out/hard"];
+    assert_eq!((hard.0, hard.3.as_str()), (tar::EntryType::Link, "out/app"));
+    let link = &entries["out/link"];
+    assert_eq!((link.0, link.3.as_str()), (tar::EntryType::Symlink, "app"));
+    assert!(!entries.contains_key("out/gone"));
+    assert!(!entries.contains_key("out/old/stale"));
+    assert!(entries.contains_key("out/old/new"));
+    assert!(entries.contains_key("bin/busybox"));
+    assert!(
+        !entries.keys().any(|p| p.contains(".wh.")),
+        "no whiteouts in a rootfs"
+    );
+}
+
+#[test]
+fn tar_output_to_a_file_and_to_stdout() {
+    let Some(k) = Kiln::new("tar_output_to_a_file_and_to_stdout") else {
+        return;
+    };
+    let ctx = k.context("ctx", &[("Dockerfile", ROOTFS_DOCKERFILE)]);
+    let dest = k.dir().join("rootfs.tar");
+    let spec = format!("type=tar,dest={}", dest.display());
+    k.build(&ctx, &["--output", &spec]).ok();
+    let from_file = std::fs::read(&dest).unwrap();
+    check_rootfs_tar(&tar_entries(&from_file));
+
+    // `-o -`: the tarball on standard output (a pipe here), progress on stderr.
+    let out = k
+        .command(&["build", "--progress", "plain", "-o", "-"])
+        .arg(&ctx)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(out.stdout, from_file, "the same rootfs, byte for byte");
+    assert_eq!(names(&k).trim(), "");
+}
+
+#[test]
+fn tar_to_a_terminal_is_refused() {
+    let Some(k) = Kiln::new("tar_to_a_terminal_is_refused") else {
+        return;
+    };
+    let ctx = k.context("ctx", &[("Dockerfile", "FROM busybox\n")]);
+    // script(1) gives kiln a pseudo-terminal as standard output.
+    let Some(script) = crate::support::find_program("script") else {
+        crate::support::skip_because("tar_to_a_terminal_is_refused", "script is not installed");
+        return;
+    };
+    let cmd = format!(
+        "{} --root {} --config {} build -o - {}",
+        crate::support::KILN,
+        k.root.display(),
+        k.config.display(),
+        ctx.display()
+    );
+    let out = std::process::Command::new(script)
+        .args(["-qec", &cmd, "/dev/null"])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(!out.status.success(), "{text}");
+    assert!(
+        text.contains("dest file is required for tar exporter. refusing to write to console"),
+        "{text}"
+    );
+}
+
+#[test]
+fn cacheonly_builds_and_exports_nothing() {
+    let Some(k) = Kiln::new("cacheonly_builds_and_exports_nothing") else {
+        return;
+    };
+    let ctx = k.context(
+        "ctx",
+        &[("Dockerfile", "FROM busybox\nRUN echo built > /built\n")],
+    );
+    let name = k.unique("cacheonly");
+    let run = k
+        .build(&ctx, &["-t", &name, "--output", "type=cacheonly"])
+        .ok();
+    assert!(
+        !run.progress().step("RUN echo built").cached,
+        "{}",
+        run.stderr
+    );
+    assert_eq!(names(&k).trim(), "", "nothing named");
+    // The cache it filled serves the next build.
+    let run = k.build(&ctx, &["-t", &name]).ok();
+    assert!(
+        run.progress().step("RUN echo built").cached,
+        "{}",
+        run.stderr
+    );
+    assert!(names(&k).contains(&name));
+}

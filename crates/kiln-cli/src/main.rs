@@ -193,7 +193,6 @@ async fn build(cli: &Cli, b: &BuildArgs) -> Result<ExitCode> {
         // buildx's words: the registry exporter pushes the image's names.
         bail!("tag is needed when pushing to registry");
     }
-    let push_tags = if b.push { tags.clone() } else { Vec::new() };
     let mut build_args = BTreeMap::new();
     for a in &b.build_arg {
         match a.split_once('=') {
@@ -223,11 +222,16 @@ async fn build(cli: &Cli, b: &BuildArgs) -> Result<ExitCode> {
             o.kind.name()
         );
     }
-    // `--push` is the image exporter with push=true: the image lands in the store, then goes out.
-    if (b.load || b.push || outputs.is_empty())
+    // `--push` is `type=registry` (the image lands in the store, then goes out); `--load` and
+    // no output at all are `type=image`.
+    if (b.load || outputs.is_empty())
+        && !b.push
         && !outputs.iter().any(|o| o.kind == ExporterKind::Image)
     {
         outputs.push(Output::new(ExporterKind::Image));
+    }
+    if b.push && !outputs.iter().any(|o| o.kind == ExporterKind::Registry) {
+        outputs.push(Output::new(ExporterKind::Registry));
     }
     let platform = match b.platform.as_deref() {
         None => None,
@@ -282,15 +286,7 @@ async fn build(cli: &Cli, b: &BuildArgs) -> Result<ExitCode> {
         ssh,
         run: run_opts::parse(b)?,
     };
-    let mut result = engine.build(req, &progress).await;
-    if result.is_ok() {
-        for tag in &push_tags {
-            if let Err(e) = engine.push(tag, &progress).await {
-                result = Err(e);
-                break;
-            }
-        }
-    }
+    let result = engine.build(req, &progress).await;
     progress.finish();
     let result = result?;
     if let Some(path) = &b.iidfile {
@@ -298,12 +294,7 @@ async fn build(cli: &Cli, b: &BuildArgs) -> Result<ExitCode> {
             .with_context(|| format!("writing `{}`", path.display()))?;
     }
     if let Some(path) = &b.metadata_file {
-        let names: Vec<String> = b
-            .tag
-            .iter()
-            .filter_map(|t| parse_ref(t).ok())
-            .map(|r| r.whole())
-            .collect();
+        let names = &result.names;
         let mut meta = serde_json::json!({
             "containerimage.config.digest": result.image_id.to_string(),
             "containerimage.digest": result.manifest.to_string(),

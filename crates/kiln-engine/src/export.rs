@@ -14,14 +14,14 @@ use crate::{Engine, Result, io};
 
 impl Engine {
     /// Writes config and manifest for `value` and sends them to the request's outputs; returns
-    /// (manifest digest, config digest).
+    /// (manifest digest, config digest, every name the image got).
     pub(crate) async fn export(
         &self,
         value: &Value,
         image: ImageConfig,
         req: &BuildRequest,
         progress: &Progress,
-    ) -> Result<(Digest, Digest)> {
+    ) -> Result<(Digest, Digest, Vec<String>)> {
         let v = progress.vertex("exporting to image");
         v.status("exporting layers");
         // local, tar and cacheonly outputs need no layer blobs (the rootfs comes from the
@@ -34,17 +34,9 @@ impl Engine {
         v.status(&format!("exporting config {config} done"));
         v.status(&format!("writing image {config} done"));
 
-        let wants_store = req.outputs.is_empty()
-            || req.outputs.iter().any(|o| {
-                matches!(o.kind, ExporterKind::Image | ExporterKind::Registry)
-                    || o.kind == ExporterKind::Docker && o.dest.is_none()
-            });
-        if wants_store {
-            for tag in &req.tags {
-                self.images.tag(tag, &manifest)?;
-                v.status(&format!("naming to {} done", tag.whole()));
-            }
-        }
+        let names = self
+            .export_names(&manifest, value.layers(), req, progress, &v)
+            .await?;
         for output in &req.outputs {
             if matches!(output.kind, ExporterKind::Local | ExporterKind::Tar) {
                 let what = match output.kind {
@@ -63,10 +55,11 @@ impl Engine {
                 let file = std::fs::File::create(dest)
                     .map_err(io(format!("creating the output `{}`", dest.display())))?;
                 let out = BufWriter::new(file);
+                let tags = crate::export_names::output_names(req, output)?;
                 let mut out = if output.kind == ExporterKind::Oci {
-                    kiln_exporter::oci::write_archive(&self.content, &manifest, &req.tags, out)?
+                    kiln_exporter::oci::write_archive(&self.content, &manifest, &tags, out)?
                 } else {
-                    kiln_exporter::docker::write_archive(&self.content, &manifest, &req.tags, out)?
+                    kiln_exporter::docker::write_archive(&self.content, &manifest, &tags, out)?
                 };
                 out.flush()
                     .map_err(io(format!("writing `{}`", dest.display())))?;
@@ -76,7 +69,7 @@ impl Engine {
             }
         }
         v.done();
-        Ok((manifest, config))
+        Ok((manifest, config, names))
     }
 
     /// Base-image layers are only pulled when a step needs their files; an export needs them all.

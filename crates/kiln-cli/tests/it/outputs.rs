@@ -238,3 +238,160 @@ fn cacheonly_builds_and_exports_nothing() {
     );
     assert!(names(&k).contains(&name));
 }
+
+/// `kiln inspect NAME`, the one image's object.
+fn inspect(k: &Kiln, name: &str) -> serde_json::Value {
+    let out = k.kiln(&["inspect", name]).ok();
+    let v: serde_json::Value = serde_json::from_str(&out.stdout).unwrap();
+    v[0].clone()
+}
+
+fn metadata(path: &Path) -> serde_json::Value {
+    serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap()
+}
+
+/// The busybox layer's diffID: an image with no step that mounts it never unpacks it.
+fn base_layer_unpacked(k: &Kiln, name: &str) -> bool {
+    let layer = inspect(k, name)["RootFS"]["Layers"][0]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let hex = layer.trim_start_matches("sha256:");
+    k.root.join("layers").join(hex).is_dir()
+}
+
+#[test]
+fn image_output_names_pushes_and_unpacks() {
+    let Some(k) = Kiln::new("image_output_names_pushes_and_unpacks") else {
+        return;
+    };
+    let ctx = k.context("ctx", &[("Dockerfile", "FROM busybox\nENV BUILT=1\n")]);
+    let repo = format!("{}/kiln-it/{}", k.registry, k.unique("names"));
+    let (a, b, c) = (
+        format!("{repo}:a"),
+        format!("{repo}:b"),
+        format!("{repo}:c"),
+    );
+
+    // No unpack: the base layer stays a blob (control for the check below).
+    let plain = k.unique("plain");
+    k.build(&ctx, &["-t", &plain]).ok();
+    assert!(!base_layer_unpacked(&k, &plain));
+
+    let meta = k.dir().join("meta.json");
+    let spec = format!(r#"type=image,"name={b},{c}",push=true,unpack=true"#);
+    let meta_arg = meta.to_string_lossy().into_owned();
+    k.build(
+        &ctx,
+        &["-t", &a, "--output", &spec, "--metadata-file", &meta_arg],
+    )
+    .ok();
+    let listed = names(&k);
+    for n in [&a, &b, &c] {
+        assert!(listed.contains(n.as_str()), "{n} in {listed}");
+        let tag = n.rsplit(':').next().unwrap();
+        let path = repo.split_once('/').unwrap().1;
+        assert!(
+            crate::support::registry_has(&k.registry, path, tag),
+            "{n} pushed"
+        );
+    }
+    assert_eq!(metadata(&meta)["image.name"], format!("{a},{b},{c}"));
+    assert!(
+        base_layer_unpacked(&k, &a),
+        "unpack=true unpacks every layer"
+    );
+}
+
+#[test]
+fn registry_output_and_push_flag() {
+    let Some(k) = Kiln::new("registry_output_and_push_flag") else {
+        return;
+    };
+    let ctx = k.context("ctx", &[("Dockerfile", "FROM busybox\nRUN echo x > /x\n")]);
+    let path = format!("kiln-it/{}", k.unique("registry"));
+    let repo = format!("{}/{path}", k.registry);
+    let spec = format!("type=registry,name={repo}:one");
+    k.build(&ctx, &["--output", &spec]).ok();
+    assert!(crate::support::registry_has(&k.registry, &path, "one"));
+    let two = format!("{repo}:two");
+    k.build(&ctx, &["--push", "-t", &two]).ok();
+    assert!(crate::support::registry_has(&k.registry, &path, "two"));
+    // A registry output with no name at all is refused as buildx refuses it.
+    let run = k.build(&ctx, &["--output", "type=registry"]).failed();
+    assert!(
+        run.stderr
+            .contains("tag is needed when pushing to registry"),
+        "{}",
+        run.stderr
+    );
+}
+
+#[test]
+fn push_by_digest_and_name_canonical() {
+    let Some(k) = Kiln::new("push_by_digest_and_name_canonical") else {
+        return;
+    };
+    let ctx = k.context("ctx", &[("Dockerfile", "FROM busybox\nRUN echo d > /d\n")]);
+    let path = format!("kiln-it/{}", k.unique("bydigest"));
+    let repo = format!("{}/{path}", k.registry);
+    let meta = k.dir().join("meta.json");
+    let meta_arg = meta.to_string_lossy().into_owned();
+    let spec = format!("type=image,name={repo}:t,push=true,push-by-digest=true");
+    k.build(&ctx, &["--output", &spec, "--metadata-file", &meta_arg])
+        .ok();
+    let m = metadata(&meta);
+    let digest = m["containerimage.digest"].as_str().unwrap().to_string();
+    assert!(digest.starts_with("sha256:"), "{m}");
+    assert!(crate::support::registry_has(&k.registry, &path, &digest));
+    assert!(
+        !crate::support::registry_has(&k.registry, &path, "t"),
+        "pushed by digest only: no tag"
+    );
+
+    let spec = format!("type=image,name={repo}:nc,name-canonical=true");
+    k.build(&ctx, &["--output", &spec, "--metadata-file", &meta_arg])
+        .ok();
+    let m = metadata(&meta);
+    let canonical = format!("{repo}@{}", m["containerimage.digest"].as_str().unwrap());
+    assert_eq!(m["image.name"], format!("{repo}:nc,{canonical}"));
+    let id = inspect(&k, &canonical)["Id"].clone();
+    assert_eq!(id, inspect(&k, &format!("{repo}:nc"))["Id"]);
+    assert_eq!(id, m["containerimage.config.digest"]);
+}
+
+#[test]
+fn several_outputs_in_one_build() {
+    let Some(k) = Kiln::new("several_outputs_in_one_build") else {
+        return;
+    };
+    let ctx = k.context("ctx", &[("Dockerfile", ROOTFS_DOCKERFILE)]);
+    let name = k.unique("several");
+    let (tar, oci, dir) = (
+        k.dir().join("rootfs.tar"),
+        k.dir().join("image.tar"),
+        k.dir().join("dist"),
+    );
+    let run = k
+        .build(
+            &ctx,
+            &[
+                "--output",
+                &format!("type=docker,name={name}"),
+                "--output",
+                &format!("type=tar,dest={}", tar.display()),
+                "--output",
+                &format!("type=oci,dest={}", oci.display()),
+                "--output",
+                &format!("type=local,dest={}", dir.display()),
+            ],
+        )
+        .ok();
+    assert!(names(&k).contains(&name), "{}", run.stderr);
+    check_rootfs_tar(&tar_entries(&std::fs::read(&tar).unwrap()));
+    kiln_exporter::verify::verify_oci_archive(&oci).expect("the OCI archive verifies");
+    assert_eq!(
+        std::fs::read_to_string(dir.join("out/app")).unwrap(),
+        "app\n"
+    );
+}

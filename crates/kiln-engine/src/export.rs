@@ -1,8 +1,6 @@
 //! The end of a build: the image config and manifest for the solved layer chain, names in the
 //! local store, and archives.
 
-use std::io::{BufWriter, Write};
-
 use kiln_oci::media_type::{self, LayerCompression};
 use kiln_oci::{Digest, ImageConfig, Reference};
 use kiln_progress::Progress;
@@ -10,7 +8,7 @@ use kiln_worker::{LayerRef, Value};
 
 use crate::build::BuildRequest;
 use crate::output::ExporterKind;
-use crate::{Engine, Result, io};
+use crate::{Engine, Result};
 
 impl Engine {
     /// Writes config and manifest for `value` and sends them to the request's outputs; returns
@@ -52,20 +50,16 @@ impl Engine {
                 (output.kind, &output.dest)
             {
                 v.status(&format!("sending tarball to {}", dest.display()));
-                let file = std::fs::File::create(dest)
-                    .map_err(io(format!("creating the output `{}`", dest.display())))?;
-                let out = BufWriter::new(file);
                 let tags = crate::export_names::output_names(req, output)?;
-                let mut out = if output.kind == ExporterKind::Oci {
-                    kiln_exporter::oci::write_archive(&self.content, &manifest, &tags, out)?
-                } else {
-                    kiln_exporter::docker::write_archive(&self.content, &manifest, &tags, out)?
-                };
-                out.flush()
-                    .map_err(io(format!("writing `{}`", dest.display())))?;
-                out.get_ref()
-                    .sync_all()
-                    .map_err(io(format!("writing `{}`", dest.display())))?;
+                let (content, kind) = (&self.content, output.kind);
+                crate::export_rootfs::write_to_dest(dest, !output.tar, |out| {
+                    if kind == ExporterKind::Oci {
+                        kiln_exporter::oci::write_archive(content, &manifest, &tags, out)?;
+                    } else {
+                        kiln_exporter::docker::write_archive(content, &manifest, &tags, out)?;
+                    }
+                    Ok(())
+                })?;
             }
         }
         v.done();

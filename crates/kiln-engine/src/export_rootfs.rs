@@ -5,7 +5,7 @@
 //! or through a pipe into the extractor for `local`, so no copy of the tree is staged.
 
 use std::io::{BufWriter, Write};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use kiln_progress::Vertex;
 use kiln_worker::LayerRef;
@@ -32,9 +32,11 @@ impl Engine {
         let rootfs = step.rootfs();
         let kind = output.kind;
         v.status(&format!("copying files to {}", dest.display()));
-        tokio::task::spawn_blocking(move || match kind {
-            ExporterKind::Local => write_dir(&rootfs, &dest),
-            _ => write_tarball(&rootfs, &dest),
+        tokio::task::spawn_blocking(move || {
+            write_to_dest(&dest, kind == ExporterKind::Local, |out| {
+                kiln_snapshot::write_tree_tar(&rootfs, out)?;
+                Ok(())
+            })
         })
         .await??;
         // Unmounted only now that nothing reads the merged view.
@@ -43,44 +45,44 @@ impl Engine {
     }
 }
 
-/// `dest=-` is standard output.
-fn write_tarball(rootfs: &Path, dest: &Path) -> Result<()> {
+/// Runs `produce` (a tar writer) into `dest`: standard output for `-`, the directory `dest`
+/// when `as_dir` (the tar extracted as it streams, merged with what is there, as BuildKit's
+/// local and `tar=false` exporters do), else the file `dest`, removed again on failure.
+pub(crate) fn write_to_dest(
+    dest: &Path,
+    as_dir: bool,
+    produce: impl FnOnce(&mut dyn Write) -> Result<()> + Send,
+) -> Result<()> {
     if dest == Path::new("-") {
-        let out = BufWriter::new(std::io::stdout().lock());
-        let mut out = kiln_snapshot::write_tree_tar(rootfs, out)?;
-        return out
-            .flush()
-            .map_err(io("writing the tar to standard output"));
+        let mut out = BufWriter::new(std::io::stdout().lock());
+        produce(&mut out)?;
+        return out.flush().map_err(io("writing to standard output"));
+    }
+    if as_dir {
+        return write_dir(dest, produce);
     }
     let what = || format!("writing `{}`", dest.display());
     let file = std::fs::File::create(dest).map_err(io(what()))?;
-    let result = (|| {
-        let mut out = kiln_snapshot::write_tree_tar(rootfs, BufWriter::new(file))?;
+    let mut out = BufWriter::new(file);
+    let result = produce(&mut out).and_then(|()| {
         out.flush().map_err(io(what()))?;
         out.get_ref().sync_all().map_err(io(what()))
-    })();
+    });
     if result.is_err() {
-        // A truncated tarball must not pass for the output.
+        // A truncated archive must not pass for the output.
         let _ = std::fs::remove_file(dest);
     }
     result
 }
 
-/// Merges the tree into `dest` (created if missing), as BuildKit's local exporter does:
-/// files already there and not in the image stay.
-fn write_dir(rootfs: &Path, dest: &Path) -> Result<()> {
+fn write_dir(dest: &Path, produce: impl FnOnce(&mut dyn Write) -> Result<()> + Send) -> Result<()> {
     std::fs::create_dir_all(dest).map_err(io(format!("creating `{}`", dest.display())))?;
     let (reader, writer) = std::io::pipe().map_err(io("creating a pipe"))?;
-    let rootfs: PathBuf = rootfs.to_path_buf();
     std::thread::scope(|s| {
         let producer = s.spawn(move || {
-            kiln_snapshot::write_tree_tar(&rootfs, BufWriter::with_capacity(256 * 1024, writer))
-                .and_then(|mut w| {
-                    w.flush().map_err(|source| kiln_snapshot::Error::Diff {
-                        path: rootfs.clone(),
-                        source,
-                    })
-                })
+            let mut out = BufWriter::with_capacity(256 * 1024, writer);
+            produce(&mut out)?;
+            out.flush().map_err(io("writing to the extractor"))
         });
         let mut reader = std::io::BufReader::with_capacity(256 * 1024, reader);
         let extracted = kiln_snapshot::extract_tar(&mut reader, dest).and_then(|()| {
@@ -89,13 +91,13 @@ fn write_dir(rootfs: &Path, dest: &Path) -> Result<()> {
                 .map(drop)
                 .map_err(|source| kiln_snapshot::Error::ReadTar { source })
         });
+        // Closing the pipe stops a writer the extractor gave up on.
         drop(reader);
         let produced = producer
             .join()
             .map_err(|_| Error::Usage("the tar writer thread panicked".into()))?;
         // The extractor's error explains a writer's broken pipe, so it comes first.
         extracted?;
-        produced?;
-        Ok(())
+        produced
     })
 }

@@ -251,8 +251,8 @@ impl Output {
             format!("--output type={},name-canonical", self.kind.name())
         } else if self.unpack && !stores {
             format!("--output type={},unpack", self.kind.name())
-        } else if !self.tar {
-            "--output tar=false".into()
+        } else if !self.tar && self.kind != ExporterKind::Oci {
+            format!("--output type={},tar=false", self.kind.name())
         } else if self.compression.is_some() {
             "--output compression".into()
         } else if self.compression_level.is_some() {
@@ -405,6 +405,7 @@ mod tests {
             "type=oci,dest=a,compression=zstd",
             "type=oci,dest=a,push=true",
             "type=local,dest=a,unpack=true",
+            "type=docker,dest=a,tar=false",
         ] {
             let o = Output::parse(spec).unwrap();
             assert!(
@@ -420,6 +421,8 @@ mod tests {
             r#"type=image,"name=a,b",push=true,push-by-digest=true,name-canonical=true,unpack=true"#,
             "type=registry,name=a",
             "type=docker,name=a",
+            "type=oci,dest=d,tar=false",
+            "type=docker,dest=-",
         ] {
             assert_eq!(Output::parse(spec).unwrap().unsupported(), None, "{spec}");
         }

@@ -395,3 +395,105 @@ fn several_outputs_in_one_build() {
         "app\n"
     );
 }
+
+/// Every regular file of a tar held in memory.
+fn tar_files(bytes: &[u8]) -> BTreeMap<String, Vec<u8>> {
+    tar_entries(bytes)
+        .into_iter()
+        .filter(|(_, e)| e.0 == tar::EntryType::Regular)
+        .map(|(p, e)| (p, e.4))
+        .collect()
+}
+
+/// Every regular file under `dir`, by relative path.
+fn dir_files(dir: &Path) -> BTreeMap<String, Vec<u8>> {
+    let mut found = BTreeMap::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).unwrap() {
+            let e = e.unwrap();
+            let ft = e.file_type().unwrap();
+            if ft.is_dir() {
+                stack.push(e.path());
+            } else if ft.is_file() {
+                let rel = e
+                    .path()
+                    .strip_prefix(dir)
+                    .unwrap()
+                    .to_string_lossy()
+                    .into_owned();
+                found.insert(rel, std::fs::read(e.path()).unwrap());
+            }
+        }
+    }
+    found
+}
+
+#[test]
+fn oci_layout_directory_and_archives_on_stdout() {
+    let Some(k) = Kiln::new("oci_layout_directory_and_archives_on_stdout") else {
+        return;
+    };
+    let ctx = k.context("ctx", &[("Dockerfile", "FROM busybox\nRUN echo o > /o\n")]);
+    let name = k.unique("layout");
+    let (archive, layout) = (k.dir().join("image.tar"), k.dir().join("layout"));
+    k.build(
+        &ctx,
+        &[
+            "-t",
+            &name,
+            "--output",
+            &format!("type=oci,dest={}", archive.display()),
+            "--output",
+            &format!("type=oci,tar=false,dest={}", layout.display()),
+        ],
+    )
+    .ok();
+    let in_dir = dir_files(&layout);
+    let (manifest, config) = crate::export_oci::layout_image(&in_dir);
+    assert_eq!(
+        manifest["layers"].as_array().unwrap().len(),
+        config["rootfs"]["diff_ids"].as_array().unwrap().len()
+    );
+    let in_tar = tar_files(&std::fs::read(&archive).unwrap());
+    assert_eq!(
+        in_dir.keys().collect::<Vec<_>>(),
+        in_tar.keys().collect::<Vec<_>>(),
+        "the directory holds what the tarball holds"
+    );
+    assert!(
+        in_dir == in_tar,
+        "the same bytes in the directory and the tarball"
+    );
+
+    // dest=- for oci and docker: the archive on standard output.
+    for (kind, check) in [("oci", "index.json"), ("docker", "manifest.json")] {
+        let out = k
+            .command(&[
+                "build",
+                "--progress",
+                "plain",
+                "-t",
+                &name,
+                "--output",
+                &format!("type={kind},dest=-"),
+            ])
+            .arg(&ctx)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let files = tar_files(&out.stdout);
+        assert!(files.contains_key(check), "{kind}: {:?}", files.keys());
+        let saved = k.dir().join(format!("stdout-{kind}.tar"));
+        std::fs::write(&saved, &out.stdout).unwrap();
+        if kind == "oci" {
+            kiln_exporter::verify::verify_oci_archive(&saved).expect("the OCI archive verifies");
+        } else {
+            k.kiln(&["load", "-i", &saved.to_string_lossy()]).ok();
+        }
+    }
+}

@@ -28,3 +28,4 @@ mod sandbox;
 mod storage;
 mod store;
 mod support;
+mod token_auth;

@@ -136,7 +136,7 @@ async fn run(cli: Cli) -> Result<ExitCode> {
         }
         Command::Tag(a) => {
             let engine = open_engine(&cli)?;
-            engine.tag(&parse_ref(&a.source)?, &parse_ref(&a.target)?)?;
+            engine.tag(&a.source, &parse_ref(&a.target)?)?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Du(a) => prune::du(&open_engine(&cli)?, a),

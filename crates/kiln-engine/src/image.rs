@@ -125,12 +125,10 @@ impl Engine {
     }
 
     /// Gives the image `src` another name.
-    pub fn tag(&self, src: &Reference, dst: &Reference) -> Result<()> {
-        let record = self
-            .images
-            .get(src)?
-            .ok_or_else(|| Error::NoSuchImage(src.whole()))?;
-        self.images.tag(dst, &record.manifest)?;
+    pub fn tag(&self, src: &str, dst: &Reference) -> Result<()> {
+        // By name or by ID, as `docker tag` takes either.
+        let found = self.find_image(src)?;
+        self.images.tag(dst, &found.manifest)?;
         Ok(())
     }
 

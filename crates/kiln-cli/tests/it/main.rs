@@ -18,6 +18,7 @@ mod git;
 mod imagetools;
 mod language;
 mod lint;
+mod load_unnamed;
 mod mounts;
 mod multistage;
 mod outputs;

@@ -136,7 +136,7 @@ async fn run(cli: Cli) -> Result<ExitCode> {
         }
         Command::Tag(a) => {
             let engine = open_engine(&cli)?;
-            engine.tag(&parse_ref(&a.source)?, &parse_ref(&a.target)?)?;
+            engine.tag(&a.source, &parse_ref(&a.target)?)?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Du(a) => prune::du(&open_engine(&cli)?, a),
@@ -193,7 +193,6 @@ async fn build(cli: &Cli, b: &BuildArgs) -> Result<ExitCode> {
         // buildx's words: the registry exporter pushes the image's names.
         bail!("tag is needed when pushing to registry");
     }
-    let push_tags = if b.push { tags.clone() } else { Vec::new() };
     let mut build_args = BTreeMap::new();
     for a in &b.build_arg {
         match a.split_once('=') {
@@ -212,11 +211,27 @@ async fn build(cli: &Cli, b: &BuildArgs) -> Result<ExitCode> {
     for o in &b.output {
         outputs.push(Output::parse(o)?);
     }
-    // `--push` is the image exporter with push=true: the image lands in the store, then goes out.
-    if (b.load || b.push || outputs.is_empty())
+    // buildx refuses to send an archive to a terminal.
+    if let Some(o) = outputs
+        .iter()
+        .find(|o| o.dest.as_deref() == Some(std::path::Path::new("-")))
+        && std::io::stdout().is_terminal()
+    {
+        bail!(
+            "dest file is required for {} exporter. refusing to write to console",
+            o.kind.name()
+        );
+    }
+    // `--push` is `type=registry` (the image lands in the store, then goes out); `--load` and
+    // no output at all are `type=image`.
+    if (b.load || outputs.is_empty())
+        && !b.push
         && !outputs.iter().any(|o| o.kind == ExporterKind::Image)
     {
         outputs.push(Output::new(ExporterKind::Image));
+    }
+    if b.push && !outputs.iter().any(|o| o.kind == ExporterKind::Registry) {
+        outputs.push(Output::new(ExporterKind::Registry));
     }
     let platform = match b.platform.as_deref() {
         None => None,
@@ -271,15 +286,7 @@ async fn build(cli: &Cli, b: &BuildArgs) -> Result<ExitCode> {
         ssh,
         run: run_opts::parse(b)?,
     };
-    let mut result = engine.build(req, &progress).await;
-    if result.is_ok() {
-        for tag in &push_tags {
-            if let Err(e) = engine.push(tag, &progress).await {
-                result = Err(e);
-                break;
-            }
-        }
-    }
+    let result = engine.build(req, &progress).await;
     progress.finish();
     let result = result?;
     if let Some(path) = &b.iidfile {
@@ -287,12 +294,7 @@ async fn build(cli: &Cli, b: &BuildArgs) -> Result<ExitCode> {
             .with_context(|| format!("writing `{}`", path.display()))?;
     }
     if let Some(path) = &b.metadata_file {
-        let names: Vec<String> = b
-            .tag
-            .iter()
-            .filter_map(|t| parse_ref(t).ok())
-            .map(|r| r.whole())
-            .collect();
+        let names = &result.names;
         let mut meta = serde_json::json!({
             "containerimage.config.digest": result.image_id.to_string(),
             "containerimage.digest": result.manifest.to_string(),

@@ -45,6 +45,8 @@ pub struct BuildResult {
     /// The config digest: what `docker images` calls the image ID.
     pub image_id: Digest,
     pub warnings: Vec<String>,
+    /// Every name the image got in the store or a registry (`image.name` in buildx's metadata).
+    pub names: Vec<String>,
 }
 
 impl Engine {
@@ -177,6 +179,7 @@ impl Engine {
             manifest: exported.0,
             image_id: exported.1,
             warnings: converted.warnings,
+            names: exported.2,
         })
     }
 }

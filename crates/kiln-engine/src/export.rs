@@ -1,8 +1,6 @@
 //! The end of a build: the image config and manifest for the solved layer chain, names in the
 //! local store, and archives.
 
-use std::io::{BufWriter, Write};
-
 use kiln_oci::media_type::{self, LayerCompression};
 use kiln_oci::{Digest, ImageConfig, Reference};
 use kiln_progress::Progress;
@@ -10,59 +8,62 @@ use kiln_worker::{LayerRef, Value};
 
 use crate::build::BuildRequest;
 use crate::output::ExporterKind;
-use crate::{Engine, Result, io};
+use crate::{Engine, Result};
 
 impl Engine {
     /// Writes config and manifest for `value` and sends them to the request's outputs; returns
-    /// (manifest digest, config digest).
+    /// (manifest digest, config digest, every name the image got).
     pub(crate) async fn export(
         &self,
         value: &Value,
         image: ImageConfig,
         req: &BuildRequest,
         progress: &Progress,
-    ) -> Result<(Digest, Digest)> {
+    ) -> Result<(Digest, Digest, Vec<String>)> {
         let v = progress.vertex("exporting to image");
         v.status("exporting layers");
-        self.fetch_missing_blobs(value.layers(), &v).await?;
+        // local, tar and cacheonly outputs need no layer blobs (the rootfs comes from the
+        // layer store), so a base image's are not pulled for them.
+        if req.outputs.is_empty() || req.outputs.iter().any(|o| o.kind.is_image()) {
+            self.fetch_missing_blobs(value.layers(), &v).await?;
+        }
         let (manifest, config) = self.write_image(value.layers(), image, req.tags.first())?;
         v.status(&format!("exporting manifest {manifest} done"));
         v.status(&format!("exporting config {config} done"));
         v.status(&format!("writing image {config} done"));
 
-        let wants_store = req.outputs.is_empty()
-            || req.outputs.iter().any(|o| {
-                matches!(o.kind, ExporterKind::Image | ExporterKind::Registry)
-                    || o.kind == ExporterKind::Docker && o.dest.is_none()
-            });
-        if wants_store {
-            for tag in &req.tags {
-                self.images.tag(tag, &manifest)?;
-                v.status(&format!("naming to {} done", tag.whole()));
-            }
-        }
+        let names = self
+            .export_names(&manifest, value.layers(), req, progress, &v)
+            .await?;
         for output in &req.outputs {
+            if matches!(output.kind, ExporterKind::Local | ExporterKind::Tar) {
+                let what = match output.kind {
+                    ExporterKind::Local => "exporting to client directory",
+                    _ => "exporting to client tarball",
+                };
+                let rv = progress.vertex(what);
+                self.export_rootfs(value.layers(), output, &rv).await?;
+                rv.done();
+                continue;
+            }
             if let (ExporterKind::Oci | ExporterKind::Docker, Some(dest)) =
                 (output.kind, &output.dest)
             {
                 v.status(&format!("sending tarball to {}", dest.display()));
-                let file = std::fs::File::create(dest)
-                    .map_err(io(format!("creating the output `{}`", dest.display())))?;
-                let out = BufWriter::new(file);
-                let mut out = if output.kind == ExporterKind::Oci {
-                    kiln_exporter::oci::write_archive(&self.content, &manifest, &req.tags, out)?
-                } else {
-                    kiln_exporter::docker::write_archive(&self.content, &manifest, &req.tags, out)?
-                };
-                out.flush()
-                    .map_err(io(format!("writing `{}`", dest.display())))?;
-                out.get_ref()
-                    .sync_all()
-                    .map_err(io(format!("writing `{}`", dest.display())))?;
+                let tags = crate::export_names::output_names(req, output)?;
+                let (content, kind) = (&self.content, output.kind);
+                crate::export_rootfs::write_to_dest(dest, !output.tar, |out| {
+                    if kind == ExporterKind::Oci {
+                        kiln_exporter::oci::write_archive(content, &manifest, &tags, out)?;
+                    } else {
+                        kiln_exporter::docker::write_archive(content, &manifest, &tags, out)?;
+                    }
+                    Ok(())
+                })?;
             }
         }
         v.done();
-        Ok((manifest, config))
+        Ok((manifest, config, names))
     }
 
     /// Base-image layers are only pulled when a step needs their files; an export needs them all.

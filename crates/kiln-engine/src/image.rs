@@ -125,12 +125,10 @@ impl Engine {
     }
 
     /// Gives the image `src` another name.
-    pub fn tag(&self, src: &Reference, dst: &Reference) -> Result<()> {
-        let record = self
-            .images
-            .get(src)?
-            .ok_or_else(|| Error::NoSuchImage(src.whole()))?;
-        self.images.tag(dst, &record.manifest)?;
+    pub fn tag(&self, src: &str, dst: &Reference) -> Result<()> {
+        // By name or by ID, as `docker tag` takes either.
+        let found = self.find_image(src)?;
+        self.images.tag(dst, &found.manifest)?;
         Ok(())
     }
 
@@ -157,7 +155,24 @@ impl Engine {
     /// when a local image of that repository holds them; the manifest last, only once every
     /// blob is there.
     pub async fn push(&self, name: &Reference, progress: &Progress) -> Result<Digest> {
-        let (_, manifest, bytes) = self.local_manifest(name)?;
+        let (digest, _, _) = self.local_manifest(name)?;
+        self.push_manifest_as(name, &digest, progress).await
+    }
+
+    /// [`Engine::push`] of the manifest `digest` from the content store under `name`; a `name`
+    /// without a tag pushes the manifest by digest only (`push-by-digest`).
+    pub(crate) async fn push_manifest_as(
+        &self,
+        name: &Reference,
+        digest: &Digest,
+        progress: &Progress,
+    ) -> Result<Digest> {
+        let bytes = self.content.read(digest)?;
+        let manifest: ImageManifest =
+            serde_json::from_slice(&bytes).map_err(|e| Error::Invalid {
+                what: format!("manifest `{digest}`"),
+                source: Box::new(e),
+            })?;
         let v = progress.vertex(format!("pushing {}", name.whole()));
         let mut blobs = vec![manifest.config().clone()];
         blobs.extend(manifest.layers().iter().cloned());

@@ -314,6 +314,20 @@ impl Engine {
             for name in &img.names {
                 self.images.tag(name, &img.manifest)?;
             }
+            // Kept without a name, usable by ID, listed as `<none>` (as `docker load` does).
+            if img.names.is_empty() {
+                let dangling = kiln_exporter::dangling_name(&img.manifest)
+                    .ok_or_else(|| Error::Reference(img.manifest.to_string()))?;
+                if self.images.get(&dangling)?.is_none()
+                    && !self
+                        .images
+                        .list()?
+                        .iter()
+                        .any(|r| r.manifest == img.manifest)
+                {
+                    self.images.tag(&dangling, &img.manifest)?;
+                }
+            }
         }
         Ok(loaded)
     }
@@ -343,7 +357,7 @@ impl Engine {
                 tags.push(format!("{repo}:{tag}"));
             }
             let digest = format!("{repo}@{}", r.manifest);
-            if !digests.contains(&digest) {
+            if !kiln_exporter::is_dangling(&r.name) && !digests.contains(&digest) {
                 digests.push(digest);
             }
         }

@@ -10,6 +10,8 @@ mod config;
 mod container;
 mod du;
 mod export;
+mod export_names;
+mod export_rootfs;
 mod git_context;
 mod image;
 mod images;

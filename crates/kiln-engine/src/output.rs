@@ -240,24 +240,19 @@ impl Output {
     /// The options of this output that kiln parses but does not implement yet, as the error a
     /// build fails with before it starts.
     pub fn unsupported(&self) -> Option<String> {
-        let what = if matches!(self.kind, ExporterKind::Local | ExporterKind::Tar) {
-            format!("--output type={}", self.kind.name())
-        } else if self.kind == ExporterKind::CacheOnly {
-            "--output type=cacheonly".into()
-        } else if self.kind == ExporterKind::Registry
-            || self.push && self.kind != ExporterKind::Image
-        {
+        let stores = crate::export_names::stores_image(self);
+        let what = if self.push && !stores {
             format!("--output type={},push=true", self.kind.name())
-        } else if !self.names.is_empty() {
+        } else if !self.names.is_empty() && !stores && !self.kind.is_image() {
             format!("--output type={},name=", self.kind.name())
-        } else if self.push_by_digest {
-            "--output push-by-digest".into()
-        } else if self.name_canonical {
-            "--output name-canonical".into()
-        } else if self.unpack {
-            "--output unpack".into()
-        } else if !self.tar {
-            "--output tar=false".into()
+        } else if self.push_by_digest && !stores {
+            format!("--output type={},push-by-digest", self.kind.name())
+        } else if self.name_canonical && !stores {
+            format!("--output type={},name-canonical", self.kind.name())
+        } else if self.unpack && !stores {
+            format!("--output type={},unpack", self.kind.name())
+        } else if !self.tar && self.kind != ExporterKind::Oci {
+            format!("--output type={},tar=false", self.kind.name())
         } else if self.compression.is_some() {
             "--output compression".into()
         } else if self.compression_level.is_some() {
@@ -406,16 +401,30 @@ mod tests {
 
     #[test]
     fn unimplemented_options_are_named() {
-        for spec in ["type=local,dest=x", "type=oci,dest=a,compression=zstd"] {
+        for spec in [
+            "type=oci,dest=a,compression=zstd",
+            "type=oci,dest=a,push=true",
+            "type=local,dest=a,unpack=true",
+            "type=docker,dest=a,tar=false",
+        ] {
             let o = Output::parse(spec).unwrap();
             assert!(
                 o.unsupported().unwrap().contains("not supported yet"),
                 "{spec}"
             );
         }
-        assert_eq!(
-            Output::parse("type=oci,dest=a").unwrap().unsupported(),
-            None
-        );
+        for spec in [
+            "type=oci,dest=a",
+            "type=local,dest=x",
+            "type=tar,dest=-",
+            "type=cacheonly",
+            r#"type=image,"name=a,b",push=true,push-by-digest=true,name-canonical=true,unpack=true"#,
+            "type=registry,name=a",
+            "type=docker,name=a",
+            "type=oci,dest=d,tar=false",
+            "type=docker,dest=-",
+        ] {
+            assert_eq!(Output::parse(spec).unwrap().unsupported(), None, "{spec}");
+        }
     }
 }

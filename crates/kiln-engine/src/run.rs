@@ -77,10 +77,19 @@ impl Engine {
             .iter()
             .map(|v| Volume::parse(v).map_err(invalid))
             .collect::<Result<Vec<_>>>()?;
-        let name: Reference = req
-            .image
-            .parse()
-            .map_err(|_| Error::Reference(req.image.clone()))?;
+        // A local name or image ID first, as `docker run` takes either; else a name to pull.
+        let local = self.find_image(&req.image).ok().and_then(|f| {
+            f.by_name
+                .clone()
+                .or_else(|| f.records.first().map(|r| r.name.clone()))
+        });
+        let name: Reference = match local {
+            Some(name) => name,
+            None => req
+                .image
+                .parse()
+                .map_err(|_| Error::Reference(req.image.clone()))?,
+        };
         let manifest = match self.images.get(&name)? {
             Some(record) => record.manifest,
             None => self.pull(&name, &Progress::discard()).await?,

@@ -23,10 +23,17 @@ pub const REPOSITORIES_FILE: &str = "repositories";
 pub struct ManifestEntry {
     #[serde(rename = "Config")]
     pub config: String,
-    #[serde(rename = "RepoTags", default)]
+    /// `null` (what `docker save` writes for an image saved by ID) reads as no names.
+    #[serde(rename = "RepoTags", default, deserialize_with = "null_as_empty")]
     pub repo_tags: Vec<String>,
     #[serde(rename = "Layers", default)]
     pub layers: Vec<String>,
+}
+
+fn null_as_empty<'de, D: serde::Deserializer<'de>>(
+    d: D,
+) -> std::result::Result<Vec<String>, D::Error> {
+    Ok(Option::<Vec<String>>::deserialize(d)?.unwrap_or_default())
 }
 
 /// Writes a `docker load` archive of the single-platform image whose manifest is `manifest`,

@@ -88,6 +88,10 @@ impl ImageStore {
         };
         let _lock = self.lock()?;
         let mut state = self.load()?;
+        // A name replaces the stand-in an unnamed load left.
+        if let Some(dangling) = dangling_name(manifest).filter(|d| d != name) {
+            state.images.remove(&dangling.whole());
+        }
         state.images.insert(name.whole(), record);
         self.save(&state)
     }
@@ -191,10 +195,29 @@ impl ImageStore {
     }
 }
 
+/// The repository an image loaded without a name is kept under, by manifest digest (as
+/// Docker's containerd image store keeps one); listed as `<none>:<none>`.
+const DANGLING_REPOSITORY: &str = "library/moby-dangling";
+
+/// The name kept for the unnamed image whose manifest is `manifest`.
+pub fn dangling_name(manifest: &Digest) -> Option<Reference> {
+    format!("docker.io/{DANGLING_REPOSITORY}@{manifest}")
+        .parse()
+        .ok()
+}
+
+/// Whether `r` is a [`dangling_name`].
+pub fn is_dangling(r: &Reference) -> bool {
+    r.registry() == "docker.io" && r.repository() == DANGLING_REPOSITORY && r.tag().is_none()
+}
+
 /// A name the way Docker shows it: `hello:latest` for `docker.io/library/hello:latest`,
 /// `user/app` for Docker Hub users, the registry kept for everything else. A name with only a
 /// digest has tag `<none>`.
 pub fn familiar_name(r: &Reference) -> (String, String) {
+    if is_dangling(r) {
+        return ("<none>".into(), "<none>".into());
+    }
     let repo = match (r.registry(), r.repository()) {
         // Docker drops `library/` only for one-component official names.
         ("docker.io", repo) => match repo.strip_prefix("library/") {
@@ -233,6 +256,9 @@ mod tests {
         let d = kiln_oci::sha256(b"x");
         let r: Reference = format!("busybox@{d}").parse().unwrap();
         assert_eq!(familiar_name(&r), ("busybox".into(), "<none>".into()));
+        let dangling = dangling_name(&d).unwrap();
+        assert!(is_dangling(&dangling) && !is_dangling(&r));
+        assert_eq!(familiar_name(&dangling), ("<none>".into(), "<none>".into()));
     }
 
     #[test]

@@ -27,6 +27,12 @@ pub(crate) const OPAQUE_MARKER: &str = ".wh..wh..opq";
 /// Extracts every entry of the tar stream `reader` into the existing empty directory `root`.
 /// Reads only up to the end-of-archive marker; the caller drains what follows.
 pub(crate) fn apply(reader: impl Read, root: &Path) -> Result<()> {
+    apply_with(reader, root, true)
+}
+
+/// [`apply`], keeping the owners of the archive's entries only when `owners` is set (an
+/// unprivileged process cannot chown).
+pub(crate) fn apply_with(reader: impl Read, root: &Path, owners: bool) -> Result<()> {
     let root_fd = rustix::fs::open(
         root,
         OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
@@ -40,6 +46,7 @@ pub(crate) fn apply(reader: impl Read, root: &Path) -> Result<()> {
         root,
         root_fd,
         dir_times: Vec::new(),
+        owners,
     };
     let mut archive = tar::Archive::new(reader);
     for entry in archive.entries().map_err(read_tar)? {
@@ -58,6 +65,7 @@ struct Extractor<'a> {
     root_fd: OwnedFd,
     /// Directory mtimes are applied last: creating children would bump them again.
     dir_times: Vec<(Vec<OsString>, Timestamps)>,
+    owners: bool,
 }
 
 /// The metadata an entry's header (and PAX records) ask for.
@@ -67,6 +75,8 @@ struct Meta {
     mode: Mode,
     times: Timestamps,
     xattrs: Vec<(String, Vec<u8>)>,
+    /// Whether to chown to `uid`/`gid`.
+    chown: bool,
 }
 
 impl Extractor<'_> {
@@ -82,7 +92,8 @@ impl Extractor<'_> {
             // Global PAX records describe the archive, not a file.
             return Ok(());
         }
-        let meta = read_meta(&mut entry).map_err(|reason| bad(&reason))?;
+        let mut meta = read_meta(&mut entry).map_err(|reason| bad(&reason))?;
+        meta.chown = self.owners;
         let ctx = |source: io::Error| Error::Extract {
             path: shown.clone(),
             source,
@@ -333,7 +344,9 @@ fn remove_existing(parent: impl AsFd, name: &OsStr, full: &Path) -> io::Result<(
 }
 
 fn set_ids(fd: impl AsFd, meta: &Meta) -> io::Result<()> {
-    rustix::fs::fchown(fd, Some(meta.uid), Some(meta.gid))?;
+    if meta.chown {
+        rustix::fs::fchown(fd, Some(meta.uid), Some(meta.gid))?;
+    }
     Ok(())
 }
 
@@ -357,13 +370,15 @@ fn set_path_meta(
     chmod: bool,
 ) -> io::Result<()> {
     let parent = parent.as_fd();
-    rustix::fs::chownat(
-        parent,
-        name,
-        Some(meta.uid),
-        Some(meta.gid),
-        AtFlags::SYMLINK_NOFOLLOW,
-    )?;
+    if meta.chown {
+        rustix::fs::chownat(
+            parent,
+            name,
+            Some(meta.uid),
+            Some(meta.gid),
+            AtFlags::SYMLINK_NOFOLLOW,
+        )?;
+    }
     if chmod {
         // Only reached for device nodes and fifos we just created, never a symlink.
         rustix::fs::chmodat(parent, name, meta.mode, AtFlags::empty())?;
@@ -420,6 +435,7 @@ fn read_meta<R: Read>(entry: &mut tar::Entry<'_, R>) -> std::result::Result<Meta
             last_modification: mtime,
         },
         xattrs,
+        chown: true,
     })
 }
 

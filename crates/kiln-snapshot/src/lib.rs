@@ -94,6 +94,19 @@ fn kernel_message(detail: &Option<String>) -> String {
 
 pub type Result<T> = std::result::Result<T, Error>;
 
+/// Writes a plain directory tree (such as the merged view of a mounted chain) as a tar into
+/// `out`, the same way a layer is serialised, and returns `out` once the archive is finished.
+pub fn write_tree_tar<W: io::Write>(dir: &std::path::Path, out: W) -> Result<W> {
+    diff::write_tar(dir, out)
+}
+
+/// Extracts the tar stream `reader` into the existing directory `dest`, merging with what is
+/// there (an entry replaces a file of the same path), never writing outside `dest` or through
+/// a symlink. Owners are kept only when running as root.
+pub fn extract_tar(reader: impl io::Read, dest: &std::path::Path) -> Result<()> {
+    apply::apply_with(reader, dest, rustix::process::geteuid().is_root())
+}
+
 pub(crate) fn io_err(path: impl Into<PathBuf>) -> impl FnOnce(io::Error) -> Error {
     let path = path.into();
     move |source| Error::Io { path, source }

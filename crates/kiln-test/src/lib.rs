@@ -4,12 +4,14 @@
 mod dockerd;
 mod proxy;
 mod registry;
+mod token;
 
 use std::path::PathBuf;
 
 pub use dockerd::Dockerd;
 pub use proxy::{Fault, FaultProxy};
 pub use registry::{Certificates, RegistryOptions, TestRegistry};
+pub use token::{ISSUER, SERVICE, TokenRequest, TokenServer};
 
 /// The first `name` on PATH.
 pub fn find_program(name: &str) -> Option<PathBuf> {

@@ -17,6 +17,8 @@ pub struct RegistryOptions {
     pub tls: bool,
     /// With `tls`, also require a client certificate signed by that CA.
     pub client_certs: bool,
+    /// Require bearer tokens from a [`TokenServer`] started for this user and password.
+    pub token: Option<(String, String)>,
 }
 
 /// A running registry, killed when dropped.
@@ -26,6 +28,8 @@ pub struct TestRegistry {
     pub host: String,
     dir: tempfile::TempDir,
     pub tls: Option<Certificates>,
+    /// With `token`, the server the registry sends clients to.
+    pub token_server: Option<crate::TokenServer>,
 }
 
 /// PEM files under the registry's directory.
@@ -48,7 +52,7 @@ impl TestRegistry {
     /// for TLS, `openssl` is not installed; panics instead when externals are required.
     pub fn start(options: RegistryOptions) -> Option<TestRegistry> {
         let mut needed = vec!["docker-registry"];
-        if options.tls {
+        if options.tls || options.token.is_some() {
             needed.push("openssl");
         }
         for program in needed {
@@ -98,6 +102,19 @@ impl TestRegistry {
                 file.display()
             ));
         }
+        let mut token_server = None;
+        if let Some((user, password)) = &options.token {
+            let server = crate::TokenServer::start(dir.path(), user, password)?;
+            yaml.push_str(&format!(
+                "auth:\n  token:\n    realm: {}\n    service: {}\n    issuer: {}\n    \
+                 rootcertbundle: {}\n",
+                server.realm,
+                crate::SERVICE,
+                crate::ISSUER,
+                server.cert.display()
+            ));
+            token_server = Some(server);
+        }
         let config = dir.path().join("config.yml");
         std::fs::write(&config, yaml)?;
         let log = std::fs::File::create(dir.path().join("registry.log"))?;
@@ -113,6 +130,7 @@ impl TestRegistry {
             host,
             dir,
             tls,
+            token_server,
         };
         let deadline = Instant::now() + Duration::from_secs(20);
         while TcpStream::connect(&registry.host).is_err() {

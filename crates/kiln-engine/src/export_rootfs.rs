@@ -1,0 +1,103 @@
+//! `--output type=local` and `type=tar`: the target's final root filesystem, not an image.
+//!
+//! The chain is mounted as an overlay (so whiteouts and opaque directories are already
+//! applied) and its merged view is streamed as a tar: into a file or standard output for `tar`,
+//! or through a pipe into the extractor for `local`, so no copy of the tree is staged.
+
+use std::io::{BufWriter, Write};
+use std::path::Path;
+
+use kiln_progress::Vertex;
+use kiln_worker::LayerRef;
+
+use crate::output::{ExporterKind, Output};
+use crate::{Engine, Error, Result, io};
+
+impl Engine {
+    /// Writes the root filesystem of `layers` where `output` (local or tar) says.
+    pub(crate) async fn export_rootfs(
+        &self,
+        layers: &[LayerRef],
+        output: &Output,
+        v: &Vertex,
+    ) -> Result<()> {
+        let Some(dest) = output.dest.clone() else {
+            return Err(Error::Usage(format!(
+                "type={} needs dest=",
+                output.kind.name()
+            )));
+        };
+        let worker = self.worker(None);
+        let step = worker.prepare(layers, v).await?;
+        let rootfs = step.rootfs();
+        let kind = output.kind;
+        v.status(&format!("copying files to {}", dest.display()));
+        tokio::task::spawn_blocking(move || {
+            write_to_dest(&dest, kind == ExporterKind::Local, |out| {
+                kiln_snapshot::write_tree_tar(&rootfs, out)?;
+                Ok(())
+            })
+        })
+        .await??;
+        // Unmounted only now that nothing reads the merged view.
+        drop(step);
+        Ok(())
+    }
+}
+
+/// Runs `produce` (a tar writer) into `dest`: standard output for `-`, the directory `dest`
+/// when `as_dir` (the tar extracted as it streams, merged with what is there, as BuildKit's
+/// local and `tar=false` exporters do), else the file `dest`, removed again on failure.
+pub(crate) fn write_to_dest(
+    dest: &Path,
+    as_dir: bool,
+    produce: impl FnOnce(&mut dyn Write) -> Result<()> + Send,
+) -> Result<()> {
+    if dest == Path::new("-") {
+        let mut out = BufWriter::new(std::io::stdout().lock());
+        produce(&mut out)?;
+        return out.flush().map_err(io("writing to standard output"));
+    }
+    if as_dir {
+        return write_dir(dest, produce);
+    }
+    let what = || format!("writing `{}`", dest.display());
+    let file = std::fs::File::create(dest).map_err(io(what()))?;
+    let mut out = BufWriter::new(file);
+    let result = produce(&mut out).and_then(|()| {
+        out.flush().map_err(io(what()))?;
+        out.get_ref().sync_all().map_err(io(what()))
+    });
+    if result.is_err() {
+        // A truncated archive must not pass for the output.
+        let _ = std::fs::remove_file(dest);
+    }
+    result
+}
+
+fn write_dir(dest: &Path, produce: impl FnOnce(&mut dyn Write) -> Result<()> + Send) -> Result<()> {
+    std::fs::create_dir_all(dest).map_err(io(format!("creating `{}`", dest.display())))?;
+    let (reader, writer) = std::io::pipe().map_err(io("creating a pipe"))?;
+    std::thread::scope(|s| {
+        let producer = s.spawn(move || {
+            let mut out = BufWriter::with_capacity(256 * 1024, writer);
+            produce(&mut out)?;
+            out.flush().map_err(io("writing to the extractor"))
+        });
+        let mut reader = std::io::BufReader::with_capacity(256 * 1024, reader);
+        let extracted = kiln_snapshot::extract_tar(&mut reader, dest).and_then(|()| {
+            // The zero blocks after the end marker: the writer must not see a closed pipe.
+            std::io::copy(&mut reader, &mut std::io::sink())
+                .map(drop)
+                .map_err(|source| kiln_snapshot::Error::ReadTar { source })
+        });
+        // Closing the pipe stops a writer the extractor gave up on.
+        drop(reader);
+        let produced = producer
+            .join()
+            .map_err(|_| Error::Usage("the tar writer thread panicked".into()))?;
+        // The extractor's error explains a writer's broken pipe, so it comes first.
+        extracted?;
+        produced
+    })
+}

@@ -369,7 +369,7 @@ mod tests {
         };
         let (lower, upper, work, target) = (d("lower"), d("upper"), d("work"), d("merged"));
         fs::write(lower.join("f"), b"from lower").unwrap();
-        mount_classic(std::slice::from_ref(&lower), &upper, &work, &target).unwrap();
+        mount_classic(std::slice::from_ref(&lower), &upper, &work, &target, false).unwrap();
         let mut mount = OverlayMount {
             target: target.clone(),
             empty_lower: None,
@@ -380,7 +380,7 @@ mod tests {
         assert!(!target.join("f").exists());
 
         let odd = d("a:b");
-        let err = mount_classic(&[odd], &upper, &work, &target).unwrap_err();
+        let err = mount_classic(&[odd], &upper, &work, &target, false).unwrap_err();
         assert!(matches!(err, Error::MountPath(_)), "{err:?}");
     }
 

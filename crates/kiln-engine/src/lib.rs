@@ -143,6 +143,8 @@ pub struct Engine {
     registry: Arc<kiln_registry::Client>,
     /// Entitlements a build may be granted (`insecure-entitlements`).
     insecure_entitlements: std::collections::BTreeSet<Entitlement>,
+    /// `copy-stream` (default true): COPY from the context streams its layer.
+    copy_stream: bool,
 }
 
 impl Engine {
@@ -192,6 +194,7 @@ impl Engine {
             executor,
             registry: Arc::new(registry),
             insecure_entitlements: config.insecure_entitlements(),
+            copy_stream: config.copy_stream.unwrap_or(true),
         })
     }
 
@@ -212,5 +215,6 @@ impl Engine {
             context,
             self.root.join("tmp"),
         )
+        .with_copy_stream(self.copy_stream)
     }
 }

@@ -7,6 +7,7 @@
 mod cache;
 mod concurrent;
 mod config;
+mod copystream;
 mod dockerignore;
 mod errors;
 mod example;

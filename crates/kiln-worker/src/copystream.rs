@@ -491,3 +491,143 @@ impl crate::LlbWorker {
         Ok(Some(crate::Value::Rootfs { layers }))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+
+    struct Fixture {
+        _dir: tempfile::TempDir,
+        ctx: std::path::PathBuf,
+        lower: std::path::PathBuf,
+        content: ContentStore,
+    }
+
+    fn fixture() -> Fixture {
+        let dir = tempfile::tempdir().unwrap();
+        let (ctx, lower) = (dir.path().join("ctx"), dir.path().join("lower"));
+        fs::create_dir_all(&ctx).unwrap();
+        fs::create_dir_all(&lower).unwrap();
+        let content = ContentStore::open(dir.path().join("content")).unwrap();
+        Fixture {
+            _dir: dir,
+            ctx,
+            lower,
+            content,
+        }
+    }
+
+    fn run(f: &Fixture, sources: &[&str], dest: &str, owner: (u32, u32)) -> Outcome {
+        let sources: Vec<String> = sources.iter().map(|s| s.to_string()).collect();
+        let req = Request {
+            src_root: &f.ctx,
+            matcher: None,
+            sources: &sources,
+            parents: false,
+            exclude: None,
+            dest,
+            owner,
+            chmod: None,
+            lower: &f.lower,
+        };
+        stream(&req, &f.content).unwrap()
+    }
+
+    /// (name, mode, uid) of each entry of the blob, in order.
+    fn entries(f: &Fixture, digest: &Digest) -> Vec<(String, u32, u64)> {
+        let bytes = f.content.read(digest).unwrap();
+        assert_eq!(&kiln_oci::sha256(&bytes), digest, "digest is the diffID");
+        let mut ar = tar::Archive::new(&bytes[..]);
+        ar.entries()
+            .unwrap()
+            .map(|e| {
+                let e = e.unwrap();
+                let h = e.header();
+                (
+                    e.path().unwrap().display().to_string(),
+                    h.mode().unwrap(),
+                    h.uid().unwrap(),
+                )
+            })
+            .collect()
+    }
+
+    #[test]
+    fn new_destination_lists_its_parents_first() {
+        let f = fixture();
+        fs::create_dir_all(f.ctx.join("d/sub")).unwrap();
+        fs::write(f.ctx.join("d/sub/x"), "x").unwrap();
+        fs::set_permissions(f.ctx.join("d/sub/x"), fs::Permissions::from_mode(0o640)).unwrap();
+        let Outcome::Layer { digest, .. } = run(&f, &["d"], "/a/b/", (7, 8)) else {
+            panic!("expected a layer");
+        };
+        assert_eq!(
+            entries(&f, &digest),
+            [
+                ("a/".into(), 0o755, 7),
+                ("a/b/".into(), 0o755, 7),
+                ("a/b/sub/".into(), 0o755, 7),
+                ("a/b/sub/x".into(), 0o640, 7),
+            ]
+        );
+    }
+
+    #[test]
+    fn unchanged_existing_dirs_are_listed_only_above_a_change() {
+        let f = fixture();
+        for d in ["etc", "home"] {
+            fs::create_dir_all(f.lower.join(d)).unwrap();
+            fs::create_dir_all(f.ctx.join(d)).unwrap();
+            for p in [&f.lower, &f.ctx] {
+                fs::set_permissions(p.join(d), fs::Permissions::from_mode(0o755)).unwrap();
+            }
+        }
+        fs::write(f.ctx.join("etc/x"), "x").unwrap();
+        let m = fs::metadata(f.lower.join("etc")).unwrap();
+        let Outcome::Layer { digest, .. } = run(&f, &["."], "/", (m.uid(), m.gid())) else {
+            panic!("expected a layer");
+        };
+        let names: Vec<String> = entries(&f, &digest).into_iter().map(|e| e.0).collect();
+        assert_eq!(names, ["etc/", "etc/x"]);
+    }
+
+    #[test]
+    fn empty_source_dir_into_an_existing_dir_is_no_layer() {
+        let f = fixture();
+        fs::create_dir_all(f.ctx.join("empty")).unwrap();
+        fs::create_dir_all(f.lower.join("tmp")).unwrap();
+        assert!(matches!(
+            run(&f, &["empty"], "/tmp/", (0, 0)),
+            Outcome::Empty
+        ));
+        assert_eq!(
+            fs::read_dir(f.content.root().join("ingest"))
+                .unwrap()
+                .count(),
+            0
+        );
+    }
+
+    #[test]
+    fn cases_the_stream_cannot_match_fall_back() {
+        let f = fixture();
+        fs::write(f.ctx.join("a"), "a").unwrap();
+        std::os::unix::fs::symlink("tmp", f.lower.join("link")).unwrap();
+        fs::create_dir_all(f.lower.join("tmp/a")).unwrap();
+        fs::write(f.lower.join("file"), "f").unwrap();
+        // Through a symlink, a file over a directory, a directory under a file.
+        for dest in ["/link/", "/tmp/", "/file/sub/"] {
+            assert!(
+                matches!(run(&f, &["a"], dest, (0, 0)), Outcome::Fallback(_)),
+                "{dest}"
+            );
+        }
+        assert_eq!(
+            fs::read_dir(f.content.root().join("ingest"))
+                .unwrap()
+                .count(),
+            0
+        );
+    }
+}

@@ -60,7 +60,7 @@ pub(crate) fn stream(req: &Request<'_>, content: &ContentStore) -> Result<Outcom
         .map_err(Error::Source)?;
     let blob = content.writer()?;
     let mut w = LayerWriter {
-        tar: tar::Builder::new(BufWriter::with_capacity(256 * 1024, blob)),
+        tar: tar::Builder::new(BufWriter::with_capacity(CHUNK, Pipe::new(blob))),
         lower: req.lower,
         now: std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
@@ -81,10 +81,10 @@ pub(crate) fn stream(req: &Request<'_>, content: &ContentStore) -> Result<Outcom
         return Ok(Outcome::Empty);
     }
     let buffered = w.tar.into_inner().map_err(layer_io)?;
-    let blob: BlobWriter = buffered
+    let pipe = buffered
         .into_inner()
         .map_err(|e| layer_io(e.into_error()))?;
-    let (digest, size) = blob.commit(None)?;
+    let (digest, size) = pipe.finish().map_err(layer_io)?.commit(None)?;
     Ok(Outcome::Layer { digest, size })
 }
 
@@ -123,7 +123,7 @@ fn fallback_reason(e: &SourceError) -> Option<&'static str> {
 }
 
 struct LayerWriter<'a> {
-    tar: tar::Builder<BufWriter<BlobWriter>>,
+    tar: tar::Builder<BufWriter<Pipe>>,
     lower: &'a Path,
     now: u64,
     /// In-image paths written so far (tracked when several sources might overlap).
@@ -357,6 +357,74 @@ impl LayerWriter<'_> {
             }
             end += 1;
         }
+        Ok(())
+    }
+}
+
+/// Bytes handed to the pipe's thread at a time.
+const CHUNK: usize = 1024 * 1024;
+
+/// Writes into a blob from a thread of its own, so hashing and writing the blob overlap with
+/// reading the context (each is about half the work). At most a few chunks are in flight.
+struct Pipe {
+    tx: Option<std::sync::mpsc::SyncSender<Vec<u8>>>,
+    thread: Option<std::thread::JoinHandle<io::Result<BlobWriter>>>,
+}
+
+impl Pipe {
+    fn new(mut blob: BlobWriter) -> Pipe {
+        let (tx, rx) = std::sync::mpsc::sync_channel::<Vec<u8>>(4);
+        let thread = std::thread::spawn(move || {
+            for chunk in rx {
+                io::Write::write_all(&mut blob, &chunk)?;
+            }
+            Ok(blob)
+        });
+        Pipe {
+            tx: Some(tx),
+            thread: Some(thread),
+        }
+    }
+
+    /// Waits for every chunk to be written and returns the blob, not yet committed.
+    fn finish(mut self) -> io::Result<BlobWriter> {
+        self.tx.take();
+        self.join()
+    }
+
+    fn join(&mut self) -> io::Result<BlobWriter> {
+        match self.thread.take().map(|t| t.join()) {
+            Some(Ok(result)) => result,
+            Some(Err(_)) => Err(io::Error::other("the blob writer thread panicked")),
+            None => Err(io::Error::other("the blob writer thread is gone")),
+        }
+    }
+}
+
+impl Drop for Pipe {
+    /// An unfinished pipe waits for its thread, which drops (removes) the blob.
+    fn drop(&mut self) {
+        self.tx.take();
+        let _ = self.join();
+    }
+}
+
+impl io::Write for Pipe {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        match self.tx.as_ref().map(|tx| tx.send(buf.to_vec())) {
+            Some(Ok(())) => Ok(buf.len()),
+            // The thread stopped on an error: report it (dropping the blob removes it).
+            _ => {
+                self.tx.take();
+                Err(self
+                    .join()
+                    .err()
+                    .unwrap_or_else(|| io::Error::other("the blob writer thread stopped")))
+            }
+        }
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
         Ok(())
     }
 }

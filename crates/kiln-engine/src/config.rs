@@ -26,6 +26,10 @@ pub struct Config {
     /// them, since kiln has no daemon and whoever runs it already runs it as root.
     #[serde(default, rename = "insecure-entitlements")]
     pub insecure_entitlements: Option<Vec<String>>,
+    /// kiln's own: `false` makes COPY from the context create its files in the step's overlay
+    /// and diff them, as other steps do, instead of streaming its layer from the context.
+    #[serde(default, rename = "copy-stream")]
+    pub copy_stream: Option<bool>,
 }
 
 impl Config {

@@ -145,6 +145,8 @@ pub struct Engine {
     registry: Arc<kiln_registry::Client>,
     /// Entitlements a build may be granted (`insecure-entitlements`).
     insecure_entitlements: std::collections::BTreeSet<Entitlement>,
+    /// `copy-stream` (default true): COPY from the context streams its layer.
+    copy_stream: bool,
 }
 
 impl Engine {
@@ -194,6 +196,7 @@ impl Engine {
             executor,
             registry: Arc::new(registry),
             insecure_entitlements: config.insecure_entitlements(),
+            copy_stream: config.copy_stream.unwrap_or(true),
         })
     }
 
@@ -214,5 +217,6 @@ impl Engine {
             context,
             self.root.join("tmp"),
         )
+        .with_copy_stream(self.copy_stream)
     }
 }

@@ -6,6 +6,7 @@
 
 mod add;
 pub mod cachemount;
+mod copystream;
 mod fsutil;
 pub mod git;
 mod hashcache;
@@ -185,6 +186,8 @@ pub struct LlbWorker {
     /// `KEY=value` proxy settings every RUN gets unless its env sets the key.
     proxy_env: Vec<String>,
     ssh: SshAgents,
+    /// COPY from the context streams its layer (copystream.rs) instead of writing files.
+    copy_stream: bool,
 }
 
 impl LlbWorker {
@@ -212,7 +215,15 @@ impl LlbWorker {
             hashes: None,
             proxy_env: Vec::new(),
             ssh: SshAgents::default(),
+            copy_stream: true,
         }
+    }
+
+    /// Whether a COPY from the context streams its layer without creating files (the default)
+    /// or copies files into an overlay like other steps.
+    pub fn with_copy_stream(mut self, on: bool) -> Self {
+        self.copy_stream = on;
+        self
     }
 
     /// Remembers context files' digests in `table` across builds (see [`FileHashes`]).
@@ -767,6 +778,14 @@ impl LlbWorker {
             None if keep_owner => Owner::Keep,
             None => Owner::Set { uid: 0, gid: 0 },
         };
+        // Local files only: an ADD that may unpack archives copies files.
+        if let (Value::Context, Owner::Set { uid, gid }) = (source, owner)
+            && self.copy_stream
+            && !op.unpack
+            && let Some(value) = self.copy_stream(op, &step, (uid, gid), progress).await?
+        {
+            return Ok(value);
+        }
         let (sources, dest, parents) = (op.sources.clone(), op.dest.clone(), op.parents);
         let chmod = op
             .chmod()

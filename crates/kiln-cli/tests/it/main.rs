@@ -7,6 +7,7 @@
 mod cache;
 mod concurrent;
 mod config;
+mod copystream;
 mod docker_pull;
 mod dockerignore;
 mod errors;

@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use futures::FutureExt;
 use futures::future::BoxFuture;
 use kiln_frontend::{BoxError, BuildOpts, ImageResolver, ResolvedImage};
-use kiln_oci::{Digest, History, ImageManifest, Platform, Reference, Sha256Writer};
+use kiln_oci::{Digest, History, ImageManifest, Platform, Reference};
 use kiln_progress::Progress;
 use kiln_worker::LayerRef;
 
@@ -77,19 +77,16 @@ impl Engine {
             } else {
                 Box::new(reader)
             };
-            // One pass: the diffID hashes the tar, the blob digest hashes its gzip.
-            let blob = content.writer()?;
-            let gz = flate2::write::GzEncoder::new(blob, flate2::Compression::default());
-            let mut tee = Sha256Writer::new(gz);
-            std::io::copy(&mut input, &mut tee).map_err(io(what.clone()))?;
-            let (gz, diff_id, _) = tee.finish();
-            let blob = gz.finish().map_err(io(what))?;
+            // Stored uncompressed like a build step's layer: the blob digest is the diffID.
+            let mut blob = std::io::BufWriter::new(content.writer()?);
+            std::io::copy(&mut input, &mut blob).map_err(io(what.clone()))?;
+            let blob = blob.into_inner().map_err(|e| io(what)(e.into_error()))?;
             let (digest, size) = blob.commit(None)?;
             Ok(LayerRef {
-                diff_id: Some(diff_id),
+                diff_id: Some(digest.clone()),
                 blob: Some(digest),
                 size,
-                media_type: kiln_oci::media_type::DOCKER_LAYER_GZIP.into(),
+                media_type: kiln_oci::media_type::DOCKER_LAYER_TAR.into(),
                 source: None,
             })
         })

@@ -519,7 +519,7 @@ impl LlbWorker {
         } else {
             let (store, content) = (self.layers.clone(), self.content.clone());
             let blob = tokio::task::spawn_blocking(move || {
-                store.commit_upper(&upper, &content, Compression::Gzip)
+                store.commit_upper(&upper, &content, Compression::Uncompressed)
             })
             .await??;
             layers.push(LayerRef {

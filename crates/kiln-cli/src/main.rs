@@ -271,17 +271,29 @@ async fn build(cli: &Cli, b: &BuildArgs) -> Result<ExitCode> {
         ssh,
         run: run_opts::parse(b)?,
     };
+    let push_opts = req.push_opts();
     let mut result = engine.build(req, &progress).await;
+    // The pushed manifest is what --metadata-file describes (its layers are compressed).
+    let mut pushed = None;
     if result.is_ok() {
         for tag in &push_tags {
-            if let Err(e) = engine.push(tag, &progress).await {
-                result = Err(e);
-                break;
+            match engine.push_with(tag, &push_opts, &progress).await {
+                Ok(p) => pushed = Some(p),
+                Err(e) => {
+                    result = Err(e);
+                    break;
+                }
             }
         }
     }
     progress.finish();
-    let result = result?;
+    let mut result = result?;
+    if let Some(p) = pushed {
+        result.manifest = p.manifest;
+        result.manifest_media_type = p.media_type;
+        result.manifest_size = p.size;
+        result.image_id = p.config;
+    }
     if let Some(path) = &b.iidfile {
         std::fs::write(path, result.image_id.to_string())
             .with_context(|| format!("writing `{}`", path.display()))?;

@@ -30,6 +30,19 @@ impl Engine {
         v.status(&format!("exporting config {config} done"));
         v.status(&format!("writing image {config} done"));
 
+        // `rewrite-timestamp` on the image output: the store names the rewritten image.
+        let (manifest, config) =
+            match req.outputs.iter().find(|o| {
+                o.kind == ExporterKind::Image && o.rewrite_timestamp && req.epoch().is_some()
+            }) {
+                Some(o) => {
+                    let mut opts = o.export_opts(req.epoch());
+                    opts.compression = kiln_exporter::compress::ExportOpts::store().compression;
+                    let e = self.exported_manifest(&manifest, &opts).await?;
+                    (e.manifest, e.config)
+                }
+                None => (manifest, config),
+            };
         let wants_store = req.outputs.is_empty()
             || req.outputs.iter().any(|o| {
                 matches!(o.kind, ExporterKind::Image | ExporterKind::Registry)
@@ -45,14 +58,19 @@ impl Engine {
             if let (ExporterKind::Oci | ExporterKind::Docker, Some(dest)) =
                 (output.kind, &output.dest)
             {
+                v.status("compressing layers");
+                let exported = self
+                    .exported_manifest(&manifest, &output.export_opts(req.epoch()))
+                    .await?;
+                let manifest = &exported.manifest;
                 v.status(&format!("sending tarball to {}", dest.display()));
                 let file = std::fs::File::create(dest)
                     .map_err(io(format!("creating the output `{}`", dest.display())))?;
                 let out = BufWriter::new(file);
                 let mut out = if output.kind == ExporterKind::Oci {
-                    kiln_exporter::oci::write_archive(&self.content, &manifest, &req.tags, out)?
+                    kiln_exporter::oci::write_archive(&self.content, manifest, &req.tags, out)?
                 } else {
-                    kiln_exporter::docker::write_archive(&self.content, &manifest, &req.tags, out)?
+                    kiln_exporter::docker::write_archive(&self.content, manifest, &req.tags, out)?
                 };
                 out.flush()
                     .map_err(io(format!("writing `{}`", dest.display())))?;

@@ -5,6 +5,7 @@ use std::path::PathBuf;
 
 use futures::FutureExt;
 use futures::future::BoxFuture;
+use kiln_exporter::compress::{ExportOpts, ExportedImage};
 use kiln_frontend::{BoxError, BuildOpts, ImageResolver, ResolvedImage};
 use kiln_oci::{Digest, History, ImageManifest, Platform, Reference};
 use kiln_progress::Progress;
@@ -149,12 +150,34 @@ impl Engine {
         Ok((record.manifest, manifest, bytes))
     }
 
-    /// Pushes a local image to its registry: the blobs the registry lacks, in parallel (the
-    /// client bounds uploads per registry), mounted from another repository of the registry
-    /// when a local image of that repository holds them; the manifest last, only once every
-    /// blob is there.
+    /// Pushes a local image to its registry with gzip layers and Docker media types (`kiln
+    /// push`); see [`Engine::push_with`].
     pub async fn push(&self, name: &Reference, progress: &Progress) -> Result<Digest> {
-        let (_, manifest, bytes) = self.local_manifest(name)?;
+        Ok(self
+            .push_with(name, &ExportOpts::default(), progress)
+            .await?
+            .manifest)
+    }
+
+    /// Pushes a local image to its registry as `opts` exports it (layers compressed once and
+    /// reused by later pushes): the blobs the registry lacks, in parallel (the client bounds
+    /// uploads per registry), mounted from another repository of the registry when a local
+    /// image of that repository holds them; the manifest last, only once every blob is there.
+    /// Returns the pushed manifest.
+    pub async fn push_with(
+        &self,
+        name: &Reference,
+        opts: &ExportOpts,
+        progress: &Progress,
+    ) -> Result<ExportedImage> {
+        let (local, _, _) = self.local_manifest(name)?;
+        let mut exported = self.exported_manifest(&local, opts).await?;
+        let bytes = self.content.read(&exported.manifest)?;
+        let manifest: ImageManifest =
+            serde_json::from_slice(&bytes).map_err(|e| Error::Invalid {
+                what: format!("manifest of `{}`", name.whole()),
+                source: Box::new(e),
+            })?;
         let v = progress.vertex(format!("pushing {}", name.whole()));
         let mut blobs = vec![manifest.config().clone()];
         blobs.extend(manifest.layers().iter().cloned());
@@ -197,7 +220,8 @@ impl Engine {
             name.whole()
         ));
         v.done();
-        Ok(digest)
+        exported.manifest = digest;
+        Ok(exported)
     }
 }
 
@@ -221,9 +245,16 @@ impl Engine {
             let Ok(other) = serde_json::from_slice::<ImageManifest>(&bytes) else {
                 continue;
             };
+            // Its layers as a push of it may have compressed them.
+            let variants: Vec<Digest> = other
+                .layers()
+                .iter()
+                .flat_map(|l| self.variants.blobs_of(l.digest()))
+                .collect();
             for desc in blobs {
                 let held = other.config().digest() == desc.digest()
-                    || other.layers().iter().any(|l| l.digest() == desc.digest());
+                    || other.layers().iter().any(|l| l.digest() == desc.digest())
+                    || variants.contains(desc.digest());
                 if held {
                     self.registry.remember_blob(&record.name, desc.digest());
                 }

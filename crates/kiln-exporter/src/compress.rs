@@ -192,24 +192,25 @@ impl BlobVariants {
             let Ok(diff_id) = parse_digest(&format!("sha256:{name}")) else {
                 continue;
             };
-            let mut blobs = Vec::new();
-            for rec in std::fs::read_dir(entry.path())
-                .into_iter()
-                .flatten()
-                .flatten()
-            {
-                let Ok(bytes) = std::fs::read(rec.path()) else {
-                    continue;
-                };
-                if let Ok(r) = serde_json::from_slice::<VariantRecord>(&bytes)
-                    && let Ok(d) = parse_digest(&r.digest)
-                {
-                    blobs.push(d);
-                }
-            }
+            let blobs = self.blobs_of(&diff_id);
             out.push((diff_id, blobs));
         }
         out.sort_by(|a, b| a.0.digest().cmp(b.0.digest()));
+        out
+    }
+
+    /// The blobs recorded for a layer, by its diffID (a plain layer's blob digest).
+    pub fn blobs_of(&self, diff_id: &Digest) -> Vec<Digest> {
+        let dir = self.dir.join(diff_id.digest());
+        let mut out = Vec::new();
+        for rec in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+            if let Ok(bytes) = std::fs::read(rec.path())
+                && let Ok(r) = serde_json::from_slice::<VariantRecord>(&bytes)
+                && let Ok(d) = parse_digest(&r.digest)
+            {
+                out.push(d);
+            }
+        }
         out
     }
 

@@ -30,19 +30,25 @@ impl Engine {
         v.status(&format!("exporting config {config} done"));
         v.status(&format!("writing image {config} done"));
 
-        // `rewrite-timestamp` on the image output: the store names the rewritten image.
-        let (manifest, config) =
-            match req.outputs.iter().find(|o| {
-                o.kind == ExporterKind::Image && o.rewrite_timestamp && req.epoch().is_some()
-            }) {
-                Some(o) => {
-                    let mut opts = o.export_opts(req.epoch());
-                    opts.compression = kiln_exporter::compress::ExportOpts::store().compression;
-                    let e = self.exported_manifest(&manifest, &opts).await?;
-                    (e.manifest, e.config)
-                }
-                None => (manifest, config),
-            };
+        // Options of the image output that shape the stored image (times rewritten, media
+        // types, annotations): the store names the derived manifest, its layers as held.
+        let store_opts = req
+            .outputs
+            .iter()
+            .find(|o| o.kind == ExporterKind::Image)
+            .map(|o| {
+                let mut opts = o.export_opts(req.epoch());
+                opts.compression = kiln_exporter::compress::ExportOpts::store().compression;
+                opts
+            })
+            .filter(|o| *o != kiln_exporter::compress::ExportOpts::store());
+        let (manifest, config) = match store_opts {
+            Some(opts) => {
+                let e = self.exported_manifest(&manifest, &opts).await?;
+                (e.manifest, e.config)
+            }
+            None => (manifest, config),
+        };
         let wants_store = req.outputs.is_empty()
             || req.outputs.iter().any(|o| {
                 matches!(o.kind, ExporterKind::Image | ExporterKind::Registry)

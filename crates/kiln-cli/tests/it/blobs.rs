@@ -202,3 +202,69 @@ fn repo_of(name: &str) -> String {
     let (_, rest) = name.split_once('/').unwrap();
     rest.rsplit_once(':').unwrap().0.to_string()
 }
+
+/// `--push` with the image output's options: zstd layers (so OCI media types), a manifest
+/// annotation, and `--metadata-file` describing the manifest that was pushed.
+#[test]
+fn push_uses_the_image_output_options_and_metadata_names_the_pushed_manifest() {
+    let Some(k) = Kiln::new("push_uses_the_image_output_options_and_metadata_names_the_pushed")
+    else {
+        return;
+    };
+    let ctx = context(&k);
+    let name = format!("{}/kiln-test/{}:1", k.registry, k.unique("zstd"));
+    let meta = k.dir().join("meta.json");
+    k.build(
+        &ctx,
+        &[
+            "-t",
+            &name,
+            "--push",
+            "-o",
+            "type=image,compression=zstd,annotation.org.example.note=hi",
+            "--metadata-file",
+            meta.to_str().unwrap(),
+        ],
+    )
+    .ok();
+    let meta: Value = serde_json::from_slice(&std::fs::read(&meta).unwrap()).unwrap();
+    let digest = meta["containerimage.digest"].as_str().unwrap();
+    let (status, body) = crate::support::http_get(
+        &k.registry,
+        &format!("/v2/{}/manifests/1", repo_of(&name)),
+        &[("Accept", kiln_oci::media_type::OCI_MANIFEST)],
+        std::time::Duration::from_secs(10),
+    )
+    .unwrap();
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(kiln_oci::sha256(body.as_bytes()).to_string(), digest);
+    assert_eq!(
+        meta["containerimage.descriptor"]["size"].as_u64(),
+        Some(body.len() as u64)
+    );
+    let pushed: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(pushed["mediaType"], kiln_oci::media_type::OCI_MANIFEST);
+    assert_eq!(pushed["annotations"]["org.example.note"], "hi");
+    let types: Vec<&str> = pushed["layers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| l["mediaType"].as_str().unwrap())
+        .collect();
+    // busybox's pulled gzip layer is kept (no force-compression); the built ones are zstd.
+    assert_eq!(
+        types,
+        [
+            kiln_oci::media_type::OCI_LAYER_GZIP,
+            kiln_oci::media_type::OCI_LAYER_ZSTD,
+            kiln_oci::media_type::OCI_LAYER_ZSTD
+        ]
+    );
+    // The stored image carries the annotation too, its layers still plain.
+    let local = local_manifest(&k, &name);
+    assert_eq!(local["annotations"]["org.example.note"], "hi");
+    assert_eq!(
+        local["layers"][1]["mediaType"],
+        kiln_oci::media_type::DOCKER_LAYER_TAR
+    );
+}

@@ -106,7 +106,7 @@ impl Engine {
             target: req.target.clone(),
             platform: platform.clone(),
             excludes,
-            created: created_time(req.source_date_epoch),
+            created: created_time(req.epoch()),
             run: req.run.clone(),
         };
         let resolver = EngineResolver {

@@ -277,17 +277,30 @@ impl Engine {
         for image in &images {
             image_refs(self, &image.manifest, &mut refs);
         }
+        self.add_variants(&mut refs);
         Ok((images.len(), refs))
     }
 
-    /// The size of a layer as stored here: its unpacked dir and its blob.
+    /// The size of a layer as stored here: its unpacked dir, its blob and the blobs exports
+    /// made from it (compressed, or with times rewritten).
     fn layer_size(&self, diff_id: &Digest, blob: Option<&Digest>) -> u64 {
         let dir = self.layers.dir(diff_id);
         let unpacked = if dir.is_dir() { dir_size(&dir) } else { 0 };
-        let packed = blob
-            .and_then(|b| self.content.size(b).ok().flatten())
-            .unwrap_or(0);
+        let mut blobs: Vec<Digest> = self.variants.blobs_of(diff_id);
+        blobs.retain(|b| Some(b) != blob);
+        blobs.extend(blob.cloned());
+        let packed: u64 = blobs
+            .iter()
+            .map(|b| self.content.size(b).ok().flatten().unwrap_or(0))
+            .sum();
         unpacked + packed
+    }
+
+    /// Adds the blobs exports made from the referenced layers: they live as long as the layer.
+    fn add_variants(&self, refs: &mut Refs) {
+        for d in &refs.diff_ids {
+            refs.blobs.extend(self.variants.blobs_of(d));
+        }
     }
 
     /// `kiln du`: what the build cache holds, least recently used first.
@@ -303,6 +316,7 @@ impl Engine {
         for r in &records {
             self.record_refs(r, &mut known);
         }
+        self.add_variants(&mut known);
         let (known_layers, known_blobs) = (known.diff_ids, known.blobs);
         for r in &records {
             let is_source = !r.layers.is_empty() && r.layers.iter().all(|l| l.source.is_some());
@@ -515,7 +529,14 @@ impl Engine {
         for r in self.cache_records() {
             self.record_refs(&r, &mut keep);
         }
+        self.add_variants(&mut keep);
         let (keep_layers, keep_blobs) = (keep.diff_ids, keep.blobs);
+        // Records of blobs made from layers nothing references: the blobs go below.
+        for (diff_id, _) in self.variants.list() {
+            if !keep_layers.contains(&diff_id) {
+                self.variants.remove(&diff_id)?;
+            }
+        }
         let chosen: BTreeMap<String, &UsageRecord> =
             report.removed.iter().map(|r| (r.id.clone(), r)).collect();
         for (hex, path) in hex_entries(self.layers.root()) {

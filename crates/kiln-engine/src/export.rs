@@ -32,7 +32,26 @@ impl Engine {
         v.status(&format!("exporting config {config} done"));
         v.status(&format!("writing image {config} done"));
 
-        let names = self
+        // Options of the image output that shape the stored image (times rewritten, media
+        // types, annotations): the store names the derived manifest, its layers as held.
+        let store_opts = req
+            .outputs
+            .iter()
+            .find(|o| o.kind == ExporterKind::Image)
+            .map(|o| {
+                let mut opts = o.export_opts(req.epoch());
+                opts.compression = kiln_exporter::compress::ExportOpts::store().compression;
+                opts
+            })
+            .filter(|o| *o != kiln_exporter::compress::ExportOpts::store());
+        let (manifest, config) = match store_opts {
+            Some(opts) => {
+                let e = self.exported_manifest(&manifest, &opts).await?;
+                (e.manifest, e.config)
+            }
+            None => (manifest, config),
+        };
+        let (names, pushed) = self
             .export_names(&manifest, value.layers(), req, progress, &v)
             .await?;
         for output in &req.outputs {
@@ -49,21 +68,30 @@ impl Engine {
             if let (ExporterKind::Oci | ExporterKind::Docker, Some(dest)) =
                 (output.kind, &output.dest)
             {
+                v.status("compressing layers");
+                let exported = self
+                    .exported_manifest(&manifest, &output.export_opts(req.epoch()))
+                    .await?;
+                let manifest = &exported.manifest;
                 v.status(&format!("sending tarball to {}", dest.display()));
                 let tags = crate::export_names::output_names(req, output)?;
                 let (content, kind) = (&self.content, output.kind);
                 crate::export_rootfs::write_to_dest(dest, !output.tar, |out| {
                     if kind == ExporterKind::Oci {
-                        kiln_exporter::oci::write_archive(content, &manifest, &tags, out)?;
+                        kiln_exporter::oci::write_archive(content, manifest, &tags, out)?;
                     } else {
-                        kiln_exporter::docker::write_archive(content, &manifest, &tags, out)?;
+                        kiln_exporter::docker::write_archive(content, manifest, &tags, out)?;
                     }
                     Ok(())
                 })?;
             }
         }
         v.done();
-        Ok((manifest, config, names))
+        // What --metadata-file describes: the pushed manifest when there is one.
+        Ok(match pushed {
+            Some(p) => (p.manifest, p.config, names),
+            None => (manifest, config, names),
+        })
     }
 
     /// Base-image layers are only pulled when a step needs their files; an export needs them all.

@@ -6,6 +6,8 @@ use kiln_oci::{Digest, Reference};
 use kiln_progress::{Progress, Vertex};
 use kiln_worker::LayerRef;
 
+use kiln_exporter::compress::ExportedImage;
+
 use crate::build::BuildRequest;
 use crate::output::{ExporterKind, Output};
 use crate::{Engine, Error, Result};
@@ -29,14 +31,15 @@ pub(crate) fn output_names(req: &BuildRequest, output: &Output) -> Result<Vec<Re
 }
 
 /// `repo@digest` for `name`.
-fn canonical(name: &Reference, manifest: &Digest) -> Result<Reference> {
+pub(crate) fn canonical(name: &Reference, manifest: &Digest) -> Result<Reference> {
     let s = format!("{}/{}@{manifest}", name.registry(), name.repository());
     s.parse().map_err(|_| Error::Reference(s))
 }
 
 impl Engine {
     /// Names, pushes and unpacks the image `manifest` for every output that stores it; returns
-    /// every name given, in order, as buildx lists them in `image.name`.
+    /// every name given, in order, as buildx lists them in `image.name`, and the last manifest
+    /// pushed (its layers compressed as the output asks).
     pub(crate) async fn export_names(
         &self,
         manifest: &Digest,
@@ -44,7 +47,7 @@ impl Engine {
         req: &BuildRequest,
         progress: &Progress,
         v: &Vertex,
-    ) -> Result<Vec<String>> {
+    ) -> Result<(Vec<String>, Option<ExportedImage>)> {
         let default = [Output::new(ExporterKind::Image)];
         let outputs = if req.outputs.is_empty() {
             &default[..]
@@ -71,16 +74,10 @@ impl Engine {
                     v.status(&format!("naming to {} done", c.whole()));
                     all.push(c.whole());
                 }
-                if output.push {
-                    // By digest only: the repository gets the manifest and no tag.
-                    let target = if output.push_by_digest {
-                        canonical(name, manifest)?
-                    } else {
-                        name.clone()
-                    };
-                    if !push.contains(&target) {
-                        push.push(target);
-                    }
+                // By digest only (push-by-digest): the repository gets the manifest, no tag.
+                let target = (name.clone(), output.push_by_digest);
+                if output.push && !push.iter().any(|(t, _)| *t == target) {
+                    push.push((target, output.export_opts(req.epoch())));
                 }
             }
             if output.unpack {
@@ -88,11 +85,15 @@ impl Engine {
                 self.worker(None).materialize(layers, v).await?;
             }
         }
-        for target in &push {
-            self.push_manifest_as(target, manifest, progress).await?;
+        let mut pushed = None;
+        for ((name, by_digest), opts) in &push {
+            pushed = Some(
+                self.push_manifest_as(name, manifest, opts, *by_digest, progress)
+                    .await?,
+            );
         }
         let mut seen = std::collections::HashSet::new();
         all.retain(|n| seen.insert(n.clone()));
-        Ok(all)
+        Ok((all, pushed))
     }
 }

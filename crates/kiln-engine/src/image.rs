@@ -5,8 +5,9 @@ use std::path::PathBuf;
 
 use futures::FutureExt;
 use futures::future::BoxFuture;
+use kiln_exporter::compress::{ExportOpts, ExportedImage};
 use kiln_frontend::{BoxError, BuildOpts, ImageResolver, ResolvedImage};
-use kiln_oci::{Digest, History, ImageManifest, Platform, Reference, Sha256Writer};
+use kiln_oci::{Digest, History, ImageManifest, Platform, Reference};
 use kiln_progress::Progress;
 use kiln_worker::LayerRef;
 
@@ -77,19 +78,16 @@ impl Engine {
             } else {
                 Box::new(reader)
             };
-            // One pass: the diffID hashes the tar, the blob digest hashes its gzip.
-            let blob = content.writer()?;
-            let gz = flate2::write::GzEncoder::new(blob, flate2::Compression::default());
-            let mut tee = Sha256Writer::new(gz);
-            std::io::copy(&mut input, &mut tee).map_err(io(what.clone()))?;
-            let (gz, diff_id, _) = tee.finish();
-            let blob = gz.finish().map_err(io(what))?;
+            // Stored uncompressed like a build step's layer: the blob digest is the diffID.
+            let mut blob = std::io::BufWriter::new(content.writer()?);
+            std::io::copy(&mut input, &mut blob).map_err(io(what.clone()))?;
+            let blob = blob.into_inner().map_err(|e| io(what)(e.into_error()))?;
             let (digest, size) = blob.commit(None)?;
             Ok(LayerRef {
-                diff_id: Some(diff_id),
+                diff_id: Some(digest.clone()),
                 blob: Some(digest),
                 size,
-                media_type: kiln_oci::media_type::DOCKER_LAYER_GZIP.into(),
+                media_type: kiln_oci::media_type::DOCKER_LAYER_TAR.into(),
                 source: None,
             })
         })
@@ -150,27 +148,51 @@ impl Engine {
         Ok((record.manifest, manifest, bytes))
     }
 
-    /// Pushes a local image to its registry: the blobs the registry lacks, in parallel (the
-    /// client bounds uploads per registry), mounted from another repository of the registry
-    /// when a local image of that repository holds them; the manifest last, only once every
-    /// blob is there.
+    /// Pushes a local image to its registry with gzip layers and Docker media types (`kiln
+    /// push`); see [`Engine::push_with`].
     pub async fn push(&self, name: &Reference, progress: &Progress) -> Result<Digest> {
-        let (digest, _, _) = self.local_manifest(name)?;
-        self.push_manifest_as(name, &digest, progress).await
+        Ok(self
+            .push_with(name, &ExportOpts::default(), progress)
+            .await?
+            .manifest)
     }
 
-    /// [`Engine::push`] of the manifest `digest` from the content store under `name`; a `name`
-    /// without a tag pushes the manifest by digest only (`push-by-digest`).
+    /// Pushes a local image to its registry as `opts` exports it; see
+    /// [`Engine::push_manifest_as`]. Returns the pushed manifest.
+    pub async fn push_with(
+        &self,
+        name: &Reference,
+        opts: &ExportOpts,
+        progress: &Progress,
+    ) -> Result<ExportedImage> {
+        let (local, _, _) = self.local_manifest(name)?;
+        self.push_manifest_as(name, &local, opts, false, progress)
+            .await
+    }
+
+    /// Pushes the local manifest `local` under `name` as `opts` exports it (layers compressed
+    /// once and reused by later pushes): the blobs the registry lacks, in parallel (the client
+    /// bounds uploads per registry), mounted from another repository of the registry when a
+    /// local image of that repository holds them; the manifest last, only once every blob is
+    /// there, by tag, or by its digest only with `by_digest` (`push-by-digest`).
     pub(crate) async fn push_manifest_as(
         &self,
         name: &Reference,
-        digest: &Digest,
+        local: &Digest,
+        opts: &ExportOpts,
+        by_digest: bool,
         progress: &Progress,
-    ) -> Result<Digest> {
-        let bytes = self.content.read(digest)?;
+    ) -> Result<ExportedImage> {
+        let mut exported = self.exported_manifest(local, opts).await?;
+        let name = &if by_digest {
+            crate::export_names::canonical(name, &exported.manifest)?
+        } else {
+            name.clone()
+        };
+        let bytes = self.content.read(&exported.manifest)?;
         let manifest: ImageManifest =
             serde_json::from_slice(&bytes).map_err(|e| Error::Invalid {
-                what: format!("manifest `{digest}`"),
+                what: format!("manifest of `{}`", name.whole()),
                 source: Box::new(e),
             })?;
         let v = progress.vertex(format!("pushing {}", name.whole()));
@@ -215,7 +237,8 @@ impl Engine {
             name.whole()
         ));
         v.done();
-        Ok(digest)
+        exported.manifest = digest;
+        Ok(exported)
     }
 }
 
@@ -239,9 +262,16 @@ impl Engine {
             let Ok(other) = serde_json::from_slice::<ImageManifest>(&bytes) else {
                 continue;
             };
+            // Its layers as a push of it may have compressed them.
+            let variants: Vec<Digest> = other
+                .layers()
+                .iter()
+                .flat_map(|l| self.variants.blobs_of(l.digest()))
+                .collect();
             for desc in blobs {
                 let held = other.config().digest() == desc.digest()
-                    || other.layers().iter().any(|l| l.digest() == desc.digest());
+                    || other.layers().iter().any(|l| l.digest() == desc.digest())
+                    || variants.contains(desc.digest());
                 if held {
                     self.registry.remember_blob(&record.name, desc.digest());
                 }

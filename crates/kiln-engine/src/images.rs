@@ -296,6 +296,14 @@ impl Engine {
                 }),
             }
         }
+        // Saved as pushed: gzip layers (compressed once, then reused), the format's media types.
+        let opts = kiln_exporter::compress::ExportOpts {
+            oci: format == SaveFormat::Oci,
+            ..Default::default()
+        };
+        for image in &mut list {
+            image.manifest = self.exported_manifest_blocking(&image.manifest, &opts)?;
+        }
         Ok(kiln_exporter::save::write_save_archive(
             &self.content,
             &list,

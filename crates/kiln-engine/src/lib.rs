@@ -6,6 +6,7 @@
 
 mod build;
 mod check;
+mod compress;
 mod config;
 mod container;
 mod du;
@@ -141,6 +142,8 @@ pub struct Engine {
     content: ContentStore,
     layers: LayerStore,
     images: ImageStore,
+    /// Compressed (and timestamp-rewritten) blobs made from layers at export.
+    variants: kiln_exporter::compress::BlobVariants,
     executor: Arc<RuncExecutor>,
     registry: Arc<kiln_registry::Client>,
     /// Entitlements a build may be granted (`insecure-entitlements`).
@@ -157,6 +160,7 @@ impl Engine {
         let content = ContentStore::open(root.join("content"))?;
         let layers = LayerStore::open(&root.join("layers"))?;
         let images = ImageStore::open(&root.join("images"), content.clone())?;
+        let variants = kiln_exporter::compress::BlobVariants::open(&root.join("blob-variants"))?;
         let executor = Arc::new(RuncExecutor::new(&root.join("executor"))?);
         let tmp = root.join("tmp");
         // Every engine on this data dir holds a shared lock. One that gets the lock exclusively
@@ -193,6 +197,7 @@ impl Engine {
             content,
             layers,
             images,
+            variants,
             executor,
             registry: Arc::new(registry),
             insecure_entitlements: config.insecure_entitlements(),

@@ -253,18 +253,22 @@ impl Output {
             format!("--output type={},unpack", self.kind.name())
         } else if !self.tar && self.kind != ExporterKind::Oci {
             format!("--output type={},tar=false", self.kind.name())
-        } else if self.compression.is_some() {
-            "--output compression".into()
-        } else if self.compression_level.is_some() {
-            "--output compression-level".into()
-        } else if self.force_compression {
-            "--output force-compression".into()
-        } else if self.oci_mediatypes.is_some() {
-            "--output oci-mediatypes".into()
-        } else if !self.annotations.is_empty() {
-            "--output annotation".into()
-        } else if self.rewrite_timestamp {
-            "--output rewrite-timestamp".into()
+        } else if let Some(a) = self
+            .annotations
+            .iter()
+            .find(|a| a.target != AnnotationTarget::Manifest || a.platform.is_some())
+        {
+            // A single-platform image has no index; the exporters do not write one yet.
+            format!(
+                "--output annotation{}",
+                match (a.target, &a.platform) {
+                    (AnnotationTarget::Manifest, Some(p)) => format!("-manifest[{p}]"),
+                    (AnnotationTarget::Manifest, None) => String::new(),
+                    (AnnotationTarget::Index, _) => "-index".into(),
+                    (AnnotationTarget::ManifestDescriptor, _) => "-manifest-descriptor".into(),
+                    (AnnotationTarget::IndexDescriptor, _) => "-index-descriptor".into(),
+                }
+            )
         } else {
             return None;
         };
@@ -402,7 +406,7 @@ mod tests {
     #[test]
     fn unimplemented_options_are_named() {
         for spec in [
-            "type=oci,dest=a,compression=zstd",
+            "type=oci,dest=a,annotation-index.a=b",
             "type=oci,dest=a,push=true",
             "type=local,dest=a,unpack=true",
             "type=docker,dest=a,tar=false",
@@ -423,6 +427,8 @@ mod tests {
             "type=docker,name=a",
             "type=oci,dest=d,tar=false",
             "type=docker,dest=-",
+            "type=oci,dest=a,compression=zstd,compression-level=9,force-compression=true",
+            "type=docker,dest=a,oci-mediatypes=true,rewrite-timestamp=true,annotation.a=b",
         ] {
             assert_eq!(Output::parse(spec).unwrap().unsupported(), None, "{spec}");
         }

@@ -5,6 +5,7 @@
 //! archives; it must not know builds, registries or layers on disk.
 
 mod archive;
+pub mod compress;
 pub mod docker;
 mod image;
 pub mod load;

@@ -18,12 +18,14 @@ use crate::{Error, Result, apply, diff, io_err};
 /// Prefix of in-progress directories; never a valid hex digest, so never mistaken for a layer.
 const TEMP_PREFIX: &str = ".tmp-";
 
-/// How `commit_upper` and `export` compress the layer tar they write.
+/// How `commit_upper` and `export` compress the layer tar they write. Builds store layers
+/// uncompressed (the blob digest is the diffID) and compress only at export, as Docker's store
+/// and BuildKit do: compression is the slow part of a commit and most layers are never pushed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Compression {
+    #[default]
     Uncompressed,
     /// gzip at the default level (6).
-    #[default]
     Gzip,
 }
 
@@ -201,6 +203,26 @@ fn write_blob(dir: &Path, content: &ContentStore, compression: Compression) -> R
     let blob = content
         .writer()
         .map_err(|source| Error::Content { source })?;
+    let finish_err = |source: io::Error| Error::Diff {
+        path: dir.to_path_buf(),
+        source,
+    };
+    if compression == Compression::Uncompressed {
+        // The blob is the tar: the content store's own hash is the diffID (one pass).
+        let buffered = diff::write_tar(dir, io::BufWriter::with_capacity(256 * 1024, blob))?;
+        let blob = buffered
+            .into_inner()
+            .map_err(|e| finish_err(e.into_error()))?;
+        let (digest, size) = blob
+            .commit(None)
+            .map_err(|source| Error::Content { source })?;
+        return Ok(LayerBlob {
+            diff_id: digest.clone(),
+            digest,
+            size,
+            media_type: compression.media_type().to_string(),
+        });
+    }
     let encoder = match compression {
         Compression::Uncompressed => Encoder::Plain(blob),
         Compression::Gzip => {
@@ -210,10 +232,6 @@ fn write_blob(dir: &Path, content: &ContentStore, compression: Compression) -> R
     let hashing = kiln_oci::Sha256Writer::new(io::BufWriter::with_capacity(256 * 1024, encoder));
     let hashing = diff::write_tar(dir, hashing)?;
     let (buffered, diff_id, _) = hashing.finish();
-    let finish_err = |source: io::Error| Error::Diff {
-        path: dir.to_path_buf(),
-        source,
-    };
     let encoder = buffered
         .into_inner()
         .map_err(|e| finish_err(e.into_error()))?;

@@ -534,7 +534,7 @@ impl LlbWorker {
             // The step's overlay was volatile: the layer must reach the disk before it is kept.
             let blob = tokio::task::spawn_blocking(move || {
                 sync_filesystem(&upper)?;
-                store.commit_upper(&upper, &content, Compression::Gzip)
+                store.commit_upper(&upper, &content, Compression::Uncompressed)
             })
             .await??;
             layers.push(LayerRef {

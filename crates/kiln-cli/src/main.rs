@@ -189,10 +189,6 @@ async fn build(cli: &Cli, b: &BuildArgs) -> Result<ExitCode> {
     for t in &b.tag {
         tags.push(parse_ref(t)?);
     }
-    if b.push && tags.is_empty() {
-        // buildx's words: the registry exporter pushes the image's names.
-        bail!("tag is needed when pushing to registry");
-    }
     let mut build_args = BTreeMap::new();
     for a in &b.build_arg {
         match a.split_once('=') {
@@ -222,16 +218,26 @@ async fn build(cli: &Cli, b: &BuildArgs) -> Result<ExitCode> {
             o.kind.name()
         );
     }
-    // `--push` is `type=registry` (the image lands in the store, then goes out); `--load` and
-    // no output at all are `type=image`.
-    if (b.load || outputs.is_empty())
-        && !b.push
-        && !outputs.iter().any(|o| o.kind == ExporterKind::Image)
-    {
-        outputs.push(Output::new(ExporterKind::Image));
+    // `--push` is buildx's: `type=registry` alone, or `push=true` on a first output of type
+    // image/registry (keeping its options); `--load` and no output at all are `type=image`.
+    if b.push {
+        match outputs.first_mut() {
+            None => outputs.push(Output::new(ExporterKind::Registry)),
+            Some(o) if matches!(o.kind, ExporterKind::Image | ExporterKind::Registry) => {
+                o.push = true
+            }
+            Some(o) => bail!(
+                "push and \"{}\" output can't be used together",
+                o.kind.name()
+            ),
+        }
     }
-    if b.push && !outputs.iter().any(|o| o.kind == ExporterKind::Registry) {
-        outputs.push(Output::new(ExporterKind::Registry));
+    if b.push && tags.is_empty() && outputs.iter().all(|o| o.names.is_empty()) {
+        // buildx's words: the registry exporter pushes the image's names.
+        bail!("tag is needed when pushing to registry");
+    }
+    if (b.load || outputs.is_empty()) && !outputs.iter().any(|o| o.kind == ExporterKind::Image) {
+        outputs.push(Output::new(ExporterKind::Image));
     }
     let platform = match b.platform.as_deref() {
         None => None,

@@ -322,7 +322,9 @@ impl Engine {
             for name in &img.names {
                 self.images.tag(name, &img.manifest)?;
             }
-            // Kept without a name, usable by ID, listed as `<none>` (as `docker load` does).
+            // Kept without a name, usable by ID, listed as `<none>` (as `docker load` does),
+            // unless an image with that ID is named already: the same image to Docker, even when
+            // the archive's manifest differs from the stored one (compressed layers).
             if img.names.is_empty() {
                 let dangling = kiln_exporter::dangling_name(&img.manifest)
                     .ok_or_else(|| Error::Reference(img.manifest.to_string()))?;
@@ -331,7 +333,7 @@ impl Engine {
                         .images
                         .list()?
                         .iter()
-                        .any(|r| r.manifest == img.manifest)
+                        .any(|r| r.manifest == img.manifest || r.config == img.config)
                 {
                     self.images.tag(&dangling, &img.manifest)?;
                 }

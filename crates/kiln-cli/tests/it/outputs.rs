@@ -325,6 +325,20 @@ fn registry_output_and_push_flag() {
         "{}",
         run.stderr
     );
+    // buildx: `--push` sets push=true on a first image output (its name= counts as a tag) and
+    // refuses other exporters.
+    let three = format!("type=image,name={repo}:three");
+    k.build(&ctx, &["--push", "-o", &three]).ok();
+    assert!(crate::support::registry_has(&k.registry, &path, "three"));
+    let run = k
+        .build(&ctx, &["--push", "-t", &two, "-o", "type=tar,dest=x.tar"])
+        .failed();
+    assert!(
+        run.stderr
+            .contains("push and \"tar\" output can't be used together"),
+        "{}",
+        run.stderr
+    );
 }
 
 #[test]

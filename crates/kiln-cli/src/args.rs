@@ -192,6 +192,10 @@ pub struct BuildArgs {
     /// Output destination (format: "type=local|tar|oci|docker|image|registry|cacheonly,dest=path")
     #[arg(short = 'o', long = "output")]
     pub output: Vec<String>,
+    /// Add annotation to the image ([TYPE[PLATFORM]:]KEY=VALUE; TYPE manifest, index,
+    /// manifest-descriptor or index-descriptor)
+    #[arg(long)]
+    pub annotation: Vec<String>,
     /// Set target platform for build
     #[arg(long)]
     pub platform: Option<String>,

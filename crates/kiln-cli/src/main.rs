@@ -239,6 +239,13 @@ async fn build(cli: &Cli, b: &BuildArgs) -> Result<ExitCode> {
     if (b.load || outputs.is_empty()) && !outputs.iter().any(|o| o.kind == ExporterKind::Image) {
         outputs.push(Output::new(ExporterKind::Image));
     }
+    // `--annotation` goes to every output that writes an image, as buildx passes it.
+    for spec in &b.annotation {
+        let a = kiln_engine::parse_annotation_flag(spec)?;
+        for o in outputs.iter_mut().filter(|o| o.kind.is_image()) {
+            o.annotations.push(a.clone());
+        }
+    }
     let platform = match b.platform.as_deref() {
         None => None,
         Some(p) if p.contains(',') => bail!("building for several platforms is not supported yet"),

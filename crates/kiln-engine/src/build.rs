@@ -50,10 +50,12 @@ pub struct BuildResult {
 }
 
 impl Engine {
-    pub async fn build(&self, req: BuildRequest, progress: &Progress) -> Result<BuildResult> {
+    pub async fn build(&self, mut req: BuildRequest, progress: &Progress) -> Result<BuildResult> {
         if let Some(why) = req.outputs.iter().find_map(Output::unsupported) {
             return Err(Error::Unsupported(why));
         }
+        let target = req.platform.clone().unwrap_or_else(Platform::host);
+        crate::output::check_annotations(&mut req.outputs, &target).map_err(Error::Usage)?;
         // A Git URL context is checked out for the build's duration.
         let (req, _git_context) = self.git_context(req, progress).await?;
         let dockerfile_path = req

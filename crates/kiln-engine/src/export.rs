@@ -76,11 +76,19 @@ impl Engine {
                 v.status(&format!("sending tarball to {}", dest.display()));
                 let tags = crate::export_names::output_names(req, output)?;
                 let (content, kind) = (&self.content, output.kind);
+                let opts = kiln_exporter::ArchiveOptions {
+                    descriptor_annotations: output.descriptor_annotations(),
+                    ..Default::default()
+                };
                 crate::export_rootfs::write_to_dest(dest, !output.tar, |out| {
                     if kind == ExporterKind::Oci {
-                        kiln_exporter::oci::write_archive(content, manifest, &tags, out)?;
+                        kiln_exporter::oci::write_archive_with(
+                            content, manifest, &tags, &opts, out,
+                        )?;
                     } else {
-                        kiln_exporter::docker::write_archive(content, manifest, &tags, out)?;
+                        kiln_exporter::docker::write_archive_with(
+                            content, manifest, &tags, &opts, out,
+                        )?;
                     }
                     Ok(())
                 })?;

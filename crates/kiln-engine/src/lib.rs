@@ -60,6 +60,7 @@ pub use logs::{LogOptions, LogStream};
 pub use monitor::{Attach, Ready};
 pub use output::{
     Annotation, AnnotationTarget, ExporterKind, LayerCompressionKind, Output, OutputError,
+    parse_annotation_flag,
 };
 pub use run::{ExecRequest, RunRequest};
 

@@ -253,27 +253,89 @@ impl Output {
             format!("--output type={},unpack", self.kind.name())
         } else if !self.tar && self.kind != ExporterKind::Oci {
             format!("--output type={},tar=false", self.kind.name())
-        } else if let Some(a) = self
-            .annotations
-            .iter()
-            .find(|a| a.target != AnnotationTarget::Manifest || a.platform.is_some())
-        {
-            // A single-platform image has no index; the exporters do not write one yet.
-            format!(
-                "--output annotation{}",
-                match (a.target, &a.platform) {
-                    (AnnotationTarget::Manifest, Some(p)) => format!("-manifest[{p}]"),
-                    (AnnotationTarget::Manifest, None) => String::new(),
-                    (AnnotationTarget::Index, _) => "-index".into(),
-                    (AnnotationTarget::ManifestDescriptor, _) => "-manifest-descriptor".into(),
-                    (AnnotationTarget::IndexDescriptor, _) => "-index-descriptor".into(),
-                }
-            )
         } else {
             return None;
         };
         Some(format!("{what} is not supported yet"))
     }
+}
+
+/// The annotations of `outputs` checked against a single-platform build for `platform`, as
+/// BuildKit checks them: index annotations need an index (a multi-platform build), a
+/// platform-qualified one must name the platform built (it then applies unqualified), and
+/// descriptor annotations need OCI media types.
+pub(crate) fn check_annotations(
+    outputs: &mut [Output],
+    platform: &kiln_oci::Platform,
+) -> Result<(), String> {
+    for o in outputs {
+        for a in &mut o.annotations {
+            if matches!(
+                a.target,
+                AnnotationTarget::Index | AnnotationTarget::IndexDescriptor
+            ) {
+                return Err("index annotations not supported for single platform export".into());
+            }
+            if a.target == AnnotationTarget::ManifestDescriptor && o.oci_mediatypes == Some(false) {
+                return Err("cannot export annotations with \"oci-mediatypes=false\"".into());
+            }
+            if let Some(p) = a.platform.take() {
+                let wanted: kiln_oci::Platform = p
+                    .parse()
+                    .map_err(|_| format!("invalid annotation platform `{p}`"))?;
+                if !wanted.matches(platform) || !platform.matches(&wanted) {
+                    return Err(format!(
+                        "invalid annotation: no platform {p} found in source"
+                    ));
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+impl Output {
+    /// `annotation-manifest-descriptor.KEY=VALUE`: annotations of the image's descriptor where
+    /// an index lists it (an OCI layout's `index.json`).
+    pub fn descriptor_annotations(&self) -> std::collections::BTreeMap<String, String> {
+        self.annotations
+            .iter()
+            .filter(|a| a.target == AnnotationTarget::ManifestDescriptor)
+            .map(|a| (a.key.clone(), a.value.clone()))
+            .collect()
+    }
+}
+
+/// buildx's `--annotation [TYPE[PLATFORM]:]KEY=VALUE` (TYPE defaults to `manifest`), as the
+/// exporter option it stands for.
+pub fn parse_annotation_flag(spec: &str) -> Result<Annotation, OutputError> {
+    let err = |why: String| OutputError {
+        spec: spec.to_string(),
+        why,
+    };
+    let (left, value) = spec
+        .split_once('=')
+        .ok_or_else(|| err("expected [TYPE[PLATFORM]:]KEY=VALUE".into()))?;
+    // A `:` before the `=` separates the type, unless it belongs to the key (`a:b=c` has
+    // no known type, so it is a key).
+    let option = match left.split_once(':') {
+        Some((ty, key)) => {
+            let (name, platform) = ty.split_once('[').unwrap_or((ty, ""));
+            match name {
+                "manifest" | "index" | "manifest-descriptor" | "index-descriptor" => {
+                    let platform = if platform.is_empty() {
+                        String::new()
+                    } else {
+                        format!("[{platform}")
+                    };
+                    format!("annotation-{name}{platform}.{key}")
+                }
+                _ => format!("annotation.{left}"),
+            }
+        }
+        None => format!("annotation.{left}"),
+    };
+    parse_annotation(&option, value).map_err(err)
 }
 
 /// `annotation[-TARGET][[PLATFORM]].KEY` = `value`.
@@ -404,9 +466,65 @@ mod tests {
     }
 
     #[test]
+    fn annotations_are_checked_as_buildkit_checks_them() {
+        let amd64: kiln_oci::Platform = "linux/amd64".parse().unwrap();
+        let check = |spec: &str| {
+            let mut outs = vec![Output::parse(spec).unwrap()];
+            check_annotations(&mut outs, &amd64).map(|()| outs.remove(0))
+        };
+        let o =
+            check("type=oci,dest=a,annotation[linux/amd64].k=v,annotation-manifest-descriptor.d=1")
+                .unwrap();
+        assert_eq!(o.annotations[0].platform, None, "applies unqualified");
+        assert_eq!(
+            o.descriptor_annotations().get("d").map(String::as_str),
+            Some("1")
+        );
+        assert_eq!(
+            check("type=oci,dest=a,annotation[linux/arm64].k=v").unwrap_err(),
+            "invalid annotation: no platform linux/arm64 found in source"
+        );
+        assert_eq!(
+            check("type=image,annotation-index.k=v").unwrap_err(),
+            "index annotations not supported for single platform export"
+        );
+        assert!(
+            check("type=oci,dest=a,oci-mediatypes=false,annotation-manifest-descriptor.k=v")
+                .unwrap_err()
+                .contains("oci-mediatypes=false")
+        );
+    }
+
+    #[test]
+    fn annotation_flags_are_exporter_options() {
+        let a = parse_annotation_flag("org.opencontainers.image.title=T").unwrap();
+        assert_eq!(
+            (a.target, a.key.as_str(), a.value.as_str()),
+            (
+                AnnotationTarget::Manifest,
+                "org.opencontainers.image.title",
+                "T"
+            )
+        );
+        let a = parse_annotation_flag("index:k=v").unwrap();
+        assert_eq!(a.target, AnnotationTarget::Index);
+        let a = parse_annotation_flag("manifest[linux/arm64]:k=v=w").unwrap();
+        assert_eq!(
+            (a.target, a.platform.as_deref(), a.value.as_str()),
+            (AnnotationTarget::Manifest, Some("linux/arm64"), "v=w")
+        );
+        assert_eq!(
+            parse_annotation_flag("manifest-descriptor:k=v")
+                .unwrap()
+                .target,
+            AnnotationTarget::ManifestDescriptor
+        );
+        assert!(parse_annotation_flag("novalue").is_err());
+    }
+
+    #[test]
     fn unimplemented_options_are_named() {
         for spec in [
-            "type=oci,dest=a,annotation-index.a=b",
             "type=oci,dest=a,push=true",
             "type=local,dest=a,unpack=true",
             "type=docker,dest=a,tar=false",

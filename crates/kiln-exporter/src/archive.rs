@@ -9,10 +9,13 @@ use kiln_oci::{Digest, Sha256Writer};
 use crate::{Error, Result};
 
 /// How archives are written.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ArchiveOptions {
     /// The mtime of every entry, in seconds since the epoch (`SOURCE_DATE_EPOCH`); 0 when unset.
     pub source_date_epoch: Option<u64>,
+    /// Annotations of the image's descriptor in `index.json` (BuildKit's
+    /// `annotation-manifest-descriptor.KEY`), beside the name annotations.
+    pub descriptor_annotations: std::collections::BTreeMap<String, String>,
 }
 
 pub(crate) struct TarOut<W: Write> {
@@ -152,6 +155,7 @@ mod tests {
 
         let opts = ArchiveOptions {
             source_date_epoch: Some(1_700_000_000),
+            ..ArchiveOptions::default()
         };
         let mut out = TarOut::new(Vec::new(), &opts);
         out.dir("blobs/").unwrap();

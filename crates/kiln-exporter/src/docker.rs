@@ -76,7 +76,7 @@ pub fn write_archive_with<W: Write>(
     };
 
     let mut tar = TarOut::new(out, opts);
-    crate::oci::write_layout_entries(&mut tar, content, &graph, names)?;
+    crate::oci::write_layout_entries(&mut tar, content, &graph, names, opts)?;
     tar.file(&entry.config, &config_bytes)?;
     tar.file(MANIFEST_FILE, &to_json(&[entry]))?;
     let top_layer = m.layers().last().map(|l| l.digest());

@@ -69,7 +69,7 @@ pub fn write_archive_with<W: Write>(
 ) -> Result<W> {
     let graph = image::collect(content, manifest)?;
     let mut tar = TarOut::new(out, opts);
-    write_layout_entries(&mut tar, content, &graph, names)?;
+    write_layout_entries(&mut tar, content, &graph, names, opts)?;
     tar.finish()
 }
 
@@ -79,6 +79,7 @@ pub(crate) fn write_layout_entries<W: Write>(
     content: &ContentStore,
     graph: &Graph,
     names: &[Reference],
+    opts: &ArchiveOptions,
 ) -> Result<()> {
     tar.dir("blobs/")?;
     let mut algorithms: Vec<&str> = graph
@@ -94,7 +95,10 @@ pub(crate) fn write_layout_entries<W: Write>(
         tar.blob(&blob_path(digest), content, digest, *size)?;
     }
     tar.file(LAYOUT_FILE, &layout_header_json())?;
-    tar.file(INDEX_FILE, &index_json(&graph.root, names))
+    tar.file(
+        INDEX_FILE,
+        &index_json(&graph.root, names, &opts.descriptor_annotations),
+    )
 }
 
 fn layout_header_json() -> Vec<u8> {
@@ -104,13 +108,23 @@ fn layout_header_json() -> Vec<u8> {
     serde_json::to_vec(&header).unwrap_or_default()
 }
 
-/// `index.json`: the root descriptor once per name (or once, unnamed, when there are none).
-pub(crate) fn index_json(root: &RootBlob, names: &[Reference]) -> Vec<u8> {
-    let descriptor = |annotations| LayoutDescriptor {
-        media_type: root.media_type.clone(),
-        digest: root.digest.to_string(),
-        size: root.size,
-        annotations,
+/// `index.json`: the root descriptor once per name (or once, unnamed, when there are none),
+/// each with `extra` annotations besides its name's.
+pub(crate) fn index_json(
+    root: &RootBlob,
+    names: &[Reference],
+    extra: &BTreeMap<String, String>,
+) -> Vec<u8> {
+    let descriptor = |mut annotations: BTreeMap<String, String>| {
+        for (k, v) in extra {
+            annotations.entry(k.clone()).or_insert_with(|| v.clone());
+        }
+        LayoutDescriptor {
+            media_type: root.media_type.clone(),
+            digest: root.digest.to_string(),
+            size: root.size,
+            annotations,
+        }
     };
     let manifests = if names.is_empty() {
         vec![descriptor(BTreeMap::new())]
@@ -155,7 +169,10 @@ pub fn write_layout_dir(
         copy_blob(content, digest, *size, &dest)?;
     }
     atomic_write(&dir.join(LAYOUT_FILE), &layout_header_json())?;
-    atomic_write(&dir.join(INDEX_FILE), &index_json(&graph.root, names))
+    atomic_write(
+        &dir.join(INDEX_FILE),
+        &index_json(&graph.root, names, &BTreeMap::new()),
+    )
 }
 
 fn fs_create_dir_all(dir: &Path) -> Result<()> {
@@ -203,7 +220,8 @@ mod tests {
             "hello:latest".parse().unwrap(),
             "127.0.0.1:5000/a/b:v1".parse().unwrap(),
         ];
-        let index: LayoutIndex = serde_json::from_slice(&index_json(&root(), &names)).unwrap();
+        let index: LayoutIndex =
+            serde_json::from_slice(&index_json(&root(), &names, &BTreeMap::new())).unwrap();
         assert_eq!(index.schema_version, 2);
         assert_eq!(index.manifests.len(), 2);
         let a = &index.manifests[0].annotations;
@@ -217,7 +235,7 @@ mod tests {
 
     #[test]
     fn index_without_names_has_one_bare_descriptor() {
-        let bytes = index_json(&root(), &[]);
+        let bytes = index_json(&root(), &[], &BTreeMap::new());
         let index: LayoutIndex = serde_json::from_slice(&bytes).unwrap();
         assert_eq!(index.manifests.len(), 1);
         assert!(index.manifests[0].annotations.is_empty());

@@ -511,3 +511,67 @@ fn oci_layout_directory_and_archives_on_stdout() {
         }
     }
 }
+
+/// BuildKit's annotation targets on a single-platform build: manifest (also qualified by the
+/// platform built), the manifest's descriptor in index.json; index targets and another
+/// platform are refused as BuildKit refuses them.
+#[test]
+fn annotations_reach_the_manifest_and_its_descriptor() {
+    let Some(k) = Kiln::new("annotations_reach_the_manifest_and_its_descriptor") else {
+        return;
+    };
+    let ctx = k.context("ctx", &[("Dockerfile", "FROM busybox\nRUN echo a > /a\n")]);
+    let dest = k.dir().join("annotated.tar");
+    let spec = format!(
+        "type=oci,dest={},annotation.org.example.plain=p,annotation[linux/amd64].org.example.qualified=q,annotation-manifest-descriptor.org.example.desc=d",
+        dest.display()
+    );
+    let flags = [
+        "--platform",
+        "linux/amd64",
+        "-o",
+        &spec,
+        "--annotation",
+        "org.example.flag=f",
+        "--annotation",
+        "manifest-descriptor:org.example.flagdesc=fd",
+    ];
+    k.build(&ctx, &flags).ok();
+    let files = tar_files(&std::fs::read(&dest).unwrap());
+    let index: serde_json::Value = serde_json::from_slice(&files["index.json"]).unwrap();
+    let desc = &index["manifests"][0];
+    assert_eq!(desc["annotations"]["org.example.desc"], "d", "{index}");
+    assert_eq!(desc["annotations"]["org.example.flagdesc"], "fd", "{index}");
+    let digest = desc["digest"].as_str().unwrap().replace(':', "/");
+    let manifest: serde_json::Value =
+        serde_json::from_slice(&files[&format!("blobs/{digest}")]).unwrap();
+    assert_eq!(
+        manifest["annotations"]["org.example.plain"], "p",
+        "{manifest}"
+    );
+    assert_eq!(
+        manifest["annotations"]["org.example.qualified"], "q",
+        "{manifest}"
+    );
+    assert_eq!(
+        manifest["annotations"]["org.example.flag"], "f",
+        "{manifest}"
+    );
+    assert!(manifest["annotations"].get("org.example.desc").is_none());
+
+    for (spec, want) in [
+        (
+            "type=image,annotation-index.k=v",
+            "index annotations not supported for single platform export",
+        ),
+        (
+            "type=image,annotation[linux/arm64].k=v",
+            "invalid annotation: no platform linux/arm64 found in source",
+        ),
+    ] {
+        let run = k
+            .build(&ctx, &["--platform", "linux/amd64", "-o", spec])
+            .failed();
+        assert!(run.stderr.contains(want), "{spec}: {}", run.stderr);
+    }
+}

@@ -120,6 +120,7 @@ fn archive_is_deterministic_with_normalised_entries() -> Result<()> {
     // SOURCE_DATE_EPOCH sets every mtime and nothing else.
     let opts = ArchiveOptions {
         source_date_epoch: Some(1_234_567_890),
+        ..ArchiveOptions::default()
     };
     let c = oci::write_archive_with(&content, &img.manifest, &names(), &opts, Vec::new())?;
     assert_ne!(a, c);

@@ -154,15 +154,15 @@ fn append_marker<W: Write>(builder: &mut tar::Builder<W>, rel: &Path) -> io::Res
     builder.append_data(&mut header, rel, io::empty())
 }
 
-/// Reads exactly `len` bytes: a file that shrank while being archived would otherwise leave a
-/// short entry and a corrupt tar behind it.
-struct Exact<R> {
+/// Reads exactly `len` bytes of a file going into a tar entry: a file that shrank while it was
+/// read would otherwise leave a short entry and a corrupt tar behind it.
+pub struct Exact<R> {
     inner: io::Take<R>,
     remaining: u64,
 }
 
 impl<R: Read> Exact<R> {
-    fn new(inner: R, len: u64) -> Self {
+    pub fn new(inner: R, len: u64) -> Self {
         Self {
             inner: inner.take(len),
             remaining: len,
@@ -176,7 +176,7 @@ impl<R: Read> Read for Exact<R> {
         if n == 0 && self.remaining > 0 && !buf.is_empty() {
             return Err(io::Error::new(
                 io::ErrorKind::UnexpectedEof,
-                "file shrank while it was being archived",
+                "file shrank while it was being read",
             ));
         }
         self.remaining -= n as u64;

@@ -18,6 +18,7 @@ use std::path::PathBuf;
 
 use kiln_oci::Digest;
 
+pub use diff::Exact;
 pub use overlay_linux::{
     OverlayMount, cleanup_stale_mounts, mount_overlay, mount_scratch_overlay, sync_filesystem,
 };

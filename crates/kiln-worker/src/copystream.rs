@@ -307,7 +307,7 @@ impl LayerWriter<'_> {
             EntryType::Regular => {
                 h.set_size(meta.len());
                 let file = File::open(abs)?;
-                self.append(target, &mut h, Exact::new(file, meta.len()))?;
+                self.append(target, &mut h, kiln_snapshot::Exact::new(file, meta.len()))?;
             }
             EntryType::Symlink => {
                 let link = fs::read_link(abs)?;
@@ -469,36 +469,6 @@ fn has_xattrs(path: &Path) -> io::Result<bool> {
         Err(rustix::io::Errno::RANGE) => Ok(true),
         Err(rustix::io::Errno::NOTSUP) => Ok(false),
         Err(e) => Err(e.into()),
-    }
-}
-
-/// Reads exactly `len` bytes: a file that shrank while it was read would leave a short entry
-/// and a corrupt tar behind it (as kiln-snapshot's diff guards against).
-struct Exact<R> {
-    inner: io::Take<R>,
-    remaining: u64,
-}
-
-impl<R: Read> Exact<R> {
-    fn new(inner: R, len: u64) -> Self {
-        Self {
-            inner: inner.take(len),
-            remaining: len,
-        }
-    }
-}
-
-impl<R: Read> Read for Exact<R> {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        let n = self.inner.read(buf)?;
-        if n == 0 && self.remaining > 0 && !buf.is_empty() {
-            return Err(io::Error::new(
-                io::ErrorKind::UnexpectedEof,
-                "file shrank while it was being copied",
-            ));
-        }
-        self.remaining -= n as u64;
-        Ok(n)
     }
 }
 

@@ -92,3 +92,20 @@ pub fn write_executable(path: &std::path::Path, contents: &str) {
     assert!(status.success(), "install {} failed", path.display());
     std::fs::remove_file(&staged).expect("removing the staged script");
 }
+
+/// Runs `openssl ARGS` in `dir` (the tests' certificates and keys come from the CLI).
+pub(crate) fn openssl(dir: &std::path::Path, args: &[&str]) -> anyhow::Result<()> {
+    use anyhow::Context as _;
+    let out = std::process::Command::new("openssl")
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .context("running openssl")?;
+    if !out.status.success() {
+        anyhow::bail!(
+            "openssl {args:?} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    Ok(())
+}

@@ -157,20 +157,7 @@ impl TestRegistry {
 
 /// A CA, a server certificate for 127.0.0.1 and a client certificate, all from `openssl`.
 fn make_certificates(dir: &Path) -> Result<Certificates> {
-    let openssl = |args: &[&str]| -> Result<()> {
-        let out = Command::new("openssl")
-            .args(args)
-            .current_dir(dir)
-            .output()
-            .context("running openssl")?;
-        if !out.status.success() {
-            bail!(
-                "openssl {args:?} failed: {}",
-                String::from_utf8_lossy(&out.stderr)
-            );
-        }
-        Ok(())
-    };
+    let openssl = |args: &[&str]| crate::openssl(dir, args);
     let ec = [
         "-newkey",
         "ec",

@@ -8,13 +8,12 @@
 use std::io::{BufRead, BufReader, Write};
 use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use anyhow::{Context, Result, bail};
+use anyhow::Result;
 use aws_lc_rs::rand::SystemRandom;
 use aws_lc_rs::signature::{ECDSA_P256_SHA256_FIXED_SIGNING, EcdsaKeyPair};
 use base64::Engine as _;
@@ -255,20 +254,7 @@ fn percent_decode(s: &str) -> String {
 
 /// A P-256 key and a self-signed certificate for it: (key, certificate DER, certificate PEM).
 fn make_key(dir: &Path) -> Result<(EcdsaKeyPair, Vec<u8>, PathBuf)> {
-    let openssl = |args: &[&str]| -> Result<()> {
-        let out = Command::new("openssl")
-            .args(args)
-            .current_dir(dir)
-            .output()
-            .context("running openssl")?;
-        if !out.status.success() {
-            bail!(
-                "openssl {args:?} failed: {}",
-                String::from_utf8_lossy(&out.stderr)
-            );
-        }
-        Ok(())
-    };
+    let openssl = |args: &[&str]| crate::openssl(dir, args);
     openssl(&[
         "req",
         "-x509",

@@ -14,7 +14,7 @@ use anyhow::{Context, Result, bail};
 pub enum Fault {
     /// Read the whole request, answer 500, forward nothing.
     ServerError,
-    /// Read about half of the body, then close the connection.
+    /// Read about half of the body (256 KiB of a chunked one), then close the connection.
     Drop,
 }
 
@@ -239,7 +239,10 @@ fn serve(
                 continue;
             }
             Some(Fault::Drop) => {
-                let half = head.content_length.unwrap_or(0) / 2;
+                // A streamed (chunked) body has no length: take its first 256 KiB.
+                let half = head
+                    .content_length
+                    .map_or(if head.chunked { 256 << 10 } else { 0 }, |l| l / 2);
                 std::io::copy(&mut (&mut reader).take(half), &mut std::io::sink())?;
                 let _ = writer.shutdown(Shutdown::Both);
                 return Ok(());

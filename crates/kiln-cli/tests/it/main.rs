@@ -25,6 +25,7 @@ mod load_unnamed;
 mod mounts;
 mod multistage;
 mod outputs;
+mod pushstream;
 mod pull;
 mod registry_auth;
 mod run;

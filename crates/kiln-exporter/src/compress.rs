@@ -351,7 +351,14 @@ impl PendingLayer {
         variants: &BlobVariants,
         tee: impl Write,
     ) -> Result<(Digest, u64)> {
-        let blob = compress_layer(content, variants, &self.held, &self.diff_id, &self.opts, tee)?;
+        let blob = compress_layer(
+            content,
+            variants,
+            &self.held,
+            &self.diff_id,
+            &self.opts,
+            tee,
+        )?;
         Ok((blob.digest, blob.size))
     }
 }
@@ -1168,7 +1175,10 @@ mod tests {
                 compression: Compression::Uncompressed,
             };
             let opts = CompressionOpts::default();
-            assert_eq!(existing_blob(&content, &variants, &held, &diff_id, &opts), None);
+            assert_eq!(
+                existing_blob(&content, &variants, &held, &diff_id, &opts),
+                None
+            );
             let blob = if tee {
                 let pending = PendingLayer {
                     held: held.clone(),

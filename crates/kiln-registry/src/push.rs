@@ -288,7 +288,8 @@ impl Client {
                 )
                 .await
                 .map_err(|cause| (Some(location.clone()), cause))?;
-            let next = location_of(&response, &location).map_err(|c| (Some(location.clone()), c))?;
+            let next =
+                location_of(&response, &location).map_err(|c| (Some(location.clone()), c))?;
             Ok::<_, (Option<url::Url>, Cause)>((location, next, range_end(&response)))
         }
         .await;

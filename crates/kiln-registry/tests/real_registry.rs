@@ -600,7 +600,8 @@ async fn streamed_upload_dropped_mid_patch_goes_up_again_from_the_file() {
     assert_eq!(blob.digest.to_string(), layer_digest);
     let log = proxy.log();
     assert!(
-        log.iter().any(|l| l.starts_with("PATCH ") && l.ends_with("!drop")),
+        log.iter()
+            .any(|l| l.starts_with("PATCH ") && l.ends_with("!drop")),
         "{log:#?}"
     );
     // Then push_blob's way, from the file: HEAD, a new session, chunks of 1 MiB, the PUT.

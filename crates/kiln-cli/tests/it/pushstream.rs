@@ -14,7 +14,8 @@ use crate::support::{Kiln, http_get, read_tar};
 const EPOCH: &str = "1700000000";
 
 /// One built layer of a few MiB that compresses (several gzip members).
-const DOCKERFILE: &str = "FROM busybox\nRUN seq 1 400000 > /seq && head -c 3000000 /dev/zero | tr '\\0' k > /k\n";
+const DOCKERFILE: &str =
+    "FROM busybox\nRUN seq 1 400000 > /seq && head -c 3000000 /dev/zero | tr '\\0' k > /k\n";
 
 /// Random data, so the compressed layer outgrows what the proxy reads before it drops.
 const RANDOM_DOCKERFILE: &str = "FROM busybox\nRUN head -c 2000000 /dev/urandom > /r\n";
@@ -102,7 +103,8 @@ fn streamed_push_uploads_the_layer_an_export_makes() {
     for l in pushed["layers"].as_array().unwrap() {
         let digest = l["digest"].as_str().unwrap();
         assert!(
-            !log.iter().any(|l| l.starts_with("HEAD ") && l.contains(digest)),
+            !log.iter()
+                .any(|l| l.starts_with("HEAD ") && l.contains(digest)),
             "{log:#?}"
         );
         assert!(
@@ -111,7 +113,11 @@ fn streamed_push_uploads_the_layer_an_export_makes() {
             "{log:#?}"
         );
     }
-    assert_eq!(log.iter().filter(|l| l.starts_with("PATCH ")).count(), 2, "{log:#?}");
+    assert_eq!(
+        log.iter().filter(|l| l.starts_with("PATCH ")).count(),
+        2,
+        "{log:#?}"
+    );
 
     // The same build exported to an OCI archive in another data directory, compressed the
     // usual way before it is written: the same layer blob.
@@ -131,7 +137,10 @@ fn streamed_push_uploads_the_layer_an_export_makes() {
     );
     let (exported, _) = layout_image(&read_tar(&dest).unwrap());
     for i in 0..2 {
-        assert_eq!(exported["layers"][i]["digest"], pushed["layers"][i]["digest"]);
+        assert_eq!(
+            exported["layers"][i]["digest"],
+            pushed["layers"][i]["digest"]
+        );
         assert_eq!(exported["layers"][i]["size"], pushed["layers"][i]["size"]);
     }
 
@@ -173,10 +182,15 @@ fn streamed_push_survives_a_connection_dropped_mid_patch() {
     );
     let pushed = pushed_manifest(&k.registry, &repo, "1");
     let layer = pushed["layers"][1]["digest"].as_str().unwrap();
-    assert!(first.stderr.contains(&format!("{layer}: pushed")), "{}", first.stderr);
+    assert!(
+        first.stderr.contains(&format!("{layer}: pushed")),
+        "{}",
+        first.stderr
+    );
     // Then uploaded again from the compressed file, after a HEAD as any upload.
     assert!(
-        log.iter().any(|l| l.starts_with("HEAD ") && l.contains(layer)),
+        log.iter()
+            .any(|l| l.starts_with("HEAD ") && l.contains(layer)),
         "{log:#?}"
     );
 

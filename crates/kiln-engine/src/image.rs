@@ -183,6 +183,17 @@ impl Engine {
         by_digest: bool,
         progress: &Progress,
     ) -> Result<ExportedImage> {
+        // By digest, the name is known once the manifest is; the blobs go to its repository.
+        let v = progress.vertex(format!(
+            "pushing {}",
+            if by_digest {
+                format!("{}/{}", name.registry(), name.repository())
+            } else {
+                name.whole()
+            }
+        ));
+        // Layers not compressed yet go up as they are compressed; the rest as below.
+        let streamed = self.push_pending_layers(name, local, opts, &v).await?;
         let mut exported = self.exported_manifest(local, opts).await?;
         let name = &if by_digest {
             crate::export_names::canonical(name, &exported.manifest)?
@@ -195,9 +206,9 @@ impl Engine {
                 what: format!("manifest of `{}`", name.whole()),
                 source: Box::new(e),
             })?;
-        let v = progress.vertex(format!("pushing {}", name.whole()));
         let mut blobs = vec![manifest.config().clone()];
         blobs.extend(manifest.layers().iter().cloned());
+        blobs.retain(|d| !streamed.contains(d.digest()));
         self.remember_mount_sources(name, &blobs)?;
         let mut pushes = Vec::new();
         for desc in &blobs {
@@ -213,11 +224,7 @@ impl Engine {
                     .registry
                     .push_blob(name, desc.digest(), desc.size(), &path)
                     .await?;
-                let what = match pushed {
-                    kiln_registry::BlobPush::Exists => "layer already exists",
-                    kiln_registry::BlobPush::Mounted => "mounted from another repository",
-                    kiln_registry::BlobPush::Uploaded => "pushed",
-                };
+                let what = crate::push_stream::push_status(pushed);
                 v.status(&format!("{}: {what}", desc.digest()));
                 Ok::<_, Error>(())
             });

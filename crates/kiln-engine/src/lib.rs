@@ -22,6 +22,7 @@ mod logs;
 mod monitor;
 mod output;
 mod proxy_linux;
+mod push_stream;
 mod resolver;
 mod run;
 

@@ -232,6 +232,167 @@ struct LayerBlob {
     compression: Compression,
 }
 
+/// The parts of a local image an export derives its manifest from.
+struct LocalImage {
+    doc: serde_json::Value,
+    config_digest: Digest,
+    config_bytes: Vec<u8>,
+    diff_ids: Vec<Digest>,
+    /// Per layer, its blob as held; `None` for a layer of an unknown media type (kept as is).
+    held: Vec<Option<LayerBlob>>,
+}
+
+impl LocalImage {
+    fn read(content: &ContentStore, manifest: &Digest) -> Result<LocalImage> {
+        let bytes = image::read_metadata(content, manifest)?;
+        let doc: serde_json::Value =
+            serde_json::from_slice(&bytes).map_err(|source| Error::InvalidManifest {
+                digest: manifest.clone(),
+                source,
+            })?;
+        let media = doc["mediaType"]
+            .as_str()
+            .unwrap_or(media_type::OCI_MANIFEST);
+        if !media_type::is_manifest(media) {
+            return Err(Error::NotAManifest {
+                digest: manifest.clone(),
+                media_type: media.to_string(),
+            });
+        }
+        let bad = |why: &str| bad_manifest(manifest, why);
+        let config_digest = doc["config"]["digest"]
+            .as_str()
+            .and_then(|d| parse_digest(d).ok())
+            .ok_or_else(|| bad("manifest has no config digest"))?;
+        let config_bytes = image::read_metadata(content, &config_digest)?;
+        let diff_ids: Vec<Digest> = crate::config_diff_ids(&config_bytes)
+            .map_err(|source| Error::InvalidConfig {
+                digest: config_digest.clone(),
+                source,
+            })?
+            .iter()
+            .map(|d| parse_digest(d).map_err(|_| bad("config lists an invalid diff ID")))
+            .collect::<Result<_>>()?;
+        let held: Vec<Option<LayerBlob>> = doc["layers"]
+            .as_array()
+            .map(Vec::as_slice)
+            .unwrap_or_default()
+            .iter()
+            .map(|l| {
+                let digest = l["digest"].as_str().and_then(|d| parse_digest(d).ok());
+                let comp = l["mediaType"]
+                    .as_str()
+                    .and_then(media_type::layer_compression);
+                match (digest, comp) {
+                    (Some(digest), Some(c)) => Ok(Some(LayerBlob {
+                        digest,
+                        size: l["size"].as_u64().unwrap_or(0),
+                        compression: Compression::of(c),
+                    })),
+                    (Some(_), None) => Ok(None),
+                    (None, _) => Err(bad("a layer has no digest")),
+                }
+            })
+            .collect::<Result<_>>()?;
+        if held.len() != diff_ids.len() {
+            return Err(bad(
+                "the manifest's layers and the config's diff IDs differ in number",
+            ));
+        }
+        Ok(LocalImage {
+            doc,
+            config_digest,
+            config_bytes,
+            diff_ids,
+            held,
+        })
+    }
+
+    /// `(index, held blob, diff ID)` of each layer an export may replace.
+    fn jobs(&self) -> Vec<(usize, LayerBlob, Digest)> {
+        self.held
+            .iter()
+            .zip(&self.diff_ids)
+            .enumerate()
+            .filter_map(|(i, (h, d))| h.clone().map(|h| (i, h, d.clone())))
+            .collect()
+    }
+}
+
+fn bad_manifest(manifest: &Digest, why: &str) -> Error {
+    Error::InvalidArchive {
+        path: PathBuf::from(manifest.to_string()),
+        reason: why.to_string(),
+    }
+}
+
+/// A layer an export with given options would compress now: no acceptable blob of it exists.
+#[derive(Debug, Clone)]
+pub struct PendingLayer {
+    held: LayerBlob,
+    diff_id: Digest,
+    opts: CompressionOpts,
+}
+
+impl PendingLayer {
+    /// The diff ID of the layer (after `rewrite-timestamp`, when asked for).
+    pub fn diff_id(&self) -> &Digest {
+        &self.diff_id
+    }
+
+    /// Compresses the layer into the content store exactly as [`export_image`] would, and
+    /// records the blob so that exports find it; every compressed byte is also written to
+    /// `tee` as it is made (for an upload that runs meanwhile). Returns the blob's digest and
+    /// size. A failing `tee` fails the compression, so a tee that may go away should swallow
+    /// its own errors.
+    pub fn compress_into(
+        &self,
+        content: &ContentStore,
+        variants: &BlobVariants,
+        tee: impl Write,
+    ) -> Result<(Digest, u64)> {
+        let blob = compress_layer(
+            content,
+            variants,
+            &self.held,
+            &self.diff_id,
+            &self.opts,
+            tee,
+        )?;
+        Ok((blob.digest, blob.size))
+    }
+}
+
+/// The layers of the local image `manifest` that [`export_image`] with `opts` would compress
+/// now, in manifest order. `rewrite_timestamp` layers are rewritten (and recorded) first, as
+/// the export would.
+pub fn pending_layers(
+    content: &ContentStore,
+    variants: &BlobVariants,
+    manifest: &Digest,
+    opts: &ExportOpts,
+) -> Result<Vec<PendingLayer>> {
+    let local = LocalImage::read(content, manifest)?;
+    let jobs = local.jobs();
+    let results = parallel_map(&jobs, |(_, held, diff_id)| {
+        let (held, diff_id) = match opts.rewrite_timestamp {
+            Some(epoch) => rewritten(content, variants, held, diff_id, epoch)?,
+            None => (held.clone(), diff_id.clone()),
+        };
+        Ok(
+            match existing_blob(content, variants, &held, &diff_id, &opts.compression) {
+                Some(_) => None,
+                None => Some(PendingLayer {
+                    held,
+                    diff_id,
+                    opts: opts.compression,
+                }),
+            },
+        )
+    })?;
+    Ok(results.into_iter().flatten().collect())
+}
+
 /// Derives the manifest `opts` asks for from the local image `manifest`, compressing (in
 /// parallel) the layers that need it, and stores it (and its config, when `rewrite_timestamp`
 /// changed the diffIDs) in `content`.
@@ -241,65 +402,14 @@ pub fn export_image(
     manifest: &Digest,
     opts: &ExportOpts,
 ) -> Result<ExportedImage> {
-    let bytes = image::read_metadata(content, manifest)?;
-    let mut doc: serde_json::Value =
-        serde_json::from_slice(&bytes).map_err(|source| Error::InvalidManifest {
-            digest: manifest.clone(),
-            source,
-        })?;
-    let media = doc["mediaType"]
-        .as_str()
-        .unwrap_or(media_type::OCI_MANIFEST);
-    if !media_type::is_manifest(media) {
-        return Err(Error::NotAManifest {
-            digest: manifest.clone(),
-            media_type: media.to_string(),
-        });
-    }
-    let bad = |why: &str| Error::InvalidArchive {
-        path: PathBuf::from(manifest.to_string()),
-        reason: why.to_string(),
-    };
-    let config_digest = doc["config"]["digest"]
-        .as_str()
-        .and_then(|d| parse_digest(d).ok())
-        .ok_or_else(|| bad("manifest has no config digest"))?;
-    let config_bytes = image::read_metadata(content, &config_digest)?;
-    let diff_ids: Vec<Digest> = crate::config_diff_ids(&config_bytes)
-        .map_err(|source| Error::InvalidConfig {
-            digest: config_digest.clone(),
-            source,
-        })?
-        .iter()
-        .map(|d| parse_digest(d).map_err(|_| bad("config lists an invalid diff ID")))
-        .collect::<Result<_>>()?;
-    let held: Vec<Option<LayerBlob>> = doc["layers"]
-        .as_array()
-        .map(Vec::as_slice)
-        .unwrap_or_default()
-        .iter()
-        .map(|l| {
-            let digest = l["digest"].as_str().and_then(|d| parse_digest(d).ok());
-            let comp = l["mediaType"]
-                .as_str()
-                .and_then(media_type::layer_compression);
-            match (digest, comp) {
-                (Some(digest), Some(c)) => Ok(Some(LayerBlob {
-                    digest,
-                    size: l["size"].as_u64().unwrap_or(0),
-                    compression: Compression::of(c),
-                })),
-                (Some(_), None) => Ok(None),
-                (None, _) => Err(bad("a layer has no digest")),
-            }
-        })
-        .collect::<Result<_>>()?;
-    if held.len() != diff_ids.len() {
-        return Err(bad(
-            "the manifest's layers and the config's diff IDs differ in number",
-        ));
-    }
-
+    let LocalImage {
+        mut doc,
+        config_digest,
+        config_bytes,
+        diff_ids,
+        held,
+    } = LocalImage::read(content, manifest)?;
+    let bad = |why: &str| bad_manifest(manifest, why);
     let jobs: Vec<(usize, LayerBlob, Digest)> = held
         .iter()
         .zip(&diff_ids)
@@ -405,51 +515,97 @@ fn layer_blob(
     diff_id: &Digest,
     opts: &CompressionOpts,
 ) -> Result<LayerBlob> {
+    match existing_blob(content, variants, held, diff_id, opts) {
+        Some(blob) => Ok(blob),
+        None => compress_layer(content, variants, held, diff_id, opts, io::sink()),
+    }
+}
+
+/// The blob an export can use without compressing: the held one when acceptable, the plain
+/// tar, or a variant recorded earlier. `None`: it must be compressed now.
+fn existing_blob(
+    content: &ContentStore,
+    variants: &BlobVariants,
+    held: &LayerBlob,
+    diff_id: &Digest,
+    opts: &CompressionOpts,
+) -> Option<LayerBlob> {
     let same_level = opts.level.is_none() || !opts.force;
     if held.compression == opts.kind && same_level
         || !opts.force && held.compression != Compression::Uncompressed
     {
-        return Ok(held.clone());
+        return Some(held.clone());
     }
     if opts.kind == Compression::Uncompressed
         && let Some(size) = content.size(diff_id).ok().flatten()
     {
-        return Ok(LayerBlob {
+        return Some(LayerBlob {
             digest: diff_id.clone(),
             size,
             compression: Compression::Uncompressed,
         });
     }
-    let key = opts.key();
-    if let Some((digest, size)) = variants.get(content, diff_id, &key) {
-        return Ok(LayerBlob {
-            digest,
-            size,
-            compression: opts.kind,
-        });
-    }
+    let (digest, size) = variants.get(content, diff_id, &opts.key())?;
+    Some(LayerBlob {
+        digest,
+        size,
+        compression: opts.kind,
+    })
+}
+
+/// Compresses the held blob into a new blob, recorded under `opts`' key; `tee` gets a copy of
+/// every byte written.
+fn compress_layer(
+    content: &ContentStore,
+    variants: &BlobVariants,
+    held: &LayerBlob,
+    diff_id: &Digest,
+    opts: &CompressionOpts,
+    tee: impl Write,
+) -> Result<LayerBlob> {
     let input = open_tar(content, held)?;
     let blob = content.writer().map_err(|source| Error::ReadBlob {
         digest: held.digest.clone(),
         source: Box::new(source),
     })?;
-    let mut out = BufWriter::with_capacity(256 * 1024, blob);
+    let mut out = BufWriter::with_capacity(256 * 1024, Tee { blob, tee });
     let write_err = |source: io::Error| Error::WriteArchive {
         path: format!("{} ({})", diff_id, opts.kind.name()),
         source,
     };
     compress(input, &mut out, opts.kind, opts.level()).map_err(write_err)?;
-    let blob = out.into_inner().map_err(|e| write_err(e.into_error()))?;
+    let Tee { blob, tee } = out.into_inner().map_err(|e| write_err(e.into_error()))?;
+    // The tee's end of stream: whoever reads it now waits for the digest only.
+    drop(tee);
     let (digest, size) = blob.commit(None).map_err(|source| Error::ReadBlob {
         digest: diff_id.clone(),
         source: Box::new(source),
     })?;
-    variants.put(diff_id, &key, &digest, size)?;
+    variants.put(diff_id, &opts.key(), &digest, size)?;
     Ok(LayerBlob {
         digest,
         size,
         compression: opts.kind,
     })
+}
+
+/// Writes to the blob, then the same bytes to `tee`.
+struct Tee<W> {
+    blob: kiln_content::BlobWriter,
+    tee: W,
+}
+
+impl<W: Write> Write for Tee<W> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let n = self.blob.write(buf)?;
+        self.tee.write_all(&buf[..n])?;
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.blob.flush()?;
+        self.tee.flush()
+    }
 }
 
 /// The tar stream of a held blob, decompressed.
@@ -1002,6 +1158,55 @@ mod tests {
         let mut again = Vec::new();
         assert!(!clamp_tar_times(&out[..], &mut again, 1_000_000_000).unwrap());
         assert_eq!(again, out);
+    }
+
+    #[test]
+    fn compressing_into_a_tee_makes_the_blob_an_export_makes() {
+        let data = sample(3 * GZIP_BLOCK + 77);
+        let mut made = Vec::new();
+        for tee in [false, true] {
+            let dir = tempfile::tempdir().unwrap();
+            let content = ContentStore::open(dir.path().join("content")).unwrap();
+            let variants = BlobVariants::open(&dir.path().join("variants")).unwrap();
+            let diff_id = content.put(&data, None).unwrap();
+            let held = LayerBlob {
+                digest: diff_id.clone(),
+                size: data.len() as u64,
+                compression: Compression::Uncompressed,
+            };
+            let opts = CompressionOpts::default();
+            assert_eq!(
+                existing_blob(&content, &variants, &held, &diff_id, &opts),
+                None
+            );
+            let blob = if tee {
+                let pending = PendingLayer {
+                    held: held.clone(),
+                    diff_id: diff_id.clone(),
+                    opts,
+                };
+                let mut copy = Vec::new();
+                let (digest, size) = pending
+                    .compress_into(&content, &variants, &mut copy)
+                    .unwrap();
+                assert_eq!(copy, content.read(&digest).unwrap());
+                assert_eq!(size, copy.len() as u64);
+                LayerBlob {
+                    digest,
+                    size,
+                    compression: Compression::Gzip,
+                }
+            } else {
+                layer_blob(&content, &variants, &held, &diff_id, &opts).unwrap()
+            };
+            // Recorded: the next export finds it.
+            assert_eq!(
+                existing_blob(&content, &variants, &held, &diff_id, &opts),
+                Some(blob.clone())
+            );
+            made.push(blob);
+        }
+        assert_eq!(made[0], made[1]);
     }
 
     #[test]

@@ -374,6 +374,8 @@ mod tests {
         future_is_send(&client.fetch_blob(&r, &desc, &mut out));
         future_is_send(&client.push_blob(&r, &d, 0, std::path::Path::new("x")));
         future_is_send(&client.push_manifest(&r, "m", b""));
+        let stream = futures::stream::empty::<std::io::Result<Vec<u8>>>();
+        future_is_send(&client.push_blob_streamed(&r, stream, async { None }));
         future_is_send(&client.blob_exists(&r, &d));
     }
 

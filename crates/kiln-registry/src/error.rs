@@ -254,6 +254,9 @@ pub enum Cause {
         #[source]
         source: std::io::Error,
     },
+    /// A streamed body is consumed by its first request (an auth challenge asked for another).
+    #[error("the streamed body of {url} cannot be sent twice")]
+    StreamReplay { url: String },
 }
 
 impl Cause {

@@ -25,4 +25,4 @@ pub use error::{
     RegistryErrors, Result,
 };
 pub use pull::{RawManifest, Resolved};
-pub use push::BlobPush;
+pub use push::{BlobPush, MadeBlob};

@@ -1,4 +1,9 @@
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::task::Poll;
+
+use futures::{Stream, StreamExt};
 
 use kiln_oci::{Digest, Reference};
 use reqwest::header::{
@@ -162,6 +167,154 @@ impl Client {
                 }
                 Err(cause) => return Err(cause),
             }
+        }
+    }
+
+    /// Uploads a blob while it is being made, for a push that compresses a layer as it goes:
+    /// a new upload session takes `body` in one streamed `PATCH` (chunked transfer encoding, as
+    /// `docker push` sends it), and once `made` gives the finished blob's digest, size and
+    /// file, a `PUT ?digest=` closes it. No `HEAD` or mount first: the digest is not known
+    /// yet. If anything fails on the way the stream is dropped (so its maker should carry on
+    /// into its file) and, once `made` is ready, the file goes up through
+    /// [`Client::push_blob`] with its retries and resumption. `Ok(None)` when `made` gives
+    /// nothing (the maker failed and reports why); the session is then cancelled. Takes one of
+    /// the host's `max_concurrent_uploads` slots while it streams.
+    pub async fn push_blob_streamed<S>(
+        &self,
+        reference: &Reference,
+        body: S,
+        made: impl Future<Output = Option<MadeBlob>> + Send,
+    ) -> Result<Option<(MadeBlob, BlobPush)>>
+    where
+        S: Stream<Item = std::io::Result<Vec<u8>>> + Send + 'static,
+    {
+        let ep = self.hosts.upstream(reference.registry());
+        let scope = push_scope(reference.repository());
+        let slot = self.upload_slot(reference.registry()).await;
+        let (location, streamed) = self.stream_upload(&ep, &scope, reference, body).await;
+        let Some(blob) = made.await else {
+            if let Some(location) = location {
+                self.cancel_upload(&ep, &scope, &location).await;
+            }
+            return Ok(None);
+        };
+        let finished = match streamed {
+            Ok((location, Some(end))) if end + 1 != blob.size => Err(Cause::InvalidResponse {
+                url: location.to_string(),
+                reason: format!(
+                    "the upload holds 0-{end} after the whole blob of {} bytes",
+                    blob.size
+                ),
+            }),
+            Ok((location, _)) => {
+                self.finish_upload(&ep, &scope, location, &blob.digest, None)
+                    .await
+            }
+            Err(cause) => Err(cause),
+        };
+        match finished {
+            Ok(()) => {
+                self.remember_blob(reference, &blob.digest);
+                Ok(Some((blob, BlobPush::Uploaded)))
+            }
+            Err(cause) => {
+                tracing::debug!(digest = %blob.digest, error = %crate::error::chain(&cause), "streamed upload failed; uploading the file");
+                // push_blob takes a slot of its own.
+                drop(slot);
+                let pushed = self
+                    .push_blob(reference, &blob.digest, blob.size, &blob.path)
+                    .await?;
+                Ok(Some((blob, pushed)))
+            }
+        }
+    }
+
+    /// `POST` a session and `PATCH` the whole stream into it. Returns the session's location
+    /// when it was opened, and the location for the closing `PUT` with the end of the range
+    /// the registry reports holding. The stream is dropped before this returns, whatever
+    /// became of the request.
+    async fn stream_upload<S>(
+        &self,
+        ep: &Endpoint,
+        scope: &str,
+        reference: &Reference,
+        body: S,
+    ) -> (
+        Option<url::Url>,
+        std::result::Result<(url::Url, Option<u64>), Cause>,
+    )
+    where
+        S: Stream<Item = std::io::Result<Vec<u8>>> + Send + 'static,
+    {
+        // The request reads the stream through this slot; emptying it drops the stream even
+        // if the HTTP stack kept the body alive after the request ended.
+        type Slot<S> = Arc<Mutex<Option<Pin<Box<S>>>>>;
+        let shared: Slot<S> = Arc::new(Mutex::new(Some(Box::pin(body))));
+        let result = async {
+            let location = self
+                .start_upload(ep, scope, reference)
+                .await
+                .map_err(|c| (None, c))?;
+            let reader = shared.clone();
+            let stream = futures::stream::poll_fn(move |cx| {
+                let mut slot = reader.lock().unwrap_or_else(|e| e.into_inner());
+                match slot.as_mut() {
+                    Some(s) => s.poll_next_unpin(cx),
+                    None => Poll::Ready(Some(Err(std::io::Error::other("upload abandoned")))),
+                }
+            });
+            let once = Mutex::new(Some(reqwest::Body::wrap_stream(stream)));
+            let url = location.to_string();
+            let body = move || {
+                once.lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .take()
+                    .ok_or_else(|| Cause::StreamReplay { url: url.clone() })
+            };
+            let mut headers = HeaderMap::new();
+            headers.insert(
+                CONTENT_TYPE,
+                HeaderValue::from_static("application/octet-stream"),
+            );
+            let response = self
+                .send_ok(
+                    ep,
+                    scope,
+                    Method::PATCH,
+                    location.as_str(),
+                    &headers,
+                    Some(&body),
+                    false,
+                )
+                .await
+                .map_err(|cause| (Some(location.clone()), cause))?;
+            let next =
+                location_of(&response, &location).map_err(|c| (Some(location.clone()), c))?;
+            Ok::<_, (Option<url::Url>, Cause)>((location, next, range_end(&response)))
+        }
+        .await;
+        drop(shared.lock().unwrap_or_else(|e| e.into_inner()).take());
+        match result {
+            Ok((opened, next, end)) => (Some(opened), Ok((next, end))),
+            Err((opened, cause)) => (opened, Err(cause)),
+        }
+    }
+
+    /// `DELETE <location>`: best effort, the registry expires abandoned sessions anyway.
+    async fn cancel_upload(&self, ep: &Endpoint, scope: &str, location: &url::Url) {
+        let result = self
+            .send(
+                ep,
+                scope,
+                Method::DELETE,
+                location.as_str(),
+                &HeaderMap::new(),
+                None,
+                false,
+            )
+            .await;
+        if let Err(cause) = result {
+            tracing::debug!(%location, error = %cause, "cancelling an upload failed");
         }
     }
 
@@ -442,6 +595,15 @@ pub enum BlobPush {
     /// Mounted from another repository of the registry; nothing was uploaded.
     Mounted,
     Uploaded,
+}
+
+/// A blob made while it was streamed, as [`Client::push_blob_streamed`] needs it at the end.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MadeBlob {
+    pub digest: Digest,
+    pub size: u64,
+    /// The blob's file, for an upload again from the start.
+    pub path: PathBuf,
 }
 
 /// An upload session: where to send the next request, and how many bytes the registry holds.

@@ -497,3 +497,158 @@ async fn mounts_across_repositories_and_bounds_parallel_uploads() {
     }
     assert!(proxy.log().iter().all(|l| l.starts_with("HEAD ")));
 }
+
+/// A stand-in for a compressor feeding a streamed upload: writes `bytes` into a file in 64 KiB
+/// pieces, sending each into the returned stream too (and carrying on into the file when the
+/// stream is gone), then gives the finished blob (`None` with `fail`, before the end).
+fn maker(
+    dir: &std::path::Path,
+    bytes: Vec<u8>,
+    fail: bool,
+) -> (
+    impl futures::Stream<Item = std::io::Result<Vec<u8>>> + Send + 'static,
+    tokio::sync::oneshot::Receiver<Option<kiln_registry::MadeBlob>>,
+) {
+    use std::io::Write;
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<Vec<u8>>(4);
+    let (done_tx, done_rx) = tokio::sync::oneshot::channel();
+    let path = dir.join("made");
+    std::thread::spawn(move || {
+        let mut file = std::fs::File::create(&path).unwrap();
+        let pieces: Vec<&[u8]> = bytes.chunks(64 << 10).collect();
+        let stop = if fail { pieces.len() / 2 } else { pieces.len() };
+        for piece in &pieces[..stop] {
+            file.write_all(piece).unwrap();
+            let _ = tx.blocking_send(piece.to_vec());
+        }
+        drop(tx);
+        let made = (!fail).then(|| kiln_registry::MadeBlob {
+            digest: kiln_oci::parse_digest(&digest_of(&bytes)).unwrap(),
+            size: bytes.len() as u64,
+            path,
+        });
+        let _ = done_tx.send(made);
+    });
+    let stream = futures::stream::poll_fn(move |cx| rx.poll_recv(cx).map(|o| o.map(Ok)));
+    (stream, done_rx)
+}
+
+#[tokio::test]
+async fn streamed_upload_is_one_patch_then_the_put() {
+    let Some(registry) = start_registry().await else {
+        return;
+    };
+    let (proxy, client) = proxied(&registry, 1 << 20, 4);
+    let work = tempfile::tempdir().unwrap();
+    let bytes = noise(3 << 20, 7);
+    let reference: Reference = format!("{}/streamed/ok:x", proxy.host).parse().unwrap();
+    let (stream, made) = maker(work.path(), bytes.clone(), false);
+    let (blob, pushed) = client
+        .push_blob_streamed(&reference, stream, async { made.await.ok().flatten() })
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(pushed, BlobPush::Uploaded);
+    let log = proxy.log();
+    assert_eq!(count(&log, "HEAD "), 0, "{log:#?}");
+    assert_eq!(count(&log, "POST "), 1, "{log:#?}");
+    assert_eq!(count(&log, "PATCH "), 1, "one streamed PATCH: {log:#?}");
+    assert_eq!(count(&log, "PUT "), 1, "{log:#?}");
+    let desc = kiln_oci::Descriptor::new(
+        media_type::OCI_LAYER_GZIP.into(),
+        blob.size,
+        blob.digest.clone(),
+    );
+    let mut back = Vec::new();
+    client
+        .fetch_blob(&reference, &desc, &mut back)
+        .await
+        .unwrap();
+    assert_eq!(back, bytes);
+}
+
+#[tokio::test]
+async fn streamed_upload_dropped_mid_patch_goes_up_again_from_the_file() {
+    let Some(registry) = start_registry().await else {
+        return;
+    };
+    let (proxy, client) = proxied(&registry, 1 << 20, 4);
+    let work = tempfile::tempdir().unwrap();
+    let reference: Reference = format!("{}/streamed/drop:v1", proxy.host).parse().unwrap();
+    // A 3 MiB layer, streamed; the registry's end of the PATCH goes away after 256 KiB.
+    let bytes = noise(3 << 20, 8);
+    let layer_digest = digest_of(&bytes);
+    let config = format!(
+        r#"{{"architecture":"amd64","os":"linux","rootfs":{{"type":"layers","diff_ids":["{layer_digest}"]}}}}"#
+    )
+    .into_bytes();
+    let manifest = serde_json::json!({
+        "schemaVersion": 2,
+        "mediaType": media_type::OCI_MANIFEST,
+        "config": {"mediaType": media_type::OCI_CONFIG, "digest": digest_of(&config), "size": config.len()},
+        "layers": [{"mediaType": media_type::OCI_LAYER_GZIP, "digest": layer_digest, "size": bytes.len()}],
+    });
+    let manifest = serde_json::to_vec(&manifest).unwrap();
+    proxy.fail("PATCH", "/blobs/uploads/", 0, 1, Fault::Drop);
+    let (stream, made) = maker(work.path(), bytes.clone(), false);
+    let (blob, pushed) = client
+        .push_blob_streamed(&reference, stream, async { made.await.ok().flatten() })
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(pushed, BlobPush::Uploaded);
+    assert_eq!(blob.digest.to_string(), layer_digest);
+    let log = proxy.log();
+    assert!(
+        log.iter()
+            .any(|l| l.starts_with("PATCH ") && l.ends_with("!drop")),
+        "{log:#?}"
+    );
+    // Then push_blob's way, from the file: HEAD, a new session, chunks of 1 MiB, the PUT.
+    assert_eq!(count(&log, "HEAD "), 1, "{log:#?}");
+    assert_eq!(count(&log, "POST "), 2, "{log:#?}");
+    assert_eq!(count(&log, "PUT "), 1, "{log:#?}");
+
+    // The image's config and manifest after it: the registry serves the whole image.
+    let (cd, cs, cp) = blob_file(work.path(), &config);
+    client.push_blob(&reference, &cd, cs, &cp).await.unwrap();
+    client
+        .push_manifest(&reference, media_type::OCI_MANIFEST, &manifest)
+        .await
+        .unwrap();
+    let resolved = client
+        .resolve(&reference, &"linux/amd64".parse().unwrap())
+        .await
+        .unwrap();
+    assert_eq!(resolved.config_bytes, config);
+    let desc = kiln_oci::Descriptor::new(
+        media_type::OCI_LAYER_GZIP.into(),
+        blob.size,
+        blob.digest.clone(),
+    );
+    let mut back = Vec::new();
+    client
+        .fetch_blob(&reference, &desc, &mut back)
+        .await
+        .unwrap();
+    assert_eq!(back, bytes);
+}
+
+#[tokio::test]
+async fn streamed_upload_whose_maker_fails_is_cancelled() {
+    let Some(registry) = start_registry().await else {
+        return;
+    };
+    let (proxy, client) = proxied(&registry, 1 << 20, 4);
+    let work = tempfile::tempdir().unwrap();
+    let reference: Reference = format!("{}/streamed/fail:x", proxy.host).parse().unwrap();
+    let (stream, made) = maker(work.path(), noise(1 << 20, 9), true);
+    let pushed = client
+        .push_blob_streamed(&reference, stream, async { made.await.ok().flatten() })
+        .await
+        .unwrap();
+    assert_eq!(pushed, None);
+    let log = proxy.log();
+    assert_eq!(count(&log, "PUT "), 0, "never closed: {log:#?}");
+    assert_eq!(count(&log, "DELETE "), 1, "cancelled: {log:#?}");
+}

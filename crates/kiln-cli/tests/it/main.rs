@@ -26,6 +26,7 @@ mod mounts;
 mod multistage;
 mod outputs;
 mod pull;
+mod pushstream;
 mod registry_auth;
 mod run;
 mod sandbox;

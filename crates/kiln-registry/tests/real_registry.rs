@@ -332,6 +332,23 @@ fn proxied(registry: &TestRegistry, chunk: u64, uploads: usize) -> (FaultProxy, 
     (proxy, client)
 }
 
+/// Fetches the blob `digest` back through `client` and checks it is `bytes`.
+async fn assert_reads_back(
+    client: &Client,
+    reference: &Reference,
+    digest: &Digest,
+    size: u64,
+    bytes: &[u8],
+) {
+    let desc = kiln_oci::Descriptor::new(media_type::OCI_LAYER_GZIP.into(), size, digest.clone());
+    let mut back = Vec::new();
+    client
+        .fetch_blob(reference, &desc, &mut back)
+        .await
+        .unwrap();
+    assert_eq!(back, bytes);
+}
+
 fn count(log: &[String], prefix: &str) -> usize {
     log.iter().filter(|l| l.starts_with(prefix)).count()
 }
@@ -370,13 +387,7 @@ async fn chunked_upload_resumes_after_a_500_and_a_dropped_connection() {
     );
     assert_eq!(count(&log, "PUT "), 1, "{log:#?}");
 
-    let desc = kiln_oci::Descriptor::new(media_type::OCI_LAYER_GZIP.into(), size, digest.clone());
-    let mut back = Vec::new();
-    client
-        .fetch_blob(&reference, &desc, &mut back)
-        .await
-        .unwrap();
-    assert_eq!(back, bytes);
+    assert_reads_back(&client, &reference, &digest, size, &bytes).await;
 }
 
 #[tokio::test]
@@ -554,17 +565,7 @@ async fn streamed_upload_is_one_patch_then_the_put() {
     assert_eq!(count(&log, "POST "), 1, "{log:#?}");
     assert_eq!(count(&log, "PATCH "), 1, "one streamed PATCH: {log:#?}");
     assert_eq!(count(&log, "PUT "), 1, "{log:#?}");
-    let desc = kiln_oci::Descriptor::new(
-        media_type::OCI_LAYER_GZIP.into(),
-        blob.size,
-        blob.digest.clone(),
-    );
-    let mut back = Vec::new();
-    client
-        .fetch_blob(&reference, &desc, &mut back)
-        .await
-        .unwrap();
-    assert_eq!(back, bytes);
+    assert_reads_back(&client, &reference, &blob.digest, blob.size, &bytes).await;
 }
 
 #[tokio::test]
@@ -621,17 +622,7 @@ async fn streamed_upload_dropped_mid_patch_goes_up_again_from_the_file() {
         .await
         .unwrap();
     assert_eq!(resolved.config_bytes, config);
-    let desc = kiln_oci::Descriptor::new(
-        media_type::OCI_LAYER_GZIP.into(),
-        blob.size,
-        blob.digest.clone(),
-    );
-    let mut back = Vec::new();
-    client
-        .fetch_blob(&reference, &desc, &mut back)
-        .await
-        .unwrap();
-    assert_eq!(back, bytes);
+    assert_reads_back(&client, &reference, &blob.digest, blob.size, &bytes).await;
 }
 
 #[tokio::test]

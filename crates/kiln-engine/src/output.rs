@@ -253,6 +253,16 @@ impl Output {
             format!("--output type={},unpack", self.kind.name())
         } else if !self.tar && self.kind != ExporterKind::Oci {
             format!("--output type={},tar=false", self.kind.name())
+        } else if let Some(opt) = self.image_option().filter(|_| !self.kind.is_image()) {
+            // Options that shape an image mean nothing to a rootfs or cache-only output.
+            format!("--output type={},{opt}", self.kind.name())
+        } else if self.dest.is_some()
+            && matches!(
+                self.kind,
+                ExporterKind::Image | ExporterKind::Registry | ExporterKind::CacheOnly
+            )
+        {
+            format!("--output type={},dest=", self.kind.name())
         } else {
             return None;
         };
@@ -336,6 +346,22 @@ pub fn parse_annotation_flag(spec: &str) -> Result<Annotation, OutputError> {
         None => format!("annotation.{left}"),
     };
     parse_annotation(&option, value).map_err(err)
+}
+
+impl Output {
+    /// The first option given that only an image exporter uses.
+    fn image_option(&self) -> Option<&'static str> {
+        [
+            (self.compression.is_some(), "compression"),
+            (self.compression_level.is_some(), "compression-level"),
+            (self.force_compression, "force-compression"),
+            (self.oci_mediatypes.is_some(), "oci-mediatypes"),
+            (self.rewrite_timestamp, "rewrite-timestamp"),
+            (!self.annotations.is_empty(), "annotation"),
+        ]
+        .into_iter()
+        .find_map(|(set, name)| set.then_some(name))
+    }
 }
 
 /// `annotation[-TARGET][[PLATFORM]].KEY` = `value`.
@@ -528,6 +554,9 @@ mod tests {
             "type=oci,dest=a,push=true",
             "type=local,dest=a,unpack=true",
             "type=docker,dest=a,tar=false",
+            "type=local,dest=a,compression=zstd",
+            "type=tar,dest=a,rewrite-timestamp=true",
+            "type=image,dest=a",
         ] {
             let o = Output::parse(spec).unwrap();
             assert!(

@@ -22,6 +22,8 @@ PACKAGES=(
     git
     # RUN --mount=type=ssh: ssh-agent and ssh-add for `kiln build --ssh ID=KEYFILE` and its tests
     openssh-client
+    # seccomp: kiln compiles the sandbox profile with libseccomp (runc uses the same library)
+    libseccomp-dev
     # tests: certificates for the TLS registry
     openssl
     # cargo build: a C toolchain for the crypto crates (rustls' aws-lc-rs, ring)

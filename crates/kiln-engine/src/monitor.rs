@@ -9,7 +9,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use chrono::Utc;
-use kiln_executor::{Mount, Network, ProcessSpec, Stdio, User};
+use kiln_executor::{ExitStatus, Mount, Network, ProcessSpec, Stdio, User};
 
 use crate::container::{ContainerError, ContainerState, Containers, Status};
 use crate::{Result, io, proxy_linux};
@@ -151,7 +151,8 @@ impl Containers {
                 r = &mut run => break r,
                 _ = tokio::time::sleep(Duration::from_millis(20)), if !started => {
                     // Started once runc wrote the pid file: the namespaces exist.
-                    let Some(pid) = read_pid(&pid_file) else {
+                    // Before that, the shim may still find the command missing.
+                    let Some(pid) = read_pid(&pid_file).filter(|p| kiln_executor::command_started(*p)) else {
                         continue;
                     };
                     if let Some(listeners) = listeners.take().filter(|l| !l.is_empty()) {
@@ -168,6 +169,7 @@ impl Containers {
             }
         };
         drop(_proxies);
+        let not_started = matches!(status, Ok(ExitStatus::NotStarted { .. }));
         let code = match status {
             Ok(status) => status.code(),
             Err(e) => {
@@ -182,8 +184,9 @@ impl Containers {
         finish.code = Some(code);
         let created = read_pid(&pid_file).is_some();
         let _ = std::fs::remove_file(&pid_file);
-        if !started && !created {
-            // runc could not create it (bad command, mount, user): say why.
+        if not_started || (!started && !created) {
+            // runc could not create it (bad mount, user) or the command could not be executed:
+            // say why.
             let tail = log_tail(&self.log_path(id), 5);
             tell(&mut ready, Err(format!("exit code {code}: {tail}")));
             return Err(ContainerError::Start {

@@ -1,7 +1,6 @@
 //! `kiln run` and `kiln exec`: a container from an image's entrypoint and command, run in the
 //! foreground or handed to a monitor (`-d`), and more processes in a running one.
 
-use kiln_executor::ExitStatus;
 use kiln_oci::{ImageConfig, Reference};
 use kiln_progress::Progress;
 
@@ -206,11 +205,7 @@ impl Engine {
                 },
             )
             .await?;
-        Ok(match status {
-            ExitStatus::Code(c) => c,
-            ExitStatus::Signal(s) => 128 + s,
-            ExitStatus::Killed { signal, .. } => 128 + signal,
-        })
+        Ok(status.code())
     }
 }
 

@@ -6,6 +6,7 @@ use std::process::Stdio as StdStdio;
 use tokio::process::Command as TokioCommand;
 
 use crate::runc::runc_sync;
+use crate::shim::SHIM_ARG0;
 use crate::{Error, ExitStatus, Result, RuncExecutor, User};
 
 /// One more process in a running container; what is not set comes from the container's own.
@@ -52,6 +53,19 @@ impl RuncExecutor {
         }
         let mut cmd = TokioCommand::new(self.runc_path());
         cmd.arg("--root").arg(self.runc_root()).arg("exec");
+        // A container whose seccomp the shim installed gets it the same way for this process.
+        let shim_fds = match self.seccomp_shim() {
+            Some(shim) => shim
+                .for_exec(&self.bundles_dir().join(id))
+                .map_err(|source| Error::Bundle {
+                    id: id.to_string(),
+                    source,
+                })?,
+            None => None,
+        };
+        if let Some(fds) = &shim_fds {
+            fds.args(&mut cmd);
+        }
         if req.terminal {
             cmd.arg("--tty");
         }
@@ -68,7 +82,11 @@ impl RuncExecutor {
             }
         }
         // runc stops parsing its flags at the container id.
-        cmd.arg(id).args(&req.args);
+        cmd.arg(id);
+        if shim_fds.is_some() {
+            cmd.arg(SHIM_ARG0);
+        }
+        cmd.args(&req.args);
         if !req.stdin {
             cmd.stdin(StdStdio::null());
         }

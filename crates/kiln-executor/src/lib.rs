@@ -12,12 +12,15 @@ mod error;
 mod rootfs_linux;
 mod runc;
 mod seccomp;
+mod seccomp_bpf;
+mod shim;
 mod spec;
 mod user;
 
 pub use control::ExecRequest;
 pub use error::{Error, Result};
 pub use runc::RuncExecutor;
+pub use shim::command_started;
 pub use user::{home_dir, resolve_user};
 
 use std::path::{Path, PathBuf};
@@ -182,6 +185,9 @@ pub enum ExitStatus {
     Killed { signal: i32, oom: bool },
     /// `runc` itself was killed by this signal, so the process's own status is unknown.
     Signal(i32),
+    /// The command could not be executed (not found: code 127; not executable: 126); why is on
+    /// its stderr. runc reports this as a failure to start, before the process exists.
+    NotStarted { code: i32 },
 }
 
 impl ExitStatus {
@@ -200,7 +206,7 @@ impl ExitStatus {
     /// The exit code a shell would show for this status.
     pub fn code(&self) -> i32 {
         match self {
-            ExitStatus::Code(c) => *c,
+            ExitStatus::Code(c) | ExitStatus::NotStarted { code: c } => *c,
             ExitStatus::Killed { signal, .. } | ExitStatus::Signal(signal) => 128 + signal,
         }
     }
@@ -262,6 +268,9 @@ impl std::fmt::Display for ExitStatus {
                 Ok(())
             }
             ExitStatus::Signal(s) => write!(f, "runc killed by signal {s}"),
+            ExitStatus::NotStarted { code } => {
+                write!(f, "exit code: {code}: the command could not be started")
+            }
         }
     }
 }

@@ -8,12 +8,14 @@ use std::os::unix::fs::PermissionsExt;
 use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio as StdStdio};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncRead, AsyncReadExt};
 use tokio::process::{Child, Command as TokioCommand};
 
 use crate::rootfs_linux::{Root, clean_components};
+use crate::shim::SeccompShim;
 use crate::spec::{self, DEFAULT_MOUNT_POINTS, SpecInput};
 use crate::{Error, ExitStatus, OutputSink, Result, RunRequest, Stdio, env, user};
 
@@ -30,6 +32,8 @@ pub struct RuncExecutor {
     bundles: PathBuf,
     /// Where `run` has runc write each container's pid file (see `with_pid_files`).
     pid_files: Option<PathBuf>,
+    /// Installs seccomp from a profile compiled once; `None`: runc compiles it per container.
+    seccomp_shim: Option<Arc<SeccompShim>>,
 }
 
 impl RuncExecutor {
@@ -58,11 +62,13 @@ impl RuncExecutor {
             fs_err::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
                 .map_err(state_err(dir))?;
         }
+        let seccomp_shim = SeccompShim::new(&state_dir).map(Arc::new);
         Ok(RuncExecutor {
             runc: runc.to_path_buf(),
             runc_root,
             bundles,
             pid_files: None,
+            seccomp_shim,
         })
     }
 
@@ -90,6 +96,22 @@ impl RuncExecutor {
     /// Directory of the per-run bundles.
     pub fn bundles_dir(&self) -> &Path {
         &self.bundles
+    }
+
+    /// Leaves seccomp to runc, which then compiles the profile in every container (as
+    /// `KILN_SECCOMP_SHIM=0` does).
+    pub fn without_seccomp_shim(mut self) -> RuncExecutor {
+        self.seccomp_shim = None;
+        self
+    }
+
+    /// Whether sandboxed containers get their seccomp filter from the shim.
+    pub fn uses_seccomp_shim(&self) -> bool {
+        self.seccomp_shim.is_some()
+    }
+
+    pub(crate) fn seccomp_shim(&self) -> Option<&SeccompShim> {
+        self.seccomp_shim.as_deref()
     }
 
     /// Deletes containers and bundles left by a previous process that crashed. Call at startup,
@@ -169,7 +191,7 @@ impl RuncExecutor {
         let hosts_text = spec::hosts_file(&req.process.hostname, &req.sandbox.extra_hosts);
         fs_err::write(&hosts, hosts_text).map_err(bundle_err)?;
         fs_err::write(&resolv_conf, host_resolv_conf()).map_err(bundle_err)?;
-        let spec = spec::build(SpecInput {
+        let mut spec = spec::build(SpecInput {
             rootfs: &rootfs,
             process: &req.process,
             env,
@@ -184,6 +206,10 @@ impl RuncExecutor {
             id: id.clone(),
             source,
         })?;
+        let shim_fds = match &self.seccomp_shim {
+            Some(shim) => shim.apply(&mut spec, &bundle).map_err(bundle_err)?,
+            None => None,
+        };
         let config = serde_json::to_vec_pretty(&spec).map_err(|e| bundle_err(e.into()))?;
         fs_err::write(bundle.join("config.json"), config).map_err(bundle_err)?;
 
@@ -197,6 +223,10 @@ impl RuncExecutor {
             .arg(&bundle);
         if let Some(pid_file) = self.pid_file(&id) {
             cmd.arg("--pid-file").arg(pid_file);
+        }
+        let (shim_fds, status_pipe) = shim_fds.unzip();
+        if let Some(fds) = &shim_fds {
+            fds.args(&mut cmd);
         }
         cmd.arg(&id)
             // The guard decides how to stop runc; a plain SIGKILL would orphan the container.
@@ -217,6 +247,8 @@ impl RuncExecutor {
             source,
         })?;
         let child = guard.child.insert(child);
+        // runc holds the descriptors now; the status pipe must have no writer left here.
+        drop(shim_fds);
 
         let wait_err = |source| Error::Wait {
             id: id.clone(),
@@ -240,6 +272,9 @@ impl RuncExecutor {
         };
         drop(guard);
         Ok(match (status.code(), status.signal()) {
+            (Some(code), _) if status_pipe.as_ref().is_some_and(|p| p.not_started()) => {
+                ExitStatus::NotStarted { code }
+            }
             (Some(code), _) => match ExitStatus::from_runc_code(code) {
                 ExitStatus::Killed { signal: 9, .. } => ExitStatus::Killed {
                     signal: 9,

@@ -18,7 +18,7 @@ pub(crate) const DEFAULT_MOUNT_POINTS: &[&str] =
     &["/proc", "/dev", "/sys", "/etc/hosts", "/etc/resolv.conf"];
 
 /// Docker's default capability set.
-const DEFAULT_CAPS: &[Capability] = &[
+pub(crate) const DEFAULT_CAPS: &[Capability] = &[
     Capability::Chown,
     Capability::DacOverride,
     Capability::Fsetid,

@@ -578,3 +578,166 @@ async fn signals_and_oom_kills_are_reported() {
         "{text}"
     );
 }
+
+/// The seccomp filter of container `test`'s init process, read with ptrace while it sleeps.
+async fn installed_filter(executor: &RuncExecutor, test: &str) -> Vec<libc::sock_filter> {
+    let id = id(test);
+    let rootfs = tempfile::tempdir().unwrap();
+    let r = rootfs.path();
+    fs_err::create_dir_all(r.join("bin")).unwrap();
+    fs_err::copy("/bin/busybox", r.join("bin/busybox")).unwrap();
+    for applet in ["sh", "echo", "sleep"] {
+        std::os::unix::fs::symlink("busybox", r.join("bin").join(applet)).unwrap();
+    }
+    let (stdio, out, _) = capture();
+    let req = request(id.clone(), r, "echo started; sleep 30", stdio);
+    let mut run = Box::pin(executor.run(req));
+    tokio::select! {
+        r = &mut run => panic!("finished early: {r:?}"),
+        () = wait_for("container start", || out.text().contains("started")) => {}
+    }
+    let pid_file = executor.pid_file(&id).expect("executor with pid files");
+    let pid: i32 = fs_err::read_to_string(pid_file)
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    let filter = tokio::task::spawn_blocking(move || read_filter(pid))
+        .await
+        .unwrap();
+    drop(run);
+    filter
+}
+
+/// PTRACE_SECCOMP_GET_FILTER on `pid`'s newest filter; asserts it is its only one.
+fn read_filter(pid: i32) -> Vec<libc::sock_filter> {
+    const PTRACE_SECCOMP_GET_FILTER: libc::c_uint = 0x420c;
+    // SAFETY: ptrace on a process this test started; the buffer has the size the kernel reported.
+    unsafe {
+        assert_eq!(libc::ptrace(libc::PTRACE_ATTACH, pid, 0, 0), 0, "attach");
+        let mut status = 0;
+        assert_eq!(libc::waitpid(pid, &mut status, libc::__WALL), pid);
+        let n = libc::ptrace(
+            PTRACE_SECCOMP_GET_FILTER,
+            pid,
+            0,
+            std::ptr::null_mut::<u8>(),
+        );
+        assert!(
+            n > 0,
+            "no seccomp filter: {}",
+            std::io::Error::last_os_error()
+        );
+        let mut buf = vec![
+            libc::sock_filter {
+                code: 0,
+                jt: 0,
+                jf: 0,
+                k: 0
+            };
+            n as usize
+        ];
+        let got = libc::ptrace(PTRACE_SECCOMP_GET_FILTER, pid, 0, buf.as_mut_ptr());
+        assert_eq!(got, n);
+        let older = libc::ptrace(
+            PTRACE_SECCOMP_GET_FILTER,
+            pid,
+            1,
+            std::ptr::null_mut::<u8>(),
+        );
+        assert!(older < 0, "more than one filter");
+        libc::ptrace(libc::PTRACE_DETACH, pid, 0, 0);
+        buf
+    }
+}
+
+/// The filter the seccomp shim installs is the one runc installs for the same profile:
+/// libseccomp's program byte for byte, behind a stub with the same checks.
+#[tokio::test]
+async fn seccomp_shim_installs_the_filter_runc_would() {
+    let Some(env) = setup() else { return };
+    assert!(
+        env.executor.uses_seccomp_shim(),
+        "no seccomp shim on this host"
+    );
+    let pids = tempfile::tempdir().unwrap();
+    let shim_state = tempfile::tempdir().unwrap();
+    let shimmed = RuncExecutor::new(shim_state.path())
+        .unwrap()
+        .with_pid_files(pids.path());
+    let runc_state = tempfile::tempdir().unwrap();
+    let plain = RuncExecutor::new(runc_state.path())
+        .unwrap()
+        .without_seccomp_shim()
+        .with_pid_files(pids.path());
+    let ours = installed_filter(&shimmed, "filter-shim").await;
+    let runcs = installed_filter(&plain, "filter-runc").await;
+    assert!(
+        shim_state
+            .path()
+            .join("seccomp")
+            .read_dir()
+            .unwrap()
+            .count()
+            == 1,
+        "the compiled program is cached"
+    );
+
+    const ENOSYS_RET: u32 = 0x0005_0026;
+    let split = |p: &[libc::sock_filter]| {
+        let at = p
+            .iter()
+            .position(|i| i.code == 0x06 && i.k == ENOSYS_RET)
+            .expect("an ENOSYS stub");
+        let key = |i: &libc::sock_filter| (i.code, i.jt, i.jf, i.k);
+        let mut checks: Vec<(u16, u32)> = p[..at]
+            .iter()
+            .filter(|i| i.code != 0x05)
+            .map(|i| (i.code, i.k))
+            .collect();
+        checks.sort();
+        checks.dedup();
+        (checks, p[at + 1..].iter().map(key).collect::<Vec<_>>())
+    };
+    let (our_stub, our_program) = split(&ours);
+    let (runc_stub, runc_program) = split(&runcs);
+    assert!(runc_program.len() > 100);
+    assert_eq!(our_program, runc_program, "libseccomp's program differs");
+    assert_eq!(
+        our_stub, runc_stub,
+        "the ENOSYS stubs check different things"
+    );
+}
+
+/// A command the shim cannot execute is told apart from a command that exits 127 itself.
+#[tokio::test]
+async fn a_missing_command_did_not_start() {
+    let Some(env) = setup() else { return };
+    let (stdio, _, err) = capture();
+    let mut req = request(id("missing"), env.rootfs.path(), "", stdio);
+    req.process.args = vec!["no-such-command".into()];
+    let status = env.executor.run(req).await.unwrap();
+    assert_eq!(status, ExitStatus::NotStarted { code: 127 });
+    assert!(
+        err.text()
+            .contains("exec: \"no-such-command\": executable file not found in $PATH"),
+        "{}",
+        err.text()
+    );
+    let (status, _) = run_with(
+        &env,
+        "exit127",
+        "exit 127",
+        Network::Host,
+        Sandbox::default(),
+    )
+    .await;
+    assert_eq!(status, ExitStatus::Code(127));
+    // Found on PATH by name, as runc finds it.
+    let (stdio, out, _) = capture();
+    let mut req = request(id("bypath"), env.rootfs.path(), "", stdio);
+    req.process.args = vec!["echo".into(), "found".into()];
+    req.process.env = vec!["PATH=/nowhere:/bin".into()];
+    assert_eq!(env.executor.run(req).await.unwrap(), ExitStatus::Code(0));
+    assert_eq!(out.text(), "found\n");
+}

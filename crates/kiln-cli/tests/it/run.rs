@@ -175,6 +175,20 @@ fn run_detached_publishes_a_port_and_is_managed_by_ps_exec_stop_rm() {
     assert_eq!(out, "65534\n");
     let failed = k.kiln(&["exec", "web", "sh", "-c", "exit 7"]);
     assert_eq!(failed.code, Some(7), "{failed:?}");
+    // An exec'd process is confined as the container's first one: one seccomp filter.
+    let status = k
+        .kiln(&["exec", "web", "grep", "^Seccomp", "/proc/self/status"])
+        .ok()
+        .stdout;
+    assert_eq!(status, "Seccomp:\t2\nSeccomp_filters:\t1\n");
+    let missing = k.kiln(&["exec", "web", "no-such-command"]);
+    assert_eq!(missing.code, Some(127), "{missing:?}");
+    assert!(
+        missing
+            .stderr
+            .contains("executable file not found in $PATH"),
+        "{missing:?}"
+    );
     // The volume is read-only.
     k.kiln(&["exec", "web", "touch", "/www/x"]).failed();
 

@@ -250,6 +250,8 @@ fn seccomp_blocks_keyctl_but_glibc_threads_and_spawns_work() {
          libc = ctypes.CDLL(None, use_errno=True)\n\
          r = libc.syscall({keyctl}, 0, -3, 1)\n\
          print('keyctl', 'EPERM' if r == -1 and ctypes.get_errno() == 1 else 'allowed')\n\
+         r = libc.syscall(1000)\n\
+         print('unknown', 'ENOSYS' if r == -1 and ctypes.get_errno() == 38 else 'other')\n\
          t = threading.Thread(target=print, args=('thread-ok',)); t.start(); t.join()\n\
          print(subprocess.run(['echo', 'spawn-ok'], capture_output=True, text=True).stdout.strip())\n"
     );
@@ -262,7 +264,7 @@ fn seccomp_blocks_keyctl_but_glibc_threads_and_spawns_work() {
     let sandboxed = logs(&run, "RUN python3 /probe.py");
     assert_eq!(
         sandboxed,
-        ["keyctl EPERM", "thread-ok", "spawn-ok"],
+        ["keyctl EPERM", "unknown ENOSYS", "thread-ok", "spawn-ok"],
         "{}",
         run.stderr
     );

@@ -6,7 +6,7 @@ use std::process::Stdio as StdStdio;
 use tokio::process::Command as TokioCommand;
 
 use crate::runc::runc_sync;
-use crate::shim::SHIM_ARG0;
+use crate::shim::{BUNDLE_PROGRAM, SHIM_ARG0};
 use crate::{Error, ExitStatus, Result, RuncExecutor, User};
 
 /// One more process in a running container; what is not set comes from the container's own.
@@ -54,13 +54,19 @@ impl RuncExecutor {
         let mut cmd = TokioCommand::new(self.runc_path());
         cmd.arg("--root").arg(self.runc_root()).arg("exec");
         // A container whose seccomp the shim installed gets it the same way for this process.
+        let bundle = self.bundles_dir().join(id);
+        let bundle_err = |source| Error::Bundle {
+            id: id.to_string(),
+            source,
+        };
         let shim_fds = match self.seccomp_shim() {
-            Some(shim) => shim
-                .for_exec(&self.bundles_dir().join(id))
-                .map_err(|source| Error::Bundle {
-                    id: id.to_string(),
-                    source,
-                })?,
+            Some(shim) => shim.for_exec(&bundle).map_err(bundle_err)?,
+            // Never run the process unconfined instead.
+            None if bundle.join(BUNDLE_PROGRAM).exists() => {
+                return Err(bundle_err(std::io::Error::other(
+                    "the container's seccomp filter needs kiln's seccomp shim, unavailable here",
+                )));
+            }
             None => None,
         };
         if let Some(fds) = &shim_fds {

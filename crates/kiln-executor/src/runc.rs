@@ -32,8 +32,11 @@ pub struct RuncExecutor {
     bundles: PathBuf,
     /// Where `run` has runc write each container's pid file (see `with_pid_files`).
     pid_files: Option<PathBuf>,
-    /// Installs seccomp from a profile compiled once; `None`: runc compiles it per container.
+    /// Installs seccomp from a profile compiled once; `None`: not available on this host.
     seccomp_shim: Option<Arc<SeccompShim>>,
+    /// Whether new containers use the shim; otherwise runc compiles the profile in each. A
+    /// container started with the shim gets it for `exec` either way.
+    use_seccomp_shim: bool,
 }
 
 impl RuncExecutor {
@@ -63,12 +66,14 @@ impl RuncExecutor {
                 .map_err(state_err(dir))?;
         }
         let seccomp_shim = SeccompShim::new(&state_dir).map(Arc::new);
+        let use_seccomp_shim = std::env::var("KILN_SECCOMP_SHIM").map_or(true, |v| v != "0");
         Ok(RuncExecutor {
             runc: runc.to_path_buf(),
             runc_root,
             bundles,
             pid_files: None,
             seccomp_shim,
+            use_seccomp_shim,
         })
     }
 
@@ -101,13 +106,13 @@ impl RuncExecutor {
     /// Leaves seccomp to runc, which then compiles the profile in every container (as
     /// `KILN_SECCOMP_SHIM=0` does).
     pub fn without_seccomp_shim(mut self) -> RuncExecutor {
-        self.seccomp_shim = None;
+        self.use_seccomp_shim = false;
         self
     }
 
-    /// Whether sandboxed containers get their seccomp filter from the shim.
+    /// Whether new sandboxed containers get their seccomp filter from the shim.
     pub fn uses_seccomp_shim(&self) -> bool {
-        self.seccomp_shim.is_some()
+        self.use_seccomp_shim && self.seccomp_shim.is_some()
     }
 
     pub(crate) fn seccomp_shim(&self) -> Option<&SeccompShim> {
@@ -207,8 +212,10 @@ impl RuncExecutor {
             source,
         })?;
         let shim_fds = match &self.seccomp_shim {
-            Some(shim) => shim.apply(&mut spec, &bundle).map_err(bundle_err)?,
-            None => None,
+            Some(shim) if self.use_seccomp_shim => {
+                shim.apply(&mut spec, &bundle).map_err(bundle_err)?
+            }
+            _ => None,
         };
         let config = serde_json::to_vec_pretty(&spec).map_err(|e| bundle_err(e.into()))?;
         fs_err::write(bundle.join("config.json"), config).map_err(bundle_err)?;

@@ -70,13 +70,10 @@ impl StatusPipe {
 }
 
 impl SeccompShim {
-    /// `None` when the shim cannot be used here: not built for this architecture, turned off,
-    /// or the kernel refuses to execute memory files (`vm.memfd_noexec = 2`).
+    /// `None` when the shim cannot be used here: not built for this architecture, or the kernel
+    /// refuses to execute memory files (`vm.memfd_noexec = 2`).
     pub(crate) fn new(state_dir: &Path) -> Option<SeccompShim> {
         let bytes = SHIM?;
-        if std::env::var("KILN_SECCOMP_SHIM").is_ok_and(|v| v == "0") {
-            return None;
-        }
         let noexec =
             std::fs::read_to_string("/proc/sys/vm/memfd_noexec").is_ok_and(|v| v.trim() == "2");
         if noexec {

@@ -67,6 +67,9 @@ impl RuncExecutor {
         }
         let seccomp_shim = SeccompShim::new(&state_dir).map(Arc::new);
         let use_seccomp_shim = std::env::var("KILN_SECCOMP_SHIM").map_or(true, |v| v != "0");
+        if let Some(shim) = seccomp_shim.clone().filter(|_| use_seccomp_shim) {
+            std::thread::spawn(move || shim.warm());
+        }
         Ok(RuncExecutor {
             runc: runc.to_path_buf(),
             runc_root,

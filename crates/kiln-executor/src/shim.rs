@@ -45,7 +45,8 @@ const SHIM: Option<&[u8]> = None;
 pub(crate) struct SeccompShim {
     shim: OwnedFd,
     cache_dir: PathBuf,
-    programs: Mutex<HashMap<String, Arc<OwnedFd>>>,
+    /// Compiled programs by key; `None`: a profile the compiler does not handle.
+    programs: Mutex<HashMap<String, Option<Arc<OwnedFd>>>>,
 }
 
 /// The descriptors a shimmed container needs until runc has started.
@@ -114,13 +115,8 @@ impl SeccompShim {
         if !nnp {
             return Ok(None);
         }
-        let program = match self.program(&profile) {
-            Ok(p) => p,
-            Err(ProgramError::Unsupported(e)) => {
-                tracing::debug!("{e}; runc compiles it");
-                return Ok(None);
-            }
-            Err(ProgramError::Io(e)) => return Err(e),
+        let Some(program) = self.program(&profile)? else {
+            return Ok(None);
         };
         std::fs::write(bundle.join(BUNDLE_PROGRAM), read_all(&program)?)?;
         if let Some(linux) = spec.linux_mut() {
@@ -157,27 +153,51 @@ impl SeccompShim {
         }))
     }
 
-    fn program(&self, profile: &LinuxSeccomp) -> Result<Arc<OwnedFd>, ProgramError> {
+    /// Compiles (or loads) the default sandbox's program, so that the first RUN step does not
+    /// wait for it. Runs on a thread of its own while the build starts.
+    pub(crate) fn warm(&self) {
+        let profile = crate::seccomp::default_profile(crate::spec::DEFAULT_CAPS);
+        match profile {
+            Ok(p) => {
+                if let Err(e) = self.program(&p) {
+                    tracing::warn!("compiling the seccomp profile: {e}");
+                }
+            }
+            Err(e) => tracing::warn!("building the seccomp profile: {e}"),
+        }
+    }
+
+    fn program(&self, profile: &LinuxSeccomp) -> io::Result<Option<Arc<OwnedFd>>> {
         let json = serde_json::to_vec(profile).map_err(io::Error::other)?;
         let (major, minor, micro) = libseccomp_version();
         let mut hasher = Sha256::new();
         hasher.update(format!("{FORMAT}\0libseccomp {major}.{minor}.{micro}\0"));
         hasher.update(&json);
         let key = hex::encode(hasher.finalize());
+        // Held while compiling, so a step waits for a compilation under way instead of
+        // starting a second one.
         let mut programs = self.programs.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(fd) = programs.get(&key) {
             return Ok(fd.clone());
         }
         let path = self.cache_dir.join(format!("{key}.bpf"));
         let bytes = match std::fs::read(&path) {
-            Ok(b) if !b.is_empty() && b.len() % 8 == 0 => b,
-            _ => {
-                let b = seccomp_bpf::compile(profile).map_err(ProgramError::Unsupported)?;
-                store(&path, &b)?;
-                b
-            }
+            Ok(b) if !b.is_empty() && b.len() % 8 == 0 => Some(b),
+            _ => match seccomp_bpf::compile(profile) {
+                Ok(b) => {
+                    store(&path, &b)?;
+                    Some(b)
+                }
+                Err(e) => {
+                    tracing::debug!("{e}; runc compiles it");
+                    None
+                }
+            },
         };
-        let fd = Arc::new(sealed("kiln-seccomp-program", &bytes, false)?);
+        let fd = match bytes {
+            Some(b) => Some(Arc::new(sealed("kiln-seccomp-program", &b, false)?)),
+            None => None,
+        };
         programs.insert(key, fd.clone());
         Ok(fd)
     }
@@ -227,18 +247,6 @@ pub fn command_started(pid: u32) -> bool {
         .is_ok_and(|exe| !exe.to_string_lossy().starts_with(SHIM_EXE))
 }
 
-#[derive(Debug)]
-enum ProgramError {
-    Unsupported(seccomp_bpf::Unsupported),
-    Io(io::Error),
-}
-
-impl From<io::Error> for ProgramError {
-    fn from(e: io::Error) -> Self {
-        ProgramError::Io(e)
-    }
-}
-
 fn libseccomp_version() -> (u32, u32, u32) {
     libseccomp::ScmpVersion::current()
         .map(|v| (v.major, v.minor, v.micro))
@@ -249,7 +257,11 @@ fn libseccomp_version() -> (u32, u32, u32) {
 fn store(path: &Path, bytes: &[u8]) -> io::Result<()> {
     let dir = path.parent().unwrap_or(Path::new("."));
     std::fs::create_dir_all(dir)?;
-    let tmp = dir.join(format!(".tmp-{}", std::process::id()));
+    let tmp = dir.join(format!(
+        ".tmp-{}-{:?}",
+        std::process::id(),
+        std::thread::current().id()
+    ));
     let mut f = std::fs::File::create(&tmp)?;
     f.write_all(bytes)?;
     f.sync_all()?;

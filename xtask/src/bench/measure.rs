@@ -32,8 +32,17 @@ impl Sample {
 /// Runs `cmd` to completion with its output appended to `log`; fails, quoting the log's tail, when
 /// it exits non-zero. The peak memory comes from `wait4`, which reports the largest resident set
 /// among the child and every descendant it waited for: kiln and buildah with their runc children.
+/// A pause before each measured command, for the kernel's deferred work after the previous one
+/// (cgroup and namespace teardown of another tool's containers, RCU callbacks) to finish.
+const SETTLE: std::time::Duration = std::time::Duration::from_millis(500);
+
 pub fn run(cmd: &mut Command, log: &Path) -> Result<Sample> {
     let out = File::options().create(true).append(true).open(log)?;
+    // Untimed: write back what the previous command left dirty (often another tool's build), so
+    // that the kernel's writeback of it does not land inside this measurement.
+    // SAFETY: sync has no preconditions.
+    unsafe { libc::sync() };
+    std::thread::sleep(SETTLE);
     let start = Instant::now();
     let child = cmd
         .stdin(Stdio::null())

@@ -114,8 +114,12 @@ impl Engine {
         self.content.put(&r.manifest_bytes, Some(&r.digest))?;
         self.content.put(&r.config_bytes, None)?;
         let pinned = crate::resolver::pin(name, &r.digest);
-        let layers = self.worker(None).image(&pinned).await?;
+        let worker = self.worker(None);
+        let layers = worker.image(&pinned).await?;
         self.fetch_missing_blobs(layers.layers(), &v).await?;
+        // Extracted now, as `docker pull` does, so that the first RUN or `kiln run` on it does
+        // not wait for it (a build's own FROM extracts when a step first needs the rootfs).
+        worker.materialize(layers.layers(), &v).await?;
         self.images.tag(name, &r.digest)?;
         v.status(&format!("digest: {}", r.digest));
         v.done();

@@ -152,7 +152,8 @@ impl Containers {
                 _ = tokio::time::sleep(Duration::from_millis(20)), if !started => {
                     // Started once runc wrote the pid file: the namespaces exist.
                     // Before that, the shim may still find the command missing.
-                    let Some(pid) = read_pid(&pid_file).filter(|p| kiln_executor::command_started(*p)) else {
+                    let pid = read_pid(&pid_file);
+                    let Some(pid) = pid.filter(|p| kiln_executor::command_started(*p)) else {
                         continue;
                     };
                     if let Some(listeners) = listeners.take().filter(|l| !l.is_empty()) {

@@ -271,21 +271,8 @@ impl Client {
                     .take()
                     .ok_or_else(|| Cause::StreamReplay { url: url.clone() })
             };
-            let mut headers = HeaderMap::new();
-            headers.insert(
-                CONTENT_TYPE,
-                HeaderValue::from_static("application/octet-stream"),
-            );
             let response = self
-                .send_ok(
-                    ep,
-                    scope,
-                    Method::PATCH,
-                    location.as_str(),
-                    &headers,
-                    Some(&body),
-                    false,
-                )
+                .patch(ep, scope, &location, HeaderMap::new(), &body)
                 .await
                 .map_err(|cause| (Some(location.clone()), cause))?;
             let next =
@@ -430,6 +417,31 @@ impl Client {
         Ok(())
     }
 
+    /// One PATCH of upload data to `location` (non-idempotent, so never retried here).
+    async fn patch(
+        &self,
+        ep: &Endpoint,
+        scope: &str,
+        location: &url::Url,
+        mut headers: HeaderMap,
+        body: BodyFn<'_>,
+    ) -> std::result::Result<reqwest::Response, Cause> {
+        headers.insert(
+            CONTENT_TYPE,
+            HeaderValue::from_static("application/octet-stream"),
+        );
+        self.send_ok(
+            ep,
+            scope,
+            Method::PATCH,
+            location.as_str(),
+            &headers,
+            Some(body),
+            false,
+        )
+        .await
+    }
+
     async fn patch_chunk(
         &self,
         ep: &Endpoint,
@@ -441,10 +453,6 @@ impl Client {
     ) -> std::result::Result<url::Url, Cause> {
         let end = offset + len - 1;
         let mut headers = HeaderMap::new();
-        headers.insert(
-            CONTENT_TYPE,
-            HeaderValue::from_static("application/octet-stream"),
-        );
         headers.insert(CONTENT_LENGTH, HeaderValue::from(len));
         headers.insert(
             CONTENT_RANGE,
@@ -456,17 +464,7 @@ impl Client {
             })?,
         );
         let body = file_body(path, offset, len);
-        let response = self
-            .send_ok(
-                ep,
-                scope,
-                Method::PATCH,
-                location.as_str(),
-                &headers,
-                Some(&body),
-                false,
-            )
-            .await?;
+        let response = self.patch(ep, scope, location, headers, &body).await?;
         // The registry must now hold exactly up to the chunk's end.
         if let Some(held) = range_end(&response)
             && held != end

@@ -66,6 +66,14 @@ fn pushed_manifest(registry: &str, repo: &str, tag: &str) -> Value {
     manifest
 }
 
+/// `kiln build --output SPEC CONTEXT` at `SOURCE_DATE_EPOCH=EPOCH`; fails the test unless it
+/// succeeds.
+fn build_at_epoch(k: &Kiln, spec: &str, ctx: &std::path::Path) -> crate::support::Run {
+    let mut cmd = k.command(&["build", "--progress", "plain", "--output", spec]);
+    cmd.env("SOURCE_DATE_EPOCH", EPOCH).arg(ctx);
+    k.run(cmd).ok()
+}
+
 #[test]
 fn streamed_push_uploads_the_layer_an_export_makes() {
     let Some(a) = Kiln::new("streamed_push_uploads_the_layer_an_export_makes_a") else {
@@ -81,14 +89,7 @@ fn streamed_push_uploads_the_layer_an_export_makes() {
     // Pushed from a build: the new layer is compressed while it goes up.
     let ctx_a = a.context("ctx", &[("Dockerfile", DOCKERFILE)]);
     let push_spec = format!("type=registry,name={name},rewrite-timestamp=true");
-    let out = a
-        .command(&["build", "--progress", "plain", "--output", &push_spec])
-        .env("SOURCE_DATE_EPOCH", EPOCH)
-        .arg(&ctx_a)
-        .output()
-        .unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "{stderr}");
+    let stderr = build_at_epoch(&a, &push_spec, &ctx_a).stderr;
     a.assert_clean();
     let pushed = pushed_manifest(&a.registry, &repo, "1");
     let layer = pushed["layers"][1]["digest"].as_str().unwrap().to_string();
@@ -124,17 +125,7 @@ fn streamed_push_uploads_the_layer_an_export_makes() {
     let ctx = b.context("ctx", &[("Dockerfile", DOCKERFILE)]);
     let dest = b.dir().join("image.tar");
     let spec = format!("type=oci,rewrite-timestamp=true,dest={}", dest.display());
-    let out = b
-        .command(&["build", "--progress", "plain", "--output", &spec])
-        .env("SOURCE_DATE_EPOCH", EPOCH)
-        .arg(&ctx)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    build_at_epoch(&b, &spec, &ctx);
     let (exported, _) = layout_image(&read_tar(&dest).unwrap());
     for i in 0..2 {
         assert_eq!(
@@ -147,14 +138,7 @@ fn streamed_push_uploads_the_layer_an_export_makes() {
     // Recorded like an export's blobs: the same build and push again (cached) compresses
     // and uploads nothing.
     proxy.clear_log();
-    let out = a
-        .command(&["build", "--progress", "plain", "--output", &push_spec])
-        .env("SOURCE_DATE_EPOCH", EPOCH)
-        .arg(&ctx_a)
-        .output()
-        .unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "{stderr}");
+    let stderr = build_at_epoch(&a, &push_spec, &ctx_a).stderr;
     assert!(!stderr.contains(": pushed"), "{stderr}");
     let log = proxy.log();
     assert!(!log.iter().any(|l| l.starts_with("PATCH ")), "{log:#?}");

@@ -351,6 +351,16 @@ impl Kiln {
         Run::from_output(shown, out)
     }
 
+    /// Runs a command made by [`Kiln::command`] (with its own environment, say) to its end.
+    pub fn run(&self, mut cmd: Command) -> Run {
+        let shown = cmd
+            .get_args()
+            .map(|a| a.to_string_lossy().into_owned())
+            .collect();
+        let out = cmd.output().expect("running kiln");
+        Run::from_output(shown, out)
+    }
+
     /// `kiln build --progress plain EXTRA... CONTEXT`.
     pub fn build(&self, context: &Path, extra: &[&str]) -> Run {
         let mut args: Vec<String> = vec!["build".into(), "--progress".into(), "plain".into()];

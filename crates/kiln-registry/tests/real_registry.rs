@@ -509,17 +509,17 @@ async fn mounts_across_repositories_and_bounds_parallel_uploads() {
     assert!(proxy.log().iter().all(|l| l.starts_with("HEAD ")));
 }
 
-/// A stand-in for a compressor feeding a streamed upload: writes `bytes` into a file in 64 KiB
-/// pieces, sending each into the returned stream too (and carrying on into the file when the
-/// stream is gone), then gives the finished blob (`None` with `fail`, before the end).
-fn maker(
+/// Pushes `bytes` with `push_blob_streamed`, fed by a stand-in for a compressor: it writes them
+/// into a file in 64 KiB pieces, sending each into the upload's stream too (and carries on into
+/// the file when the stream is gone), then gives the finished blob (`None` with `fail`, before
+/// the end).
+async fn push_made(
+    client: &Client,
+    reference: &Reference,
     dir: &std::path::Path,
     bytes: Vec<u8>,
     fail: bool,
-) -> (
-    impl futures::Stream<Item = std::io::Result<Vec<u8>>> + Send + 'static,
-    tokio::sync::oneshot::Receiver<Option<kiln_registry::MadeBlob>>,
-) {
+) -> kiln_registry::Result<Option<(kiln_registry::MadeBlob, BlobPush)>> {
     use std::io::Write;
     let (tx, mut rx) = tokio::sync::mpsc::channel::<Vec<u8>>(4);
     let (done_tx, done_rx) = tokio::sync::oneshot::channel();
@@ -541,7 +541,9 @@ fn maker(
         let _ = done_tx.send(made);
     });
     let stream = futures::stream::poll_fn(move |cx| rx.poll_recv(cx).map(|o| o.map(Ok)));
-    (stream, done_rx)
+    client
+        .push_blob_streamed(reference, stream, async { done_rx.await.ok().flatten() })
+        .await
 }
 
 #[tokio::test]
@@ -553,9 +555,7 @@ async fn streamed_upload_is_one_patch_then_the_put() {
     let work = tempfile::tempdir().unwrap();
     let bytes = noise(3 << 20, 7);
     let reference: Reference = format!("{}/streamed/ok:x", proxy.host).parse().unwrap();
-    let (stream, made) = maker(work.path(), bytes.clone(), false);
-    let (blob, pushed) = client
-        .push_blob_streamed(&reference, stream, async { made.await.ok().flatten() })
+    let (blob, pushed) = push_made(&client, &reference, work.path(), bytes.clone(), false)
         .await
         .unwrap()
         .unwrap();
@@ -591,9 +591,7 @@ async fn streamed_upload_dropped_mid_patch_goes_up_again_from_the_file() {
     });
     let manifest = serde_json::to_vec(&manifest).unwrap();
     proxy.fail("PATCH", "/blobs/uploads/", 0, 1, Fault::Drop);
-    let (stream, made) = maker(work.path(), bytes.clone(), false);
-    let (blob, pushed) = client
-        .push_blob_streamed(&reference, stream, async { made.await.ok().flatten() })
+    let (blob, pushed) = push_made(&client, &reference, work.path(), bytes.clone(), false)
         .await
         .unwrap()
         .unwrap();
@@ -633,9 +631,7 @@ async fn streamed_upload_whose_maker_fails_is_cancelled() {
     let (proxy, client) = proxied(&registry, 1 << 20, 4);
     let work = tempfile::tempdir().unwrap();
     let reference: Reference = format!("{}/streamed/fail:x", proxy.host).parse().unwrap();
-    let (stream, made) = maker(work.path(), noise(1 << 20, 9), true);
-    let pushed = client
-        .push_blob_streamed(&reference, stream, async { made.await.ok().flatten() })
+    let pushed = push_made(&client, &reference, work.path(), noise(1 << 20, 9), true)
         .await
         .unwrap();
     assert_eq!(pushed, None);

@@ -1,0 +1,211 @@
+//! Copying walked sources into a destination root, as Dockerfile COPY writes them.
+
+use std::ffi::OsStr;
+use std::fs::{self, Metadata};
+use std::io;
+use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+
+use kiln_ignore::Matcher;
+use kiln_llb::mode::Chmod;
+
+use super::{Filter, Source, SourceError, clean_rel, resolve_in_root, walk};
+
+/// Who owns what a COPY or mkdir creates.
+#[derive(Debug, Clone, Copy)]
+pub enum Owner {
+    /// Keep the source's uid/gid (COPY --from a stage or image).
+    Keep,
+    Set {
+        uid: u32,
+        gid: u32,
+    },
+}
+
+impl Owner {
+    fn ids(&self, meta: &Metadata) -> (u32, u32) {
+        match *self {
+            Owner::Keep => (meta.uid(), meta.gid()),
+            Owner::Set { uid, gid } => (uid, gid),
+        }
+    }
+}
+
+/// Creates `path` (absolute in-image) and missing parents inside `root`; new directories get
+/// `mode` and `owner`. Returns the resolved host path.
+pub fn mkdir_all(root: &Path, path: &str, mode: u32, owner: (u32, u32)) -> io::Result<PathBuf> {
+    // Resolve first: symlinks on the way lead somewhere inside the root, and every component of
+    // the result that exists is a real directory; only the missing tail is created.
+    let target = resolve_in_root(root, path, true)?;
+    let rel = target
+        .strip_prefix(root)
+        .map_err(io::Error::other)?
+        .to_path_buf();
+    let mut cur = root.to_path_buf();
+    for comp in rel.components() {
+        cur.push(comp);
+        match fs::symlink_metadata(&cur) {
+            Ok(m) if m.is_dir() => {}
+            Ok(_) => {
+                return Err(io::Error::other(format!(
+                    "`{}` exists and is not a directory",
+                    cur.display()
+                )));
+            }
+            Err(_) => {
+                fs::create_dir(&cur)?;
+                fs::set_permissions(&cur, fs::Permissions::from_mode(mode))?;
+                std::os::unix::fs::lchown(&cur, Some(owner.0), Some(owner.1))?;
+            }
+        }
+    }
+    Ok(target)
+}
+
+/// Writes a regular file at `path` (in-image) inside `root` with `mode`, owned by 0:0; missing
+/// parents are created 0755. An existing file there is replaced.
+pub fn write_file(root: &Path, path: &str, data: &[u8], mode: u32) -> io::Result<PathBuf> {
+    let clean = clean_rel(path);
+    let (parent, name) = match clean.rsplit_once('/') {
+        Some((p, n)) => (p, n),
+        None => ("", clean.as_str()),
+    };
+    if name.is_empty() {
+        return Err(io::Error::other(format!("invalid file name `{path}`")));
+    }
+    let dir = mkdir_all(root, &format!("/{parent}"), 0o755, (0, 0))?;
+    let target = dir.join(name);
+    if fs::symlink_metadata(&target).is_ok() {
+        fs::remove_file(&target)?;
+    }
+    fs::write(&target, data)?;
+    fs::set_permissions(&target, fs::Permissions::from_mode(mode))?;
+    std::os::unix::fs::lchown(&target, Some(0), Some(0))?;
+    Ok(target)
+}
+
+/// Copies the selected sources into `dest` (absolute in-image; trailing `/` means a directory)
+/// inside `dest_root`, as Dockerfile COPY does.
+pub fn copy(
+    sources: &[Source],
+    matcher: Option<&Matcher>,
+    filter: Filter<'_>,
+    dest_root: &Path,
+    dest: &str,
+    owner: Owner,
+    chmod: Option<&Chmod>,
+) -> Result<(), SourceError> {
+    let dest_is_dir = dest.ends_with('/') || sources.len() > 1;
+    let root_owner = match owner {
+        Owner::Set { uid, gid } => (uid, gid),
+        Owner::Keep => (0, 0),
+    };
+    let io_at = |path: &Path| {
+        let path = path.to_path_buf();
+        move |source| SourceError::Io { path, source }
+    };
+    // Where each source lands.
+    let mut targets: Vec<PathBuf> = Vec::new();
+    for s in sources {
+        let meta = fs::metadata(&s.abs)
+            .or_else(|_| fs::symlink_metadata(&s.abs))
+            .map_err(io_at(&s.abs))?;
+        let dest_abs = resolve_in_root(dest_root, dest, true).map_err(io_at(dest_root))?;
+        let target = if meta.is_dir() {
+            mkdir_all(dest_root, dest, 0o755, root_owner).map_err(io_at(&dest_abs))?
+        } else if dest_is_dir || dest_abs.is_dir() {
+            let dir = mkdir_all(dest_root, dest, 0o755, root_owner).map_err(io_at(&dest_abs))?;
+            let name = Path::new(&s.rel)
+                .file_name()
+                .map(OsStr::to_os_string)
+                .unwrap_or_default();
+            dir.join(name)
+        } else {
+            let parent = dest
+                .rsplit_once('/')
+                .map_or("/", |(p, _)| if p.is_empty() { "/" } else { p });
+            mkdir_all(dest_root, parent, 0o755, root_owner).map_err(io_at(&dest_abs))?;
+            resolve_in_root(dest_root, dest, false).map_err(io_at(&dest_abs))?
+        };
+        targets.push(target);
+    }
+    let mut dirs: Vec<(PathBuf, Metadata)> = Vec::new();
+    walk(sources, matcher, filter, &mut |e| {
+        let target = if e.rel.is_empty() {
+            targets[e.source].clone()
+        } else {
+            targets[e.source].join(e.rel)
+        };
+        // The source directory itself only lends its contents; its own entry is the target dir.
+        if e.rel.is_empty() && e.meta.is_dir() {
+            return Ok(());
+        }
+        copy_entry(e.abs, e.meta, &target, owner, chmod)?;
+        if e.meta.is_dir() {
+            dirs.push((target, e.meta.clone()));
+        }
+        Ok(())
+    })?;
+    // Directory times last, after their children were written.
+    for (dir, meta) in dirs.iter().rev() {
+        let t = filetime::FileTime::from_last_modification_time(meta);
+        filetime::set_file_times(dir, t, t).map_err(io_at(dir))?;
+    }
+    Ok(())
+}
+
+fn copy_entry(
+    src: &Path,
+    meta: &Metadata,
+    dst: &Path,
+    owner: Owner,
+    chmod: Option<&Chmod>,
+) -> io::Result<()> {
+    let ft = meta.file_type();
+    let (uid, gid) = owner.ids(meta);
+    let mode = chmod.map_or(meta.mode() & 0o7777, |c| c.apply(meta.mode(), ft.is_dir()));
+    if let Ok(existing) = fs::symlink_metadata(dst) {
+        if existing.is_dir() && !ft.is_dir() {
+            return Err(io::Error::other(format!(
+                "cannot replace directory `{}` with a file",
+                dst.display()
+            )));
+        }
+        if !existing.is_dir() {
+            fs::remove_file(dst)?;
+        }
+    }
+    if ft.is_dir() {
+        if !dst.is_dir() {
+            fs::create_dir(dst)?;
+        }
+    } else if ft.is_symlink() {
+        std::os::unix::fs::symlink(fs::read_link(src)?, dst)?;
+    } else if ft.is_file() {
+        fs::copy(src, dst)?;
+    } else if ft.is_fifo() || ft.is_char_device() || ft.is_block_device() || ft.is_socket() {
+        let c = std::ffi::CString::new(std::os::unix::ffi::OsStrExt::as_bytes(dst.as_os_str()))
+            .map_err(io::Error::other)?;
+        // SAFETY: `c` is a valid NUL-terminated path; mknod has no other memory effects.
+        let rc = unsafe {
+            libc::mknod(
+                c.as_ptr(),
+                meta.mode() as libc::mode_t,
+                meta.rdev() as libc::dev_t,
+            )
+        };
+        if rc != 0 {
+            return Err(io::Error::last_os_error());
+        }
+    }
+    std::os::unix::fs::lchown(dst, Some(uid), Some(gid))?;
+    let t = filetime::FileTime::from_last_modification_time(meta);
+    if ft.is_symlink() {
+        filetime::set_symlink_file_times(dst, t, t)?;
+    } else {
+        // chown clears setuid bits, so the mode goes last.
+        fs::set_permissions(dst, fs::Permissions::from_mode(mode))?;
+        filetime::set_file_times(dst, t, t)?;
+    }
+    Ok(())
+}

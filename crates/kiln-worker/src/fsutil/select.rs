@@ -1,0 +1,165 @@
+//! Which sources a COPY names: literal paths and wildcard patterns expanded in the root.
+
+use std::fs;
+use std::io;
+use std::path::{Path, PathBuf};
+
+use kiln_ignore::Matcher;
+
+use super::{clean_rel, component_match, has_wildcard, resolve_in_root};
+
+/// One source a COPY selected: its path relative to the source root and where it is on disk.
+#[derive(Debug, Clone)]
+pub struct Source {
+    pub rel: String,
+    pub abs: PathBuf,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum SourceError {
+    #[error("\"/{path}\": not found{}", excluded_note(excluded_by))]
+    NotFound {
+        path: String,
+        excluded_by: Option<String>,
+    },
+    #[error("no source files were specified matching `{0}`")]
+    NoMatch(String),
+    #[error("invalid copy pattern")]
+    Pattern(#[source] kiln_ignore::Error),
+    #[error("reading `{path}`")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+}
+
+fn excluded_note(rule: &Option<String>) -> String {
+    rule.as_ref()
+        .map(|r| format!(" (excluded by .dockerignore rule {r})"))
+        .unwrap_or_default()
+}
+
+pub(super) fn excluded(matcher: Option<&Matcher>, rel: &str) -> bool {
+    matcher.is_some_and(|m| !rel.is_empty() && m.excludes(rel))
+}
+
+/// Expands COPY sources (literal paths and wildcards) against `root`, hiding excluded paths.
+pub fn expand_sources(
+    root: &Path,
+    patterns: &[String],
+    matcher: Option<&Matcher>,
+) -> Result<Vec<Source>, SourceError> {
+    let mut out = Vec::new();
+    for pattern in patterns {
+        let rel = clean_rel(pattern);
+        if !has_wildcard(&rel) {
+            let abs = resolve_in_root(root, &rel, true).map_err(|source| SourceError::Io {
+                path: root.join(&rel),
+                source,
+            })?;
+            if fs::symlink_metadata(&abs).is_err() || excluded(matcher, &rel) {
+                let excluded_by = matcher
+                    .and_then(|m| m.excluding_rule(&rel))
+                    .map(|r| format!("`{}` (line {})", r.text(), r.line()));
+                return Err(SourceError::NotFound {
+                    path: rel,
+                    excluded_by,
+                });
+            }
+            out.push(Source { rel, abs });
+            continue;
+        }
+        let mut found = vec![(String::new(), root.to_path_buf())];
+        for part in rel.split('/') {
+            let mut next = Vec::new();
+            for (prefix, dir) in &found {
+                let join_rel = |name: &str| {
+                    if prefix.is_empty() {
+                        name.to_string()
+                    } else {
+                        format!("{prefix}/{name}")
+                    }
+                };
+                if !has_wildcard(part) {
+                    let r = join_rel(part);
+                    let abs = dir.join(part);
+                    if fs::symlink_metadata(&abs).is_ok() && !excluded(matcher, &r) {
+                        next.push((r, abs));
+                    }
+                    continue;
+                }
+                let Ok(entries) = fs::read_dir(dir) else {
+                    continue;
+                };
+                let mut names: Vec<String> = entries
+                    .filter_map(|e| e.ok())
+                    .map(|e| e.file_name().to_string_lossy().into_owned())
+                    .collect();
+                names.sort();
+                for name in names {
+                    let r = join_rel(&name);
+                    if component_match(part, &name) && !excluded(matcher, &r) {
+                        next.push((r, dir.join(&name)));
+                    }
+                }
+            }
+            found = next;
+        }
+        if found.is_empty() {
+            return Err(SourceError::NoMatch(pattern.clone()));
+        }
+        out.extend(found.into_iter().map(|(rel, abs)| Source { rel, abs }));
+    }
+    Ok(out)
+}
+
+/// The sources of a COPY, in groups that share an include filter.
+pub struct Group {
+    pub sources: Vec<Source>,
+    /// The `--parents` pattern of the group (None: everything below the sources).
+    pub include: Option<Matcher>,
+}
+
+/// Expands a COPY's sources. Without `parents` that is [`expand_sources`]; with it, each source
+/// is split at its first `/./` (or taken whole, from the root) into the directory to copy
+/// from, which may hold wildcards, and a pattern below it that selects what is copied with
+/// its path. A pattern without wildcards must name something that exists.
+pub fn select(
+    root: &Path,
+    sources: &[String],
+    parents: bool,
+    matcher: Option<&Matcher>,
+) -> Result<Vec<Group>, SourceError> {
+    if !parents {
+        return Ok(vec![Group {
+            sources: expand_sources(root, sources, matcher)?,
+            include: None,
+        }]);
+    }
+    let mut groups = Vec::new();
+    for source in sources {
+        let (base, pattern) = match source.split_once("/./") {
+            Some((base, pattern)) => (clean_rel(base), clean_rel(pattern)),
+            None => (String::new(), clean_rel(source)),
+        };
+        if !has_wildcard(&base) && !has_wildcard(&pattern) {
+            let whole = if base.is_empty() {
+                pattern.clone()
+            } else {
+                format!("{base}/{pattern}")
+            };
+            expand_sources(root, &[whole], matcher)?;
+        }
+        let include = if pattern.is_empty() {
+            None
+        } else {
+            Some(Matcher::new(std::slice::from_ref(&pattern)).map_err(SourceError::Pattern)?)
+        };
+        groups.push(Group {
+            sources: expand_sources(root, &[base], matcher)?,
+            include,
+        });
+    }
+    Ok(groups)
+}

@@ -296,7 +296,7 @@ impl LlbWorker {
             )?;
             // The cache root takes the seed dir's mode and owner, as the mounted dir would.
             if let [one] = selected.as_slice()
-                && let Ok(meta) = fs::metadata(&one.abs)
+                && let Ok(meta) = one.metadata()
                 && meta.is_dir()
             {
                 use std::os::unix::fs::PermissionsExt;

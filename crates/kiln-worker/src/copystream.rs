@@ -12,7 +12,7 @@
 //! overlapping each other), it answers [`Outcome::Fallback`] and the caller copies files.
 
 use std::collections::{HashMap, HashSet};
-use std::fs::{self, File, Metadata};
+use std::fs::{self, Metadata};
 use std::io::{self, BufWriter, Read};
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::Path;
@@ -155,8 +155,8 @@ impl LayerWriter<'_> {
         let dest_is_dir = req.dest.ends_with('/') || sources.len() > 1;
         let mut targets = Vec::new();
         for s in sources {
-            let meta = fs::metadata(&s.abs)
-                .or_else(|_| fs::symlink_metadata(&s.abs))
+            let meta = s
+                .metadata()
                 .map_err(|e| Error::Source(source_io(&s.abs)(e)))?;
             let (dir, target) = if meta.is_dir() {
                 (dest.clone(), dest.clone())
@@ -189,7 +189,7 @@ impl LayerWriter<'_> {
             } else {
                 join(&targets[e.source], e.rel)
             };
-            self.entry(&target, e.abs, e.meta, req, many)
+            self.entry(&target, &e, req, many)
         });
         match walked {
             Ok(()) => Ok(None),
@@ -250,11 +250,11 @@ impl LayerWriter<'_> {
     fn entry(
         &mut self,
         target: &str,
-        abs: &Path,
-        meta: &Metadata,
+        e: &fsutil::Entry<'_>,
         req: &Request<'_>,
         many: bool,
     ) -> io::Result<()> {
+        let meta = e.meta;
         let ft = meta.file_type();
         if ft.is_socket() {
             // The file-based copy makes one, and the diff leaves sockets out.
@@ -306,11 +306,11 @@ impl LayerWriter<'_> {
         match kind {
             EntryType::Regular => {
                 h.set_size(meta.len());
-                let file = File::open(abs)?;
+                let file = e.open()?;
                 self.append(target, &mut h, kiln_snapshot::Exact::new(file, meta.len()))?;
             }
             EntryType::Symlink => {
-                let link = fs::read_link(abs)?;
+                let link = e.read_link()?;
                 self.flush_deferred(target)?;
                 self.tar.append_link(&mut h, target, link)?;
                 self.entries += 1;

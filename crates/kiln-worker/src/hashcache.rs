@@ -86,15 +86,21 @@ impl FileHashes {
         })
     }
 
-    /// The SHA-256 of the regular file at `abs`, whose metadata the caller just read.
-    pub fn digest(&self, abs: &Path, meta: &fs::Metadata) -> io::Result<[u8; 32]> {
+    /// The SHA-256 of the regular file at `abs`, whose metadata the caller just read; `open`
+    /// opens it when its bytes must be read.
+    pub fn digest(
+        &self,
+        abs: &Path,
+        meta: &fs::Metadata,
+        open: impl FnOnce() -> io::Result<fs::File>,
+    ) -> io::Result<[u8; 32]> {
         let stat = Stat::of(meta);
         if let Some(e) = self.table().lock().entries.get(abs)
             && e.stat == stat
         {
             return Ok(e.digest);
         }
-        let (bytes, after) = digest_and_stat(abs)?;
+        let (bytes, after) = digest_and_stat(open()?)?;
         let now = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map_or(0, |d| d.as_nanos() as i128);
@@ -154,13 +160,12 @@ impl FileHashes {
 }
 
 /// The SHA-256 of a file's bytes.
-pub(crate) fn file_digest(path: &Path) -> io::Result<[u8; 32]> {
-    digest_and_stat(path).map(|(d, _)| d)
+pub(crate) fn file_digest(file: fs::File) -> io::Result<[u8; 32]> {
+    digest_and_stat(file).map(|(d, _)| d)
 }
 
 /// The file's digest and its metadata once read.
-fn digest_and_stat(path: &Path) -> io::Result<([u8; 32], Stat)> {
-    let mut file = fs::File::open(path)?;
+fn digest_and_stat(mut file: fs::File) -> io::Result<([u8; 32], Stat)> {
     let mut hasher = Sha256::new();
     let mut buf = vec![0u8; 256 * 1024];
     loop {
@@ -242,7 +247,10 @@ mod tests {
         let table = dir.path().join("hashes");
         let h = FileHashes::new(table.clone());
         let meta = fs::metadata(&file).unwrap();
-        assert_eq!(h.digest(&file, &meta).unwrap(), sha(b"one"));
+        assert_eq!(
+            h.digest(&file, &meta, || fs::File::open(&file)).unwrap(),
+            sha(b"one")
+        );
         // ctime is "now" after set_modified: too recent to remember.
         h.save().unwrap();
         assert!(!table.exists());
@@ -258,10 +266,18 @@ mod tests {
             },
         );
         h.table().lock().dirty = true;
-        assert_eq!(h.digest(&file, &meta).unwrap(), sha(b"planted"));
+        assert_eq!(
+            h.digest(&file, &meta, || fs::File::open(&file)).unwrap(),
+            sha(b"planted")
+        );
         h.save().unwrap();
         let reopened = FileHashes::new(table.clone());
-        assert_eq!(reopened.digest(&file, &meta).unwrap(), sha(b"planted"));
+        assert_eq!(
+            reopened
+                .digest(&file, &meta, || fs::File::open(&file))
+                .unwrap(),
+            sha(b"planted")
+        );
 
         // Any write changes ctime: the content is read again, even with size and mtime kept.
         std::thread::sleep(std::time::Duration::from_millis(20));
@@ -269,7 +285,12 @@ mod tests {
         age(&file);
         let meta2 = fs::metadata(&file).unwrap();
         assert_eq!(meta2.size(), meta.size());
-        assert_eq!(reopened.digest(&file, &meta2).unwrap(), sha(b"two"));
+        assert_eq!(
+            reopened
+                .digest(&file, &meta2, || fs::File::open(&file))
+                .unwrap(),
+            sha(b"two")
+        );
     }
 
     #[test]
@@ -282,7 +303,10 @@ mod tests {
         fs::write(&file, b"x").unwrap();
         let h = FileHashes::new(table);
         assert_eq!(
-            h.digest(&file, &fs::metadata(&file).unwrap()).unwrap(),
+            h.digest(&file, &fs::metadata(&file).unwrap(), || fs::File::open(
+                &file
+            ))
+            .unwrap(),
             sha(b"x")
         );
     }

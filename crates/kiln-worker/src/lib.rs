@@ -843,10 +843,7 @@ impl LlbWorker {
                         source,
                     }
                 })?;
-                let tree = fsutil::Source {
-                    rel: String::new(),
-                    abs: out,
-                };
+                let tree = fsutil::Source::whole(&out);
                 let all = fsutil::Filter::default();
                 fsutil::copy(&[tree], None, all, &merged2, &dest, archive_owner, chmod)?;
             }
@@ -1119,11 +1116,11 @@ fn checksum_group(
         h.update([0]);
         h.update((e.meta.mode() & 0o177777).to_le_bytes());
         if e.meta.file_type().is_symlink() {
-            h.update(fs::read_link(e.abs)?.as_os_str().as_encoded_bytes());
+            h.update(e.read_link()?.as_os_str().as_encoded_bytes());
         } else if e.meta.is_file() {
             match hashes {
-                Some(table) => h.update(table.digest(e.abs, e.meta)?),
-                None => h.update(hashcache::file_digest(e.abs)?),
+                Some(table) => h.update(table.digest(e.abs, e.meta, || e.open())?),
+                None => h.update(hashcache::file_digest(e.open()?)?),
             }
         }
         h.update([0xff]);

@@ -18,6 +18,7 @@ mod export_oci;
 mod failure;
 mod frontend;
 mod git;
+mod hostile_context;
 mod imagetools;
 mod language;
 mod lint;

@@ -9,6 +9,7 @@ use std::path::{Path, PathBuf};
 use kiln_ignore::Matcher;
 use kiln_llb::mode::Chmod;
 
+use super::walk::Entry;
 use super::{Filter, Source, SourceError, clean_rel, resolve_in_root, walk};
 
 /// Who owns what a COPY or mkdir creates.
@@ -107,9 +108,7 @@ pub fn copy(
     // Where each source lands.
     let mut targets: Vec<PathBuf> = Vec::new();
     for s in sources {
-        let meta = fs::metadata(&s.abs)
-            .or_else(|_| fs::symlink_metadata(&s.abs))
-            .map_err(io_at(&s.abs))?;
+        let meta = s.metadata().map_err(io_at(&s.abs))?;
         let dest_abs = resolve_in_root(dest_root, dest, true).map_err(io_at(dest_root))?;
         let target = if meta.is_dir() {
             mkdir_all(dest_root, dest, 0o755, root_owner).map_err(io_at(&dest_abs))?
@@ -140,7 +139,7 @@ pub fn copy(
         if e.rel.is_empty() && e.meta.is_dir() {
             return Ok(());
         }
-        copy_entry(e.abs, e.meta, &target, owner, chmod)?;
+        copy_entry(&e, &target, owner, chmod)?;
         if e.meta.is_dir() {
             dirs.push((target, e.meta.clone()));
         }
@@ -154,13 +153,8 @@ pub fn copy(
     Ok(())
 }
 
-fn copy_entry(
-    src: &Path,
-    meta: &Metadata,
-    dst: &Path,
-    owner: Owner,
-    chmod: Option<&Chmod>,
-) -> io::Result<()> {
+fn copy_entry(src: &Entry<'_>, dst: &Path, owner: Owner, chmod: Option<&Chmod>) -> io::Result<()> {
+    let meta = src.meta;
     let ft = meta.file_type();
     let (uid, gid) = owner.ids(meta);
     let mode = chmod.map_or(meta.mode() & 0o7777, |c| c.apply(meta.mode(), ft.is_dir()));
@@ -180,9 +174,16 @@ fn copy_entry(
             fs::create_dir(dst)?;
         }
     } else if ft.is_symlink() {
-        std::os::unix::fs::symlink(fs::read_link(src)?, dst)?;
+        std::os::unix::fs::symlink(src.read_link()?, dst)?;
     } else if ft.is_file() {
-        fs::copy(src, dst)?;
+        // Opened through the walk, never by path (see `Entry::open`); io::copy still uses
+        // copy_file_range between the two files.
+        let mut from = src.open()?;
+        let mut to = fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(dst)?;
+        io::copy(&mut from, &mut to)?;
     } else if ft.is_fifo() || ft.is_char_device() || ft.is_block_device() || ft.is_socket() {
         let c = std::ffi::CString::new(std::os::unix::ffi::OsStrExt::as_bytes(dst.as_os_str()))
             .map_err(io::Error::other)?;

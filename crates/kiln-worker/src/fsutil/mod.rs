@@ -4,6 +4,8 @@
 //! std, so it is written here.
 
 mod copy;
+#[cfg(test)]
+mod hostile_tests;
 mod pattern;
 mod prune;
 mod resolve;
@@ -16,7 +18,7 @@ pub(crate) use pattern::has_wildcard;
 pub use prune::prune_unchanged_dirs;
 pub use resolve::{clean_rel, resolve_in_root};
 pub use select::{Source, SourceError, expand_sources, select};
-pub use walk::{Filter, walk};
+pub use walk::{Entry, Filter, walk};
 
 #[cfg(test)]
 mod tests {

@@ -12,7 +12,26 @@ use super::{clean_rel, component_match, has_wildcard, resolve_in_root};
 #[derive(Debug, Clone)]
 pub struct Source {
     pub rel: String,
+    /// `rel` resolved inside `root` (links followed, clamped at the root).
     pub abs: PathBuf,
+    /// The root the source was resolved in; the walk opens `abs` from it, following nothing.
+    pub(super) root: PathBuf,
+}
+
+impl Source {
+    /// The whole of `root` as one source.
+    pub fn whole(root: &Path) -> Source {
+        Source {
+            rel: String::new(),
+            abs: root.to_path_buf(),
+            root: root.to_path_buf(),
+        }
+    }
+
+    /// The source's metadata, read as the walk reads it (no link followed on the way).
+    pub fn metadata(&self) -> io::Result<std::fs::Metadata> {
+        super::walk::open_source(self).map(|o| o.meta)
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -45,6 +64,10 @@ pub(super) fn excluded(matcher: Option<&Matcher>, rel: &str) -> bool {
 }
 
 /// Expands COPY sources (literal paths and wildcards) against `root`, hiding excluded paths.
+///
+/// Every path a pattern matches, at every level, is resolved inside `root` as a literal path is
+/// (links followed but clamped at the root): a link in the context that points out of it, such
+/// as `up -> ../..` or `etc -> /etc`, leads to the same place inside the root, never outside.
 pub fn expand_sources(
     root: &Path,
     patterns: &[String],
@@ -54,26 +77,13 @@ pub fn expand_sources(
     for pattern in patterns {
         let rel = clean_rel(pattern);
         if !has_wildcard(&rel) {
-            let abs = resolve_in_root(root, &rel, true).map_err(|source| SourceError::Io {
-                path: root.join(&rel),
-                source,
-            })?;
-            if fs::symlink_metadata(&abs).is_err() || excluded(matcher, &rel) {
-                let excluded_by = matcher
-                    .and_then(|m| m.excluding_rule(&rel))
-                    .map(|r| format!("`{}` (line {})", r.text(), r.line()));
-                return Err(SourceError::NotFound {
-                    path: rel,
-                    excluded_by,
-                });
-            }
-            out.push(Source { rel, abs });
+            out.push(literal(root, rel, matcher)?);
             continue;
         }
-        let mut found = vec![(String::new(), root.to_path_buf())];
+        let mut found = vec![String::new()];
         for part in rel.split('/') {
             let mut next = Vec::new();
-            for (prefix, dir) in &found {
+            for prefix in &found {
                 let join_rel = |name: &str| {
                     if prefix.is_empty() {
                         name.to_string()
@@ -83,12 +93,14 @@ pub fn expand_sources(
                 };
                 if !has_wildcard(part) {
                     let r = join_rel(part);
-                    let abs = dir.join(part);
-                    if fs::symlink_metadata(&abs).is_ok() && !excluded(matcher, &r) {
-                        next.push((r, abs));
+                    if exists_in(root, &r) && !excluded(matcher, &r) {
+                        next.push(r);
                     }
                     continue;
                 }
+                let Ok(dir) = resolve_in_root(root, prefix, true) else {
+                    continue;
+                };
                 let Ok(entries) = fs::read_dir(dir) else {
                     continue;
                 };
@@ -100,7 +112,7 @@ pub fn expand_sources(
                 for name in names {
                     let r = join_rel(&name);
                     if component_match(part, &name) && !excluded(matcher, &r) {
-                        next.push((r, dir.join(&name)));
+                        next.push(r);
                     }
                 }
             }
@@ -109,9 +121,38 @@ pub fn expand_sources(
         if found.is_empty() {
             return Err(SourceError::NoMatch(pattern.clone()));
         }
-        out.extend(found.into_iter().map(|(rel, abs)| Source { rel, abs }));
+        for rel in found {
+            out.push(literal(root, rel, matcher)?);
+        }
     }
     Ok(out)
+}
+
+/// Whether `rel` names something inside `root` (a final link counts as itself).
+fn exists_in(root: &Path, rel: &str) -> bool {
+    resolve_in_root(root, rel, false).is_ok_and(|abs| fs::symlink_metadata(abs).is_ok())
+}
+
+/// The source `rel` names, resolved inside `root`; an error if it is missing or excluded.
+fn literal(root: &Path, rel: String, matcher: Option<&Matcher>) -> Result<Source, SourceError> {
+    let abs = resolve_in_root(root, &rel, true).map_err(|source| SourceError::Io {
+        path: root.join(&rel),
+        source,
+    })?;
+    if fs::symlink_metadata(&abs).is_err() || excluded(matcher, &rel) {
+        let excluded_by = matcher
+            .and_then(|m| m.excluding_rule(&rel))
+            .map(|r| format!("`{}` (line {})", r.text(), r.line()));
+        return Err(SourceError::NotFound {
+            path: rel,
+            excluded_by,
+        });
+    }
+    Ok(Source {
+        rel,
+        abs,
+        root: root.to_path_buf(),
+    })
 }
 
 /// The sources of a COPY, in groups that share an include filter.

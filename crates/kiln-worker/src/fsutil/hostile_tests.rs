@@ -298,3 +298,26 @@ fn parents_and_exclude_stay_inside_the_root() {
         assert!(leaks(dst.path()).is_empty(), "{sources:?} leaked");
     }
 }
+
+#[test]
+fn wildcards_descend_into_directories_but_not_through_links() {
+    // As BuildKit: the part before the first wildcard follows links (inside the root), the
+    // pattern itself matches only what is really below, and a match that is a link is followed.
+    let fx = Fixture::new();
+    fs::write(fx.ctx().join("sub/keep"), "kept").unwrap();
+    fx.link("/sub", "indir");
+    let rels = |pattern: &str| -> Vec<String> {
+        match expand_sources(&fx.ctx(), &[pattern.to_string()], None) {
+            Ok(s) => s.into_iter().map(|s| s.rel).collect(),
+            Err(e) => vec![format!("error: {e}")],
+        }
+    };
+    assert_eq!(rels("indir/*"), ["indir/keep"]);
+    assert_eq!(rels("indir/kee?"), ["indir/keep"]);
+    assert_eq!(rels("ind*"), ["indir"]);
+    assert_eq!(rels("s*/keep"), ["sub/keep"]);
+    assert_eq!(rels("i*/kee?"), ["error: no source files were specified matching `i*/kee?`"]);
+    let (dst, result) = copy_pattern(&fx, "ind*");
+    result.unwrap();
+    assert_eq!(fs::read_to_string(dst.path().join("out/keep")).unwrap(), "kept");
+}

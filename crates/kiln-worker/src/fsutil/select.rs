@@ -65,9 +65,12 @@ pub(super) fn excluded(matcher: Option<&Matcher>, rel: &str) -> bool {
 
 /// Expands COPY sources (literal paths and wildcards) against `root`, hiding excluded paths.
 ///
-/// Every path a pattern matches, at every level, is resolved inside `root` as a literal path is
-/// (links followed but clamped at the root): a link in the context that points out of it, such
-/// as `up -> ../..` or `etc -> /etc`, leads to the same place inside the root, never outside.
+/// As BuildKit does: the components before the first wildcard are resolved inside `root` as a
+/// literal path is (links followed but clamped at the root); from there the pattern is matched
+/// against what is really below, descending into directories but never through a link; each
+/// match is then resolved as a literal path again (a final link followed inside the root). A
+/// link in the context that points out of it, `up -> ../..` or `etc -> /etc`, so never leads
+/// outside the root.
 pub fn expand_sources(
     root: &Path,
     patterns: &[String],
@@ -76,14 +79,24 @@ pub fn expand_sources(
     let mut out = Vec::new();
     for pattern in patterns {
         let rel = clean_rel(pattern);
-        if !has_wildcard(&rel) {
+        let comps: Vec<&str> = rel.split('/').collect();
+        let Some(first) = comps.iter().position(|c| has_wildcard(c)) else {
             out.push(literal(root, rel, matcher)?);
             continue;
-        }
-        let mut found = vec![String::new()];
-        for part in rel.split('/') {
+        };
+        let prefix = comps[..first].join("/");
+        let base = resolve_in_root(root, &prefix, true).map_err(|source| SourceError::Io {
+            path: root.join(&prefix),
+            source,
+        })?;
+        // (the path as the pattern spells it, where it really is)
+        let mut found = vec![(prefix, base)];
+        for part in &comps[first..] {
             let mut next = Vec::new();
-            for prefix in &found {
+            for (prefix, dir) in &found {
+                if !fs::symlink_metadata(dir).is_ok_and(|m| m.is_dir()) {
+                    continue;
+                }
                 let join_rel = |name: &str| {
                     if prefix.is_empty() {
                         name.to_string()
@@ -93,14 +106,11 @@ pub fn expand_sources(
                 };
                 if !has_wildcard(part) {
                     let r = join_rel(part);
-                    if exists_in(root, &r) && !excluded(matcher, &r) {
-                        next.push(r);
+                    if fs::symlink_metadata(dir.join(part)).is_ok() && !excluded(matcher, &r) {
+                        next.push((r, dir.join(part)));
                     }
                     continue;
                 }
-                let Ok(dir) = resolve_in_root(root, prefix, true) else {
-                    continue;
-                };
                 let Ok(entries) = fs::read_dir(dir) else {
                     continue;
                 };
@@ -112,7 +122,7 @@ pub fn expand_sources(
                 for name in names {
                     let r = join_rel(&name);
                     if component_match(part, &name) && !excluded(matcher, &r) {
-                        next.push(r);
+                        next.push((r, dir.join(&name)));
                     }
                 }
             }
@@ -121,16 +131,11 @@ pub fn expand_sources(
         if found.is_empty() {
             return Err(SourceError::NoMatch(pattern.clone()));
         }
-        for rel in found {
+        for (rel, _) in found {
             out.push(literal(root, rel, matcher)?);
         }
     }
     Ok(out)
-}
-
-/// Whether `rel` names something inside `root` (a final link counts as itself).
-fn exists_in(root: &Path, rel: &str) -> bool {
-    resolve_in_root(root, rel, false).is_ok_and(|abs| fs::symlink_metadata(abs).is_ok())
 }
 
 /// The source `rel` names, resolved inside `root`; an error if it is missing or excluded.

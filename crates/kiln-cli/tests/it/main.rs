@@ -19,6 +19,7 @@ mod failure;
 mod frontend;
 mod git;
 mod imagetools;
+mod killed;
 mod language;
 mod lint;
 mod load_unnamed;

@@ -171,22 +171,11 @@ fn save(engine: &Engine, a: &SaveArgs) -> Result<ExitCode> {
     };
     match &a.output {
         Some(path) => {
-            // Written beside the destination and renamed, so a failed save leaves no torn file.
-            let dir = path
-                .parent()
-                .filter(|p| !p.as_os_str().is_empty())
-                .unwrap_or(Path::new("."));
-            let tmp = tempfile::NamedTempFile::new_in(dir)
-                .with_context(|| format!("creating a file in `{}`", dir.display()))?;
-            let out = engine.save(&a.images, format, BufWriter::new(tmp))?;
-            let tmp = out.into_inner().map_err(|e| e.into_error())?;
-            // Temp files are private; the archive gets an ordinary file's mode, as docker's does.
-            use std::os::unix::fs::PermissionsExt as _;
-            tmp.as_file()
-                .set_permissions(std::fs::Permissions::from_mode(0o644))?;
-            tmp.as_file().sync_all()?;
-            tmp.persist(path)
-                .with_context(|| format!("writing `{}`", path.display()))?;
+            // Written beside the destination and renamed once whole, so a failed or killed
+            // save leaves the old file (or none), never a torn one.
+            kiln_engine::write_file_atomically(path, |out| {
+                engine.save(&a.images, format, out).map(drop)
+            })?;
         }
         None => {
             if std::io::stdout().is_terminal() {

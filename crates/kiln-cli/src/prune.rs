@@ -90,6 +90,13 @@ pub fn du(engine: &Engine, a: &DuArgs) -> Result<ExitCode> {
         .filter(|r| r.kind == UsageKind::CacheMount)
         .count();
     let _ = writeln!(out, "Cache mounts:\t{mounts}");
+    let partial: u64 = usage
+        .records
+        .iter()
+        .filter(|r| r.kind == UsageKind::Partial)
+        .map(|r| r.size)
+        .sum();
+    let _ = writeln!(out, "Partial:\t{}", human_size(partial));
     let _ = writeln!(out, "Shared:\t\t{}", human_size(usage.shared()));
     let private = usage.total() - usage.shared();
     let _ = writeln!(out, "Private:\t{}", human_size(private));
@@ -124,7 +131,7 @@ fn request(a: &PruneArgs) -> Result<PruneRequest> {
             "type" => match UsageKind::parse(value) {
                 Some(k) => req.kinds.push(k),
                 None => bail!(
-                    "invalid --filter `{f}`: type is one of regular, source.image, exec.cachemount, unreferenced"
+                    "invalid --filter `{f}`: type is one of regular, source.image, exec.cachemount, unreferenced, partial"
                 ),
             },
             "id" => req.ids.push(value.to_string()),

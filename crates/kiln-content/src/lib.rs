@@ -1,7 +1,11 @@
 //! A content-addressed blob store: every blob lives at `blobs/sha256/<hex>` under its root, is
 //! written to `ingest/` first, hashed while it streams, fsynced, and renamed into place only when
 //! its digest is the one expected. A crash leaves at worst a stray ingest file, never a blob whose
-//! bytes do not match its name. It knows digests and files, not images or registries.
+//! bytes do not match its name; each ingest file is `flock`ed by its writer, so opening the store
+//! removes the ones a killed writer left (unlocked) and never a live writer's (see [`partial`]).
+//! It knows digests and files, not images or registries.
+
+pub mod partial;
 
 use std::fs::{self, File};
 use std::io::{self, Read, Write};
@@ -42,13 +46,41 @@ pub struct ContentStore {
 }
 
 impl ContentStore {
-    /// Opens (creating if needed) a store rooted at `root`.
+    /// Opens (creating if needed) a store rooted at `root`, removing the partial ingest files
+    /// writers that died left (never one a live writer, in this process or another, holds).
     pub fn open(root: impl Into<PathBuf>) -> Result<Self> {
         let root = root.into();
         for dir in [root.join("blobs/sha256"), root.join("ingest")] {
             fs::create_dir_all(&dir).map_err(io_err(&dir))?;
         }
-        Ok(Self { root })
+        let store = Self { root };
+        store.remove_stale_ingest()?;
+        Ok(store)
+    }
+
+    fn ingest_dir(&self) -> PathBuf {
+        self.root.join("ingest")
+    }
+
+    /// The partial blobs in `ingest/`: being written (`in_use`) or left by a killed writer.
+    pub fn ingest_files(&self) -> Result<Vec<partial::PartialFile>> {
+        let dir = self.ingest_dir();
+        partial::list(&dir, "").map_err(io_err(&dir))
+    }
+
+    /// Removes the partial blobs no live writer holds; returns how many files and bytes went.
+    pub fn remove_stale_ingest(&self) -> Result<(usize, u64)> {
+        let dir = self.ingest_dir();
+        partial::remove_stale(&dir, "").map_err(io_err(&dir))
+    }
+
+    /// Removes the partial blob `name` unless a live writer holds it; returns whether it did.
+    pub fn remove_ingest(&self, name: &str) -> Result<bool> {
+        let path = self.ingest_dir().join(name);
+        if name.contains('/') || name.starts_with('.') {
+            return Ok(false);
+        }
+        partial::remove_if_stale(&path).map_err(io_err(&path))
     }
 
     pub fn root(&self) -> &Path {
@@ -141,23 +173,27 @@ impl ContentStore {
         }
     }
 
+    /// A new ingest file, locked for as long as it is open (so no cleaner removes it).
     fn ingest_file(&self) -> Result<(PathBuf, File)> {
-        let tmp = self
-            .root
-            .join("ingest")
-            .join(format!("{:016x}", rand::random::<u64>()));
-        let file = File::create(&tmp).map_err(io_err(&tmp))?;
-        Ok((tmp, file))
+        let dir = self.ingest_dir();
+        partial::create_locked(&dir, "").map_err(io_err(&dir))
     }
 
-    /// Moves a fully written and synced ingest file into place under `digest`.
+    /// Moves a fully written and synced ingest file into place under `digest`. The caller
+    /// still holds the file open (and so locked): a cleaner cannot remove it meanwhile.
     fn install(&self, tmp: &Path, expected: Option<&Digest>, actual: Digest) -> Result<Digest> {
         if let Err(e) = check(expected, &actual) {
             let _ = fs::remove_file(tmp);
             return Err(e);
         }
         let dest = self.path(&actual);
-        fs::rename(tmp, &dest).map_err(io_err(&dest))?;
+        if let Err(e) = fs::rename(tmp, &dest) {
+            let _ = fs::remove_file(tmp);
+            return Err(Error::Io {
+                path: dest,
+                source: e,
+            });
+        }
         Ok(actual)
     }
 }
@@ -193,14 +229,16 @@ impl BlobWriter {
 
     /// Syncs and installs the blob; fails (and discards it) if it does not hash to `expected`.
     pub fn commit(mut self, expected: Option<&Digest>) -> Result<(Digest, u64)> {
-        let file = self.file.take().expect("file present until commit");
+        let file = self.file.as_ref().expect("file present until commit");
         file.sync_all().map_err(io_err(&self.tmp))?;
-        drop(file);
         let hasher = std::mem::take(&mut self.hasher);
-        let digest = self
+        let installed = self
             .store
-            .install(&self.tmp, expected, finish_digest(hasher))?;
-        Ok((digest, self.written))
+            .install(&self.tmp, expected, finish_digest(hasher));
+        // Installed or removed: either way nothing is left for `Drop`; the lock goes last.
+        let file = self.file.take();
+        drop(file);
+        Ok((installed?, self.written))
     }
 }
 
@@ -243,17 +281,19 @@ pub struct AsyncBlobWriter {
 
 impl AsyncBlobWriter {
     pub async fn commit(mut self, expected: Option<&Digest>) -> Result<(Digest, u64)> {
-        let mut file = self.file.take().expect("file present until commit");
-        tokio::io::AsyncWriteExt::flush(&mut file)
+        let file = self.file.as_mut().expect("file present until commit");
+        tokio::io::AsyncWriteExt::flush(file)
             .await
             .map_err(io_err(&self.tmp))?;
         file.sync_all().await.map_err(io_err(&self.tmp))?;
-        drop(file);
         let hasher = std::mem::take(&mut self.hasher);
-        let digest = self
+        let installed = self
             .store
-            .install(&self.tmp, expected, finish_digest(hasher))?;
-        Ok((digest, self.written))
+            .install(&self.tmp, expected, finish_digest(hasher));
+        // Installed or removed: either way nothing is left for `Drop`; the lock goes last.
+        let file = self.file.take();
+        drop(file);
+        Ok((installed?, self.written))
     }
 }
 
@@ -330,6 +370,86 @@ mod tests {
         w.write_all(b"partial").unwrap();
         drop(w);
         assert_eq!(fs::read_dir(dir.path().join("ingest")).unwrap().count(), 0);
+    }
+
+    fn ingest_names(dir: &Path) -> Vec<String> {
+        let mut names: Vec<String> = fs::read_dir(dir.join("ingest"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        names.sort();
+        names
+    }
+
+    /// Issue 13: a killed writer's partial blob goes when the store is opened again; a live
+    /// writer's (another handle on the same data dir) stays and still commits.
+    #[test]
+    fn issue_13_open_removes_stale_ingest_but_not_a_live_writers() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = ContentStore::open(dir.path()).unwrap();
+        let mut live = store.writer().unwrap();
+        live.write_all(b"still coming").unwrap();
+        // What a SIGKILLed writer leaves: a file nothing holds.
+        fs::write(dir.path().join("ingest/00000000deadbeef"), vec![7u8; 1000]).unwrap();
+        assert_eq!(ingest_names(dir.path()).len(), 2);
+        let files = store.ingest_files().unwrap();
+        assert_eq!(files.iter().filter(|f| f.in_use).count(), 1, "{files:?}");
+
+        let again = ContentStore::open(dir.path()).unwrap();
+        let left = ingest_names(dir.path());
+        assert_eq!(left.len(), 1, "{left:?}");
+        assert_ne!(left[0], "00000000deadbeef");
+        assert!(!again.remove_ingest(&left[0]).unwrap());
+
+        let (d, _) = live.commit(None).unwrap();
+        assert_eq!(again.read(&d).unwrap(), b"still coming");
+        assert!(ingest_names(dir.path()).is_empty());
+    }
+
+    /// The same with the lock held by another process (`flock(1)`, when installed).
+    #[test]
+    fn issue_13_a_file_another_process_holds_survives_open() {
+        use std::os::unix::process::CommandExt as _;
+        use std::process::{Command, Stdio};
+        let dir = tempfile::tempdir().unwrap();
+        ContentStore::open(dir.path()).unwrap();
+        let held = dir.path().join("ingest/00000000000000aa");
+        fs::write(&held, b"partial").unwrap();
+        let child = Command::new("flock")
+            .arg("--exclusive")
+            .arg(&held)
+            .args(["sleep", "30"])
+            .stdin(Stdio::null())
+            .process_group(0)
+            .spawn();
+        let Ok(mut child) = child else {
+            eprintln!("skipping: flock(1) is not installed");
+            return;
+        };
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while !partial::is_locked(&held) {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "flock(1) never locked"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        let store = ContentStore::open(dir.path()).unwrap();
+        assert!(held.exists(), "a file another process holds was removed");
+        // flock(1) and the `sleep` that inherited its descriptor: the lock dies with both.
+        let group = i32::try_from(child.id()).unwrap();
+        // SAFETY: signals a process group this test started.
+        unsafe { libc::kill(-group, libc::SIGKILL) };
+        child.wait().unwrap();
+        while partial::is_locked(&held) {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the lock outlived flock(1)"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        assert_eq!(store.remove_stale_ingest().unwrap(), (1, 7));
+        assert!(!held.exists());
     }
 
     #[tokio::test]

@@ -4,11 +4,13 @@
 //! step's result, sized by the layer the step made; `source.image` for a base image, sized by
 //! its layers), one per cache mount (`exec.cachemount`), and one per layer or layer blob that
 //! nothing references any more. Tagged images are summed apart and never pruned, nor anything
-//! they reference. Sizes are apparent file sizes: an unpacked layer dir plus its blob.
+//! they reference. Sizes are apparent file sizes: an unpacked layer dir plus its blob. A blob
+//! still being written (or left half-written by a killed kiln) counts as `partial`.
 //!
 //! Pruning removes the selected cache records and cache mounts, then (only when no other kiln
 //! uses the data directory: the engine lock taken exclusively) the layer dirs and blobs no
-//! remaining record or tagged image references. A cache mount a running step holds is skipped.
+//! remaining record or tagged image references. A cache mount a running step holds is skipped,
+//! and so is a partial blob a live writer holds (see `kiln_content::partial`).
 
 use std::collections::{BTreeMap, HashSet};
 use std::fs;
@@ -31,6 +33,8 @@ pub enum UsageKind {
     CacheMount,
     /// A layer dir or blob that no record or image references.
     Unreferenced,
+    /// A blob being written to the content store's `ingest/`, or left there by a killed kiln.
+    Partial,
 }
 
 impl UsageKind {
@@ -41,6 +45,7 @@ impl UsageKind {
             UsageKind::SourceImage => "source.image",
             UsageKind::CacheMount => "exec.cachemount",
             UsageKind::Unreferenced => "unreferenced",
+            UsageKind::Partial => "partial",
         }
     }
 
@@ -50,6 +55,7 @@ impl UsageKind {
             UsageKind::SourceImage,
             UsageKind::CacheMount,
             UsageKind::Unreferenced,
+            UsageKind::Partial,
         ]
         .into_iter()
         .find(|k| k.name() == s)
@@ -83,6 +89,8 @@ enum Target {
     CacheMount(cachemount::CacheMountEntry),
     Layer,
     Blob(Digest),
+    /// A file in the content store's `ingest/`, by name.
+    Ingest(String),
 }
 
 /// What `kiln du` reports.
@@ -417,6 +425,22 @@ impl Engine {
                 target: Target::Blob(d),
             });
         }
+        for f in self.content.ingest_files()? {
+            rows.push(UsageRecord {
+                id: f.name.clone(),
+                kind: UsageKind::Partial,
+                size: f.size,
+                shared: false,
+                in_use: f.in_use,
+                last_used: f.modified,
+                description: if f.in_use {
+                    "partial blob being written".into()
+                } else {
+                    "partial blob left by an interrupted write".into()
+                },
+                target: Target::Ingest(f.name),
+            });
+        }
         rows.sort_by(|a, b| a.last_used.cmp(&b.last_used).then(a.id.cmp(&b.id)));
 
         let mut images_size = 0;
@@ -505,6 +529,8 @@ impl Engine {
                     .map_err(io(format!("removing the cache mount `{}`", m.id)))?,
                 // Unreferenced data goes with the collection below, which needs to be alone.
                 Target::Layer | Target::Blob(_) => alone,
+                // Only when no live writer holds it (checked again under its lock).
+                Target::Ingest(name) => self.content.remove_ingest(name)?,
             };
             if done {
                 // A shared row's data stays with the image that uses it: nothing is freed.
@@ -621,100 +647,5 @@ pub fn parse_duration(s: &str) -> Option<Duration> {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn sizes_and_durations() {
-        assert_eq!(parse_size("1024"), Some(1024));
-        assert_eq!(parse_size("512k"), Some(512 << 10));
-        assert_eq!(parse_size("10MB"), Some(10 << 20));
-        assert_eq!(parse_size("1.5gb"), Some(3 << 29));
-        assert_eq!(parse_size("lots"), None);
-        assert_eq!(parse_duration("24h"), Some(Duration::from_secs(86400)));
-        assert_eq!(parse_duration("1h30m"), Some(Duration::from_secs(5400)));
-        assert_eq!(parse_duration("10"), None);
-        assert_eq!(parse_duration("5x"), None);
-    }
-
-    /// A record over one layer dir of `size` bytes, last used `age` ago.
-    fn record(root: &Path, name: &str, size: usize, age: Duration) -> (PathBuf, PathBuf) {
-        let diff_id = kiln_oci::sha256(name.as_bytes());
-        let layer = root.join("layers").join(diff_id.digest());
-        fs::create_dir_all(&layer).unwrap();
-        fs::write(layer.join("data"), vec![b'x'; size]).unwrap();
-        let value = Value::Rootfs {
-            layers: vec![kiln_worker::LayerRef {
-                diff_id: Some(diff_id),
-                blob: None,
-                size: 0,
-                media_type: String::new(),
-                source: None,
-            }],
-        };
-        let key = root
-            .join("cache")
-            .join(kiln_oci::sha256_hex(format!("key-{name}").as_bytes()));
-        fs::create_dir_all(key.parent().unwrap()).unwrap();
-        fs::write(&key, serde_json::to_vec(&value).unwrap()).unwrap();
-        let f = fs::File::options().write(true).open(&key).unwrap();
-        f.set_modified(SystemTime::now() - age).unwrap();
-        (key, layer)
-    }
-
-    #[test]
-    fn keep_storage_removes_least_recently_used_first() {
-        let dir = tempfile::tempdir().unwrap();
-        let root = dir.path().join("root");
-        let engine = match Engine::open(&root, crate::Config::default()) {
-            Ok(e) => e,
-            Err(e) if std::env::var("KILN_TEST_REQUIRE_EXTERNAL").as_deref() != Ok("1") => {
-                eprintln!("skipping: cannot open an engine here: {e}");
-                return;
-            }
-            Err(e) => panic!("{e}"),
-        };
-        let hour = Duration::from_secs(3600);
-        let (old_key, old_layer) = record(&root, "old", 1000, 3 * hour);
-        let (mid_key, mid_layer) = record(&root, "mid", 1000, 2 * hour);
-        let (new_key, new_layer) = record(&root, "new", 1000, Duration::ZERO);
-        let usage = engine.disk_usage().unwrap();
-        assert_eq!(usage.total(), 3000);
-        assert_eq!(usage.records[0].kind, UsageKind::Regular);
-
-        // `until` spares what was used recently; keep-storage takes the oldest first.
-        let report = engine
-            .prune(&PruneRequest {
-                until: Some(90 * 60 * Duration::from_secs(1)),
-                keep_storage: Some(1500),
-                ..Default::default()
-            })
-            .unwrap();
-        assert_eq!(report.reclaimed, 2000);
-        assert!(!old_key.exists() && !old_layer.exists());
-        assert!(!mid_key.exists() && !mid_layer.exists());
-        assert!(new_key.exists() && new_layer.exists());
-
-        let report = engine
-            .prune(&PruneRequest {
-                until: Some(hour),
-                ..Default::default()
-            })
-            .unwrap();
-        assert!(report.removed.is_empty());
-        assert!(new_key.exists() && new_layer.exists());
-    }
-
-    #[test]
-    fn kinds_round_trip() {
-        for k in [
-            UsageKind::Regular,
-            UsageKind::SourceImage,
-            UsageKind::CacheMount,
-            UsageKind::Unreferenced,
-        ] {
-            assert_eq!(UsageKind::parse(k.name()), Some(k));
-        }
-        assert_eq!(UsageKind::parse("bogus"), None);
-    }
-}
+#[path = "du_tests.rs"]
+mod tests;

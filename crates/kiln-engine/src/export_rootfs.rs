@@ -47,7 +47,8 @@ impl Engine {
 
 /// Runs `produce` (a tar writer) into `dest`: standard output for `-`, the directory `dest`
 /// when `as_dir` (the tar extracted as it streams, merged with what is there, as BuildKit's
-/// local and `tar=false` exporters do), else the file `dest`, removed again on failure.
+/// local and `tar=false` exporters do), else the file `dest`, replaced only once complete (a
+/// failed or killed export leaves the old file; see `atomic_file`).
 pub(crate) fn write_to_dest(
     dest: &Path,
     as_dir: bool,
@@ -61,18 +62,7 @@ pub(crate) fn write_to_dest(
     if as_dir {
         return write_dir(dest, produce);
     }
-    let what = || format!("writing `{}`", dest.display());
-    let file = std::fs::File::create(dest).map_err(io(what()))?;
-    let mut out = BufWriter::new(file);
-    let result = produce(&mut out).and_then(|()| {
-        out.flush().map_err(io(what()))?;
-        out.get_ref().sync_all().map_err(io(what()))
-    });
-    if result.is_err() {
-        // A truncated archive must not pass for the output.
-        let _ = std::fs::remove_file(dest);
-    }
-    result
+    crate::atomic_file::write_file_atomically(dest, produce)
 }
 
 fn write_dir(dest: &Path, produce: impl FnOnce(&mut dyn Write) -> Result<()> + Send) -> Result<()> {

@@ -4,6 +4,7 @@
 //! config) → solver with the worker (cache keys, exec, layers) → exporter (config, manifest, name,
 //! archives). See docs/architecture.md.
 
+mod atomic_file;
 mod build;
 mod check;
 mod compress;
@@ -34,6 +35,7 @@ use kiln_executor::RuncExecutor;
 use kiln_exporter::ImageStore;
 use kiln_snapshot::LayerStore;
 
+pub use atomic_file::write_file_atomically;
 pub use build::{BuildRequest, BuildResult};
 pub use check::{CheckReport, CheckRequest, check};
 pub use config::Config;
@@ -187,6 +189,13 @@ impl Engine {
             layers.remove_stale_temp_dirs()?;
             kiln_worker::cachemount::remove_stale(root)
                 .map_err(io("removing stale cache mount dirs"))?;
+            // Small temp files of atomic writes a kill interrupted: cache records, image
+            // names, compiled seccomp profiles.
+            remove_temp_files(&root.join("cache"), |n| n.starts_with(".tmp-"))?;
+            remove_temp_files(&root.join("images"), |n| {
+                n.starts_with('.') && n.ends_with(".tmp")
+            })?;
+            remove_temp_files(&root.join("executor/seccomp"), |n| n.starts_with(".tmp-"))?;
         }
         rustix::fs::flock(&lock, rustix::fs::FlockOperation::LockShared)
             .map_err(|e| io(format!("locking `{}`", lock_path.display()))(e.into()))?;
@@ -225,5 +234,65 @@ impl Engine {
             self.root.join("tmp"),
         )
         .with_copy_stream(self.copy_stream)
+    }
+}
+
+/// Removes the regular files directly in `dir` whose names `stale` picks; only called while no
+/// other kiln uses the data directory, so no live writer owns them.
+fn remove_temp_files(dir: &Path, stale: impl Fn(&str) -> bool) -> Result<()> {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return Ok(());
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let is_file = entry.file_type().is_ok_and(|t| t.is_file());
+        if is_file && stale(&name.to_string_lossy()) {
+            let path = entry.path();
+            match std::fs::remove_file(&path) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                    return Err(io(format!("removing `{}`", path.display()))(e));
+                }
+                _ => {}
+            }
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Issue 13: what killed writes leave under the data root goes at the next open.
+    #[test]
+    fn issue_13_open_removes_partial_files_a_kill_left() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("root");
+        for d in ["content/ingest", "cache", "images", "executor/seccomp"] {
+            std::fs::create_dir_all(root.join(d)).unwrap();
+        }
+        let left = [
+            "content/ingest/0123456789abcdef",
+            "cache/.tmp-0123456789abcdef",
+            "images/.images.json.123-0.tmp",
+            "executor/seccomp/.tmp-1-ThreadId(1)",
+        ];
+        for f in left {
+            std::fs::write(root.join(f), b"partial").unwrap();
+        }
+        std::fs::write(root.join("images/images.json"), b"{}").unwrap();
+        let engine = match Engine::open(&root, Config::default()) {
+            Ok(e) => e,
+            Err(e) if std::env::var("KILN_TEST_REQUIRE_EXTERNAL").as_deref() != Ok("1") => {
+                eprintln!("skipping: cannot open an engine here: {e}");
+                return;
+            }
+            Err(e) => panic!("{e}"),
+        };
+        for f in left {
+            assert!(!root.join(f).exists(), "`{f}` was left");
+        }
+        assert!(root.join("images/images.json").exists());
+        drop(engine);
     }
 }

@@ -20,6 +20,7 @@ mod frontend;
 mod git;
 mod hostile_context;
 mod imagetools;
+mod killed;
 mod language;
 mod lint;
 mod load_unnamed;

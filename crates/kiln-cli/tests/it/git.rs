@@ -219,7 +219,7 @@ fn add_keep_git_dir_keeps_a_working_repository() {
         .unwrap()
         .trim_start_matches("sha256:");
     let mut tar = Vec::new();
-    flate2::read::GzDecoder::new(files[&format!("blobs/sha256/{hex}")].as_slice())
+    flate2::read::MultiGzDecoder::new(files[&format!("blobs/sha256/{hex}")].as_slice())
         .read_to_end(&mut tar)
         .unwrap();
     let out = k.dir().join("unpacked");

@@ -137,7 +137,8 @@ impl Engine {
             .clone()
             .or_else(|| cfg.user.clone())
             .filter(|u| !u.is_empty())
-            .unwrap_or_else(|| "root".into());
+            // uid 0 without a lookup by name, as docker runs an image with no user.
+            .unwrap_or_else(|| "0".into());
         let user = kiln_executor::resolve_user(&rootfs, &user_spec)?;
         if !env.iter().any(|e| e.starts_with("HOME=")) {
             env.push(format!(

@@ -29,9 +29,10 @@ pub enum Error {
 
     #[error("invalid user `{0}`")]
     InvalidUser(String),
-    #[error("unknown user `{0}`: no matching entry in /etc/passwd")]
+    // Worded as BuildKit (runc's user lookup) words them.
+    #[error("unable to find user {0}: no matching entries in passwd file")]
     UnknownUser(String),
-    #[error("unknown group `{0}`: no matching entry in /etc/group")]
+    #[error("unable to find group {0}: no matching entries in group file")]
     UnknownGroup(String),
     #[error("failed to open rootfs `{path}`")]
     OpenRootfs {

@@ -21,7 +21,7 @@ pub use control::ExecRequest;
 pub use error::{Error, Result};
 pub use runc::RuncExecutor;
 pub use shim::command_started;
-pub use user::{home_dir, resolve_user};
+pub use user::{home_dir, resolve_owner, resolve_user};
 
 use std::path::{Path, PathBuf};
 

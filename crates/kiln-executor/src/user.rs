@@ -91,6 +91,45 @@ pub fn resolve_user(rootfs: &Path, user: &str) -> Result<User> {
     }
 }
 
+/// The owner a file operation gives what it creates (`COPY --chown`, `ADD --chown`, the
+/// directory `WORKDIR` makes under `USER`), resolved as BuildKit's file ops resolve it, which is
+/// not how a process's user is: a numeric user is both uid and gid, with no lookup; a name is
+/// looked up in `/etc/passwd` (its uid and primary gid); a group, numeric or a name looked up in
+/// `/etc/group`, replaces the gid. A name that is not found, or a database that is missing,
+/// leaves 0 (or, for a group, the user's gid) and is no error. An empty spec is `0:0`.
+pub fn resolve_owner(rootfs: &Path, spec: &str) -> Result<(u32, u32)> {
+    let spec = spec.trim();
+    if spec.is_empty() {
+        return Ok((0, 0));
+    }
+    let (user_part, group_part) = match spec.split_once(':') {
+        Some((u, g)) => (u, Some(g)),
+        None => (spec, None),
+    };
+    if user_part.is_empty() || group_part.is_some_and(str::is_empty) {
+        return Err(Error::InvalidUser(spec.to_string()));
+    }
+    let root = open_root(rootfs)?;
+    let (uid, mut gid) = match user_part.parse::<u32>() {
+        Ok(id) => (id, id),
+        Err(_) => read_passwd(&root)?
+            .iter()
+            .find(|e| e.name == user_part)
+            .map_or((0, 0), |e| (e.uid, e.gid)),
+    };
+    if let Some(g) = group_part {
+        match g.parse::<u32>() {
+            Ok(id) => gid = id,
+            Err(_) => {
+                if let Some(e) = read_group(&root)?.iter().find(|e| e.name == g) {
+                    gid = e.gid;
+                }
+            }
+        }
+    }
+    Ok((uid, gid))
+}
+
 /// `HOME` for a uid: `/root` for root, else the `/etc/passwd` entry's home, else `/` (Docker's
 /// rule).
 pub fn home_dir(rootfs: &Path, uid: u32) -> Result<String> {
@@ -245,7 +284,10 @@ mod tests {
             matches!(&err, Error::UnknownGroup(g) if g == "nogroup"),
             "{err}"
         );
-        assert!(err.to_string().contains("`nogroup`"));
+        assert_eq!(
+            err.to_string(),
+            "unable to find group nogroup: no matching entries in group file"
+        );
     }
 
     #[test]
@@ -253,7 +295,10 @@ mod tests {
         let r = rootfs();
         let err = resolve_user(r.path(), "nobody").unwrap_err();
         assert!(matches!(&err, Error::UnknownUser(u) if u == "nobody"));
-        assert!(err.to_string().contains("`nobody`"), "{err}");
+        assert_eq!(
+            err.to_string(),
+            "unable to find user nobody: no matching entries in passwd file"
+        );
         assert!(matches!(
             resolve_user(r.path(), ":1"),
             Err(Error::InvalidUser(_))
@@ -312,5 +357,50 @@ mod tests {
         assert_eq!(home_dir(r.path(), 1000).unwrap(), "/home/app");
         assert_eq!(home_dir(r.path(), 1001).unwrap(), "/");
         assert_eq!(home_dir(r.path(), 9).unwrap(), "/");
+    }
+
+    #[test]
+    fn file_owners_resolve_as_buildkit_file_ops_do() {
+        let dir = rootfs();
+        fs_err::write(
+            dir.path().join("etc/passwd"),
+            format!("{PASSWD_TEXT}odd:x:1500:1600::/:/bin/sh\n"),
+        )
+        .unwrap();
+        let owner = |spec: &str| resolve_owner(dir.path(), spec).unwrap();
+        assert_eq!(owner(""), (0, 0));
+        // A numeric user is uid and gid both, whatever /etc/passwd says of it.
+        assert_eq!(owner("1500"), (1500, 1500));
+        assert_eq!(owner("1234"), (1234, 1234));
+        // A name takes its entry's uid and primary gid.
+        assert_eq!(owner("odd"), (1500, 1600));
+        assert_eq!(owner("app"), (1000, 1000));
+        // A group replaces the gid, by number or by name.
+        assert_eq!(owner("odd:10"), (1500, 10));
+        assert_eq!(owner("1234:wheel"), (1234, 10));
+        // Names not found are no error: a user is 0, a group leaves the user's gid.
+        assert_eq!(owner("nosuch"), (0, 0));
+        assert_eq!(owner("odd:nogroup"), (1500, 1600));
+        assert_eq!(owner("1234:nogroup"), (1234, 1234));
+        // Nor is a rootfs without the databases.
+        let bare = tempfile::tempdir().unwrap();
+        assert_eq!(resolve_owner(bare.path(), "app").unwrap(), (0, 0));
+        assert_eq!(resolve_owner(bare.path(), "7:staff").unwrap(), (7, 7));
+        assert!(matches!(
+            resolve_owner(bare.path(), "app:"),
+            Err(Error::InvalidUser(_))
+        ));
+    }
+
+    #[test]
+    fn the_default_user_needs_no_passwd() {
+        // An empty USER is uid 0, as BuildKit runs it: looked up by uid where /etc/passwd has
+        // it (for its groups), never an error where it does not.
+        let bare = tempfile::tempdir().unwrap();
+        assert_eq!(resolve_user(bare.path(), "0").unwrap(), user(0, 0, &[]));
+        assert_eq!(
+            resolve_user(rootfs().path(), "0").unwrap(),
+            user(0, 0, &[10])
+        );
     }
 }

@@ -643,7 +643,7 @@ impl LlbWorker {
                 size: t.size,
             });
         }
-        let user = resolve_user_or_root(&merged, &op.user)?;
+        let user = run_user(&merged, &op.user)?;
         let mut env = op.env.clone();
         for kv in &self.proxy_env {
             let key = kv.split_once('=').map_or(kv.as_str(), |(k, _)| k);
@@ -769,11 +769,8 @@ impl LlbWorker {
         };
         let owner = match &op.chown {
             Some(spec) => {
-                let u = kiln_executor::resolve_user(&merged, spec)?;
-                Owner::Set {
-                    uid: u.uid,
-                    gid: u.gid,
-                }
+                let (uid, gid) = kiln_executor::resolve_owner(&merged, spec)?;
+                Owner::Set { uid, gid }
             }
             None if keep_owner => Owner::Keep,
             None => Owner::Set { uid: 0, gid: 0 },
@@ -967,16 +964,17 @@ impl LlbWorker {
     async fn mkdir(&self, op: &MkdirOp, layers: &[LayerRef], progress: &Vertex) -> Result<Value> {
         let step = self.prepare(layers, progress).await?;
         let merged = step.dir.join("merged");
-        let user = resolve_user_or_root(&merged, &op.user)?;
-        fsutil::mkdir_all(&merged, &op.path, op.mode, (user.uid, user.gid))
+        let owner = kiln_executor::resolve_owner(&merged, &op.user)?;
+        fsutil::mkdir_all(&merged, &op.path, op.mode, owner)
             .map_err(io(format!("creating `{}`", op.path)))?;
         self.commit(step).await
     }
 }
 
-/// The user a step runs as (or owns what it creates as): USER's value, root when unset.
-fn resolve_user_or_root(rootfs: &std::path::Path, user: &str) -> Result<kiln_executor::User> {
-    let spec = if user.is_empty() { "root" } else { user };
+/// The user a RUN step runs as: USER's value; without one uid 0, looked up by uid only for its
+/// groups (BuildKit never looks up "root": an image without /etc/passwd runs as 0:0).
+fn run_user(rootfs: &std::path::Path, user: &str) -> Result<kiln_executor::User> {
+    let spec = if user.is_empty() { "0" } else { user };
     Ok(kiln_executor::resolve_user(rootfs, spec)?)
 }
 

@@ -36,3 +36,4 @@ mod storage;
 mod store;
 mod support;
 mod token_auth;
+mod users;

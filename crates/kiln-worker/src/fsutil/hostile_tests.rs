@@ -316,8 +316,14 @@ fn wildcards_descend_into_directories_but_not_through_links() {
     assert_eq!(rels("indir/kee?"), ["indir/keep"]);
     assert_eq!(rels("ind*"), ["indir"]);
     assert_eq!(rels("s*/keep"), ["sub/keep"]);
-    assert_eq!(rels("i*/kee?"), ["error: no source files were specified matching `i*/kee?`"]);
+    assert_eq!(
+        rels("i*/kee?"),
+        ["error: no source files were specified matching `i*/kee?`"]
+    );
     let (dst, result) = copy_pattern(&fx, "ind*");
     result.unwrap();
-    assert_eq!(fs::read_to_string(dst.path().join("out/keep")).unwrap(), "kept");
+    assert_eq!(
+        fs::read_to_string(dst.path().join("out/keep")).unwrap(),
+        "kept"
+    );
 }

@@ -29,7 +29,12 @@ pub(crate) fn apply(reader: impl Read, root: &Path) -> Result<()> {
 /// [`apply`], keeping the owners of the archive's entries only when `owners` is set (an
 /// unprivileged process cannot chown), and reading `.wh.` names as whiteouts only when
 /// `whiteouts` is set (a layer, not a plain archive).
-pub(crate) fn apply_with(reader: impl Read, root: &Path, owners: bool, whiteouts: bool) -> Result<()> {
+pub(crate) fn apply_with(
+    reader: impl Read,
+    root: &Path,
+    owners: bool,
+    whiteouts: bool,
+) -> Result<()> {
     let root_fd = rustix::fs::open(
         root,
         OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,

@@ -212,7 +212,10 @@ mod tests {
     #[test]
     fn each_hostile_case_is_refused_with_its_entry() {
         let cases: &[(&[(EntryType, &str, &str)], &str)] = &[
-            (&[(F, "../x", "")], "../x: path leaves the root through `..`"),
+            (
+                &[(F, "../x", "")],
+                "../x: path leaves the root through `..`",
+            ),
             (
                 &[(F, "a/../../etc/x", "")],
                 "a/../../etc/x: path leaves the root through `..`",
@@ -226,7 +229,10 @@ mod tests {
                 "h: hardlink target is not in the layer",
             ),
             (&[(H, "h", "./")], "h: hardlink to the layer root"),
-            (&[(D, "d", ""), (H, "h", "d")], "h: hardlink target is a directory"),
+            (
+                &[(D, "d", ""), (H, "h", "d")],
+                "h: hardlink target is a directory",
+            ),
             (
                 &[(F, "a/f", ""), (H, "a", "a/f")],
                 "a: hardlink target is not in the layer",
@@ -240,7 +246,10 @@ mod tests {
                 "x/y: a parent in its path is not a directory",
             ),
             (&[(S, "s", "")], "s: symlink without a target"),
-            (&[(F, "./", "")], "./: the layer root can only be a directory"),
+            (
+                &[(F, "./", "")],
+                "./: the layer root can only be a directory",
+            ),
             (&[(F, "d/.wh.", "")], "d/.wh.: whiteout names no file"),
             (
                 &[(EntryType::new(b'Z'), "odd", "")],

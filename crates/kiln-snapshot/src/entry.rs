@@ -86,8 +86,7 @@ pub(crate) fn parse<R: Read>(entry: &mut tar::Entry<'_, R>, whiteouts: bool) -> 
                 .link_name_bytes()
                 .filter(|t| !t.is_empty())
                 .ok_or_else(|| bad("hardlink without a target"))?;
-            let target =
-                clean_path(&target).map_err(|r| bad(&format!("hardlink target: {r}")))?;
+            let target = clean_path(&target).map_err(|r| bad(&format!("hardlink target: {r}")))?;
             if target.is_empty() {
                 return Err(bad("hardlink to the layer root"));
             }

@@ -160,6 +160,12 @@ pub enum SourceError {
         #[source]
         source: io::Error,
     },
+    #[error("failed to extract archive `{path}`")]
+    Archive {
+        path: PathBuf,
+        #[source]
+        source: kiln_snapshot::Error,
+    },
 }
 
 fn excluded_note(rule: &Option<String>) -> String {

@@ -837,12 +837,7 @@ impl LlbWorker {
             }
             for (i, archive) in archives.iter().enumerate() {
                 let out = work.join(format!("archive-{i}"));
-                add::extract(&archive.abs, &out, &work.join("decompressed")).map_err(|source| {
-                    SourceError::Io {
-                        path: archive.abs.clone(),
-                        source,
-                    }
-                })?;
+                add::extract(&archive.abs, &out, &work.join("decompressed"))?;
                 let tree = fsutil::Source {
                     rel: String::new(),
                     abs: out,

@@ -86,7 +86,10 @@ fn absolute_paths_land_inside_the_layer() {
         .unpack(tar.as_slice(), media_type::OCI_LAYER_TAR, None)
         .unwrap();
     let dir = store.dir(&layer);
-    assert_eq!(fs::read(dir.join(name.trim_start_matches('/'))).unwrap(), b"pwned");
+    assert_eq!(
+        fs::read(dir.join(name.trim_start_matches('/'))).unwrap(),
+        b"pwned"
+    );
     assert_eq!(fs::read(dir.join("y")).unwrap(), b"pwned");
     assert!(!outside.join("x").exists());
     assert!(!Path::new("/y").exists());

@@ -4,6 +4,7 @@
 //! no runc container may be left. Without the externals the tests skip with a reason, or fail
 //! under `KILN_TEST_REQUIRE_EXTERNAL=1`.
 
+mod add_special;
 mod blobs;
 mod cache;
 mod concurrent;

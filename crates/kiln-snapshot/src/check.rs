@@ -180,6 +180,16 @@ mod tests {
         }
     }
 
+    /// The entry the applier refuses when unpacking `bytes`, if any: the checker must agree.
+    fn apply_refuses(bytes: &[u8]) -> Option<String> {
+        let dir = tempfile::tempdir().unwrap();
+        match crate::apply::apply_with(bytes, dir.path(), false, true) {
+            Ok(()) => None,
+            Err(Error::BadEntry { path, .. } | Error::Extract { path, .. }) => Some(path),
+            Err(e) => Some(e.to_string()),
+        }
+    }
+
     use EntryType::{Directory as D, Link as H, Regular as F, Symlink as S};
 
     #[test]
@@ -204,6 +214,7 @@ mod tests {
             (EntryType::Fifo, "run/fifo", ""),
         ]);
         assert_eq!(refused(&bytes), "accepted");
+        assert_eq!(apply_refuses(&bytes), None);
         // No entries at all is an empty layer.
         assert_eq!(refused(&[0u8; 1024]), "accepted");
         assert_eq!(refused(b""), "accepted");
@@ -257,7 +268,10 @@ mod tests {
             ),
         ];
         for (entries, expected) in cases {
-            assert_eq!(refused(&layer(entries)), *expected, "{entries:?}");
+            let bytes = layer(entries);
+            assert_eq!(refused(&bytes), *expected, "{entries:?}");
+            let entry = expected.split(": ").next().unwrap();
+            assert_eq!(apply_refuses(&bytes).as_deref(), Some(entry), "{entries:?}");
         }
     }
 

@@ -19,6 +19,7 @@ mod export_oci;
 mod failure;
 mod frontend;
 mod git;
+mod hostile_load;
 mod imagetools;
 mod language;
 mod lint;

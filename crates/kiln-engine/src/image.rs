@@ -87,7 +87,7 @@ impl Engine {
                 .map_err(io(what.clone()))?;
             let refused = |source| Error::RefusedImport {
                 path: tarball.clone(),
-                source,
+                source: Box::new(source),
             };
             match scan {
                 LayerScan::Layer {

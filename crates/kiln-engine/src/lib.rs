@@ -132,7 +132,7 @@ pub enum Error {
     RefusedImport {
         path: PathBuf,
         #[source]
-        source: kiln_snapshot::Error,
+        source: Box<kiln_snapshot::Error>,
     },
 }
 

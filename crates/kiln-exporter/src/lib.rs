@@ -94,7 +94,7 @@ pub enum Error {
         digest: Digest,
         path: String,
         #[source]
-        source: kiln_snapshot::Error,
+        source: Box<kiln_snapshot::Error>,
     },
 }
 

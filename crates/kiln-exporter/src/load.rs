@@ -423,7 +423,7 @@ impl Loader<'_> {
             Some((path, LayerScan::Refused(source))) => Err(Error::RefusedLayer {
                 digest: blob.clone(),
                 path,
-                source,
+                source: Box::new(source),
             }),
             _ => Err(self.invalid(format!("blob `{blob}` is missing"))),
         }

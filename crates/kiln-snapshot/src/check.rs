@@ -158,7 +158,10 @@ mod tests {
         b.append(&h, data).unwrap();
     }
 
-    fn layer(entries: &[(EntryType, &str, &str)]) -> Vec<u8> {
+    /// An entry: its type, name and link name.
+    type Spec<'a> = (EntryType, &'a str, &'a str);
+
+    fn layer(entries: &[Spec]) -> Vec<u8> {
         let mut b = tar::Builder::new(Vec::new());
         for (kind, name, link) in entries {
             let data: &[u8] = if *kind == EntryType::Regular {
@@ -222,7 +225,7 @@ mod tests {
 
     #[test]
     fn each_hostile_case_is_refused_with_its_entry() {
-        let cases: &[(&[(EntryType, &str, &str)], &str)] = &[
+        let cases: &[(&[Spec], &str)] = &[
             (
                 &[(F, "../x", "")],
                 "../x: path leaves the root through `..`",

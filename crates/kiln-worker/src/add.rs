@@ -132,7 +132,7 @@ pub(crate) fn extract(path: &Path, dir: &Path, scratch: &Path) -> Result<(), Sou
         .and_then(|reader| {
             kiln_snapshot::extract_tar(reader, dir).map_err(|source| SourceError::Archive {
                 path: path.to_path_buf(),
-                source,
+                source: Box::new(source),
             })
         });
     let _ = fs::remove_file(scratch);
@@ -380,7 +380,7 @@ mod tests {
                 panic!("{err:?}");
             };
             assert!(
-                matches!(source, kiln_snapshot::Error::BadEntry { path, .. } if path == name),
+                matches!(source.as_ref(), kiln_snapshot::Error::BadEntry { path, .. } if path == name),
                 "{source:?}"
             );
             assert!(!tmp.path().join("up").exists());

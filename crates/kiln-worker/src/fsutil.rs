@@ -164,7 +164,7 @@ pub enum SourceError {
     Archive {
         path: PathBuf,
         #[source]
-        source: kiln_snapshot::Error,
+        source: Box<kiln_snapshot::Error>,
     },
 }
 

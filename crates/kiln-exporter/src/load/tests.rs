@@ -311,7 +311,7 @@ fn each_hostile_layer_is_refused_naming_layer_and_entry_and_nothing_new_is_kept(
         };
         assert_eq!(*digest, kiln_oci::sha256(&layer));
         assert_eq!(path, "aaa/layer.tar");
-        match (entry, source) {
+        match (entry, source.as_ref()) {
             (Some(e), kiln_snapshot::Error::BadEntry { path, .. }) => assert_eq!(path, e),
             (None, kiln_snapshot::Error::ReadTar { .. }) => {}
             _ => panic!("{entry:?}: {source:?}"),

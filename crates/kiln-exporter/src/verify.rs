@@ -356,7 +356,7 @@ impl Verifier {
             let mut hash = Sha256Writer::new(io::sink());
             let copied = match compression {
                 Some(LayerCompression::Gzip) => {
-                    io::copy(&mut flate2::read::GzDecoder::new(entry), &mut hash)
+                    io::copy(&mut flate2::read::MultiGzDecoder::new(entry), &mut hash)
                 }
                 Some(LayerCompression::None) => io::copy(&mut { entry }, &mut hash),
                 _ => continue,

@@ -23,18 +23,30 @@ use crate::{Error, Result};
 /// `root`, OCI whiteouts becoming overlay whiteouts. Reads only up to the end-of-archive marker;
 /// the caller drains what follows.
 pub(crate) fn apply(reader: impl Read, root: &Path) -> Result<()> {
-    apply_with(reader, root, true, true)
+    apply_with(reader, root, Options::LAYER)
 }
 
-/// [`apply`], keeping the owners of the archive's entries only when `owners` is set (an
-/// unprivileged process cannot chown), and reading `.wh.` names as whiteouts only when
-/// `whiteouts` is set (a layer, not a plain archive).
-pub(crate) fn apply_with(
-    reader: impl Read,
-    root: &Path,
-    owners: bool,
-    whiteouts: bool,
-) -> Result<()> {
+/// How [`apply_with`] reads an archive.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Options {
+    /// Keep the owners of the archive's entries (an unprivileged process cannot chown).
+    pub owners: bool,
+    /// Read `.wh.` names as OCI whiteouts (a layer, not a plain archive).
+    pub whiteouts: bool,
+    /// Set the entries' extended attributes (PAX `SCHILY.xattr.*`).
+    pub xattrs: bool,
+}
+
+impl Options {
+    pub const LAYER: Options = Options {
+        owners: true,
+        whiteouts: true,
+        xattrs: true,
+    };
+}
+
+/// [`apply`] with `opts`.
+pub(crate) fn apply_with(reader: impl Read, root: &Path, opts: Options) -> Result<()> {
     let root_fd = rustix::fs::open(
         root,
         OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
@@ -48,8 +60,7 @@ pub(crate) fn apply_with(
         root,
         root_fd,
         dir_times: Vec::new(),
-        owners,
-        whiteouts,
+        opts,
     };
     let mut archive = tar::Archive::new(reader);
     for entry in archive.entries().map_err(read_tar)? {
@@ -68,8 +79,7 @@ struct Extractor<'a> {
     root_fd: OwnedFd,
     /// Directory mtimes are applied last: creating children would bump them again.
     dir_times: Vec<(Vec<OsString>, Timestamps)>,
-    owners: bool,
-    whiteouts: bool,
+    opts: Options,
 }
 
 impl Extractor<'_> {
@@ -79,8 +89,11 @@ impl Extractor<'_> {
             comps,
             kind,
             mut meta,
-        } = entry::parse(&mut entry, self.whiteouts)?;
-        meta.chown = self.owners;
+        } = entry::parse(&mut entry, self.opts.whiteouts)?;
+        meta.chown = self.opts.owners;
+        if !self.opts.xattrs {
+            meta.xattrs.clear();
+        }
         let ctx = |source: io::Error| Error::Extract {
             path: shown.clone(),
             source,

@@ -186,7 +186,14 @@ mod tests {
     /// The entry the applier refuses when unpacking `bytes`, if any: the checker must agree.
     fn apply_refuses(bytes: &[u8]) -> Option<String> {
         let dir = tempfile::tempdir().unwrap();
-        match crate::apply::apply_with(bytes, dir.path(), false, true) {
+        match crate::apply::apply_with(
+            bytes,
+            dir.path(),
+            crate::apply::Options {
+                owners: false,
+                ..crate::apply::Options::LAYER
+            },
+        ) {
             Ok(()) => None,
             Err(Error::BadEntry { path, .. } | Error::Extract { path, .. }) => Some(path),
             Err(e) => Some(e.to_string()),

@@ -108,9 +108,25 @@ pub fn write_tree_tar<W: io::Write>(dir: &std::path::Path, out: W) -> Result<W> 
 /// files) into the existing directory `dest`, merging with what is there, with the layer
 /// applier's rules: an entry replaces what has its path (a directory merges into a directory),
 /// device nodes and fifos are made as such, and nothing is written outside `dest` or through a
-/// symlink. Owners are kept only when running as root.
+/// symlink. Owners are kept only when running as root; extended attributes are set.
 pub fn extract_tar(reader: impl io::Read, dest: &std::path::Path) -> Result<()> {
-    apply::apply_with(reader, dest, rustix::process::geteuid().is_root(), false)
+    let opts = apply::Options {
+        owners: rustix::process::geteuid().is_root(),
+        whiteouts: false,
+        xattrs: true,
+    };
+    apply::apply_with(reader, dest, opts)
+}
+
+/// [`extract_tar`] without extended attributes: ADD of a local archive, whose files are then
+/// copied into the image without them (as before it used this applier).
+pub fn extract_archive(reader: impl io::Read, dest: &std::path::Path) -> Result<()> {
+    let opts = apply::Options {
+        owners: rustix::process::geteuid().is_root(),
+        whiteouts: false,
+        xattrs: false,
+    };
+    apply::apply_with(reader, dest, opts)
 }
 
 pub(crate) fn io_err(path: impl Into<PathBuf>) -> impl FnOnce(io::Error) -> Error {

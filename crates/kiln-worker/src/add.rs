@@ -116,7 +116,7 @@ pub(crate) fn is_archive(path: &Path, scratch: &Path) -> bool {
 }
 
 /// Extracts the archive at `path` into the new empty directory `dir` with the layer applier
-/// (`kiln_snapshot::extract_tar`, as `kiln load` and pulled layers are unpacked): device nodes
+/// (`kiln_snapshot::extract_archive`, as pulled and loaded layers are unpacked): device nodes
 /// and fifos are made as such, an entry replaces what has its path (a directory merges into a
 /// directory), and no entry is written outside `dir` or through a symlink (`..` above the root
 /// and links leaving it are refused, a leading `/` is the root). The caller then copies `dir`
@@ -130,7 +130,7 @@ pub(crate) fn extract(path: &Path, dir: &Path, scratch: &Path) -> Result<(), Sou
     let result = open_decompressed(path, scratch)
         .map_err(io_err)
         .and_then(|reader| {
-            kiln_snapshot::extract_tar(reader, dir).map_err(|source| SourceError::Archive {
+            kiln_snapshot::extract_archive(reader, dir).map_err(|source| SourceError::Archive {
                 path: path.to_path_buf(),
                 source: Box::new(source),
             })

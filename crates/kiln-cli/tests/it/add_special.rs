@@ -125,7 +125,7 @@ fn add_of_a_local_tar_keeps_devices_and_fifos() {
         .unwrap()
         .trim_start_matches("sha256:");
     let blob = &files[&format!("blobs/sha256/{hex}")];
-    let layer = entries(flate2::read::GzDecoder::new(blob.as_slice()));
+    let layer = entries(flate2::read::MultiGzDecoder::new(blob.as_slice()));
     check(&layer, "the oci layer");
     k.assert_clean();
 }

@@ -87,7 +87,7 @@ fn oci_output_is_a_valid_layout() {
         let mut tar = Vec::new();
         let media_type = layer["mediaType"].as_str().unwrap();
         if media_type.ends_with("gzip") {
-            flate2::read::GzDecoder::new(raw)
+            flate2::read::MultiGzDecoder::new(raw)
                 .read_to_end(&mut tar)
                 .expect("gzip layers are gzip");
         } else {

@@ -6,7 +6,9 @@ use std::path::PathBuf;
 use futures::FutureExt;
 use futures::future::BoxFuture;
 use kiln_exporter::compress::{ExportOpts, ExportedImage};
+use kiln_exporter::layercheck::LayerScan;
 use kiln_frontend::{BoxError, BuildOpts, ImageResolver, ResolvedImage};
+use kiln_oci::media_type::LayerCompression;
 use kiln_oci::{Digest, History, ImageManifest, Platform, Reference};
 use kiln_progress::Progress;
 use kiln_worker::LayerRef;
@@ -74,13 +76,32 @@ impl Engine {
             let mut magic = [0u8; 2];
             let peeked = reader.fill_buf_peek(&mut magic).map_err(io(what.clone()))?;
             let mut input: Box<dyn Read> = if peeked == 2 && magic == [0x1f, 0x8b] {
-                Box::new(flate2::read::GzDecoder::new(reader))
+                Box::new(flate2::read::MultiGzDecoder::new(reader))
             } else {
                 Box::new(reader)
             };
             // Stored uncompressed like a build step's layer: the blob digest is the diffID.
+            // Checked on the way in: a tarball the layer applier would refuse is not stored.
             let mut blob = std::io::BufWriter::new(content.writer()?);
-            std::io::copy(&mut input, &mut blob).map_err(io(what.clone()))?;
+            let scan = kiln_exporter::layercheck::copy_checking_layer(&mut input, &mut blob)
+                .map_err(io(what.clone()))?;
+            let refused = |source| Error::RefusedImport {
+                path: tarball.clone(),
+                source: Box::new(source),
+            };
+            match scan {
+                LayerScan::Layer {
+                    compression: LayerCompression::None,
+                    ..
+                } => {}
+                LayerScan::Layer { .. } => {
+                    return Err(Error::Unsupported(format!(
+                        "`{}` is zstd-compressed: import takes a plain or gzip tar",
+                        tarball.display()
+                    )));
+                }
+                LayerScan::Refused(source) => return Err(refused(source)),
+            }
             let blob = blob.into_inner().map_err(|e| io(what)(e.into_error()))?;
             let (digest, size) = blob.commit(None)?;
             Ok(LayerRef {

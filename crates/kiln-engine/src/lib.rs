@@ -129,6 +129,13 @@ pub enum Error {
     Usage(String),
     #[error("conflict: {0}")]
     Conflict(String),
+    /// `kiln import` of a tarball the layer applier would refuse: it could never be unpacked.
+    #[error("refused to import `{path}`: not a root filesystem tar kiln can unpack")]
+    RefusedImport {
+        path: PathBuf,
+        #[source]
+        source: Box<kiln_snapshot::Error>,
+    },
 }
 
 pub type Result<T> = std::result::Result<T, Error>;

@@ -8,6 +8,7 @@ mod archive;
 pub mod compress;
 pub mod docker;
 mod image;
+pub mod layercheck;
 pub mod load;
 pub mod oci;
 pub mod save;
@@ -87,6 +88,14 @@ pub enum Error {
     CorruptStoreName { path: PathBuf, name: String },
     #[error("invalid archive `{path}`: {reason}")]
     InvalidArchive { path: PathBuf, reason: String },
+    /// A layer the applier would refuse: it could never be unpacked.
+    #[error("refused layer `{digest}` (`{path}` in the archive)")]
+    RefusedLayer {
+        digest: Digest,
+        path: String,
+        #[source]
+        source: Box<kiln_snapshot::Error>,
+    },
 }
 
 pub type Result<T> = std::result::Result<T, Error>;

@@ -3,9 +3,12 @@
 //! Every file goes into the content store as it streams by; afterwards the images are resolved
 //! from `index.json` (names from `io.containerd.image.name` / `org.opencontainers.image.ref.name`)
 //! or `manifest.json` (`RepoTags`). Each blob must hash to its name, each descriptor's size must
-//! match, and every gzip or plain layer must hash (uncompressed) to its config's diff ID.
+//! match, and every layer must be one the applier would unpack (checked as it streams by, see
+//! `layercheck.rs`) and hash (uncompressed) to its config's diff ID. A refused archive leaves
+//! no blob it brought in the content store.
 
-use std::collections::BTreeMap;
+use std::cell::RefCell;
+use std::collections::{BTreeMap, HashMap};
 use std::io::{self, Read};
 use std::path::{Component, Path, PathBuf};
 
@@ -15,6 +18,7 @@ use kiln_oci::{Digest, ImageIndex, ImageManifest, Platform, Reference, Sha256Wri
 use serde::Deserialize;
 
 use crate::docker::{MANIFEST_FILE, ManifestEntry};
+use crate::layercheck::{LayerScan, copy_checking_layer};
 use crate::oci::{ANNOTATION_IMAGE_NAME, ANNOTATION_REF_NAME, INDEX_FILE};
 use crate::{Error, MAX_METADATA_SIZE, Result};
 
@@ -46,54 +50,73 @@ pub fn load_archive<R: Read>(
     let l = Loader {
         content,
         source: source.to_path_buf(),
+        scans: RefCell::default(),
+        added: RefCell::default(),
     };
-    let files = l.ingest(input)?;
-    let has = |p: &str| files.contains_key(p);
-    let mut images = if has(INDEX_FILE) {
-        l.images_in_index(&files, platform)?
-    } else if has(MANIFEST_FILE) {
-        Vec::new()
-    } else {
-        return Err(l.invalid(format!(
-            "neither `{MANIFEST_FILE}` nor `{INDEX_FILE}` found: not an image archive"
-        )));
-    };
-    if has(MANIFEST_FILE) {
-        let entries: Vec<ManifestEntry> = l.json(&files, MANIFEST_FILE)?;
-        for entry in &entries {
-            let names = entry
-                .repo_tags
-                .iter()
-                .map(|t| {
-                    t.parse::<Reference>()
-                        .map_err(|e| l.invalid(format!("`{MANIFEST_FILE}` names `{t}`: {e}")))
-                })
-                .collect::<Result<Vec<_>>>()?;
-            let config = l.resolve(&files, &entry.config)?.0;
-            // Docker 25 writes both files; the OCI side already loaded the image, so the
-            // legacy entry only adds its tags.
-            if let Some(img) = images.iter_mut().find(|i| i.config == config) {
-                for n in names {
-                    if !img.names.contains(&n) {
-                        img.names.push(n);
-                    }
-                }
-                continue;
-            }
-            let mut img = l.image_of_docker_entry(&files, entry)?;
-            img.names = names;
-            images.push(img);
+    let loaded = l.load(input, platform);
+    if loaded.is_err() {
+        // Another process may have stored the same blob meanwhile; it would fetch or load it
+        // again, as after a `kiln prune`.
+        for digest in l.added.borrow().iter() {
+            let _ = content.delete(digest);
         }
     }
-    Ok(images)
+    loaded
 }
 
 struct Loader<'a> {
     content: &'a ContentStore,
     source: PathBuf,
+    /// Each stored file read as a layer, with the first archive path that held it.
+    scans: RefCell<HashMap<Digest, (String, LayerScan)>>,
+    /// Blobs this load put in the store that were not there before.
+    added: RefCell<Vec<Digest>>,
 }
 
 impl Loader<'_> {
+    fn load<R: Read>(&self, input: R, platform: &Platform) -> Result<Vec<LoadedImage>> {
+        let l = self;
+        let files = l.ingest(input)?;
+        let has = |p: &str| files.contains_key(p);
+        let mut images = if has(INDEX_FILE) {
+            l.images_in_index(&files, platform)?
+        } else if has(MANIFEST_FILE) {
+            Vec::new()
+        } else {
+            return Err(l.invalid(format!(
+                "neither `{MANIFEST_FILE}` nor `{INDEX_FILE}` found: not an image archive"
+            )));
+        };
+        if has(MANIFEST_FILE) {
+            let entries: Vec<ManifestEntry> = l.json(&files, MANIFEST_FILE)?;
+            for entry in &entries {
+                let names = entry
+                    .repo_tags
+                    .iter()
+                    .map(|t| {
+                        t.parse::<Reference>()
+                            .map_err(|e| l.invalid(format!("`{MANIFEST_FILE}` names `{t}`: {e}")))
+                    })
+                    .collect::<Result<Vec<_>>>()?;
+                let config = l.resolve(&files, &entry.config)?.0;
+                // Docker 25 writes both files; the OCI side already loaded the image, so the
+                // legacy entry only adds its tags.
+                if let Some(img) = images.iter_mut().find(|i| i.config == config) {
+                    for n in names {
+                        if !img.names.contains(&n) {
+                            img.names.push(n);
+                        }
+                    }
+                    continue;
+                }
+                let mut img = l.image_of_docker_entry(&files, entry)?;
+                img.names = names;
+                images.push(img);
+            }
+        }
+        Ok(images)
+    }
+
     fn invalid(&self, reason: impl Into<String>) -> Error {
         Error::InvalidArchive {
             path: self.source.clone(),
@@ -137,9 +160,10 @@ impl Loader<'_> {
             if !kind.is_file() {
                 continue;
             }
-            let mut writer = self.content.writer().map_err(|e| self.store_err(e))?;
-            io::copy(&mut entry, &mut writer).map_err(self.read_err())?;
-            let (digest, size) = writer.commit(None).map_err(|e| self.store_err(e))?;
+            let writer = self.content.writer().map_err(|e| self.store_err(e))?;
+            let mut hashed = Sha256Writer::new(writer);
+            let scan = copy_checking_layer(&mut entry, &mut hashed).map_err(self.read_err())?;
+            let (writer, digest, _) = hashed.finish();
             if let Some(expected) = blob_name(&name)
                 && expected != digest
             {
@@ -148,6 +172,17 @@ impl Loader<'_> {
                     actual: digest,
                 });
             }
+            let fresh = !self.content.contains(&digest);
+            let (digest, size) = writer
+                .commit(Some(&digest))
+                .map_err(|e| self.store_err(e))?;
+            if fresh {
+                self.added.borrow_mut().push(digest.clone());
+            }
+            self.scans
+                .borrow_mut()
+                .entry(digest.clone())
+                .or_insert((name.clone(), scan));
             files.insert(name, Stored::Blob { digest, size });
         }
         Ok(files)
@@ -345,12 +380,11 @@ impl Loader<'_> {
             )));
         }
         for ((blob, compression), id) in layers.iter().zip(&ids) {
-            let actual = match compression {
-                Some(LayerCompression::None) => blob.clone(),
-                Some(LayerCompression::Gzip) => self.gunzip_digest(blob)?,
-                // zstd and unknown layers cannot be checked here; `kiln run` checks on unpack.
-                _ => continue,
+            // Layers of unknown media types are refused by the layer store on first use.
+            let Some(declared) = compression else {
+                continue;
             };
+            let actual = self.layer_diff_id(blob, *declared)?;
             if actual.to_string() != *id {
                 return Err(self.invalid(format!(
                     "layer `{blob}` has diff ID `{actual}`, its config says `{id}`"
@@ -360,19 +394,39 @@ impl Loader<'_> {
         Ok(())
     }
 
-    fn gunzip_digest(&self, blob: &Digest) -> Result<Digest> {
-        let file = self
-            .content
-            .open_blob(blob)
-            .map_err(|source| Error::ReadBlob {
+    /// The diff ID of the layer blob `blob`, refusing a layer the applier would refuse or whose
+    /// bytes are not compressed as its media type says.
+    fn layer_diff_id(&self, blob: &Digest, declared: LayerCompression) -> Result<Digest> {
+        let mut scans = self.scans.borrow_mut();
+        match scans.get(blob) {
+            None => return Err(self.invalid(format!("blob `{blob}` is missing"))),
+            Some((
+                _,
+                LayerScan::Layer {
+                    compression,
+                    diff_id,
+                },
+            )) => {
+                if *compression == declared {
+                    return Ok(diff_id.clone());
+                }
+                return Err(self.invalid(format!(
+                    "layer `{blob}` is {} but its media type says {}",
+                    compression_name(*compression),
+                    compression_name(declared)
+                )));
+            }
+            Some((_, LayerScan::Refused(_))) => {}
+        }
+        // The load fails here, so the verdict is not needed again.
+        match scans.remove(blob) {
+            Some((path, LayerScan::Refused(source))) => Err(Error::RefusedLayer {
                 digest: blob.clone(),
+                path,
                 source: Box::new(source),
-            })?;
-        let mut gz = flate2::read::MultiGzDecoder::new(io::BufReader::new(file));
-        let mut hash = Sha256Writer::new(io::sink());
-        io::copy(&mut gz, &mut hash)
-            .map_err(|e| self.invalid(format!("layer `{blob}` does not decompress: {e}")))?;
-        Ok(hash.finish().1)
+            }),
+            _ => Err(self.invalid(format!("blob `{blob}` is missing"))),
+        }
     }
 
     /// A legacy `manifest.json` entry: the config and layer files become a Docker schema 2
@@ -420,10 +474,14 @@ impl Loader<'_> {
             "layers": descs,
         });
         let bytes = serde_json::to_vec(&manifest).unwrap_or_default();
+        let fresh = !self.content.contains(&kiln_oci::sha256(&bytes));
         let manifest = self
             .content
             .put(&bytes, None)
             .map_err(|e| self.store_err(e))?;
+        if fresh {
+            self.added.borrow_mut().push(manifest.clone());
+        }
         // Parse it back: the store only names manifests it can read.
         let _: ImageManifest =
             serde_json::from_slice(&bytes).map_err(|source| Error::InvalidManifest {
@@ -462,6 +520,14 @@ impl Loader<'_> {
     }
 }
 
+fn compression_name(c: LayerCompression) -> &'static str {
+    match c {
+        LayerCompression::None => "a plain tar",
+        LayerCompression::Gzip => "gzip",
+        LayerCompression::Zstd => "zstd",
+    }
+}
+
 /// `a/./b/../c` → `a/c`; `None` when the path climbs out of the archive.
 fn clean(path: &Path) -> Option<String> {
     let mut parts: Vec<String> = Vec::new();
@@ -486,195 +552,4 @@ fn blob_name(path: &str) -> Option<Digest> {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::ArchiveOptions;
-    use crate::save::{SaveFormat, SaveImage, write_save_archive};
-
-    fn tar_gz(files: &[(&str, &[u8])]) -> Vec<u8> {
-        let mut b = tar::Builder::new(Vec::new());
-        for (p, data) in files {
-            let mut h = tar::Header::new_ustar();
-            h.set_size(data.len() as u64);
-            h.set_mode(0o644);
-            h.set_entry_type(tar::EntryType::Regular);
-            b.append_data(&mut h, p, *data).unwrap();
-        }
-        let tar = b.into_inner().unwrap();
-        let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
-        io::Write::write_all(&mut gz, &tar).unwrap();
-        gz.finish().unwrap()
-    }
-
-    /// A one-layer image in `content`; returns (manifest, config).
-    fn image(content: &ContentStore, file: &[u8]) -> (Digest, Digest) {
-        let layer = tar_gz(&[("hello.txt", file)]);
-        let mut gz = flate2::read::GzDecoder::new(layer.as_slice());
-        let mut tar = Vec::new();
-        gz.read_to_end(&mut tar).unwrap();
-        let diff_id = kiln_oci::sha256(&tar);
-        let layer_digest = content.put(&layer, None).unwrap();
-        let config = serde_json::to_vec(&serde_json::json!({
-            "architecture": "amd64", "os": "linux",
-            "rootfs": {"type": "layers", "diff_ids": [diff_id.to_string()]},
-        }))
-        .unwrap();
-        let config_digest = content.put(&config, None).unwrap();
-        let manifest = serde_json::to_vec(&serde_json::json!({
-            "schemaVersion": 2,
-            "mediaType": media_type::DOCKER_MANIFEST,
-            "config": {"mediaType": media_type::DOCKER_CONFIG, "digest": config_digest.to_string(), "size": config.len()},
-            "layers": [{"mediaType": media_type::DOCKER_LAYER_GZIP, "digest": layer_digest.to_string(), "size": layer.len()}],
-        }))
-        .unwrap();
-        (content.put(&manifest, None).unwrap(), config_digest)
-    }
-
-    fn store() -> (tempfile::TempDir, ContentStore) {
-        let dir = tempfile::tempdir().unwrap();
-        let content = ContentStore::open(dir.path().join("c")).unwrap();
-        (dir, content)
-    }
-
-    #[test]
-    fn save_then_load_round_trips_both_formats_with_names() {
-        let (_d, src) = store();
-        let (m1, c1) = image(&src, b"one");
-        let (m2, c2) = image(&src, b"two");
-        let images = vec![
-            SaveImage {
-                manifest: m1.clone(),
-                names: vec!["a:1".parse().unwrap(), "b/c:2".parse().unwrap()],
-            },
-            SaveImage {
-                manifest: m2.clone(),
-                names: vec![],
-            },
-        ];
-        for format in [SaveFormat::Docker, SaveFormat::Oci] {
-            let bytes = write_save_archive(
-                &src,
-                &images,
-                format,
-                &ArchiveOptions::default(),
-                Vec::new(),
-            )
-            .unwrap();
-            let (_d2, dst) = store();
-            let loaded = load_archive(
-                &dst,
-                bytes.as_slice(),
-                Path::new("x.tar"),
-                &Platform::host(),
-            )
-            .unwrap();
-            assert_eq!(loaded.len(), 2, "{format:?}");
-            assert_eq!(loaded[0].manifest, m1);
-            assert_eq!(loaded[0].config, c1);
-            let names: Vec<String> = loaded[0].names.iter().map(|n| n.whole()).collect();
-            assert_eq!(
-                names,
-                ["docker.io/library/a:1", "docker.io/b/c:2"],
-                "{format:?}"
-            );
-            assert_eq!(loaded[1].config, c2);
-            assert!(loaded[1].names.is_empty());
-        }
-    }
-
-    #[test]
-    fn legacy_docker_archive_with_symlinked_layer_loads_and_bad_diff_id_fails() {
-        let (_d, content) = store();
-        let layer = {
-            let mut b = tar::Builder::new(Vec::new());
-            let mut h = tar::Header::new_ustar();
-            h.set_size(2);
-            h.set_mode(0o644);
-            b.append_data(&mut h, "f", &b"hi"[..]).unwrap();
-            b.into_inner().unwrap()
-        };
-        let diff = kiln_oci::sha256(&layer);
-        let config = serde_json::to_vec(&serde_json::json!({
-            "architecture": "amd64", "os": "linux",
-            "rootfs": {"type": "layers", "diff_ids": [diff.to_string(), diff.to_string()]},
-        }))
-        .unwrap();
-        let config_name = format!("{}.json", kiln_oci::sha256_hex(&config));
-        let manifest = serde_json::to_vec(&serde_json::json!([{
-            "Config": config_name, "RepoTags": ["legacy:v1"],
-            "Layers": ["aaa/layer.tar", "bbb/layer.tar"],
-        }]))
-        .unwrap();
-        let archive = |config: &[u8]| {
-            let mut b = tar::Builder::new(Vec::new());
-            let mut add = |p: &str, d: &[u8]| {
-                let mut h = tar::Header::new_ustar();
-                h.set_size(d.len() as u64);
-                h.set_mode(0o644);
-                b.append_data(&mut h, p, d).unwrap();
-            };
-            add("aaa/layer.tar", &layer);
-            add(&config_name, config);
-            add("manifest.json", &manifest);
-            let mut h = tar::Header::new_ustar();
-            h.set_entry_type(tar::EntryType::Symlink);
-            h.set_size(0);
-            b.append_link(&mut h, "bbb/layer.tar", "../aaa/layer.tar")
-                .unwrap();
-            b.into_inner().unwrap()
-        };
-        let loaded = load_archive(
-            &content,
-            archive(&config).as_slice(),
-            Path::new("-"),
-            &Platform::host(),
-        )
-        .unwrap();
-        assert_eq!(loaded.len(), 1);
-        assert_eq!(loaded[0].names[0].whole(), "docker.io/library/legacy:v1");
-        let m = crate::image::read_manifest(&content, &loaded[0].manifest).unwrap();
-        assert_eq!(m.layers().len(), 2);
-        assert_eq!(m.layers()[1].digest(), &diff);
-
-        let bad =
-            String::from_utf8(config.clone())
-                .unwrap()
-                .replacen(&diff.digest()[..8], "00000000", 1);
-        let err = load_archive(
-            &content,
-            archive(bad.as_bytes()).as_slice(),
-            Path::new("-"),
-            &Platform::host(),
-        )
-        .unwrap_err();
-        assert!(err.to_string().contains("invalid archive"), "{err}");
-    }
-
-    #[test]
-    fn a_blob_that_does_not_match_its_name_is_refused() {
-        let (_d, content) = store();
-        let wrong = kiln_oci::sha256(b"something else");
-        let mut b = tar::Builder::new(Vec::new());
-        let mut h = tar::Header::new_ustar();
-        h.set_size(3);
-        h.set_mode(0o644);
-        b.append_data(&mut h, crate::archive::blob_path(&wrong), &b"abc"[..])
-            .unwrap();
-        let bytes = b.into_inner().unwrap();
-        let err = load_archive(
-            &content,
-            bytes.as_slice(),
-            Path::new("-"),
-            &Platform::host(),
-        )
-        .unwrap_err();
-        assert!(matches!(err, Error::DigestMismatch { .. }), "{err}");
-    }
-
-    #[test]
-    fn paths_are_cleaned_and_may_not_escape() {
-        assert_eq!(clean(Path::new("./a/./b/../c")).unwrap(), "a/c");
-        assert_eq!(clean(Path::new("/abs/x")).unwrap(), "abs/x");
-        assert!(clean(Path::new("../x")).is_none());
-    }
-}
+mod tests;

@@ -12,27 +12,41 @@ use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 
 use rustix::fd::{AsFd, OwnedFd};
-use rustix::fs::{
-    AtFlags, CWD, FileType, Gid, Mode, OFlags, ResolveFlags, Timespec, Timestamps, Uid, XattrFlags,
-};
+use rustix::fs::{AtFlags, CWD, FileType, Mode, OFlags, ResolveFlags, Timestamps, XattrFlags};
 use rustix::io::Errno;
-use tar::EntryType;
 
+use crate::entry::{self, Kind, Meta, Parsed};
 use crate::xattr::{self, OPAQUE};
 use crate::{Error, Result};
 
-pub(crate) const WHITEOUT_PREFIX: &str = ".wh.";
-pub(crate) const OPAQUE_MARKER: &str = ".wh..wh..opq";
-
-/// Extracts every entry of the tar stream `reader` into the existing empty directory `root`.
-/// Reads only up to the end-of-archive marker; the caller drains what follows.
+/// Extracts every layer entry of the tar stream `reader` into the existing empty directory
+/// `root`, OCI whiteouts becoming overlay whiteouts. Reads only up to the end-of-archive marker;
+/// the caller drains what follows.
 pub(crate) fn apply(reader: impl Read, root: &Path) -> Result<()> {
-    apply_with(reader, root, true)
+    apply_with(reader, root, Options::LAYER)
 }
 
-/// [`apply`], keeping the owners of the archive's entries only when `owners` is set (an
-/// unprivileged process cannot chown).
-pub(crate) fn apply_with(reader: impl Read, root: &Path, owners: bool) -> Result<()> {
+/// How [`apply_with`] reads an archive.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Options {
+    /// Keep the owners of the archive's entries (an unprivileged process cannot chown).
+    pub owners: bool,
+    /// Read `.wh.` names as OCI whiteouts (a layer, not a plain archive).
+    pub whiteouts: bool,
+    /// Set the entries' extended attributes (PAX `SCHILY.xattr.*`).
+    pub xattrs: bool,
+}
+
+impl Options {
+    pub const LAYER: Options = Options {
+        owners: true,
+        whiteouts: true,
+        xattrs: true,
+    };
+}
+
+/// [`apply`] with `opts`.
+pub(crate) fn apply_with(reader: impl Read, root: &Path, opts: Options) -> Result<()> {
     let root_fd = rustix::fs::open(
         root,
         OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
@@ -46,7 +60,7 @@ pub(crate) fn apply_with(reader: impl Read, root: &Path, owners: bool) -> Result
         root,
         root_fd,
         dir_times: Vec::new(),
-        owners,
+        opts,
     };
     let mut archive = tar::Archive::new(reader);
     for entry in archive.entries().map_err(read_tar)? {
@@ -65,74 +79,47 @@ struct Extractor<'a> {
     root_fd: OwnedFd,
     /// Directory mtimes are applied last: creating children would bump them again.
     dir_times: Vec<(Vec<OsString>, Timestamps)>,
-    owners: bool,
-}
-
-/// The metadata an entry's header (and PAX records) ask for.
-struct Meta {
-    uid: Uid,
-    gid: Gid,
-    mode: Mode,
-    times: Timestamps,
-    xattrs: Vec<(String, Vec<u8>)>,
-    /// Whether to chown to `uid`/`gid`.
-    chown: bool,
+    opts: Options,
 }
 
 impl Extractor<'_> {
     fn entry<R: Read>(&mut self, mut entry: tar::Entry<'_, R>) -> Result<()> {
-        let shown = String::from_utf8_lossy(&entry.path_bytes()).into_owned();
-        let bad = |reason: &str| Error::BadEntry {
-            path: shown.clone(),
-            reason: reason.to_string(),
-        };
-        let comps = clean_path(&entry.path_bytes()).map_err(bad)?;
-        let kind = entry.header().entry_type();
-        if kind == EntryType::XGlobalHeader {
-            // Global PAX records describe the archive, not a file.
-            return Ok(());
+        let Parsed {
+            shown,
+            comps,
+            kind,
+            mut meta,
+        } = entry::parse(&mut entry, self.opts.whiteouts)?;
+        meta.chown = self.opts.owners;
+        if !self.opts.xattrs {
+            meta.xattrs.clear();
         }
-        let mut meta = read_meta(&mut entry).map_err(|reason| bad(&reason))?;
-        meta.chown = self.owners;
         let ctx = |source: io::Error| Error::Extract {
             path: shown.clone(),
             source,
         };
 
         let Some((name, parent_comps)) = comps.split_last() else {
-            if !kind.is_dir() {
-                return Err(bad("the layer root can only be a directory"));
+            match kind {
+                Kind::Dir => {
+                    set_fd_meta(&self.root_fd, &meta).map_err(ctx)?;
+                    self.dir_times.push((Vec::new(), meta.times));
+                }
+                Kind::Opaque => xattr::set(self.root, OPAQUE, b"y").map_err(ctx)?,
+                _ => {}
             }
-            set_fd_meta(&self.root_fd, &meta).map_err(ctx)?;
-            self.dir_times.push((Vec::new(), meta.times));
             return Ok(());
         };
 
-        if let Some(hidden) = name.as_bytes().strip_prefix(WHITEOUT_PREFIX.as_bytes()) {
-            let parent = self
-                .dir(parent_comps, true)
-                .map_err(|e| self.walk_err(e, &shown))?;
-            if name == OPAQUE_MARKER {
-                let dir: PathBuf = self.root.join(parent_comps.iter().collect::<PathBuf>());
+        match &kind {
+            Kind::Skip => return Ok(()),
+            Kind::Opaque => {
+                self.dir(&comps, true)
+                    .map_err(|e| self.walk_err(e, &shown))?;
+                let dir: PathBuf = self.root.join(comps.iter().collect::<PathBuf>());
                 return xattr::set(&dir, OPAQUE, b"y").map_err(ctx);
             }
-            if hidden.starts_with(WHITEOUT_PREFIX.as_bytes()) {
-                // Other `.wh..wh.` names are AUFS bookkeeping with no meaning here.
-                return Ok(());
-            }
-            if hidden.is_empty() || hidden == b"." || hidden == b".." {
-                return Err(bad("whiteout names no file"));
-            }
-            let hidden = OsStr::from_bytes(hidden);
-            remove_existing(&parent, hidden, &self.root_path(parent_comps, hidden)).map_err(ctx)?;
-            return rustix::fs::mknodat(
-                &parent,
-                hidden,
-                FileType::CharacterDevice,
-                Mode::empty(),
-                rustix::fs::makedev(0, 0),
-            )
-            .map_err(|e| ctx(e.into()));
+            _ => {}
         }
 
         let parent = self
@@ -140,7 +127,19 @@ impl Extractor<'_> {
             .map_err(|e| self.walk_err(e, &shown))?;
         let full = self.root_path(parent_comps, name);
         match kind {
-            EntryType::Directory => {
+            Kind::Skip | Kind::Opaque => {}
+            Kind::Whiteout => {
+                remove_existing(&parent, name, &full).map_err(ctx)?;
+                rustix::fs::mknodat(
+                    &parent,
+                    name.as_os_str(),
+                    FileType::CharacterDevice,
+                    Mode::empty(),
+                    rustix::fs::makedev(0, 0),
+                )
+                .map_err(|e| ctx(e.into()))?;
+            }
+            Kind::Dir => {
                 match rustix::fs::statat(&parent, name.as_os_str(), AtFlags::SYMLINK_NOFOLLOW) {
                     Ok(st) if FileType::from_raw_mode(st.st_mode) == FileType::Directory => {}
                     Ok(_) => {
@@ -154,7 +153,7 @@ impl Extractor<'_> {
                 set_fd_meta(&fd, &meta).map_err(ctx)?;
                 self.dir_times.push((comps.clone(), meta.times));
             }
-            EntryType::Regular | EntryType::Continuous | EntryType::GNUSparse => {
+            Kind::File => {
                 remove_existing(&parent, name, &full).map_err(ctx)?;
                 let fd = rustix::fs::openat(
                     &parent,
@@ -172,29 +171,16 @@ impl Extractor<'_> {
                 set_fd_meta(&file, &meta).map_err(ctx)?;
                 rustix::fs::futimens(&file, &meta.times).map_err(|e| ctx(e.into()))?;
             }
-            EntryType::Symlink => {
-                let target = entry
-                    .link_name_bytes()
-                    .ok_or_else(|| bad("symlink without a target"))?
-                    .into_owned();
+            Kind::Symlink(target) => {
                 remove_existing(&parent, name, &full).map_err(ctx)?;
                 rustix::fs::symlinkat(OsStr::from_bytes(&target), &parent, name.as_os_str())
                     .map_err(|e| ctx(e.into()))?;
                 set_path_meta(&parent, name, &full, &meta, false).map_err(ctx)?;
             }
-            EntryType::Link => {
-                let target = entry
-                    .link_name_bytes()
-                    .ok_or_else(|| bad("hardlink without a target"))?
-                    .into_owned();
-                let target_comps =
-                    clean_path(&target).map_err(|r| bad(&format!("hardlink target: {r}")))?;
-                let Some((target_name, target_parent)) = target_comps.split_last() else {
-                    return Err(bad("hardlink to the layer root"));
-                };
-                if target_comps == comps {
+            Kind::Hardlink(target) => {
+                let Some((target_name, target_parent)) = target.split_last() else {
                     return Ok(());
-                }
+                };
                 let tparent = self
                     .dir(target_parent, false)
                     .map_err(|e| self.link_err(e, &shown))?;
@@ -208,15 +194,11 @@ impl Extractor<'_> {
                 )
                 .map_err(|e| self.link_err(e, &shown))?;
             }
-            EntryType::Char | EntryType::Block | EntryType::Fifo => {
-                let file_type = match kind {
-                    EntryType::Char => FileType::CharacterDevice,
-                    EntryType::Block => FileType::BlockDevice,
-                    _ => FileType::Fifo,
-                };
-                let header = entry.header();
-                let major = header.device_major().ok().flatten().unwrap_or(0);
-                let minor = header.device_minor().ok().flatten().unwrap_or(0);
+            Kind::Node {
+                file_type,
+                major,
+                minor,
+            } => {
                 remove_existing(&parent, name, &full).map_err(ctx)?;
                 rustix::fs::mknodat(
                     &parent,
@@ -228,7 +210,6 @@ impl Extractor<'_> {
                 .map_err(|e| ctx(e.into()))?;
                 set_path_meta(&parent, name, &full, &meta, true).map_err(ctx)?;
             }
-            _ => return Err(bad(&format!("unsupported entry type {kind:?}"))),
         }
         Ok(())
     }
@@ -390,119 +371,6 @@ fn set_path_meta(
     Ok(())
 }
 
-fn read_meta<R: Read>(entry: &mut tar::Entry<'_, R>) -> std::result::Result<Meta, String> {
-    let mut xattrs = Vec::new();
-    let mut pax_mtime = None;
-    if let Some(exts) = entry.pax_extensions().map_err(|e| e.to_string())? {
-        for ext in exts {
-            let ext = ext.map_err(|e| e.to_string())?;
-            let key = ext.key().map_err(|_| "PAX key is not utf-8".to_string())?;
-            if let Some(name) = key.strip_prefix("SCHILY.xattr.") {
-                // A layer must not smuggle overlay metadata (redirects, opaque flags) in.
-                if !xattr::is_overlay_private(name) {
-                    xattrs.push((name.to_string(), ext.value_bytes().to_vec()));
-                }
-            } else if key == "mtime" {
-                pax_mtime = Some(parse_pax_time(ext.value_bytes()).ok_or("invalid PAX mtime")?);
-            }
-        }
-    }
-    let h = entry.header();
-    let old = h.as_old();
-    let id = |v: u64, what: &str| -> std::result::Result<u32, String> {
-        u32::try_from(v)
-            .ok()
-            .filter(|v| *v != u32::MAX)
-            .ok_or_else(|| format!("{what} {v} out of range"))
-    };
-    let uid = id(numeric(h.uid(), &old.uid, "uid")?, "uid")?;
-    let gid = id(numeric(h.gid(), &old.gid, "gid")?, "gid")?;
-    let mode =
-        u32::try_from(numeric(h.mode().map(u64::from), &old.mode, "mode")? & 0o7777).unwrap_or(0);
-    let mtime = match pax_mtime {
-        Some(t) => t,
-        None => Timespec {
-            tv_sec: i64::try_from(numeric(h.mtime(), &old.mtime, "mtime")?).unwrap_or(i64::MAX),
-            tv_nsec: 0,
-        },
-    };
-    Ok(Meta {
-        uid: Uid::from_raw(uid),
-        gid: Gid::from_raw(gid),
-        mode: Mode::from_raw_mode(mode),
-        times: Timestamps {
-            last_access: mtime,
-            last_modification: mtime,
-        },
-        xattrs,
-        chown: true,
-    })
-}
-
-/// A numeric header field; an empty one (all NUL or spaces) reads as 0, as Go and GNU tar
-/// treat it.
-fn numeric(parsed: io::Result<u64>, raw: &[u8], what: &str) -> std::result::Result<u64, String> {
-    match parsed {
-        Ok(v) => Ok(v),
-        Err(_) if raw.iter().all(|b| *b == 0 || *b == b' ') => Ok(0),
-        Err(_) => Err(format!("invalid {what} in header")),
-    }
-}
-
-/// Parses a PAX time (`secs[.frac]`, possibly negative).
-fn parse_pax_time(raw: &[u8]) -> Option<Timespec> {
-    let s = std::str::from_utf8(raw).ok()?;
-    let (neg, s) = match s.strip_prefix('-') {
-        Some(rest) => (true, rest),
-        None => (false, s),
-    };
-    let (secs, frac) = s.split_once('.').unwrap_or((s, ""));
-    if secs.is_empty() || !secs.bytes().all(|b| b.is_ascii_digit()) {
-        return None;
-    }
-    if !frac.bytes().all(|b| b.is_ascii_digit()) {
-        return None;
-    }
-    let secs: i64 = secs.parse().ok()?;
-    let mut nanos: i64 = 0;
-    for (i, b) in frac.bytes().take(9).enumerate() {
-        nanos += i64::from(b - b'0') * 10_i64.pow(8 - i as u32);
-    }
-    Some(if !neg {
-        Timespec {
-            tv_sec: secs,
-            tv_nsec: nanos,
-        }
-    } else if nanos == 0 {
-        Timespec {
-            tv_sec: -secs,
-            tv_nsec: 0,
-        }
-    } else {
-        Timespec {
-            tv_sec: -secs - 1,
-            tv_nsec: 1_000_000_000 - nanos,
-        }
-    })
-}
-
-/// Splits an entry path into plain components. `.` and empty components are dropped; absolute
-/// paths and `..` are refused rather than rewritten, since no honest layer contains them.
-fn clean_path(raw: &[u8]) -> std::result::Result<Vec<OsString>, &'static str> {
-    if raw.starts_with(b"/") {
-        return Err("absolute path");
-    }
-    let mut out = Vec::new();
-    for c in raw.split(|b| *b == b'/') {
-        match c {
-            b"" | b"." => {}
-            b".." => return Err("path contains `..`"),
-            c => out.push(OsStr::from_bytes(c).to_os_string()),
-        }
-    }
-    Ok(out)
-}
-
 /// Used by the store to open a layer directory for syncing.
 pub(crate) fn open_path(path: &Path) -> io::Result<OwnedFd> {
     Ok(rustix::fs::openat(
@@ -511,33 +379,4 @@ pub(crate) fn open_path(path: &Path) -> io::Result<OwnedFd> {
         OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
         Mode::empty(),
     )?)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn clean_path_drops_dots_and_refuses_escapes() {
-        let c = clean_path(b"./a//b/./c/").unwrap();
-        assert_eq!(c, vec![OsString::from("a"), "b".into(), "c".into()]);
-        assert!(clean_path(b"./").unwrap().is_empty());
-        assert_eq!(clean_path(b"../x"), Err("path contains `..`"));
-        assert_eq!(clean_path(b"a/../../x"), Err("path contains `..`"));
-        assert_eq!(clean_path(b"/etc/x"), Err("absolute path"));
-        // Names that merely start with dots are ordinary.
-        assert_eq!(clean_path(b"..a/...").unwrap().len(), 2);
-    }
-
-    #[test]
-    fn pax_times() {
-        let t = parse_pax_time(b"1700000000.5").unwrap();
-        assert_eq!((t.tv_sec, t.tv_nsec), (1_700_000_000, 500_000_000));
-        let t = parse_pax_time(b"42").unwrap();
-        assert_eq!((t.tv_sec, t.tv_nsec), (42, 0));
-        let t = parse_pax_time(b"-1.25").unwrap();
-        assert_eq!((t.tv_sec, t.tv_nsec), (-2, 750_000_000));
-        assert!(parse_pax_time(b"abc").is_none());
-        assert!(parse_pax_time(b"1.2x").is_none());
-    }
 }

@@ -16,7 +16,7 @@ use std::path::{Path, PathBuf};
 
 use tar::{EntryType, Header};
 
-use crate::apply::{OPAQUE_MARKER, WHITEOUT_PREFIX};
+use crate::entry::{OPAQUE_MARKER, WHITEOUT_PREFIX};
 use crate::xattr::{self, OPAQUE};
 use crate::{Error, Result};
 

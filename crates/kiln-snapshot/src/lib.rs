@@ -8,7 +8,9 @@
 //! images, registries or the build graph.
 
 mod apply;
+mod check;
 mod diff;
+mod entry;
 mod overlay_linux;
 mod store;
 mod xattr;
@@ -18,6 +20,7 @@ use std::path::PathBuf;
 
 use kiln_oci::Digest;
 
+pub use check::check_layer_tar;
 pub use diff::Exact;
 pub use overlay_linux::{
     OverlayMount, cleanup_stale_mounts, mount_overlay, mount_scratch_overlay, sync_filesystem,
@@ -101,11 +104,29 @@ pub fn write_tree_tar<W: io::Write>(dir: &std::path::Path, out: W) -> Result<W> 
     diff::write_tar(dir, out)
 }
 
-/// Extracts the tar stream `reader` into the existing directory `dest`, merging with what is
-/// there (an entry replaces a file of the same path), never writing outside `dest` or through
-/// a symlink. Owners are kept only when running as root.
+/// Extracts the tar stream `reader` (a plain archive, not a layer: `.wh.` names are ordinary
+/// files) into the existing directory `dest`, merging with what is there, with the layer
+/// applier's rules: an entry replaces what has its path (a directory merges into a directory),
+/// device nodes and fifos are made as such, and nothing is written outside `dest` or through a
+/// symlink. Owners are kept only when running as root; extended attributes are set.
 pub fn extract_tar(reader: impl io::Read, dest: &std::path::Path) -> Result<()> {
-    apply::apply_with(reader, dest, rustix::process::geteuid().is_root())
+    let opts = apply::Options {
+        owners: rustix::process::geteuid().is_root(),
+        whiteouts: false,
+        xattrs: true,
+    };
+    apply::apply_with(reader, dest, opts)
+}
+
+/// [`extract_tar`] without extended attributes: ADD of a local archive, whose files are then
+/// copied into the image without them (as before it used this applier).
+pub fn extract_archive(reader: impl io::Read, dest: &std::path::Path) -> Result<()> {
+    let opts = apply::Options {
+        owners: rustix::process::geteuid().is_root(),
+        whiteouts: false,
+        xattrs: false,
+    };
+    apply::apply_with(reader, dest, opts)
 }
 
 pub(crate) fn io_err(path: impl Into<PathBuf>) -> impl FnOnce(io::Error) -> Error {

@@ -825,7 +825,7 @@ impl LlbWorker {
                 })?;
                 let (a, rest): (Vec<_>, Vec<_>) = selected
                     .into_iter()
-                    .partition(|s| add::is_archive(&s.abs, &scratch));
+                    .partition(|s| add::is_archive(s, &scratch));
                 archives = a;
                 selected = rest;
             }
@@ -834,12 +834,7 @@ impl LlbWorker {
             }
             for (i, archive) in archives.iter().enumerate() {
                 let out = work.join(format!("archive-{i}"));
-                add::extract(&archive.abs, &out, &work.join("decompressed")).map_err(|source| {
-                    SourceError::Io {
-                        path: archive.abs.clone(),
-                        source,
-                    }
-                })?;
+                add::extract(archive, &out, &work.join("decompressed"))?;
                 let tree = fsutil::Source::whole(&out);
                 let all = fsutil::Filter::default();
                 fsutil::copy(&[tree], None, all, &merged2, &dest, archive_owner, chmod)?;

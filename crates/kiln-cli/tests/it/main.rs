@@ -4,6 +4,7 @@
 //! no runc container may be left. Without the externals the tests skip with a reason, or fail
 //! under `KILN_TEST_REQUIRE_EXTERNAL=1`.
 
+mod add_special;
 mod blobs;
 mod cache;
 mod concurrent;
@@ -19,6 +20,7 @@ mod failure;
 mod frontend;
 mod git;
 mod hostile_context;
+mod hostile_load;
 mod imagetools;
 mod killed;
 mod language;

@@ -70,15 +70,29 @@ fn dotdot_paths_are_refused() {
     assert!(!tmp.path().join("escape").exists());
 }
 
+/// A leading `/` names the layer root, as docker's applier reads it: the entry lands inside.
 #[test]
-fn absolute_paths_are_refused() {
+fn absolute_paths_land_inside_the_layer() {
     let tmp = tempfile::tempdir().unwrap();
     let outside = tmp.path().join("outside");
     let name = format!("{}/x", outside.display());
     fs::create_dir(&outside).unwrap();
-    let tar = build(&[(EntryType::Regular, &name, "")]);
-    refused(&tmp.path().join("store"), &tar, &name);
+    let tar = build(&[
+        (EntryType::Regular, &name, ""),
+        (EntryType::Regular, "/../../y", ""),
+    ]);
+    let store = LayerStore::open(&tmp.path().join("store")).unwrap();
+    let layer = store
+        .unpack(tar.as_slice(), media_type::OCI_LAYER_TAR, None)
+        .unwrap();
+    let dir = store.dir(&layer);
+    assert_eq!(
+        fs::read(dir.join(name.trim_start_matches('/'))).unwrap(),
+        b"pwned"
+    );
+    assert_eq!(fs::read(dir.join("y")).unwrap(), b"pwned");
     assert!(!outside.join("x").exists());
+    assert!(!Path::new("/y").exists());
 }
 
 #[test]

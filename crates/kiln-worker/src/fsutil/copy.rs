@@ -201,12 +201,12 @@ fn copy_entry(src: &Entry<'_>, dst: &Path, owner: Owner, chmod: Option<&Chmod>) 
     }
     std::os::unix::fs::lchown(dst, Some(uid), Some(gid))?;
     let t = filetime::FileTime::from_last_modification_time(meta);
-    if ft.is_symlink() {
-        filetime::set_symlink_file_times(dst, t, t)?;
-    } else {
+    if !ft.is_symlink() {
         // chown clears setuid bits, so the mode goes last.
         fs::set_permissions(dst, fs::Permissions::from_mode(mode))?;
-        filetime::set_file_times(dst, t, t)?;
     }
+    // By path, never by opening `dst` (`filetime::set_file_times` opens it, which blocks on a
+    // fifo); `dst` was just made, so not following a final symlink changes nothing else.
+    filetime::set_symlink_file_times(dst, t, t)?;
     Ok(())
 }

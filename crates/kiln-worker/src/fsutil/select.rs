@@ -28,9 +28,28 @@ impl Source {
         }
     }
 
+    /// The file at `path` as a source of its own (its directory is the root).
+    #[cfg(test)]
+    pub fn file(path: &Path) -> Source {
+        Source {
+            rel: path
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default(),
+            abs: path.to_path_buf(),
+            root: path.parent().unwrap_or(Path::new("/")).to_path_buf(),
+        }
+    }
+
     /// The source's metadata, read as the walk reads it (no link followed on the way).
     pub fn metadata(&self) -> io::Result<std::fs::Metadata> {
         super::walk::open_source(self).map(|o| o.meta)
+    }
+
+    /// Opens the source, a regular file, as the walk opens files: from its root, following no
+    /// link, and only if it is still the file it was resolved to.
+    pub fn open_file(&self) -> io::Result<std::fs::File> {
+        super::walk::open_source(self)?.open(&self.abs)
     }
 }
 
@@ -50,6 +69,12 @@ pub enum SourceError {
         path: PathBuf,
         #[source]
         source: io::Error,
+    },
+    #[error("failed to extract archive `{path}`")]
+    Archive {
+        path: PathBuf,
+        #[source]
+        source: Box<kiln_snapshot::Error>,
     },
 }
 

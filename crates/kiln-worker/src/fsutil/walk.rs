@@ -111,6 +111,26 @@ pub(super) struct Opened {
     pub meta: Metadata,
 }
 
+impl Opened {
+    /// Opens the regular file this is (see [`Entry::open`]).
+    pub fn open(&self, abs: &Path) -> io::Result<File> {
+        open_file_at(self.parent.as_fd(), &self.name, abs, &self.meta)
+    }
+}
+
+/// Opens the regular file `name` in `dir`, refusing a link or another file put in its place.
+fn open_file_at(
+    dir: BorrowedFd<'_>,
+    name: &OsStr,
+    abs: &Path,
+    meta: &Metadata,
+) -> io::Result<File> {
+    let flags = OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC | OFlags::NOCTTY;
+    let file = File::from(rustix::fs::openat(dir, name, flags, Mode::empty())?);
+    same_file(abs, meta, &file.metadata()?)?;
+    Ok(file)
+}
+
 /// Opens a source one component at a time from its root, following no link: the path was
 /// resolved inside the root already, so a link met now was put there since, and is refused.
 pub(super) fn open_source(s: &Source) -> io::Result<Opened> {

@@ -201,29 +201,43 @@ seed_busybox() {
     SUMMARY+=("seeded $repo:$tag ($(elapsed "$t0"))")
 }
 
+# The package mirror is always the one this machine's apt uses: the project never names a
+# package host of its own.
+debian_mirror() {
+    local mirror
+    mirror=$(apt_uri bookworm)
+    [[ -n $mirror ]] ||
+        die "no 'bookworm' source in this machine's apt sources (/etc/apt/sources.list*): the debian image is built from the mirror apt uses"
+    printf '%s\n' "$mirror"
+}
+
 debian_sources() {
     local main security
-    main=$(apt_uri bookworm)
+    main=$(debian_mirror)
     security=$(apt_uri bookworm-security)
     cat <<EOF
 Types: deb
-URIs: ${main:-http://deb.debian.org/debian}
+URIs: $main
 Suites: bookworm bookworm-updates
 Components: main
 Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg
+EOF
+    # Only where this machine's apt has a security source too.
+    if [[ -n $security ]]; then
+        cat <<EOF
 
 Types: deb
-URIs: ${security:-http://deb.debian.org/debian-security}
+URIs: $security
 Suites: bookworm-security
 Components: main
 Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg
 EOF
+    fi
 }
 
 make_debian_tar() {
     local out="$1" dir="$KILN_DEV/work/debian-rootfs" mirror
-    mirror=$(apt_uri bookworm)
-    mirror=${mirror:-http://deb.debian.org/debian}
+    mirror=$(debian_mirror)
     # A run interrupted inside debootstrap can leave /proc mounted in the target.
     unmount_under "$dir"
     rm -rf "$dir"

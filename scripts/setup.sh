@@ -205,7 +205,8 @@ seed_busybox() {
 
 # The differential corpus' bases (tests/oracle/README.md): the same busybox, with fixed file
 # times so that what a step copies beside them records the same everywhere. VARIANT is `bare`
-# (bin/ only: no /etc/passwd, no /etc/group) or `users` (the users and groups below).
+# (bin/ only: no /etc/passwd, no /etc/group) or `users` (the users and groups below, and the
+# /dev, /proc and /sys a distribution has, so a RUN on it adds no mount points to its layer).
 make_busybox_variant_tar() {
     local out="$1" variant="$2" dir="$KILN_DEV/work/busybox-$2-rootfs" applet
     rm -rf "$dir"
@@ -215,7 +216,7 @@ make_busybox_variant_tar() {
         [[ $applet == busybox ]] || ln -s busybox "$dir/bin/$applet"
     done < <("$dir/bin/busybox" --list)
     if [[ $variant == users ]]; then
-        mkdir -p "$dir"/{etc,root,tmp,home/app,home/multi}
+        mkdir -p "$dir"/{dev,etc,proc,root,sys,tmp,home/app,home/multi}
         printf '%s\n' \
             'root:x:0:0:root:/root:/bin/sh' \
             'daemon:x:1:1:daemon:/usr/sbin:/bin/false' \

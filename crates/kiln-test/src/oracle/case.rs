@@ -47,6 +47,8 @@ pub struct Spec {
 pub struct Entry {
     pub path: String,
     pub content: Option<String>,
+    /// Binary content (an archive for ADD, say), base64.
+    pub base64: Option<String>,
     pub mode: Option<u32>,
     #[serde(default)]
     pub dir: bool,
@@ -122,19 +124,20 @@ impl Case {
         for e in &spec.entry {
             let kinds = [
                 e.content.is_some(),
+                e.base64.is_some(),
                 e.dir,
                 e.symlink.is_some(),
                 e.hardlink.is_some(),
             ];
             ensure!(
                 kinds.iter().filter(|k| **k).count() == 1,
-                "{}: entry `{}` needs exactly one of content, dir, symlink, hardlink",
+                "{}: entry `{}` needs exactly one of content, base64, dir, symlink, hardlink",
                 path.display(),
                 e.path
             );
             ensure!(
-                e.mode.is_none() || e.content.is_some() || e.dir,
-                "{}: entry `{}`: mode is for content and dir entries",
+                e.mode.is_none() || e.content.is_some() || e.base64.is_some() || e.dir,
+                "{}: entry `{}`: mode is for files and directories",
                 path.display(),
                 e.path
             );
@@ -189,6 +192,13 @@ impl Case {
             create_parents(&context, &file)?;
             if let Some(content) = &e.content {
                 std::fs::write(&file, content).with_context(|| format!("writing `{}`", e.path))?;
+                set_mode(&file, e.mode.unwrap_or(0o644))?;
+            } else if let Some(b64) = &e.base64 {
+                use base64::Engine;
+                let data = base64::engine::general_purpose::STANDARD
+                    .decode(b64.split_whitespace().collect::<String>())
+                    .with_context(|| format!("decoding `{}`", e.path))?;
+                std::fs::write(&file, data).with_context(|| format!("writing `{}`", e.path))?;
                 set_mode(&file, e.mode.unwrap_or(0o644))?;
             } else if e.dir {
                 std::fs::create_dir_all(&file)?;

@@ -181,7 +181,10 @@ fn check(args: CheckArgs) -> Result<()> {
     let bases = bases(&args.common.registry)?;
     let cases = oracle::load_cases(&oracle::corpus_dir(), &args.common.cases)?;
     let work = tempfile::Builder::new().prefix("kiln-oracle-").tempdir()?;
-    let root = args.root.clone().unwrap_or_else(|| work.path().join("root"));
+    let root = args
+        .root
+        .clone()
+        .unwrap_or_else(|| work.path().join("root"));
     let config = work.path().join("kiln.toml");
     let registry = &args.common.registry;
     std::fs::write(
@@ -193,7 +196,10 @@ fn check(args: CheckArgs) -> Result<()> {
     let (mut matching, mut xfails, mut failing, mut unrecorded) = (0, 0, Vec::new(), 0);
     for case in &cases {
         let Some(recording) = case.recording()? else {
-            eprintln!("{}: no recording (cargo xtask oracle record {})", case.name, case.name);
+            eprintln!(
+                "{}: no recording (cargo xtask oracle record {})",
+                case.name, case.name
+            );
             unrecorded += 1;
             continue;
         };

@@ -16,7 +16,9 @@ fn oracle_corpus_matches_buildkit() {
         Err(e) => {
             skip_because(
                 &k.test,
-                &format!("the corpus' bases are not in the registry (scripts/setup.sh seeds them): {e:#}"),
+                &format!(
+                    "the corpus' bases are not in the registry (scripts/setup.sh seeds them): {e:#}"
+                ),
             );
             return;
         }

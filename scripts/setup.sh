@@ -6,7 +6,9 @@
 #   2. builds target/release/kiln
 #   3. starts a local registry on $KILN_DEV_REGISTRY that kiln's config names as docker.io's mirror
 #   4. seeds that registry with base images made here, with kiln itself:
-#      library/busybox:latest, library/debian:bookworm-slim, library/python:3.11-slim
+#      library/busybox:latest, library/debian:bookworm-slim, library/python:3.11-slim, and the
+#      differential corpus' bases (tests/oracle): library/busybox:bare (bin/ only, no /etc/passwd
+#      or /etc/group) and library/busybox:users (fixed users and groups)
 #
 # Environment: KILN_DEV (default /var/tmp/kiln-dev) holds all state; delete it to start over.
 # KILN_DEV_REGISTRY (default 127.0.0.1:5123) is the registry's address.
@@ -211,6 +213,57 @@ debian_mirror() {
     printf '%s\n' "$mirror"
 }
 
+# The differential corpus' bases (tests/oracle/README.md): the same busybox, with fixed file
+# times so that what a step copies beside them records the same everywhere. VARIANT is `bare`
+# (bin/ only: no /etc/passwd, no /etc/group) or `users` (the users and groups below, and the
+# /dev, /proc and /sys a distribution has, so a RUN on it adds no mount points to its layer).
+make_busybox_variant_tar() {
+    local out="$1" variant="$2" dir="$KILN_DEV/work/busybox-$2-rootfs" applet
+    rm -rf "$dir"
+    mkdir -p "$dir/bin"
+    install -m 0755 /bin/busybox "$dir/bin/busybox"
+    while read -r applet; do
+        [[ $applet == busybox ]] || ln -s busybox "$dir/bin/$applet"
+    done < <("$dir/bin/busybox" --list)
+    if [[ $variant == users ]]; then
+        mkdir -p "$dir"/{dev,etc,proc,root,sys,tmp,home/app,home/multi}
+        printf '%s\n' \
+            'root:x:0:0:root:/root:/bin/sh' \
+            'daemon:x:1:1:daemon:/usr/sbin:/bin/false' \
+            'bin:x:2:2:bin:/bin:/bin/false' \
+            'app:x:1000:1000:app:/home/app:/bin/sh' \
+            'multi:x:1001:1001:multi:/home/multi:/bin/sh' \
+            'nobody:x:65534:65534:nobody:/nonexistent:/bin/false' >"$dir/etc/passwd"
+        printf '%s\n' \
+            'root:x:0:' 'daemon:x:1:' 'bin:x:2:' 'staff:x:50:multi' 'app:x:1000:' \
+            'multi:x:1001:' 'dev:x:2000:multi,app' 'nobody:x:65534:' >"$dir/etc/group"
+        chmod 0644 "$dir/etc/passwd" "$dir/etc/group"
+        chmod 1777 "$dir/tmp"
+        chmod 0700 "$dir/root"
+        chown 1000:1000 "$dir/home/app"
+        chown 1001:1001 "$dir/home/multi"
+    fi
+    tar --numeric-owner --sort=name --mtime=@1577836800 -C "$dir" -cf "$out" .
+    rm -rf "$dir"
+}
+
+seed_busybox_variant() {
+    local repo=library/busybox tag="$1"
+    if has_manifest "$repo" "$tag"; then
+        info "$repo:$tag: in the registry"
+        return
+    fi
+    local t0 tarball="$KILN_DEV/work/busybox-$tag.tar"
+    t0=$(now)
+    log "seeding $repo:$tag from $(readlink -f /bin/busybox) (busybox-static)"
+    make_busybox_variant_tar "$tarball" "$tag"
+    "$KILN" import --change 'CMD ["sh"]' "$tarball" "$KILN_DEV_REGISTRY/$repo:$tag" >/dev/null
+    "$KILN" push "$KILN_DEV_REGISTRY/$repo:$tag" >"$KILN_DEV/logs/push-busybox-$tag.log" 2>&1 ||
+        { tail -n 20 "$KILN_DEV/logs/push-busybox-$tag.log" >&2; die "pushing $repo:$tag failed"; }
+    rm -f "$tarball"
+    SUMMARY+=("seeded $repo:$tag ($(elapsed "$t0"))")
+}
+
 debian_sources() {
     local main security
     main=$(debian_mirror)
@@ -322,7 +375,7 @@ print_summary() {
     data dir  KILN_ROOT=$KILN_ROOT
     config    KILN_CONFIG=$KILN_CONFIG (docker.io -> $KILN_DEV_REGISTRY)
     registry  http://$KILN_DEV_REGISTRY/v2/ (data $KILN_DEV/registry, log $KILN_DEV/logs/registry.log)
-    images    busybox:latest debian:bookworm-slim python:3.11-slim
+    images    busybox:latest busybox:bare busybox:users debian:bookworm-slim python:3.11-slim
 EOF
 }
 
@@ -335,6 +388,8 @@ main() {
     prepare_dirs
     start_registry
     seed_busybox
+    seed_busybox_variant bare
+    seed_busybox_variant users
     seed_debian
     seed_python
     print_summary

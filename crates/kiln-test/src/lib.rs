@@ -1,7 +1,9 @@
 //! Support code for kiln's test suites (not published): finding the external tools the real
-//! tests run against, and the rule for what happens when one is missing.
+//! tests run against, the rule for what happens when one is missing, and the differential
+//! corpus' machinery ([`oracle`]).
 
 mod dockerd;
+pub mod oracle;
 mod proxy;
 mod registry;
 mod token;

@@ -120,6 +120,20 @@ fn record_case(args: &RecordArgs, bases: &Bases, case: &Case) -> Result<String> 
     let dir = tempfile::Builder::new().prefix("kiln-oracle-").tempdir()?;
     let ws = case.materialize(dir.path())?;
     let out = dir.path().join("image.tar");
+    // Every case's context is the local source `context`, whose synced copy BuildKit keeps
+    // and updates between builds without always resetting directory times: forget it first.
+    let pruned = Command::new(&args.buildctl)
+        .arg("--addr")
+        .arg(&args.addr)
+        .args(["prune", "--all"])
+        .output()
+        .context("running buildctl prune")?;
+    if !pruned.status.success() {
+        bail!(
+            "buildctl prune --all failed: {}",
+            String::from_utf8_lossy(&pruned.stderr)
+        );
+    }
     let mut cmd = Command::new(&args.buildctl);
     cmd.arg("--addr")
         .arg(&args.addr)

@@ -360,12 +360,16 @@ fn validate(req: &RunRequest<'_>) -> Result<()> {
 
 /// Paths runc will create in the rootfs as mount points, so they can be removed afterwards and
 /// do not end up in the layer (BuildKit does the same). Mounts inside `/proc`, `/dev` and `/sys`
-/// land on those filesystems, not the rootfs.
+/// land on those filesystems, not the rootfs. `/proc`, `/dev` and `/sys` themselves stay: a
+/// RUN on a base without them leaves them in its layer, as BuildKit's does.
+const KEPT_MOUNT_POINTS: &[&str] = &["/proc", "/dev", "/sys"];
+
 fn mount_stubs(root: &Root, req: &RunRequest<'_>) -> io::Result<Vec<String>> {
     let mut stubs: Vec<String> = Vec::new();
     let dests = DEFAULT_MOUNT_POINTS
         .iter()
         .copied()
+        .filter(|d| !KEPT_MOUNT_POINTS.contains(d))
         .chain(req.mounts.iter().map(|m| m.destination()));
     for dest in dests {
         let first = clean_components(dest).into_iter().next();
@@ -589,14 +593,7 @@ mod tests {
         let stubs = mount_stubs(&root, &r).unwrap();
         assert_eq!(
             stubs,
-            [
-                "/dev",
-                "/sys",
-                "/etc/hosts",
-                "/etc/resolv.conf",
-                "/cache",
-                "/cache/a"
-            ]
+            ["/etc/hosts", "/etc/resolv.conf", "/cache", "/cache/a"]
         );
     }
 

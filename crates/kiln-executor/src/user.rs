@@ -27,7 +27,8 @@ struct GroupEntry {
 ///
 /// Numeric ids need no files; an unknown uid gets gid 0. Names must exist. Without an explicit
 /// group the primary gid comes from `/etc/passwd` and supplementary gids from the `/etc/group`
-/// entries listing the user; with an explicit group there are no supplementary gids (as runc).
+/// entries listing the user; with an explicit group only that group. The primary gid is always
+/// one of the supplementary gids too, as BuildKit (containerd's spec options) sets them.
 pub fn resolve_user(rootfs: &Path, user: &str) -> Result<User> {
     let spec = user.trim();
     let (user_part, group_part) = match spec.split_once(':') {
@@ -70,11 +71,11 @@ pub fn resolve_user(rootfs: &Path, user: &str) -> Result<User> {
             Ok(User {
                 uid,
                 gid,
-                additional_gids: Vec::new(),
+                additional_gids: vec![gid],
             })
         }
         None => {
-            let mut additional_gids = Vec::new();
+            let mut additional_gids = vec![default_gid];
             if let Some(name) = name {
                 for g in &groups {
                     if g.members.iter().any(|m| m == name) && !additional_gids.contains(&g.gid) {
@@ -251,9 +252,12 @@ mod tests {
         let r = rootfs();
         assert_eq!(
             resolve_user(r.path(), "app").unwrap(),
-            user(1000, 1000, &[10, 29])
+            user(1000, 1000, &[1000, 10, 29])
         );
-        assert_eq!(resolve_user(r.path(), "root").unwrap(), user(0, 0, &[10]));
+        assert_eq!(
+            resolve_user(r.path(), "root").unwrap(),
+            user(0, 0, &[0, 10])
+        );
     }
 
     #[test]
@@ -262,9 +266,9 @@ mod tests {
         // A known uid picks up its passwd entry; an unknown one gets gid 0.
         assert_eq!(
             resolve_user(r.path(), "1000").unwrap(),
-            user(1000, 1000, &[10, 29])
+            user(1000, 1000, &[1000, 10, 29])
         );
-        assert_eq!(resolve_user(r.path(), "4242").unwrap(), user(4242, 0, &[]));
+        assert_eq!(resolve_user(r.path(), "4242").unwrap(), user(4242, 0, &[0]));
     }
 
     #[test]
@@ -272,13 +276,13 @@ mod tests {
         let r = rootfs();
         assert_eq!(
             resolve_user(r.path(), "app:wheel").unwrap(),
-            user(1000, 10, &[])
+            user(1000, 10, &[10])
         );
         assert_eq!(
             resolve_user(r.path(), "app:55").unwrap(),
-            user(1000, 55, &[])
+            user(1000, 55, &[55])
         );
-        assert_eq!(resolve_user(r.path(), "7:8").unwrap(), user(7, 8, &[]));
+        assert_eq!(resolve_user(r.path(), "7:8").unwrap(), user(7, 8, &[8]));
         let err = resolve_user(r.path(), "app:nogroup").unwrap_err();
         assert!(
             matches!(&err, Error::UnknownGroup(g) if g == "nogroup"),
@@ -314,9 +318,9 @@ mod tests {
         let empty = tempfile::tempdir().unwrap();
         assert_eq!(
             resolve_user(empty.path(), "12:34").unwrap(),
-            user(12, 34, &[])
+            user(12, 34, &[34])
         );
-        assert_eq!(resolve_user(empty.path(), "0").unwrap(), user(0, 0, &[]));
+        assert_eq!(resolve_user(empty.path(), "0").unwrap(), user(0, 0, &[0]));
         assert!(matches!(
             resolve_user(empty.path(), "app"),
             Err(Error::UnknownUser(_))
@@ -346,7 +350,7 @@ mod tests {
         symlink("/data/passwd", r.path().join("etc/passwd")).unwrap();
         assert_eq!(
             resolve_user(r.path(), "app").unwrap(),
-            user(1000, 1000, &[])
+            user(1000, 1000, &[1000])
         );
     }
 
@@ -397,10 +401,10 @@ mod tests {
         // An empty USER is uid 0, as BuildKit runs it: looked up by uid where /etc/passwd has
         // it (for its groups), never an error where it does not.
         let bare = tempfile::tempdir().unwrap();
-        assert_eq!(resolve_user(bare.path(), "0").unwrap(), user(0, 0, &[]));
+        assert_eq!(resolve_user(bare.path(), "0").unwrap(), user(0, 0, &[0]));
         assert_eq!(
             resolve_user(rootfs().path(), "0").unwrap(),
-            user(0, 0, &[10])
+            user(0, 0, &[0, 10])
         );
     }
 }

@@ -637,6 +637,8 @@ impl Converter<'_> {
                 ..Default::default()
             };
             image.config.env = Some(vec![format!("PATH={}", DEFAULT_PATH)]);
+            // BuildKit's empty image has its working directory set.
+            image.config.working_dir = Some("/".into());
             (self.def.add(Op::Scratch, vec![], ""), image)
         } else {
             let display = format!("[{prefix}{step}/{}]", total);
@@ -891,6 +893,9 @@ impl Converter<'_> {
                     let argv = self.command_argv(&image, command);
                     history(&mut image, format!("CMD {}", go_quote_list(&argv)), true);
                     image.config.cmd = Some(argv);
+                    // BuildKit marks every CMD so (Docker's image spec field, kept for
+                    // compatibility).
+                    image.config.args_escaped = Some(true);
                 }
                 InstructionKind::Entrypoint(command) => {
                     let argv = self.command_argv(&image, command);
@@ -916,11 +921,10 @@ impl Converter<'_> {
                     for k in &keys {
                         map.insert(k.clone(), serde_json::json!({}));
                     }
-                    // BuildKit prints a Go map: sorted keys, no duplicates.
+                    // BuildKit prints the sorted ports as a Go slice.
                     keys.sort();
                     keys.dedup();
-                    let shown: Vec<String> = keys.iter().map(|k| format!("{k}:{{}}")).collect();
-                    history(&mut image, format!("EXPOSE map[{}]", shown.join(" ")), true);
+                    history(&mut image, format!("EXPOSE [{}]", keys.join(" ")), true);
                 }
                 InstructionKind::Label(pairs) => {
                     let mut shown = Vec::new();

@@ -56,8 +56,9 @@ pub(crate) enum Outcome {
 
 /// Streams the layer of a COPY from the context into `content`.
 pub(crate) fn stream(req: &Request<'_>, content: &ContentStore) -> Result<Outcome> {
-    let groups = fsutil::select(req.src_root, req.sources, req.parents, req.matcher)
+    let mut groups = fsutil::select(req.src_root, req.sources, req.parents, req.matcher)
         .map_err(Error::Source)?;
+    fsutil::context_root_lends_no_mtime(&mut groups);
     let blob = content.writer()?;
     let mut w = LayerWriter {
         tar: tar::Builder::new(BufWriter::with_capacity(CHUNK, Pipe::new(blob))),
@@ -68,6 +69,7 @@ pub(crate) fn stream(req: &Request<'_>, content: &ContentStore) -> Result<Outcom
         written: HashSet::new(),
         deferred: HashMap::new(),
         lower_dirs: HashSet::new(),
+        linked: HashMap::new(),
         entries: 0,
     };
     let many = groups.iter().map(|g| g.sources.len()).sum::<usize>() > 1;
@@ -133,6 +135,9 @@ struct LayerWriter<'a> {
     deferred: HashMap<String, Header>,
     /// Directories that exist below, whose children must be checked against what is there.
     lower_dirs: HashSet<String>,
+    /// The first in-image path of each hard-linked file, by source and inode: the others
+    /// become links to it, as the file-based copy makes them.
+    linked: HashMap<(usize, u64, u64), String>,
     entries: usize,
 }
 
@@ -153,11 +158,21 @@ impl LayerWriter<'_> {
             return Ok(Some("the destination path goes through a symlink"));
         }
         let dest_is_dir = req.dest.ends_with('/') || sources.len() > 1;
-        let mut targets = Vec::new();
+        let mut metas = Vec::new();
         for s in sources {
-            let meta = s
-                .metadata()
-                .map_err(|e| Error::Source(source_io(&s.abs)(e)))?;
+            metas.push(
+                s.metadata()
+                    .map_err(|e| Error::Source(source_io(&s.abs)(e)))?,
+            );
+        }
+        // A directory source gives its mtime to the directory receiving it, and a later source
+        // writing there changes it again: the file-based copy follows that order exactly.
+        if sources.len() > 1 && metas.iter().any(Metadata::is_dir) {
+            return Ok(Some("several sources, one of them a directory"));
+        }
+        let mut targets = Vec::new();
+        for (s, meta) in sources.iter().zip(&metas) {
+            let receive = (meta.is_dir() && s.lends_mtime).then(|| mtime(meta));
             let (dir, target) = if meta.is_dir() {
                 (dest.clone(), dest.clone())
             } else if dest_is_dir || self.lower.join(&dest).is_dir() {
@@ -170,7 +185,7 @@ impl LayerWriter<'_> {
                 let parent = dest.rsplit_once('/').map_or("", |(p, _)| p).to_string();
                 (parent, dest.clone())
             };
-            if let Some(why) = self.dest_dirs(&dir, req.owner)? {
+            if let Some(why) = self.dest_dirs(&dir, req, receive)? {
                 return Ok(Some(why));
             }
             targets.push(target);
@@ -201,18 +216,33 @@ impl LayerWriter<'_> {
     }
 
     /// The directories of `dir` (in-image, relative) as the overlay diff lists them: new ones
-    /// 0755 and owned by the COPY's owner, existing ones with their own mode and owner. The
-    /// directory that receives the copy gets the build's time (creating entries in it sets
-    /// its mtime); the ones above it keep theirs, as overlayfs copies them up.
-    fn dest_dirs(&mut self, dir: &str, owner: (u32, u32)) -> Result<Option<&'static str>> {
+    /// 0755 (or the octal `--chmod`) and owned by the COPY's owner, existing ones with their own
+    /// mode and owner. The directory that receives the copy gets the build's time (creating
+    /// entries in it sets its mtime), or `receive`, the mtime of a directory source, which the
+    /// file-based copy gives it; the ones above it keep theirs, as overlayfs copies them up.
+    fn dest_dirs(
+        &mut self,
+        dir: &str,
+        req: &Request<'_>,
+        receive: Option<u64>,
+    ) -> Result<Option<&'static str>> {
+        let owner = req.owner;
+        let created_mode = match req.chmod {
+            Some(Chmod::Octal(m)) => *m & 0o7777,
+            _ => 0o755,
+        };
         // The root always exists; it is never an entry of a layer.
         self.lower_dirs.insert(String::new());
         let comps: Vec<&str> = dir.split('/').filter(|c| !c.is_empty()).collect();
         let mut exists = true;
         for i in 0..comps.len() {
             let path = comps[..=i].join("/");
-            let receives =
-                i + 1 == comps.len() || !self.lower.join(join(&path, comps[i + 1])).exists();
+            let last = i + 1 == comps.len();
+            let receives = last || !self.lower.join(join(&path, comps[i + 1])).exists();
+            let receive_time = match receive {
+                Some(t) if last => t,
+                _ => self.now,
+            };
             if self.written.contains(&path) || self.deferred.contains_key(&path) {
                 exists = self.lower_dirs.contains(&path);
                 continue;
@@ -224,7 +254,7 @@ impl LayerWriter<'_> {
                         if has_xattrs(&abs).map_err(|e| Error::Source(source_io(&abs)(e)))? {
                             return Ok(Some("a destination directory has extended attributes"));
                         }
-                        let mtime = if receives { self.now } else { mtime(&m) };
+                        let mtime = if receives { receive_time } else { mtime(&m) };
                         let h = header(
                             EntryType::Directory,
                             m.mode() & 0o7777,
@@ -232,6 +262,8 @@ impl LayerWriter<'_> {
                             mtime,
                         );
                         self.lower_dirs.insert(path.clone());
+                        // BuildKit's diff lists an existing directory only when something
+                        // below it changed, a new mtime alone is not enough.
                         self.deferred.insert(path, h);
                         continue;
                     }
@@ -240,7 +272,7 @@ impl LayerWriter<'_> {
                     Err(e) => return Err(Error::Source(source_io(&self.lower.join(&path))(e))),
                 }
             }
-            let mut h = header(EntryType::Directory, 0o755, owner, self.now);
+            let mut h = header(EntryType::Directory, created_mode, owner, receive_time);
             self.append(&path, &mut h, io::empty()).map_err(layer_io)?;
             self.written.insert(path);
         }
@@ -304,6 +336,21 @@ impl LayerWriter<'_> {
             }
         }
         match kind {
+            EntryType::Regular if meta.nlink() > 1 => {
+                let inode = (e.source, meta.dev(), meta.ino());
+                if let Some(first) = self.linked.get(&inode).cloned() {
+                    h.set_entry_type(EntryType::Link);
+                    h.set_size(0);
+                    self.flush_deferred(target)?;
+                    self.tar.append_link(&mut h, target, first)?;
+                    self.entries += 1;
+                } else {
+                    self.linked.insert(inode, target.to_string());
+                    h.set_size(meta.len());
+                    let file = e.open()?;
+                    self.append(target, &mut h, kiln_snapshot::Exact::new(file, meta.len()))?;
+                }
+            }
             EntryType::Regular => {
                 h.set_size(meta.len());
                 let file = e.open()?;

@@ -757,6 +757,7 @@ impl LlbWorker {
         let step = self.prepare(layers, progress).await?;
         let merged = step.dir.join("merged");
         // The source: the context, or another filesystem mounted read-only for the copy.
+        let from_context = matches!(source, Value::Context);
         let (src_root, matcher, src_step, keep_owner) = match source {
             Value::Context => {
                 let ctx = self.context()?;
@@ -799,7 +800,10 @@ impl LlbWorker {
         tokio::task::spawn_blocking(move || {
             let m = matcher.as_deref();
             let chmod = chmod.as_ref();
-            let groups = fsutil::select(&src_root, &sources, parents, m)?;
+            let mut groups = fsutil::select(&src_root, &sources, parents, m)?;
+            if from_context {
+                fsutil::context_root_lends_no_mtime(&mut groups);
+            }
             if parents {
                 for g in &groups {
                     let filter = fsutil::Filter {

@@ -79,7 +79,7 @@ fn image_config_and_history() {
         ("USER app", true),
         ("RUN /bin/sh -c id -u > /home/app/uid # buildkit", false),
         ("LABEL org.example.title=kiln test version=1", true),
-        ("EXPOSE map[53/udp:{} 8080/tcp:{}]", true),
+        ("EXPOSE [53/udp 8080/tcp]", true),
         (r#"ENTRYPOINT ["/bin/sh" "-c"]"#, true),
         (r#"CMD ["echo $GREETING from $(id -un) in $(pwd)"]"#, true),
     ];

@@ -236,8 +236,11 @@ impl Case {
 
     /// buildctl's arguments after `--addr A` for this case, writing an OCI archive to `out`.
     pub fn buildctl_args(&self, ws: &Workspace, out: &Path) -> Vec<String> {
+        // No cache: BuildKit's cache keys leave out file times, so a layer cached from an
+        // earlier recording (of another context's times) would be recorded instead.
         let mut args = vec![
             "build".to_string(),
+            "--no-cache".into(),
             "--progress".into(),
             "plain".into(),
             "--frontend".into(),

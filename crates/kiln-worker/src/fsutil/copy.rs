@@ -1,5 +1,6 @@
 //! Copying walked sources into a destination root, as Dockerfile COPY writes them.
 
+use std::collections::HashMap;
 use std::ffi::OsStr;
 use std::fs::{self, Metadata};
 use std::io;
@@ -105,15 +106,22 @@ pub fn copy(
         let path = path.to_path_buf();
         move |source| SourceError::Io { path, source }
     };
-    // Where each source lands.
-    let mut targets: Vec<PathBuf> = Vec::new();
+    // Directories the copy creates get 0755, or the --chmod mode when it is octal, as BuildKit
+    // gives them.
+    let created_mode = match chmod {
+        Some(Chmod::Octal(m)) => *m & 0o7777,
+        _ => 0o755,
+    };
+    // One source after the other, as BuildKit copies them: where a source lands can depend on
+    // what the ones before it made.
     for s in sources {
         let meta = s.metadata().map_err(io_at(&s.abs))?;
         let dest_abs = resolve_in_root(dest_root, dest, true).map_err(io_at(dest_root))?;
         let target = if meta.is_dir() {
-            mkdir_all(dest_root, dest, 0o755, root_owner).map_err(io_at(&dest_abs))?
+            mkdir_all(dest_root, dest, created_mode, root_owner).map_err(io_at(&dest_abs))?
         } else if dest_is_dir || dest_abs.is_dir() {
-            let dir = mkdir_all(dest_root, dest, 0o755, root_owner).map_err(io_at(&dest_abs))?;
+            let dir =
+                mkdir_all(dest_root, dest, created_mode, root_owner).map_err(io_at(&dest_abs))?;
             let name = Path::new(&s.rel)
                 .file_name()
                 .map(OsStr::to_os_string)
@@ -123,34 +131,62 @@ pub fn copy(
             let parent = dest
                 .rsplit_once('/')
                 .map_or("/", |(p, _)| if p.is_empty() { "/" } else { p });
-            mkdir_all(dest_root, parent, 0o755, root_owner).map_err(io_at(&dest_abs))?;
+            mkdir_all(dest_root, parent, created_mode, root_owner).map_err(io_at(&dest_abs))?;
             resolve_in_root(dest_root, dest, false).map_err(io_at(&dest_abs))?
         };
-        targets.push(target);
-    }
-    let mut dirs: Vec<(PathBuf, Metadata)> = Vec::new();
-    walk(sources, matcher, filter, &mut |e| {
-        let target = if e.rel.is_empty() {
-            targets[e.source].clone()
-        } else {
-            targets[e.source].join(e.rel)
-        };
-        // The source directory itself only lends its contents; its own entry is the target dir.
-        if e.rel.is_empty() && e.meta.is_dir() {
-            return Ok(());
+        // A directory source lends its contents and its mtime to the directory receiving them
+        // (new or not), as BuildKit's copy does; its mode and owner are not copied.
+        let mut dirs: Vec<(PathBuf, Metadata)> = Vec::new();
+        if meta.is_dir() && s.lends_mtime {
+            dirs.push((target.clone(), meta));
         }
-        copy_entry(&e, &target, owner, chmod)?;
-        if e.meta.is_dir() {
-            dirs.push((target, e.meta.clone()));
+        // Files hard-linked to each other within the source stay linked (BuildKit's copier
+        // keeps them per source), the first one met copied, the others linked to it.
+        let mut linked: HashMap<(u64, u64), PathBuf> = HashMap::new();
+        walk(std::slice::from_ref(s), matcher, filter, &mut |e| {
+            let entry_target = if e.rel.is_empty() {
+                target.clone()
+            } else {
+                target.join(e.rel)
+            };
+            if e.rel.is_empty() && e.meta.is_dir() {
+                return Ok(());
+            }
+            if e.meta.is_file() && e.meta.nlink() > 1 {
+                let inode = (e.meta.dev(), e.meta.ino());
+                if let Some(first) = linked.get(&inode) {
+                    return hard_link(first, &entry_target);
+                }
+                linked.insert(inode, entry_target.clone());
+            }
+            copy_entry(&e, &entry_target, owner, chmod)?;
+            if e.meta.is_dir() {
+                dirs.push((entry_target, e.meta.clone()));
+            }
+            Ok(())
+        })?;
+        // Directory times last, after their children were written.
+        for (dir, meta) in dirs.iter().rev() {
+            let t = filetime::FileTime::from_last_modification_time(meta);
+            filetime::set_file_times(dir, t, t).map_err(io_at(dir))?;
         }
-        Ok(())
-    })?;
-    // Directory times last, after their children were written.
-    for (dir, meta) in dirs.iter().rev() {
-        let t = filetime::FileTime::from_last_modification_time(meta);
-        filetime::set_file_times(dir, t, t).map_err(io_at(dir))?;
     }
     Ok(())
+}
+
+/// Makes `dst` a hard link to `first`, replacing what is there unless it is a directory.
+fn hard_link(first: &Path, dst: &Path) -> io::Result<()> {
+    match fs::symlink_metadata(dst) {
+        Ok(m) if m.is_dir() => {
+            return Err(io::Error::other(format!(
+                "cannot replace directory `{}` with a file",
+                dst.display()
+            )));
+        }
+        Ok(_) => fs::remove_file(dst)?,
+        Err(_) => {}
+    }
+    fs::hard_link(first, dst)
 }
 
 fn copy_entry(src: &Entry<'_>, dst: &Path, owner: Owner, chmod: Option<&Chmod>) -> io::Result<()> {

@@ -17,7 +17,7 @@ pub use pattern::component_match;
 pub(crate) use pattern::has_wildcard;
 pub use prune::prune_unchanged_dirs;
 pub use resolve::{clean_rel, resolve_in_root};
-pub use select::{Source, SourceError, expand_sources, select};
+pub use select::{Source, SourceError, context_root_lends_no_mtime, expand_sources, select};
 pub use walk::{Entry, Filter, walk};
 
 #[cfg(test)]

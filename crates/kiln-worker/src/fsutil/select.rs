@@ -16,6 +16,10 @@ pub struct Source {
     pub abs: PathBuf,
     /// The root the source was resolved in; the walk opens `abs` from it, following nothing.
     pub(super) root: PathBuf,
+    /// Whether a directory source gives its mtime to the directory receiving its contents, as
+    /// BuildKit's copy does. Not the build context's own root: BuildKit's synced copy of the
+    /// context has the time of the sync there, never the directory's.
+    pub lends_mtime: bool,
 }
 
 impl Source {
@@ -25,6 +29,7 @@ impl Source {
             rel: String::new(),
             abs: root.to_path_buf(),
             root: root.to_path_buf(),
+            lends_mtime: true,
         }
     }
 
@@ -38,6 +43,7 @@ impl Source {
                 .unwrap_or_default(),
             abs: path.to_path_buf(),
             root: path.parent().unwrap_or(Path::new("/")).to_path_buf(),
+            lends_mtime: true,
         }
     }
 
@@ -182,6 +188,7 @@ fn literal(root: &Path, rel: String, matcher: Option<&Matcher>) -> Result<Source
         rel,
         abs,
         root: root.to_path_buf(),
+        lends_mtime: true,
     })
 }
 
@@ -190,6 +197,16 @@ pub struct Group {
     pub sources: Vec<Source>,
     /// The `--parents` pattern of the group (None: everything below the sources).
     pub include: Option<Matcher>,
+}
+
+/// Marks the build context's root, where it is a source, as lending no mtime (see
+/// [`Source::lends_mtime`]); for groups selected from the context.
+pub fn context_root_lends_no_mtime(groups: &mut [Group]) {
+    for s in groups.iter_mut().flat_map(|g| g.sources.iter_mut()) {
+        if s.abs == s.root {
+            s.lends_mtime = false;
+        }
+    }
 }
 
 /// Expands a COPY's sources. Without `parents` that is [`expand_sources`]; with it, each source

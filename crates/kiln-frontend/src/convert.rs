@@ -678,14 +678,20 @@ impl Converter<'_> {
                         .map_err(|e| self.located(ins, &e))?;
                         parsed.push(m);
                     }
-                    let (network, sandbox) = crate::sandbox::run_modes(
+                    let (network, mut sandbox) = crate::sandbox::run_modes(
                         &self.opts.run,
                         network.as_deref(),
                         security.as_deref(),
                     )
                     .map_err(|e| self.located(ins, &e))?;
-                    if !device.is_empty() {
-                        return Err(self.located(ins, "RUN --device is not supported yet"));
+                    for d in device {
+                        // Not expanded, as in BuildKit: `$D` is a device name.
+                        let d = kiln_dockerfile::instructions::parse_device(d)
+                            .map_err(|e| self.located(ins, &e))?;
+                        sandbox.devices.push(kiln_llb::DeviceRequest {
+                            name: d.name,
+                            required: d.required,
+                        });
                     }
                     let (command, script) = self.run_heredoc(ins, command, heredocs)?;
                     let first_mount_input = 1 + usize::from(script.is_some());

@@ -122,6 +122,9 @@ impl Engine {
         for w in &converted.warnings {
             progress.warn(w.clone());
         }
+        let cdi_dirs = kiln_worker::cdi::SPEC_DIRS.map(std::path::Path::new);
+        kiln_worker::cdi::check(&converted.definition, &cdi_dirs)
+            .map_err(kiln_worker::Error::from)?;
 
         let context_dir = std::fs::canonicalize(&req.context).map_err(io(format!(
             "the build context `{}` cannot be read",

@@ -105,7 +105,8 @@ mod tests {
             c.insecure_entitlements().into_iter().collect::<Vec<_>>(),
             [Entitlement::NetworkHost]
         );
-        assert!(Config::parse("insecure-entitlements = [\"device\"]\n").is_err());
+        assert!(Config::parse("insecure-entitlements = [\"device\"]\n").is_ok());
+        assert!(Config::parse("insecure-entitlements = [\"network.none\"]\n").is_err());
     }
 
     #[test]

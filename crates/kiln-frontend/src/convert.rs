@@ -5,12 +5,15 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use kiln_dockerfile::shell::ShellLex;
-use kiln_dockerfile::{Command, CopyArgs, Instruction, InstructionKind, Location};
+use kiln_dockerfile::{Command, Instruction, InstructionKind, Location};
 use kiln_llb::{
-    CacheMount, CopyOp, Definition, ExecMount, ExecOp, GitOp, HttpOp, InlineFile, MkdirOp,
-    MkfileOp, NodeId, Op, SecretMount, SshMount, TmpfsMount,
+    CacheMount, Definition, ExecMount, ExecOp, InlineFile, MkdirOp, MkfileOp, NodeId, Op,
+    SecretMount, SshMount, TmpfsMount,
 };
 use kiln_oci::{History, ImageConfig, Platform, Reference};
+
+mod copy;
+mod stages;
 
 use crate::path;
 use crate::{BuildOpts, Converted, Error, ImageResolver, Result};
@@ -31,6 +34,17 @@ struct Stage<'a> {
 struct StageResult {
     node: NodeId,
     image: ImageConfig,
+}
+
+/// A stage's starting point, before its instructions: the base's filesystem and config, and the
+/// base's ONBUILD triggers (which may name stages of their own).
+struct StageBase {
+    node: NodeId,
+    image: ImageConfig,
+    triggers: Vec<Instruction>,
+    platform: Platform,
+    /// `name ` in step labels of a multi-stage build.
+    prefix: String,
 }
 
 struct Converter<'a> {
@@ -56,16 +70,22 @@ pub async fn convert(
     let dockerfile = kiln_dockerfile::parse(source).map_err(|e| Error::Dockerfile {
         rendered: e.render(&opts.dockerfile_name, source),
     })?;
-    if let Some(syntax) = &dockerfile.directives.syntax
-        && !is_builtin_syntax(syntax)
-    {
-        return Err(Error::Dockerfile {
-            rendered: format!(
-                "error: {}: `# syntax={syntax}` names an external frontend image, which is not supported yet \
-                 (kiln's built-in frontend implements docker/dockerfile:1)",
-                opts.dockerfile_name
-            ),
-        });
+    // Parser warnings (empty continuation lines) are reported by the build checks.
+    let mut warnings: Vec<String> = Vec::new();
+    if let Some(syntax) = &dockerfile.directives.syntax {
+        match crate::syntax::classify(syntax) {
+            crate::syntax::Syntax::Builtin(warning) => warnings.extend(warning),
+            crate::syntax::Syntax::Foreign => {
+                return Err(Error::Dockerfile {
+                    rendered: format!(
+                        "error: {}: `# syntax={syntax}` names a frontend image other than Docker's \
+                         Dockerfile frontend, which is not supported yet (kiln runs \
+                         docker/dockerfile images with its built-in frontend)",
+                        opts.dockerfile_name
+                    ),
+                });
+            }
+        }
     }
     let mut conv = Converter {
         opts,
@@ -79,8 +99,6 @@ pub async fn convert(
         images: BTreeMap::new(),
         stage_names: Vec::new(),
     };
-    // Parser warnings (empty continuation lines) are reported by the build checks.
-    let mut warnings: Vec<String> = Vec::new();
 
     // Instructions before the first FROM: only ARG is allowed there.
     let mut stages: Vec<Stage> = Vec::new();
@@ -150,18 +168,7 @@ pub async fn convert(
         }
     };
 
-    let needed = conv.needed_stages(&stages, target)?;
-    let multistage = stages.len() > 1;
-    let mut results: Vec<Option<StageResult>> = vec![None; stages.len()];
-    for i in 0..=target {
-        if !needed.contains(&i) {
-            continue;
-        }
-        let r = conv
-            .convert_stage(i, &stages, &results, multistage, resolver)
-            .await?;
-        results[i] = Some(r);
-    }
+    let result = conv.convert_stages(&stages, target, resolver).await?;
     let ignore = kiln_ignore::Matcher::new(&opts.excludes).ok();
     let report = crate::lint::lint(
         &dockerfile,
@@ -195,9 +202,6 @@ pub async fn convert(
             list.join(" ")
         ));
     }
-    let result = results[target]
-        .take()
-        .expect("the target stage was converted");
     Ok(Converted {
         definition: conv.def,
         root: result.node,
@@ -211,13 +215,6 @@ pub async fn convert(
             .map(|(k, v)| format!("{k}={v}"))
             .collect(),
     })
-}
-
-/// `docker/dockerfile:1`, `docker.io/docker/dockerfile:1.7`, `docker/dockerfile` and the like,
-/// which kiln's own frontend stands in for.
-fn is_builtin_syntax(syntax: &str) -> bool {
-    let name = syntax.split(['@', ':']).next().unwrap_or_default();
-    matches!(name, "docker/dockerfile" | "docker.io/docker/dockerfile")
 }
 
 fn platform_args(p: &Platform) -> BTreeMap<String, String> {
@@ -446,8 +443,18 @@ impl Converter<'_> {
         }
     }
 
-    fn not_supported(&self, ins: &Instruction, what: &str) -> Error {
-        self.located(ins, &format!("{what} is not supported yet"))
+    /// The result of stage `dep`, which `ins` reads from as `name`. The stages an instruction
+    /// names (its own or, for an ONBUILD trigger, its base's) are converted before it.
+    fn converted<'r>(
+        &self,
+        ins: &Instruction,
+        done: &'r [Option<StageResult>],
+        dep: usize,
+        name: &str,
+    ) -> Result<&'r StageResult> {
+        done[dep].as_ref().ok_or_else(|| {
+            self.located(ins, &format!("stage `{name}` was not built before its use"))
+        })
     }
 
     fn expand(
@@ -480,51 +487,6 @@ impl Converter<'_> {
             }
         }
         Ok(())
-    }
-
-    /// The stages `target` needs, through FROM and COPY --from.
-    fn needed_stages(&self, stages: &[Stage], target: usize) -> Result<BTreeSet<usize>> {
-        let mut needed = BTreeSet::new();
-        let mut todo = vec![target];
-        while let Some(i) = todo.pop() {
-            if !needed.insert(i) {
-                continue;
-            }
-            let base = self.expand(stages[i].from, &stages[i].image, &self.meta_args)?;
-            if let Some(dep) = self.stage_ref(stages, i, &base) {
-                todo.push(dep);
-            }
-            for ins in &stages[i].instructions {
-                if let InstructionKind::Copy(args) = &ins.kind
-                    && let Some(from) = &args.from
-                    && let Some(dep) = self.stage_ref(stages, i, from)
-                {
-                    todo.push(dep);
-                }
-                if let InstructionKind::Run { mounts, .. } = &ins.kind {
-                    for m in mounts {
-                        if let Some(from) = crate::mount::from_of(m)
-                            && let Some(dep) = self.stage_ref(stages, i, &from)
-                        {
-                            todo.push(dep);
-                        }
-                    }
-                }
-            }
-        }
-        Ok(needed)
-    }
-
-    /// A stage named or numbered `name` defined before stage `current`.
-    fn stage_ref(&self, stages: &[Stage], current: usize, name: &str) -> Option<usize> {
-        let lower = name.to_ascii_lowercase();
-        if let Some(i) = stages[..current]
-            .iter()
-            .position(|s| s.name.as_deref() == Some(lower.as_str()))
-        {
-            return Some(i);
-        }
-        name.parse::<usize>().ok().filter(|i| *i < current)
     }
 
     fn context(&mut self) -> NodeId {
@@ -592,14 +554,15 @@ impl Converter<'_> {
         Ok((node, resolved.config))
     }
 
-    async fn convert_stage(
+    /// A stage's base (resolved image, `scratch` or an earlier stage) and its ONBUILD triggers.
+    async fn stage_base(
         &mut self,
         index: usize,
         stages: &[Stage<'_>],
         done: &[Option<StageResult>],
         multistage: bool,
         resolver: &dyn ImageResolver,
-    ) -> Result<StageResult> {
+    ) -> Result<StageBase> {
         let stage = &stages[index];
         let total = 1 + stage.instructions.iter().filter(|i| makes_step(i)).count();
         let prefix = if multistage {
@@ -613,8 +576,6 @@ impl Converter<'_> {
         } else {
             String::new()
         };
-        let mut step = 1;
-
         let platform = match &stage.platform {
             None => self.opts.platform.clone(),
             Some(p) => {
@@ -624,7 +585,7 @@ impl Converter<'_> {
             }
         };
         let base = self.expand(stage.from, &stage.image, &self.meta_args)?;
-        let (mut node, mut image) = if let Some(dep) = self.stage_ref(stages, index, &base) {
+        let (node, mut image) = if let Some(dep) = self.stage_ref(stages, index, &base) {
             let r = done[dep]
                 .clone()
                 .expect("stages a stage needs are converted first");
@@ -641,16 +602,42 @@ impl Converter<'_> {
             image.config.working_dir = Some("/".into());
             (self.def.add(Op::Scratch, vec![], ""), image)
         } else {
-            let display = format!("[{prefix}{step}/{}]", total);
+            let display = format!("[{prefix}1/{total}]");
             self.image_node(stage.from, &base, &platform, &display, resolver)
                 .await?
         };
         // The base's ONBUILD triggers run first, located at FROM, and are not inherited.
         let triggers = self.onbuild_triggers(stage.from, image.config.on_build.take())?;
+        Ok(StageBase {
+            node,
+            image,
+            triggers,
+            platform,
+            prefix,
+        })
+    }
+
+    async fn convert_stage(
+        &mut self,
+        index: usize,
+        stages: &[Stage<'_>],
+        done: &[Option<StageResult>],
+        base: StageBase,
+        resolver: &dyn ImageResolver,
+    ) -> Result<StageResult> {
+        let stage = &stages[index];
+        let StageBase {
+            mut node,
+            mut image,
+            triggers,
+            platform,
+            prefix,
+        } = base;
+        let mut step = 1;
         let mut instructions: Vec<(&Instruction, bool)> =
             triggers.iter().map(|t| (t, true)).collect();
         instructions.extend(stage.instructions.iter().map(|i| (*i, false)));
-        let total = total + triggers.iter().filter(|i| makes_step(i)).count();
+        let total = 1 + instructions.iter().filter(|(i, _)| makes_step(i)).count();
         if image.config.env.is_none() {
             image.config.env = Some(vec![format!("PATH={DEFAULT_PATH}")]);
         }
@@ -693,14 +680,20 @@ impl Converter<'_> {
                         .map_err(|e| self.located(ins, &e))?;
                         parsed.push(m);
                     }
-                    let (network, sandbox) = crate::sandbox::run_modes(
+                    let (network, mut sandbox) = crate::sandbox::run_modes(
                         &self.opts.run,
                         network.as_deref(),
                         security.as_deref(),
                     )
                     .map_err(|e| self.located(ins, &e))?;
-                    if !device.is_empty() {
-                        return Err(self.not_supported(ins, "RUN --device"));
+                    for d in device {
+                        // Not expanded, as in BuildKit: `$D` is a device name.
+                        let d = kiln_dockerfile::instructions::parse_device(d)
+                            .map_err(|e| self.located(ins, &e))?;
+                        sandbox.devices.push(kiln_llb::DeviceRequest {
+                            name: d.name,
+                            required: d.required,
+                        });
                     }
                     let (command, script) = self.run_heredoc(ins, command, heredocs)?;
                     let first_mount_input = 1 + usize::from(script.is_some());
@@ -1233,12 +1226,7 @@ impl Converter<'_> {
         resolver: &dyn ImageResolver,
     ) -> Result<NodeId> {
         if let Some(dep) = self.stage_ref(stages, index, from) {
-            return Ok(done[dep]
-                .as_ref()
-                .ok_or_else(|| {
-                    self.not_supported(ins, "`from` a stage named only in an ONBUILD trigger")
-                })?
-                .node);
+            return Ok(self.converted(ins, done, dep, from)?.node);
         }
         if stages[index..]
             .iter()
@@ -1248,293 +1236,6 @@ impl Converter<'_> {
         }
         let platform = self.opts.platform.clone();
         Ok(self.image_node(ins, from, &platform, "", resolver).await?.0)
-    }
-
-    #[allow(clippy::too_many_arguments)]
-    async fn copy(
-        &mut self,
-        ins: &Instruction,
-        add: bool,
-        copy: &CopyArgs,
-        node: NodeId,
-        image: &ImageConfig,
-        env: &BTreeMap<String, String>,
-        stages: &[Stage<'_>],
-        index: usize,
-        done: &[Option<StageResult>],
-        label: &str,
-        resolver: &dyn ImageResolver,
-    ) -> Result<NodeId> {
-        // --link changes only how BuildKit reuses the layer, never the files: same op here.
-        // --exclude patterns are not expanded, as in BuildKit; they are checked here so a bad
-        // one fails at its line.
-        if let Err(e) = kiln_ignore::Matcher::new(&copy.exclude).and_then(|m| m.validate()) {
-            return Err(self.located(ins, &format!("invalid --exclude pattern: {e}")));
-        }
-        if !add && (copy.checksum.is_some() || copy.keep_git_dir.is_some() || copy.unpack.is_some())
-        {
-            return Err(self.not_supported(ins, "this COPY flag"));
-        }
-        let mut sources = Vec::new();
-        let mut urls = Vec::new();
-        let mut gits = Vec::new();
-        for s in &copy.sources {
-            let s = self.expand(ins, s, env)?;
-            if let Some(git) = crate::git_url::parse_git_ref(&s) {
-                if !add {
-                    return Err(self.located(ins, "source can't be a git ref for COPY"));
-                }
-                gits.push(git.map_err(|e| self.located(ins, &e.to_string()))?);
-                continue;
-            }
-            if s.starts_with("http://") || s.starts_with("https://") {
-                if !add {
-                    return Err(self.located(ins, "source can't be a URL for COPY"));
-                }
-                urls.push(s);
-            } else {
-                sources.push(s);
-            }
-        }
-        let checksum = match &copy.checksum {
-            None => None,
-            Some(c) => {
-                let c = self.expand(ins, c, env)?;
-                if copy.sources.len() + copy.heredocs.len() != 1 {
-                    return Err(
-                        self.located(ins, "checksum can't be specified for multiple sources")
-                    );
-                }
-                if urls.is_empty() && gits.is_empty() {
-                    return Err(self.located(ins, "checksum requires HTTP(S) or Git sources"));
-                }
-                if !gits.is_empty() {
-                    if c.is_empty() || !c.chars().all(|ch| ch.is_ascii_hexdigit()) {
-                        return Err(self.located(
-                            ins,
-                            &format!(
-                                "invalid checksum `{c}` for a Git URL: expected a hex commit hash"
-                            ),
-                        ));
-                    }
-                } else if kiln_oci::parse_digest(&c).is_err() || !c.starts_with("sha256:") {
-                    return Err(self.located(
-                        ins,
-                        &format!("invalid checksum `{c}`: only sha256:<hex> is supported"),
-                    ));
-                }
-                Some(c)
-            }
-        };
-        let unpack = match copy.unpack.as_deref() {
-            None => None,
-            Some(u) => Some(
-                self.expand(ins, u, env)?
-                    .parse::<bool>()
-                    .map_err(|_| self.located(ins, &format!("invalid --unpack `{u}`")))?,
-            ),
-        };
-        let dest = self.expand(ins, &copy.dest, env)?;
-        let cwd = working_dir(image);
-        let mut dest = path::copy_dest(&cwd, &dest);
-        if sources.len() + urls.len() + gits.len() + copy.heredocs.len() > 1 && !dest.ends_with('/')
-        {
-            if copy.dest.ends_with('/') {
-                dest.push('/');
-            } else {
-                return Err(self.located(ins, "when using COPY with more than one source file, the destination must be a directory and end with a /"));
-            }
-        }
-        let chown = match &copy.chown {
-            Some(c) => Some(self.expand(ins, c, env)?),
-            None => None,
-        };
-        // Octal modes go in `chmod`; symbolic ones are kept as written and applied per file.
-        let (chmod, chmod_symbolic) = match &copy.chmod {
-            Some(c) => {
-                let c = self.expand(ins, c, env)?;
-                match kiln_llb::mode::Chmod::parse(&c) {
-                    Ok(kiln_llb::mode::Chmod::Octal(m)) => (Some(m), None),
-                    Ok(kiln_llb::mode::Chmod::Symbolic(_)) => (None, Some(c)),
-                    Err(e) => return Err(self.located(ins, &e.to_string())),
-                }
-            }
-            None => (None, None),
-        };
-        let source_node = match &copy.from {
-            None => self.context(),
-            Some(from) => {
-                let from = self.expand(ins, from, env)?;
-                if let Some(dep) = self.stage_ref(stages, index, &from) {
-                    // Only an ONBUILD trigger can name a stage the target did not need.
-                    done[dep]
-                        .as_ref()
-                        .ok_or_else(|| {
-                            self.not_supported(
-                                ins,
-                                "COPY --from a stage named only in an ONBUILD trigger",
-                            )
-                        })?
-                        .node
-                } else if stages[index..]
-                    .iter()
-                    .any(|s| s.name.as_deref() == Some(from.to_ascii_lowercase().as_str()))
-                {
-                    return Err(
-                        self.located(ins, &format!("stage `{from}` is used before it is defined"))
-                    );
-                } else {
-                    let platform = self.opts.platform.clone();
-                    self.image_node(ins, &from, &platform, "", resolver)
-                        .await?
-                        .0
-                }
-            }
-        };
-        let name = format!("{label} {}", one_line(&ins.original));
-        let mut node = node;
-        if !sources.is_empty() || (copy.heredocs.is_empty() && urls.is_empty() && gits.is_empty()) {
-            let op = Op::Copy(CopyOp {
-                sources,
-                dest: dest.clone(),
-                chown: chown.clone(),
-                chmod,
-                allow_wildcard: true,
-                unpack: add && unpack != Some(false),
-                exclude: copy.exclude.clone(),
-                parents: copy.parents,
-                chmod_symbolic: chmod_symbolic.clone(),
-            });
-            node = self.def.add(op, vec![node, source_node], name.clone());
-        }
-        // Each URL is downloaded into its own filesystem, then copied like a local file;
-        // downloads are not extracted unless --unpack=true.
-        for url in urls {
-            let filename = url_filename(&url);
-            let http = Op::Http(HttpOp {
-                url: url.clone(),
-                checksum: checksum.clone(),
-                filename: filename.clone(),
-            });
-            let http = self
-                .def
-                .add(http, vec![], format!("{label} {}", one_line(&ins.original)));
-            let op = Op::Copy(CopyOp {
-                sources: vec![filename],
-                dest: dest.clone(),
-                chown: chown.clone(),
-                chmod,
-                allow_wildcard: false,
-                unpack: unpack == Some(true),
-                exclude: Vec::new(),
-                parents: false,
-                chmod_symbolic: chmod_symbolic.clone(),
-            });
-            node = self.def.add(op, vec![node, http], name.clone());
-        }
-        // Each repository is checked out into its own filesystem, whose root is copied into the
-        // destination directory, as BuildKit does.
-        if !gits.is_empty() {
-            let keep_git_dir =
-                match copy.keep_git_dir.as_deref() {
-                    None => None,
-                    Some(k) => Some(self.expand(ins, k, env)?.parse::<bool>().map_err(|_| {
-                        self.located(ins, &format!("invalid --keep-git-dir `{k}`"))
-                    })?),
-                };
-            for git in gits {
-                let op = self.git_op(ins, git, keep_git_dir, checksum.as_deref())?;
-                let git = self.def.add(op, vec![], name.clone());
-                // Fetch errors are reported against the ADD line.
-                self.locations.entry(git).or_insert(ins.location);
-                let op = Op::Copy(CopyOp {
-                    sources: vec![".".into()],
-                    dest: dest.clone(),
-                    chown: chown.clone(),
-                    chmod,
-                    allow_wildcard: false,
-                    unpack: false,
-                    exclude: copy.exclude.clone(),
-                    parents: false,
-                    chmod_symbolic: chmod_symbolic.clone(),
-                });
-                node = self.def.add(op, vec![node, git], name.clone());
-            }
-        }
-        if !copy.heredocs.is_empty() {
-            // Each body becomes a 0644 file named after its terminator, copied like a source.
-            let mut files = Vec::new();
-            for h in &copy.heredocs {
-                let data = if h.expand {
-                    self.expand_heredoc(ins, &h.content, env)?
-                } else {
-                    h.content.clone()
-                };
-                files.push(InlineFile {
-                    path: h.name.clone(),
-                    data,
-                    mode: 0o644,
-                });
-            }
-            let names = files.iter().map(|f| f.path.clone()).collect();
-            let mkfile = self.def.add(
-                Op::Mkfile(MkfileOp { files }),
-                vec![],
-                "preparing inline document",
-            );
-            let op = Op::Copy(CopyOp {
-                sources: names,
-                dest,
-                chown,
-                chmod,
-                allow_wildcard: false,
-                unpack: false,
-                exclude: Vec::new(),
-                parents: false,
-                chmod_symbolic,
-            });
-            node = self.def.add(op, vec![node, mkfile], name);
-        }
-        Ok(node)
-    }
-
-    /// The Git source op of `ADD <git url>`: `--keep-git-dir` and `--checksum` must agree with
-    /// the URL's own `keep-git-dir=` and `checksum=` when both are given.
-    fn git_op(
-        &self,
-        ins: &Instruction,
-        git: crate::git_url::GitRef,
-        keep_git_dir: Option<bool>,
-        checksum: Option<&str>,
-    ) -> Result<Op> {
-        if let (Some(a), Some(b)) = (keep_git_dir, git.keep_git_dir)
-            && a != b
-        {
-            return Err(self.located(ins, "inconsistent keep-git-dir configuration"));
-        }
-        if let (Some(a), Some(b)) = (checksum, git.checksum.as_deref())
-            && a != b
-        {
-            return Err(self.located(ins, &format!("checksum mismatch `{a}` != `{b}`")));
-        }
-        let checksum = git.checksum.as_deref().or(checksum).map(str::to_string);
-        if let Some(c) = &checksum
-            && (c.is_empty() || !c.chars().all(|ch| ch.is_ascii_hexdigit()))
-        {
-            return Err(self.located(
-                ins,
-                &format!("invalid checksum `{c}` for a Git URL: expected a hex commit hash"),
-            ));
-        }
-        Ok(Op::Git(GitOp {
-            remote: git.remote,
-            reference: git.reference,
-            subdir: git.subdir,
-            keep_git_dir: git.keep_git_dir.or(keep_git_dir).unwrap_or(false),
-            checksum: checksum.map(|c| c.to_ascii_lowercase()),
-            skip_submodules: git.submodules == Some(false),
-            mtime_commit: git.mtime_commit,
-        }))
     }
 
     /// Expands a COPY heredoc body as BuildKit does: variables and escapes are processed, quotes
@@ -1586,18 +1287,6 @@ fn expansion_env(
         env.insert(k.to_string(), v.to_string());
     }
     env
-}
-
-/// The file name ADD gives a download: the last segment of the URL path, `__unnamed__` when
-/// there is none (as BuildKit does).
-fn url_filename(url: &str) -> String {
-    let rest = url.split_once("://").map_or(url, |(_, r)| r);
-    let rest = rest.split(['?', '#']).next().unwrap_or_default();
-    let path = rest.find('/').map_or("", |i| &rest[i..]);
-    match path.trim_end_matches('/').rsplit('/').next() {
-        Some(base) if !base.is_empty() && base != "." => base.to_string(),
-        _ => "__unnamed__".to_string(),
-    }
 }
 
 /// Where a RUN heredoc with a shebang is mounted (read-only), as in BuildKit.
@@ -1696,25 +1385,6 @@ mod tests {
         );
         assert!(expose_keys("http").is_err());
         assert!(expose_keys("80/xyz").is_err());
-    }
-
-    #[test]
-    fn builtin_syntax_names() {
-        assert!(is_builtin_syntax("docker/dockerfile:1"));
-        assert!(is_builtin_syntax("docker.io/docker/dockerfile:1.7-labs"));
-        assert!(is_builtin_syntax("docker/dockerfile"));
-        assert!(!is_builtin_syntax("example.com/my/frontend:1"));
-    }
-
-    #[test]
-    fn url_file_names() {
-        assert_eq!(
-            url_filename("https://example.com/a/b.tar.gz?x=1"),
-            "b.tar.gz"
-        );
-        assert_eq!(url_filename("http://example.com/dir/"), "dir");
-        assert_eq!(url_filename("http://example.com"), "__unnamed__");
-        assert_eq!(url_filename("http://example.com/"), "__unnamed__");
     }
 
     #[test]

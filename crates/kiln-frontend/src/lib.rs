@@ -9,6 +9,7 @@ pub mod lint;
 mod mount;
 mod path;
 mod sandbox;
+mod syntax;
 
 use std::collections::{BTreeMap, HashMap};
 

@@ -117,6 +117,12 @@ pub fn parse(
             Some((k, v)) => (k.trim().to_ascii_lowercase(), Some(v)),
             None => (f.trim().to_ascii_lowercase(), None),
         };
+        // As BuildKit: the stages a build needs are found before variables have values.
+        if key == "from" && raw.is_some_and(|v| v.find('$').is_some_and(|i| i + 1 < v.len())) {
+            return Err(
+                "'from' doesn't support variable expansion, define alias stage instead".into(),
+            );
+        }
         let value = match raw {
             Some(v) => Some(expand(v.trim_matches('"'))?),
             None => None,
@@ -220,6 +226,16 @@ mod tests {
 
     fn p(v: &str) -> Result<RunMount, String> {
         parse(v, |s| Ok(s.replace("$DIR", "/expanded")))
+    }
+
+    #[test]
+    fn from_is_never_expanded() {
+        let err = p("target=/src,from=$DIR").unwrap_err();
+        assert!(
+            err.contains("'from' doesn't support variable expansion"),
+            "{err}"
+        );
+        assert!(p("target=/src,from=build$").is_ok());
     }
 
     #[test]

@@ -13,15 +13,23 @@ use kiln_llb::{ExecSandbox, HostEntry, NetworkMode, SecurityMode, Ulimit};
 pub enum Entitlement {
     NetworkHost,
     SecurityInsecure,
+    /// Registered CDI devices for `RUN --device` (BuildKit 0.20+). kiln registers none (see
+    /// `kiln_worker::cdi`), so nothing needs it yet; it is accepted so `--allow device` works.
+    Device,
 }
 
 impl Entitlement {
-    pub const ALL: [Entitlement; 2] = [Entitlement::NetworkHost, Entitlement::SecurityInsecure];
+    pub const ALL: [Entitlement; 3] = [
+        Entitlement::NetworkHost,
+        Entitlement::SecurityInsecure,
+        Entitlement::Device,
+    ];
 
     pub fn as_str(&self) -> &'static str {
         match self {
             Entitlement::NetworkHost => "network.host",
             Entitlement::SecurityInsecure => "security.insecure",
+            Entitlement::Device => "device",
         }
     }
 }
@@ -33,7 +41,7 @@ impl fmt::Display for Entitlement {
 }
 
 #[derive(Debug, thiserror::Error)]
-#[error("invalid entitlement `{0}`: expected `network.host` or `security.insecure`")]
+#[error("invalid entitlement `{0}`: expected `network.host`, `security.insecure` or `device`")]
 pub struct InvalidEntitlement(String);
 
 impl FromStr for Entitlement {
@@ -98,6 +106,7 @@ pub(crate) fn run_modes(
             extra_hosts: opts.extra_hosts.clone(),
             ulimits: opts.ulimits.clone(),
             shm_size: opts.shm_size,
+            devices: Vec::new(),
         },
     ))
 }

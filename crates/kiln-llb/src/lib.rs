@@ -126,6 +126,17 @@ pub struct ExecSandbox {
     /// `/dev/shm` size in bytes; the worker's default (64 MiB) when `None`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub shm_size: Option<u64>,
+    /// `RUN --device`: CDI devices by name, as BuildKit's exec op lists them.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub devices: Vec<DeviceRequest>,
+}
+
+/// A CDI device a RUN asks for (`RUN --device=name[,required]`). One that is not registered
+/// fails the step when required and is skipped otherwise, as in BuildKit.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeviceRequest {
+    pub name: String,
+    pub required: bool,
 }
 
 /// `RUN --security`.

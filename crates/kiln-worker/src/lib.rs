@@ -6,6 +6,7 @@
 
 mod add;
 pub mod cachemount;
+pub mod cdi;
 mod copystream;
 mod fsutil;
 pub mod git;
@@ -116,6 +117,8 @@ pub enum Error {
     SshNotFound(String),
     #[error("no build context was given")]
     NoContext,
+    #[error(transparent)]
+    Device(#[from] cdi::DeviceError),
     #[error("invalid image reference `{0}`")]
     Reference(String),
     #[error("invalid manifest for `{0}`")]

@@ -238,7 +238,7 @@ fn add_extracts_local_archives() {
 }
 
 /// Serves `body` at every path on 127.0.0.1 with a fixed Last-Modified; returns the address.
-fn serve(body: &'static [u8]) -> String {
+pub(crate) fn serve(body: &'static [u8]) -> String {
     use std::io::{BufRead, BufReader, Write};
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = listener.local_addr().unwrap().to_string();

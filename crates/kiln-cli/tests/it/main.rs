@@ -24,6 +24,7 @@ mod hostile_load;
 mod imagetools;
 mod killed;
 mod language;
+mod language_dropin;
 mod lint;
 mod load_unnamed;
 mod mounts;

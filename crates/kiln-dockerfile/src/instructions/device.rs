@@ -7,40 +7,46 @@ pub struct Device {
     pub required: bool,
 }
 
-/// Parses one `--device` value (comma-separated fields, CSV quoting allowed).
+/// Parses one `--device` value (comma-separated fields, CSV quoting allowed) as BuildKit's
+/// `ParseDevice`: the first field is the name unless it is `required` or `name=...`, so
+/// `vendor.com/class=gpu` is a name. The name may be empty (`--device=required`): such a device
+/// is never registered, which fails the step when it is required.
 pub fn parse_device(value: &str) -> Result<Device, String> {
+    if value.is_empty() {
+        return Err("failed to parse csv devices: EOF".into());
+    }
     let mut name: Option<String> = None;
     let mut required = false;
-    for field in csv_fields(value)? {
-        let (key, val) = match field.split_once('=') {
-            Some((k, v)) => (k.to_ascii_lowercase(), Some(v)),
-            None => (field.to_ascii_lowercase(), None),
-        };
-        let new_name = match (key.as_str(), val) {
-            ("required", None) => {
+    for (i, field) in csv_fields(value)?.into_iter().enumerate() {
+        let Some((key, val)) = field.split_once('=') else {
+            if field.eq_ignore_ascii_case("required") {
                 required = true;
-                continue;
+            } else if i == 0 {
+                name = Some(field);
+            } else {
+                return Err(format!("invalid field '{field}' must be a key=value pair"));
             }
-            ("required", Some(v)) => {
-                required =
-                    parse_go_bool(v).ok_or_else(|| format!("invalid value for required: {v}"))?;
-                continue;
-            }
-            ("name", Some(v)) => v.to_string(),
-            _ => field.clone(),
+            continue;
         };
-        if let Some(existing) = &name {
-            return Err(format!("device name already set to {existing}"));
+        match key.to_ascii_lowercase().as_str() {
+            "name" => {
+                if let Some(existing) = &name {
+                    return Err(format!("device name already set to {existing}"));
+                }
+                name = Some(val.to_string());
+            }
+            "required" => {
+                required = parse_go_bool(val)
+                    .ok_or_else(|| format!("invalid value for required: {val}"))?;
+            }
+            _ if i == 0 => name = Some(field.clone()),
+            key => return Err(format!("unexpected key '{key}' in '{field}'")),
         }
-        name = Some(new_name);
     }
-    match name {
-        Some(name) if !name.is_empty() => Ok(Device { name, required }),
-        _ => Err(format!(
-            "device name is required in {}",
-            crate::quote::go_quote(value)
-        )),
-    }
+    Ok(Device {
+        name: name.unwrap_or_default(),
+        required,
+    })
 }
 
 /// Go's `strconv.ParseBool`.
@@ -120,7 +126,23 @@ mod tests {
                 required: false
             }
         );
-        assert!(parse_device("required").is_err());
-        assert!(parse_device("a,required=maybe").is_err());
+        let d = parse_device("vendor.com/class=gpu,required").unwrap();
+        assert_eq!(
+            (d.name.as_str(), d.required),
+            ("vendor.com/class=gpu", true)
+        );
+        let d = parse_device("required").unwrap();
+        assert_eq!((d.name.as_str(), d.required), ("", true));
+        let d = parse_device("name=/dev/fuse,required=false").unwrap();
+        assert_eq!((d.name.as_str(), d.required), ("/dev/fuse", false));
+        for (value, err) in [
+            ("", "failed to parse csv devices: EOF"),
+            ("a,required=maybe", "invalid value for required: maybe"),
+            ("a,b", "invalid field 'b' must be a key=value pair"),
+            ("a,foo=bar", "unexpected key 'foo' in 'foo=bar'"),
+            ("a,name=b", "device name already set to a"),
+        ] {
+            assert_eq!(parse_device(value).unwrap_err(), err, "{value}");
+        }
     }
 }

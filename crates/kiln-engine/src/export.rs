@@ -131,6 +131,18 @@ impl Engine {
         Ok(())
     }
 
+    /// The empty layer (a tar of nothing but its end: 1024 zero bytes), stored uncompressed.
+    fn empty_layer(&self) -> Result<LayerRef> {
+        let digest = self.content.put(&[0u8; 1024], None)?;
+        Ok(LayerRef {
+            diff_id: Some(digest.clone()),
+            blob: Some(digest),
+            size: 1024,
+            media_type: media_type::OCI_LAYER_TAR.to_string(),
+            source: None,
+        })
+    }
+
     /// Stores the config (diff_ids and empty-layer history filled in) and a manifest.
     ///
     /// When `previous` names an image that differs from this one only in its timestamps (a
@@ -141,16 +153,16 @@ impl Engine {
         mut image: ImageConfig,
         previous: Option<&Reference>,
     ) -> Result<(Digest, Digest)> {
-        // History entries that made a layer line up with the chain; a step that changed nothing
-        // has no layer and its entry says so, as BuildKit writes it.
-        let mut chain = layers.iter();
-        for h in image.history.iter_mut().filter(|h| !h.empty_layer) {
-            match chain.next() {
-                Some(l) if l.diff_id.is_none() => h.empty_layer = true,
-                _ => {}
-            }
-        }
-        let present: Vec<&LayerRef> = layers.iter().filter(|l| l.diff_id.is_some()).collect();
+        // A step that changed nothing is still a layer of the image, the empty tar, as BuildKit
+        // v0.32 exports it (older BuildKit left it out and marked its history entry empty).
+        let layers: Vec<LayerRef> = layers
+            .iter()
+            .map(|l| match l.diff_id {
+                Some(_) => Ok(l.clone()),
+                None => self.empty_layer(),
+            })
+            .collect::<Result<_>>()?;
+        let present: Vec<&LayerRef> = layers.iter().collect();
         image.rootfs.diff_ids = present
             .iter()
             .filter_map(|l| l.diff_id.as_ref().map(|d| d.to_string()))

@@ -12,6 +12,8 @@ const SENTINEL: &str = "kiln-sentinel-5d1e8a-outside-the-context";
 
 struct Case {
     name: &'static str,
+    /// Whether BuildKit v0.32.2 builds it (checked with the oracle; none leaks).
+    builds: bool,
     /// The Dockerfile after `FROM scratch`; `{outside}` is the outside directory.
     steps: &'static str,
 }
@@ -19,82 +21,102 @@ struct Case {
 const CASES: &[Case] = &[
     Case {
         name: "wildcard-link-to-file",
+        builds: false,
         steps: "COPY lin* /x/",
     },
     Case {
         name: "wildcard-link-to-etc-shadow",
+        builds: false,
         steps: "COPY sha* /x/",
     },
     Case {
         name: "wildcard-through-parent-link",
+        builds: true,
         steps: "COPY up*/outside/secret /x/",
     },
     Case {
         name: "wildcard-through-grandparent-link",
+        builds: true,
         steps: "COPY up2*/*/outside/secret /x/",
     },
     Case {
         name: "wildcard-link-to-etc-in-subdir",
+        builds: false,
         steps: "COPY sub/et* /e/",
     },
     Case {
         name: "wildcard-through-link-to-etc",
+        builds: true,
         steps: "COPY e*/shadow /x/",
     },
     Case {
         name: "wildcard-link-to-dir",
+        builds: false,
         steps: "COPY o*/ /x/",
     },
     Case {
         name: "wildcard-link-chain",
+        builds: false,
         steps: "COPY ch* /x/",
     },
     Case {
         name: "star",
+        builds: false,
         steps: "COPY * /x/",
     },
     Case {
         name: "star-star",
+        builds: false,
         steps: "COPY */* /x/",
     },
     Case {
         name: "literal-link",
+        builds: false,
         steps: "COPY link /x",
     },
     Case {
         name: "literal-through-link",
+        builds: false,
         steps: "COPY up/outside/secret /x",
     },
     Case {
         name: "whole-context",
+        builds: true,
         steps: "COPY . /x/",
     },
     Case {
         name: "parents",
+        builds: true,
         steps: "COPY --parents ./up*/outside/secret /x/",
     },
     Case {
         name: "parents-pivot",
+        builds: false,
         steps: "COPY --parents up/./outside/secret /x/",
     },
     Case {
         name: "exclude",
+        builds: true,
         steps: "COPY --exclude=*.txt up*/outside /x/",
     },
     Case {
         name: "add-wildcard-link",
+        builds: false,
         steps: "ADD lin* /x/",
     },
     Case {
         name: "add-archive-through-link",
+        builds: true,
         steps: "ADD up*/outside/secret.tar /x/",
     },
     Case {
         name: "wildcard-link-inside",
+        builds: true,
         steps: "COPY inl* /x/\nCOPY ind* /y/",
     },
     Case {
         name: "add-archive-link",
+        builds: false,
         steps: "ADD tarl* /x/",
     },
 ];
@@ -159,7 +181,6 @@ fn holding(dir: &Path, needle: &[u8]) -> Vec<PathBuf> {
 
 fn run_corpus(k: &Kiln, ctx: &Path, mode: &str) {
     let shadow = std::fs::read("/etc/shadow").unwrap_or_default();
-    let mut built = 0;
     for case in CASES {
         std::fs::write(
             ctx.join("Dockerfile"),
@@ -179,11 +200,17 @@ fn run_corpus(k: &Kiln, ctx: &Path, mode: &str) {
             case.name,
             run.stderr
         );
-        let error = run.stderr.lines().find(|l| l.starts_with("error"));
+        let error = run.stderr.lines().find(|l| l.starts_with("ERROR: "));
         eprintln!("{mode}/{}: {}", case.name, error.unwrap_or("built"));
-        if run.code == Some(0) {
-            built += 1;
-        } else {
+        assert_eq!(
+            run.code == Some(0),
+            case.builds,
+            "{mode}/{}: BuildKit {} it\n{}",
+            case.name,
+            if case.builds { "builds" } else { "refuses" },
+            run.stderr
+        );
+        if run.code != Some(0) {
             assert!(
                 run.stderr.contains("Dockerfile:2"),
                 "{mode}/{}: {}",
@@ -211,9 +238,7 @@ fn run_corpus(k: &Kiln, ctx: &Path, mode: &str) {
             }
         }
     }
-    // The cases that name only what the context holds build: the whole context (its links as
-    // links), links that stay inside, and a `--parents` pattern that matches nothing.
-    assert_eq!(built, 3, "{mode}");
+    // The links that stay inside copy what they point at.
     let inside = k.dir().join(format!("out-{mode}-wildcard-link-inside"));
     assert_eq!(
         std::fs::read_to_string(inside.join("x/inlink")).unwrap(),

@@ -316,10 +316,7 @@ fn wildcards_descend_into_directories_but_not_through_links() {
     assert_eq!(rels("indir/kee?"), ["indir/keep"]);
     assert_eq!(rels("ind*"), ["indir"]);
     assert_eq!(rels("s*/keep"), ["sub/keep"]);
-    assert_eq!(
-        rels("i*/kee?"),
-        ["error: no source files were specified matching `i*/kee?`"]
-    );
+    assert!(rels("i*/kee?").is_empty());
     let (dst, result) = copy_pattern(&fx, "ind*");
     result.unwrap();
     assert_eq!(

@@ -66,8 +66,6 @@ pub enum SourceError {
         path: String,
         excluded_by: Option<String>,
     },
-    #[error("no source files were specified matching `{0}`")]
-    NoMatch(String),
     #[error("invalid copy pattern")]
     Pattern(#[source] kiln_ignore::Error),
     #[error("reading `{path}`")]
@@ -159,9 +157,7 @@ pub fn expand_sources(
             }
             found = next;
         }
-        if found.is_empty() {
-            return Err(SourceError::NoMatch(pattern.clone()));
-        }
+        // A pattern that matches nothing copies nothing, and is no error (BuildKit's rule).
         for (rel, _) in found {
             out.push(literal(root, rel, matcher)?);
         }

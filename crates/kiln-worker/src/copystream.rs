@@ -157,7 +157,7 @@ impl LayerWriter<'_> {
         if resolved.ok() != Some(self.lower.join(&dest)) {
             return Ok(Some("the destination path goes through a symlink"));
         }
-        let dest_is_dir = req.dest.ends_with('/') || sources.len() > 1;
+        let dest_is_dir = req.dest.ends_with('/');
         let mut metas = Vec::new();
         for s in sources {
             metas.push(
@@ -182,6 +182,10 @@ impl LayerWriter<'_> {
                     .unwrap_or_default();
                 (dest.clone(), join(&dest, &name))
             } else {
+                // The file-based copy writes through a symlink found there.
+                if fs::symlink_metadata(self.lower.join(&dest)).is_ok_and(|m| m.is_symlink()) {
+                    return Ok(Some("the destination is a symlink"));
+                }
                 let parent = dest.rsplit_once('/').map_or("", |(p, _)| p).to_string();
                 (parent, dest.clone())
             };
@@ -311,7 +315,8 @@ impl LayerWriter<'_> {
             req.chmod
                 .map_or(meta.mode() & 0o7777, |c| c.apply(meta.mode(), ft.is_dir()))
         };
-        let mut h = header(kind, mode, req.owner, mtime(meta));
+        let time = if e.implied { self.now } else { mtime(meta) };
+        let mut h = header(kind, mode, req.owner, time);
         if many && (self.written.contains(target) || self.deferred.contains_key(target)) {
             return Err(fallback("two sources copy to the same path"));
         }

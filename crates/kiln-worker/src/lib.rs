@@ -844,7 +844,8 @@ impl LlbWorker {
                 add::extract(archive, &out, &work.join("decompressed"))?;
                 let tree = fsutil::Source::whole(&out);
                 let all = fsutil::Filter::default();
-                fsutil::copy(&[tree], None, all, &merged2, &dest, archive_owner, chmod)?;
+                // BuildKit unpacks archives with their own modes: --chmod does not apply.
+                fsutil::copy(&[tree], None, all, &merged2, &dest, archive_owner, None)?;
             }
             Ok(())
         })

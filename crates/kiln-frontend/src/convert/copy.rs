@@ -97,18 +97,35 @@ impl Converter<'_> {
         let dest = self.expand(ins, &copy.dest, env)?;
         let cwd = working_dir(image);
         let mut dest = path::copy_dest(&cwd, &dest);
-        if sources.len() + urls.len() + gits.len() + copy.heredocs.len() > 1 && !dest.ends_with('/')
-        {
-            if copy.dest.ends_with('/') {
-                dest.push('/');
-            } else {
-                return Err(self.located(ins, "when using COPY with more than one source file, the destination must be a directory and end with a /"));
-            }
+        // Several sources need no directory destination: BuildKit copies each in turn with the
+        // rules of one (onto a file path, the last wins), unlike the classic builder.
+        if copy.dest.ends_with('/') && !dest.ends_with('/') {
+            dest.push('/');
         }
         let chown = match &copy.chown {
             Some(c) => Some(self.expand(ins, c, env)?),
             None => None,
         };
+        // BuildKit copies a --link layer (without --chmod) onto nothing, where no name can be
+        // looked up: a user other than root or a group given by name fails the build
+        // (moby/buildkit#2987; later BuildKit refuses it when parsing).
+        if copy.link
+            && copy.chmod.is_none()
+            && let Some(c) = &chown
+        {
+            let (user, group) = c
+                .split_once(':')
+                .map_or((c.as_str(), None), |(u, g)| (u, Some(g)));
+            let named = |s: &str| s.parse::<u32>().is_err();
+            if (named(user) && user != "root") || group.is_some_and(named) {
+                return Err(self.located(
+                    ins,
+                    &format!(
+                        "invalid user index: -1: COPY --link cannot look up the names in --chown={c}; use numeric ids"
+                    ),
+                ));
+            }
+        }
         // Octal modes go in `chmod`; symbolic ones are kept as written and applied per file.
         let (chmod, chmod_symbolic) = match &copy.chmod {
             Some(c) => {

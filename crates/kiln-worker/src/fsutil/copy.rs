@@ -97,7 +97,9 @@ pub fn copy(
     owner: Owner,
     chmod: Option<&Chmod>,
 ) -> Result<(), SourceError> {
-    let dest_is_dir = dest.ends_with('/') || sources.len() > 1;
+    // A destination is a directory when it says so with a trailing slash or is one; with
+    // several sources each is copied by the rule of one (BuildKit).
+    let dest_is_dir = dest.ends_with('/');
     let root_owner = match owner {
         Owner::Set { uid, gid } => (uid, gid),
         Owner::Keep => (0, 0),
@@ -118,6 +120,12 @@ pub fn copy(
         let meta = s.metadata().map_err(io_at(&s.abs))?;
         let dest_abs = resolve_in_root(dest_root, dest, true).map_err(io_at(dest_root))?;
         let target = if meta.is_dir() {
+            if fs::symlink_metadata(&dest_abs).is_ok_and(|m| !m.is_dir()) {
+                return Err(SourceError::Io {
+                    path: dest_abs,
+                    source: io::Error::other(format!("cannot copy to non-directory: {dest}")),
+                });
+            }
             mkdir_all(dest_root, dest, created_mode, root_owner).map_err(io_at(&dest_abs))?
         } else if dest_is_dir || dest_abs.is_dir() {
             let dir =
@@ -132,7 +140,8 @@ pub fn copy(
                 .rsplit_once('/')
                 .map_or("/", |(p, _)| if p.is_empty() { "/" } else { p });
             mkdir_all(dest_root, parent, created_mode, root_owner).map_err(io_at(&dest_abs))?;
-            resolve_in_root(dest_root, dest, false).map_err(io_at(&dest_abs))?
+            // A symlink there is written through, inside the root, as BuildKit does.
+            dest_abs.clone()
         };
         // A directory source lends its contents and its mtime to the directory receiving them
         // (new or not), as BuildKit's copy does; its mode and owner are not copied.
@@ -160,7 +169,8 @@ pub fn copy(
                 linked.insert(inode, entry_target.clone());
             }
             copy_entry(&e, &entry_target, owner, chmod)?;
-            if e.meta.is_dir() {
+            // An implied directory keeps the time its children give it: the build's.
+            if e.meta.is_dir() && !e.implied {
                 dirs.push((entry_target, e.meta.clone()));
             }
             Ok(())

@@ -77,6 +77,9 @@ mod tests {
         assert!(component_match("a?c", "abc"));
         assert!(component_match("[a-c]x", "bx"));
         assert!(!component_match("[^a-c]x", "bx"));
+        // `!` is no negation in Go's classes.
+        assert!(component_match("[!a]", "!") && component_match("[!a]", "a"));
+        assert!(!component_match("[!a]", "b"));
         assert!(component_match("\\*", "*"));
         assert!(!component_match("[a", "a"));
     }

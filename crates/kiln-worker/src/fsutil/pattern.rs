@@ -19,7 +19,8 @@ fn match_from(p: &[char], n: &[char]) -> bool {
         Some('[') => {
             let Some(c) = n.first() else { return false };
             let mut i = 1;
-            let negate = matches!(p.get(1), Some('^') | Some('!'));
+            // Go negates a class with `^` only: `[!a]` is the class of `!` and `a`.
+            let negate = p.get(1) == Some(&'^');
             if negate {
                 i += 1;
             }

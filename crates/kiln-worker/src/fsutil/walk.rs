@@ -29,6 +29,9 @@ pub struct Entry<'a> {
     /// Where the entry is, for messages and as a key; never opened by path.
     pub abs: &'a Path,
     pub meta: &'a Metadata,
+    /// A directory not selected itself, visited because something below it is (`--parents`,
+    /// an `--exclude` exception): a copy recreates it, BuildKit with the build's time.
+    pub implied: bool,
     dir: BorrowedFd<'a>,
     name: &'a OsStr,
 }
@@ -102,6 +105,10 @@ struct Pending {
     meta: Metadata,
     parent: Rc<OwnedFd>,
     name: OsString,
+    /// Left out by the COPY's own filters (`--parents`, `--exclude`), not only by
+    /// .dockerignore: BuildKit's context still has a directory .dockerignore drops, with its
+    /// time, where the COPY's filters make one anew.
+    implied: bool,
 }
 
 /// A source opened for walking: the descriptor of the directory holding it and its name there.
@@ -184,6 +191,7 @@ pub fn walk(
             rel: "",
             abs: &s.abs,
             meta: &opened.meta,
+            implied: false,
             dir: opened.parent.as_fd(),
             name: &opened.name,
         })
@@ -222,6 +230,7 @@ impl Walker<'_, '_> {
                 rel: &p.rel,
                 abs: &p.abs,
                 meta: &p.meta,
+                implied: p.implied,
                 dir: p.parent.as_fd(),
                 name: &p.name,
             })
@@ -285,6 +294,7 @@ impl Walker<'_, '_> {
                     rel: &rel,
                     abs: &abs,
                     meta: &meta,
+                    implied: false,
                     dir: fd.as_fd(),
                     name: &name,
                 })?;
@@ -295,6 +305,7 @@ impl Walker<'_, '_> {
                     meta: meta.clone(),
                     parent: fd.clone(),
                     name: name.clone(),
+                    implied: dropped || !selected,
                 });
             }
             if is_dir {

@@ -126,6 +126,39 @@ pub struct ExecSandbox {
     /// `/dev/shm` size in bytes; the worker's default (64 MiB) when `None`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub shm_size: Option<u64>,
+    /// The cgroup the process's cgroup is made under (`--cgroup-parent`), as BuildKit's
+    /// `Meta.CgroupParent`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cgroup_parent: Option<String>,
+    /// Cgroup limits (`--resource`), boxed to keep ops small.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resources: Option<Box<ExecResources>>,
+}
+
+/// Cgroup limits of `kiln build --resource KEY=VALUE`, in runc's units.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ExecResources {
+    /// `memory`: bytes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memory: Option<i64>,
+    /// `memory-swap`: memory plus swap, bytes (`-1`: unlimited).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memory_swap: Option<i64>,
+    /// `cpu-quota`: microseconds per period.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cpu_quota: Option<i64>,
+    /// `cpu-period`: microseconds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cpu_period: Option<u64>,
+    /// `cpu-shares`: relative weight.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cpu_shares: Option<u64>,
+    /// `cpuset-cpus`: CPUs allowed (`0-3`, `0,1`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cpuset_cpus: Option<String>,
+    /// `cpuset-mems`: memory nodes allowed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cpuset_mems: Option<String>,
 }
 
 /// `RUN --security`.

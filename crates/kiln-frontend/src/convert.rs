@@ -153,13 +153,20 @@ pub async fn convert(
     let needed = conv.needed_stages(&stages, target)?;
     let multistage = stages.len() > 1;
     let mut results: Vec<Option<StageResult>> = vec![None; stages.len()];
+    let mut no_cache = std::collections::HashSet::new();
     for i in 0..=target {
         if !needed.contains(&i) {
             continue;
         }
+        let first_node = conv.def.len();
         let r = conv
             .convert_stage(i, &stages, &results, multistage, resolver)
             .await?;
+        // `--no-cache-filter`: the steps this stage added (a stage converts after the stages
+        // it needs, so the nodes added meanwhile are its own).
+        if crate::no_cache::filtered(&opts.no_cache_filter, stages[i].name.as_deref()) {
+            no_cache.extend((first_node..conv.def.len()).map(NodeId));
+        }
         results[i] = Some(r);
     }
     let ignore = kiln_ignore::Matcher::new(&opts.excludes).ok();
@@ -200,6 +207,7 @@ pub async fn convert(
         .expect("the target stage was converted");
     Ok(Converted {
         definition: conv.def,
+        no_cache,
         root: result.node,
         image: result.image,
         warnings,

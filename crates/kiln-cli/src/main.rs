@@ -175,7 +175,6 @@ async fn build(cli: &Cli, b: &BuildArgs) -> Result<ExitCode> {
     for (flag, set) in [
         ("--cache-from", !b.cache_from.is_empty()),
         ("--cache-to", !b.cache_to.is_empty()),
-        ("--squash", b.squash),
     ] {
         if set {
             bail!("`kiln build {flag}` is not supported yet");
@@ -305,6 +304,7 @@ async fn build(cli: &Cli, b: &BuildArgs) -> Result<ExitCode> {
         dockerfile_text: stdin.text.clone(),
         labels,
         pull: b.pull,
+        squash: b.squash,
         no_cache_filter: b
             .no_cache_filter
             .iter()

@@ -44,6 +44,8 @@ pub struct BuildRequest {
     pub pull: bool,
     /// `--no-cache-filter`: stages built without the cache.
     pub no_cache_filter: Vec<String>,
+    /// `--squash`: the final stage's layers merged into one on top of its base.
+    pub squash: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -196,8 +198,20 @@ impl Engine {
             Error::Solve { message, location }
         })?;
 
+        let (image_value, image) = if req.squash {
+            self.squash(
+                &solved.value,
+                converted.image,
+                &converted.base,
+                converted.base_history,
+                progress,
+            )
+            .await?
+        } else {
+            (solved.value.clone(), converted.image)
+        };
         let exported = self
-            .export(&solved.value, converted.image, &req, progress)
+            .export(&image_value, &solved.value, image, &req, progress)
             .await?;
         let manifest_bytes = self.content.read(&exported.0)?;
         let manifest_media_type = serde_json::from_slice::<serde_json::Value>(&manifest_bytes)

@@ -26,6 +26,7 @@ mod proxy_linux;
 mod push_stream;
 mod resolver;
 mod run;
+mod squash;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;

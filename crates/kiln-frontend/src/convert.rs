@@ -31,6 +31,9 @@ struct Stage<'a> {
 struct StageResult {
     node: NodeId,
     image: ImageConfig,
+    /// The stage's FROM (expanded) and how many history entries its config came with.
+    base: String,
+    base_history: usize,
 }
 
 struct Converter<'a> {
@@ -210,6 +213,8 @@ pub async fn convert(
         no_cache,
         root: result.node,
         image: result.image,
+        base: result.base,
+        base_history: result.base_history,
         warnings,
         locations: conv.locations,
         proxy_env: opts
@@ -651,6 +656,7 @@ impl Converter<'_> {
             self.image_node(stage.from, &base, &platform, &display, resolver)
                 .await?
         };
+        let base_history = image.history.len();
         // The base's ONBUILD triggers run first, located at FROM, and are not inherited.
         let triggers = self.onbuild_triggers(stage.from, image.config.on_build.take())?;
         let mut instructions: Vec<(&Instruction, bool)> =
@@ -996,7 +1002,12 @@ impl Converter<'_> {
         image.architecture = platform.architecture.clone();
         image.os = platform.os.clone();
         image.variant = platform.variant.clone();
-        Ok(StageResult { node, image })
+        Ok(StageResult {
+            node,
+            image,
+            base,
+            base_history,
+        })
     }
 
     /// The command a RUN with heredocs runs, as BuildKit rewrites it: a lone heredoc starting

@@ -68,6 +68,10 @@ pub struct Converted {
     /// The steps of the `--no-cache-filter` stages, to run whatever the cache holds.
     pub no_cache: std::collections::HashSet<NodeId>,
     pub image: ImageConfig,
+    /// The target stage's FROM, expanded (an image name, a stage name or `scratch`), and how
+    /// many of `image`'s history entries it came with (`--squash` merges what follows).
+    pub base: String,
+    pub base_history: usize,
     pub warnings: Vec<String>,
     /// Where in the Dockerfile each step comes from, for error messages.
     pub locations: HashMap<NodeId, kiln_dockerfile::Location>,

@@ -1,7 +1,7 @@
 //! The `kiln build` flags of a single-platform `docker buildx build` (issue 14): `--label`,
 //! `-q`, `--metadata-file`, `--network`, `--cgroup-parent`, `--resource`, `--pull`,
 //! `--no-cache-filter`, `-f -` and `-`, `--call outline|targets`, `--progress none`,
-//! `--add-host NAME:host-gateway` and the refused `--squash`. Expected outputs were recorded
+//! `--add-host NAME:host-gateway` and `--squash`. Expected outputs were recorded
 //! with buildx v0.36.1 (see each test).
 
 use std::io::Write as _;
@@ -400,10 +400,10 @@ fn call_outline_and_targets_print_as_buildx() {
 }
 
 /// `--progress none` prints nothing; `--add-host NAME:host-gateway` maps to the config's
-/// `host-gateway-ip` and is an error without it; `--squash` is refused before the build.
+/// `host-gateway-ip` and is an error without it.
 #[test]
-fn progress_none_host_gateway_and_squash() {
-    let Some(k) = Kiln::new("progress_none_host_gateway_and_squash") else {
+fn progress_none_and_host_gateway() {
+    let Some(k) = Kiln::new("progress_none_and_host_gateway") else {
         return;
     };
     let ctx = k.context(
@@ -437,12 +437,91 @@ fn progress_none_host_gateway_and_squash() {
             .any(|l| l.split_whitespace().collect::<Vec<_>>() == ["10.9.8.7", "gw"]),
         "{logs:?}"
     );
+}
 
-    let run = k.build(&ok_ctx, &["--squash"]).failed();
-    assert!(
-        run.stderr
-            .contains("`kiln build --squash` is not supported yet"),
-        "{}",
-        run.stderr
+/// `--squash`: the final stage's layers become one on top of its base's (a deletion of a base
+/// file kept as a whiteout); its history entries stay, marked empty, plus docker's `merge`
+/// entry; the image runs with the tree the unsquashed one has.
+#[test]
+fn squash_merges_the_final_stage_layers() {
+    let Some(k) = Kiln::new("squash_merges_the_final_stage_layers") else {
+        return;
+    };
+    let ctx = k.context(
+        "ctx",
+        &[(
+            "Dockerfile",
+            "FROM busybox\n\
+             RUN mkdir /d && echo a > /d/a && echo keep > /k\n\
+             RUN rm /d/a && echo b > /d/b\n\
+             ENV X=1\n\
+             RUN rm /bin/whoami\n",
+        )],
     );
+    let name = k.unique("squashed");
+    let archive = k.dir().join("img.tar");
+    let dest = format!("type=oci,dest={}", archive.display());
+    k.build(&ctx, &["--squash", "-t", &name, "-o", &dest, "--load"])
+        .ok();
+    let files = crate::support::read_tar(&archive).unwrap();
+    let blob = |digest: &str| -> &Vec<u8> {
+        &files[&format!("blobs/sha256/{}", digest.trim_start_matches("sha256:"))]
+    };
+    let index: serde_json::Value = serde_json::from_slice(&files["index.json"]).unwrap();
+    let manifest: serde_json::Value =
+        serde_json::from_slice(blob(index["manifests"][0]["digest"].as_str().unwrap())).unwrap();
+    let config: serde_json::Value =
+        serde_json::from_slice(blob(manifest["config"]["digest"].as_str().unwrap())).unwrap();
+    let history = config["history"].as_array().unwrap();
+    let diff_ids = config["rootfs"]["diff_ids"].as_array().unwrap();
+    let layers = manifest["layers"].as_array().unwrap();
+    // busybox: one layer and two history entries; then the stage's four, all empty, and the
+    // merge entry with the one new layer.
+    assert_eq!(
+        (diff_ids.len(), layers.len(), history.len()),
+        (2, 2, 7),
+        "{config}"
+    );
+    for h in &history[2..6] {
+        assert_eq!(h["empty_layer"], true, "{h}");
+    }
+    let last = &history[6];
+    assert!(last.get("empty_layer").is_none(), "{last}");
+    let comment = last["comment"].as_str().unwrap();
+    assert!(
+        comment.starts_with("merge sha256:") && comment.ends_with(" to busybox"),
+        "{comment}"
+    );
+
+    let gz = blob(layers[1]["digest"].as_str().unwrap());
+    let mut names = Vec::new();
+    let mut tar = tar::Archive::new(flate2::read::MultiGzDecoder::new(gz.as_slice()));
+    for e in tar.entries().unwrap() {
+        let e = e.unwrap();
+        names.push(
+            e.path()
+                .unwrap()
+                .to_string_lossy()
+                .trim_end_matches('/')
+                .to_string(),
+        );
+    }
+    for want in ["d", "d/b", "k", "bin/.wh.whoami"] {
+        assert!(names.iter().any(|n| n == want), "{want} in {names:?}");
+    }
+    // d/a's content is gone; its whiteout stays (the base might have had a /d/a).
+    assert!(!names.iter().any(|n| n == "d/a"), "{names:?}");
+
+    let out = k
+        .kiln(&[
+            "run",
+            "--rm",
+            &name,
+            "sh",
+            "-c",
+            "ls /d; cat /k; test ! -e /bin/whoami && echo no-whoami",
+        ])
+        .ok()
+        .stdout;
+    assert_eq!(out, "b\nkeep\nno-whoami\n");
 }

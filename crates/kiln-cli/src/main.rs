@@ -349,7 +349,8 @@ async fn build(cli: &Cli, b: &BuildArgs) -> Result<ExitCode> {
         std::fs::write(path, serde_json::to_vec_pretty(&meta)?)
             .with_context(|| format!("writing `{}`", path.display()))?;
     }
-    if b.quiet {
+    // buildx prints the ID for `-q` and for `--progress quiet` alike (not for `none`).
+    if b.quiet || b.progress == "quiet" {
         println!("{}", result.image_id);
     }
     Ok(ExitCode::SUCCESS)

@@ -419,6 +419,12 @@ fn progress_none_and_host_gateway() {
         .kiln(&["build", "--progress", "none", ok_ctx.to_str().unwrap()])
         .ok();
     assert_eq!((run.stdout.as_str(), run.stderr.as_str()), ("", ""));
+    // `--progress quiet` is `-q`: the image ID on stdout (buildx v0.36.1 prints it too).
+    let run = k
+        .kiln(&["build", "--progress", "quiet", ok_ctx.to_str().unwrap()])
+        .ok();
+    assert!(run.stdout.starts_with("sha256:"), "{}", run.stdout);
+    assert_eq!(run.stderr, "");
 
     let run = k.build(&ctx, &["--add-host", "gw:host-gateway"]).failed();
     assert!(

@@ -175,12 +175,12 @@ pub struct MonitorArgs {
 
 #[derive(Args, Debug)]
 pub struct BuildArgs {
-    /// Build context directory
+    /// Build context directory; `-` reads the Dockerfile from STDIN with an empty context
     pub context: PathBuf,
     /// Name and optionally a tag (format: "name:tag")
     #[arg(short = 't', long = "tag")]
     pub tag: Vec<String>,
-    /// Name of the Dockerfile (default: "PATH/Dockerfile")
+    /// Name of the Dockerfile (default: "PATH/Dockerfile"; `-` reads it from STDIN)
     #[arg(short = 'f', long = "file")]
     pub file: Option<PathBuf>,
     /// Set the target build stage to build
@@ -202,7 +202,30 @@ pub struct BuildArgs {
     /// Do not use cache when building the image
     #[arg(long = "no-cache")]
     pub no_cache: bool,
-    /// Set type of progress output ("auto", "plain", "tty", "quiet", "rawjson")
+    /// Do not cache specified stages
+    #[arg(long = "no-cache-filter")]
+    pub no_cache_filter: Vec<String>,
+    /// Always attempt to pull all referenced images
+    #[arg(long)]
+    pub pull: bool,
+    /// Set metadata for an image
+    #[arg(long)]
+    pub label: Vec<String>,
+    /// Set the networking mode for the "RUN" instructions during build ("default", "none",
+    /// "host")
+    #[arg(long, default_value = "default")]
+    pub network: String,
+    /// Set the parent cgroup for the "RUN" instructions during build
+    #[arg(long = "cgroup-parent")]
+    pub cgroup_parent: Option<String>,
+    /// Resource limits for build containers (format: "memory=2g", "cpu-quota=50000")
+    #[arg(long)]
+    pub resource: Vec<String>,
+    /// Squash the layers the final stage adds on top of its base image into one (the classic
+    /// builder's flag)
+    #[arg(long)]
+    pub squash: bool,
+    /// Set type of progress output ("auto", "none", "plain", "tty", "quiet", "rawjson")
     #[arg(long, default_value = "auto")]
     pub progress: String,
     /// Shorthand for "--output=type=docker" (kiln: the local image store)
@@ -533,6 +556,44 @@ pub fn parse_ssh(spec: &str) -> Result<(String, Vec<PathBuf>)> {
     Ok((id.to_string(), paths))
 }
 
+/// `--call METHOD[,format=json]` (and `--check`, its shorthand for `check`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Call {
+    Build,
+    Check,
+    Outline { json: bool },
+    Targets { json: bool },
+}
+
+pub fn parse_call(call: Option<&str>, check: bool) -> Result<Call> {
+    if check {
+        return Ok(Call::Check);
+    }
+    let Some(call) = call else {
+        return Ok(Call::Build);
+    };
+    let mut parts = call.split(',');
+    let method = parts.next().unwrap_or_default().trim();
+    let mut json = false;
+    for opt in parts {
+        match opt.trim().split_once('=') {
+            Some(("format", "json")) => json = true,
+            Some(("format", "text" | "")) => json = false,
+            Some(("format", other)) => bail!("invalid --call format `{other}`: expected json"),
+            _ => bail!("invalid --call option `{opt}`: expected format=json"),
+        }
+    }
+    Ok(match method {
+        "build" | "" => Call::Build,
+        "check" if json => bail!("`kiln build --call check,format=json` is not supported yet"),
+        "check" => Call::Check,
+        "outline" => Call::Outline { json },
+        "targets" => Call::Targets { json },
+        // BuildKit's answer to a subrequest it does not know.
+        other => bail!("unsupported request frontend.{other}"),
+    })
+}
+
 #[cfg(test)]
 mod tests {
     #[test]
@@ -574,5 +635,23 @@ mod tests {
             )
         );
         assert!(parse_ssh("=/k").is_err());
+    }
+
+    #[test]
+    fn call_methods_and_formats() {
+        assert_eq!(parse_call(None, false).unwrap(), Call::Build);
+        assert_eq!(parse_call(Some("build"), false).unwrap(), Call::Build);
+        assert_eq!(parse_call(None, true).unwrap(), Call::Check);
+        assert_eq!(
+            parse_call(Some("outline"), false).unwrap(),
+            Call::Outline { json: false }
+        );
+        assert_eq!(
+            parse_call(Some("targets,format=json"), false).unwrap(),
+            Call::Targets { json: true }
+        );
+        let e = parse_call(Some("bogus"), false).unwrap_err().to_string();
+        assert_eq!(e, "unsupported request frontend.bogus");
+        assert!(parse_call(Some("outline,format=yaml"), false).is_err());
     }
 }

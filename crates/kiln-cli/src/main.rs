@@ -8,6 +8,7 @@ mod images;
 mod login;
 mod prune;
 mod run_opts;
+mod stdin;
 
 use std::collections::BTreeMap;
 use std::io::IsTerminal;
@@ -174,12 +175,6 @@ async fn build(cli: &Cli, b: &BuildArgs) -> Result<ExitCode> {
     for (flag, set) in [
         ("--cache-from", !b.cache_from.is_empty()),
         ("--cache-to", !b.cache_to.is_empty()),
-        (
-            "--call",
-            b.call
-                .as_deref()
-                .is_some_and(|c| !matches!(c, "build" | "check")),
-        ),
     ] {
         if set {
             bail!("`kiln build {flag}` is not supported yet");
@@ -254,16 +249,32 @@ async fn build(cli: &Cli, b: &BuildArgs) -> Result<ExitCode> {
                 .with_context(|| format!("invalid --platform `{p}`"))?,
         ),
     };
-    if b.check || b.call.as_deref() == Some("check") {
-        return check(b, &build_args, platform.as_ref());
+    let call = args::parse_call(b.call.as_deref(), b.check)?;
+    let stdin = stdin::dockerfile(&b.context, b.file.as_deref())?;
+    match call {
+        args::Call::Build => {}
+        args::Call::Check => return check(b, &stdin, &build_args, platform.as_ref()),
+        args::Call::Outline { json } | args::Call::Targets { json } => {
+            let what = if matches!(call, args::Call::Outline { .. }) {
+                kiln_engine::Subrequest::Outline
+            } else {
+                kiln_engine::Subrequest::Targets
+            };
+            let req = check_request(b, &stdin, &build_args, platform.as_ref());
+            print!("{}", kiln_engine::subrequest(&req, what, json)?);
+            return Ok(ExitCode::SUCCESS);
+        }
     }
     let mode = match b.progress.as_str() {
         "auto" if std::io::stderr().is_terminal() => Mode::Tty,
         "auto" | "plain" => Mode::Plain,
         "tty" => Mode::Tty,
-        "quiet" => Mode::Quiet,
+        // buildx's `none` prints nothing at all; kiln's quiet renderer is no renderer.
+        "quiet" | "none" => Mode::Quiet,
         "rawjson" => Mode::RawJson,
-        other => bail!("invalid --progress `{other}`: expected auto, plain, tty, quiet or rawjson"),
+        other => {
+            bail!("invalid --progress `{other}`: expected auto, none, plain, tty, quiet or rawjson")
+        }
     };
     let mode = if b.quiet { Mode::Quiet } else { mode };
     let engine = open_engine(cli)?;
@@ -285,9 +296,23 @@ async fn build(cli: &Cli, b: &BuildArgs) -> Result<ExitCode> {
         let (id, paths) = args::parse_ssh(spec)?;
         ssh.add(&id, &paths)?;
     }
+    let run = run_opts::parse(b)?;
+    let labels = parse_labels(&b.label)?;
     let req = BuildRequest {
-        context: b.context.clone(),
-        dockerfile: b.file.clone(),
+        context: stdin.context.clone(),
+        dockerfile: stdin.dockerfile.clone(),
+        dockerfile_text: stdin.text.clone(),
+        labels,
+        pull: b.pull,
+        squash: b.squash,
+        no_cache_filter: b
+            .no_cache_filter
+            .iter()
+            .flat_map(|f| f.split(','))
+            .map(str::trim)
+            .filter(|f| !f.is_empty())
+            .map(str::to_string)
+            .collect(),
         target: b.target.clone(),
         build_args,
         tags,
@@ -297,7 +322,7 @@ async fn build(cli: &Cli, b: &BuildArgs) -> Result<ExitCode> {
         source_date_epoch: env::source_date_epoch(),
         secrets,
         ssh,
-        run: run_opts::parse(b)?,
+        run,
     };
     let result = engine.build(req, &progress).await;
     progress.finish();
@@ -309,6 +334,7 @@ async fn build(cli: &Cli, b: &BuildArgs) -> Result<ExitCode> {
     if let Some(path) = &b.metadata_file {
         let names = &result.names;
         let mut meta = serde_json::json!({
+            "buildx.build.ref": build_ref(),
             "containerimage.config.digest": result.image_id.to_string(),
             "containerimage.digest": result.manifest.to_string(),
             "containerimage.descriptor": {
@@ -323,30 +349,68 @@ async fn build(cli: &Cli, b: &BuildArgs) -> Result<ExitCode> {
         std::fs::write(path, serde_json::to_vec_pretty(&meta)?)
             .with_context(|| format!("writing `{}`", path.display()))?;
     }
-    if b.quiet {
+    // buildx prints the ID for `-q` and for `--progress quiet` alike (not for `none`).
+    if b.quiet || b.progress == "quiet" {
         println!("{}", result.image_id);
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// `--label K=V` (repeatable; a later one wins); `K` alone is an empty value, as buildx.
+fn parse_labels(flags: &[String]) -> Result<BTreeMap<String, String>> {
+    let mut labels = BTreeMap::new();
+    for l in flags {
+        let (k, v) = l.split_once('=').unwrap_or((l.as_str(), ""));
+        if k.is_empty() {
+            bail!("invalid --label `{l}`: expected KEY=VALUE");
+        }
+        labels.insert(k.to_string(), v.to_string());
+    }
+    Ok(labels)
+}
+
+/// buildx's `buildx.build.ref`, `<builder>/<node>/<build id>`: kiln has one builder, `kiln`,
+/// with one node, `kiln0`, and a fresh 25-character id per build as BuildKit makes them.
+fn build_ref() -> String {
+    const DIGITS: &[u8] = b"0123456789abcdefghijklmnopqrstuvwxyz";
+    let bytes: [u8; 25] = rand::random();
+    let id: String = bytes
+        .iter()
+        .map(|b| DIGITS[*b as usize % DIGITS.len()] as char)
+        .collect();
+    format!("kiln/kiln0/{id}")
 }
 
 /// `kiln build --check` (`--call=check`): the engine lints every stage without building; print
 /// the report as BuildKit does and exit 1 when there are warnings.
 fn check(
     b: &BuildArgs,
+    stdin: &stdin::Stdin,
     build_args: &BTreeMap<String, String>,
     platform: Option<&kiln_oci::Platform>,
 ) -> Result<ExitCode> {
-    let report = kiln_engine::check(&kiln_engine::CheckRequest {
-        context: &b.context,
-        dockerfile: b.file.as_deref(),
-        build_args,
-        target: b.target.as_deref(),
-        platform,
-    })?;
+    let report = kiln_engine::check(&check_request(b, stdin, build_args, platform))?;
     print!("{}", report.text);
     Ok(if report.warnings == 0 {
         ExitCode::SUCCESS
     } else {
         ExitCode::FAILURE
     })
+}
+
+/// What `--check` and `--call outline|targets` read: the Dockerfile (perhaps from stdin).
+fn check_request<'a>(
+    b: &'a BuildArgs,
+    stdin: &'a stdin::Stdin,
+    build_args: &'a BTreeMap<String, String>,
+    platform: Option<&'a kiln_oci::Platform>,
+) -> kiln_engine::CheckRequest<'a> {
+    kiln_engine::CheckRequest {
+        context: &stdin.context,
+        dockerfile: stdin.dockerfile.as_deref(),
+        dockerfile_text: stdin.text.as_deref(),
+        build_args,
+        target: b.target.as_deref(),
+        platform,
+    }
 }

@@ -1,9 +1,12 @@
-//! `kiln build --allow`, `--add-host`, `--ulimit` and `--shm-size`, parsed as docker does.
+//! `kiln build --allow`, `--add-host`, `--ulimit`, `--shm-size`, `--network`,
+//! `--cgroup-parent` and `--resource`, parsed as docker and buildx do.
 
 use std::net::IpAddr;
 
 use anyhow::{Context as _, Result, bail};
-use kiln_engine::{Entitlement, HostEntry, RLIMIT_NAMES, RunOpts, Ulimit};
+use kiln_engine::{
+    Entitlement, ExecResources, HostEntry, NetworkMode, RLIMIT_NAMES, RunOpts, Ulimit,
+};
 
 use crate::args::BuildArgs;
 
@@ -27,7 +30,91 @@ pub fn parse(b: &BuildArgs) -> Result<RunOpts> {
     if let Some(s) = &b.shm_size {
         run.shm_size = Some(parse_size(s).with_context(|| format!("invalid --shm-size `{s}`"))?);
     }
+    run.network = parse_network(&b.network)?;
+    // buildx asks for the entitlement itself when the whole build uses the host's network.
+    if run.network == Some(NetworkMode::Host) {
+        run.entitlements.insert(Entitlement::NetworkHost);
+    }
+    if let Some(parent) = &b.cgroup_parent {
+        if parent.is_empty() || !kiln_engine::valid_cgroup_parent(parent) {
+            bail!(
+                "invalid --cgroup-parent `{parent}`: expected a cgroupfs path such as \
+                 `/kiln.slice` (runc runs with its cgroupfs driver: no `..`, no systemd \
+                 `slice:prefix:name` form)"
+            );
+        }
+        run.cgroup_parent = Some(parent.clone());
+    }
+    for r in &b.resource {
+        parse_resource(&mut run.resources, r)?;
+    }
     Ok(run)
+}
+
+/// `--network`: `default` (each RUN's own mode), `none` or `host`; buildx's message otherwise.
+pub fn parse_network(mode: &str) -> Result<Option<NetworkMode>> {
+    Ok(match mode {
+        "" | "default" => None,
+        "none" => Some(NetworkMode::None),
+        "host" => Some(NetworkMode::Host),
+        other => bail!(
+            "network mode \"{other}\" not supported by buildkit - you can define a custom \
+             network for your builder using the network driver-opt in buildx create"
+        ),
+    })
+}
+
+/// One `--resource KEY=VALUE` (a flag per key, the last one wins), with buildx's keys and
+/// messages: `memory`, `memory-swap` (sizes, `-1` unlimited for swap), `cpu-quota`,
+/// `cpu-period`, `cpu-shares` (numbers), `cpuset-cpus`, `cpuset-mems` (lists).
+pub fn parse_resource(r: &mut ExecResources, spec: &str) -> Result<()> {
+    let Some((key, value)) = spec.split_once('=') else {
+        bail!("invalid resource \"{spec}\": expected key=value");
+    };
+    let invalid =
+        |why: &str| anyhow::anyhow!("invalid value \"{value}\" for resource {key}: {why}");
+    let size = || -> Result<i64> {
+        if value == "-1" {
+            return Ok(-1);
+        }
+        let n = parse_size(value).map_err(|_| invalid(&format!("invalid size: '{value}'")))?;
+        i64::try_from(n).map_err(|_| invalid("too large"))
+    };
+    let number = || -> Result<i64> {
+        value
+            .parse::<i64>()
+            .map_err(|e| invalid(&format!("strconv.ParseInt: parsing \"{value}\": {e}")))
+    };
+    let unsigned =
+        || -> Result<u64> { u64::try_from(number()?).map_err(|_| invalid("must not be negative")) };
+    let list = || -> Result<String> {
+        let ok = !value.is_empty()
+            && value
+                .chars()
+                .all(|c| c.is_ascii_digit() || c == ',' || c == '-');
+        if ok {
+            Ok(value.to_string())
+        } else {
+            Err(invalid("expected a list such as 0-3,5"))
+        }
+    };
+    match key {
+        "memory" => {
+            let m = size()?;
+            if m <= 0 {
+                return Err(invalid("must be positive"));
+            }
+            r.memory = Some(m);
+        }
+        "memory-swap" => r.memory_swap = Some(size()?),
+        "cpu-quota" => r.cpu_quota = Some(number()?),
+        "cpu-period" => r.cpu_period = Some(unsigned()?),
+        "cpu-shares" => r.cpu_shares = Some(unsigned()?),
+        "cpuset-cpus" => r.cpuset_cpus = Some(list()?),
+        "cpuset-mems" => r.cpuset_mems = Some(list()?),
+        other => bail!("unknown resource \"{other}\""),
+    }
+    Ok(())
 }
 
 /// `name:address` (or `name=address`); the name cannot hold `:`, so IPv6 addresses work.
@@ -39,8 +126,12 @@ pub fn parse_add_host(spec: &str) -> Result<HostEntry> {
     if host.is_empty() || host.contains(char::is_whitespace) {
         bail!("invalid --add-host `{spec}`: bad host name");
     }
+    // Mapped by the engine, with the config's `host-gateway-ip`.
     if ip == "host-gateway" {
-        bail!("--add-host `{spec}`: `host-gateway` is not supported yet");
+        return Ok(HostEntry {
+            host: host.to_string(),
+            ip: ip.to_string(),
+        });
     }
     ip.parse::<IpAddr>()
         .with_context(|| format!("invalid --add-host `{spec}`: `{ip}` is not an IP address"))?;
@@ -120,8 +211,60 @@ mod tests {
         assert_eq!((h.host.as_str(), h.ip.as_str()), ("v6", "::1"));
         assert!(parse_add_host("nohost").is_err());
         assert!(parse_add_host("a:not-an-ip").is_err());
-        let e = parse_add_host("gw:host-gateway").unwrap_err().to_string();
-        assert!(e.contains("not supported yet"), "{e}");
+        assert_eq!(
+            parse_add_host("gw:host-gateway").unwrap().ip,
+            "host-gateway"
+        );
+    }
+
+    #[test]
+    fn networks() {
+        assert_eq!(parse_network("default").unwrap(), None);
+        assert_eq!(parse_network("none").unwrap(), Some(NetworkMode::None));
+        assert_eq!(parse_network("host").unwrap(), Some(NetworkMode::Host));
+        let e = parse_network("bridge").unwrap_err().to_string();
+        assert!(
+            e.starts_with("network mode \"bridge\" not supported by buildkit"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn resources() {
+        let mut r = ExecResources::default();
+        for spec in [
+            "memory=64m",
+            "memory-swap=-1",
+            "cpu-quota=50000",
+            "cpu-period=100000",
+            "cpu-shares=512",
+            "cpuset-cpus=0-1,3",
+            "cpuset-mems=0",
+        ] {
+            parse_resource(&mut r, spec).unwrap();
+        }
+        assert_eq!(r.memory, Some(64 << 20));
+        assert_eq!(r.memory_swap, Some(-1));
+        assert_eq!(
+            (r.cpu_quota, r.cpu_period, r.cpu_shares),
+            (Some(50000), Some(100000), Some(512))
+        );
+        assert_eq!(r.cpuset_cpus.as_deref(), Some("0-1,3"));
+        parse_resource(&mut r, "memory=1g").unwrap();
+        assert_eq!(r.memory, Some(1 << 30), "the last one wins");
+        let err = |s: &str| {
+            parse_resource(&mut ExecResources::default(), s)
+                .unwrap_err()
+                .to_string()
+        };
+        assert_eq!(err("bogus=1"), "unknown resource \"bogus\"");
+        assert_eq!(
+            err("memory=abc"),
+            "invalid value \"abc\" for resource memory: invalid size: 'abc'"
+        );
+        assert!(err("memory=64m,cpu-quota=1").starts_with("invalid value \"64m,cpu-quota=1\""));
+        assert!(err("cpu-quota=x").contains("for resource cpu-quota"));
+        assert!(err("memory").contains("key=value"));
     }
 
     #[test]

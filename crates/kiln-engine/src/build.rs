@@ -32,8 +32,20 @@ pub struct BuildRequest {
     pub secrets: kiln_worker::Secrets,
     /// Agents for `RUN --mount=type=ssh`, by id.
     pub ssh: kiln_worker::SshAgents,
-    /// `--allow`, `--add-host`, `--ulimit`, `--shm-size`.
+    /// `--allow`, `--add-host`, `--ulimit`, `--shm-size`, `--network`, `--cgroup-parent`,
+    /// `--resource`. An `--add-host` address `host-gateway` is mapped with the config's
+    /// `host-gateway-ip`.
     pub run: kiln_frontend::RunOpts,
+    /// The Dockerfile's text when it does not come from a file (`-f -`, read from stdin).
+    pub dockerfile_text: Option<String>,
+    /// `--label`: set on the image config, over the Dockerfile's `LABEL`s of the same key.
+    pub labels: BTreeMap<String, String>,
+    /// `--pull`: base images always come from the registry, never the local image store.
+    pub pull: bool,
+    /// `--no-cache-filter`: stages built without the cache.
+    pub no_cache_filter: Vec<String>,
+    /// `--squash`: the final stage's layers merged into one on top of its base.
+    pub squash: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -70,10 +82,13 @@ impl Engine {
         let v = progress.vertex(format!(
             "[internal] load build definition from {dockerfile_name}"
         ));
-        let source = std::fs::read_to_string(&dockerfile_path).map_err(io(format!(
-            "failed to read the Dockerfile `{}`",
-            dockerfile_path.display()
-        )))?;
+        let source = match &req.dockerfile_text {
+            Some(text) => text.clone(),
+            None => std::fs::read_to_string(&dockerfile_path).map_err(io(format!(
+                "failed to read the Dockerfile `{}`",
+                dockerfile_path.display()
+            )))?,
+        };
         v.status(&format!("transferring dockerfile: {}B done", source.len()));
         v.done();
 
@@ -101,6 +116,8 @@ impl Engine {
         v.done();
 
         self.check_entitlements(&req.run)?;
+        let mut run = req.run.clone();
+        self.map_host_gateway(&mut run)?;
         let platform = req.platform.clone().unwrap_or_else(Platform::host);
         let opts = BuildOpts {
             dockerfile_name: dockerfile_name.clone(),
@@ -109,16 +126,28 @@ impl Engine {
             platform: platform.clone(),
             excludes,
             created: created_time(req.epoch()),
-            run: req.run.clone(),
+            run,
+            no_cache_filter: req.no_cache_filter.clone(),
         };
         let resolver = EngineResolver {
+            pull: req.pull,
             registry: &self.registry,
             content: &self.content,
             images: &self.images,
             progress,
             seen: Default::default(),
         };
-        let converted = kiln_frontend::convert(&source, &opts, &resolver).await?;
+        let mut converted = kiln_frontend::convert(&source, &opts, &resolver).await?;
+        // As BuildKit's `label:` options: on the final config, after the Dockerfile's LABELs,
+        // with no history entry.
+        if !req.labels.is_empty() {
+            let labels = converted
+                .image
+                .config
+                .labels
+                .get_or_insert_with(Default::default);
+            labels.extend(req.labels.iter().map(|(k, v)| (k.clone(), v.clone())));
+        }
         for w in &converted.warnings {
             progress.warn(w.clone());
         }
@@ -141,6 +170,7 @@ impl Engine {
             .with_file_hashes(self.root.join("context-hashes")),
         );
         let root = converted.root.0;
+        let no_cache_nodes = std::mem::take(&mut converted.no_cache);
         let locations = converted.locations.clone();
         let graph = Arc::new(LlbGraph::new(converted.definition));
         let cache: Arc<dyn CacheStore<Value>> = Arc::new(
@@ -153,7 +183,8 @@ impl Engine {
             cache,
             progress.clone(),
             req.no_cache,
-        );
+        )
+        .with_no_cache_for(no_cache_nodes.into_iter().map(|n| n.0));
         let solved = solver.solve(root).await;
         // Only a hint cache: failing to save it costs rehashing next time, not the build.
         let _ = worker.save_file_hashes();
@@ -170,8 +201,20 @@ impl Engine {
             Error::Solve { message, location }
         })?;
 
+        let (image_value, image) = if req.squash {
+            self.squash(
+                &solved.value,
+                converted.image,
+                &converted.base,
+                converted.base_history,
+                progress,
+            )
+            .await?
+        } else {
+            (solved.value.clone(), converted.image)
+        };
         let exported = self
-            .export(&solved.value, converted.image, &req, progress)
+            .export(&image_value, &solved.value, image, &req, progress)
             .await?;
         let manifest_bytes = self.content.read(&exported.0)?;
         let manifest_media_type = serde_json::from_slice::<serde_json::Value>(&manifest_bytes)
@@ -215,6 +258,28 @@ pub(crate) fn created_time(source_date_epoch: Option<i64>) -> String {
 }
 
 impl Engine {
+    /// `--add-host NAME:host-gateway`: the config's `host-gateway-ip`, as dockerd's; buildx's
+    /// words when there is none (its remote driver cannot derive one either).
+    fn map_host_gateway(&self, run: &mut kiln_frontend::RunOpts) -> Result<()> {
+        for h in run
+            .extra_hosts
+            .iter_mut()
+            .filter(|h| h.ip == "host-gateway")
+        {
+            match self.host_gateway_ip {
+                Some(ip) => h.ip = ip.to_string(),
+                None => {
+                    return Err(Error::Usage(
+                        "unable to derive the IP value for host-gateway: set `host-gateway-ip` \
+                         in the config file"
+                            .into(),
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+
     /// Refuses a build asking for an entitlement the configuration does not allow, as buildkitd
     /// refuses one missing from `insecure-entitlements`.
     fn check_entitlements(&self, run: &kiln_frontend::RunOpts) -> Result<()> {

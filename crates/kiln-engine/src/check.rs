@@ -15,6 +15,8 @@ pub struct CheckRequest<'a> {
     pub build_args: &'a BTreeMap<String, String>,
     pub target: Option<&'a str>,
     pub platform: Option<&'a Platform>,
+    /// The Dockerfile's text when read from stdin (`-f -`).
+    pub dockerfile_text: Option<&'a str>,
 }
 
 /// What `--check` prints, and how many warnings it found.
@@ -95,5 +97,47 @@ pub fn check(req: &CheckRequest<'_>) -> Result<CheckReport> {
     Ok(CheckReport {
         warnings: report.warnings.len(),
         text,
+    })
+}
+
+/// `--call outline` or `--call targets`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Subrequest {
+    Outline,
+    Targets,
+}
+
+/// What `--call outline|targets` prints, as text or (`format=json`) JSON, as buildx does.
+/// Like `--check`, only the Dockerfile is read: nothing is resolved or built.
+pub fn subrequest(req: &CheckRequest<'_>, what: Subrequest, json: bool) -> Result<String> {
+    let path = req
+        .dockerfile
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| req.context.join("Dockerfile"));
+    let name = path
+        .file_name()
+        .map_or_else(|| "Dockerfile".into(), |n| n.to_string_lossy().into_owned());
+    let source = match req.dockerfile_text {
+        Some(text) => text.to_string(),
+        None => std::fs::read_to_string(&path).map_err(io(format!(
+            "failed to read the Dockerfile `{}`",
+            path.display()
+        )))?,
+    };
+    let dockerfile = kiln_dockerfile::parse(&source).map_err(|e| {
+        Error::Frontend(kiln_frontend::Error::Dockerfile {
+            rendered: e.render(&name, &source),
+        })
+    })?;
+    Ok(match what {
+        Subrequest::Targets => {
+            let t = kiln_frontend::targets(&dockerfile, &source);
+            if json { t.to_json() } else { t.to_text() }
+        }
+        Subrequest::Outline => {
+            let o = kiln_frontend::outline(&dockerfile, &source, req.build_args, req.target)
+                .map_err(Error::Usage)?;
+            if json { o.to_json() } else { o.to_text() }
+        }
     })
 }

@@ -30,6 +30,10 @@ pub struct Config {
     /// and diff them, as other steps do, instead of streaming its layer from the context.
     #[serde(default, rename = "copy-stream")]
     pub copy_stream: Option<bool>,
+    /// The address `--add-host NAME:host-gateway` maps to, as dockerd's `host-gateway-ip`.
+    /// kiln has no bridge to derive it from: without it, `host-gateway` is an error.
+    #[serde(default, rename = "host-gateway-ip")]
+    pub host_gateway_ip: Option<std::net::IpAddr>,
 }
 
 impl Config {

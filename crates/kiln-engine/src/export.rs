@@ -11,11 +11,13 @@ use crate::output::ExporterKind;
 use crate::{Engine, Result};
 
 impl Engine {
-    /// Writes config and manifest for `value` and sends them to the request's outputs; returns
-    /// (manifest digest, config digest, every name the image got).
+    /// Writes config and manifest for `value` and sends them to the request's outputs (the
+    /// rootfs ones from `rootfs`, the solved chain, whose layers are all in the layer store);
+    /// returns (manifest digest, config digest, every name the image got).
     pub(crate) async fn export(
         &self,
         value: &Value,
+        rootfs: &Value,
         image: ImageConfig,
         req: &BuildRequest,
         progress: &Progress,
@@ -61,7 +63,7 @@ impl Engine {
                     _ => "exporting to client tarball",
                 };
                 let rv = progress.vertex(what);
-                self.export_rootfs(value.layers(), output, &rv).await?;
+                self.export_rootfs(rootfs.layers(), output, &rv).await?;
                 rv.done();
                 continue;
             }

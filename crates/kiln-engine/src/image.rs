@@ -53,6 +53,7 @@ impl Engine {
             platform: platform.clone(),
             excludes: Vec::new(),
             created: crate::build::created_time(req.source_date_epoch),
+            no_cache_filter: Vec::new(),
             run: Default::default(),
         };
         let converted = kiln_frontend::convert(&dockerfile, &opts, &NoImages).await?;

@@ -26,6 +26,7 @@ mod proxy_linux;
 mod push_stream;
 mod resolver;
 mod run;
+mod squash;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -37,7 +38,7 @@ use kiln_snapshot::LayerStore;
 
 pub use atomic_file::write_file_atomically;
 pub use build::{BuildRequest, BuildResult};
-pub use check::{CheckReport, CheckRequest, check};
+pub use check::{CheckReport, CheckRequest, Subrequest, check, subrequest};
 pub use config::Config;
 pub use container::{
     ContainerConfig, ContainerError, ContainerInfo, ContainerState, Containers, PortSpec, Status,
@@ -49,13 +50,13 @@ pub use du::{
 pub use image::ImportRequest;
 pub use images::{FoundImage, ImageFilter, RmiEvent};
 pub use imagetools::{IndexRequest, format_imagetools};
-pub use kiln_executor::RLIMIT_NAMES;
+pub use kiln_executor::{RLIMIT_NAMES, valid_cgroup_parent};
 pub use kiln_exporter::{
     ImageRecord, familiar_name, format_images_table, human_duration, human_size,
 };
 pub use kiln_exporter::{load::LoadedImage, save::SaveFormat, view};
 pub use kiln_frontend::{Entitlement, RunOpts};
-pub use kiln_llb::{HostEntry, Ulimit};
+pub use kiln_llb::{ExecResources, HostEntry, NetworkMode, Ulimit};
 pub use kiln_registry::RawManifest;
 pub use kiln_worker::{Secrets, SshAgents, SshError};
 pub use login::{login, login_server, logout};
@@ -161,6 +162,8 @@ pub struct Engine {
     insecure_entitlements: std::collections::BTreeSet<Entitlement>,
     /// `copy-stream` (default true): COPY from the context streams its layer.
     copy_stream: bool,
+    /// `host-gateway-ip`: what `--add-host NAME:host-gateway` maps to.
+    host_gateway_ip: Option<std::net::IpAddr>,
 }
 
 impl Engine {
@@ -220,6 +223,7 @@ impl Engine {
             registry: Arc::new(registry),
             insecure_entitlements: config.insecure_entitlements(),
             copy_stream: config.copy_stream.unwrap_or(true),
+            host_gateway_ip: config.host_gateway_ip,
         })
     }
 

@@ -15,6 +15,8 @@ pub(crate) struct EngineResolver<'a> {
     pub content: &'a ContentStore,
     pub images: &'a ImageStore,
     pub progress: &'a Progress,
+    /// `--pull`: the registry's answer or an error, never the local image store.
+    pub pull: bool,
     /// One lookup per image and platform in a build, however many stages name it.
     pub seen: std::sync::Mutex<std::collections::HashMap<(String, Platform), ResolvedImage>>,
 }
@@ -56,6 +58,10 @@ impl EngineResolver<'_> {
                     pinned: pin(reference, &r.digest),
                     config,
                 })
+            }
+            Err(registry_err) if self.pull => {
+                vertex.error(&kiln_solver::error_chain(&registry_err));
+                Err(Box::new(registry_err))
             }
             Err(registry_err) => match self.local(reference)? {
                 Some(found) => {

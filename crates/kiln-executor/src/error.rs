@@ -22,6 +22,11 @@ pub enum Error {
     InvalidMountDestination(String),
     #[error("invalid working directory `{0}`: must be an absolute path")]
     InvalidCwd(String),
+    #[error(
+        "invalid cgroup parent `{0}`: expected a cgroupfs path such as `/kiln.slice` (no `..`, \
+         no systemd `slice:prefix:name` form)"
+    )]
+    InvalidCgroupParent(String),
     #[error("no command to run")]
     EmptyArgs,
     #[error("a terminal needs inherited stdio")]

@@ -19,7 +19,7 @@ mod user;
 
 pub use control::ExecRequest;
 pub use error::{Error, Result};
-pub use runc::RuncExecutor;
+pub use runc::{RuncExecutor, valid_cgroup_parent};
 pub use shim::command_started;
 pub use user::{home_dir, resolve_owner, resolve_user};
 
@@ -134,6 +134,28 @@ pub struct Sandbox {
     pub shm_size: Option<u64>,
     /// A cgroup memory limit in bytes; none when `None`.
     pub memory_limit: Option<u64>,
+    /// The other cgroup limits (`kiln build --resource`).
+    pub resources: Resources,
+    /// The cgroup under which the container's own is made (`--cgroup-parent`): runc's
+    /// `cgroupsPath` becomes `/<parent>/<container id>`. An absolute cgroupfs path, without `..`.
+    pub cgroup_parent: Option<String>,
+}
+
+/// Cgroup limits beside the memory limit, in runc's units; `None` leaves runc's default.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Resources {
+    /// Memory plus swap in bytes, `-1` for unlimited.
+    pub memory_swap: Option<i64>,
+    /// CPU time per period, microseconds.
+    pub cpu_quota: Option<i64>,
+    /// The period of `cpu_quota`, microseconds.
+    pub cpu_period: Option<u64>,
+    /// Relative CPU weight (cgroup v1 shares; runc converts for v2).
+    pub cpu_shares: Option<u64>,
+    /// CPUs the process may run on (`0-3`, `0,2`).
+    pub cpuset_cpus: Option<String>,
+    /// Memory nodes the process may use.
+    pub cpuset_mems: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]

@@ -200,6 +200,7 @@ impl RuncExecutor {
         fs_err::write(&hosts, hosts_text).map_err(bundle_err)?;
         fs_err::write(&resolv_conf, host_resolv_conf()).map_err(bundle_err)?;
         let mut spec = spec::build(SpecInput {
+            id: &id,
             rootfs: &rootfs,
             process: &req.process,
             env,
@@ -352,10 +353,25 @@ fn validate(req: &RunRequest<'_>) -> Result<()> {
     {
         return Err(Error::InvalidMountDestination(m.destination().to_string()));
     }
+    if let Some(parent) = &req.sandbox.cgroup_parent
+        && !valid_cgroup_parent(parent)
+    {
+        return Err(Error::InvalidCgroupParent(parent.clone()));
+    }
     if req.process.terminal && !matches!(req.stdio, Stdio::Inherit) {
         return Err(Error::TerminalNeedsInherit);
     }
     Ok(())
+}
+
+/// A cgroup parent runc's cgroupfs driver can take: a path of plain names, no `..`, no
+/// systemd `slice:prefix:name` form (runc runs without `--systemd-cgroup`).
+pub fn valid_cgroup_parent(parent: &str) -> bool {
+    !parent.contains(':')
+        && !parent.contains('\0')
+        && parent
+            .split('/')
+            .all(|c| c != ".." && c != "." && !c.contains(char::is_whitespace))
 }
 
 /// Paths runc will create in the rootfs as mount points, so they can be removed afterwards and
@@ -518,6 +534,16 @@ fn is_executable(path: &Path) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn cgroup_parents() {
+        for ok in ["/kiln.slice", "kiln", "/a/b/", "/"] {
+            assert!(valid_cgroup_parent(ok), "{ok}");
+        }
+        for bad in ["system.slice:kiln:x", "/a/../b", "a b", "./x"] {
+            assert!(!valid_cgroup_parent(bad), "{bad}");
+        }
+    }
     use crate::{Mount, Network, ProcessSpec, User};
 
     fn request(rootfs: &Path) -> RunRequest<'_> {

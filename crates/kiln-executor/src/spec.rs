@@ -1,14 +1,14 @@
 //! Generation of the runtime spec (`config.json`) with Docker/BuildKit defaults.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use oci_spec::OciSpecError;
 use oci_spec::runtime::{
-    Capabilities, Capability, LinuxBuilder, LinuxCapabilitiesBuilder, LinuxDeviceCgroupBuilder,
-    LinuxMemoryBuilder, LinuxNamespace, LinuxNamespaceBuilder, LinuxNamespaceType,
-    LinuxResourcesBuilder, Mount as OciMount, MountBuilder, PosixRlimit, PosixRlimitBuilder,
-    PosixRlimitType, ProcessBuilder, RootBuilder, Spec, SpecBuilder, UserBuilder,
-    get_default_maskedpaths, get_default_readonly_paths,
+    Capabilities, Capability, LinuxBuilder, LinuxCapabilitiesBuilder, LinuxCpuBuilder,
+    LinuxDeviceCgroupBuilder, LinuxMemoryBuilder, LinuxNamespace, LinuxNamespaceBuilder,
+    LinuxNamespaceType, LinuxResourcesBuilder, Mount as OciMount, MountBuilder, PosixRlimit,
+    PosixRlimitBuilder, PosixRlimitType, ProcessBuilder, RootBuilder, Spec, SpecBuilder,
+    UserBuilder, get_default_maskedpaths, get_default_readonly_paths,
 };
 
 use crate::{DEFAULT_PATH, Mount, Network, ProcessSpec, Rlimit, Sandbox, Security};
@@ -106,6 +106,8 @@ const EXTRA_MASKED_PATHS: &[&str] = &["/sys/devices/virtual/powercap"];
 const DEFAULT_SHM_SIZE: u64 = 64 * 1024 * 1024;
 
 pub(crate) struct SpecInput<'a> {
+    /// The container id (the last component of a cgroup path under `--cgroup-parent`).
+    pub id: &'a str,
     pub rootfs: &'a Path,
     pub process: &'a ProcessSpec,
     /// Final environment (see [`finalize_env`]).
@@ -199,15 +201,21 @@ pub(crate) fn build(input: SpecInput<'_>) -> Result<Spec, OciSpecError> {
         .allow(insecure)
         .access("rwm")
         .build()?;
-    let mut resources = LinuxResourcesBuilder::default().devices(vec![devices]);
-    if let Some(limit) = input.sandbox.memory_limit {
-        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
-        resources = resources.memory(LinuxMemoryBuilder::default().limit(limit).build()?);
-    }
-    // No cgroups path: runc picks its default, which works on v1 and v2.
+    let resources = cgroup_resources(input.sandbox, devices)?;
+    // Without a cgroup parent no cgroups path: runc picks its default, which works on v1 and
+    // v2. With one, `/<parent>/<id>` (cgroupfs paths, as runc's default driver takes them).
     let mut linux = LinuxBuilder::default()
         .namespaces(namespaces)
-        .resources(resources.build()?);
+        .resources(resources);
+    if let Some(parent) = &input.sandbox.cgroup_parent {
+        let parent = parent.trim_matches('/');
+        let path = if parent.is_empty() {
+            format!("/{}", input.id)
+        } else {
+            format!("/{parent}/{}", input.id)
+        };
+        linux = linux.cgroups_path(PathBuf::from(path));
+    }
     linux = if insecure {
         linux.masked_paths(Vec::new()).readonly_paths(Vec::new())
     } else {
@@ -233,6 +241,50 @@ pub(crate) fn build(input: SpecInput<'_>) -> Result<Spec, OciSpecError> {
         .mounts(mounts)
         .linux(linux)
         .build()
+}
+
+/// The device rule plus the memory and CPU limits of the sandbox.
+fn cgroup_resources(
+    sandbox: &Sandbox,
+    devices: oci_spec::runtime::LinuxDeviceCgroup,
+) -> Result<oci_spec::runtime::LinuxResources, OciSpecError> {
+    let mut resources = LinuxResourcesBuilder::default().devices(vec![devices]);
+    let r = &sandbox.resources;
+    if sandbox.memory_limit.is_some() || r.memory_swap.is_some() {
+        let mut memory = LinuxMemoryBuilder::default();
+        if let Some(limit) = sandbox.memory_limit {
+            memory = memory.limit(i64::try_from(limit).unwrap_or(i64::MAX));
+        }
+        if let Some(swap) = r.memory_swap {
+            memory = memory.swap(swap);
+        }
+        resources = resources.memory(memory.build()?);
+    }
+    let has_cpu = r.cpu_quota.is_some()
+        || r.cpu_period.is_some()
+        || r.cpu_shares.is_some()
+        || r.cpuset_cpus.is_some()
+        || r.cpuset_mems.is_some();
+    if has_cpu {
+        let mut cpu = LinuxCpuBuilder::default();
+        if let Some(q) = r.cpu_quota {
+            cpu = cpu.quota(q);
+        }
+        if let Some(p) = r.cpu_period {
+            cpu = cpu.period(p);
+        }
+        if let Some(s) = r.cpu_shares {
+            cpu = cpu.shares(s);
+        }
+        if let Some(c) = &r.cpuset_cpus {
+            cpu = cpu.cpus(c.clone());
+        }
+        if let Some(m) = &r.cpuset_mems {
+            cpu = cpu.mems(m.clone());
+        }
+        resources = resources.cpu(cpu.build()?);
+    }
+    resources.build()
 }
 
 fn mount(dest: &str, typ: &str, source: &str, options: &[&str]) -> Result<OciMount, OciSpecError> {
@@ -437,6 +489,7 @@ mod tests {
             },
         ];
         let spec = build(SpecInput {
+            id: "c1",
             rootfs: Path::new("/r"),
             process: &p,
             env: finalize_env(&p.env, "/", false),
@@ -539,8 +592,18 @@ mod tests {
             }],
             shm_size: Some(1 << 20),
             memory_limit: Some(1 << 30),
+            resources: crate::Resources {
+                memory_swap: Some(-1),
+                cpu_quota: Some(50000),
+                cpu_period: Some(100000),
+                cpu_shares: Some(512),
+                cpuset_cpus: Some("0".into()),
+                cpuset_mems: None,
+            },
+            cgroup_parent: Some("/kiln.slice/".into()),
         };
         let spec = build(SpecInput {
+            id: "c1",
             rootfs: Path::new("/r"),
             process: &p,
             env: vec![],
@@ -558,6 +621,15 @@ mod tests {
         assert_eq!(linux["maskedPaths"], serde_json::json!([]));
         assert_eq!(linux["readonlyPaths"], serde_json::json!([]));
         assert_eq!(linux["resources"]["devices"][0]["allow"], true);
+        assert_eq!(linux["cgroupsPath"], "/kiln.slice/c1");
+        assert_eq!(linux["resources"]["memory"]["limit"], 1 << 30);
+        assert_eq!(linux["resources"]["memory"]["swap"], -1);
+        let cpu = &linux["resources"]["cpu"];
+        assert_eq!(
+            (&cpu["quota"], &cpu["period"], &cpu["shares"], &cpu["cpus"]),
+            (&50000.into(), &100000.into(), &512.into(), &"0".into())
+        );
+        assert!(cpu.get("mems").is_none());
         assert_eq!(linux["resources"]["memory"]["limit"], 1 << 30);
         assert!(
             linux["namespaces"]

@@ -34,6 +34,9 @@ struct Stage<'a> {
 struct StageResult {
     node: NodeId,
     image: ImageConfig,
+    /// The stage's FROM (expanded) and how many history entries its config came with.
+    base: String,
+    base_history: usize,
 }
 
 /// A stage's starting point, before its instructions: the base's filesystem and config, and the
@@ -45,6 +48,10 @@ struct StageBase {
     platform: Platform,
     /// `name ` in step labels of a multi-stage build.
     prefix: String,
+    /// How many history entries the base image brought (`--squash` keeps them).
+    base_history: usize,
+    /// The stage's FROM, expanded.
+    from_ref: String,
 }
 
 struct Converter<'a> {
@@ -168,7 +175,9 @@ pub async fn convert(
         }
     };
 
-    let result = conv.convert_stages(&stages, target, resolver).await?;
+    let (result, no_cache) = conv
+        .convert_stages(&stages, target, &opts.no_cache_filter, resolver)
+        .await?;
     let ignore = kiln_ignore::Matcher::new(&opts.excludes).ok();
     let report = crate::lint::lint(
         &dockerfile,
@@ -204,8 +213,11 @@ pub async fn convert(
     }
     Ok(Converted {
         definition: conv.def,
+        no_cache,
         root: result.node,
         image: result.image,
+        base: result.base,
+        base_history: result.base_history,
         warnings,
         locations: conv.locations,
         proxy_env: opts
@@ -606,6 +618,7 @@ impl Converter<'_> {
             self.image_node(stage.from, &base, &platform, &display, resolver)
                 .await?
         };
+        let base_history = image.history.len();
         // The base's ONBUILD triggers run first, located at FROM, and are not inherited.
         let triggers = self.onbuild_triggers(stage.from, image.config.on_build.take())?;
         Ok(StageBase {
@@ -614,6 +627,8 @@ impl Converter<'_> {
             triggers,
             platform,
             prefix,
+            base_history,
+            from_ref: base,
         })
     }
 
@@ -632,6 +647,8 @@ impl Converter<'_> {
             triggers,
             platform,
             prefix,
+            base_history,
+            from_ref,
         } = base;
         let mut step = 1;
         let mut instructions: Vec<(&Instruction, bool)> =
@@ -727,7 +744,7 @@ impl Converter<'_> {
                         run_env.push(format!("SSH_AUTH_SOCK={}", first.target));
                     }
                     step += 1;
-                    let op = Op::Exec(ExecOp {
+                    let op = Op::Exec(Box::new(ExecOp {
                         args: argv.clone(),
                         env: run_env,
                         cwd,
@@ -748,7 +765,7 @@ impl Converter<'_> {
                         secrets: run_mounts.secrets,
                         ssh: run_mounts.ssh,
                         sandbox,
-                    });
+                    }));
                     let mut inputs = vec![node];
                     if let Some(file) = script {
                         let op = Op::Mkfile(MkfileOp { files: vec![file] });
@@ -985,7 +1002,12 @@ impl Converter<'_> {
         image.architecture = platform.architecture.clone();
         image.os = platform.os.clone();
         image.variant = platform.variant.clone();
-        Ok(StageResult { node, image })
+        Ok(StageResult {
+            node,
+            image,
+            base: from_ref,
+            base_history,
+        })
     }
 
     /// The command a RUN with heredocs runs, as BuildKit rewrites it: a lone heredoc starting

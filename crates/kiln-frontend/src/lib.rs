@@ -7,6 +7,8 @@ mod convert;
 mod git_url;
 pub mod lint;
 mod mount;
+mod no_cache;
+mod outline;
 mod path;
 mod sandbox;
 mod syntax;
@@ -20,6 +22,7 @@ use kiln_oci::{ImageConfig, Platform, Reference};
 pub use convert::convert;
 pub use git_url::{GitRef, GitUrlError, parse_git_ref};
 pub use lint::{LintOptions, Report, Warning, lint};
+pub use outline::{Outline, OutlineArg, OutlineMount, Target, Targets, outline, targets};
 pub use sandbox::{Entitlement, InvalidEntitlement, RunOpts};
 
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -53,6 +56,8 @@ pub struct BuildOpts {
     pub created: String,
     /// Entitlements and what every RUN gets (`--allow`, `--add-host`, `--ulimit`, `--shm-size`).
     pub run: RunOpts,
+    /// `--no-cache-filter`: stage names whose steps run without the cache.
+    pub no_cache_filter: Vec<String>,
 }
 
 /// The frontend's result: the graph, its root, and the image config of the target stage
@@ -61,7 +66,13 @@ pub struct BuildOpts {
 pub struct Converted {
     pub definition: Definition,
     pub root: NodeId,
+    /// The steps of the `--no-cache-filter` stages, to run whatever the cache holds.
+    pub no_cache: std::collections::HashSet<NodeId>,
     pub image: ImageConfig,
+    /// The target stage's FROM, expanded (an image name, a stage name or `scratch`), and how
+    /// many of `image`'s history entries it came with (`--squash` merges what follows).
+    pub base: String,
+    pub base_history: usize,
     pub warnings: Vec<String>,
     /// Where in the Dockerfile each step comes from, for error messages.
     pub locations: HashMap<NodeId, kiln_dockerfile::Location>,

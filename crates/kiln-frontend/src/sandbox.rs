@@ -6,7 +6,7 @@ use std::collections::BTreeSet;
 use std::fmt;
 use std::str::FromStr;
 
-use kiln_llb::{ExecSandbox, HostEntry, NetworkMode, SecurityMode, Ulimit};
+use kiln_llb::{ExecResources, ExecSandbox, HostEntry, NetworkMode, SecurityMode, Ulimit};
 
 /// A privilege a build must ask for (`kiln build --allow`), as BuildKit's entitlements.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -63,6 +63,14 @@ pub struct RunOpts {
     pub extra_hosts: Vec<HostEntry>,
     pub ulimits: Vec<Ulimit>,
     pub shm_size: Option<u64>,
+    /// `--network none|host`: the mode of every RUN without a `--network` of its own (or with
+    /// `--network=default`), as BuildKit's `force-network-mode`. `host` needs the entitlement,
+    /// which `kiln build --network host` asks for itself, as buildx does.
+    pub network: Option<NetworkMode>,
+    /// `--cgroup-parent`.
+    pub cgroup_parent: Option<String>,
+    /// `--resource`.
+    pub resources: ExecResources,
 }
 
 /// The exec modes for a RUN's `--network` and `--security` values (already validated by the
@@ -83,7 +91,7 @@ pub(crate) fn run_modes(
         }
     };
     let network = match network {
-        None | Some("default") => NetworkMode::Host,
+        None | Some("default") => opts.network.unwrap_or(NetworkMode::Host),
         Some("none") => NetworkMode::None,
         Some("host") => {
             need(Entitlement::NetworkHost, "RUN --network=host")?;
@@ -107,6 +115,9 @@ pub(crate) fn run_modes(
             ulimits: opts.ulimits.clone(),
             shm_size: opts.shm_size,
             devices: Vec::new(),
+            cgroup_parent: opts.cgroup_parent.clone(),
+            resources: (opts.resources != ExecResources::default())
+                .then(|| Box::new(opts.resources.clone())),
         },
     ))
 }
@@ -148,5 +159,33 @@ mod tests {
         assert_eq!(net, NetworkMode::Host);
         assert_eq!(sb.security, SecurityMode::Insecure);
         assert_eq!(sb.ulimits, all.ulimits);
+    }
+
+    #[test]
+    fn forced_network_yields_to_a_run_flag() {
+        let forced = RunOpts {
+            network: Some(NetworkMode::None),
+            cgroup_parent: Some("/k".into()),
+            ..RunOpts::default()
+        };
+        let (net, sb) = run_modes(&forced, None, None).unwrap();
+        assert_eq!(
+            (net, sb.cgroup_parent.as_deref()),
+            (NetworkMode::None, Some("/k"))
+        );
+        assert_eq!(
+            run_modes(&forced, Some("default"), None).unwrap().0,
+            NetworkMode::None
+        );
+        // A RUN's own `--network=host` still needs the entitlement and wins.
+        assert!(run_modes(&forced, Some("host"), None).is_err());
+        let granted = RunOpts {
+            entitlements: [Entitlement::NetworkHost].into_iter().collect(),
+            ..forced
+        };
+        assert_eq!(
+            run_modes(&granted, Some("host"), None).unwrap().0,
+            NetworkMode::Host
+        );
     }
 }

@@ -84,6 +84,7 @@ fn opts(case: &Path) -> BuildOpts {
         platform: Platform::new("linux", "amd64", None),
         excludes: Vec::new(),
         created: CREATED.into(),
+        no_cache_filter: Vec::new(),
         run,
     }
 }

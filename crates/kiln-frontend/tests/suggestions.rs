@@ -38,6 +38,7 @@ async fn error(source: &str, target: Option<&str>) -> String {
         platform: Platform::new("linux", "amd64", None),
         excludes: Vec::new(),
         created: "2024-01-02T03:04:05Z".into(),
+        no_cache_filter: Vec::new(),
         run: Default::default(),
     };
     match kiln_frontend::convert(source, &opts, &BusyboxOnly).await {

@@ -25,7 +25,7 @@ pub enum Op {
     /// The build context sent by the client; `excludes` are the .dockerignore rules in force.
     Local { name: String, excludes: Vec<String> },
     /// Run a process with input 0 as the root filesystem; the result is that filesystem after.
-    Exec(ExecOp),
+    Exec(Box<ExecOp>),
     /// Copy paths from input 1 into input 0.
     Copy(CopyOp),
     /// Create a directory (and its parents) in input 0.
@@ -129,6 +129,13 @@ pub struct ExecSandbox {
     /// `RUN --device`: CDI devices by name, as BuildKit's exec op lists them.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub devices: Vec<DeviceRequest>,
+    /// The cgroup the process's cgroup is made under (`--cgroup-parent`), as BuildKit's
+    /// `Meta.CgroupParent`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cgroup_parent: Option<String>,
+    /// Cgroup limits (`--resource`), boxed to keep ops small.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resources: Option<Box<ExecResources>>,
 }
 
 /// A CDI device a RUN asks for (`RUN --device=name[,required]`). One that is not registered
@@ -137,6 +144,32 @@ pub struct ExecSandbox {
 pub struct DeviceRequest {
     pub name: String,
     pub required: bool,
+}
+
+/// Cgroup limits of `kiln build --resource KEY=VALUE`, in runc's units.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ExecResources {
+    /// `memory`: bytes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memory: Option<i64>,
+    /// `memory-swap`: memory plus swap, bytes (`-1`: unlimited).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memory_swap: Option<i64>,
+    /// `cpu-quota`: microseconds per period.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cpu_quota: Option<i64>,
+    /// `cpu-period`: microseconds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cpu_period: Option<u64>,
+    /// `cpu-shares`: relative weight.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cpu_shares: Option<u64>,
+    /// `cpuset-cpus`: CPUs allowed (`0-3`, `0,1`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cpuset_cpus: Option<String>,
+    /// `cpuset-mems`: memory nodes allowed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cpuset_mems: Option<String>,
 }
 
 /// `RUN --security`.
@@ -420,7 +453,7 @@ mod tests {
     use super::*;
 
     fn exec(cmd: &str) -> Op {
-        Op::Exec(ExecOp {
+        Op::Exec(Box::new(ExecOp {
             args: vec!["/bin/sh".into(), "-c".into(), cmd.into()],
             env: vec![],
             cwd: "/".into(),
@@ -432,7 +465,7 @@ mod tests {
             secrets: vec![],
             ssh: vec![],
             sandbox: ExecSandbox::default(),
-        })
+        }))
     }
 
     #[test]

@@ -12,6 +12,7 @@ mod check;
 mod diff;
 mod entry;
 mod overlay_linux;
+mod squash;
 mod store;
 mod xattr;
 
@@ -25,6 +26,7 @@ pub use diff::Exact;
 pub use overlay_linux::{
     OverlayMount, cleanup_stale_mounts, mount_overlay, mount_scratch_overlay, sync_filesystem,
 };
+pub use squash::squash_layers;
 pub use store::{Compression, LayerBlob, LayerStore};
 
 #[derive(Debug, thiserror::Error)]

@@ -107,6 +107,9 @@ struct Inner<G: Graph, W: Worker<G>> {
     cache: Arc<dyn CacheStore<W::Value>>,
     progress: Progress,
     no_cache: bool,
+    /// Vertices that run whatever the cache holds (`--no-cache-filter`); their results are
+    /// still saved.
+    no_cache_vertices: std::collections::HashSet<usize>,
 }
 
 impl<G: Graph, W: Worker<G>> Solver<G, W> {
@@ -124,9 +127,17 @@ impl<G: Graph, W: Worker<G>> Solver<G, W> {
                 cache,
                 progress,
                 no_cache,
+                no_cache_vertices: Default::default(),
             }),
             futures: Mutex::new(HashMap::new()),
         }
+    }
+
+    /// Runs `vertices` without looking in the cache (the others use it). Call before solving.
+    pub fn with_no_cache_for(mut self, vertices: impl IntoIterator<Item = usize>) -> Self {
+        let inner = Arc::get_mut(&mut self.inner).expect("set before solving");
+        inner.no_cache_vertices.extend(vertices);
+        self
     }
 
     /// Solves `root` and everything it needs; vertices it does not need are never touched.
@@ -177,6 +188,7 @@ impl<G: Graph, W: Worker<G>> Inner<G, W> {
             })?;
         let persist = self.worker.persist(graph, vertex);
         if !self.no_cache
+            && !self.no_cache_vertices.contains(&vertex)
             && persist
             && let Some(value) = self
                 .cache

@@ -146,6 +146,18 @@ async fn second_solve_hits_the_cache_and_no_cache_rebuilds() {
 }
 
 #[tokio::test]
+async fn no_cache_vertices_rerun_and_the_rest_hits() {
+    let dir = tempfile::tempdir().unwrap();
+    let (s, _) = solver(diamond(), dir.path(), false);
+    s.solve(3).await.unwrap();
+    let (s, c) = solver(diamond(), dir.path(), false);
+    let s = s.with_no_cache_for([1]);
+    assert_eq!(s.solve(3).await.unwrap().value, 11);
+    // b reruns; its key is unchanged, so d, downstream, still hits.
+    assert_eq!(execs(&c), vec![0, 1, 0, 0, 0]);
+}
+
+#[tokio::test]
 async fn changed_input_rebuilds_only_downstream() {
     let dir = tempfile::tempdir().unwrap();
     let (s, _) = solver(diamond(), dir.path(), false);

@@ -78,7 +78,7 @@ mod tests {
 
     fn def(devices: &[(&str, bool)]) -> Definition {
         let mut def = Definition::new();
-        let op = Op::Exec(ExecOp {
+        let op = Op::Exec(Box::new(ExecOp {
             args: vec!["true".into()],
             env: vec![],
             cwd: "/".into(),
@@ -99,7 +99,7 @@ mod tests {
                     .collect(),
                 ..ExecSandbox::default()
             },
-        });
+        }));
         def.add(op, vec![], "run");
         def
     }

@@ -1179,6 +1179,7 @@ impl kiln_solver::Worker<LlbGraph> for LlbWorker {
 
 /// The executor's sandbox for an exec op's security mode and build-wide settings.
 fn executor_sandbox(s: &ExecSandbox) -> kiln_executor::Sandbox {
+    let r = s.resources.as_deref().cloned().unwrap_or_default();
     kiln_executor::Sandbox {
         security: match s.security {
             SecurityMode::Sandbox => kiln_executor::Security::Sandbox,
@@ -1199,6 +1200,15 @@ fn executor_sandbox(s: &ExecSandbox) -> kiln_executor::Sandbox {
             })
             .collect(),
         shm_size: s.shm_size,
-        memory_limit: None,
+        memory_limit: r.memory.map(|m| u64::try_from(m).unwrap_or(0)),
+        resources: kiln_executor::Resources {
+            memory_swap: r.memory_swap,
+            cpu_quota: r.cpu_quota,
+            cpu_period: r.cpu_period,
+            cpu_shares: r.cpu_shares,
+            cpuset_cpus: r.cpuset_cpus.clone(),
+            cpuset_mems: r.cpuset_mems.clone(),
+        },
+        cgroup_parent: s.cgroup_parent.clone(),
     }
 }

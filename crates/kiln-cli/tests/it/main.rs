@@ -6,6 +6,7 @@
 
 mod add_special;
 mod blobs;
+mod build_flags;
 mod cache;
 mod concurrent;
 mod config;

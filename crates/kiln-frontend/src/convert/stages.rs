@@ -5,7 +5,9 @@
 //! name a stage not converted yet waits for it, as BuildKit adds a trigger's `--from` to the
 //! stage's dependencies.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeSet, HashMap, HashSet};
+
+use kiln_llb::NodeId;
 
 use kiln_dockerfile::{Instruction, InstructionKind};
 
@@ -14,12 +16,16 @@ use crate::{ImageResolver, Result};
 
 impl Converter<'_> {
     /// Converts the target and every stage it needs; returns the target's result.
+    /// Converts the stages `target` needs; also returns the nodes of the stages
+    /// `--no-cache-filter` names.
     pub(super) async fn convert_stages(
         &mut self,
         stages: &[Stage<'_>],
         target: usize,
+        no_cache_filter: &[String],
         resolver: &dyn ImageResolver,
-    ) -> Result<StageResult> {
+    ) -> Result<(StageResult, HashSet<NodeId>)> {
+        let mut no_cache = HashSet::new();
         let multistage = stages.len() > 1;
         let mut needed = self.needed_stages(stages, [target])?;
         let mut results: Vec<Option<StageResult>> = vec![None; stages.len()];
@@ -48,14 +54,20 @@ impl Converter<'_> {
                 bases.insert(i, base);
                 continue;
             }
+            let first_node = self.def.len();
             let r = self
                 .convert_stage(i, stages, &results, base, resolver)
                 .await?;
+            // The steps this stage added: the stages it needs were converted before it.
+            if crate::no_cache::filtered(no_cache_filter, stages[i].name.as_deref()) {
+                no_cache.extend((first_node..self.def.len()).map(NodeId));
+            }
             results[i] = Some(r);
         }
-        Ok(results[target]
+        let result = results[target]
             .take()
-            .expect("the target stage was converted"))
+            .expect("the target stage was converted");
+        Ok((result, no_cache))
     }
 
     /// The stages `roots` need, themselves included: through `FROM <stage>`, `COPY --from` and

@@ -225,8 +225,14 @@ async fn rootfs_is_the_writable_root_and_mount_points_are_removed() {
     assert!(err.text().contains("hosts"), "{}", err.text());
     assert_eq!(fs_err::read_to_string(r.join("x")).unwrap(), "hi\n");
     // runc created these as mount points; they must not end up in the layer.
-    for stub in ["proc", "dev", "sys", "etc/hosts", "etc/resolv.conf"] {
+    for stub in ["etc/hosts", "etc/resolv.conf"] {
         assert!(!r.join(stub).exists(), "{stub} left in rootfs");
+    }
+    // /proc, /dev and /sys stay, as in BuildKit's layers (empty directories).
+    for kept in ["proc", "dev", "sys"] {
+        let m = fs_err::metadata(r.join(kept)).unwrap();
+        assert!(m.is_dir(), "{kept}");
+        assert_eq!(fs_err::read_dir(r.join(kept)).unwrap().count(), 0, "{kept}");
     }
 
     let (stdio, _, err) = capture();
@@ -304,7 +310,14 @@ async fn dropping_the_future_removes_the_container() {
     assert!(start.elapsed() < Duration::from_secs(10));
     assert_nothing_left(&env.executor, &id);
     assert!(find_runc_run(&id).is_none(), "runc still running");
-    assert!(!env.rootfs.path().join("proc").exists());
+    assert!(!env.rootfs.path().join("etc/hosts").exists());
+    // Unmounted: /proc is the empty directory runc made.
+    assert_eq!(
+        fs_err::read_dir(env.rootfs.path().join("proc"))
+            .unwrap()
+            .count(),
+        0
+    );
 }
 
 #[tokio::test]

@@ -1288,11 +1288,17 @@ fn cmd_set_in_stage(instructions: &[&Instruction], before: &Instruction) -> bool
 
 /// `80`, `80/udp`, `8000-8002/tcp` → `80/tcp`, `80/udp`, `8000/tcp`...
 fn expose_keys(spec: &str) -> std::result::Result<Vec<String>, String> {
-    let (ports, proto) = spec.split_once('/').unwrap_or((spec, "tcp"));
-    let proto = proto.to_ascii_lowercase();
-    if !matches!(proto.as_str(), "tcp" | "udp" | "sctp") {
-        return Err(format!("invalid proto `{proto}` in EXPOSE {spec}"));
+    let quoted = serde_json::to_string(spec).expect("strings serialise");
+    let (ports, proto) = spec.split_once('/').unwrap_or((spec, ""));
+    if ports.is_empty() {
+        return Err(format!("invalid port: {quoted}: no port specified"));
     }
+    let proto = match proto.to_ascii_lowercase().as_str() {
+        "" => "tcp".to_string(),
+        p @ ("tcp" | "udp" | "sctp") => p.to_string(),
+        // BuildKit's words, with the protocol as written.
+        _ => return Err(format!("invalid port: {quoted}: invalid proto: {proto}")),
+    };
     let bad = || format!("invalid containerPort: {ports}");
     let parse = |p: &str| p.parse::<u16>().map_err(|_| bad());
     let (lo, hi) = match ports.split_once('-') {

@@ -719,7 +719,8 @@ impl Converter<'_> {
                     let op = Op::Exec(ExecOp {
                         args: argv.clone(),
                         env: run_env,
-                        cwd,
+                        // WORKDIR keeps `/a/./b/..` as written; the process starts where it leads.
+                        cwd: path::clean(&cwd),
                         user: image.config.user.clone().unwrap_or_default(),
                         network,
                         mounts: script
@@ -813,11 +814,19 @@ impl Converter<'_> {
                 InstructionKind::Workdir(dir) => {
                     let dir = self.expand(ins, dir, &env)?;
                     let cwd = working_dir(&image);
-                    let path = path::join(&cwd, &dir);
+                    // As BuildKit's NormalizeWorkdir: an absolute path is kept as written
+                    // (`/x//y` stays), a relative one is joined to the current one and cleaned.
+                    let path = if dir.starts_with('/') {
+                        dir
+                    } else if dir.is_empty() {
+                        cwd
+                    } else {
+                        path::join(&cwd, &dir)
+                    };
                     image.config.working_dir = Some(path.clone());
                     step += 1;
                     let op = Op::Mkdir(MkdirOp {
-                        path: path.clone(),
+                        path: path::clean(&path),
                         mode: 0o755,
                         user: image.config.user.clone().unwrap_or_default(),
                     });
@@ -870,7 +879,8 @@ impl Converter<'_> {
                 InstructionKind::Cmd(command) => {
                     let argv = self.command_argv(&image, command);
                     history(&mut image, format!("CMD {}", go_quote_list(&argv)), true);
-                    image.config.cmd = Some(argv);
+                    // An empty list is left out of the config, as Go's `omitempty` does.
+                    image.config.cmd = Some(argv).filter(|a| !a.is_empty());
                     // BuildKit marks every CMD so (Docker's image spec field, kept for
                     // compatibility).
                     image.config.args_escaped = Some(true);
@@ -882,7 +892,7 @@ impl Converter<'_> {
                         format!("ENTRYPOINT {}", go_quote_list(&argv)),
                         true,
                     );
-                    image.config.entrypoint = Some(argv);
+                    image.config.entrypoint = Some(argv).filter(|a| !a.is_empty());
                     // An ENTRYPOINT resets a CMD inherited from the base image, not one set in
                     // this stage (BuildKit's rule).
                     if !cmd_set_in_stage(&stage.instructions, ins) {

@@ -155,7 +155,7 @@ pub async fn convert(
                         .unwrap_or_default();
                     Error::Dockerfile {
                         rendered: format!(
-                            "error: target stage {} could not be found{hint}; valid stages in {}: {}",
+                            "error: target stage {} could not be found in {}{hint}; valid stages: {}",
                             serde_json::to_string(target).expect("strings serialise"),
                             opts.dockerfile_name,
                             if names.is_empty() {

@@ -13,7 +13,10 @@ use kiln_llb::{
 use kiln_oci::{History, ImageConfig, Platform, Reference};
 
 mod copy;
+mod scope;
 mod stages;
+
+use scope::Scope;
 
 use crate::path;
 use crate::{BuildOpts, Converted, Error, ImageResolver, Result};
@@ -37,6 +40,7 @@ struct StageResult {
     /// The stage's FROM (expanded) and how many history entries its config came with.
     base: String,
     base_history: usize,
+    scope: Scope,
 }
 
 /// A stage's starting point, before its instructions: the base's filesystem and config, and the
@@ -45,6 +49,8 @@ struct StageBase {
     node: NodeId,
     image: ImageConfig,
     triggers: Vec<Instruction>,
+    /// A stage's scope when the base is that stage, else empty.
+    scope: Scope,
     platform: Platform,
     /// `name ` in step labels of a multi-stage build.
     prefix: String,
@@ -139,21 +145,15 @@ pub async fn convert(
         });
     }
     conv.stage_names = stages.iter().filter_map(|s| s.name.clone()).collect();
-    for (i, s) in stages.iter().enumerate() {
-        if let Some(name) = &s.name
-            && stages[..i].iter().any(|o| o.name.as_deref() == Some(name))
-        {
-            return Err(conv.located(s.from, &format!("duplicate stage name `{name}`")));
-        }
-    }
 
     let target = match &opts.target {
         None => stages.len() - 1,
-        Some(t) => {
-            let t = t.to_ascii_lowercase();
+        Some(target) => {
+            let t = target.to_ascii_lowercase();
+            // The last stage of that name, as BuildKit's lookup by name.
             stages
                 .iter()
-                .position(|s| s.name.as_deref() == Some(t.as_str()))
+                .rposition(|s| s.name.as_deref() == Some(t.as_str()))
                 .ok_or_else(|| {
                     let names: Vec<&str> =
                         stages.iter().filter_map(|s| s.name.as_deref()).collect();
@@ -162,7 +162,8 @@ pub async fn convert(
                         .unwrap_or_default();
                     Error::Dockerfile {
                         rendered: format!(
-                            "error: target stage `{t}` could not be found in {}{hint}; valid stages: {}",
+                            "error: target stage {} could not be found in {}{hint}; valid stages: {}",
+                            serde_json::to_string(target).expect("strings serialise"),
                             opts.dockerfile_name,
                             if names.is_empty() {
                                 "(none are named)".to_string()
@@ -175,6 +176,7 @@ pub async fn convert(
         }
     };
 
+    conv.check_stage_graph(&stages)?;
     let (result, no_cache) = conv
         .convert_stages(&stages, target, &opts.no_cache_filter, resolver)
         .await?;
@@ -455,20 +457,6 @@ impl Converter<'_> {
         }
     }
 
-    /// The result of stage `dep`, which `ins` reads from as `name`. The stages an instruction
-    /// names (its own or, for an ONBUILD trigger, its base's) are converted before it.
-    fn converted<'r>(
-        &self,
-        ins: &Instruction,
-        done: &'r [Option<StageResult>],
-        dep: usize,
-        name: &str,
-    ) -> Result<&'r StageResult> {
-        done[dep].as_ref().ok_or_else(|| {
-            self.located(ins, &format!("stage `{name}` was not built before its use"))
-        })
-    }
-
     fn expand(
         &self,
         ins: &Instruction,
@@ -597,10 +585,12 @@ impl Converter<'_> {
             }
         };
         let base = self.expand(stage.from, &stage.image, &self.meta_args)?;
-        let (node, mut image) = if let Some(dep) = self.stage_ref(stages, index, &base) {
+        let mut scope = Scope::default();
+        let (node, mut image) = if let Some(dep) = self.base_stage(stages, index, &base) {
             let r = done[dep]
                 .clone()
                 .expect("stages a stage needs are converted first");
+            scope = r.scope;
             (r.node, r.image)
         } else if base == "scratch" {
             let mut image = ImageConfig {
@@ -625,6 +615,7 @@ impl Converter<'_> {
             node,
             image,
             triggers,
+            scope,
             platform,
             prefix,
             base_history,
@@ -645,6 +636,7 @@ impl Converter<'_> {
             mut node,
             mut image,
             triggers,
+            mut scope,
             platform,
             prefix,
             base_history,
@@ -655,11 +647,17 @@ impl Converter<'_> {
             triggers.iter().map(|t| (t, true)).collect();
         instructions.extend(stage.instructions.iter().map(|i| (*i, false)));
         let total = 1 + instructions.iter().filter(|(i, _)| makes_step(i)).count();
-        if image.config.env.is_none() {
-            image.config.env = Some(vec![format!("PATH={DEFAULT_PATH}")]);
+        if image.config.env_get("PATH").is_none() {
+            image
+                .config
+                .env
+                .get_or_insert_with(Vec::new)
+                .push(format!("PATH={DEFAULT_PATH}"));
         }
-        // Args in scope in this stage: name → value (None: declared without a value).
-        let mut args: Vec<(String, Option<String>)> = Vec::new();
+        for kv in image.config.env.iter().flatten() {
+            let (k, v) = kv.split_once('=').unwrap_or((kv, ""));
+            scope.set_env(k, v);
+        }
         let created = self.opts.created.clone();
         let history = |image: &mut ImageConfig, created_by: String, empty_layer: bool| {
             image.history.push(History {
@@ -677,7 +675,7 @@ impl Converter<'_> {
         };
         for (ins, onbuild) in instructions {
             let label = |step: usize| label(step, onbuild);
-            let env = expansion_env(&image, &args);
+            let env = scope.vars();
             match &ins.kind {
                 InstructionKind::From { .. } => unreachable!("FROM starts a new stage"),
                 InstructionKind::Run {
@@ -721,22 +719,13 @@ impl Converter<'_> {
                             &cwd,
                             first_mount_input,
                             stages,
-                            index,
                             done,
                             resolver,
                         )
                         .await?;
                     let argv = self.command_argv(&image, &command);
-                    let run_args: Vec<String> = args
-                        .iter()
-                        .filter_map(|(k, v)| v.as_ref().map(|v| format!("{k}={v}")))
-                        .filter(|kv| {
-                            let k = kv.split_once('=').map_or(kv.as_str(), |(k, _)| k);
-                            image.config.env_get(k).is_none()
-                        })
-                        .collect();
-                    let mut run_env = image.config.env.clone().unwrap_or_default();
-                    run_env.extend(run_args.iter().cloned());
+                    // The stage's environment: ENV and ARG values, the later write winning.
+                    let mut run_env = scope.env_list();
                     // As BuildKit: the first agent is the default one unless the env names one.
                     if let Some(first) = run_mounts.ssh.first()
                         && !run_env.iter().any(|e| e.starts_with("SSH_AUTH_SOCK="))
@@ -747,7 +736,8 @@ impl Converter<'_> {
                     let op = Op::Exec(Box::new(ExecOp {
                         args: argv.clone(),
                         env: run_env,
-                        cwd,
+                        // WORKDIR keeps `/a/./b/..` as written; the process starts where it leads.
+                        cwd: path::clean(&cwd),
                         user: image.config.user.clone().unwrap_or_default(),
                         network,
                         mounts: script
@@ -780,16 +770,10 @@ impl Converter<'_> {
                     }
                     node = self.def.add(op, inputs, name);
                     self.locations.insert(node, ins.location);
-                    // BuildKit's history lists every ARG in scope, with the ENV value when an
-                    // ENV overrides it, then the argv joined by spaces (either form).
+                    // BuildKit's history lists every ARG in scope, valued from the environment,
+                    // then the argv joined by spaces (either form).
                     let shown = argv.join(" ");
-                    let history_args: Vec<String> = args
-                        .iter()
-                        .map(|(k, v)| {
-                            let v = image.config.env_get(k).or(v.as_deref()).unwrap_or("");
-                            format!("{k}={v}")
-                        })
-                        .collect();
+                    let history_args = scope.history_args();
                     let prefix_args = if history_args.is_empty() {
                         String::new()
                     } else {
@@ -847,11 +831,19 @@ impl Converter<'_> {
                 InstructionKind::Workdir(dir) => {
                     let dir = self.expand(ins, dir, &env)?;
                     let cwd = working_dir(&image);
-                    let path = path::join(&cwd, &dir);
+                    // As BuildKit's NormalizeWorkdir: an absolute path is kept as written
+                    // (`/x//y` stays), a relative one is joined to the current one and cleaned.
+                    let path = if dir.starts_with('/') {
+                        dir
+                    } else if dir.is_empty() {
+                        cwd
+                    } else {
+                        path::join(&cwd, &dir)
+                    };
                     image.config.working_dir = Some(path.clone());
                     step += 1;
                     let op = Op::Mkdir(MkdirOp {
-                        path: path.clone(),
+                        path: path::clean(&path),
                         mode: 0o755,
                         user: image.config.user.clone().unwrap_or_default(),
                     });
@@ -862,14 +854,16 @@ impl Converter<'_> {
                     history(&mut image, format!("WORKDIR {path}"), false);
                 }
                 InstructionKind::Env(pairs) => {
-                    let mut shown = Vec::new();
+                    // Every pair is expanded with the environment from before the line, as
+                    // BuildKit expands the whole instruction before applying it.
+                    let mut expanded = Vec::new();
                     for (k, v) in pairs {
-                        // Each pair sees the values set before it in the same instruction only
-                        // through the image env, as BuildKit does.
-                        let env = expansion_env(&image, &args);
-                        let k = self.expand(ins, k, &env)?;
-                        let v = self.expand(ins, v, &env)?;
+                        expanded.push((self.expand(ins, k, &env)?, self.expand(ins, v, &env)?));
+                    }
+                    let mut shown = Vec::new();
+                    for (k, v) in expanded {
                         image.config.env_set(&k, &v);
+                        scope.set_env(&k, &v);
                         shown.push(format!("{k}={v}"));
                     }
                     history(&mut image, format!("ENV {}", shown.join(" ")), true);
@@ -881,7 +875,8 @@ impl Converter<'_> {
                             self.used_build_args.insert(name.clone());
                             Some(v.clone())
                         } else if let Some(d) = default {
-                            Some(self.expand(ins, d, &env)?)
+                            // An earlier ARG on the same line is already in scope.
+                            Some(self.expand(ins, d, &scope.vars())?)
                         } else {
                             self.meta_args.get(name).cloned()
                         };
@@ -889,8 +884,7 @@ impl Converter<'_> {
                             Some(v) => format!("{name}={v}"),
                             None => name.clone(),
                         });
-                        args.retain(|(k, _)| k != name);
-                        args.push((name.clone(), value));
+                        scope.declare_arg(name, value);
                     }
                     history(&mut image, format!("ARG {}", shown.join(" ")), true);
                 }
@@ -902,7 +896,8 @@ impl Converter<'_> {
                 InstructionKind::Cmd(command) => {
                     let argv = self.command_argv(&image, command);
                     history(&mut image, format!("CMD {}", go_quote_list(&argv)), true);
-                    image.config.cmd = Some(argv);
+                    // An empty list is left out of the config, as Go's `omitempty` does.
+                    image.config.cmd = Some(argv).filter(|a| !a.is_empty());
                     // BuildKit marks every CMD so (Docker's image spec field, kept for
                     // compatibility).
                     image.config.args_escaped = Some(true);
@@ -914,7 +909,7 @@ impl Converter<'_> {
                         format!("ENTRYPOINT {}", go_quote_list(&argv)),
                         true,
                     );
-                    image.config.entrypoint = Some(argv);
+                    image.config.entrypoint = Some(argv).filter(|a| !a.is_empty());
                     // An ENTRYPOINT resets a CMD inherited from the base image, not one set in
                     // this stage (BuildKit's rule).
                     if !cmd_set_in_stage(&stage.instructions, ins) {
@@ -1007,6 +1002,7 @@ impl Converter<'_> {
             image,
             base: from_ref,
             base_history,
+            scope,
         })
     }
 
@@ -1109,7 +1105,6 @@ impl Converter<'_> {
         cwd: &str,
         first_input: usize,
         stages: &[Stage<'_>],
-        index: usize,
         done: &[Option<StageResult>],
         resolver: &dyn ImageResolver,
     ) -> Result<RunMounts> {
@@ -1126,7 +1121,7 @@ impl Converter<'_> {
                     let node = match from {
                         None => self.context(),
                         Some(from) => {
-                            self.mount_from_node(ins, from, stages, index, done, resolver)
+                            self.mount_from_node(ins, from, target, stages, done, resolver)
                                 .await?
                         }
                     };
@@ -1154,7 +1149,7 @@ impl Converter<'_> {
                         None => None,
                         Some(from) => {
                             let node = self
-                                .mount_from_node(ins, from, stages, index, done, resolver)
+                                .mount_from_node(ins, from, &target, stages, done, resolver)
                                 .await?;
                             out.inputs.push(node);
                             Some(first_input + out.inputs.len() - 1)
@@ -1237,29 +1232,6 @@ impl Converter<'_> {
         Ok(out)
     }
 
-    /// The node a `from=` names: an earlier stage, else an image.
-    async fn mount_from_node(
-        &mut self,
-        ins: &Instruction,
-        from: &str,
-        stages: &[Stage<'_>],
-        index: usize,
-        done: &[Option<StageResult>],
-        resolver: &dyn ImageResolver,
-    ) -> Result<NodeId> {
-        if let Some(dep) = self.stage_ref(stages, index, from) {
-            return Ok(self.converted(ins, done, dep, from)?.node);
-        }
-        if stages[index..]
-            .iter()
-            .any(|s| s.name.as_deref() == Some(from.to_ascii_lowercase().as_str()))
-        {
-            return Err(self.located(ins, &format!("stage `{from}` is used before it is defined")));
-        }
-        let platform = self.opts.platform.clone();
-        Ok(self.image_node(ins, from, &platform, "", resolver).await?.0)
-    }
-
     /// Expands a COPY heredoc body as BuildKit does: variables and escapes are processed, quotes
     /// are plain characters.
     fn expand_heredoc(
@@ -1294,22 +1266,6 @@ impl Converter<'_> {
 
 pub(crate) const DEFAULT_PATH: &str =
     "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
-
-/// Variables visible to word expansion: stage ARGs, overridden by the image's ENV.
-fn expansion_env(
-    image: &ImageConfig,
-    args: &[(String, Option<String>)],
-) -> BTreeMap<String, String> {
-    let mut env: BTreeMap<String, String> = args
-        .iter()
-        .filter_map(|(k, v)| v.as_ref().map(|v| (k.clone(), v.clone())))
-        .collect();
-    for kv in image.config.env.iter().flatten() {
-        let (k, v) = kv.split_once('=').unwrap_or((kv, ""));
-        env.insert(k.to_string(), v.to_string());
-    }
-    env
-}
 
 /// Where a RUN heredoc with a shebang is mounted (read-only), as in BuildKit.
 const HEREDOC_PIPES: &str = "/dev/pipes";
@@ -1365,11 +1321,17 @@ fn cmd_set_in_stage(instructions: &[&Instruction], before: &Instruction) -> bool
 
 /// `80`, `80/udp`, `8000-8002/tcp` → `80/tcp`, `80/udp`, `8000/tcp`...
 fn expose_keys(spec: &str) -> std::result::Result<Vec<String>, String> {
-    let (ports, proto) = spec.split_once('/').unwrap_or((spec, "tcp"));
-    let proto = proto.to_ascii_lowercase();
-    if !matches!(proto.as_str(), "tcp" | "udp" | "sctp") {
-        return Err(format!("invalid proto `{proto}` in EXPOSE {spec}"));
+    let quoted = serde_json::to_string(spec).expect("strings serialise");
+    let (ports, proto) = spec.split_once('/').unwrap_or((spec, ""));
+    if ports.is_empty() {
+        return Err(format!("invalid port: {quoted}: no port specified"));
     }
+    let proto = match proto.to_ascii_lowercase().as_str() {
+        "" => "tcp".to_string(),
+        p @ ("tcp" | "udp" | "sctp") => p.to_string(),
+        // BuildKit's words, with the protocol as written.
+        _ => return Err(format!("invalid port: {quoted}: invalid proto: {proto}")),
+    };
     let bad = || format!("invalid containerPort: {ports}");
     let parse = |p: &str| p.parse::<u16>().map_err(|_| bad());
     let (lo, hi) = match ports.split_once('-') {

@@ -97,7 +97,7 @@ pub(crate) fn run_modes(
             need(Entitlement::NetworkHost, "RUN --network=host")?;
             NetworkMode::Host
         }
-        Some(other) => return Err(format!("unsupported network mode `{other}`")),
+        Some(other) => return Err(format!("invalid network mode \"{other}\"")),
     };
     let security = match security {
         None | Some("sandbox") => SecurityMode::Sandbox,
@@ -105,7 +105,7 @@ pub(crate) fn run_modes(
             need(Entitlement::SecurityInsecure, "RUN --security=insecure")?;
             SecurityMode::Insecure
         }
-        Some(other) => return Err(format!("unsupported security mode `{other}`")),
+        Some(other) => return Err(format!("security \"{other}\" is not valid")),
     };
     Ok((
         network,

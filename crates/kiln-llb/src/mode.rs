@@ -14,7 +14,7 @@ pub enum ModeError {
     #[error("invalid chmod parameter: '{0}'. it should be octal string and between 0 and 07777")]
     Octal(String),
     #[error(
-        "invalid chmod parameter: '{0}': expected an octal mode or a symbolic one such as `u=rwx,go=rx` or `+x`"
+        "invalid chmod parameter: '{0}': invalid syntax (expected an octal mode or a symbolic one such as `u=rwx,go=rx` or `+x`)"
     )]
     Symbolic(String),
 }

@@ -188,6 +188,13 @@ pub enum Cause {
         status: reqwest::StatusCode,
         errors: RegistryErrors,
     },
+    /// The registry has no manifest by that name: BuildKit's words, the HTTP answer as source.
+    #[error("{reference}: not found")]
+    NotFound {
+        reference: String,
+        #[source]
+        source: Box<Cause>,
+    },
     #[error("{method} {url} failed")]
     Transport {
         method: String,

@@ -242,7 +242,21 @@ impl Client {
         let scope = pull_scope(reference.repository());
         let response = self
             .send_ok(ep, &scope, Method::GET, &url, &headers, None, true)
-            .await?;
+            .await
+            .map_err(|cause| match cause {
+                Cause::Status { status, .. } if status == reqwest::StatusCode::NOT_FOUND => {
+                    let named = if reference.tag() == Some(target) {
+                        reference.clone()
+                    } else {
+                        reference.with_digest(target)
+                    };
+                    Cause::NotFound {
+                        reference: named.to_string(),
+                        source: Box::new(cause),
+                    }
+                }
+                cause => cause,
+            })?;
         let content_type = header_str(&response, reqwest::header::CONTENT_TYPE)
             .map(|ct| ct.split(';').next().unwrap_or("").trim().to_string());
         let header_digest = header_str(&response, "docker-content-digest");

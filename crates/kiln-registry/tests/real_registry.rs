@@ -130,7 +130,7 @@ async fn push_then_pull_through_docker_io_mirror() {
     );
     // The mirror's answer is kept alongside the (unreachable) registry's.
     assert!(
-        chain.contains(&format!("all mirrors failed ({host}: GET http://{host}/v2/library/kiln-test/manifests/absent returned 404 Not Found: MANIFEST_UNKNOWN")),
+        chain.contains(&format!("all mirrors failed ({host}: docker.io/library/kiln-test:absent: not found: GET http://{host}/v2/library/kiln-test/manifests/absent returned 404 Not Found: MANIFEST_UNKNOWN")),
         "{chain}"
     );
 }

@@ -447,14 +447,14 @@ fn convert_run(node: &Node, args: Vec<String>, heredocs: &[Heredoc]) -> Step<Ins
         .as_deref()
         .filter(|n| !matches!(*n, "default" | "none" | "host"))
     {
-        return Err(format!("unsupported network mode {}", go_quote(n)));
+        return Err(format!("invalid network mode {}", go_quote(n)));
     }
     let security = flags.given_string("security");
     if let Some(s) = security
         .as_deref()
         .filter(|s| !matches!(*s, "sandbox" | "insecure"))
     {
-        return Err(format!("unsupported security mode {}", go_quote(s)));
+        return Err(format!("security {} is not valid", go_quote(s)));
     }
     let device = flags.strings("device").to_vec();
     for d in &device {
@@ -602,12 +602,12 @@ mod tests {
         assert!(
             one("RUN --network=bridge x")
                 .unwrap_err()
-                .contains("unsupported network mode \"bridge\"")
+                .contains("invalid network mode \"bridge\"")
         );
         assert!(
             one("RUN --security=x y")
                 .unwrap_err()
-                .contains("unsupported security mode")
+                .contains("security \"x\" is not valid")
         );
         let InstructionKind::Run {
             mounts, network, ..

@@ -149,21 +149,8 @@ impl Converter<'_> {
                     ));
                 }
                 let from = self.expand(ins, from, env)?;
-                if let Some(dep) = self.stage_ref(stages, index, &from) {
-                    self.converted(ins, done, dep, &from)?.node
-                } else if stages[index..]
-                    .iter()
-                    .any(|s| s.name.as_deref() == Some(from.to_ascii_lowercase().as_str()))
-                {
-                    return Err(
-                        self.located(ins, &format!("stage `{from}` is used before it is defined"))
-                    );
-                } else {
-                    let platform = self.opts.platform.clone();
-                    self.image_node(ins, &from, &platform, "", resolver)
-                        .await?
-                        .0
-                }
+                self.copy_from_node(ins, &from, stages, index, done, resolver)
+                    .await?
             }
         };
         let name = format!("{label} {}", one_line(&ins.original));

@@ -4,6 +4,14 @@
 //! base is resolved, so stages are converted smallest index first and a stage whose triggers
 //! name a stage not converted yet waits for it, as BuildKit adds a trigger's `--from` to the
 //! stage's dependencies.
+//!
+//! How a name finds a stage follows BuildKit's dockerfile2llb: stage names are lower-cased when
+//! declared; `FROM <name>` matches the last stage declared before it whose name is exactly
+//! `<name>` (so `FROM Build` is an image reference, however the stage was spelled); `COPY --from`
+//! and `RUN --mount=from=` match any stage of the file, case-insensitively, the last one when
+//! names repeat; a numeric `COPY --from` is a stage index, never an image. A stage can only read
+//! from stages converted before it, and references that go round in a circle are refused up
+//! front, for every stage, needed or not.
 
 use std::collections::{BTreeSet, HashMap, HashSet};
 
@@ -11,6 +19,7 @@ use kiln_llb::NodeId;
 
 use kiln_dockerfile::{Instruction, InstructionKind};
 
+use super::copy::has_variable;
 use super::{Converter, Stage, StageBase, StageResult};
 use crate::{ImageResolver, Result};
 
@@ -41,7 +50,10 @@ impl Converter<'_> {
             let deps: Vec<usize> = base
                 .triggers
                 .iter()
-                .flat_map(|t| self.instruction_deps(stages, i, t))
+                .map(|t| self.instruction_deps(stages, t))
+                .collect::<Result<Vec<_>>>()?
+                .into_iter()
+                .flatten()
                 .collect();
             let more: Vec<usize> = self
                 .needed_stages(stages, deps)?
@@ -84,46 +96,191 @@ impl Converter<'_> {
                 continue;
             }
             let base = self.expand(stages[i].from, &stages[i].image, &self.meta_args)?;
-            if let Some(dep) = self.stage_ref(stages, i, &base) {
+            if let Some(dep) = self.base_stage(stages, i, &base) {
                 todo.push(dep);
             }
             for ins in &stages[i].instructions {
-                todo.extend(self.instruction_deps(stages, i, ins));
+                todo.extend(self.instruction_deps(stages, ins)?);
             }
         }
         Ok(needed)
     }
 
-    /// The earlier stages one instruction of stage `current` reads from.
-    fn instruction_deps(&self, stages: &[Stage], current: usize, ins: &Instruction) -> Vec<usize> {
+    /// The stages one instruction reads from (`COPY --from`, `RUN --mount=from=`).
+    fn instruction_deps(&self, stages: &[Stage], ins: &Instruction) -> Result<Vec<usize>> {
         let mut deps = Vec::new();
         match &ins.kind {
             InstructionKind::Copy(args) => {
-                if let Some(from) = &args.from {
-                    deps.extend(self.stage_ref(stages, current, from));
+                if let Some(from) = &args.from
+                    && !has_variable(from)
+                {
+                    deps.extend(copy_source(stages, from).map_err(|m| self.located(ins, &m))?);
                 }
             }
             InstructionKind::Run { mounts, .. } => {
                 for m in mounts {
                     if let Some(from) = crate::mount::from_of(m) {
-                        deps.extend(self.stage_ref(stages, current, &from));
+                        deps.extend(mount_source(stages, &from));
                     }
                 }
             }
             _ => {}
         }
-        deps
+        Ok(deps)
     }
 
-    /// A stage named or numbered `name` defined before stage `current`.
-    pub(super) fn stage_ref(&self, stages: &[Stage], current: usize, name: &str) -> Option<usize> {
-        let lower = name.to_ascii_lowercase();
-        if let Some(i) = stages[..current]
-            .iter()
-            .position(|s| s.name.as_deref() == Some(lower.as_str()))
-        {
-            return Some(i);
+    /// Refuses a `COPY --from` index out of range and stages that read from each other in a
+    /// circle, for every stage of the file as BuildKit does, naming the first stage (in file
+    /// order) from which a circle is reachable.
+    pub(super) fn check_stage_graph(&self, stages: &[Stage]) -> Result<()> {
+        let mut deps: Vec<Vec<(usize, &Instruction)>> = Vec::with_capacity(stages.len());
+        for stage in stages {
+            let mut mine = Vec::new();
+            for ins in &stage.instructions {
+                for dep in self.instruction_deps(stages, ins)? {
+                    mine.push((dep, *ins));
+                }
+            }
+            deps.push(mine);
         }
-        name.parse::<usize>().ok().filter(|i| *i < current)
+        let mut visited = HashSet::new();
+        for root in 0..stages.len() {
+            let mut path = Vec::new();
+            if let Some(ins) = find_cycle(&deps, root, &mut visited, &mut path) {
+                let msg = format!(
+                    "circular dependency detected on stage: {}",
+                    stage_name(stages, root)
+                );
+                return Err(self.located(ins, &msg));
+            }
+        }
+        Ok(())
     }
+
+    /// The stage a `FROM` names: the last one declared before `current` with exactly this
+    /// (lower-case) name.
+    pub(super) fn base_stage(&self, stages: &[Stage], current: usize, name: &str) -> Option<usize> {
+        stages[..current]
+            .iter()
+            .rposition(|s| s.name.as_deref() == Some(name))
+    }
+
+    /// The node a `COPY --from` reads: a stage converted before this one, else an image.
+    #[allow(clippy::too_many_arguments)]
+    pub(super) async fn copy_from_node(
+        &mut self,
+        ins: &Instruction,
+        from: &str,
+        stages: &[Stage<'_>],
+        index: usize,
+        done: &[Option<StageResult>],
+        resolver: &dyn ImageResolver,
+    ) -> Result<NodeId> {
+        match copy_source(stages, from).map_err(|m| self.located(ins, &m))? {
+            Some(dep) => match &done[dep] {
+                Some(r) => Ok(r.node),
+                None => Err(self.located(
+                    ins,
+                    &format!(
+                        "cannot copy from stage {}, it needs to be defined before current stage {}",
+                        go_quote(from),
+                        go_quote(&stage_name(stages, index))
+                    ),
+                )),
+            },
+            None => {
+                let platform = self.opts.platform.clone();
+                Ok(self.image_node(ins, from, &platform, "", resolver).await?.0)
+            }
+        }
+    }
+
+    /// The node a `RUN --mount=from=` reads: a stage converted before this one, else an image.
+    #[allow(clippy::too_many_arguments)]
+    pub(super) async fn mount_from_node(
+        &mut self,
+        ins: &Instruction,
+        from: &str,
+        target: &str,
+        stages: &[Stage<'_>],
+        done: &[Option<StageResult>],
+        resolver: &dyn ImageResolver,
+    ) -> Result<NodeId> {
+        match mount_source(stages, from) {
+            Some(dep) => match &done[dep] {
+                Some(r) => Ok(r.node),
+                None => Err(self.located(
+                    ins,
+                    &format!(
+                        "cannot mount from stage {} to {}, stage needs to be defined before \
+                         current command",
+                        go_quote(from),
+                        go_quote(target)
+                    ),
+                )),
+            },
+            None => {
+                let platform = self.opts.platform.clone();
+                Ok(self.image_node(ins, from, &platform, "", resolver).await?.0)
+            }
+        }
+    }
+}
+
+/// The stage a `COPY --from` names: a number is an index (an error when out of range), else
+/// the last stage of that name, case-insensitively; `None` for an image.
+fn copy_source(stages: &[Stage], from: &str) -> std::result::Result<Option<usize>, String> {
+    if let Ok(index) = from.parse::<i64>() {
+        return match usize::try_from(index) {
+            Ok(i) if i < stages.len() => Ok(Some(i)),
+            _ => Err(format!("invalid stage index {index}")),
+        };
+    }
+    Ok(mount_source(stages, from))
+}
+
+/// The stage a `RUN --mount=from=` names: the last stage of that name, case-insensitively.
+fn mount_source(stages: &[Stage], from: &str) -> Option<usize> {
+    let lower = from.to_ascii_lowercase();
+    stages
+        .iter()
+        .rposition(|s| s.name.as_deref() == Some(lower.as_str()))
+}
+
+/// A stage's name in BuildKit's messages: its own, else `stage-<index>`.
+pub(super) fn stage_name(stages: &[Stage], index: usize) -> String {
+    stages[index]
+        .name
+        .clone()
+        .unwrap_or_else(|| format!("stage-{index}"))
+}
+
+/// Go's `%q` of a plain string.
+fn go_quote(s: &str) -> String {
+    serde_json::to_string(s).expect("strings serialise")
+}
+
+/// Depth-first from `stage` over stage reads; the instruction that starts the path to the first
+/// stage found twice on the current path.
+fn find_cycle<'i>(
+    deps: &[Vec<(usize, &'i Instruction)>],
+    stage: usize,
+    visited: &mut HashSet<usize>,
+    path: &mut Vec<usize>,
+) -> Option<&'i Instruction> {
+    if !visited.insert(stage) {
+        return None;
+    }
+    path.push(stage);
+    for (dep, ins) in &deps[stage] {
+        if path.contains(dep) {
+            return Some(*ins);
+        }
+        if let Some(found) = find_cycle(deps, *dep, visited, path) {
+            // Report the instruction where the circle's path leaves the root.
+            return Some(if path.len() == 1 { *ins } else { found });
+        }
+    }
+    path.pop();
+    None
 }

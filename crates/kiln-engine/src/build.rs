@@ -201,6 +201,12 @@ impl Engine {
             Error::Solve { message, location }
         })?;
 
+        // The base image's layers: the history entries it brought that made one.
+        let base_layers = converted.image.history
+            [..converted.base_history.min(converted.image.history.len())]
+            .iter()
+            .filter(|h| !h.empty_layer)
+            .count();
         let (image_value, image) = if req.squash {
             self.squash(
                 &solved.value,
@@ -214,7 +220,14 @@ impl Engine {
             (solved.value.clone(), converted.image)
         };
         let exported = self
-            .export(&image_value, &solved.value, image, &req, progress)
+            .export(
+                &image_value,
+                &solved.value,
+                image,
+                &req,
+                base_layers,
+                progress,
+            )
             .await?;
         let manifest_bytes = self.content.read(&exported.0)?;
         let manifest_media_type = serde_json::from_slice::<serde_json::Value>(&manifest_bytes)

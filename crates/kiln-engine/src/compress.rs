@@ -28,6 +28,8 @@ impl Output {
                 .oci_mediatypes
                 .unwrap_or(self.kind == ExporterKind::Oci),
             rewrite_timestamp: source_date_epoch.filter(|_| self.rewrite_timestamp),
+            // Set by the build, which knows its base image.
+            base_layers: 0,
             manifest_annotations: self
                 .annotations
                 .iter()

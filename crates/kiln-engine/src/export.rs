@@ -13,15 +13,22 @@ use crate::{Engine, Result};
 impl Engine {
     /// Writes config and manifest for `value` and sends them to the request's outputs (the
     /// rootfs ones from `rootfs`, the solved chain, whose layers are all in the layer store);
-    /// returns (manifest digest, config digest, every name the image got).
+    /// returns (manifest digest, config digest, every name the image got). The first
+    /// `base_layers` layers are the base image's (`rewrite-timestamp` leaves them alone).
     pub(crate) async fn export(
         &self,
         value: &Value,
         rootfs: &Value,
         image: ImageConfig,
         req: &BuildRequest,
+        base_layers: usize,
         progress: &Progress,
     ) -> Result<(Digest, Digest, Vec<String>)> {
+        let opts_of = |o: &crate::output::Output| {
+            let mut opts = o.export_opts(req.epoch());
+            opts.base_layers = base_layers;
+            opts
+        };
         let v = progress.vertex("exporting to image");
         v.status("exporting layers");
         // local, tar and cacheonly outputs need no layer blobs (the rootfs comes from the
@@ -41,11 +48,15 @@ impl Engine {
             .iter()
             .find(|o| o.kind == ExporterKind::Image)
             .map(|o| {
-                let mut opts = o.export_opts(req.epoch());
+                let mut opts = opts_of(o);
                 opts.compression = kiln_exporter::compress::ExportOpts::store().compression;
                 opts
             })
-            .filter(|o| *o != kiln_exporter::compress::ExportOpts::store());
+            .filter(|o| {
+                let mut plain = kiln_exporter::compress::ExportOpts::store();
+                plain.base_layers = o.base_layers;
+                *o != plain
+            });
         let (manifest, config) = match store_opts {
             Some(opts) => {
                 let e = self.exported_manifest(&manifest, &opts).await?;
@@ -54,7 +65,7 @@ impl Engine {
             None => (manifest, config),
         };
         let (names, pushed) = self
-            .export_names(&manifest, value.layers(), req, progress, &v)
+            .export_names(&manifest, value.layers(), req, base_layers, progress, &v)
             .await?;
         for output in &req.outputs {
             if matches!(output.kind, ExporterKind::Local | ExporterKind::Tar) {
@@ -71,9 +82,7 @@ impl Engine {
                 (output.kind, &output.dest)
             {
                 v.status("compressing layers");
-                let exported = self
-                    .exported_manifest(&manifest, &output.export_opts(req.epoch()))
-                    .await?;
+                let exported = self.exported_manifest(&manifest, &opts_of(output)).await?;
                 let manifest = &exported.manifest;
                 v.status(&format!("sending tarball to {}", dest.display()));
                 let tags = crate::export_names::output_names(req, output)?;

@@ -45,6 +45,7 @@ impl Engine {
         manifest: &Digest,
         layers: &[LayerRef],
         req: &BuildRequest,
+        base_layers: usize,
         progress: &Progress,
         v: &Vertex,
     ) -> Result<(Vec<String>, Option<ExportedImage>)> {
@@ -77,7 +78,9 @@ impl Engine {
                 // By digest only (push-by-digest): the repository gets the manifest, no tag.
                 let target = (name.clone(), output.push_by_digest);
                 if output.push && !push.iter().any(|(t, _)| *t == target) {
-                    push.push((target, output.export_opts(req.epoch())));
+                    let mut opts = output.export_opts(req.epoch());
+                    opts.base_layers = base_layers;
+                    push.push((target, opts));
                 }
             }
             if output.unpack {

@@ -106,6 +106,9 @@ pub struct ExportOpts {
     pub rewrite_timestamp: Option<i64>,
     /// `annotation.KEY=VALUE` / `annotation-manifest.KEY=VALUE`: annotations of the manifest.
     pub manifest_annotations: BTreeMap<String, String>,
+    /// How many leading layers came from the base image: `rewrite-timestamp` leaves them as
+    /// pulled, as BuildKit rewrites only the layers a build made.
+    pub base_layers: usize,
 }
 
 impl ExportOpts {
@@ -374,10 +377,12 @@ pub fn pending_layers(
 ) -> Result<Vec<PendingLayer>> {
     let local = LocalImage::read(content, manifest)?;
     let jobs = local.jobs();
-    let results = parallel_map(&jobs, |(_, held, diff_id)| {
+    let results = parallel_map(&jobs, |(i, held, diff_id)| {
         let (held, diff_id) = match opts.rewrite_timestamp {
-            Some(epoch) => rewritten(content, variants, held, diff_id, epoch)?,
-            None => (held.clone(), diff_id.clone()),
+            Some(epoch) if *i >= opts.base_layers => {
+                rewritten(content, variants, held, diff_id, epoch)?
+            }
+            _ => (held.clone(), diff_id.clone()),
         };
         Ok(
             match existing_blob(content, variants, &held, &diff_id, &opts.compression) {
@@ -416,10 +421,12 @@ pub fn export_image(
         .enumerate()
         .filter_map(|(i, (h, d))| h.clone().map(|h| (i, h, d.clone())))
         .collect();
-    let results = parallel_map(&jobs, |(_, held, diff_id)| {
+    let results = parallel_map(&jobs, |(i, held, diff_id)| {
         let (held, diff_id) = match opts.rewrite_timestamp {
-            Some(epoch) => rewritten(content, variants, held, diff_id, epoch)?,
-            None => (held.clone(), diff_id.clone()),
+            Some(epoch) if *i >= opts.base_layers => {
+                rewritten(content, variants, held, diff_id, epoch)?
+            }
+            _ => (held.clone(), diff_id.clone()),
         };
         let blob = layer_blob(content, variants, &held, &diff_id, &opts.compression)?;
         Ok((diff_id, blob))

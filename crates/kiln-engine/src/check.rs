@@ -39,17 +39,7 @@ pub fn check(req: &CheckRequest<'_>) -> Result<CheckReport> {
             source: std::io::ErrorKind::Unsupported.into(),
         });
     }
-    let path = req
-        .dockerfile
-        .map(Path::to_path_buf)
-        .unwrap_or_else(|| req.context.join("Dockerfile"));
-    let name = path
-        .file_name()
-        .map_or_else(|| "Dockerfile".into(), |n| n.to_string_lossy().into_owned());
-    let source = std::fs::read_to_string(&path).map_err(io(format!(
-        "failed to read the Dockerfile `{}`",
-        path.display()
-    )))?;
+    let (name, source) = read_dockerfile(req)?;
     let ignore_path = req.context.join(".dockerignore");
     let ignore =
         match std::fs::read_to_string(&ignore_path) {
@@ -61,11 +51,7 @@ pub fn check(req: &CheckRequest<'_>) -> Result<CheckReport> {
             })?),
             Err(_) => None,
         };
-    let dockerfile = kiln_dockerfile::parse(&source).map_err(|e| {
-        Error::Frontend(kiln_frontend::Error::Dockerfile {
-            rendered: e.render(&name, &source),
-        })
-    })?;
+    let dockerfile = parse(&name, &source)?;
     let opts = kiln_frontend::LintOptions {
         build_args: Some(req.build_args),
         target: req.target,
@@ -110,6 +96,23 @@ pub enum Subrequest {
 /// What `--call outline|targets` prints, as text or (`format=json`) JSON, as buildx does.
 /// Like `--check`, only the Dockerfile is read: nothing is resolved or built.
 pub fn subrequest(req: &CheckRequest<'_>, what: Subrequest, json: bool) -> Result<String> {
+    let (name, source) = read_dockerfile(req)?;
+    let dockerfile = parse(&name, &source)?;
+    Ok(match what {
+        Subrequest::Targets => {
+            let t = kiln_frontend::targets(&dockerfile, &source);
+            if json { t.to_json() } else { t.to_text() }
+        }
+        Subrequest::Outline => {
+            let o = kiln_frontend::outline(&dockerfile, &source, req.build_args, req.target)
+                .map_err(Error::Usage)?;
+            if json { o.to_json() } else { o.to_text() }
+        }
+    })
+}
+
+/// The Dockerfile's name (for messages) and text: given, or read from `-f` or the context.
+fn read_dockerfile(req: &CheckRequest<'_>) -> Result<(String, String)> {
     let path = req
         .dockerfile
         .map(Path::to_path_buf)
@@ -124,20 +127,13 @@ pub fn subrequest(req: &CheckRequest<'_>, what: Subrequest, json: bool) -> Resul
             path.display()
         )))?,
     };
-    let dockerfile = kiln_dockerfile::parse(&source).map_err(|e| {
+    Ok((name, source))
+}
+
+fn parse(name: &str, source: &str) -> Result<kiln_dockerfile::Dockerfile> {
+    kiln_dockerfile::parse(source).map_err(|e| {
         Error::Frontend(kiln_frontend::Error::Dockerfile {
-            rendered: e.render(&name, &source),
+            rendered: e.render(name, source),
         })
-    })?;
-    Ok(match what {
-        Subrequest::Targets => {
-            let t = kiln_frontend::targets(&dockerfile, &source);
-            if json { t.to_json() } else { t.to_text() }
-        }
-        Subrequest::Outline => {
-            let o = kiln_frontend::outline(&dockerfile, &source, req.build_args, req.target)
-                .map_err(Error::Usage)?;
-            if json { o.to_json() } else { o.to_text() }
-        }
     })
 }

@@ -114,28 +114,23 @@ pub async fn convert(
     };
 
     // Instructions before the first FROM: only ARG is allowed there.
-    let mut stages: Vec<Stage> = Vec::new();
-    for ins in &dockerfile.instructions {
-        match (&ins.kind, stages.last_mut()) {
-            (
-                InstructionKind::From {
-                    image,
-                    name,
-                    platform,
-                },
-                _,
-            ) => stages.push(Stage {
-                name: name.as_ref().map(|n| n.to_ascii_lowercase()),
-                from: ins,
-                image: image.clone(),
-                platform: platform.clone(),
-                instructions: Vec::new(),
-            }),
-            (InstructionKind::Arg(args), None) => conv.meta_arg(ins, args)?,
-            (_, None) => return Err(conv.located(ins, "no build stage in current context")),
-            (_, Some(stage)) => stage.instructions.push(ins),
+    let (meta, split) = crate::split::split(&dockerfile);
+    for ins in meta {
+        match &ins.kind {
+            InstructionKind::Arg(args) => conv.meta_arg(ins, args)?,
+            _ => return Err(conv.located(ins, "no build stage in current context")),
         }
     }
+    let stages: Vec<Stage> = split
+        .into_iter()
+        .map(|s| Stage {
+            name: s.name,
+            from: s.from,
+            image: s.image.to_string(),
+            platform: s.platform.map(str::to_string),
+            instructions: s.instructions,
+        })
+        .collect();
     if stages.is_empty() {
         return Err(Error::Dockerfile {
             rendered: format!(

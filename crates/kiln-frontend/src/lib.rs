@@ -11,6 +11,7 @@ mod no_cache;
 mod outline;
 mod path;
 mod sandbox;
+mod split;
 mod syntax;
 
 use std::collections::{BTreeMap, HashMap};

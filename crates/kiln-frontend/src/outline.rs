@@ -12,6 +12,7 @@ use kiln_dockerfile::{Dockerfile, Instruction, InstructionKind, Location};
 use serde::Serialize;
 
 use crate::mount::RunMount;
+use crate::split::split;
 
 /// The answer to `--call outline`, fields in buildx's JSON order.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
@@ -105,41 +106,6 @@ impl SourceLocation {
     fn line(&self) -> usize {
         self.ranges.first().map_or(0, |r| r.start.line)
     }
-}
-
-struct Stage<'a> {
-    /// Lower-cased, as BuildKit keeps stage names.
-    name: Option<String>,
-    from: &'a Instruction,
-    image: &'a str,
-    platform: Option<&'a str>,
-    instructions: Vec<&'a Instruction>,
-}
-
-fn split(dockerfile: &Dockerfile) -> (Vec<&Instruction>, Vec<Stage<'_>>) {
-    let mut meta = Vec::new();
-    let mut stages: Vec<Stage> = Vec::new();
-    for ins in &dockerfile.instructions {
-        match (&ins.kind, stages.last_mut()) {
-            (
-                InstructionKind::From {
-                    image,
-                    name,
-                    platform,
-                },
-                _,
-            ) => stages.push(Stage {
-                name: name.as_ref().map(|n| n.to_ascii_lowercase()),
-                from: ins,
-                image,
-                platform: platform.as_deref(),
-                instructions: Vec::new(),
-            }),
-            (_, None) => meta.push(ins),
-            (_, Some(stage)) => stage.instructions.push(ins),
-        }
-    }
-    (meta, stages)
 }
 
 /// The stages as `--call targets` lists them: all of them, the last one the default.

@@ -731,8 +731,9 @@ impl Converter<'_> {
                     let op = Op::Exec(Box::new(ExecOp {
                         args: argv.clone(),
                         env: run_env,
-                        // WORKDIR keeps `/a/./b/..` as written; the process starts where it leads.
-                        cwd: path::clean(&cwd),
+                        // As written (`/a/./b/..`): runc makes the directories the path names
+                        // on the way, as under BuildKit, then starts where it leads.
+                        cwd: cwd.clone(),
                         user: image.config.user.clone().unwrap_or_default(),
                         network,
                         mounts: script

@@ -172,6 +172,7 @@ pub async fn convert(
     };
 
     conv.check_stage_graph(&stages)?;
+    conv.check_stage_bases(&stages)?;
     let (result, no_cache) = conv
         .convert_stages(&stages, target, &opts.no_cache_filter, resolver)
         .await?;

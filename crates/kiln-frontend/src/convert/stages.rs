@@ -159,6 +159,24 @@ impl Converter<'_> {
 
     /// The stage a `FROM` names: the last one declared before `current` with exactly this
     /// (lower-case) name.
+    /// Every stage's FROM that names an image must be a valid reference, needed or not, as
+    /// BuildKit checks them all (without resolving the ones the target does not need).
+    pub(super) fn check_stage_bases(&self, stages: &[Stage]) -> Result<()> {
+        for (i, stage) in stages.iter().enumerate() {
+            let base = self.expand(stage.from, &stage.image, &self.meta_args)?;
+            if base == "scratch" || self.base_stage(stages, i, &base).is_some() {
+                continue;
+            }
+            if let Err(e) = base.parse::<kiln_oci::Reference>() {
+                return Err(self.located(
+                    stage.from,
+                    &format!("failed to parse stage name \"{base}\": {e}"),
+                ));
+            }
+        }
+        Ok(())
+    }
+
     pub(super) fn base_stage(&self, stages: &[Stage], current: usize, name: &str) -> Option<usize> {
         stages[..current]
             .iter()

@@ -5,7 +5,7 @@ use kiln_exporter::compress::{self, Compression, CompressionOpts, ExportOpts, Ex
 use kiln_oci::Digest;
 
 use crate::build::BuildRequest;
-use crate::output::{AnnotationTarget, ExporterKind, LayerCompressionKind, Output};
+use crate::output::{AnnotationTarget, LayerCompressionKind, Output};
 use crate::{Engine, Result};
 
 impl Output {
@@ -23,10 +23,8 @@ impl Output {
                 level: self.compression_level,
                 force: self.force_compression,
             },
-            // BuildKit: Docker media types by default but for the OCI exporter.
-            oci: self
-                .oci_mediatypes
-                .unwrap_or(self.kind == ExporterKind::Oci),
+            // BuildKit v0.32: OCI media types by default, for every exporter.
+            oci: self.oci_mediatypes.unwrap_or(true),
             rewrite_timestamp: source_date_epoch.filter(|_| self.rewrite_timestamp),
             // Set by the build, which knows its base image.
             base_layers: 0,

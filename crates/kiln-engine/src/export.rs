@@ -187,11 +187,9 @@ impl Engine {
         })?;
         let config = self.content.put(&config_bytes, None)?;
 
-        // Docker media types unless a layer can only be described in OCI terms (BuildKit's
-        // default for the image exporter).
-        let oci = present
-            .iter()
-            .any(|l| media_type::layer_compression(&l.media_type) == Some(LayerCompression::Zstd));
+        // OCI media types, BuildKit v0.32's default for every exporter (`oci-mediatypes=false`
+        // derives a Docker schema 2 manifest from this one).
+        let oci = true;
         let layer_type = |mt: &str| -> String {
             match (oci, media_type::layer_compression(mt)) {
                 (false, Some(LayerCompression::Gzip)) => media_type::DOCKER_LAYER_GZIP.into(),

@@ -174,13 +174,14 @@ impl Engine {
         Ok((record.manifest, manifest, bytes))
     }
 
-    /// Pushes a local image to its registry with gzip layers and Docker media types (`kiln
-    /// push`); see [`Engine::push_with`].
+    /// Pushes a local image to its registry with gzip layers and OCI media types, as a build's
+    /// push makes them (`kiln push`); see [`Engine::push_with`].
     pub async fn push(&self, name: &Reference, progress: &Progress) -> Result<Digest> {
-        Ok(self
-            .push_with(name, &ExportOpts::default(), progress)
-            .await?
-            .manifest)
+        let opts = ExportOpts {
+            oci: true,
+            ..ExportOpts::default()
+        };
+        Ok(self.push_with(name, &opts, progress).await?.manifest)
     }
 
     /// Pushes a local image to its registry as `opts` exports it; see

@@ -112,7 +112,7 @@ pub struct ExportOpts {
 }
 
 impl ExportOpts {
-    /// The local store's own form: held blobs as they are, Docker media types.
+    /// The local store's own form: held blobs as they are, OCI media types.
     pub fn store() -> ExportOpts {
         ExportOpts {
             compression: CompressionOpts {
@@ -120,6 +120,7 @@ impl ExportOpts {
                 level: None,
                 force: false,
             },
+            oci: true,
             ..ExportOpts::default()
         }
     }

@@ -141,11 +141,11 @@ fn push_compresses_once_then_uploads_and_compresses_nothing() {
 
     // Stored uncompressed: the built layers' blobs are their diff IDs.
     let local = local_manifest(&k, &name);
-    assert_eq!(local["mediaType"], kiln_oci::media_type::DOCKER_MANIFEST);
+    assert_eq!(local["mediaType"], kiln_oci::media_type::OCI_MANIFEST);
     let built: Vec<&Value> = local["layers"].as_array().unwrap()[1..].iter().collect();
     assert_eq!(built.len(), 2, "{local}");
     for l in &built {
-        assert_eq!(l["mediaType"], kiln_oci::media_type::DOCKER_LAYER_TAR);
+        assert_eq!(l["mediaType"], kiln_oci::media_type::OCI_LAYER_TAR);
     }
 
     let before = blob_count(&k.root);
@@ -158,7 +158,7 @@ fn push_compresses_once_then_uploads_and_compresses_nothing() {
     let (status, pushed) = crate::support::http_get(
         &k.registry,
         &format!("/v2/{}/manifests/{manifest_digest}", repo_of(&name)),
-        &[("Accept", kiln_oci::media_type::DOCKER_MANIFEST)],
+        &[("Accept", kiln_oci::media_type::OCI_MANIFEST)],
         std::time::Duration::from_secs(10),
     )
     .unwrap();
@@ -167,7 +167,7 @@ fn push_compresses_once_then_uploads_and_compresses_nothing() {
     let gzipped: Vec<PathBuf> = pushed["layers"].as_array().unwrap()[1..]
         .iter()
         .map(|l| {
-            assert_eq!(l["mediaType"], kiln_oci::media_type::DOCKER_LAYER_GZIP);
+            assert_eq!(l["mediaType"], kiln_oci::media_type::OCI_LAYER_GZIP);
             let hex = l["digest"]
                 .as_str()
                 .unwrap()
@@ -265,6 +265,6 @@ fn push_uses_the_image_output_options_and_metadata_names_the_pushed_manifest() {
     assert_eq!(local["annotations"]["org.example.note"], "hi");
     assert_eq!(
         local["layers"][1]["mediaType"],
-        kiln_oci::media_type::DOCKER_LAYER_TAR
+        kiln_oci::media_type::OCI_LAYER_TAR
     );
 }

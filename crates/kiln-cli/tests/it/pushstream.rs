@@ -95,7 +95,7 @@ fn streamed_push_uploads_the_layer_an_export_makes() {
     let layer = pushed["layers"][1]["digest"].as_str().unwrap().to_string();
     assert_eq!(
         pushed["layers"][1]["mediaType"],
-        kiln_oci::media_type::DOCKER_LAYER_GZIP
+        kiln_oci::media_type::OCI_LAYER_GZIP
     );
     assert!(stderr.contains(&format!("{layer}: pushed")), "{stderr}");
     let log = proxy.log();

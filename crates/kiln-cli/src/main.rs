@@ -343,6 +343,12 @@ async fn build(cli: &Cli, b: &BuildArgs) -> Result<ExitCode> {
                 "size": result.manifest_size,
             },
         });
+        // BuildKit's descriptor also says when and for which platform the image was made.
+        meta["containerimage.descriptor"]["platform"] = serde_json::to_value(&result.platform)?;
+        if let Some(created) = &result.created {
+            meta["containerimage.descriptor"]["annotations"] =
+                serde_json::json!({ "org.opencontainers.image.created": created });
+        }
         if !names.is_empty() {
             meta["image.name"] = names.join(",").into();
         }

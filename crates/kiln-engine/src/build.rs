@@ -59,6 +59,10 @@ pub struct BuildResult {
     pub warnings: Vec<String>,
     /// Every name the image got in the store or a registry (`image.name` in buildx's metadata).
     pub names: Vec<String>,
+    /// The image's platform and creation time (RFC 3339, whole seconds), which BuildKit puts on
+    /// the image's descriptor (`platform`, `org.opencontainers.image.created`).
+    pub platform: kiln_oci::Platform,
+    pub created: Option<String>,
 }
 
 impl Engine {
@@ -219,6 +223,12 @@ impl Engine {
         } else {
             (solved.value.clone(), converted.image)
         };
+        let platform = kiln_oci::Platform {
+            os: image.os.clone(),
+            architecture: image.architecture.clone(),
+            variant: image.variant.clone(),
+        };
+        let created = image.created.as_deref().map(whole_seconds);
         let exported = self
             .export(
                 &image_value,
@@ -241,7 +251,17 @@ impl Engine {
             image_id: exported.1,
             warnings: converted.warnings,
             names: exported.2,
+            platform,
+            created,
         })
+    }
+}
+
+/// An RFC 3339 time without its fraction (`2026-12-07T20:15:11.123Z` → `2026-12-07T20:15:11Z`).
+fn whole_seconds(t: &str) -> String {
+    match t.split_once('.') {
+        Some((secs, _)) => format!("{secs}Z"),
+        None => t.to_string(),
     }
 }
 

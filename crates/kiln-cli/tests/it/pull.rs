@@ -88,6 +88,18 @@ fn build_push_sends_every_tag_and_a_fresh_store_runs_it() {
         std::fs::read_to_string(&iid_path).unwrap().trim()
     );
     assert_eq!(meta["image.name"], format!("{one},{two}"));
+    // As buildx v0.36.1 writes the descriptor: the platform, and the creation time in whole
+    // seconds as an annotation.
+    let d = &meta["containerimage.descriptor"];
+    assert_eq!(d["platform"]["os"], "linux", "{meta}");
+    assert!(d["platform"]["architecture"].is_string(), "{meta}");
+    let created = d["annotations"]["org.opencontainers.image.created"]
+        .as_str()
+        .unwrap();
+    assert!(
+        created.len() == 20 && created.ends_with('Z') && !created.contains('.'),
+        "{created}"
+    );
 
     let Some(fresh) = Kiln::new(TEST) else { return };
     let out = fresh.kiln(&["run", "--rm", &two]).ok();

@@ -111,3 +111,33 @@ pub(crate) fn openssl(dir: &std::path::Path, args: &[&str]) -> anyhow::Result<()
     }
     Ok(())
 }
+
+/// A legacy `docker save` archive (`manifest.json`) of one image named `hostile:1` whose only
+/// layer, stored at `layer_path`, is `layer` (its diff ID in the config is the layer's digest,
+/// so only a check of the layer itself can refuse it); and the config's bytes.
+pub fn docker_save_archive(layer_path: &str, layer: &[u8]) -> (Vec<u8>, Vec<u8>) {
+    use sha2::Digest as _;
+    let hex = |b: &[u8]| hex::encode(sha2::Sha256::digest(b));
+    let config = serde_json::to_vec(&serde_json::json!({
+        "architecture": "amd64", "os": "linux",
+        "rootfs": {"type": "layers", "diff_ids": [format!("sha256:{}", hex(layer))]},
+    }))
+    .expect("a config");
+    let config_name = format!("{}.json", hex(&config));
+    let manifest = serde_json::to_vec(&serde_json::json!([{
+        "Config": config_name, "RepoTags": ["hostile:1"], "Layers": [layer_path],
+    }]))
+    .expect("a manifest");
+    let mut b = tar::Builder::new(Vec::new());
+    for (p, d) in [
+        (layer_path, layer),
+        (config_name.as_str(), &config[..]),
+        ("manifest.json", &manifest[..]),
+    ] {
+        let mut h = tar::Header::new_ustar();
+        h.set_size(d.len() as u64);
+        h.set_mode(0o644);
+        b.append_data(&mut h, p, d).expect("an archive in memory");
+    }
+    (b.into_inner().expect("an archive in memory"), config)
+}

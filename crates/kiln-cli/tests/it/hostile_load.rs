@@ -28,31 +28,9 @@ fn layer(entries: &[(tar::EntryType, &str, &str)]) -> Vec<u8> {
     b.into_inner().unwrap()
 }
 
-/// A `docker save` archive (legacy `manifest.json`) of one image named `hostile:1` whose only
-/// layer, `0123/layer.tar`, is `layer`; its config's diff ID matches.
+/// A `docker save` archive whose only layer, `0123/layer.tar`, is `layer`.
 fn docker_archive(layer: &[u8]) -> Vec<u8> {
-    let config = serde_json::to_vec(&serde_json::json!({
-        "architecture": "amd64", "os": "linux",
-        "rootfs": {"type": "layers", "diff_ids": [kiln_oci::sha256(layer).to_string()]},
-    }))
-    .unwrap();
-    let config_name = format!("{}.json", kiln_oci::sha256_hex(&config));
-    let manifest = serde_json::to_vec(&serde_json::json!([{
-        "Config": config_name, "RepoTags": ["hostile:1"], "Layers": ["0123/layer.tar"],
-    }]))
-    .unwrap();
-    let mut b = tar::Builder::new(Vec::new());
-    for (p, d) in [
-        ("0123/layer.tar", layer),
-        (config_name.as_str(), &config[..]),
-        ("manifest.json", &manifest[..]),
-    ] {
-        let mut h = tar::Header::new_ustar();
-        h.set_size(d.len() as u64);
-        h.set_mode(0o644);
-        b.append_data(&mut h, p, d).unwrap();
-    }
-    b.into_inner().unwrap()
+    kiln_test::docker_save_archive("0123/layer.tar", layer).0
 }
 
 fn blobs(root: &Path) -> BTreeSet<String> {

@@ -213,32 +213,9 @@ fn raw_layer(entries: &[(tar::EntryType, &str, &str)], data: &[u8]) -> Vec<u8> {
     b.into_inner().unwrap()
 }
 
-/// A legacy `docker save` archive of one image whose layer `aaa/layer.tar` holds `layer`
-/// (its diff ID in the config is the digest of `layer`, so only the layer check can refuse it),
-/// and the config bytes.
+/// A legacy `docker save` archive whose layer `aaa/layer.tar` holds `layer`, and its config.
 fn legacy_with_layer(layer: &[u8]) -> (Vec<u8>, Vec<u8>) {
-    let config = serde_json::to_vec(&serde_json::json!({
-        "architecture": "amd64", "os": "linux",
-        "rootfs": {"type": "layers", "diff_ids": [kiln_oci::sha256(layer).to_string()]},
-    }))
-    .unwrap();
-    let config_name = format!("{}.json", kiln_oci::sha256_hex(&config));
-    let manifest = serde_json::to_vec(&serde_json::json!([{
-        "Config": config_name, "RepoTags": ["hostile:1"], "Layers": ["aaa/layer.tar"],
-    }]))
-    .unwrap();
-    let mut b = tar::Builder::new(Vec::new());
-    for (p, d) in [
-        ("aaa/layer.tar", layer),
-        (config_name.as_str(), &config[..]),
-        ("manifest.json", &manifest[..]),
-    ] {
-        let mut h = tar::Header::new_ustar();
-        h.set_size(d.len() as u64);
-        h.set_mode(0o644);
-        b.append_data(&mut h, p, d).unwrap();
-    }
-    (b.into_inner().unwrap(), config)
+    kiln_test::docker_save_archive("aaa/layer.tar", layer)
 }
 
 fn blobs(content: &ContentStore) -> Vec<String> {

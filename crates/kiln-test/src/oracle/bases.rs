@@ -104,15 +104,7 @@ fn fetch_base(addr: &str, repo: &str, tag: &str) -> Result<BaseImage> {
         .context("a manifest without config")?;
     let config: Value =
         serde_json::from_slice(&get(addr, &format!("/v2/{repo}/blobs/{config_digest}"))?)?;
-    let diff_ids = config
-        .pointer("/rootfs/diff_ids")
-        .and_then(Value::as_array)
-        .map(|a| {
-            a.iter()
-                .filter_map(|d| d.as_str().map(str::to_string))
-                .collect()
-        })
-        .unwrap_or_default();
+    let diff_ids = diff_ids(&config);
     let history_len = config
         .get("history")
         .and_then(Value::as_array)
@@ -125,6 +117,19 @@ fn fetch_base(addr: &str, repo: &str, tag: &str) -> Result<BaseImage> {
 }
 
 /// A plain HTTP/1.0 GET on loopback; the body of a 200 answer.
+/// An image config's `rootfs.diff_ids`.
+pub(super) fn diff_ids(config: &Value) -> Vec<String> {
+    config
+        .pointer("/rootfs/diff_ids")
+        .and_then(Value::as_array)
+        .map(|a| {
+            a.iter()
+                .filter_map(|d| d.as_str().map(str::to_string))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
 fn get(addr: &str, path: &str) -> Result<Vec<u8>> {
     let timeout = Duration::from_secs(20);
     let sock = addr.parse().with_context(|| format!("address `{addr}`"))?;

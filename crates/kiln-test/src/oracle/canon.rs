@@ -68,15 +68,7 @@ pub fn canonicalize(archive: &Path, bases: &Bases) -> Result<Value> {
     }
     out.insert("config".into(), Value::Object(cfg));
 
-    let diff_ids: Vec<String> = config
-        .pointer("/rootfs/diff_ids")
-        .and_then(Value::as_array)
-        .map(|a| {
-            a.iter()
-                .filter_map(|d| d.as_str().map(str::to_string))
-                .collect()
-        })
-        .unwrap_or_default();
+    let diff_ids = super::bases::diff_ids(&config);
     let skip = bases.base_of(&diff_ids).map_or(0, |b| b.history_len);
     let history: Vec<Value> = config
         .get("history")

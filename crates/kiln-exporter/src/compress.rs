@@ -13,8 +13,10 @@
 //!   1952 allows several members, and every gunzip, Go's and Docker's included, reads them).
 //!   Chosen over a pigz-style shared dictionary because independent members need no ordering
 //!   between workers and lose well under 1% at 1 MiB blocks.
-//! - zstd: libzstd's own multithreaded mode, whose output is the same for any worker count ≥ 1
-//!   (a unit test below checks it), so the worker count follows the machine.
+//! - zstd: the same scheme with frames of `ZSTD_BLOCK` input bytes, each compressed by one
+//!   thread; concatenated frames are one valid zstd stream. libzstd's own multithreaded mode was
+//!   used before, but its output changed with timing under load (a unit test caught it), and a
+//!   build is only reproducible if its bytes depend on its input alone.
 
 use std::collections::BTreeMap;
 use std::io::{self, BufWriter, Read, Write};
@@ -31,6 +33,8 @@ use crate::{Error, Result, atomic_write, image, io_err};
 
 /// gzip member size: large enough that restarting the 32 KiB window costs nothing measurable.
 const GZIP_BLOCK: usize = 1 << 20;
+/// zstd frame size: larger than gzip's, since zstd's window reaches further back.
+const ZSTD_BLOCK: usize = 4 << 20;
 pub const DEFAULT_GZIP_LEVEL: i32 = 6;
 pub const DEFAULT_ZSTD_LEVEL: i32 = 3;
 
@@ -91,6 +95,9 @@ impl CompressionOpts {
     fn key(&self) -> String {
         match self.kind {
             Compression::Uncompressed => "uncompressed".into(),
+            // `-f`: zstd in independent frames (earlier records hold libzstd's multithreaded
+            // output, which must not be taken for this one).
+            Compression::Zstd => format!("zstd-{}-f", self.level()),
             k => format!("{}-{}", k.name(), self.level()),
         }
     }
@@ -136,7 +143,7 @@ pub struct ExportedImage {
 }
 
 /// Records of blobs made from a layer: `<dir>/<diffID hex>/<key>.json` holding the blob's digest
-/// and size, where the key is `gzip-6`, `zstd-3`, `uncompressed` or `rewrite-<epoch>` (a tar
+/// and size, where the key is `gzip-6`, `zstd-3-f`, `uncompressed` or `rewrite-<epoch>` (a tar
 /// with its times clamped). Written atomically; a record whose blob is gone is ignored.
 #[derive(Debug, Clone)]
 pub struct BlobVariants {
@@ -644,7 +651,7 @@ pub fn compress(
     match kind {
         Compression::Uncompressed => io::copy(&mut input, out).map(drop),
         Compression::Gzip => gzip_members(input, out, level, threads()),
-        Compression::Zstd => zstd_mt(input, out, level, threads() as u32),
+        Compression::Zstd => zstd_frames(input, out, level, threads()),
     }
 }
 
@@ -654,20 +661,58 @@ fn threads() -> usize {
 
 /// gzip as independent members of `GZIP_BLOCK` input bytes each, `workers` at a time.
 fn gzip_members(
-    mut input: impl Read,
+    input: impl Read,
     out: &mut impl Write,
     level: i32,
     workers: usize,
 ) -> io::Result<()> {
     let level = flate2::Compression::new(level.clamp(0, 9) as u32);
+    in_blocks(input, out, GZIP_BLOCK, workers, |b| {
+        let level = match block_mode(b) {
+            BlockMode::Store => flate2::Compression::none(),
+            BlockMode::HuffmanOnly if level.level() > 0 => return gzip_huffman_only(b),
+            _ => level,
+        };
+        let mut gz = flate2::GzBuilder::new().write(Vec::with_capacity(b.len() / 2), level);
+        gz.write_all(b)?;
+        gz.finish()
+    })
+}
+
+/// zstd as independent frames of `ZSTD_BLOCK` input bytes each (with their checksums),
+/// `workers` at a time.
+fn zstd_frames(
+    input: impl Read,
+    out: &mut impl Write,
+    level: i32,
+    workers: usize,
+) -> io::Result<()> {
+    in_blocks(input, out, ZSTD_BLOCK, workers, |b| {
+        let mut enc = zstd::stream::write::Encoder::new(Vec::with_capacity(b.len() / 2), level)?;
+        enc.include_checksum(true)?;
+        enc.write_all(b)?;
+        enc.finish()
+    })
+}
+
+/// Cuts `input` into blocks of `size` bytes and writes each one compressed on its own by
+/// `compress`, `workers` blocks at a time, in order. An empty input is one empty block, so the
+/// output is still a valid stream.
+fn in_blocks(
+    mut input: impl Read,
+    out: &mut impl Write,
+    size: usize,
+    workers: usize,
+    compress: impl Fn(&Vec<u8>) -> io::Result<Vec<u8>> + Sync,
+) -> io::Result<()> {
     let batch = workers.max(1) * 4;
     let mut wrote_any = false;
     loop {
         let mut blocks = Vec::with_capacity(batch);
         let mut at_end = false;
         while blocks.len() < batch {
-            let block = read_block(&mut input, GZIP_BLOCK)?;
-            at_end = block.len() < GZIP_BLOCK;
+            let block = read_block(&mut input, size)?;
+            at_end = block.len() < size;
             if !block.is_empty() {
                 blocks.push(block);
             }
@@ -679,20 +724,9 @@ fn gzip_members(
             break;
         }
         if blocks.is_empty() {
-            // An empty input is still a gzip stream: one empty member.
             blocks.push(Vec::new());
         }
-        let compressed = parallel_map(&blocks, |b| {
-            let level = match block_mode(b) {
-                BlockMode::Store => flate2::Compression::none(),
-                BlockMode::HuffmanOnly if level.level() > 0 => return gzip_huffman_only(b),
-                _ => level,
-            };
-            let mut gz = flate2::GzBuilder::new().write(Vec::with_capacity(b.len() / 2), level);
-            gz.write_all(b)?;
-            gz.finish()
-        })?;
-        for c in compressed {
+        for c in parallel_map(&blocks, &compress)? {
             out.write_all(&c)?;
         }
         wrote_any = true;
@@ -781,15 +815,6 @@ fn read_block(input: &mut impl Read, size: usize) -> io::Result<Vec<u8>> {
     let mut buf = Vec::with_capacity(size);
     input.take(size as u64).read_to_end(&mut buf)?;
     Ok(buf)
-}
-
-fn zstd_mt(mut input: impl Read, out: &mut impl Write, level: i32, workers: u32) -> io::Result<()> {
-    let mut enc = zstd::stream::write::Encoder::new(out, level)?;
-    enc.multithread(workers)?;
-    enc.include_checksum(true)?;
-    io::copy(&mut input, &mut enc)?;
-    enc.finish()?;
-    Ok(())
 }
 
 /// Maps `f` over `items` on up to `threads()` scoped threads, keeping the order; the first
@@ -1191,12 +1216,12 @@ mod tests {
 
     #[test]
     fn zstd_output_does_not_depend_on_workers() {
-        // Several of libzstd's jobs at level 3 (job size 4 × 2 MiB window, at least 1 MiB).
+        // Several frames, more than one batch at 1 worker.
         let data = sample(40 << 20);
         let mut outs = Vec::new();
         for workers in [1, 2, 4] {
             let mut out = Vec::new();
-            zstd_mt(&data[..], &mut out, 3, workers).unwrap();
+            zstd_frames(&data[..], &mut out, 3, workers).unwrap();
             outs.push(out);
         }
         assert!(outs.iter().all(|o| *o == outs[0]));

@@ -261,6 +261,10 @@ pub struct BuildArgs {
     /// Set method for evaluating build
     #[arg(long)]
     pub call: Option<String>,
+    /// Additional build contexts (e.g., name=path): a directory, docker-image://REF,
+    /// oci-layout://PATH[:TAG|@DIGEST], a Git URL or target:STAGE
+    #[arg(long = "build-context")]
+    pub build_context: Vec<String>,
     /// Allow extra privileged entitlement (e.g., "network.host", "security.insecure")
     #[arg(long)]
     pub allow: Vec<String>,

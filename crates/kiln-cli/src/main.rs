@@ -297,6 +297,11 @@ async fn build(cli: &Cli, b: &BuildArgs) -> Result<ExitCode> {
         ssh.add(&id, &paths)?;
     }
     let run = run_opts::parse(b)?;
+    let mut named_contexts = BTreeMap::new();
+    for spec in &b.build_context {
+        let (key, source) = kiln_engine::parse_build_context(spec)?;
+        named_contexts.insert(key, source);
+    }
     let labels = parse_labels(&b.label)?;
     let req = BuildRequest {
         context: stdin.context.clone(),
@@ -305,6 +310,7 @@ async fn build(cli: &Cli, b: &BuildArgs) -> Result<ExitCode> {
         labels,
         pull: b.pull,
         squash: b.squash,
+        named_contexts,
         no_cache_filter: b
             .no_cache_filter
             .iter()

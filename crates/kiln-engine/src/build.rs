@@ -46,6 +46,8 @@ pub struct BuildRequest {
     pub no_cache_filter: Vec<String>,
     /// `--squash`: the final stage's layers merged into one on top of its base.
     pub squash: bool,
+    /// `--build-context NAME=VALUE`, by the key the frontend looks names up by.
+    pub named_contexts: BTreeMap<String, crate::NamedContextSource>,
 }
 
 #[derive(Debug, Clone)]
@@ -123,6 +125,7 @@ impl Engine {
         let mut run = req.run.clone();
         self.map_host_gateway(&mut run)?;
         let platform = req.platform.clone().unwrap_or_else(Platform::host);
+        let named = self.prepare_named_contexts(&req.named_contexts, &platform)?;
         let opts = BuildOpts {
             dockerfile_name: dockerfile_name.clone(),
             build_args: req.build_args.clone(),
@@ -132,6 +135,7 @@ impl Engine {
             created: created_time(req.epoch()),
             run,
             no_cache_filter: req.no_cache_filter.clone(),
+            named_contexts: named.contexts,
         };
         let resolver = EngineResolver {
             pull: req.pull,
@@ -163,15 +167,19 @@ impl Engine {
             "the build context `{}` cannot be read",
             req.context.display()
         )))?;
+        let mut worker = self.worker(Some(Context {
+            dir: context_dir,
+            matcher,
+        }));
+        for (name, ctx) in named.locals {
+            worker = worker.with_context(name, ctx);
+        }
         let worker = Arc::new(
-            self.worker(Some(Context {
-                dir: context_dir,
-                matcher,
-            }))
-            .with_secrets(req.secrets.clone())
-            .with_ssh(req.ssh.clone())
-            .with_proxy_env(converted.proxy_env.clone())
-            .with_file_hashes(self.root.join("context-hashes")),
+            worker
+                .with_secrets(req.secrets.clone())
+                .with_ssh(req.ssh.clone())
+                .with_proxy_env(converted.proxy_env.clone())
+                .with_file_hashes(self.root.join("context-hashes")),
         );
         let root = converted.root.0;
         let no_cache_nodes = std::mem::take(&mut converted.no_cache);

@@ -54,6 +54,7 @@ impl Engine {
             excludes: Vec::new(),
             created: crate::build::created_time(req.source_date_epoch),
             no_cache_filter: Vec::new(),
+            named_contexts: Default::default(),
             run: Default::default(),
         };
         let converted = kiln_frontend::convert(&dockerfile, &opts, &NoImages).await?;

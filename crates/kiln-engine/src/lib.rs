@@ -21,6 +21,8 @@ mod imagetools;
 mod login;
 mod logs;
 mod monitor;
+mod named_context;
+mod oci_layout;
 mod output;
 mod proxy_linux;
 mod push_stream;
@@ -62,6 +64,7 @@ pub use kiln_worker::{Secrets, SshAgents, SshError};
 pub use login::{login, login_server, logout};
 pub use logs::{LogOptions, LogStream};
 pub use monitor::{Attach, Ready};
+pub use named_context::{NamedContextSource, parse_build_context};
 pub use output::{
     Annotation, AnnotationTarget, ExporterKind, LayerCompressionKind, Output, OutputError,
     parse_annotation_flag,

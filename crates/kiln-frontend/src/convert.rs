@@ -13,6 +13,7 @@ use kiln_llb::{
 use kiln_oci::{History, ImageConfig, Platform, Reference};
 
 mod copy;
+mod named;
 mod scope;
 mod stages;
 
@@ -171,6 +172,7 @@ pub async fn convert(
         }
     };
 
+    conv.check_stage_aliases(&stages)?;
     conv.check_stage_graph(&stages)?;
     conv.check_stage_bases(&stages)?;
     let (result, no_cache) = conv
@@ -506,6 +508,29 @@ impl Converter<'_> {
         display: &str,
         resolver: &dyn ImageResolver,
     ) -> Result<(NodeId, ImageConfig)> {
+        let resolved = self.resolve_image(ins, name, platform, resolver).await?;
+        let name = if display.is_empty() {
+            String::new()
+        } else {
+            format!("{display} FROM {}", resolved.pinned)
+        };
+        let op = Op::Image {
+            reference: resolved.pinned.clone(),
+            platform: platform.clone(),
+        };
+        let node = self.def.add(op, vec![], name);
+        self.locations.entry(node).or_insert_with(|| ins.location);
+        Ok((node, resolved.config))
+    }
+
+    /// Resolves an image name to its pinned reference and config, located at `ins` on failure.
+    async fn resolve_image(
+        &mut self,
+        ins: &Instruction,
+        name: &str,
+        platform: &Platform,
+        resolver: &dyn ImageResolver,
+    ) -> Result<crate::ResolvedImage> {
         let base_name = name.to_string();
         let reference: Reference = name
             .parse()
@@ -535,19 +560,8 @@ impl Converter<'_> {
                     source,
                 }
             })?;
-        let name = if display.is_empty() {
-            String::new()
-        } else {
-            format!("{display} FROM {}", resolved.pinned)
-        };
-        let op = Op::Image {
-            reference: resolved.pinned.clone(),
-            platform: platform.clone(),
-        };
-        let node = self.def.add(op, vec![], name);
-        self.locations.entry(node).or_insert_with(|| ins.location);
         self.images.insert(base_name, resolved.config.clone());
-        Ok((node, resolved.config))
+        Ok(resolved)
     }
 
     /// A stage's base (resolved image, `scratch` or an earlier stage) and its ONBUILD triggers.
@@ -589,16 +603,13 @@ impl Converter<'_> {
             scope = r.scope;
             (r.node, r.image)
         } else if base == "scratch" {
-            let mut image = ImageConfig {
-                architecture: platform.architecture.clone(),
-                os: platform.os.clone(),
-                variant: platform.variant.clone(),
-                ..Default::default()
-            };
-            image.config.env = Some(vec![format!("PATH={}", DEFAULT_PATH)]);
-            // BuildKit's empty image has its working directory set.
-            image.config.working_dir = Some("/".into());
-            (self.def.add(Op::Scratch, vec![], ""), image)
+            (
+                self.def.add(Op::Scratch, vec![], ""),
+                empty_image(&platform),
+            )
+        } else if let Some((key, ctx)) = self.named_context(&base) {
+            self.named_context_node(stage.from, &key, &ctx, &platform, resolver)
+                .await?
         } else {
             let display = format!("[{prefix}1/{total}]");
             self.image_node(stage.from, &base, &platform, &display, resolver)
@@ -1339,6 +1350,20 @@ fn expose_keys(spec: &str) -> std::result::Result<Vec<String>, String> {
         return Err(bad());
     }
     Ok((lo..=hi).map(|p| format!("{p}/{proto}")).collect())
+}
+
+/// The config of `FROM scratch`: the platform, the default PATH and, as BuildKit's empty image
+/// has, `/` as the working directory.
+fn empty_image(platform: &Platform) -> ImageConfig {
+    let mut image = ImageConfig {
+        architecture: platform.architecture.clone(),
+        os: platform.os.clone(),
+        variant: platform.variant.clone(),
+        ..Default::default()
+    };
+    image.config.env = Some(vec![format!("PATH={}", DEFAULT_PATH)]);
+    image.config.working_dir = Some("/".into());
+    image
 }
 
 /// The directory RUN, WORKDIR and relative COPY destinations start from: the image's working

@@ -59,6 +59,56 @@ pub struct BuildOpts {
     pub run: RunOpts,
     /// `--no-cache-filter`: stage names whose steps run without the cache.
     pub no_cache_filter: Vec<String>,
+    /// `--build-context NAME=VALUE`, by [`context_key`] of the name.
+    pub named_contexts: BTreeMap<String, NamedContext>,
+}
+
+/// A named context: what `FROM NAME`, `COPY --from=NAME` and `RUN --mount=from=NAME` read
+/// instead of the image of that name, and what a stage of that name is replaced by.
+#[derive(Debug, Clone)]
+pub enum NamedContext {
+    /// A directory on the client, read through the local source `local` with its own
+    /// `.dockerignore` rules, as BuildKit loads a named local context.
+    Local {
+        local: String,
+        excludes: Vec<String>,
+    },
+    /// `docker-image://REF`, resolved as `FROM REF` would be; `scratch` is the empty image.
+    Image(String),
+    /// An image already in the content store (`oci-layout://`), pinned by its manifest.
+    Resolved(Box<ResolvedImage>),
+    /// A Git repository.
+    Git(GitRef),
+    /// `target:STAGE`: a stage of the same Dockerfile (buildx's bake feature, for `build` too).
+    Stage(String),
+}
+
+/// The key a name is looked up by among the named contexts, as BuildKit computes it: the
+/// reference in its short form without `:latest` (`docker.io/library/busybox:latest` and
+/// `busybox` are one name). A name that is not a valid reference is an error.
+pub fn context_key(name: &str) -> std::result::Result<String, kiln_oci::Error> {
+    let r: Reference = name.parse()?;
+    let repo = match r.registry() {
+        "docker.io" => r
+            .repository()
+            .strip_prefix("library/")
+            .unwrap_or(r.repository())
+            .to_string(),
+        host => format!("{host}/{}", r.repository()),
+    };
+    let mut key = repo;
+    if let Some(t) = r.tag() {
+        key.push(':');
+        key.push_str(t);
+    }
+    if let Some(d) = r.digest() {
+        key.push('@');
+        key.push_str(d);
+    }
+    Ok(key
+        .strip_suffix(":latest")
+        .map(str::to_string)
+        .unwrap_or(key))
 }
 
 /// The frontend's result: the graph, its root, and the image config of the target stage
@@ -97,3 +147,25 @@ pub enum Error {
 }
 
 pub type Result<T> = std::result::Result<T, Error>;
+
+#[cfg(test)]
+mod tests {
+    use super::context_key;
+
+    #[test]
+    fn context_keys_are_short_references() {
+        assert_eq!(context_key("busybox").unwrap(), "busybox");
+        assert_eq!(
+            context_key("docker.io/library/busybox:latest").unwrap(),
+            "busybox"
+        );
+        assert_eq!(context_key("busybox:1.36").unwrap(), "busybox:1.36");
+        assert_eq!(context_key("foo/bar").unwrap(), "foo/bar");
+        assert_eq!(
+            context_key("127.0.0.1:5123/x/y:latest").unwrap(),
+            "127.0.0.1:5123/x/y"
+        );
+        assert!(context_key("Foo").is_err());
+        assert!(context_key("FOO@bad").is_err());
+    }
+}

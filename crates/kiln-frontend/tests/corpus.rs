@@ -85,6 +85,7 @@ fn opts(case: &Path) -> BuildOpts {
         excludes: Vec::new(),
         created: CREATED.into(),
         no_cache_filter: Vec::new(),
+        named_contexts: Default::default(),
         run,
     }
 }

@@ -39,6 +39,7 @@ async fn error(source: &str, target: Option<&str>) -> String {
         excludes: Vec::new(),
         created: "2024-01-02T03:04:05Z".into(),
         no_cache_filter: Vec::new(),
+        named_contexts: Default::default(),
         run: Default::default(),
     };
     match kiln_frontend::convert(source, &opts, &BusyboxOnly).await {

@@ -262,8 +262,8 @@ impl LlbWorker {
     ) -> Result<()> {
         progress.status(&format!("seeding cache mount {}", c.target));
         let (src_root, matcher, _mounted) = match &seed.value {
-            Value::Context => {
-                let ctx = self.context()?;
+            Value::Context { name } => {
+                let ctx = self.context(name)?;
                 (ctx.dir.clone(), ctx.matcher.clone(), None)
             }
             Value::Rootfs { layers } => {

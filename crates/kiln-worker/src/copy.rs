@@ -13,10 +13,10 @@ impl LlbWorker {
         let step = self.prepare(layers, progress).await?;
         let merged = step.dir.join("merged");
         // The source: the context, or another filesystem mounted read-only for the copy.
-        let from_context = matches!(source, Value::Context);
+        let from_context = matches!(source, Value::Context { .. });
         let (src_root, matcher, src_step, keep_owner) = match source {
-            Value::Context => {
-                let ctx = self.context()?;
+            Value::Context { name } => {
+                let ctx = self.context(name)?;
                 (ctx.dir.clone(), ctx.matcher.clone(), None, false)
             }
             Value::Rootfs { layers } => {
@@ -33,10 +33,12 @@ impl LlbWorker {
             None => Owner::Set { uid: 0, gid: 0 },
         };
         // Local files only: an ADD that may unpack archives copies files.
-        if let (Value::Context, Owner::Set { uid, gid }) = (source, owner)
+        if let (Value::Context { name }, Owner::Set { uid, gid }) = (source, owner)
             && self.copy_stream
             && !op.unpack
-            && let Some(value) = self.copy_stream(op, &step, (uid, gid), progress).await?
+            && let Some(value) = self
+                .copy_stream(op, name, &step, (uid, gid), progress)
+                .await?
         {
             return Ok(value);
         }

@@ -530,11 +530,12 @@ impl crate::LlbWorker {
     pub(crate) async fn copy_stream(
         &self,
         op: &kiln_llb::CopyOp,
+        context: &str,
         step: &crate::Step,
         owner: (u32, u32),
         progress: &kiln_progress::Vertex,
     ) -> Result<Option<crate::Value>> {
-        let ctx = self.context()?.clone();
+        let ctx = self.context(context)?.clone();
         let exclude = crate::exclude_matcher(&op.exclude)?;
         let chmod = op
             .chmod()

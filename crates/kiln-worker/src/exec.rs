@@ -24,8 +24,8 @@ impl LlbWorker {
                 // Files .dockerignore excludes are not part of the context, for a bind mount as
                 // for COPY: mount a private copy of what the rules let through (writes to it
                 // are dropped with the step).
-                Value::Context if self.context()?.matcher.is_some() => {
-                    let ctx = self.context()?.clone();
+                Value::Context { name } if self.context(name)?.matcher.is_some() => {
+                    let ctx = self.context(name)?.clone();
                     let view = step.dir.join(format!("context-{}", mounts.len()));
                     let (sub, dest) = (sub.to_string(), format!("/{sub}"));
                     let view2 = view.clone();
@@ -53,9 +53,9 @@ impl LlbWorker {
                 }
                 // Read-only: the context itself. Writable: an overlay over it, whose writes
                 // are dropped with the step.
-                Value::Context if m.readonly => self.context()?.dir.clone(),
-                Value::Context => {
-                    let s = self.overlay(&[self.context()?.dir.clone()])?;
+                Value::Context { name } if m.readonly => self.context(name)?.dir.clone(),
+                Value::Context { name } => {
+                    let s = self.overlay(&[self.context(name)?.dir.clone()])?;
                     let root = s.rootfs();
                     mount_steps.push(s);
                     root

@@ -49,6 +49,9 @@ pub use fsutil::{Owner, SourceError, resolve_in_root};
 pub use ssh::{SshAgents, SshError};
 pub use step::Step;
 
+/// The local source name of the build context; named contexts have others.
+pub const MAIN_CONTEXT: &str = "context";
+
 /// The hostname RUN steps see, as in BuildKit.
 pub const SANDBOX_HOSTNAME: &str = "buildkitsandbox";
 
@@ -94,15 +97,21 @@ pub struct LayerRef {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum Value {
-    Rootfs { layers: Vec<LayerRef> },
-    Context,
+    Rootfs {
+        layers: Vec<LayerRef>,
+    },
+    /// A local directory from the client, by its local source name: `context` for the build
+    /// context, others for named contexts (`--build-context NAME=DIR`).
+    Context {
+        name: String,
+    },
 }
 
 impl Value {
     pub fn layers(&self) -> &[LayerRef] {
         match self {
             Value::Rootfs { layers } => layers,
-            Value::Context => &[],
+            Value::Context { .. } => &[],
         }
     }
 }
@@ -123,8 +132,8 @@ pub enum Error {
     SecretNotFound(String),
     #[error("no SSH agent `{0}` was given (`kiln build --ssh {0}`)")]
     SshNotFound(String),
-    #[error("no build context was given")]
-    NoContext,
+    #[error("no local context `{0}` was given")]
+    NoContext(String),
     #[error(transparent)]
     Device(#[from] cdi::DeviceError),
     #[error("invalid image reference `{0}`")]
@@ -182,7 +191,8 @@ pub struct LlbWorker {
     layers: LayerStore,
     executor: Arc<RuncExecutor>,
     registry: Arc<kiln_registry::Client>,
-    context: Option<Context>,
+    /// Local directories by the name their local source op gives.
+    contexts: HashMap<String, Context>,
     scratch: PathBuf,
     unpacking: parking_lot::Mutex<HashMap<Digest, Arc<tokio::sync::Mutex<()>>>>,
     http: reqwest::Client,
@@ -216,7 +226,10 @@ impl LlbWorker {
             layers,
             executor,
             registry,
-            context,
+            contexts: context
+                .map(|c| (MAIN_CONTEXT.to_string(), c))
+                .into_iter()
+                .collect(),
             scratch,
             unpacking: Default::default(),
             http: reqwest::Client::new(),
@@ -267,8 +280,16 @@ impl LlbWorker {
         self
     }
 
-    fn context(&self) -> Result<&Context> {
-        self.context.as_ref().ok_or(Error::NoContext)
+    /// Another local directory, for the local source op of that name (a named context).
+    pub fn with_context(mut self, name: impl Into<String>, context: Context) -> Self {
+        self.contexts.insert(name.into(), context);
+        self
+    }
+
+    fn context(&self, name: &str) -> Result<&Context> {
+        self.contexts
+            .get(name)
+            .ok_or_else(|| Error::NoContext(name.to_string()))
     }
 
     async fn key(
@@ -287,9 +308,10 @@ impl LlbWorker {
             h.update(input.cache_key.as_ref().as_bytes());
         }
         // A COPY from the context is keyed by the content it selects, never by mtimes.
-        if let (Op::Copy(copy), Some(Value::Context)) = (&node.op, inputs.get(1).map(|i| &i.value))
+        if let (Op::Copy(copy), Some(Value::Context { name })) =
+            (&node.op, inputs.get(1).map(|i| &i.value))
         {
-            let ctx = self.context()?.clone();
+            let ctx = self.context(name)?.clone();
             let copy = copy.clone();
             let hashes = self.hashes.clone();
             let sum = tokio::task::spawn_blocking(move || {
@@ -307,8 +329,8 @@ impl LlbWorker {
         // A bind mount of the context is keyed by the content it exposes, as COPY is.
         if let Op::Exec(exec) = &node.op {
             for m in &exec.mounts {
-                if let Some(Value::Context) = inputs.get(m.input).map(|i| &i.value) {
-                    let ctx = self.context()?.clone();
+                if let Some(Value::Context { name }) = inputs.get(m.input).map(|i| &i.value) {
+                    let ctx = self.context(name)?.clone();
                     let sources = vec![context_source(&m.source)];
                     let hashes = self.hashes.clone();
                     let sum = tokio::task::spawn_blocking(move || {
@@ -339,9 +361,9 @@ impl LlbWorker {
         let node = graph.def.node(kiln_llb::NodeId(vertex));
         match &node.op {
             Op::Scratch => Ok(Value::Rootfs { layers: Vec::new() }),
-            Op::Local { .. } => {
-                self.context()?;
-                Ok(Value::Context)
+            Op::Local { name, .. } => {
+                self.context(name)?;
+                Ok(Value::Context { name: name.clone() })
             }
             Op::Image { reference, .. } => self.image(reference).await,
             Op::Exec(exec) => self.exec(exec, inputs, progress).await,

@@ -262,7 +262,7 @@ impl Converter<'_> {
 
     /// The Git source op of `ADD <git url>`: `--keep-git-dir` and `--checksum` must agree with
     /// the URL's own `keep-git-dir=` and `checksum=` when both are given.
-    fn git_op(
+    pub(super) fn git_op(
         &self,
         ins: &Instruction,
         git: crate::git_url::GitRef,

@@ -40,6 +40,10 @@ impl Converter<'_> {
         let mut results: Vec<Option<StageResult>> = vec![None; stages.len()];
         let mut bases: HashMap<usize, StageBase> = HashMap::new();
         while let Some(i) = needed.iter().copied().find(|i| results[*i].is_none()) {
+            if let Some(ctx) = self.stage_override(&stages[i]) {
+                results[i] = Some(self.overridden_stage(&stages[i], ctx, resolver).await?);
+                continue;
+            }
             let base = match bases.remove(&i) {
                 Some(base) => base,
                 None => {
@@ -95,6 +99,10 @@ impl Converter<'_> {
             if !needed.insert(i) {
                 continue;
             }
+            // A stage a named context replaces needs nothing.
+            if self.stage_override(&stages[i]).is_some() {
+                continue;
+            }
             let base = self.expand(stages[i].from, &stages[i].image, &self.meta_args)?;
             if let Some(dep) = self.base_stage(stages, i, &base) {
                 todo.push(dep);
@@ -114,13 +122,14 @@ impl Converter<'_> {
                 if let Some(from) = &args.from
                     && !has_variable(from)
                 {
-                    deps.extend(copy_source(stages, from).map_err(|m| self.located(ins, &m))?);
+                    let from = self.alias(stages, from);
+                    deps.extend(copy_source(stages, &from).map_err(|m| self.located(ins, &m))?);
                 }
             }
             InstructionKind::Run { mounts, .. } => {
                 for m in mounts {
                     if let Some(from) = crate::mount::from_of(m) {
-                        deps.extend(mount_source(stages, &from));
+                        deps.extend(mount_source(stages, &self.alias(stages, &from)));
                     }
                 }
             }
@@ -164,7 +173,10 @@ impl Converter<'_> {
     pub(super) fn check_stage_bases(&self, stages: &[Stage]) -> Result<()> {
         for (i, stage) in stages.iter().enumerate() {
             let base = self.expand(stage.from, &stage.image, &self.meta_args)?;
-            if base == "scratch" || self.base_stage(stages, i, &base).is_some() {
+            if base == "scratch"
+                || self.base_stage(stages, i, &base).is_some()
+                || self.stage_override(stage).is_some()
+            {
                 continue;
             }
             if let Err(e) = base.parse::<kiln_oci::Reference>() {
@@ -178,9 +190,24 @@ impl Converter<'_> {
     }
 
     pub(super) fn base_stage(&self, stages: &[Stage], current: usize, name: &str) -> Option<usize> {
+        let name = self.alias(stages, name);
         stages[..current]
             .iter()
-            .rposition(|s| s.name.as_deref() == Some(name))
+            .rposition(|s| s.name.as_deref() == Some(name.as_str()))
+    }
+
+    /// Every `target:STAGE` context must name a stage of the Dockerfile; buildx's words.
+    pub(super) fn check_stage_aliases(&self, stages: &[Stage]) -> Result<()> {
+        for (key, ctx) in &self.opts.named_contexts {
+            if let crate::NamedContext::Stage(s) = ctx
+                && mount_source(stages, s).is_none()
+            {
+                return Err(crate::Error::Dockerfile {
+                    rendered: format!("error: failed to find target {s} for context {key}"),
+                });
+            }
+        }
+        Ok(())
     }
 
     /// The node a `COPY --from` reads: a stage converted before this one, else an image.
@@ -194,7 +221,8 @@ impl Converter<'_> {
         done: &[Option<StageResult>],
         resolver: &dyn ImageResolver,
     ) -> Result<NodeId> {
-        match copy_source(stages, from).map_err(|m| self.located(ins, &m))? {
+        let aliased = self.alias(stages, from);
+        match copy_source(stages, &aliased).map_err(|m| self.located(ins, &m))? {
             Some(dep) => match &done[dep] {
                 Some(r) => Ok(r.node),
                 None => Err(self.located(
@@ -206,11 +234,26 @@ impl Converter<'_> {
                     ),
                 )),
             },
-            None => {
-                let platform = self.opts.platform.clone();
-                Ok(self.image_node(ins, from, &platform, "", resolver).await?.0)
-            }
+            None => self.image_or_context_node(ins, from, resolver).await,
         }
+    }
+
+    /// A `COPY --from` or `RUN --mount=from=` that names no stage: a named context, else an
+    /// image.
+    async fn image_or_context_node(
+        &mut self,
+        ins: &Instruction,
+        from: &str,
+        resolver: &dyn ImageResolver,
+    ) -> Result<NodeId> {
+        let platform = self.opts.platform.clone();
+        if let Some((key, ctx)) = self.named_context(from) {
+            let node = self
+                .named_context_node(ins, &key, &ctx, &platform, resolver)
+                .await?;
+            return Ok(node.0);
+        }
+        Ok(self.image_node(ins, from, &platform, "", resolver).await?.0)
     }
 
     /// The node a `RUN --mount=from=` reads: a stage converted before this one, else an image.
@@ -224,7 +267,7 @@ impl Converter<'_> {
         done: &[Option<StageResult>],
         resolver: &dyn ImageResolver,
     ) -> Result<NodeId> {
-        match mount_source(stages, from) {
+        match mount_source(stages, &self.alias(stages, from)) {
             Some(dep) => match &done[dep] {
                 Some(r) => Ok(r.node),
                 None => Err(self.located(
@@ -237,10 +280,7 @@ impl Converter<'_> {
                     ),
                 )),
             },
-            None => {
-                let platform = self.opts.platform.clone();
-                Ok(self.image_node(ins, from, &platform, "", resolver).await?.0)
-            }
+            None => self.image_or_context_node(ins, from, resolver).await,
         }
     }
 }
@@ -258,7 +298,7 @@ fn copy_source(stages: &[Stage], from: &str) -> std::result::Result<Option<usize
 }
 
 /// The stage a `RUN --mount=from=` names: the last stage of that name, case-insensitively.
-fn mount_source(stages: &[Stage], from: &str) -> Option<usize> {
+pub(super) fn mount_source(stages: &[Stage], from: &str) -> Option<usize> {
     let lower = from.to_ascii_lowercase();
     stages
         .iter()

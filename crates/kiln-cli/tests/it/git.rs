@@ -9,7 +9,7 @@ use std::process::{Child, Command, Stdio};
 use crate::support::{Kiln, find_program, read_tar, skip_because};
 
 /// Runs the host's git in `dir` with a fixed identity and no user or system config.
-fn git(dir: &Path, args: &[&str]) -> String {
+pub(crate) fn git(dir: &Path, args: &[&str]) -> String {
     let out = Command::new("git")
         .args(args)
         .current_dir(dir)
@@ -33,14 +33,14 @@ fn git(dir: &Path, args: &[&str]) -> String {
 }
 
 /// `git daemon` exporting every repository under `base`; killed on drop.
-struct GitServer {
+pub(crate) struct GitServer {
     base: PathBuf,
     port: u16,
     child: Child,
 }
 
 impl GitServer {
-    fn start(test: &str, base: PathBuf) -> Option<GitServer> {
+    pub(crate) fn start(test: &str, base: PathBuf) -> Option<GitServer> {
         if find_program("git").is_none() {
             skip_because(test, "git is not installed");
             return None;
@@ -76,12 +76,12 @@ impl GitServer {
         panic!("git daemon did not listen on port {port}");
     }
 
-    fn url(&self, repo: &str) -> String {
+    pub(crate) fn url(&self, repo: &str) -> String {
         format!("git://127.0.0.1:{}/{repo}", self.port)
     }
 
     /// A repository `name` (a work tree, served live) with `files`, committed as `message`.
-    fn repo(&self, name: &str, files: &[(&str, &str)], message: &str) -> PathBuf {
+    pub(crate) fn repo(&self, name: &str, files: &[(&str, &str)], message: &str) -> PathBuf {
         let dir = self.base.join(name);
         std::fs::create_dir_all(&dir).unwrap();
         git(&dir, &["init", "-q", "-b", "main"]);
@@ -98,7 +98,7 @@ impl Drop for GitServer {
 }
 
 /// Writes `files` into the work tree and commits them; returns the new commit.
-fn commit(dir: &Path, files: &[(&str, &str)], message: &str) -> String {
+pub(crate) fn commit(dir: &Path, files: &[(&str, &str)], message: &str) -> String {
     crate::support::write_files(dir, files);
     git(dir, &["add", "-A"]);
     git(dir, &["commit", "-q", "-m", message]);

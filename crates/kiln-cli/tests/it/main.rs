@@ -30,6 +30,7 @@ mod lint;
 mod load_unnamed;
 mod mounts;
 mod multistage;
+mod named_contexts;
 mod oracle;
 mod outputs;
 mod pull;

@@ -610,6 +610,14 @@ impl Converter<'_> {
         } else if let Some((key, ctx)) = self.named_context(&base) {
             self.named_context_node(stage.from, &key, &ctx, &platform, resolver)
                 .await?
+        } else if let Some(target) = self.later_alias(stages, &base) {
+            return Err(self.located(
+                stage.from,
+                &format!(
+                    "context {base} is the stage {target} (target:{target}), which must be \
+                     defined before it is used in FROM"
+                ),
+            ));
         } else {
             let display = format!("[{prefix}1/{total}]");
             self.image_node(stage.from, &base, &platform, &display, resolver)

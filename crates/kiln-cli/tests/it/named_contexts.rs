@@ -289,6 +289,27 @@ fn target_context_names_a_stage() {
         "{}",
         failed.stderr
     );
+    // FROM can only use a stage defined before it, through another name too.
+    let late = k.dir().join("Dockerfile.late");
+    std::fs::write(&late, "FROM foo AS first\nRUN true\nFROM busybox AS late\n").unwrap();
+    let late = late.to_str().unwrap();
+    let args = [
+        "-f",
+        late,
+        "--build-context",
+        "foo=target:late",
+        "--target",
+        "first",
+    ];
+    let failed = k.build(&ctx, &args).failed();
+    assert!(
+        failed.stderr.contains(
+            "context foo is the stage late (target:late), which must be defined before it is \
+             used in FROM"
+        ),
+        "{}",
+        failed.stderr
+    );
 }
 
 /// `oci-layout://DIR[:TAG][@DIGEST]`: the manifest picked by tag, by digest, or the only one

@@ -36,6 +36,13 @@ impl Converter<'_> {
         }
     }
 
+    /// The stage a `target:STAGE` context names when `FROM` cannot use it (no stage of that
+    /// name precedes it).
+    pub(super) fn later_alias(&self, stages: &[Stage], name: &str) -> Option<String> {
+        let target = self.alias(stages, name);
+        (target != name).then_some(target)
+    }
+
     /// The context that replaces a stage, when one is named as the stage is.
     pub(super) fn stage_override(&self, stage: &Stage) -> Option<(String, NamedContext)> {
         self.named_context(stage.name.as_deref()?)

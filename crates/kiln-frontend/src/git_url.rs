@@ -22,6 +22,19 @@ pub struct GitRef {
     pub mtime_commit: bool,
 }
 
+impl GitRef {
+    /// The remote as progress may show it: a password in the URL replaced by `xxxxx`.
+    pub fn shown_remote(&self) -> String {
+        if let Ok(mut u) = url::Url::parse(&self.remote)
+            && u.password().is_some()
+        {
+            let _ = u.set_password(Some("xxxxx"));
+            return u.to_string();
+        }
+        self.remote.clone()
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("invalid Git URL `{url}`: {reason}")]
 pub struct GitUrlError {
@@ -256,6 +269,15 @@ mod tests {
         let r = git("git://h/r.git#main:../../etc");
         assert_eq!(r.subdir, "etc");
         assert_eq!(git("git://h/r.git#").reference, "");
+    }
+
+    #[test]
+    fn shown_remotes_hide_passwords() {
+        assert_eq!(
+            git("https://u:secret@h/r.git").shown_remote(),
+            "https://u:xxxxx@h/r.git"
+        );
+        assert_eq!(git("git@h:r.git").shown_remote(), "git@h:r.git");
     }
 
     #[test]

@@ -116,7 +116,7 @@ impl Converter<'_> {
             }
             NamedContext::Git(git) => {
                 let op = self.git_op(ins, git.clone(), None, None)?;
-                let name = format!("{label} {}", git.remote);
+                let name = format!("{label} {}", git.shown_remote());
                 let node = self.def.add(op, vec![], name.clone());
                 self.locations.entry(node).or_insert(ins.location);
                 (node, name)

@@ -138,3 +138,25 @@ async fn convert_corpus() {
     }
     assert!(failures.is_empty(), "{}", failures.join("\n\n"));
 }
+
+/// A circle of stages is refused with every instruction of the circle shown, the closing one
+/// first, as BuildKit v0.32.2 lists them (lines 6, 4, 2 here).
+#[tokio::test]
+async fn a_circle_of_stages_shows_each_of_its_lines() {
+    let source = "FROM busybox AS a\nCOPY --from=b /x /x\nFROM busybox AS b\nCOPY --from=c /y /y\nFROM busybox AS c\nCOPY --from=a /z /z\n";
+    let opts = opts(Path::new("/nonexistent"));
+    let err = match kiln_frontend::convert(source, &opts, &FakeResolver).await {
+        Ok(_) => panic!("a circle of stages converted"),
+        Err(e) => e.to_string(),
+    };
+    assert!(
+        err.starts_with("error: circular dependency detected on stage: a\n"),
+        "{err}"
+    );
+    let lines: Vec<usize> = err
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix("--> Dockerfile:"))
+        .map(|l| l.split(':').next().unwrap().parse().unwrap())
+        .collect();
+    assert_eq!(lines, [6, 4, 2], "{err}");
+}

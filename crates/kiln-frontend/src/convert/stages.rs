@@ -21,7 +21,7 @@ use kiln_dockerfile::{Instruction, InstructionKind};
 
 use super::copy::has_variable;
 use super::{Converter, Stage, StageBase, StageResult};
-use crate::{ImageResolver, Result};
+use crate::{Error, ImageResolver, Result};
 
 impl Converter<'_> {
     /// Converts the target and every stage it needs; returns the target's result.
@@ -154,13 +154,19 @@ impl Converter<'_> {
         }
         let mut visited = HashSet::new();
         for root in 0..stages.len() {
-            let mut path = Vec::new();
-            if let Some(ins) = find_cycle(&deps, root, &mut visited, &mut path) {
+            let mut path = vec![(root, None)];
+            if let Some(cycle) = find_cycle(&deps, root, &mut visited, &mut path) {
                 let msg = format!(
                     "circular dependency detected on stage: {}",
                     stage_name(stages, root)
                 );
-                return Err(self.located(ins, &msg));
+                // Every instruction of the circle is shown, as BuildKit shows them.
+                let mut rendered = self.located(cycle[0], &msg).to_string();
+                for ins in &cycle[1..] {
+                    let note = self.located(ins, "part of the same circle").to_string();
+                    rendered.push_str(&note.replacen("error: ", "note: ", 1));
+                }
+                return Err(Error::Dockerfile { rendered });
             }
         }
         Ok(())
@@ -324,21 +330,24 @@ fn find_cycle<'i>(
     deps: &[Vec<(usize, &'i Instruction)>],
     stage: usize,
     visited: &mut HashSet<usize>,
-    path: &mut Vec<usize>,
-) -> Option<&'i Instruction> {
+    path: &mut Vec<(usize, Option<&'i Instruction>)>,
+) -> Option<Vec<&'i Instruction>> {
     if !visited.insert(stage) {
         return None;
     }
-    path.push(stage);
     for (dep, ins) in &deps[stage] {
-        if path.contains(dep) {
-            return Some(*ins);
+        if let Some(start) = path.iter().position(|(s, _)| s == dep) {
+            // The edge that closes the circle first, then the others from the last back,
+            // as BuildKit lists them.
+            let mut cycle = vec![*ins];
+            cycle.extend(path[start + 1..].iter().rev().filter_map(|(_, i)| *i));
+            return Some(cycle);
         }
+        path.push((*dep, Some(*ins)));
         if let Some(found) = find_cycle(deps, *dep, visited, path) {
-            // Report the instruction where the circle's path leaves the root.
-            return Some(if path.len() == 1 { *ins } else { found });
+            return Some(found);
         }
+        path.pop();
     }
-    path.pop();
     None
 }

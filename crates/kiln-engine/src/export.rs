@@ -67,6 +67,8 @@ impl Engine {
         let (names, pushed) = self
             .export_names(&manifest, value.layers(), req, base_layers, progress, &v)
             .await?;
+        // The first archive's manifest, when nothing was pushed (`-o type=oci` describes it).
+        let mut archived = None;
         for output in &req.outputs {
             if matches!(output.kind, ExporterKind::Local | ExporterKind::Tar) {
                 let what = match output.kind {
@@ -83,6 +85,7 @@ impl Engine {
             {
                 v.status("compressing layers");
                 let exported = self.exported_manifest(&manifest, &opts_of(output)).await?;
+                archived.get_or_insert((exported.manifest.clone(), exported.config.clone()));
                 let manifest = &exported.manifest;
                 v.status(&format!("sending tarball to {}", dest.display()));
                 let tags = crate::export_names::output_names(req, output)?;
@@ -106,10 +109,12 @@ impl Engine {
             }
         }
         v.done();
-        // What --metadata-file describes: the pushed manifest when there is one.
-        Ok(match pushed {
-            Some(p) => (p.manifest, p.config, names),
-            None => (manifest, config, names),
+        // What --metadata-file describes: the pushed manifest when there is one, else the
+        // archive's, else the stored one (as buildx v0.36.1 describes each).
+        Ok(match (pushed, archived) {
+            (Some(p), _) => (p.manifest, p.config, names),
+            (None, Some((m, c))) => (m, c, names),
+            (None, None) => (manifest, config, names),
         })
     }
 

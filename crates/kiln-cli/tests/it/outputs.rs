@@ -575,3 +575,49 @@ fn annotations_reach_the_manifest_and_its_descriptor() {
         assert!(run.stderr.contains(want), "{spec}: {}", run.stderr);
     }
 }
+
+/// `--metadata-file` of an `-o type=oci` build describes the manifest in the archive (here
+/// zstd layers, so not the stored one), as buildx v0.36.1 does.
+#[test]
+fn metadata_of_an_oci_archive_names_its_manifest() {
+    let Some(k) = Kiln::new("metadata_of_an_oci_archive_names_its_manifest") else {
+        return;
+    };
+    let ctx = k.context("ctx", &[("Dockerfile", "FROM busybox\nRUN echo m > /m\n")]);
+    let (oci, meta) = (k.dir().join("image.tar"), k.dir().join("meta.json"));
+    let spec = format!("type=oci,dest={},compression=zstd", oci.display());
+    k.build(
+        &ctx,
+        &[
+            "--output",
+            &spec,
+            "--metadata-file",
+            &meta.to_string_lossy(),
+        ],
+    )
+    .ok();
+    let files = crate::support::read_tar(&oci).unwrap();
+    let index: serde_json::Value = serde_json::from_slice(&files["index.json"]).unwrap();
+    let desc = &index["manifests"][0];
+    let m = metadata(&meta);
+    assert_eq!(m["containerimage.digest"], desc["digest"], "{m}");
+    assert_eq!(m["containerimage.descriptor"]["digest"], desc["digest"]);
+    assert_eq!(m["containerimage.descriptor"]["size"], desc["size"]);
+    let hex = desc["digest"]
+        .as_str()
+        .unwrap()
+        .trim_start_matches("sha256:");
+    let manifest: serde_json::Value =
+        serde_json::from_slice(&files[&format!("blobs/sha256/{hex}")]).unwrap();
+    assert_eq!(
+        m["containerimage.config.digest"],
+        manifest["config"]["digest"]
+    );
+    assert!(
+        manifest["layers"][1]["mediaType"]
+            .as_str()
+            .unwrap()
+            .ends_with("+zstd"),
+        "{manifest}"
+    );
+}

@@ -309,7 +309,6 @@ impl Converter<'_> {
                     }
                     // BuildKit prints the sorted ports as a Go slice.
                     keys.sort();
-                    keys.dedup();
                     history(&mut image, format!("EXPOSE [{}]", keys.join(" ")), true);
                 }
                 InstructionKind::Label(pairs) => {

@@ -159,9 +159,16 @@ impl Engine {
         for w in &converted.warnings {
             progress.warn(w.clone());
         }
-        let cdi_dirs = kiln_worker::cdi::SPEC_DIRS.map(std::path::Path::new);
-        kiln_worker::cdi::check(&converted.definition, &cdi_dirs)
-            .map_err(kiln_worker::Error::from)?;
+        // CDI specs are read once per build, before anything runs, as BuildKit loads them.
+        let cdi = Arc::new(self.cdi_registry()?);
+        kiln_worker::cdi::check(
+            &converted.definition,
+            &cdi,
+            req.run
+                .entitlements
+                .contains(&kiln_frontend::Entitlement::Device),
+        )
+        .map_err(kiln_worker::Error::from)?;
 
         let context_dir = std::fs::canonicalize(&req.context).map_err(io(format!(
             "the build context `{}` cannot be read",
@@ -179,6 +186,7 @@ impl Engine {
                 .with_secrets(req.secrets.clone())
                 .with_ssh(req.ssh.clone())
                 .with_proxy_env(converted.proxy_env.clone())
+                .with_cdi(cdi)
                 .with_file_hashes(self.root.join("context-hashes")),
         );
         let root = converted.root.0;

@@ -34,6 +34,23 @@ pub struct Config {
     /// kiln has no bridge to derive it from: without it, `host-gateway` is an error.
     #[serde(default, rename = "host-gateway-ip")]
     pub host_gateway_ip: Option<std::net::IpAddr>,
+    /// CDI devices for `RUN --device`, as buildkitd.toml's `[cdi]`.
+    #[serde(default)]
+    pub cdi: CdiConfig,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct CdiConfig {
+    /// No devices at all: every `RUN --device` is unregistered.
+    #[serde(default)]
+    pub disabled: bool,
+    /// Where specs are read; [`kiln_worker::cdi::SPEC_DIRS`] when unset.
+    #[serde(default)]
+    pub spec_dirs: Option<Vec<std::path::PathBuf>>,
+    /// Kinds or device names that need no `--allow device`.
+    #[serde(default)]
+    pub auto_allowed: Vec<String>,
 }
 
 impl Config {

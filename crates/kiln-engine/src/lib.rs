@@ -167,6 +167,7 @@ pub struct Engine {
     copy_stream: bool,
     /// `host-gateway-ip`: what `--add-host NAME:host-gateway` maps to.
     host_gateway_ip: Option<std::net::IpAddr>,
+    cdi: config::CdiConfig,
 }
 
 impl Engine {
@@ -227,6 +228,7 @@ impl Engine {
             insecure_entitlements: config.insecure_entitlements(),
             copy_stream: config.copy_stream.unwrap_or(true),
             host_gateway_ip: config.host_gateway_ip,
+            cdi: config.cdi.clone(),
         })
     }
 
@@ -248,6 +250,22 @@ impl Engine {
             self.root.join("tmp"),
         )
         .with_copy_stream(self.copy_stream)
+    }
+}
+
+impl Engine {
+    /// The CDI devices of the config's spec dirs (none when CDI is disabled).
+    pub(crate) fn cdi_registry(&self) -> Result<kiln_worker::cdi::Registry> {
+        if self.cdi.disabled {
+            return Ok(Default::default());
+        }
+        let dirs: Vec<PathBuf> = match &self.cdi.spec_dirs {
+            Some(d) => d.clone(),
+            None => kiln_worker::cdi::SPEC_DIRS.map(PathBuf::from).to_vec(),
+        };
+        let dirs: Vec<&std::path::Path> = dirs.iter().map(PathBuf::as_path).collect();
+        kiln_worker::cdi::Registry::load(&dirs, &self.cdi.auto_allowed)
+            .map_err(|e| Error::from(kiln_worker::Error::from(e)))
     }
 }
 

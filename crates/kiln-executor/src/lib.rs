@@ -139,6 +139,35 @@ pub struct Sandbox {
     /// The cgroup under which the container's own is made (`--cgroup-parent`): runc's
     /// `cgroupsPath` becomes `/<parent>/<container id>`. An absolute cgroupfs path, without `..`.
     pub cgroup_parent: Option<String>,
+    /// Device nodes created in the container and allowed by its device cgroup (CDI devices).
+    pub devices: Vec<DeviceNode>,
+    /// OCI hooks runc runs around the container (CDI devices'), in order.
+    pub hooks: Vec<Hook>,
+}
+
+/// A device node in the container: `kind` is `c`, `b` or `p`; `permissions` the cgroup's
+/// access (`rwm`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeviceNode {
+    pub path: String,
+    pub kind: char,
+    pub major: i64,
+    pub minor: i64,
+    pub file_mode: Option<u32>,
+    pub uid: Option<u32>,
+    pub gid: Option<u32>,
+    pub permissions: String,
+}
+
+/// An OCI hook; `stage` is the runtime spec's name for when it runs (`createRuntime`,
+/// `createContainer`, `startContainer`, `poststart`, `poststop`, `prestart`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Hook {
+    pub stage: String,
+    pub path: String,
+    pub args: Vec<String>,
+    pub env: Vec<String>,
+    pub timeout: Option<i64>,
 }
 
 /// Cgroup limits beside the memory limit, in runc's units; `None` leaves runc's default.

@@ -4,11 +4,12 @@ use std::path::{Path, PathBuf};
 
 use oci_spec::OciSpecError;
 use oci_spec::runtime::{
-    Capabilities, Capability, LinuxBuilder, LinuxCapabilitiesBuilder, LinuxCpuBuilder,
-    LinuxDeviceCgroupBuilder, LinuxMemoryBuilder, LinuxNamespace, LinuxNamespaceBuilder,
-    LinuxNamespaceType, LinuxResourcesBuilder, Mount as OciMount, MountBuilder, PosixRlimit,
-    PosixRlimitBuilder, PosixRlimitType, ProcessBuilder, RootBuilder, Spec, SpecBuilder,
-    UserBuilder, get_default_maskedpaths, get_default_readonly_paths,
+    Capabilities, Capability, HookBuilder, HooksBuilder, LinuxBuilder, LinuxCapabilitiesBuilder,
+    LinuxCpuBuilder, LinuxDeviceBuilder, LinuxDeviceCgroupBuilder, LinuxDeviceType,
+    LinuxMemoryBuilder, LinuxNamespace, LinuxNamespaceBuilder, LinuxNamespaceType,
+    LinuxResourcesBuilder, Mount as OciMount, MountBuilder, PosixRlimit, PosixRlimitBuilder,
+    PosixRlimitType, ProcessBuilder, RootBuilder, Spec, SpecBuilder, UserBuilder,
+    get_default_maskedpaths, get_default_readonly_paths,
 };
 
 use crate::{DEFAULT_PATH, Mount, Network, ProcessSpec, Rlimit, Sandbox, Security};
@@ -197,16 +198,56 @@ pub(crate) fn build(input: SpecInput<'_>) -> Result<Spec, OciSpecError> {
         .collect::<Result<Vec<LinuxNamespace>, _>>()?;
     // Devices: deny all, then runc appends its defaults (null, zero, full, random, urandom,
     // tty, console, ptmx, pts), Docker's set. Insecure allows every device, as --privileged.
-    let devices = LinuxDeviceCgroupBuilder::default()
-        .allow(insecure)
-        .access("rwm")
-        .build()?;
+    let mut devices = vec![
+        LinuxDeviceCgroupBuilder::default()
+            .allow(insecure)
+            .access("rwm")
+            .build()?,
+    ];
+    let mut nodes = Vec::new();
+    for d in &input.sandbox.devices {
+        let typ = match d.kind {
+            'b' => LinuxDeviceType::B,
+            'p' => LinuxDeviceType::P,
+            'u' => LinuxDeviceType::U,
+            _ => LinuxDeviceType::C,
+        };
+        let mut node = LinuxDeviceBuilder::default()
+            .path(PathBuf::from(&d.path))
+            .typ(typ)
+            .major(d.major)
+            .minor(d.minor);
+        if let Some(mode) = d.file_mode {
+            node = node.file_mode(mode);
+        }
+        if let Some(uid) = d.uid {
+            node = node.uid(uid);
+        }
+        if let Some(gid) = d.gid {
+            node = node.gid(gid);
+        }
+        nodes.push(node.build()?);
+        if typ != LinuxDeviceType::P {
+            devices.push(
+                LinuxDeviceCgroupBuilder::default()
+                    .allow(true)
+                    .typ(typ)
+                    .major(d.major)
+                    .minor(d.minor)
+                    .access(d.permissions.clone())
+                    .build()?,
+            );
+        }
+    }
     let resources = cgroup_resources(input.sandbox, devices)?;
     // Without a cgroup parent no cgroups path: runc picks its default, which works on v1 and
     // v2. With one, `/<parent>/<id>` (cgroupfs paths, as runc's default driver takes them).
     let mut linux = LinuxBuilder::default()
         .namespaces(namespaces)
         .resources(resources);
+    if !nodes.is_empty() {
+        linux = linux.devices(nodes);
+    }
     if let Some(parent) = &input.sandbox.cgroup_parent {
         let parent = parent.trim_matches('/');
         let path = if parent.is_empty() {
@@ -228,8 +269,11 @@ pub(crate) fn build(input: SpecInput<'_>) -> Result<Spec, OciSpecError> {
     };
     let linux = linux.build()?;
 
-    SpecBuilder::default()
-        .version("1.0.2")
+    let mut spec = SpecBuilder::default();
+    if !input.sandbox.hooks.is_empty() {
+        spec = spec.hooks(hooks(&input.sandbox.hooks)?);
+    }
+    spec.version("1.0.2")
         .root(
             RootBuilder::default()
                 .path(input.rootfs)
@@ -243,12 +287,50 @@ pub(crate) fn build(input: SpecInput<'_>) -> Result<Spec, OciSpecError> {
         .build()
 }
 
-/// The device rule plus the memory and CPU limits of the sandbox.
+/// The OCI hooks by stage, each stage's in the given order.
+fn hooks(list: &[crate::Hook]) -> Result<oci_spec::runtime::Hooks, OciSpecError> {
+    let mut by_stage: std::collections::BTreeMap<&str, Vec<oci_spec::runtime::Hook>> =
+        Default::default();
+    for h in list {
+        let mut hook = HookBuilder::default()
+            .path(PathBuf::from(&h.path))
+            .args(h.args.clone())
+            .env(h.env.clone());
+        if let Some(t) = h.timeout {
+            hook = hook.timeout(t);
+        }
+        by_stage
+            .entry(h.stage.as_str())
+            .or_default()
+            .push(hook.build()?);
+    }
+    let mut hooks = HooksBuilder::default();
+    for (stage, list) in by_stage {
+        hooks = match stage {
+            "prestart" =>
+            {
+                #[allow(deprecated)]
+                hooks.prestart(list)
+            }
+            "createRuntime" => hooks.create_runtime(list),
+            "createContainer" => hooks.create_container(list),
+            "startContainer" => hooks.start_container(list),
+            "poststart" => hooks.poststart(list),
+            "poststop" => hooks.poststop(list),
+            other => {
+                return Err(OciSpecError::Other(format!("unknown hook stage `{other}`")));
+            }
+        };
+    }
+    hooks.build()
+}
+
+/// The device rules plus the memory and CPU limits of the sandbox.
 fn cgroup_resources(
     sandbox: &Sandbox,
-    devices: oci_spec::runtime::LinuxDeviceCgroup,
+    devices: Vec<oci_spec::runtime::LinuxDeviceCgroup>,
 ) -> Result<oci_spec::runtime::LinuxResources, OciSpecError> {
-    let mut resources = LinuxResourcesBuilder::default().devices(vec![devices]);
+    let mut resources = LinuxResourcesBuilder::default().devices(devices);
     let r = &sandbox.resources;
     if sandbox.memory_limit.is_some() || r.memory_swap.is_some() {
         let mut memory = LinuxMemoryBuilder::default();
@@ -601,6 +683,23 @@ mod tests {
                 cpuset_mems: None,
             },
             cgroup_parent: Some("/kiln.slice/".into()),
+            devices: vec![crate::DeviceNode {
+                path: "/dev/kilnnull".into(),
+                kind: 'c',
+                major: 1,
+                minor: 3,
+                file_mode: Some(0o666),
+                uid: None,
+                gid: Some(5),
+                permissions: "rw".into(),
+            }],
+            hooks: vec![crate::Hook {
+                stage: "createContainer".into(),
+                path: "/bin/true".into(),
+                args: vec!["true".into()],
+                env: vec![],
+                timeout: Some(5),
+            }],
         };
         let spec = build(SpecInput {
             id: "c1",
@@ -622,6 +721,28 @@ mod tests {
         assert_eq!(linux["readonlyPaths"], serde_json::json!([]));
         assert_eq!(linux["resources"]["devices"][0]["allow"], true);
         assert_eq!(linux["cgroupsPath"], "/kiln.slice/c1");
+        // A CDI device: its node and a cgroup rule for it; its hook by stage.
+        let node = &linux["devices"][0];
+        assert_eq!(
+            (&node["path"], &node["type"], &node["major"], &node["minor"]),
+            (&"/dev/kilnnull".into(), &"c".into(), &1.into(), &3.into())
+        );
+        assert_eq!(
+            (&node["fileMode"], &node["gid"]),
+            (&0o666.into(), &5.into())
+        );
+        let rule = &linux["resources"]["devices"][1];
+        assert_eq!(
+            (
+                &rule["allow"],
+                &rule["type"],
+                &rule["major"],
+                &rule["access"]
+            ),
+            (&true.into(), &"c".into(), &1.into(), &"rw".into())
+        );
+        assert_eq!(json["hooks"]["createContainer"][0]["path"], "/bin/true");
+        assert_eq!(json["hooks"]["createContainer"][0]["timeout"], 5);
         assert_eq!(linux["resources"]["memory"]["limit"], 1 << 30);
         assert_eq!(linux["resources"]["memory"]["swap"], -1);
         let cpu = &linux["resources"]["cpu"];

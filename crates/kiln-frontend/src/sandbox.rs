@@ -13,8 +13,8 @@ use kiln_llb::{ExecResources, ExecSandbox, HostEntry, NetworkMode, SecurityMode,
 pub enum Entitlement {
     NetworkHost,
     SecurityInsecure,
-    /// Registered CDI devices for `RUN --device` (BuildKit 0.20+). kiln registers none (see
-    /// `kiln_worker::cdi`), so nothing needs it yet; it is accepted so `--allow device` works.
+    /// Registered CDI devices for `RUN --device` (BuildKit 0.20+) that their spec does not
+    /// autoallow (see `kiln_worker::cdi`).
     Device,
 }
 

@@ -98,7 +98,7 @@ impl LlbWorker {
                 size: t.size,
             });
         }
-        let user = run_user(&merged, &op.user)?;
+        let mut user = run_user(&merged, &op.user)?;
         let mut env = op.env.clone();
         for kv in &self.proxy_env {
             let key = kv.split_once('=').map_or(kv.as_str(), |(k, _)| k);
@@ -159,6 +159,17 @@ impl LlbWorker {
         // runc needs the working directory to exist, as BuildKit ensures.
         fsutil::mkdir_all(&merged, &op.cwd, 0o755, (0, 0))
             .map_err(io(format!("creating `{}`", op.cwd)))?;
+        let mut sandbox = executor_sandbox(&op.sandbox);
+        let edits = self.cdi.edits(&op.sandbox.devices)?;
+        cdi::apply(
+            &edits,
+            cdi::Applied {
+                env: &mut env,
+                mounts: &mut mounts,
+                sandbox: &mut sandbox,
+                user: &mut user,
+            },
+        )?;
         let (out, err) = (progress.clone(), progress.clone());
         let status = self
             .executor
@@ -183,7 +194,7 @@ impl LlbWorker {
                     NetworkMode::None => kiln_executor::Network::None,
                 },
                 readonly_rootfs: false,
-                sandbox: executor_sandbox(&op.sandbox),
+                sandbox,
             })
             .await;
         if secrets_dir.exists() {
@@ -298,5 +309,7 @@ pub(crate) fn executor_sandbox(s: &ExecSandbox) -> kiln_executor::Sandbox {
             cpuset_mems: r.cpuset_mems.clone(),
         },
         cgroup_parent: s.cgroup_parent.clone(),
+        devices: Vec::new(),
+        hooks: Vec::new(),
     }
 }

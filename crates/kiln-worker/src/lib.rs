@@ -209,6 +209,8 @@ pub struct LlbWorker {
     ssh: SshAgents,
     /// COPY from the context streams its layer (copystream.rs) instead of writing files.
     copy_stream: bool,
+    /// The CDI devices a RUN may ask for.
+    cdi: Arc<cdi::Registry>,
 }
 
 impl LlbWorker {
@@ -240,7 +242,14 @@ impl LlbWorker {
             proxy_env: Vec::new(),
             ssh: SshAgents::default(),
             copy_stream: true,
+            cdi: Default::default(),
         }
+    }
+
+    /// The CDI devices RUNs get (see [`cdi`]); none without it.
+    pub fn with_cdi(mut self, registry: Arc<cdi::Registry>) -> Self {
+        self.cdi = registry;
+        self
     }
 
     /// Whether a COPY from the context streams its layer without creating files (the default)

@@ -145,14 +145,10 @@ fn issue_14_run_device_without_cdi_specs() {
     let Some(k) = Kiln::new("issue_14_run_device_without_cdi_specs") else {
         return;
     };
-    if ["/etc/cdi", "/var/run/cdi"]
-        .iter()
-        .any(|d| std::fs::read_dir(d).is_ok_and(|mut e| e.next().is_some()))
-    {
-        // kiln refuses devices when CDI specs exist (it cannot inject them yet).
-        eprintln!("skipping the unregistered-device cases: this host has CDI specs");
-        return;
-    }
+    // Specs from an empty dir only, whatever this host has in /etc/cdi.
+    let specs = k.dir().join("no-specs");
+    std::fs::create_dir_all(&specs).unwrap();
+    cdi_config(&k, &specs, &[]);
     // No spec registers a device: optional ones are skipped (the step runs without them),
     // with or without `--allow device`.
     let dockerfile = "FROM busybox
@@ -348,6 +344,118 @@ fn issue_14_syntax_directive_runs_builtin_frontend() {
     let err = k.build(&ctx, &[]).failed().stderr;
     assert!(
         err.contains("example.com/my/frontend:1") && err.contains("not supported yet"),
+        "{err}"
+    );
+    k.assert_clean();
+}
+
+/// Points the test's config at `spec_dirs` for CDI, as buildkitd.toml's `[cdi]` does.
+fn cdi_config(k: &Kiln, spec_dirs: &Path, auto_allowed: &[&str]) {
+    use std::io::Write as _;
+    let mut f = std::fs::OpenOptions::new()
+        .append(true)
+        .open(&k.config)
+        .unwrap();
+    writeln!(
+        f,
+        "\n[cdi]\nspecDirs = [{:?}]\nautoAllowed = {:?}",
+        spec_dirs.display().to_string(),
+        auto_allowed
+    )
+    .unwrap();
+}
+
+/// A CDI spec's devices reach the RUN that asks for them, as BuildKit v0.32.2 gave them with
+/// the same spec (recorded with the oracle): the spec's and the device's env, a device node
+/// made from the host's /dev/null (c 1:3, its mode), a read-only bind mount; a device without
+/// autoallow needs `--allow device`; `kind` alone is its first device, `kind=*` every one.
+#[test]
+fn issue_14_run_device_with_cdi_specs() {
+    let Some(k) = Kiln::new("issue_14_run_device_with_cdi_specs") else {
+        return;
+    };
+    let specs = k.dir().join("cdi");
+    let host = k.dir().join("cdih");
+    std::fs::create_dir_all(&specs).unwrap();
+    std::fs::create_dir_all(&host).unwrap();
+    std::fs::write(host.join("data.txt"), "hostfile\n").unwrap();
+    let spec = format!(
+        r#"cdiVersion: "0.6.0"
+kind: "kiln.test/dev"
+containerEdits:
+  env:
+  - SPECWIDE=1
+devices:
+- name: one
+  annotations:
+    org.mobyproject.buildkit.device.autoallow: "true"
+  containerEdits:
+    env:
+    - FOO=injected
+    deviceNodes:
+    - path: /dev/kilnnull
+      hostPath: /dev/null
+      permissions: rw
+    mounts:
+    - hostPath: {}
+      containerPath: /cdih
+      options: [ro, bind]
+- name: two
+  containerEdits:
+    env:
+    - TWO=2
+"#,
+        host.display()
+    );
+    std::fs::write(specs.join("kiln-test.yaml"), spec).unwrap();
+    cdi_config(&k, &specs, &[]);
+
+    let dockerfile = r#"FROM busybox
+RUN --device=kiln.test/dev=one sh -c 'echo "$SPECWIDE $FOO" > /env; ls -ln /dev/kilnnull | cut -c1-10 > /mode; stat -c "%t:%T" /dev/kilnnull > /devno; cat /cdih/data.txt > /data; grep " /cdih " /proc/mounts | cut -d" " -f4 | cut -d, -f1 > /ro; echo x > /dev/kilnnull'
+RUN --device=kiln.test/dev sh -c 'echo "$FOO" > /kind'
+"#;
+    let ctx = k.context("one", &[("Dockerfile", dockerfile)]);
+    let out = k.dir().join("out");
+    let dest = format!("type=local,dest={}", out.display());
+    k.build(&ctx, &["--output", &dest]).ok();
+    let read = |f: &str| std::fs::read_to_string(out.join(f)).unwrap();
+    assert_eq!(read("env"), "1 injected\n");
+    assert_eq!(read("mode"), "crw-rw-rw-\n");
+    assert_eq!(read("devno"), "1:3\n");
+    assert_eq!(read("data"), "hostfile\n");
+    assert_eq!(read("ro"), "ro\n");
+    assert_eq!(read("kind"), "injected\n");
+    assert!(!out.join("cdih").exists() && !out.join("dev/kilnnull").exists());
+
+    // `two` has no autoallow: refused before anything runs, allowed with `--allow device`.
+    let dockerfile = "FROM busybox\nRUN echo first-step\nRUN --device=kiln.test/dev=* sh -c 'echo $FOO $TWO > /all'\n";
+    let ctx = k.context("all", &[("Dockerfile", dockerfile)]);
+    let err = k.build(&ctx, &[]).failed().stderr;
+    assert!(
+        err.contains("device kiln.test/dev=two is requested by the build but not allowed"),
+        "{err}"
+    );
+    assert!(!err.contains("first-step"), "a step ran:\n{err}");
+    let out = k.dir().join("all-out");
+    let dest = format!("type=local,dest={}", out.display());
+    k.build(&ctx, &["--output", &dest, "--allow", "device"])
+        .ok();
+    assert_eq!(
+        std::fs::read_to_string(out.join("all")).unwrap(),
+        "injected 2\n"
+    );
+
+    // Unregistered names: optional skipped, required refused.
+    let ctx = k.context(
+        "nope",
+        &[(
+            "Dockerfile",
+            "FROM busybox\nRUN --device=kiln.test/dev=nope true\nRUN --device=kiln.test/dev=nope,required true\n",
+        )],
+    );
+    let err = k.build(&ctx, &[]).failed().stderr;
+    assert!(
+        err.contains("required device \"kiln.test/dev=nope\" is not registered"),
         "{err}"
     );
     k.assert_clean();

@@ -564,14 +564,14 @@ pub fn parse_ssh(spec: &str) -> Result<(String, Vec<PathBuf>)> {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Call {
     Build,
-    Check,
+    Check { json: bool },
     Outline { json: bool },
     Targets { json: bool },
 }
 
 pub fn parse_call(call: Option<&str>, check: bool) -> Result<Call> {
     if check {
-        return Ok(Call::Check);
+        return Ok(Call::Check { json: false });
     }
     let Some(call) = call else {
         return Ok(Call::Build);
@@ -589,8 +589,7 @@ pub fn parse_call(call: Option<&str>, check: bool) -> Result<Call> {
     }
     Ok(match method {
         "build" | "" => Call::Build,
-        "check" if json => bail!("`kiln build --call check,format=json` is not supported yet"),
-        "check" => Call::Check,
+        "check" => Call::Check { json },
         "outline" => Call::Outline { json },
         "targets" => Call::Targets { json },
         // BuildKit's answer to a subrequest it does not know.
@@ -645,7 +644,7 @@ mod tests {
     fn call_methods_and_formats() {
         assert_eq!(parse_call(None, false).unwrap(), Call::Build);
         assert_eq!(parse_call(Some("build"), false).unwrap(), Call::Build);
-        assert_eq!(parse_call(None, true).unwrap(), Call::Check);
+        assert_eq!(parse_call(None, true).unwrap(), Call::Check { json: false });
         assert_eq!(
             parse_call(Some("outline"), false).unwrap(),
             Call::Outline { json: false }

@@ -253,7 +253,9 @@ async fn build(cli: &Cli, b: &BuildArgs) -> Result<ExitCode> {
     let stdin = stdin::dockerfile(&b.context, b.file.as_deref())?;
     match call {
         args::Call::Build => {}
-        args::Call::Check => return check(b, &stdin, &build_args, platform.as_ref()),
+        args::Call::Check { json } => {
+            return check(b, &stdin, &build_args, platform.as_ref(), json);
+        }
         args::Call::Outline { json } | args::Call::Targets { json } => {
             let what = if matches!(call, args::Call::Outline { .. }) {
                 kiln_engine::Subrequest::Outline
@@ -400,8 +402,9 @@ fn check(
     stdin: &stdin::Stdin,
     build_args: &BTreeMap<String, String>,
     platform: Option<&kiln_oci::Platform>,
+    json: bool,
 ) -> Result<ExitCode> {
-    let report = kiln_engine::check(&check_request(b, stdin, build_args, platform))?;
+    let report = kiln_engine::check(&check_request(b, stdin, build_args, platform), json)?;
     print!("{}", report.text);
     Ok(if report.warnings == 0 {
         ExitCode::SUCCESS

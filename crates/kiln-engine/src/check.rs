@@ -26,7 +26,8 @@ pub struct CheckReport {
 }
 
 /// Lints every stage, as BuildKit's `--call=check` does: no registry access, nothing built.
-pub fn check(req: &CheckRequest<'_>) -> Result<CheckReport> {
+/// `json`: the report as `--call check,format=json` prints it.
+pub fn check(req: &CheckRequest<'_>, json: bool) -> Result<CheckReport> {
     if !req.context.exists()
         && req
             .context
@@ -64,6 +65,12 @@ pub fn check(req: &CheckRequest<'_>) -> Result<CheckReport> {
         what: "check options".into(),
         source: Box::new(e),
     })?;
+    if json {
+        return Ok(CheckReport {
+            warnings: report.warnings.len(),
+            text: report.to_json(&name, &source),
+        });
+    }
     let mut text = String::new();
     if report.warnings.is_empty() {
         text.push_str("Check complete, no warnings found.\n");

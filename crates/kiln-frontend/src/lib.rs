@@ -3,6 +3,7 @@
 //! result should carry. Base images come through the [`ImageResolver`] trait so this crate never
 //! talks to a registry itself.
 
+mod check_json;
 mod convert;
 mod git_url;
 pub mod lint;

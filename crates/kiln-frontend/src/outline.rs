@@ -411,7 +411,7 @@ fn arg_info(
     }
 }
 
-fn base64(text: &str) -> String {
+pub(crate) fn base64(text: &str) -> String {
     const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
     let bytes = text.as_bytes();
     let mut out = String::with_capacity(bytes.len().div_ceil(3) * 4);
@@ -531,7 +531,7 @@ impl Targets {
 }
 
 /// JSON as Go's `json.MarshalIndent(v, "", "  ")` writes it, plus the newline buildx adds.
-fn go_json<T: Serialize>(value: &T) -> String {
+pub(crate) fn go_json<T: Serialize>(value: &T) -> String {
     let text = serde_json::to_string_pretty(value).expect("outline types serialize");
     let mut out = String::with_capacity(text.len() + 1);
     for c in text.chars() {

@@ -39,6 +39,22 @@ fn check_prints_warnings_and_builds_nothing() {
         // Nothing was resolved or run.
         assert!(!run.stderr.contains("FROM docker.io"), "{}", run.stderr);
     }
+    // `format=json`: buildx's JSON, the same warnings, exit 1.
+    let run = k.build(&ctx, &["--call=check,format=json"]);
+    assert_eq!(run.code, Some(1), "{}\n{}", run.stdout, run.stderr);
+    let json: serde_json::Value = serde_json::from_str(&run.stdout).unwrap();
+    let rules: Vec<&str> = json["warnings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|w| w["ruleName"].as_str().unwrap())
+        .collect();
+    assert_eq!(rules, ["StageNameCasing", "JSONArgsRecommended"], "{json}");
+    assert_eq!(
+        json["warnings"][0]["location"]["ranges"][0]["start"]["line"],
+        3
+    );
+    assert_eq!(json["sources"][0]["filename"], "Dockerfile");
     let images = k.kiln(&["images", "-q"]).ok();
     assert!(images.stdout.trim().is_empty(), "{}", images.stdout);
 

@@ -250,6 +250,7 @@ impl Engine {
             self.root.join("tmp"),
         )
         .with_copy_stream(self.copy_stream)
+        .with_http_records(self.root.join("http"))
     }
 }
 

@@ -1,10 +1,9 @@
-//! What ADD adds to COPY: local tar archives extracted into the destination, and files
-//! downloaded over HTTP(S).
+//! What ADD adds to COPY: local tar archives extracted into the destination (downloads are
+//! in http.rs).
 
 use std::fs;
 use std::io::{self, BufReader, Read, Seek};
 use std::path::Path;
-use std::time::SystemTime;
 
 use crate::fsutil::{Source, SourceError};
 
@@ -140,40 +139,6 @@ pub(crate) fn extract(source: &Source, dir: &Path, scratch: &Path) -> Result<(),
         });
     let _ = fs::remove_file(scratch);
     result
-}
-
-/// A downloaded file.
-#[derive(Debug)]
-pub(crate) struct Download {
-    pub data: Vec<u8>,
-    pub last_modified: Option<SystemTime>,
-}
-
-pub(crate) async fn download(
-    client: &reqwest::Client,
-    url: &str,
-) -> std::result::Result<Download, crate::Error> {
-    let err = |source| crate::Error::Http {
-        url: url.to_string(),
-        source,
-    };
-    let resp = client.get(url).send().await.map_err(err)?;
-    if !resp.status().is_success() {
-        return Err(crate::Error::HttpStatus {
-            url: url.to_string(),
-            status: resp.status().as_u16(),
-        });
-    }
-    let last_modified = resp
-        .headers()
-        .get(reqwest::header::LAST_MODIFIED)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| httpdate::parse_http_date(v).ok());
-    let data = resp.bytes().await.map_err(err)?.to_vec();
-    Ok(Download {
-        data,
-        last_modified,
-    })
 }
 
 #[cfg(test)]

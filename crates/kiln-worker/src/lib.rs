@@ -13,6 +13,7 @@ mod exec;
 mod fsutil;
 pub mod git;
 mod hashcache;
+mod http;
 mod image;
 mod sources;
 mod step;
@@ -197,7 +198,9 @@ pub struct LlbWorker {
     unpacking: parking_lot::Mutex<HashMap<Digest, Arc<tokio::sync::Mutex<()>>>>,
     http: reqwest::Client,
     /// Downloads made to compute a cache key, reused when the step runs.
-    downloads: parking_lot::Mutex<HashMap<String, Arc<add::Download>>>,
+    downloads: parking_lot::Mutex<HashMap<String, Arc<http::Download>>>,
+    /// Validators of earlier downloads (`http.rs`), for revalidating requests.
+    http_records: PathBuf,
     /// Git refs resolved to commits for a cache key, by op, reused when the step runs so the
     /// checkout is the commit the key names.
     git_resolved: parking_lot::Mutex<HashMap<String, git::Resolved>>,
@@ -232,6 +235,7 @@ impl LlbWorker {
                 .map(|c| (MAIN_CONTEXT.to_string(), c))
                 .into_iter()
                 .collect(),
+            http_records: scratch.join("http"),
             scratch,
             unpacking: Default::default(),
             http: reqwest::Client::new(),
@@ -244,6 +248,12 @@ impl LlbWorker {
             copy_stream: true,
             cdi: Default::default(),
         }
+    }
+
+    /// Where the validators of downloads are kept across builds (ADD from http(s)).
+    pub fn with_http_records(mut self, dir: PathBuf) -> Self {
+        self.http_records = dir;
+        self
     }
 
     /// The CDI devices RUNs get (see [`cdi`]); none without it.
@@ -355,7 +365,7 @@ impl LlbWorker {
             && http.checksum.is_none()
         {
             let d = self.download(http).await?;
-            h.update(kiln_oci::sha256(&d.data).as_ref().as_bytes());
+            h.update(d.digest.as_ref().as_bytes());
         }
         Ok(kiln_oci::sha256(&h.finalize()))
     }

@@ -3,34 +3,43 @@
 use super::*;
 
 impl LlbWorker {
-    pub(crate) async fn download(&self, op: &HttpOp) -> Result<Arc<add::Download>> {
+    pub(crate) async fn download(&self, op: &HttpOp) -> Result<Arc<http::Download>> {
         if let Some(d) = self.downloads.lock().get(&op.url) {
             return Ok(d.clone());
         }
-        let d = Arc::new(add::download(&self.http, &op.url).await?);
+        let records = http::Records {
+            dir: self.http_records.clone(),
+        };
+        let d = Arc::new(http::download(&self.http, &self.content, &records, &op.url).await?);
         self.downloads.lock().insert(op.url.clone(), d.clone());
         Ok(d)
     }
 
     /// A fresh filesystem holding the downloaded file, mode 0600, its mtime from Last-Modified.
+    /// With `--checksum` the body is checked before it is used.
     pub(crate) async fn http(&self, op: &HttpOp, progress: &Vertex) -> Result<Value> {
         progress.status(&format!("downloading {}", op.url));
         let d = self.download(op).await?;
         self.downloads.lock().remove(&op.url);
-        if let Some(expected) = &op.checksum {
-            let actual = kiln_oci::sha256(&d.data);
-            if actual.to_string() != *expected {
-                return Err(Error::ChecksumMismatch {
-                    url: op.url.clone(),
-                    expected: expected.clone(),
-                    actual,
-                });
-            }
+        if d.revalidated {
+            progress.status("not modified: using the stored download");
+        }
+        if let Some(expected) = &op.checksum
+            && d.digest.to_string() != *expected
+        {
+            return Err(Error::ChecksumMismatch {
+                url: op.url.clone(),
+                expected: expected.clone(),
+                actual: d.digest.clone(),
+            });
         }
         let step = self.prepare(&[], progress).await?;
         let merged = step.dir.join("merged");
-        let path = fsutil::write_file(&merged, &op.filename, &d.data, 0o600)
+        let path = fsutil::write_file(&merged, &op.filename, b"", 0o600)
             .map_err(io(format!("creating `{}`", op.filename)))?;
+        std::fs::remove_file(&path).map_err(io(format!("creating `{}`", op.filename)))?;
+        http::write_body(&self.content, &d, &path, 0o600)
+            .map_err(io(format!("writing `{}`", op.filename)))?;
         if let Some(t) = d.last_modified {
             filetime::set_file_mtime(&path, filetime::FileTime::from_system_time(t))
                 .map_err(io(format!("setting the mtime of `{}`", op.filename)))?;

@@ -35,6 +35,9 @@ pub(crate) struct Options {
     pub whiteouts: bool,
     /// Set the entries' extended attributes (PAX `SCHILY.xattr.*`).
     pub xattrs: bool,
+    /// Read the archive as a build context: `..` above the root stays at the root, and
+    /// character and block devices are refused (they would be live nodes on the host).
+    pub context: bool,
 }
 
 impl Options {
@@ -42,6 +45,7 @@ impl Options {
         owners: true,
         whiteouts: true,
         xattrs: true,
+        context: false,
     };
 }
 
@@ -89,7 +93,16 @@ impl Extractor<'_> {
             comps,
             kind,
             mut meta,
-        } = entry::parse(&mut entry, self.opts.whiteouts)?;
+        } = entry::parse_with(&mut entry, self.opts.whiteouts, self.opts.context)?;
+        if self.opts.context
+            && let Kind::Node { file_type, .. } = &kind
+            && *file_type != FileType::Fifo
+        {
+            return Err(Error::BadEntry {
+                path: shown,
+                reason: "a device node has no place in a build context".into(),
+            });
+        }
         meta.chown = self.opts.owners;
         if !self.opts.xattrs {
             meta.xattrs.clear();

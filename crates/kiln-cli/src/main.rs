@@ -251,6 +251,9 @@ async fn build(cli: &Cli, b: &BuildArgs) -> Result<ExitCode> {
     };
     let call = args::parse_call(b.call.as_deref(), b.check)?;
     let stdin = stdin::dockerfile(&b.context, b.file.as_deref())?;
+    if stdin.archive.is_some() && !matches!(call, args::Call::Build) {
+        bail!("`--check` and `--call` with a context archive on stdin are not supported yet");
+    }
     match call {
         args::Call::Build => {}
         args::Call::Check => return check(b, &stdin, &build_args, platform.as_ref()),
@@ -302,6 +305,7 @@ async fn build(cli: &Cli, b: &BuildArgs) -> Result<ExitCode> {
         context: stdin.context.clone(),
         dockerfile: stdin.dockerfile.clone(),
         dockerfile_text: stdin.text.clone(),
+        context_archive: stdin.archive.clone(),
         labels,
         pull: b.pull,
         squash: b.squash,

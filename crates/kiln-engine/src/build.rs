@@ -46,6 +46,9 @@ pub struct BuildRequest {
     pub no_cache_filter: Vec<String>,
     /// `--squash`: the final stage's layers merged into one on top of its base.
     pub squash: bool,
+    /// A tarball (perhaps compressed) that is the context, read once (`kiln build - <
+    /// ctx.tar`); `context` is then ignored and a relative `dockerfile` names a file in it.
+    pub context_archive: Option<crate::ContextArchive>,
 }
 
 #[derive(Debug, Clone)]
@@ -74,6 +77,8 @@ impl Engine {
         crate::output::check_annotations(&mut req.outputs, &target).map_err(Error::Usage)?;
         // A Git URL context is checked out for the build's duration.
         let (req, _git_context) = self.git_context(req, progress).await?;
+        // So is a tarball from stdin or a URL, unpacked; a `-f` URL is fetched.
+        let (req, _archive_context) = self.archive_context(req, progress).await?;
         let dockerfile_path = req
             .dockerfile
             .clone()

@@ -103,7 +103,12 @@ impl Engine {
 
         let v = progress.vertex("[internal] load .dockerignore");
         let ignore_path = req.context.join(".dockerignore");
-        let (excludes, matcher) = match std::fs::read_to_string(&ignore_path) {
+        // BuildKit copies a tarball context whole: its `.dockerignore` excludes nothing.
+        let ignore = match &_archive_context {
+            Some(_) => Err(std::io::ErrorKind::NotFound.into()),
+            None => std::fs::read_to_string(&ignore_path),
+        };
+        let (excludes, matcher) = match ignore {
             Ok(text) => {
                 let matcher = Matcher::from_dockerignore(&text).map_err(|e| Error::Invalid {
                     what: format!("`{}`", ignore_path.display()),

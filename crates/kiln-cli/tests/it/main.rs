@@ -40,5 +40,6 @@ mod sandbox;
 mod storage;
 mod store;
 mod support;
+mod tar_context;
 mod token_auth;
 mod users;

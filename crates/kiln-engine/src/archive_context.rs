@@ -8,7 +8,7 @@
 //! is removed afterwards (or, after a kill, when the next engine opens the data dir alone).
 
 use std::fmt;
-use std::io::{self, BufReader, Read};
+use std::io::{self, BufReader, Read, Write as _};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
@@ -104,15 +104,146 @@ impl fmt::Debug for ContextArchive {
     }
 }
 
-/// The unpacked context (or the downloaded Dockerfile's dir); dropping it removes it.
+/// The unpacked context (or the downloaded Dockerfile's dir), and the decompressed archive
+/// while parts of it are still to unpack; dropping it removes both.
 pub(crate) struct TempContext {
     dir: PathBuf,
+    /// The decompressed tar beside `dir`, until [`TempContext::materialise`] unpacks what the
+    /// build reads from it.
+    spool: Option<PathBuf>,
+    /// Where the archive came from, for messages.
+    name: String,
 }
 
 impl Drop for TempContext {
     fn drop(&mut self) {
         let _ = std::fs::remove_dir_all(&self.dir);
+        if let Some(spool) = &self.spool {
+            let _ = std::fs::remove_file(spool);
+        }
     }
+}
+
+impl TempContext {
+    /// Decompresses `reader` into the spool file, one pass, and unpacks from it the Dockerfile
+    /// (`wanted`) only, unless the archive holds links (then everything now: a link's target
+    /// may be anywhere in it). Returns the bytes read from `reader`.
+    async fn spool(
+        &mut self,
+        reader: Box<dyn Read + Send>,
+        name: String,
+        wanted: Option<Vec<String>>,
+    ) -> Result<u64> {
+        let spool = self.dir.with_extension("tar");
+        self.spool = Some(spool.clone());
+        self.name = name.clone();
+        let dir = self.dir.clone();
+        let (n, rest) = tokio::task::spawn_blocking(move || -> Result<(u64, bool)> {
+            let (n, links) = spool_tar(reader, &spool, &name)?;
+            let select = match wanted {
+                Some(path) if !links => Selection::Prefixes(vec![path]),
+                _ => Selection::All,
+            };
+            unpack_spool(&spool, &dir, &name, &select)?;
+            Ok((n, matches!(select, Selection::Prefixes(_))))
+        })
+        .await??;
+        if !rest {
+            self.drop_spool();
+        }
+        Ok(n)
+    }
+
+    /// Unpacks what the build graph reads from the context: the sources of COPY/ADD from it
+    /// (below the literal part of a wildcard), or everything when a step mounts it or copies
+    /// its root.
+    pub(crate) async fn materialise(&mut self, def: &kiln_llb::Definition) -> Result<()> {
+        let Some(spool) = self.spool.clone() else {
+            return Ok(());
+        };
+        let select = needed(def);
+        let dir = self.dir.clone();
+        let name = self.name.clone();
+        tokio::task::spawn_blocking(move || unpack_spool(&spool, &dir, &name, &select)).await??;
+        self.drop_spool();
+        Ok(())
+    }
+
+    fn drop_spool(&mut self) {
+        if let Some(spool) = self.spool.take() {
+            let _ = std::fs::remove_file(spool);
+        }
+    }
+}
+
+/// Which entries of the archive to unpack.
+#[derive(Debug, PartialEq, Eq)]
+enum Selection {
+    All,
+    /// Entries at or below one of these cleaned paths, and the directories above them.
+    Prefixes(Vec<Vec<String>>),
+}
+
+/// A path cleaned as the applier cleans entry names, with `..` stopping at the root.
+fn clean(path: &str) -> Vec<String> {
+    let mut out: Vec<String> = Vec::new();
+    for c in path.split('/') {
+        match c {
+            "" | "." => {}
+            ".." => {
+                out.pop();
+            }
+            c => out.push(c.to_string()),
+        }
+    }
+    out
+}
+
+/// The Dockerfile's path inside the archive: `-f` when relative, else `Dockerfile`.
+fn dockerfile_in_archive(file: Option<&Path>) -> Option<Vec<String>> {
+    match file {
+        None => Some(vec!["Dockerfile".to_string()]),
+        Some(f) if f.is_relative() && !f.to_str().is_some_and(is_url) => {
+            Some(clean(&f.to_string_lossy()))
+        }
+        Some(_) => None,
+    }
+}
+
+/// What of the context the graph `def` reads.
+fn needed(def: &kiln_llb::Definition) -> Selection {
+    use kiln_llb::Op;
+    let locals: std::collections::HashSet<_> = def
+        .nodes()
+        .filter(|(_, n)| matches!(n.op, Op::Local { .. }))
+        .map(|(id, _)| id)
+        .collect();
+    let mut prefixes = Vec::new();
+    for (_, node) in def.nodes() {
+        for (i, input) in node.inputs.iter().enumerate() {
+            if !locals.contains(input) {
+                continue;
+            }
+            let Op::Copy(copy) = &node.op else {
+                return Selection::All;
+            };
+            if i != 1 {
+                return Selection::All;
+            }
+            for source in &copy.sources {
+                // The literal components before the first wildcard.
+                let literal: Vec<String> = clean(source)
+                    .into_iter()
+                    .take_while(|c| !c.contains(['*', '?', '[', '\\']))
+                    .collect();
+                if literal.is_empty() {
+                    return Selection::All;
+                }
+                prefixes.push(literal);
+            }
+        }
+    }
+    Selection::Prefixes(prefixes)
 }
 
 fn is_url(s: &str) -> bool {
@@ -137,12 +268,12 @@ impl Engine {
                     archive.name
                 ))
             })?;
-            let temp = self.temp_context("tar-context")?;
+            let mut temp = self.temp_context("tar-context")?;
             let v = progress.vertex("[internal] load remote build context");
-            let dir = temp.dir.clone();
             let name = archive.name.clone();
-            let unpacked = tokio::task::spawn_blocking(move || unpack(reader, &dir, &name)).await?;
-            match unpacked {
+            let wanted = dockerfile_in_archive(req.dockerfile.as_deref());
+            let spooled = temp.spool(reader, name, wanted).await;
+            match spooled {
                 Ok(n) => v.status(&format!("transferring context: {} done", human_bytes(n))),
                 Err(e) => {
                     v.error(&e.to_string());
@@ -196,7 +327,11 @@ impl Engine {
             .join("tmp")
             .join(format!("{kind}-{:016x}", rand::random::<u64>()));
         std::fs::create_dir_all(&dir).map_err(io(format!("creating `{}`", dir.display())))?;
-        Ok(TempContext { dir })
+        Ok(TempContext {
+            dir,
+            spool: None,
+            name: String::new(),
+        })
     }
 
     /// `kiln build URL`: a tarball is unpacked as the context; a text file is the Dockerfile,
@@ -209,7 +344,7 @@ impl Engine {
     ) -> Result<TempContext> {
         let v = progress.vertex("[internal] load remote build context");
         let result = async {
-            let temp = self.temp_context("url-context")?;
+            let mut temp = self.temp_context("url-context")?;
             let spool = temp.dir.with_extension("download");
             let fetched = self.download_to(url, &spool).await;
             let fetched = fetched.inspect_err(|_| {
@@ -217,17 +352,15 @@ impl Engine {
             })?;
             let size = fetched.size;
             if sniff_archive(&fetched.head).is_some() {
-                let dir = temp.dir.clone();
-                let name = format!("`{url}`");
-                let spooled = spool.clone();
-                let r = tokio::task::spawn_blocking(move || {
-                    let file = std::fs::File::open(&spooled)
-                        .map_err(io(format!("reading the download of {name}")))?;
-                    unpack(Box::new(file), &dir, &name)
-                })
-                .await;
+                let file = std::fs::File::open(&spool)
+                    .map_err(io(format!("reading the download of `{url}`")));
+                let wanted = dockerfile_in_archive(req.dockerfile.as_deref());
+                let r = match file {
+                    Ok(file) => temp.spool(Box::new(file), format!("`{url}`"), wanted).await,
+                    Err(e) => Err(e),
+                };
                 let _ = std::fs::remove_file(&spool);
-                r??;
+                r?;
             } else {
                 let body = std::fs::read(&spool);
                 let _ = std::fs::remove_file(&spool);
@@ -375,9 +508,9 @@ fn plain_text(url: &str, fetched: &Fetched, body: Vec<u8>) -> Result<String> {
     })
 }
 
-/// Decompresses `reader` as its first bytes say and unpacks the tar in it into `dir`; returns
-/// the compressed bytes read. `name` says where the archive came from, for messages.
-fn unpack(reader: Box<dyn Read + Send>, dir: &Path, name: &str) -> Result<u64> {
+/// Decompresses `reader` as its first bytes say into the file `spool`; returns the bytes read
+/// and whether the tar holds a symlink or hardlink. `name` says where the archive came from.
+fn spool_tar(reader: Box<dyn Read + Send>, spool: &Path, name: &str) -> Result<(u64, bool)> {
     let counted = Counted {
         inner: reader,
         n: Arc::new(std::sync::atomic::AtomicU64::new(0)),
@@ -387,18 +520,54 @@ fn unpack(reader: Box<dyn Read + Send>, dir: &Path, name: &str) -> Result<u64> {
         .map_err(io(format!("reading the context archive from {name}")))?;
     let compression = sniff_archive(&head)
         .ok_or_else(|| Error::Usage(format!("{name} is neither a tar archive nor a Dockerfile")))?;
-    let mut tar = decompress(reader, compression);
-    kiln_snapshot::extract_context(&mut tar, dir).map_err(|source| Error::ContextArchive {
-        name: name.to_string(),
-        source: Box::new(source),
-    })?;
-    // Read to the end: a stream cut short or corrupt after the tar's end is still an error,
-    // and a decompressing thread must finish.
-    io::copy(&mut tar, &mut io::sink()).map_err(|e| Error::ContextArchive {
+    let bad = |e: io::Error| Error::ContextArchive {
         name: name.to_string(),
         source: Box::new(e),
-    })?;
-    Ok(n.load(std::sync::atomic::Ordering::Relaxed))
+    };
+    let (head, mut tar) = peek(decompress(reader, compression), 512).map_err(bad)?;
+    if !is_tar_header(&head) {
+        return Err(bad(io::Error::new(
+            io::ErrorKind::InvalidData,
+            "not a tar archive once decompressed",
+        )));
+    }
+    let file =
+        std::fs::File::create(spool).map_err(io(format!("creating `{}`", spool.display())))?;
+    let mut out = io::BufWriter::with_capacity(1 << 20, file);
+    io::copy(&mut tar, &mut out).map_err(bad)?;
+    out.flush().map_err(bad)?;
+    // One pass over the headers (seeking past the data) to find links, and to refuse a tar
+    // cut short before anything is unpacked.
+    let file = std::fs::File::open(spool).map_err(io(format!("reading `{}`", spool.display())))?;
+    let mut archive = tar::Archive::new(file);
+    let mut links = false;
+    for entry in archive.entries_with_seek().map_err(bad)? {
+        let entry = entry.map_err(bad)?;
+        links |= matches!(
+            entry.header().entry_type(),
+            tar::EntryType::Symlink | tar::EntryType::Link
+        );
+    }
+    Ok((n.load(std::sync::atomic::Ordering::Relaxed), links))
+}
+
+/// Unpacks from the spooled tar into `dir` the entries `select` picks.
+fn unpack_spool(spool: &Path, dir: &Path, name: &str, select: &Selection) -> Result<()> {
+    let file = std::fs::File::open(spool).map_err(io(format!("reading `{}`", spool.display())))?;
+    let reader = BufReader::with_capacity(1 << 20, file);
+    let keep = |comps: &[std::ffi::OsString]| match select {
+        Selection::All => true,
+        Selection::Prefixes(prefixes) => prefixes.iter().any(|p| {
+            let n = p.len().min(comps.len());
+            p[..n].iter().zip(&comps[..n]).all(|(a, b)| a.as_str() == b)
+        }),
+    };
+    kiln_snapshot::extract_context_filtered(reader, dir, &keep).map_err(|source| {
+        Error::ContextArchive {
+            name: name.to_string(),
+            source: Box::new(source),
+        }
+    })
 }
 
 struct Counted {
@@ -532,6 +701,60 @@ mod tests {
         b.into_inner().unwrap()
     }
 
+    fn unpack_all(bytes: &[u8], dir: &Path, what: &str) -> Result<()> {
+        let spool = dir.join("spool.tar");
+        let ctx = dir.join("ctx");
+        std::fs::create_dir(&ctx).unwrap();
+        spool_tar(Box::new(io::Cursor::new(bytes.to_vec())), &spool, what)?;
+        unpack_spool(&spool, &ctx, what, &Selection::All)?;
+        std::fs::rename(ctx.join("Dockerfile"), dir.join("Dockerfile")).unwrap();
+        Ok(())
+    }
+
+    #[test]
+    fn the_graph_says_which_context_paths_to_unpack() {
+        use kiln_llb::{CopyOp, Definition, Op};
+        let copy = |sources: &[&str]| {
+            Op::Copy(CopyOp {
+                sources: sources.iter().map(|s| s.to_string()).collect(),
+                dest: "/x/".into(),
+                chown: None,
+                chmod: None,
+                allow_wildcard: true,
+                unpack: false,
+                exclude: Vec::new(),
+                parents: false,
+                chmod_symbolic: None,
+            })
+        };
+        let graph = |sources: &[&str]| {
+            let mut def = Definition::default();
+            let scratch = def.add(Op::Scratch, vec![], "scratch");
+            let local = def.add(
+                Op::Local {
+                    name: "context".into(),
+                    excludes: vec![],
+                },
+                vec![],
+                "context",
+            );
+            def.add(copy(sources), vec![scratch, local], "COPY");
+            needed(&def)
+        };
+        let p = |v: &[&[&str]]| {
+            Selection::Prefixes(
+                v.iter()
+                    .map(|c| c.iter().map(|s| s.to_string()).collect())
+                    .collect(),
+            )
+        };
+        assert_eq!(graph(&["app.txt"]), p(&[&["app.txt"]]));
+        assert_eq!(graph(&["./src/*.rs", "/a/../b"]), p(&[&["src"], &["b"]]));
+        assert_eq!(graph(&["."]), Selection::All);
+        assert_eq!(graph(&["*.txt"]), Selection::All);
+        assert_eq!(graph(&["../.."]), Selection::All);
+    }
+
     #[test]
     fn sniffs_archives_by_magic_and_dockerfiles_are_not_archives() {
         assert_eq!(sniff_archive(&tar_bytes()), Some(Compression::None));
@@ -582,7 +805,7 @@ mod tests {
             ("zst", &zst),
         ] {
             let dir = tempfile::tempdir().unwrap();
-            unpack(Box::new(io::Cursor::new(bytes.clone())), dir.path(), what).unwrap();
+            unpack_all(bytes, dir.path(), what).unwrap();
             assert_eq!(
                 std::fs::read(dir.path().join("Dockerfile")).unwrap(),
                 b"abc",
@@ -591,7 +814,7 @@ mod tests {
             if what != "tar" {
                 let dir = tempfile::tempdir().unwrap();
                 let cut = bytes[..bytes.len() - 8].to_vec();
-                let r = unpack(Box::new(io::Cursor::new(cut)), dir.path(), what);
+                let r = unpack_all(&cut, dir.path(), what);
                 assert!(r.is_err(), "{what}: a truncated stream was accepted");
             }
         }

@@ -169,6 +169,11 @@ impl Engine {
         kiln_worker::cdi::check(&converted.definition, &cdi_dirs)
             .map_err(kiln_worker::Error::from)?;
 
+        // A tarball context so far holds its Dockerfile: now what the steps read from it.
+        let mut archive_context = _archive_context;
+        if let Some(a) = &mut archive_context {
+            a.materialise(&converted.definition).await?;
+        }
         let context_dir = std::fs::canonicalize(&req.context).map_err(io(format!(
             "the build context `{}` cannot be read",
             req.context.display()

@@ -51,6 +51,17 @@ impl Options {
 
 /// [`apply`] with `opts`.
 pub(crate) fn apply_with(reader: impl Read, root: &Path, opts: Options) -> Result<()> {
+    apply_filtered(reader, root, opts, &|_| true)
+}
+
+/// [`apply_with`], writing only the entries whose cleaned path `keep` accepts; the others are
+/// read past unchecked, as if absent.
+pub(crate) fn apply_filtered(
+    reader: impl Read,
+    root: &Path,
+    opts: Options,
+    keep: &dyn Fn(&[OsString]) -> bool,
+) -> Result<()> {
     let root_fd = rustix::fs::open(
         root,
         OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
@@ -65,6 +76,7 @@ pub(crate) fn apply_with(reader: impl Read, root: &Path, opts: Options) -> Resul
         root_fd,
         dir_times: Vec::new(),
         opts,
+        keep,
     };
     let mut archive = tar::Archive::new(reader);
     for entry in archive.entries().map_err(read_tar)? {
@@ -84,6 +96,7 @@ struct Extractor<'a> {
     /// Directory mtimes are applied last: creating children would bump them again.
     dir_times: Vec<(Vec<OsString>, Timestamps)>,
     opts: Options,
+    keep: &'a dyn Fn(&[OsString]) -> bool,
 }
 
 impl Extractor<'_> {
@@ -94,6 +107,9 @@ impl Extractor<'_> {
             kind,
             mut meta,
         } = entry::parse_with(&mut entry, self.opts.whiteouts, self.opts.context)?;
+        if !(self.keep)(&comps) {
+            return Ok(());
+        }
         if self.opts.context
             && let Kind::Node { file_type, .. } = &kind
             && *file_type != FileType::Fifo

@@ -139,13 +139,23 @@ pub fn extract_archive(reader: impl io::Read, dest: &std::path::Path) -> Result<
 /// symlink. Character and block devices are refused (BuildKit would create them; kiln will not
 /// make live device nodes on the host). Owners are kept only when running as root.
 pub fn extract_context(reader: impl io::Read, dest: &std::path::Path) -> Result<()> {
+    extract_context_filtered(reader, dest, &|_| true)
+}
+
+/// [`extract_context`] of only the entries whose cleaned path (components below the root)
+/// `keep` accepts: the others are skipped unread and unchecked.
+pub fn extract_context_filtered(
+    reader: impl io::Read,
+    dest: &std::path::Path,
+    keep: &dyn Fn(&[std::ffi::OsString]) -> bool,
+) -> Result<()> {
     let opts = apply::Options {
         owners: rustix::process::geteuid().is_root(),
         whiteouts: false,
         xattrs: false,
         context: true,
     };
-    apply::apply_with(reader, dest, opts)
+    apply::apply_filtered(reader, dest, opts, keep)
 }
 
 pub(crate) fn io_err(path: impl Into<PathBuf>) -> impl FnOnce(io::Error) -> Error {
@@ -217,6 +227,20 @@ mod context_tests {
             );
             assert!(!dir.path().join("x").exists());
         }
+    }
+
+    #[test]
+    fn a_filter_writes_only_what_it_keeps() {
+        use tar::EntryType::{Char, Regular};
+        let bytes = tar_of(&[("a/x", Regular, ""), ("b/y", Regular, ""), ("c", Char, "")]);
+        let dir = tempfile::tempdir().unwrap();
+        extract_context_filtered(&bytes[..], dir.path(), &|c| {
+            c.first().is_some_and(|f| f == "a")
+        })
+        .unwrap();
+        assert!(dir.path().join("a/x").is_file());
+        assert!(!dir.path().join("b").exists());
+        assert!(!dir.path().join("c").exists());
     }
 
     #[test]

@@ -596,3 +596,37 @@ fn issue_15_url_contexts_tarballs_dockerfiles_redirects_and_errors() {
     assert!(left.is_empty(), "left behind: {left:?}");
     k.assert_clean();
 }
+
+/// Only what the steps read is unpacked: an entry kiln refuses to unpack (a device node) is
+/// harmless when no step reads it, and fails the build when one does.
+#[test]
+fn issue_15_only_what_the_steps_read_is_unpacked() {
+    let Some(k) = Kiln::new("issue_15_only_what_the_steps_read_is_unpacked") else {
+        return;
+    };
+    let with = |dockerfile: &str| {
+        tar_of(&[
+            E::File("Dockerfile", dockerfile),
+            E::Dir("app/"),
+            E::File("app/run.sh", "echo hi\n"),
+            E::Dir("other/"),
+            E::Char("other/null2", 1, 3),
+            E::File("other/big", "not read"),
+        ])
+    };
+    let dest = k.dir().join("one.tar");
+    let out = format!("type=tar,dest={}", dest.display());
+    let one = with("FROM scratch\nCOPY app/run.sh /x/\n");
+    build_stdin(&k, &["--output", &out, "-"], &one).ok();
+    assert_eq!(listing(&dest), ["d x", "f x/run.sh"]);
+    // A wildcard at the root, or the whole context, reads everything.
+    for dockerfile in ["FROM scratch\nCOPY ap* /x/\n", COPY_ALL] {
+        let run = build_stdin(&k, &["-"], &with(dockerfile)).failed();
+        assert!(
+            run.stderr.contains("`other/null2`: a device node"),
+            "{dockerfile}: {}",
+            run.stderr
+        );
+    }
+    k.assert_clean();
+}

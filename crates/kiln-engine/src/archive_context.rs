@@ -157,16 +157,41 @@ impl TempContext {
     /// Unpacks what the build graph reads from the context: the sources of COPY/ADD from it
     /// (below the literal part of a wildcard), or everything when a step mounts it or copies
     /// its root.
-    pub(crate) async fn materialise(&mut self, def: &kiln_llb::Definition) -> Result<()> {
+    pub(crate) async fn materialise(
+        &mut self,
+        def: &kiln_llb::Definition,
+        progress: &Progress,
+    ) -> Result<()> {
         let Some(spool) = self.spool.clone() else {
             return Ok(());
         };
         let select = needed(def);
+        let v = progress.vertex("[internal] unpack build context");
+        v.status(&match &select {
+            Selection::All => "everything".to_string(),
+            Selection::Prefixes(p) if p.is_empty() => "nothing".to_string(),
+            Selection::Prefixes(p) => {
+                let paths: Vec<String> = p.iter().map(|c| c.join("/")).collect();
+                paths.join(", ")
+            }
+        });
         let dir = self.dir.clone();
         let name = self.name.clone();
-        tokio::task::spawn_blocking(move || unpack_spool(&spool, &dir, &name, &select)).await??;
+        let r = tokio::task::spawn_blocking(move || unpack_spool(&spool, &dir, &name, &select))
+            .await
+            .map_err(Error::from)
+            .and_then(|r| r);
         self.drop_spool();
-        Ok(())
+        match r {
+            Ok(()) => {
+                v.done();
+                Ok(())
+            }
+            Err(e) => {
+                v.error(&e.to_string());
+                Err(e)
+            }
+        }
     }
 
     fn drop_spool(&mut self) {

@@ -172,7 +172,7 @@ impl Engine {
         // A tarball context so far holds its Dockerfile: now what the steps read from it.
         let mut archive_context = _archive_context;
         if let Some(a) = &mut archive_context {
-            a.materialise(&converted.definition).await?;
+            a.materialise(&converted.definition, progress).await?;
         }
         let context_dir = std::fs::canonicalize(&req.context).map_err(io(format!(
             "the build context `{}` cannot be read",

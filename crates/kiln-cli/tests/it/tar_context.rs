@@ -630,3 +630,61 @@ fn issue_15_only_what_the_steps_read_is_unpacked() {
     }
     k.assert_clean();
 }
+
+/// The spool of a build killed while reading its context from stdin goes at the next kiln
+/// command that opens the data dir alone.
+#[test]
+fn issue_15_a_killed_build_leaves_nothing_after_the_next_command() {
+    let Some(k) = Kiln::new("issue_15_a_killed_build_leaves_nothing_after_the_next_command") else {
+        return;
+    };
+    let leftovers = || -> Vec<(String, u64)> {
+        std::fs::read_dir(k.root.join("tmp"))
+            .map(|rd| {
+                rd.flatten()
+                    .map(|e| {
+                        let size = e.metadata().map_or(0, |m| m.len());
+                        (e.file_name().to_string_lossy().into_owned(), size)
+                    })
+                    .filter(|(n, _)| n.starts_with("tar-context-"))
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    let mut child = k
+        .command(&["build", "--progress", "plain", "-"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    let mut header = tar::Header::new_gnu();
+    header.set_path("big").unwrap();
+    header.set_size(1 << 30);
+    header.set_mode(0o644);
+    header.set_cksum();
+    stdin.write_all(header.as_bytes()).unwrap();
+    let chunk = vec![0x5au8; 256 * 1024];
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    let mut spooled = false;
+    while std::time::Instant::now() < deadline && stdin.write_all(&chunk).is_ok() {
+        if leftovers()
+            .iter()
+            .any(|(n, size)| n.ends_with(".tar") && *size >= 1 << 20)
+        {
+            spooled = true;
+            break;
+        }
+    }
+    assert!(spooled, "no spool file grew under tmp/: {:?}", leftovers());
+    child.kill().unwrap();
+    child.wait().unwrap();
+    drop(stdin);
+    assert!(!leftovers().is_empty());
+    // Any command opening the engine alone clears tmp/.
+    let ctx = k.context("next", &[("Dockerfile", "FROM scratch\n")]);
+    k.build(&ctx, &[]).ok();
+    assert_eq!(leftovers(), []);
+    k.assert_clean();
+}

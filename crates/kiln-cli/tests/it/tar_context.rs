@@ -688,3 +688,38 @@ fn issue_15_a_killed_build_leaves_nothing_after_the_next_command() {
     assert_eq!(leftovers(), []);
     k.assert_clean();
 }
+
+#[test]
+fn issue_15_check_and_call_with_archive_or_url_contexts_are_not_supported_yet() {
+    let Some(k) =
+        Kiln::new("issue_15_check_and_call_with_archive_or_url_contexts_are_not_supported_yet")
+    else {
+        return;
+    };
+    let run = build_stdin(&k, &["--check", "-"], &mixed()).failed();
+    assert!(
+        run.stderr.contains(
+            "`--check` and `--call` with a context archive on stdin are not supported yet"
+        ),
+        "{}",
+        run.stderr
+    );
+    let server = HttpServer::start().unwrap();
+    server.route("/Dockerfile", Route::file(Some("text/plain"), COPY_ALL));
+    let url = server.url("/Dockerfile");
+    let ctx = k.context("local", &[("a", "a")]);
+    for args in [
+        vec!["build", "--call", "targets", &url],
+        vec!["build", "--check", "-f", &url, ctx.to_str().unwrap()],
+    ] {
+        let run = k.kiln(&args).failed();
+        assert!(
+            run.stderr.contains(
+                "`--check` and `--call` with a URL context or Dockerfile are not supported yet"
+            ),
+            "{args:?}: {}",
+            run.stderr
+        );
+    }
+    assert!(server.requests().is_empty(), "nothing is fetched");
+}

@@ -251,6 +251,18 @@ async fn build(cli: &Cli, b: &BuildArgs) -> Result<ExitCode> {
     };
     let call = args::parse_call(b.call.as_deref(), b.check)?;
     let stdin = stdin::dockerfile(&b.context, b.file.as_deref())?;
+    if !matches!(call, args::Call::Build) {
+        let is_url = |p: &std::path::Path| {
+            let s = p.to_string_lossy().to_ascii_lowercase();
+            (s.starts_with("http://") || s.starts_with("https://")) && !p.exists()
+        };
+        if stdin.archive.is_some() {
+            bail!("`--check` and `--call` with a context archive on stdin are not supported yet");
+        }
+        if is_url(&b.context) || b.file.as_deref().is_some_and(is_url) {
+            bail!("`--check` and `--call` with a URL context or Dockerfile are not supported yet");
+        }
+    }
     match call {
         args::Call::Build => {}
         args::Call::Check { json } => {
@@ -309,6 +321,7 @@ async fn build(cli: &Cli, b: &BuildArgs) -> Result<ExitCode> {
         context: stdin.context.clone(),
         dockerfile: stdin.dockerfile.clone(),
         dockerfile_text: stdin.text.clone(),
+        context_archive: stdin.archive.clone(),
         labels,
         pull: b.pull,
         squash: b.squash,

@@ -1,5 +1,6 @@
 //! `kiln build -f - .` (the Dockerfile from stdin, the context from `.`) and `kiln build -`
-//! (the Dockerfile from stdin and an empty context), as `docker build` reads them.
+//! (stdin is a tar archive, perhaps compressed, that is the context; or else the Dockerfile,
+//! with an empty context), as `docker build` reads them.
 
 use std::io::Read as _;
 use std::path::{Path, PathBuf};
@@ -12,6 +13,8 @@ pub struct Stdin {
     pub dockerfile: Option<PathBuf>,
     /// The Dockerfile's text when read from stdin.
     pub text: Option<String>,
+    /// Stdin, when it is a context archive: the engine reads it.
+    pub archive: Option<kiln_engine::ContextArchive>,
     /// The empty context of `kiln build -`, removed on drop.
     _empty: Option<tempfile::TempDir>,
 }
@@ -23,6 +26,17 @@ pub fn dockerfile(context: &Path, file: Option<&Path>) -> Result<Stdin> {
         bail!("invalid argument: can't use stdin for both build context and dockerfile");
     }
     if context == dash {
+        let (head, reader) = kiln_engine::peek(Box::new(std::io::stdin()), kiln_engine::SNIFF_LEN)
+            .context("reading stdin")?;
+        if kiln_engine::sniff_archive(&head).is_some() {
+            return Ok(Stdin {
+                context: context.to_path_buf(),
+                dockerfile: file.map(Path::to_path_buf),
+                text: None,
+                archive: Some(kiln_engine::ContextArchive::new("stdin", reader)),
+                _empty: None,
+            });
+        }
         if file.is_some() {
             bail!(
                 "`kiln build -f FILE -`: with the Dockerfile on stdin there is no context to read FILE from"
@@ -35,7 +49,8 @@ pub fn dockerfile(context: &Path, file: Option<&Path>) -> Result<Stdin> {
         return Ok(Stdin {
             context: empty.path().to_path_buf(),
             dockerfile: None,
-            text: Some(read()?),
+            text: Some(read(reader)?),
+            archive: None,
             _empty: Some(empty),
         });
     }
@@ -46,17 +61,24 @@ pub fn dockerfile(context: &Path, file: Option<&Path>) -> Result<Stdin> {
         } else {
             file.map(Path::to_path_buf)
         },
-        text: if file_dash { Some(read()?) } else { None },
+        text: if file_dash {
+            Some(read(Box::new(std::io::stdin()))?)
+        } else {
+            None
+        },
+        archive: None,
         _empty: None,
     })
 }
 
-fn read() -> Result<String> {
-    let mut text = String::new();
-    std::io::stdin()
-        .read_to_string(&mut text)
+fn read(mut stdin: Box<dyn std::io::Read + Send>) -> Result<String> {
+    let mut bytes = Vec::new();
+    stdin
+        .read_to_end(&mut bytes)
         .context("reading the Dockerfile from stdin")?;
-    Ok(text)
+    String::from_utf8(bytes).map_err(|_| {
+        anyhow::anyhow!("`kiln build -`: stdin is neither a tar archive nor a Dockerfile")
+    })
 }
 
 #[cfg(test)]

@@ -48,6 +48,9 @@ pub struct BuildRequest {
     pub squash: bool,
     /// `--build-context NAME=VALUE`, by the key the frontend looks names up by.
     pub named_contexts: BTreeMap<String, crate::NamedContextSource>,
+    /// A tarball (perhaps compressed) that is the context, read once (`kiln build - <
+    /// ctx.tar`); `context` is then ignored and a relative `dockerfile` names a file in it.
+    pub context_archive: Option<crate::ContextArchive>,
 }
 
 #[derive(Debug, Clone)]
@@ -76,6 +79,8 @@ impl Engine {
         crate::output::check_annotations(&mut req.outputs, &target).map_err(Error::Usage)?;
         // A Git URL context is checked out for the build's duration.
         let (req, _git_context) = self.git_context(req, progress).await?;
+        // So is a tarball from stdin or a URL, unpacked; a `-f` URL is fetched.
+        let (req, _archive_context) = self.archive_context(req, progress).await?;
         let dockerfile_path = req
             .dockerfile
             .clone()
@@ -100,7 +105,12 @@ impl Engine {
 
         let v = progress.vertex("[internal] load .dockerignore");
         let ignore_path = req.context.join(".dockerignore");
-        let (excludes, matcher) = match std::fs::read_to_string(&ignore_path) {
+        // BuildKit copies a tarball context whole: its `.dockerignore` excludes nothing.
+        let ignore = match &_archive_context {
+            Some(_) => Err(std::io::ErrorKind::NotFound.into()),
+            None => std::fs::read_to_string(&ignore_path),
+        };
+        let (excludes, matcher) = match ignore {
             Ok(text) => {
                 let matcher = Matcher::from_dockerignore(&text).map_err(|e| Error::Invalid {
                     what: format!("`{}`", ignore_path.display()),
@@ -170,6 +180,11 @@ impl Engine {
         )
         .map_err(kiln_worker::Error::from)?;
 
+        // A tarball context so far holds its Dockerfile: now what the steps read from it.
+        let mut archive_context = _archive_context;
+        if let Some(a) = &mut archive_context {
+            a.materialise(&converted.definition, progress).await?;
+        }
         let context_dir = std::fs::canonicalize(&req.context).map_err(io(format!(
             "the build context `{}` cannot be read",
             req.context.display()

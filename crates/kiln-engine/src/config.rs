@@ -34,6 +34,10 @@ pub struct Config {
     /// kiln has no bridge to derive it from: without it, `host-gateway` is an error.
     #[serde(default, rename = "host-gateway-ip")]
     pub host_gateway_ip: Option<std::net::IpAddr>,
+    /// kiln's own: the most bytes a URL build context (or `-f URL`) may download; larger ones
+    /// fail. Unset: [`REMOTE_CONTEXT_MAX_BYTES`].
+    #[serde(default, rename = "remote-context-max-bytes")]
+    pub remote_context_max_bytes: Option<u64>,
     /// CDI devices for `RUN --device`, as buildkitd.toml's `[cdi]`.
     #[serde(default)]
     pub cdi: CdiConfig,
@@ -52,6 +56,9 @@ pub struct CdiConfig {
     #[serde(default)]
     pub auto_allowed: Vec<String>,
 }
+
+/// The default download cap of a URL context: 1 GiB.
+pub const REMOTE_CONTEXT_MAX_BYTES: u64 = 1 << 30;
 
 impl Config {
     /// Reads a config file; a missing file is an error only when `required`.

@@ -4,6 +4,7 @@
 //! config) → solver with the worker (cache keys, exec, layers) → exporter (config, manifest, name,
 //! archives). See docs/architecture.md.
 
+mod archive_context;
 mod atomic_file;
 mod build;
 mod check;
@@ -38,6 +39,7 @@ use kiln_executor::RuncExecutor;
 use kiln_exporter::ImageStore;
 use kiln_snapshot::LayerStore;
 
+pub use archive_context::{Compression, ContextArchive, SNIFF_LEN, peek, sniff_archive};
 pub use atomic_file::write_file_atomically;
 pub use build::{BuildRequest, BuildResult};
 pub use check::{CheckReport, CheckRequest, Subrequest, check, subrequest};
@@ -131,6 +133,16 @@ pub enum Error {
     Join(#[from] tokio::task::JoinError),
     #[error("{0}")]
     Usage(String),
+    /// A URL context or Dockerfile that could not be used.
+    #[error("failed to read the remote context `{url}`: {reason}")]
+    Remote { url: String, reason: String },
+    /// A context tarball the context unpacker refused or could not read.
+    #[error("failed to unpack the build context from {name}")]
+    ContextArchive {
+        name: String,
+        #[source]
+        source: BoxError,
+    },
     #[error("conflict: {0}")]
     Conflict(String),
     /// `kiln import` of a tarball the layer applier would refuse: it could never be unpacked.
@@ -168,6 +180,8 @@ pub struct Engine {
     /// `host-gateway-ip`: what `--add-host NAME:host-gateway` maps to.
     host_gateway_ip: Option<std::net::IpAddr>,
     cdi: config::CdiConfig,
+    /// `remote-context-max-bytes`: the most a URL context or Dockerfile may download.
+    remote_context_max_bytes: u64,
 }
 
 impl Engine {
@@ -229,6 +243,9 @@ impl Engine {
             copy_stream: config.copy_stream.unwrap_or(true),
             host_gateway_ip: config.host_gateway_ip,
             cdi: config.cdi.clone(),
+            remote_context_max_bytes: config
+                .remote_context_max_bytes
+                .unwrap_or(config::REMOTE_CONTEXT_MAX_BYTES),
         })
     }
 

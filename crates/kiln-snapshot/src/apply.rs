@@ -35,6 +35,9 @@ pub(crate) struct Options {
     pub whiteouts: bool,
     /// Set the entries' extended attributes (PAX `SCHILY.xattr.*`).
     pub xattrs: bool,
+    /// Read the archive as a build context: `..` above the root stays at the root, and
+    /// character and block devices are refused (they would be live nodes on the host).
+    pub context: bool,
 }
 
 impl Options {
@@ -42,11 +45,23 @@ impl Options {
         owners: true,
         whiteouts: true,
         xattrs: true,
+        context: false,
     };
 }
 
 /// [`apply`] with `opts`.
 pub(crate) fn apply_with(reader: impl Read, root: &Path, opts: Options) -> Result<()> {
+    apply_filtered(reader, root, opts, &|_| true)
+}
+
+/// [`apply_with`], writing only the entries whose cleaned path `keep` accepts; the others are
+/// read past unchecked, as if absent.
+pub(crate) fn apply_filtered(
+    reader: impl Read,
+    root: &Path,
+    opts: Options,
+    keep: &dyn Fn(&[OsString]) -> bool,
+) -> Result<()> {
     let root_fd = rustix::fs::open(
         root,
         OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
@@ -61,6 +76,7 @@ pub(crate) fn apply_with(reader: impl Read, root: &Path, opts: Options) -> Resul
         root_fd,
         dir_times: Vec::new(),
         opts,
+        keep,
     };
     let mut archive = tar::Archive::new(reader);
     for entry in archive.entries().map_err(read_tar)? {
@@ -80,6 +96,7 @@ struct Extractor<'a> {
     /// Directory mtimes are applied last: creating children would bump them again.
     dir_times: Vec<(Vec<OsString>, Timestamps)>,
     opts: Options,
+    keep: &'a dyn Fn(&[OsString]) -> bool,
 }
 
 impl Extractor<'_> {
@@ -89,7 +106,19 @@ impl Extractor<'_> {
             comps,
             kind,
             mut meta,
-        } = entry::parse(&mut entry, self.opts.whiteouts)?;
+        } = entry::parse_with(&mut entry, self.opts.whiteouts, self.opts.context)?;
+        if !(self.keep)(&comps) {
+            return Ok(());
+        }
+        if self.opts.context
+            && let Kind::Node { file_type, .. } = &kind
+            && *file_type != FileType::Fifo
+        {
+            return Err(Error::BadEntry {
+                path: shown,
+                reason: "a device node has no place in a build context".into(),
+            });
+        }
         meta.chown = self.opts.owners;
         if !self.opts.xattrs {
             meta.xattrs.clear();

@@ -65,12 +65,22 @@ pub(crate) struct Parsed {
 /// Reads what `entry` asks for. `whiteouts` reads `.wh.` names as OCI whiteouts (a layer)
 /// rather than as ordinary names (an archive for ADD).
 pub(crate) fn parse<R: Read>(entry: &mut tar::Entry<'_, R>, whiteouts: bool) -> Result<Parsed> {
+    parse_with(entry, whiteouts, false)
+}
+
+/// [`parse`]; with `clamp`, `..` above the root stays at the root (paths and hardlink targets
+/// resolve as inside a chroot, as BuildKit unpacks a build context) instead of being refused.
+pub(crate) fn parse_with<R: Read>(
+    entry: &mut tar::Entry<'_, R>,
+    whiteouts: bool,
+    clamp: bool,
+) -> Result<Parsed> {
     let shown = String::from_utf8_lossy(&entry.path_bytes()).into_owned();
     let bad = |reason: &str| Error::BadEntry {
         path: shown.clone(),
         reason: reason.to_string(),
     };
-    let mut comps = clean_path(&entry.path_bytes()).map_err(bad)?;
+    let mut comps = clean_path(&entry.path_bytes(), clamp).map_err(bad)?;
     let type_ = entry.header().entry_type();
     let meta = read_meta(entry).map_err(|reason| bad(&reason))?;
     let mut kind = match type_ {
@@ -86,7 +96,8 @@ pub(crate) fn parse<R: Read>(entry: &mut tar::Entry<'_, R>, whiteouts: bool) -> 
                 .link_name_bytes()
                 .filter(|t| !t.is_empty())
                 .ok_or_else(|| bad("hardlink without a target"))?;
-            let target = clean_path(&target).map_err(|r| bad(&format!("hardlink target: {r}")))?;
+            let target =
+                clean_path(&target, clamp).map_err(|r| bad(&format!("hardlink target: {r}")))?;
             if target.is_empty() {
                 return Err(bad("hardlink to the layer root"));
             }
@@ -261,8 +272,9 @@ fn parse_pax_time(raw: &[u8]) -> Option<Timespec> {
 /// `..` removes the component before it, and a leading `/` means the root (so `/../x` is
 /// `x`). A path that cleans to above the root is refused, as is a component longer than the
 /// kernel takes.
-pub(crate) fn clean_path(raw: &[u8]) -> std::result::Result<Vec<OsString>, &'static str> {
-    let rooted = raw.starts_with(b"/");
+/// With `clamp`, every path is read as rooted, so `..` never leaves the root.
+fn clean_path(raw: &[u8], clamp: bool) -> std::result::Result<Vec<OsString>, &'static str> {
+    let rooted = clamp || raw.starts_with(b"/");
     let mut out: Vec<OsString> = Vec::new();
     for c in raw.split(|b| *b == b'/') {
         match c {
@@ -285,31 +297,50 @@ mod tests {
 
     #[test]
     fn clean_path_cleans_like_docker_and_refuses_escapes() {
-        let c = clean_path(b"./a//b/./c/").unwrap();
+        let c = clean_path(b"./a//b/./c/", false).unwrap();
         assert_eq!(c, vec![OsString::from("a"), "b".into(), "c".into()]);
-        assert!(clean_path(b"./").unwrap().is_empty());
-        assert_eq!(clean_path(b"a/../b").unwrap(), vec![OsString::from("b")]);
+        assert!(clean_path(b"./", false).unwrap().is_empty());
         assert_eq!(
-            clean_path(b"../x"),
+            clean_path(b"a/../b", false).unwrap(),
+            vec![OsString::from("b")]
+        );
+        assert_eq!(
+            clean_path(b"../x", false),
             Err("path leaves the root through `..`")
         );
         assert_eq!(
-            clean_path(b"a/../../x"),
+            clean_path(b"a/../../x", false),
             Err("path leaves the root through `..`")
         );
         // A leading `/` is the root: absolute names land inside, `/..` stays at the root.
         assert_eq!(
-            clean_path(b"/etc/x").unwrap(),
+            clean_path(b"/etc/x", false).unwrap(),
             vec![OsString::from("etc"), "x".into()]
         );
-        assert_eq!(clean_path(b"/../x").unwrap(), vec![OsString::from("x")]);
+        assert_eq!(
+            clean_path(b"/../x", false).unwrap(),
+            vec![OsString::from("x")]
+        );
         // Names that merely start with dots are ordinary.
-        assert_eq!(clean_path(b"..a/...").unwrap().len(), 2);
+        assert_eq!(clean_path(b"..a/...", false).unwrap().len(), 2);
         let long = vec![b'n'; 256];
         assert_eq!(
-            clean_path(&long),
+            clean_path(&long, false),
             Err("a path component is longer than 255 bytes")
         );
+    }
+
+    #[test]
+    fn clamped_paths_stay_at_the_root() {
+        assert_eq!(
+            clean_path(b"../x", true).unwrap(),
+            vec![OsString::from("x")]
+        );
+        assert_eq!(
+            clean_path(b"a/../../../etc/x", true).unwrap(),
+            vec![OsString::from("etc"), "x".into()]
+        );
+        assert!(clean_path(b"../..", true).unwrap().is_empty());
     }
 
     #[test]

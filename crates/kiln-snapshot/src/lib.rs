@@ -116,6 +116,7 @@ pub fn extract_tar(reader: impl io::Read, dest: &std::path::Path) -> Result<()> 
         owners: rustix::process::geteuid().is_root(),
         whiteouts: false,
         xattrs: true,
+        context: false,
     };
     apply::apply_with(reader, dest, opts)
 }
@@ -127,11 +128,127 @@ pub fn extract_archive(reader: impl io::Read, dest: &std::path::Path) -> Result<
         owners: rustix::process::geteuid().is_root(),
         whiteouts: false,
         xattrs: false,
+        context: false,
     };
     apply::apply_with(reader, dest, opts)
+}
+
+/// Extracts a build context tarball (from stdin or a URL) into the empty directory `dest` with
+/// the applier's rules, read as BuildKit unpacks a context: `..` above the root and a leading
+/// `/` stay at the root, hardlink targets resolve inside it, and nothing is written through a
+/// symlink. Character and block devices are refused (BuildKit would create them; kiln will not
+/// make live device nodes on the host). Owners are kept only when running as root.
+pub fn extract_context(reader: impl io::Read, dest: &std::path::Path) -> Result<()> {
+    extract_context_filtered(reader, dest, &|_| true)
+}
+
+/// [`extract_context`] of only the entries whose cleaned path (components below the root)
+/// `keep` accepts: the others are skipped unread and unchecked.
+pub fn extract_context_filtered(
+    reader: impl io::Read,
+    dest: &std::path::Path,
+    keep: &dyn Fn(&[std::ffi::OsString]) -> bool,
+) -> Result<()> {
+    let opts = apply::Options {
+        owners: rustix::process::geteuid().is_root(),
+        whiteouts: false,
+        xattrs: false,
+        context: true,
+    };
+    apply::apply_filtered(reader, dest, opts, keep)
 }
 
 pub(crate) fn io_err(path: impl Into<PathBuf>) -> impl FnOnce(io::Error) -> Error {
     let path = path.into();
     move |source| Error::Io { path, source }
+}
+
+#[cfg(test)]
+mod context_tests {
+    use super::*;
+
+    fn tar_of(entries: &[(&str, tar::EntryType, &str)]) -> Vec<u8> {
+        let mut b = tar::Builder::new(Vec::new());
+        for (name, kind, link) in entries {
+            let mut h = tar::Header::new_gnu();
+            h.set_entry_type(*kind);
+            h.set_mode(0o644);
+            h.set_size(if *kind == tar::EntryType::Regular {
+                1
+            } else {
+                0
+            });
+            // Raw names: the builder's setters refuse `..` and absolute paths.
+            h.as_old_mut().name[..name.len()].copy_from_slice(name.as_bytes());
+            h.as_old_mut().linkname[..link.len()].copy_from_slice(link.as_bytes());
+            h.set_cksum();
+            let data: &[u8] = if *kind == tar::EntryType::Regular {
+                b"x"
+            } else {
+                b""
+            };
+            b.append(&h, data).unwrap();
+        }
+        b.into_inner().unwrap()
+    }
+
+    fn extract(entries: &[(&str, tar::EntryType, &str)]) -> (tempfile::TempDir, Result<()>) {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir(dir.path().join("ctx")).unwrap();
+        let r = extract_context(&tar_of(entries)[..], &dir.path().join("ctx"));
+        (dir, r)
+    }
+
+    #[test]
+    fn dotdot_and_absolute_names_land_inside_as_buildkit_puts_them() {
+        use tar::EntryType::Regular;
+        let (dir, r) = extract(&[("../evil", Regular, ""), ("/abs/f", Regular, "")]);
+        r.unwrap();
+        assert!(dir.path().join("ctx/evil").is_file());
+        assert!(dir.path().join("ctx/abs/f").is_file());
+        assert!(!dir.path().join("evil").exists());
+    }
+
+    #[test]
+    fn writes_through_symlinks_links_out_and_devices_are_refused() {
+        use tar::EntryType::{Block, Char, Link, Regular, Symlink};
+        for entries in [
+            &[("l", Symlink, "/tmp"), ("l/x", Regular, "")][..],
+            &[("l", Symlink, "../../.."), ("l/x", Regular, "")][..],
+            &[("h", Link, "../../etc/passwd")][..],
+            &[("c", Char, "")][..],
+            &[("b", Block, "")][..],
+        ] {
+            let (dir, r) = extract(entries);
+            assert!(
+                r.is_err(),
+                "{:?} was accepted",
+                entries[entries.len() - 1].0
+            );
+            assert!(!dir.path().join("x").exists());
+        }
+    }
+
+    #[test]
+    fn a_filter_writes_only_what_it_keeps() {
+        use tar::EntryType::{Char, Regular};
+        let bytes = tar_of(&[("a/x", Regular, ""), ("b/y", Regular, ""), ("c", Char, "")]);
+        let dir = tempfile::tempdir().unwrap();
+        extract_context_filtered(&bytes[..], dir.path(), &|c| {
+            c.first().is_some_and(|f| f == "a")
+        })
+        .unwrap();
+        assert!(dir.path().join("a/x").is_file());
+        assert!(!dir.path().join("b").exists());
+        assert!(!dir.path().join("c").exists());
+    }
+
+    #[test]
+    fn symlinks_out_are_kept_as_written() {
+        use tar::EntryType::{Fifo, Symlink};
+        let (dir, r) = extract(&[("s", Symlink, "../../../etc/passwd"), ("p", Fifo, "")]);
+        r.unwrap();
+        let target = std::fs::read_link(dir.path().join("ctx/s")).unwrap();
+        assert_eq!(target, std::path::Path::new("../../../etc/passwd"));
+    }
 }

@@ -3,6 +3,7 @@
 //! corpus' machinery ([`oracle`]).
 
 mod dockerd;
+pub mod http;
 pub mod oracle;
 mod proxy;
 mod registry;
@@ -11,6 +12,7 @@ mod token;
 use std::path::PathBuf;
 
 pub use dockerd::Dockerd;
+pub use http::{Delivery, HttpServer, Route};
 pub use proxy::{Fault, FaultProxy};
 pub use registry::{Certificates, RegistryOptions, TestRegistry};
 pub use token::{ISSUER, SERVICE, TokenRequest, TokenServer};

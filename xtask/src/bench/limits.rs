@@ -50,6 +50,15 @@ pub fn measure(w4_context: &Path, dir: &Path) -> Result<Vec<Limit>> {
         "sha256sum of the W4 context tar",
         format!("sha256sum {t} >/dev/null"),
     )?;
+    let x = dir.join("w4-extracted");
+    throughput(
+        "tar -x of the W4 context tar",
+        format!(
+            "rm -rf {x} && mkdir {x} && tar -xf {t} -C {x}",
+            x = x.display()
+        ),
+    )?;
+    std::fs::remove_dir_all(&x)?;
     throughput("gzip -6, one core", format!("gzip -6 -c {t} >/dev/null"))?;
     throughput(
         "zstd -3, one core",

@@ -37,6 +37,15 @@ impl Sample {
 const SETTLE: std::time::Duration = std::time::Duration::from_millis(500);
 
 pub fn run(cmd: &mut Command, log: &Path) -> Result<Sample> {
+    run_in(cmd, log, None)
+}
+
+/// [`run`] with the command's stdin read from the file `stdin` (opened untimed).
+pub fn run_in(cmd: &mut Command, log: &Path, stdin: Option<&Path>) -> Result<Sample> {
+    let input = match stdin {
+        Some(p) => Stdio::from(File::open(p).with_context(|| format!("opening {}", p.display()))?),
+        None => Stdio::null(),
+    };
     let out = File::options().create(true).append(true).open(log)?;
     // Untimed: write back what the previous command left dirty (often another tool's build), so
     // that the kernel's writeback of it does not land inside this measurement.
@@ -45,7 +54,7 @@ pub fn run(cmd: &mut Command, log: &Path) -> Result<Sample> {
     std::thread::sleep(SETTLE);
     let start = Instant::now();
     let child = cmd
-        .stdin(Stdio::null())
+        .stdin(input)
         .stdout(out.try_clone()?)
         .stderr(out)
         .spawn()

@@ -63,6 +63,10 @@ enum Kind {
     PushUnchanged,
     /// Cold builds with and without ten `RUN` steps; the figure is the difference over ten.
     RunStep,
+    /// Base image present; time a build of the context as a tarball on stdin (`build -`) with
+    /// this Dockerfile of the tarball: the workload's own (`Dockerfile`) or `Dockerfile.one`,
+    /// which copies its one small file `app.txt`.
+    StdinTar(&'static str),
 }
 
 struct Phase {
@@ -76,6 +80,8 @@ struct Phase {
     heavy: bool,
     /// Bound by the network (Debian's mirror), reported apart.
     network: bool,
+    /// The tools that can run it; `None`: all three.
+    tools: Option<&'static [&'static str]>,
 }
 
 const BUSYBOX: &str = "library/busybox:latest";
@@ -170,6 +176,27 @@ const PHASES: &[Phase] = &[
         Kind::Edit("app.py"),
         Some(0.3),
     ),
+    // Issue 15: the W4 context as a tarball on stdin (Buildah cannot read one from stdin).
+    Phase {
+        tools: Some(&["kiln", "buildkit"]),
+        ..heavy(phase(
+            "w4-stdin-all",
+            "w4-big-context",
+            BUSYBOX,
+            Kind::StdinTar("Dockerfile"),
+            None,
+        ))
+    },
+    Phase {
+        tools: Some(&["kiln", "buildkit"]),
+        ..phase(
+            "w4-stdin-one",
+            "w4-big-context",
+            BUSYBOX,
+            Kind::StdinTar("Dockerfile.one"),
+            None,
+        )
+    },
     phase(
         "run-step",
         "run-overhead",
@@ -194,6 +221,7 @@ const fn phase(
         target,
         heavy: false,
         network: false,
+        tools: None,
     }
 }
 
@@ -308,7 +336,7 @@ pub fn run(args: Args) -> Result<()> {
         let mut failed = vec![false; tools.len()];
         for i in 0..warmup + runs {
             for (t, tool) in tools.iter_mut().enumerate() {
-                if failed[t] {
+                if failed[t] || phase.tools.is_some_and(|only| !only.contains(&tool.name())) {
                     continue;
                 }
                 match bench.one(phase, tool.as_mut()) {
@@ -394,6 +422,42 @@ impl Bench {
         Ok(dir)
     }
 
+    /// The workload's context as a tar, with its Dockerfile and a `Dockerfile.one` that copies
+    /// only `app.txt`, made on first use.
+    fn stdin_tar(&self, workload: &str) -> Result<PathBuf> {
+        let context = self.context(workload)?;
+        let dir = self.dir.join("stdin").join(workload);
+        let tar = dir.join("context.tar");
+        if !tar.exists() {
+            std::fs::create_dir_all(&dir)?;
+            let dockerfile =
+                std::fs::read_to_string(self.workload_dir(workload).join("Dockerfile"))?;
+            let one: Vec<&str> = dockerfile
+                .lines()
+                .filter(|l| !l.starts_with("COPY ") && !l.starts_with("RUN "))
+                .collect();
+            std::fs::write(dir.join("Dockerfile"), &dockerfile)?;
+            std::fs::write(
+                dir.join("Dockerfile.one"),
+                one.join("\n") + "\nCOPY app.txt /app.txt\n",
+            )?;
+            let partial = dir.join("context.tar.partial");
+            let status = Command::new("tar")
+                .arg("-cf")
+                .arg(&partial)
+                .arg("-C")
+                .arg(&context)
+                .arg(".")
+                .arg("-C")
+                .arg(&dir)
+                .args(["Dockerfile", "Dockerfile.one"])
+                .status()?;
+            ensure!(status.success(), "tar of {} failed", context.display());
+            std::fs::rename(&partial, &tar)?;
+        }
+        Ok(tar)
+    }
+
     fn workload_dir(&self, workload: &str) -> PathBuf {
         self.repo.join("bench/workloads").join(workload)
     }
@@ -424,6 +488,7 @@ impl Bench {
                     context: &context,
                     tag: &tag,
                     build_args: &build_args,
+                    stdin: None,
                 })
             }
             Kind::Unchanged | Kind::Edit(_) | Kind::Export => {
@@ -432,6 +497,7 @@ impl Bench {
                     context: &context,
                     tag: &tag,
                     build_args: &build_args,
+                    stdin: None,
                 };
                 tool.build(&spec)?;
                 if let Kind::Edit(file) = phase.kind {
@@ -452,6 +518,7 @@ impl Bench {
                     context: &context,
                     tag: &tag,
                     build_args: &build_args,
+                    stdin: None,
                 };
                 let dest = self.dir.join(format!("export-{}.tar", tool.name()));
                 let b = tool.build(&spec)?;
@@ -473,11 +540,23 @@ impl Bench {
                     context: &context,
                     tag: &tag,
                     build_args: &build_args,
+                    stdin: None,
                 })?;
                 if let Kind::PushUnchanged = phase.kind {
                     tool.push(&tag)?;
                 }
                 tool.push(&tag)
+            }
+            Kind::StdinTar(dockerfile) => {
+                let tar = self.stdin_tar(phase.workload)?;
+                tool.reset(&base)?;
+                tool.build(&BuildSpec {
+                    dockerfile: Path::new(dockerfile),
+                    context: &context,
+                    tag: &tag,
+                    build_args: &build_args,
+                    stdin: Some(&tar),
+                })
             }
             Kind::RunStep => {
                 let without = self.dir.join("run-overhead.base.Dockerfile");
@@ -491,6 +570,7 @@ impl Bench {
                         context: &context,
                         tag: &tag,
                         build_args: &build_args,
+                        stdin: None,
                     })
                 };
                 let with = timed(&dockerfile)?;

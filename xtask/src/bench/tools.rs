@@ -14,6 +14,9 @@ pub struct BuildSpec<'a> {
     pub context: &'a Path,
     pub tag: &'a str,
     pub build_args: &'a [(String, String)],
+    /// A context tarball fed on stdin (`build -`) instead of `context`; `dockerfile` is then a
+    /// path inside it.
+    pub stdin: Option<&'a Path>,
 }
 
 impl BuildSpec<'_> {
@@ -22,7 +25,10 @@ impl BuildSpec<'_> {
         for (k, v) in self.build_args {
             c.arg("--build-arg").arg(format!("{k}={v}"));
         }
-        c.arg(self.context);
+        match self.stdin {
+            Some(_) => c.arg("-"),
+            None => c.arg(self.context),
+        };
     }
 }
 
@@ -92,7 +98,7 @@ impl Tool for Kiln {
     }
 
     fn build(&mut self, spec: &BuildSpec) -> Result<Sample> {
-        measure::run(&mut self.build_cmd(spec), &self.log)
+        measure::run_in(&mut self.build_cmd(spec), &self.log, spec.stdin)
     }
 
     fn export(&mut self, spec: &BuildSpec, dest: &Path) -> Result<Sample> {
@@ -135,10 +141,15 @@ impl BuildKit {
 
     /// Measures a client command; the work happens in dockerd, so the memory figure is the
     /// daemon's peak during the command.
-    fn measured(&self, mut c: Command) -> Result<Sample> {
+    fn measured(&self, c: Command) -> Result<Sample> {
+        self.measured_in(c, None)
+    }
+
+    /// [`BuildKit::measured`] with `stdin` fed from a file.
+    fn measured_in(&self, mut c: Command, stdin: Option<&Path>) -> Result<Sample> {
         let pid = self.daemon.pid();
         measure::reset_peak_rss(pid)?;
-        let mut s = measure::run(&mut c, &self.log)?;
+        let mut s = measure::run_in(&mut c, &self.log, stdin)?;
         s.max_rss_kib = Some(measure::peak_rss(pid)?);
         Ok(s)
     }
@@ -169,7 +180,7 @@ impl Tool for BuildKit {
         ])
         .arg(spec.dockerfile);
         spec.finish(&mut c);
-        self.measured(c)
+        self.measured_in(c, spec.stdin)
     }
 
     fn export(&mut self, spec: &BuildSpec, dest: &Path) -> Result<Sample> {

@@ -41,5 +41,6 @@ mod sandbox;
 mod storage;
 mod store;
 mod support;
+mod tar_context;
 mod token_auth;
 mod users;

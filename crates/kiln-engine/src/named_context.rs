@@ -31,6 +31,8 @@ pub enum NamedContextSource {
     Git(String),
     /// `target:STAGE`.
     Stage(String),
+    /// Any other http(s) URL: one file, as BuildKit's HTTP source.
+    Http(String),
 }
 
 /// Parses one `--build-context NAME=VALUE` into the key the frontend looks names up by and
@@ -74,10 +76,7 @@ pub fn parse_build_context(spec: &str) -> Result<(String, NamedContextSource)> {
     } else if kiln_frontend::parse_git_ref(value).is_some() {
         NamedContextSource::Git(value.to_string())
     } else if value.starts_with("https://") || value.starts_with("http://") {
-        return Err(Error::Unsupported(format!(
-            "`kiln build --build-context {name}={value}`: a tarball URL as a named context is \
-             not supported yet"
-        )));
+        NamedContextSource::Http(value.to_string())
     } else {
         NamedContextSource::Dir(PathBuf::from(value))
     };
@@ -132,6 +131,7 @@ impl Engine {
                     NamedContext::Resolved(Box::new(image))
                 }
                 NamedContextSource::Stage(s) => NamedContext::Stage(s.clone()),
+                NamedContextSource::Http(url) => NamedContext::Http(url.clone()),
             };
             out.contexts.insert(key.clone(), ctx);
         }
@@ -253,7 +253,10 @@ mod tests {
             "{}",
             e("Foo=/tmp")
         );
-        assert!(e("foo=https://example.com/x.tar.gz").contains("not supported yet"));
+        assert_eq!(
+            parse("foo=https://example.com/x.tar.gz").1,
+            NamedContextSource::Http("https://example.com/x.tar.gz".into())
+        );
         assert!(e("foo=docker-image://Bad").contains("invalid context foo"));
     }
 }

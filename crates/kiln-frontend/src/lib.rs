@@ -80,6 +80,9 @@ pub enum NamedContext {
     Resolved(Box<ResolvedImage>),
     /// A Git repository.
     Git(GitRef),
+    /// An http(s) URL that is not a Git repository: the downloaded file, named `context`,
+    /// as BuildKit's HTTP source gives it (an archive is not unpacked).
+    Http(String),
     /// `target:STAGE`: a stage of the same Dockerfile (buildx's bake feature, for `build` too).
     Stage(String),
 }

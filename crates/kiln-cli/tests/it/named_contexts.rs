@@ -504,12 +504,6 @@ fn bad_build_context_values() {
             "foo=docker-image://busybox:nope".into(),
             "failed to resolve source metadata for `docker.io/library/busybox:nope`".into(),
         ),
-        (
-            "foo=https://example.com/x.tar".into(),
-            "`kiln build --build-context foo=https://example.com/x.tar`: a tarball URL as a \
-             named context is not supported yet"
-                .into(),
-        ),
     ];
     for (value, expected) in cases {
         let failed = k.build(&ctx, &["--build-context", &value]).failed();
@@ -520,4 +514,78 @@ fn bad_build_context_values() {
         );
         assert!(!failed.stderr.contains("panicked"), "{}", failed.stderr);
     }
+}
+
+/// An http(s) URL that is not a Git repository is one file named `context` (mode 0600, the
+/// server's Last-Modified), not unpacked even when it is a tarball: BuildKit v0.32.2 gave
+/// `COPY --from=foo . /x/` exactly `x/` and `x/context` (-rw------- 0/0, the tarball's bytes).
+#[test]
+fn http_url_named_context_is_one_file() {
+    let Some(k) = Kiln::new("http_url_named_context_is_one_file") else {
+        return;
+    };
+    let tarball = {
+        let mut b = tar::Builder::new(Vec::new());
+        let mut h = tar::Header::new_gnu();
+        h.set_size(2);
+        h.set_mode(0o644);
+        h.set_cksum();
+        b.append_data(&mut h, "a.txt", &b"a\n"[..]).unwrap();
+        b.into_inner().unwrap()
+    };
+    let server = kiln_test::HttpServer::start().unwrap();
+    server.route("/ctx.tar", kiln_test::Route::file(None, tarball.clone()));
+    let ctx = k.context("ctx", &[("unused", "")]);
+    let named = format!("foo={}", server.url("/ctx.tar"));
+    let (manifest, _config, files) = build_oci(
+        &k,
+        &ctx,
+        "FROM scratch\nCOPY --from=foo . /x/\n",
+        &["--build-context", &named],
+    );
+    let layer = layer_files(&files, &manifest["layers"][0]);
+    assert_eq!(names(&layer), ["x", "x/context"]);
+    assert_eq!(layer[1].1, tarball);
+
+    let out = k.dir().join("tar-out.tar");
+    let dest = format!("type=tar,dest={}", out.display());
+    let df = k.dir().join("Dockerfile.http");
+    std::fs::write(&df, "FROM scratch\nCOPY --from=foo . /x/\n").unwrap();
+    k.build(
+        &ctx,
+        &[
+            "-f",
+            df.to_str().unwrap(),
+            "--build-context",
+            &named,
+            "-o",
+            &dest,
+        ],
+    )
+    .ok();
+    let mut archive = tar::Archive::new(std::fs::File::open(&out).unwrap());
+    let entry = archive
+        .entries()
+        .unwrap()
+        .map(|e| e.unwrap())
+        .find(|e| e.path().unwrap().ends_with("context"))
+        .unwrap();
+    let h = entry.header();
+    assert_eq!(h.mode().unwrap() & 0o7777, 0o600);
+    assert_eq!((h.uid().unwrap(), h.gid().unwrap()), (0, 0));
+    assert_eq!(h.mtime().unwrap(), 1445412480, "the server's Last-Modified");
+
+    // A URL the server does not have fails the build, naming it and the status.
+    let missing = format!("foo={}", server.url("/missing.tar"));
+    let failed = k
+        .build(
+            &ctx,
+            &["-f", df.to_str().unwrap(), "--build-context", &missing],
+        )
+        .failed();
+    assert!(
+        failed.stderr.contains("missing.tar") && failed.stderr.contains("404"),
+        "{}",
+        failed.stderr
+    );
 }

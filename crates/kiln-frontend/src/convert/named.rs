@@ -5,7 +5,7 @@
 //! name another name of a stage.
 
 use kiln_dockerfile::Instruction;
-use kiln_llb::{CopyOp, NodeId, Op};
+use kiln_llb::{CopyOp, HttpOp, NodeId, Op};
 use kiln_oci::{History, ImageConfig, Platform};
 
 use super::stages::mount_source;
@@ -117,6 +117,17 @@ impl Converter<'_> {
             NamedContext::Git(git) => {
                 let op = self.git_op(ins, git.clone(), None, None)?;
                 let name = format!("{label} {}", git.shown_remote());
+                let node = self.def.add(op, vec![], name.clone());
+                self.locations.entry(node).or_insert(ins.location);
+                (node, name)
+            }
+            NamedContext::Http(url) => {
+                let op = Op::Http(HttpOp {
+                    url: url.clone(),
+                    checksum: None,
+                    filename: "context".into(),
+                });
+                let name = format!("{label} {url}");
                 let node = self.def.add(op, vec![], name.clone());
                 self.locations.entry(node).or_insert(ins.location);
                 (node, name)

@@ -106,6 +106,8 @@ pub struct Request {
 #[derive(Default)]
 struct State {
     routes: HashMap<String, Route>,
+    /// What a path without a route gets; 404 when unset.
+    fallback: Option<Route>,
     log: Vec<Request>,
 }
 
@@ -161,6 +163,11 @@ impl HttpServer {
         self.lock().routes.insert(path.to_string(), route);
     }
 
+    /// Serves `route` at every path that has no route of its own.
+    pub fn fallback(&self, route: Route) {
+        self.lock().fallback = Some(route);
+    }
+
     /// The requests received so far, oldest first.
     pub fn requests(&self) -> Vec<Request> {
         self.lock().log.clone()
@@ -205,7 +212,7 @@ fn answer(conn: TcpStream, state: &Mutex<State>) -> io::Result<()> {
     let path = target.split('?').next().unwrap_or("/").to_string();
     let route = {
         let state = state.lock().unwrap_or_else(|e| e.into_inner());
-        state.routes.get(&path).cloned()
+        state.routes.get(&path).or(state.fallback.as_ref()).cloned()
     };
     let route = route.unwrap_or_else(|| {
         Route::new(

@@ -12,7 +12,7 @@ mod token;
 use std::path::PathBuf;
 
 pub use dockerd::Dockerd;
-pub use http::{Delivery, HttpServer, Route};
+pub use http::{Delivery, HttpServer, LAST_MODIFIED, Route};
 pub use proxy::{Fault, FaultProxy};
 pub use registry::{Certificates, RegistryOptions, TestRegistry};
 pub use token::{ISSUER, SERVICE, TokenRequest, TokenServer};

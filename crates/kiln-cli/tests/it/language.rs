@@ -237,27 +237,16 @@ fn add_extracts_local_archives() {
     k.assert_clean();
 }
 
-/// Serves `body` at every path on 127.0.0.1 with a fixed Last-Modified; returns the address.
+/// Serves `body` at every path on 127.0.0.1 with a fixed Last-Modified (no ETag, so no
+/// revalidation); returns the address. The server lives as long as the test process.
 pub(crate) fn serve(body: &'static [u8]) -> String {
-    use std::io::{BufRead, BufReader, Write};
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let addr = listener.local_addr().unwrap().to_string();
-    std::thread::spawn(move || {
-        for stream in listener.incoming() {
-            let Ok(mut stream) = stream else { continue };
-            let mut reader = BufReader::new(stream.try_clone().unwrap());
-            let mut line = String::new();
-            while reader.read_line(&mut line).is_ok_and(|n| n > 2) {
-                line.clear();
-            }
-            let head = format!(
-                "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nLast-Modified: Wed, 21 Oct 2015 07:28:00 GMT\r\nConnection: close\r\n\r\n",
-                body.len()
-            );
-            let _ = stream.write_all(head.as_bytes());
-            let _ = stream.write_all(body);
-        }
-    });
+    let server = kiln_test::HttpServer::start().unwrap();
+    server.fallback(
+        kiln_test::Route::new(200, None, body)
+            .with_header("Last-Modified", kiln_test::LAST_MODIFIED),
+    );
+    let addr = server.addr().to_string();
+    Box::leak(Box::new(server));
     addr
 }
 
@@ -313,4 +302,74 @@ fn sha256_of(data: &[u8]) -> String {
     let out = child.wait_with_output().unwrap();
     let text = String::from_utf8(out.stdout).unwrap();
     format!("sha256:{}", text.split_whitespace().next().unwrap())
+}
+
+/// ADD of a URL remembers the download's ETag: the next build asks with `If-None-Match`, the
+/// server answers 304 and the stored body is used (the step stays cached, nothing is sent
+/// again); when the file changes the download and the step are redone.
+#[test]
+fn issue_15_add_url_revalidates_with_etag() {
+    let Some(k) = Kiln::new("issue_15_add_url_revalidates_with_etag") else {
+        return;
+    };
+    let server = kiln_test::HttpServer::start().unwrap();
+    server.route(
+        "/tool.txt",
+        kiln_test::Route::file(None, b"version 1\n".to_vec()),
+    );
+    let url = server.url("/tool.txt");
+    let dockerfile = format!(
+        "FROM busybox\nADD {url} /opt/\nADD --chown=7:8 --chmod=751 {url} /own/\nRUN cat /opt/tool.txt > /seen\n"
+    );
+    let ctx = k.context("ctx", &[("Dockerfile", &dockerfile)]);
+    let out = k.dir().join("out");
+    let dest = format!("type=local,dest={}", out.display());
+    k.build(&ctx, &["--output", &dest]).ok();
+    assert_eq!(
+        std::fs::read_to_string(out.join("seen")).unwrap(),
+        "version 1\n"
+    );
+    let own = std::fs::metadata(out.join("own/tool.txt")).unwrap();
+    {
+        use std::os::unix::fs::{MetadataExt, PermissionsExt};
+        assert_eq!(own.permissions().mode() & 0o7777, 0o751);
+        assert_eq!((own.uid(), own.gid()), (7, 8));
+    }
+    // One download serves both ADDs of the URL.
+    let first = server.requests();
+    assert_eq!(first.len(), 1, "{first:?}");
+    assert!(!first[0].headers.contains_key("if-none-match"));
+
+    let run = k.build(&ctx, &["--output", &dest]).ok();
+    let again = server.requests();
+    assert_eq!(again.len(), 2, "{again:?}");
+    let etag = again[1]
+        .headers
+        .get("if-none-match")
+        .cloned()
+        .unwrap_or_default();
+    assert!(etag.starts_with('"') && etag.len() > 60, "{again:?}");
+    assert_eq!(again[1].status, 304);
+    assert!(
+        run.progress().rebuilt().is_empty(),
+        "a revalidated download keeps the steps cached: {:?}",
+        run.progress().rebuilt()
+    );
+
+    server.route(
+        "/tool.txt",
+        kiln_test::Route::file(None, b"version 2\n".to_vec()),
+    );
+    k.build(&ctx, &["--output", &dest]).ok();
+    let last = server.requests();
+    assert_eq!(last[2].status, 200, "{last:?}");
+    assert_eq!(
+        std::fs::read_to_string(out.join("seen")).unwrap(),
+        "version 2\n"
+    );
+    // The file keeps ADD's mode and the server's Last-Modified.
+    let meta = std::fs::metadata(out.join("opt/tool.txt")).unwrap();
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    assert_eq!(meta.permissions().mode() & 0o7777, 0o600);
+    assert_eq!(meta.mtime(), 1445412480);
 }

@@ -17,7 +17,8 @@ use std::sync::{Arc, Mutex};
 
 use kiln_progress::Progress;
 
-pub use tarball::{Compression, SNIFF_LEN, peek, sniff_archive};
+pub use kiln_snapshot::archive::{Compression, sniff_archive};
+pub use tarball::{SNIFF_LEN, peek};
 
 use crate::build::BuildRequest;
 use crate::{Engine, Error, Result, io};

@@ -8,6 +8,7 @@
 //! images, registries or the build graph.
 
 mod apply;
+pub mod archive;
 mod check;
 mod diff;
 mod entry;

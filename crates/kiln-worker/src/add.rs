@@ -2,55 +2,23 @@
 //! in http.rs).
 
 use std::fs;
-use std::io::{self, BufReader, Read, Seek};
+use std::io::{self, Read, Seek};
 use std::path::Path;
+
+use kiln_snapshot::archive;
 
 use crate::fsutil::{Source, SourceError};
 
-/// How an archive's bytes are compressed, from its first bytes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Compression {
-    None,
-    Gzip,
-    Bzip2,
-    Xz,
-}
-
-fn sniff(magic: &[u8]) -> Compression {
-    if magic.starts_with(&[0x1f, 0x8b]) {
-        Compression::Gzip
-    } else if magic.starts_with(b"BZh") {
-        Compression::Bzip2
-    } else if magic.starts_with(&[0xfd, b'7', b'z', b'X', b'Z', 0x00]) {
-        Compression::Xz
-    } else {
-        Compression::None
-    }
-}
-
-/// A reader over the decompressed bytes of `file`. xz has no streaming reader in the crate we
-/// use, so it is decompressed into `scratch` first.
-fn open_decompressed(mut file: fs::File, scratch: &Path) -> io::Result<Box<dyn Read>> {
+/// A reader over the decompressed bytes of `file` (gzip, bzip2, xz, zstd or none, by its
+/// first bytes).
+fn open_decompressed(mut file: fs::File) -> io::Result<Box<dyn Read + Send>> {
     let mut magic = [0u8; 6];
     let n = read_up_to(&mut file, &mut magic)?;
     file.rewind()?;
-    Ok(match sniff(&magic[..n]) {
-        Compression::None => Box::new(file),
-        Compression::Gzip => Box::new(flate2::read::MultiGzDecoder::new(BufReader::new(file))),
-        Compression::Bzip2 => Box::new(bzip2::read::MultiBzDecoder::new(BufReader::new(file))),
-        Compression::Xz => {
-            let mut out = fs::File::options()
-                .read(true)
-                .write(true)
-                .create(true)
-                .truncate(true)
-                .open(scratch)?;
-            lzma_rs::xz_decompress(&mut BufReader::new(file), &mut out)
-                .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e.to_string()))?;
-            out.rewind()?;
-            Box::new(out)
-        }
-    })
+    Ok(archive::decompress(
+        Box::new(file),
+        archive::compression_of(&magic[..n]),
+    ))
 }
 
 fn read_up_to(r: &mut impl Read, buf: &mut [u8]) -> io::Result<usize> {
@@ -64,39 +32,9 @@ fn read_up_to(r: &mut impl Read, buf: &mut [u8]) -> io::Result<usize> {
     Ok(n)
 }
 
-/// Whether a 512-byte block is a tar header: a valid checksum (the `ustar` magic alone is not
-/// enough, and old v7 archives lack it).
-fn is_tar_header(block: &[u8]) -> bool {
-    if block.len() < 512 || block.iter().all(|b| *b == 0) {
-        return false;
-    }
-    let field = &block[148..156];
-    let text: String = field
-        .iter()
-        .take_while(|b| **b != 0 && **b != b' ')
-        .skip_while(|b| **b == b' ')
-        .map(|b| *b as char)
-        .collect();
-    let Ok(expected) = u32::from_str_radix(text.trim(), 8) else {
-        return false;
-    };
-    let sum: u32 = block
-        .iter()
-        .enumerate()
-        .map(|(i, b)| {
-            if (148..156).contains(&i) {
-                32
-            } else {
-                *b as u32
-            }
-        })
-        .sum();
-    sum == expected
-}
-
 /// Whether the source, a regular file, is a tar archive, possibly compressed. It is opened as
 /// COPY opens files (from its root, following no link).
-pub(crate) fn is_archive(source: &Source, scratch: &Path) -> bool {
+pub(crate) fn is_archive(source: &Source) -> bool {
     let Ok(meta) = source.metadata() else {
         return false;
     };
@@ -104,14 +42,12 @@ pub(crate) fn is_archive(source: &Source, scratch: &Path) -> bool {
         return false;
     }
     let check = || -> io::Result<bool> {
-        let mut r = open_decompressed(source.open_file()?, scratch)?;
+        let mut r = open_decompressed(source.open_file()?)?;
         let mut block = [0u8; 512];
         let n = read_up_to(&mut r, &mut block)?;
-        Ok(is_tar_header(&block[..n]))
+        Ok(archive::is_tar_header(&block[..n]))
     };
-    let result = check().unwrap_or(false);
-    let _ = fs::remove_file(scratch);
-    result
+    check().unwrap_or(false)
 }
 
 /// Extracts the archive at `path` into the new empty directory `dir` with the layer applier
@@ -120,25 +56,23 @@ pub(crate) fn is_archive(source: &Source, scratch: &Path) -> bool {
 /// directory), and no entry is written outside `dir` or through a symlink (`..` above the root
 /// and links leaving it are refused, a leading `/` is the root). The caller then copies `dir`
 /// into the image with the same root-confined copy as COPY.
-pub(crate) fn extract(source: &Source, dir: &Path, scratch: &Path) -> Result<(), SourceError> {
+pub(crate) fn extract(source: &Source, dir: &Path) -> Result<(), SourceError> {
     let path = &source.abs;
     let io_err = |source| SourceError::Io {
         path: path.to_path_buf(),
         source,
     };
     fs::create_dir_all(dir).map_err(io_err)?;
-    let result = source
+    source
         .open_file()
-        .and_then(|file| open_decompressed(file, scratch))
+        .and_then(open_decompressed)
         .map_err(io_err)
         .and_then(|reader| {
             kiln_snapshot::extract_archive(reader, dir).map_err(|source| SourceError::Archive {
                 path: path.to_path_buf(),
                 source: Box::new(source),
             })
-        });
-    let _ = fs::remove_file(scratch);
-    result
+        })
 }
 
 #[cfg(test)]
@@ -161,38 +95,47 @@ mod tests {
     #[test]
     fn detects_compressed_tars_but_not_text() {
         let tmp = tempfile::tempdir().unwrap();
-        let scratch = tmp.path().join("scratch");
         let plain = tmp.path().join("a.tar");
         fs::write(&plain, tar_bytes()).unwrap();
-        assert!(is_archive(&Source::file(&plain), &scratch));
+        assert!(is_archive(&Source::file(&plain)));
 
         let gz = tmp.path().join("a.tar.gz");
         let mut enc = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
         io::Write::write_all(&mut enc, &tar_bytes()).unwrap();
         fs::write(&gz, enc.finish().unwrap()).unwrap();
-        assert!(is_archive(&Source::file(&gz), &scratch));
+        assert!(is_archive(&Source::file(&gz)));
 
         let bz = tmp.path().join("a.tar.bz2");
         let mut enc = bzip2::write::BzEncoder::new(Vec::new(), bzip2::Compression::fast());
         io::Write::write_all(&mut enc, &tar_bytes()).unwrap();
         fs::write(&bz, enc.finish().unwrap()).unwrap();
-        assert!(is_archive(&Source::file(&bz), &scratch));
+        assert!(is_archive(&Source::file(&bz)));
 
         let xz = tmp.path().join("a.tar.xz");
         let mut out = Vec::new();
         lzma_rs::xz_compress(&mut io::Cursor::new(tar_bytes()), &mut out).unwrap();
         fs::write(&xz, out).unwrap();
-        assert!(is_archive(&Source::file(&xz), &scratch));
+        assert!(is_archive(&Source::file(&xz)));
         let out = tmp.path().join("out-xz");
-        extract(&Source::file(&xz), &out, &scratch).unwrap();
+        extract(&Source::file(&xz), &out).unwrap();
+        assert_eq!(fs::read(out.join("dir/file.txt")).unwrap(), b"abc");
+
+        let zst = tmp.path().join("a.tar.zst");
+        fs::write(&zst, zstd::encode_all(&tar_bytes()[..], 3).unwrap()).unwrap();
+        assert!(
+            is_archive(&Source::file(&zst)),
+            "ADD unpacks zstd, as BuildKit v0.32.2"
+        );
+        let out = tmp.path().join("out-zst");
+        extract(&Source::file(&zst), &out).unwrap();
         assert_eq!(fs::read(out.join("dir/file.txt")).unwrap(), b"abc");
 
         let text = tmp.path().join("a.txt");
         fs::write(&text, "just text\n".repeat(100)).unwrap();
-        assert!(!is_archive(&Source::file(&text), &scratch));
+        assert!(!is_archive(&Source::file(&text)));
 
         let out = tmp.path().join("out");
-        extract(&Source::file(&gz), &out, &scratch).unwrap();
+        extract(&Source::file(&gz), &out).unwrap();
         assert_eq!(fs::read(out.join("dir/file.txt")).unwrap(), b"abc");
         let meta = fs::metadata(out.join("dir/file.txt")).unwrap();
         use std::os::unix::fs::MetadataExt;
@@ -233,7 +176,7 @@ mod tests {
         let archive = tmp.path().join("a.tar");
         fs::write(&archive, bytes).unwrap();
         let out = tmp.path().join("out");
-        let result = extract(&Source::file(&archive), &out, &tmp.path().join("scratch"));
+        let result = extract(&Source::file(&archive), &out);
         (tmp, out, result)
     }
 
@@ -358,7 +301,6 @@ mod tests {
     #[test]
     fn entries_escaping_the_directory_are_not_written() {
         let tmp = tempfile::tempdir().unwrap();
-        let scratch = tmp.path().join("scratch");
         let mut b = tar::Builder::new(Vec::new());
         // A symlink pointing out, then a file written through it.
         let mut h = tar::Header::new_gnu();
@@ -372,7 +314,7 @@ mod tests {
         let archive = tmp.path().join("evil.tar");
         fs::write(&archive, b.into_inner().unwrap()).unwrap();
         let out = tmp.path().join("out");
-        let _ = extract(&Source::file(&archive), &out, &scratch);
+        let _ = extract(&Source::file(&archive), &out);
         assert!(!tmp.path().join("escaped").exists());
     }
 }

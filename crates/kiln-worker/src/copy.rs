@@ -80,14 +80,11 @@ impl LlbWorker {
                 groups.into_iter().flat_map(|g| g.sources).collect();
             let mut archives = Vec::new();
             if unpack {
-                let scratch = work.join("decompressed");
                 fs::create_dir_all(&work).map_err(|source| SourceError::Io {
                     path: work.clone(),
                     source,
                 })?;
-                let (a, rest): (Vec<_>, Vec<_>) = selected
-                    .into_iter()
-                    .partition(|s| add::is_archive(s, &scratch));
+                let (a, rest): (Vec<_>, Vec<_>) = selected.into_iter().partition(add::is_archive);
                 archives = a;
                 selected = rest;
             }
@@ -96,7 +93,7 @@ impl LlbWorker {
             }
             for (i, archive) in archives.iter().enumerate() {
                 let out = work.join(format!("archive-{i}"));
-                add::extract(archive, &out, &work.join("decompressed"))?;
+                add::extract(archive, &out)?;
                 let tree = fsutil::Source::whole(&out);
                 let all = fsutil::Filter::default();
                 // BuildKit unpacks archives with their own modes: --chmod does not apply.

@@ -1,0 +1,234 @@
+//! `--cache-to type=registry` / `--cache-from type=registry` against the test registry: a cache
+//! written from one data root makes every step CACHED on an empty one, downloads no layer the
+//! result does not need, and gives the same image; an unreachable cache is a warning.
+
+use std::time::Duration;
+
+use serde_json::Value;
+
+use crate::support::{Kiln, http_get, read_tar};
+
+const DOCKERFILE: &str = "FROM busybox\nCOPY a /a\nRUN echo built > /b && cat /a >> /b\n";
+
+/// The manifest at `repo:tag` in the test registry.
+fn registry_manifest(registry: &str, repo: &str, tag: &str) -> Value {
+    let (status, body) = http_get(
+        registry,
+        &format!("/v2/{repo}/manifests/{tag}"),
+        &[("Accept", "application/vnd.oci.image.manifest.v1+json")],
+        Duration::from_secs(10),
+    )
+    .expect("fetching the cache manifest");
+    assert_eq!(status, 200, "{repo}:{tag}: {body}");
+    serde_json::from_str(&body).expect("manifest JSON")
+}
+
+/// The digest of the one manifest an OCI archive's index.json names.
+fn archived_manifest(path: &std::path::Path) -> String {
+    let files = read_tar(path).expect("reading the OCI archive");
+    let index: Value = serde_json::from_slice(&files["index.json"]).expect("index.json");
+    index["manifests"][0]["digest"]
+        .as_str()
+        .expect("a manifest digest")
+        .to_string()
+}
+
+fn blob_in_store(k: &Kiln, digest: &str) -> bool {
+    let hex = digest.strip_prefix("sha256:").expect("sha256 digest");
+    k.root.join("content/blobs/sha256").join(hex).exists()
+}
+
+#[test]
+fn registry_cache_makes_every_step_cached_on_an_empty_root() {
+    let Some(a) = Kiln::new("registry_cache_makes_every_step_cached_on_an_empty_root") else {
+        return;
+    };
+    let repo = a.unique("kiln-cache-it");
+    let cache = format!("{}/{repo}:max", a.registry);
+    let ctx = a.context(
+        "ctx",
+        &[("Dockerfile", DOCKERFILE), ("a", "from the context\n")],
+    );
+    let epoch = "--build-arg=SOURCE_DATE_EPOCH=1700000000";
+    let a_tar = a.dir().join("a.tar");
+    let run = a
+        .build(
+            &ctx,
+            &[
+                epoch,
+                "--cache-to",
+                &format!("type=registry,ref={cache},mode=max"),
+                "-o",
+                &format!("type=oci,dest={}", a_tar.display()),
+            ],
+        )
+        .ok();
+    assert_eq!(run.progress().rebuilt().len(), 3, "{}", run.stderr);
+    assert!(run.stderr.contains("exporting cache to registry"));
+
+    // kiln's cache manifest: an OCI image manifest, kiln's config, one layer per blob.
+    let manifest = registry_manifest(&a.registry, &repo, "max");
+    assert_eq!(
+        manifest["mediaType"],
+        "application/vnd.oci.image.manifest.v1+json"
+    );
+    assert_eq!(
+        manifest["config"]["mediaType"],
+        "application/vnd.kiln.cache.config.v1+json"
+    );
+    let layers: Vec<String> = manifest["layers"]
+        .as_array()
+        .expect("layers")
+        .iter()
+        .map(|l| l["digest"].as_str().expect("digest").to_string())
+        .collect();
+    assert_eq!(layers.len(), 3, "busybox, COPY and RUN: {manifest}");
+
+    // An empty data root, cache only: every step CACHED, no layer blob downloaded.
+    let b = Kiln::new("registry_cache_makes_every_step_cached_on_an_empty_root (b)").unwrap();
+    let from = format!("type=registry,ref={cache}");
+    let run = b
+        .build(
+            &ctx,
+            &[epoch, "--cache-from", &from, "-o", "type=cacheonly"],
+        )
+        .ok();
+    let progress = run.progress();
+    assert_eq!(progress.steps().len(), 3, "{}", run.stderr);
+    assert!(progress.rebuilt().is_empty(), "{}", run.stderr);
+    assert!(
+        run.stderr
+            .contains(&format!("importing cache manifest from {cache}"))
+    );
+    for layer in &layers {
+        assert!(!blob_in_store(&b, layer), "{layer} was downloaded");
+    }
+
+    // Another empty root exporting the image: still all CACHED, and the same image as A's.
+    let c = Kiln::new("registry_cache_makes_every_step_cached_on_an_empty_root (c)").unwrap();
+    let c_tar = c.dir().join("c.tar");
+    let run = c
+        .build(
+            &ctx,
+            &[
+                epoch,
+                "--cache-from",
+                "type=registry,ref=127.0.0.1:1/nowhere:x",
+                "--cache-from",
+                &from,
+                "-o",
+                &format!("type=oci,dest={}", c_tar.display()),
+            ],
+        )
+        .ok();
+    assert!(run.progress().rebuilt().is_empty(), "{}", run.stderr);
+    assert_eq!(archived_manifest(&c_tar), archived_manifest(&a_tar));
+
+    // Exporting the unchanged cache again uploads nothing: the manifest stays the same.
+    let run = a
+        .build(
+            &ctx,
+            &[
+                epoch,
+                "--cache-to",
+                &format!("type=registry,ref={cache},mode=max"),
+            ],
+        )
+        .ok();
+    assert!(!run.stderr.contains("writing layer"), "{}", run.stderr);
+    assert_eq!(registry_manifest(&a.registry, &repo, "max"), manifest);
+}
+
+#[test]
+fn mode_min_keeps_only_the_final_stage() {
+    let Some(k) = Kiln::new("mode_min_keeps_only_the_final_stage") else {
+        return;
+    };
+    let repo = k.unique("kiln-cache-min");
+    let ctx = k.context(
+        "ctx",
+        &[(
+            "Dockerfile",
+            "FROM busybox AS tools\nRUN echo tool > /tool\n\
+             FROM busybox\nCOPY --from=tools /tool /tool\n",
+        )],
+    );
+    for mode in ["min", "max"] {
+        k.build(
+            &ctx,
+            &[
+                "--cache-to",
+                &format!("type=registry,ref={}/{repo}:{mode},mode={mode}", k.registry),
+            ],
+        )
+        .ok();
+    }
+    let count = |tag| {
+        registry_manifest(&k.registry, &repo, tag)["layers"]
+            .as_array()
+            .expect("layers")
+            .len()
+    };
+    // min: busybox and the COPY's layer; max also the tools stage's RUN layer.
+    assert_eq!(count("min"), 2);
+    assert_eq!(count("max"), 3);
+}
+
+#[test]
+fn unreachable_cache_is_a_warning_unless_ignore_error_is_false() {
+    let Some(k) = Kiln::new("unreachable_cache_is_a_warning_unless_ignore_error_is_false") else {
+        return;
+    };
+    let ctx = k.context("ctx", &[("Dockerfile", "FROM busybox\nRUN echo x > /x\n")]);
+    let nowhere = "127.0.0.1:1/kiln-nowhere:x";
+    let run = k
+        .build(
+            &ctx,
+            &[
+                "--cache-from",
+                nowhere,
+                "--cache-to",
+                &format!("type=registry,ref={nowhere}"),
+            ],
+        )
+        .ok();
+    assert!(
+        run.stderr
+            .contains(&format!("failed to import cache from {nowhere}")),
+        "{}",
+        run.stderr
+    );
+    assert!(
+        run.stderr
+            .contains(&format!("failed to export cache to {nowhere}")),
+        "{}",
+        run.stderr
+    );
+    let run = k
+        .build(
+            &ctx,
+            &[
+                "--cache-to",
+                &format!("type=registry,ref={nowhere},ignore-error=false"),
+            ],
+        )
+        .failed();
+    assert!(run.stderr.contains("failed to push blob"), "{}", run.stderr);
+
+    // Options kiln does not implement yet are refused by name, never ignored.
+    let run = k
+        .build(
+            &ctx,
+            &[
+                "--cache-to",
+                &format!("type=registry,ref={nowhere},compression=zstd"),
+            ],
+        )
+        .failed();
+    assert!(
+        run.stderr
+            .contains("option `compression` is not supported yet"),
+        "{}",
+        run.stderr
+    );
+}

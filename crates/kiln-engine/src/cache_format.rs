@@ -21,6 +21,52 @@ pub(crate) struct CacheConfig {
     pub records: BTreeMap<String, Value>,
 }
 
+/// The cache manifest for a config blob and the layer blobs (digest, size, media type).
+pub(crate) fn manifest_bytes(
+    config: &Digest,
+    config_size: usize,
+    layers: &[(Digest, u64, String)],
+) -> Vec<u8> {
+    let manifest = serde_json::json!({
+        "schemaVersion": 2,
+        "mediaType": kiln_oci::media_type::OCI_MANIFEST,
+        "config": {
+            "mediaType": CONFIG_MEDIA_TYPE,
+            "digest": config.to_string(),
+            "size": config_size,
+        },
+        "layers": layers.iter().map(|(digest, size, media_type)| serde_json::json!({
+            "mediaType": media_type,
+            "digest": digest.to_string(),
+            "size": size,
+        })).collect::<Vec<_>>(),
+    });
+    serde_json::to_vec(&manifest).expect("json values serialise")
+}
+
+/// The config descriptor (digest, size) of a kiln cache manifest; `Err` says why the bytes
+/// are not one.
+pub(crate) fn config_of(manifest: &[u8]) -> Result<(Digest, u64), String> {
+    let manifest: serde_json::Value =
+        serde_json::from_slice(manifest).map_err(|e| format!("manifest: {e}"))?;
+    let config = &manifest["config"];
+    let media_type = config["mediaType"].as_str().unwrap_or_default();
+    if media_type != CONFIG_MEDIA_TYPE {
+        return Err(format!(
+            "its config is `{media_type}`, not `{CONFIG_MEDIA_TYPE}`"
+        ));
+    }
+    let digest = config["digest"]
+        .as_str()
+        .and_then(|d| kiln_oci::parse_digest(d).ok())
+        .ok_or("the config digest is missing or invalid")?;
+    let size = config["size"]
+        .as_u64()
+        .filter(|s| *s <= MAX_CONFIG_BYTES)
+        .ok_or("the config size is missing or too large")?;
+    Ok((digest, size))
+}
+
 impl CacheConfig {
     /// Records by key, sources cleared, in a stable order (the same cache, the same bytes).
     pub fn new<'a>(records: impl IntoIterator<Item = (String, &'a Value)>) -> CacheConfig {
@@ -42,6 +88,12 @@ impl CacheConfig {
     /// The records as the solver looks them up, every layer's source set to `source` (the
     /// cache manifest's pinned reference). Keys that are not digests and values that are no
     /// layer chain are refused: a hand-made config must not reach the solver.
+    pub fn records(bytes: &[u8], source: &str) -> Result<HashMap<Digest, Value>, String> {
+        let config: CacheConfig =
+            serde_json::from_slice(bytes).map_err(|e| format!("config: {e}"))?;
+        config.into_records(source)
+    }
+
     pub fn into_records(self, source: &str) -> Result<HashMap<Digest, Value>, String> {
         let mut out = HashMap::new();
         for (key, mut value) in self.records {
@@ -99,6 +151,21 @@ mod tests {
         let layers = records[&key].layers();
         assert_eq!(layers[0].source.as_deref(), Some("r.io/cache@sha256:11"));
         assert_eq!(layers[1].source, None, "an empty layer has nothing to pull");
+    }
+
+    #[test]
+    fn manifest_round_trip_and_foreign_manifests() {
+        let config = kiln_oci::sha256(b"{}");
+        let blob = kiln_oci::sha256(b"layer");
+        let bytes = manifest_bytes(&config, 2, &[(blob, 5, "t".into())]);
+        assert_eq!(config_of(&bytes).unwrap(), (config, 2));
+        let image = br#"{"config":{"mediaType":"application/vnd.oci.image.config.v1+json"}}"#;
+        assert!(
+            config_of(image)
+                .unwrap_err()
+                .contains("not `application/vnd.kiln")
+        );
+        assert!(config_of(b"<html>").unwrap_err().starts_with("manifest:"));
     }
 
     #[test]

@@ -1,15 +1,17 @@
-//! `--cache-from type=registry`: fetch a kiln cache manifest and its config, and hand the
-//! solver their records. Only metadata is fetched here; a record's layers point at the cache
-//! repository and are pulled when a step needs their files or an export needs their blobs.
+//! `--cache-from`: fetch a kiln cache manifest and its config (from a registry or an OCI
+//! layout directory) and hand the solver their records. Only metadata is read here; a record's
+//! layers point at the cache and are fetched when a step needs their files or an export needs
+//! their blobs (`kiln_worker::fetch_layer_blob`).
 
 use std::collections::HashMap;
+use std::path::Path;
 
 use kiln_oci::{Descriptor, Digest, MediaType, Reference};
 use kiln_progress::Progress;
 use kiln_worker::Value;
 
-use crate::cache_format::{CONFIG_MEDIA_TYPE, CacheConfig, MAX_CONFIG_BYTES};
-use crate::cache_spec::CacheImport;
+use crate::cache_format::{CONFIG_MEDIA_TYPE, CacheConfig, config_of};
+use crate::cache_spec::{CacheImport, CacheLocation};
 use crate::{Engine, Error, Result};
 
 impl Engine {
@@ -21,8 +23,12 @@ impl Engine {
         progress: &Progress,
     ) -> Vec<HashMap<Digest, Value>> {
         let each = imports.iter().map(|i| async move {
-            let v = progress.vertex(format!("importing cache manifest from {}", i.reference));
-            match self.import_registry_cache(&i.reference).await {
+            let v = progress.vertex(format!("importing cache manifest from {}", i.location));
+            let records = match &i.location {
+                CacheLocation::Registry(r) => self.import_registry_cache(r).await,
+                CacheLocation::Local(dir) => import_local_cache(dir, i.digest.as_ref()),
+            };
+            match records {
                 Ok(records) => {
                     v.done();
                     Some(records)
@@ -30,7 +36,7 @@ impl Engine {
                 Err(e) => {
                     let message = format!(
                         "failed to import cache from {}: {}",
-                        i.reference,
+                        i.location,
                         kiln_solver::error_chain(&e)
                     );
                     v.error(&message);
@@ -49,33 +55,75 @@ impl Engine {
     async fn import_registry_cache(&self, reference: &Reference) -> Result<HashMap<Digest, Value>> {
         let raw = self.registry.fetch_manifest_raw(reference).await?;
         let invalid = |why: String| Error::Usage(format!("{reference} is not a kiln cache: {why}"));
-        let manifest: serde_json::Value =
-            serde_json::from_slice(&raw.bytes).map_err(|e| invalid(format!("manifest: {e}")))?;
-        let config = &manifest["config"];
-        let media_type = config["mediaType"].as_str().unwrap_or_default();
-        if media_type != CONFIG_MEDIA_TYPE {
-            return Err(invalid(format!(
-                "its config is `{media_type}`, not `{CONFIG_MEDIA_TYPE}`"
-            )));
-        }
-        let digest = config["digest"]
-            .as_str()
-            .and_then(|d| kiln_oci::parse_digest(d).ok())
-            .ok_or_else(|| invalid("the config digest is missing or invalid".into()))?;
-        let size = config["size"]
-            .as_u64()
-            .filter(|s| *s <= MAX_CONFIG_BYTES)
-            .ok_or_else(|| invalid("the config size is missing or too large".into()))?;
+        let (digest, size) = config_of(&raw.bytes).map_err(invalid)?;
         let desc = Descriptor::new(MediaType::from(CONFIG_MEDIA_TYPE), size, digest);
         let mut bytes = Vec::new();
         self.registry
             .fetch_blob(reference, &desc, &mut bytes)
             .await?;
-        let config: CacheConfig =
-            serde_json::from_slice(&bytes).map_err(|e| invalid(format!("config: {e}")))?;
         // Layers are pulled by this manifest's digest: a tag moved by a later export does not
         // change what this build's records point at.
         let pinned = reference.with_digest(raw.digest.as_ref());
-        config.into_records(&pinned.to_string()).map_err(invalid)
+        CacheConfig::records(&bytes, &pinned.to_string()).map_err(invalid)
     }
+}
+
+/// A cache in an OCI layout directory: the manifest `digest=` names, else the index entry
+/// tagged `latest`, else the index's only entry.
+fn import_local_cache(dir: &Path, digest: Option<&Digest>) -> Result<HashMap<Digest, Value>> {
+    let shown = dir.display();
+    let invalid = |why: String| Error::Usage(format!("{shown} is not a kiln cache: {why}"));
+    let manifest = match digest {
+        Some(d) => d.clone(),
+        None => {
+            let path = dir.join("index.json");
+            let bytes = std::fs::read(&path)
+                .map_err(|e| invalid(format!("could not read {}: {e}", path.display())))?;
+            let index: serde_json::Value = serde_json::from_slice(&bytes)
+                .map_err(|e| invalid(format!("{}: {e}", path.display())))?;
+            let entries = index["manifests"].as_array().cloned().unwrap_or_default();
+            let tagged = entries.iter().find(|m| {
+                m["annotations"]["org.opencontainers.image.ref.name"].as_str() == Some("latest")
+            });
+            let entry = match (tagged, entries.as_slice()) {
+                (Some(m), _) | (None, [m]) => m,
+                _ => {
+                    return Err(invalid(
+                        "its index.json has no entry tagged `latest`".into(),
+                    ));
+                }
+            };
+            entry["digest"]
+                .as_str()
+                .and_then(|d| kiln_oci::parse_digest(d).ok())
+                .ok_or_else(|| invalid("its index.json names no valid digest".into()))?
+        }
+    };
+    let manifest_bytes =
+        read_blob(dir, &manifest, crate::cache_format::MAX_CONFIG_BYTES).map_err(invalid)?;
+    let (config, size) = config_of(&manifest_bytes).map_err(invalid)?;
+    let config_bytes = read_blob(dir, &config, size).map_err(invalid)?;
+    // Layers are copied out of the directory by path when needed; an absolute one, so a later
+    // change of working directory does not matter.
+    let abs = std::fs::canonicalize(dir).map_err(|e| invalid(e.to_string()))?;
+    let source = format!("{}{}", kiln_worker::LAYOUT_SOURCE, abs.display());
+    CacheConfig::records(&config_bytes, &source).map_err(invalid)
+}
+
+/// A small blob of a layout, at most `max` bytes, checked against its digest.
+fn read_blob(dir: &Path, digest: &Digest, max: u64) -> std::result::Result<Vec<u8>, String> {
+    use std::io::Read;
+    let path = dir.join("blobs/sha256").join(digest.digest());
+    let file = std::fs::File::open(&path).map_err(|e| format!("blob {digest}: {e}"))?;
+    let mut bytes = Vec::new();
+    file.take(max + 1)
+        .read_to_end(&mut bytes)
+        .map_err(|e| format!("blob {digest}: {e}"))?;
+    if bytes.len() as u64 > max {
+        return Err(format!("blob {digest} is larger than {max} bytes"));
+    }
+    if kiln_oci::sha256(&bytes) != *digest {
+        return Err(format!("blob {digest}: digest mismatch"));
+    }
+    Ok(bytes)
 }

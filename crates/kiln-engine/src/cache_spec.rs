@@ -1,7 +1,9 @@
 //! `--cache-to` and `--cache-from` as buildx writes them: CSV `KEY=VALUE` fields with a
 //! `type`, or a bare reference meaning `type=registry,ref=REF`.
 
-use kiln_oci::Reference;
+use std::path::PathBuf;
+
+use kiln_oci::{Digest, Reference};
 
 use crate::output::csv_fields;
 
@@ -15,10 +17,28 @@ pub enum CacheMode {
     Max,
 }
 
+/// Where a cache goes or comes from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CacheLocation {
+    /// `type=registry,ref=R`.
+    Registry(Reference),
+    /// `type=local,dest=DIR` / `src=DIR`: an OCI image layout directory.
+    Local(PathBuf),
+}
+
+impl std::fmt::Display for CacheLocation {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            CacheLocation::Registry(r) => write!(f, "{r}"),
+            CacheLocation::Local(dir) => write!(f, "local:{}", dir.display()),
+        }
+    }
+}
+
 /// One `--cache-to`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CacheExport {
-    pub reference: Reference,
+    pub location: CacheLocation,
     pub mode: CacheMode,
     /// A failed export is a warning (the default) or, with `ignore-error=false`, the build's error.
     pub ignore_error: bool,
@@ -27,7 +47,9 @@ pub struct CacheExport {
 /// One `--cache-from`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CacheImport {
-    pub reference: Reference,
+    pub location: CacheLocation,
+    /// `digest=`: the cache manifest to use, instead of what the layout's index names.
+    pub digest: Option<Digest>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -39,7 +61,7 @@ pub struct CacheSpecError {
 }
 
 /// Types buildx knows that kiln does not do yet; anything else is not a cache type at all.
-const LATER_TYPES: &[&str] = &["local", "inline", "gha", "s3", "azblob"];
+const LATER_TYPES: &[&str] = &["inline", "gha", "s3", "azblob"];
 
 fn fields(flag: &'static str, spec: &str) -> Result<Vec<(String, String)>, CacheSpecError> {
     let err = |why: String| CacheSpecError {
@@ -66,29 +88,51 @@ fn fields(flag: &'static str, spec: &str) -> Result<Vec<(String, String)>, Cache
         .find(|(k, _)| k == "type")
         .map(|(_, v)| v.as_str());
     match kind {
-        Some("registry") => Ok(out),
+        Some("registry" | "local") => Ok(out),
         Some(t) if LATER_TYPES.contains(&t) => Err(err(format!(
-            "cache type `{t}` is not supported yet (only `registry`)"
+            "cache type `{t}` is not supported yet (only `registry` and `local`)"
         ))),
         Some(t) => Err(err(format!("unknown cache type `{t}`"))),
         None => Err(err("`type` is required".into())),
     }
 }
 
-fn reference(
+/// The location the fields name: `ref` for a registry cache, `path_key` (`dest` for an
+/// export, `src` for an import) for a local one.
+fn location(
     flag: &'static str,
     spec: &str,
-    value: Option<String>,
-) -> Result<Reference, CacheSpecError> {
+    fields: &[(String, String)],
+    path_key: &str,
+) -> Result<CacheLocation, CacheSpecError> {
     let err = |why: String| CacheSpecError {
         flag,
         spec: spec.to_string(),
         why,
     };
-    let value = value.ok_or_else(|| err("`ref` is required for type=registry".into()))?;
-    value
-        .parse()
-        .map_err(|e| err(format!("invalid reference `{value}`: {e}")))
+    let get = |key: &str| {
+        fields
+            .iter()
+            .rev()
+            .find(|(k, _)| k == key)
+            .map(|(_, v)| v.clone())
+    };
+    match get("type").as_deref() {
+        Some("local") => {
+            let dir = get(path_key)
+                .filter(|d| !d.is_empty())
+                .ok_or_else(|| err(format!("`{path_key}` is required for type=local")))?;
+            Ok(CacheLocation::Local(PathBuf::from(dir)))
+        }
+        _ => {
+            let value =
+                get("ref").ok_or_else(|| err("`ref` is required for type=registry".into()))?;
+            value
+                .parse()
+                .map(CacheLocation::Registry)
+                .map_err(|e| err(format!("invalid reference `{value}`: {e}")))
+        }
+    }
 }
 
 fn boolean(value: &str) -> Option<bool> {
@@ -107,11 +151,14 @@ impl CacheExport {
             spec: spec.to_string(),
             why,
         };
-        let (mut r, mut mode, mut ignore_error) = (None, CacheMode::Min, true);
-        for (k, v) in fields(FLAG, spec)? {
+        let fields = fields(FLAG, spec)?;
+        let local = fields.iter().any(|(k, v)| k == "type" && v == "local");
+        let (mut mode, mut ignore_error) = (CacheMode::Min, true);
+        for (k, v) in &fields {
             match k.as_str() {
                 "type" => {}
-                "ref" => r = Some(v),
+                "ref" if !local => {}
+                "dest" if local => {}
                 "mode" => {
                     mode = match v.as_str() {
                         "min" => CacheMode::Min,
@@ -120,21 +167,21 @@ impl CacheExport {
                     }
                 }
                 "ignore-error" => {
-                    ignore_error = boolean(&v).ok_or_else(|| {
+                    ignore_error = boolean(v).ok_or_else(|| {
                         err(format!(
                             "invalid ignore-error `{v}`: expected true or false"
                         ))
                     })?
                 }
                 "compression" | "compression-level" | "force-compression" | "oci-mediatypes"
-                | "image-manifest" => {
+                | "image-manifest" | "tag" => {
                     return Err(err(format!("option `{k}` is not supported yet")));
                 }
                 _ => return Err(err(format!("unknown option `{k}`"))),
             }
         }
         Ok(CacheExport {
-            reference: reference(FLAG, spec, r)?,
+            location: location(FLAG, spec, &fields, "dest")?,
             mode,
             ignore_error,
         })
@@ -144,22 +191,31 @@ impl CacheExport {
 impl CacheImport {
     pub fn parse(spec: &str) -> Result<CacheImport, CacheSpecError> {
         const FLAG: &str = "--cache-from";
-        let mut r = None;
-        for (k, v) in fields(FLAG, spec)? {
+        let err = |why: String| CacheSpecError {
+            flag: FLAG,
+            spec: spec.to_string(),
+            why,
+        };
+        let fields = fields(FLAG, spec)?;
+        let local = fields.iter().any(|(k, v)| k == "type" && v == "local");
+        let mut digest = None;
+        for (k, v) in &fields {
             match k.as_str() {
                 "type" => {}
-                "ref" => r = Some(v),
-                _ => {
-                    return Err(CacheSpecError {
-                        flag: FLAG,
-                        spec: spec.to_string(),
-                        why: format!("option `{k}` is not supported yet"),
-                    });
+                "ref" if !local => {}
+                "src" if local => {}
+                "digest" if local => {
+                    digest = Some(
+                        kiln_oci::parse_digest(v)
+                            .map_err(|_| err(format!("invalid digest `{v}`")))?,
+                    )
                 }
+                _ => return Err(err(format!("option `{k}` is not supported yet"))),
             }
         }
         Ok(CacheImport {
-            reference: reference(FLAG, spec, r)?,
+            location: location(FLAG, spec, &fields, "src")?,
+            digest,
         })
     }
 }
@@ -172,7 +228,7 @@ mod tests {
     fn cache_to_registry_with_its_options() {
         let e = CacheExport::parse("type=registry,ref=r.io/a/cache:x,mode=max,ignore-error=false")
             .unwrap();
-        assert_eq!(e.reference.to_string(), "r.io/a/cache:x");
+        assert_eq!(e.location.to_string(), "r.io/a/cache:x");
         assert_eq!(e.mode, CacheMode::Max);
         assert!(!e.ignore_error);
         let e = CacheExport::parse("type=registry,ref=r.io/a/cache:x").unwrap();
@@ -180,15 +236,40 @@ mod tests {
         assert!(e.ignore_error, "a failed export is a warning by default");
         // A bare reference is a registry cache, as buildx reads it.
         let e = CacheExport::parse("r.io/a/cache:y").unwrap();
-        assert_eq!(e.reference.to_string(), "r.io/a/cache:y");
+        assert_eq!(e.location.to_string(), "r.io/a/cache:y");
     }
 
     #[test]
     fn cache_from_registry_and_bare_reference() {
         let i = CacheImport::parse("type=registry,ref=r.io/a/cache:x").unwrap();
-        assert_eq!(i.reference.to_string(), "r.io/a/cache:x");
+        assert_eq!(i.location.to_string(), "r.io/a/cache:x");
         let i = CacheImport::parse("r.io/a/cache:y").unwrap();
-        assert_eq!(i.reference.to_string(), "r.io/a/cache:y");
+        assert_eq!(i.location.to_string(), "r.io/a/cache:y");
+    }
+
+    #[test]
+    fn local_dest_src_and_digest() {
+        let e = CacheExport::parse("type=local,dest=/tmp/c,mode=max").unwrap();
+        assert_eq!(e.location, CacheLocation::Local("/tmp/c".into()));
+        assert_eq!(e.mode, CacheMode::Max);
+        let d = kiln_oci::sha256(b"m");
+        let i = CacheImport::parse(&format!("type=local,src=/tmp/c,digest={d}")).unwrap();
+        assert_eq!(i.location, CacheLocation::Local("/tmp/c".into()));
+        assert_eq!(i.digest, Some(d));
+        let msg = CacheExport::parse("type=local").unwrap_err().to_string();
+        assert!(msg.contains("`dest` is required"), "{msg}");
+        let msg = CacheImport::parse("type=local,dest=/x")
+            .unwrap_err()
+            .to_string();
+        assert!(msg.contains("option `dest` is not supported yet"), "{msg}");
+        let msg = CacheImport::parse("type=local,src=/x,digest=nope")
+            .unwrap_err()
+            .to_string();
+        assert!(msg.contains("invalid digest"), "{msg}");
+        let msg = CacheExport::parse("type=registry,ref=r.io/a:x,dest=/x")
+            .unwrap_err()
+            .to_string();
+        assert!(msg.contains("unknown option `dest`"), "{msg}");
     }
 
     #[test]

@@ -46,7 +46,7 @@ use kiln_snapshot::LayerStore;
 pub use archive_context::{Compression, ContextArchive, SNIFF_LEN, peek, sniff_archive};
 pub use atomic_file::write_file_atomically;
 pub use build::{BuildRequest, BuildResult};
-pub use cache_spec::{CacheExport, CacheImport, CacheMode, CacheSpecError};
+pub use cache_spec::{CacheExport, CacheImport, CacheLocation, CacheMode, CacheSpecError};
 pub use check::{CheckReport, CheckRequest, Subrequest, check, subrequest};
 pub use config::Config;
 pub use container::{

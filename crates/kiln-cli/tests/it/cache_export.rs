@@ -232,3 +232,148 @@ fn unreachable_cache_is_a_warning_unless_ignore_error_is_false() {
         run.stderr
     );
 }
+
+/// The files of a layout's `blobs/sha256`, by name.
+fn layout_blobs(dir: &std::path::Path) -> std::collections::BTreeSet<String> {
+    std::fs::read_dir(dir.join("blobs/sha256"))
+        .expect("listing the layout's blobs")
+        .map(|e| {
+            e.expect("a dir entry")
+                .file_name()
+                .to_string_lossy()
+                .into_owned()
+        })
+        .collect()
+}
+
+/// The `latest` manifest of a layout, and its digest.
+fn layout_manifest(dir: &std::path::Path) -> (String, Value) {
+    let index: Value =
+        serde_json::from_slice(&std::fs::read(dir.join("index.json")).expect("index.json"))
+            .expect("index JSON");
+    let entries = index["manifests"].as_array().expect("manifests");
+    assert_eq!(entries.len(), 1, "{index}");
+    assert_eq!(
+        entries[0]["annotations"]["org.opencontainers.image.ref.name"],
+        "latest"
+    );
+    let digest = entries[0]["digest"].as_str().expect("digest").to_string();
+    let hex = digest.strip_prefix("sha256:").expect("sha256");
+    let manifest = serde_json::from_slice(
+        &std::fs::read(dir.join("blobs/sha256").join(hex)).expect("manifest blob"),
+    )
+    .expect("manifest JSON");
+    (digest, manifest)
+}
+
+#[test]
+fn local_cache_round_trip_pins_and_removes_old_blobs() {
+    let Some(a) = Kiln::new("local_cache_round_trip_pins_and_removes_old_blobs") else {
+        return;
+    };
+    let dir = a.dir().join("layout");
+    let ctx = a.context("ctx", &[("Dockerfile", DOCKERFILE), ("a", "one\n")]);
+    let epoch = "--build-arg=SOURCE_DATE_EPOCH=1700000000";
+    let to = format!("type=local,dest={},mode=max", dir.display());
+    let from = format!("type=local,src={}", dir.display());
+    let a_tar = a.dir().join("a.tar");
+    let run = a
+        .build(
+            &ctx,
+            &[
+                epoch,
+                "--cache-to",
+                &to,
+                "-o",
+                &format!("type=oci,dest={}", a_tar.display()),
+            ],
+        )
+        .ok();
+    assert!(run.stderr.contains("exporting cache to client directory"));
+    assert!(dir.join("oci-layout").is_file());
+    let (first, manifest) = layout_manifest(&dir);
+    assert_eq!(
+        manifest["config"]["mediaType"],
+        "application/vnd.kiln.cache.config.v1+json"
+    );
+    let layers: Vec<String> = manifest["layers"]
+        .as_array()
+        .expect("layers")
+        .iter()
+        .map(|l| l["digest"].as_str().expect("digest").to_string())
+        .collect();
+    assert_eq!(layers.len(), 3, "{manifest}");
+    assert_eq!(layout_blobs(&dir).len(), 5, "3 layers, config, manifest");
+
+    // An empty root: every step CACHED and no layer copied out of the directory.
+    let b = Kiln::new("local_cache_round_trip_pins_and_removes_old_blobs (b)").unwrap();
+    let run = b
+        .build(
+            &ctx,
+            &[epoch, "--cache-from", &from, "-o", "type=cacheonly"],
+        )
+        .ok();
+    assert_eq!(run.progress().steps().len(), 3, "{}", run.stderr);
+    assert!(run.progress().rebuilt().is_empty(), "{}", run.stderr);
+    for layer in &layers {
+        assert!(!blob_in_store(&b, layer), "{layer} was copied");
+    }
+    // Another exports the image: the same one as A's.
+    let c = Kiln::new("local_cache_round_trip_pins_and_removes_old_blobs (c)").unwrap();
+    let c_tar = c.dir().join("c.tar");
+    let run = c
+        .build(
+            &ctx,
+            &[
+                epoch,
+                "--cache-from",
+                &from,
+                "-o",
+                &format!("type=oci,dest={}", c_tar.display()),
+            ],
+        )
+        .ok();
+    assert!(run.progress().rebuilt().is_empty(), "{}", run.stderr);
+    assert_eq!(archived_manifest(&c_tar), archived_manifest(&a_tar));
+
+    // A change reruns COPY and RUN; re-exporting replaces their blobs, the old ones go.
+    std::fs::write(ctx.join("a"), "two\n").unwrap();
+    a.build(&ctx, &[epoch, "--cache-to", &to]).ok();
+    let (second, manifest) = layout_manifest(&dir);
+    assert_ne!(first, second);
+    let blobs = layout_blobs(&dir);
+    assert_eq!(blobs.len(), 5, "old blobs removed: {blobs:?}");
+    assert!(!blobs.contains(first.strip_prefix("sha256:").unwrap()));
+    let new_layers = manifest["layers"].as_array().expect("layers");
+    for l in new_layers {
+        let hex = l["digest"]
+            .as_str()
+            .unwrap()
+            .strip_prefix("sha256:")
+            .unwrap();
+        assert!(blobs.contains(hex), "{hex} missing");
+    }
+
+    // `digest=` pins a manifest: the current one hits, a removed one is a warning.
+    let d = Kiln::new("local_cache_round_trip_pins_and_removes_old_blobs (d)").unwrap();
+    let pinned = format!("{from},digest={second}");
+    let run = d
+        .build(
+            &ctx,
+            &[epoch, "--cache-from", &pinned, "-o", "type=cacheonly"],
+        )
+        .ok();
+    assert!(run.progress().rebuilt().is_empty(), "{}", run.stderr);
+    let gone = format!("{from},digest={first}");
+    let run = d
+        .build(
+            &ctx,
+            &[epoch, "--cache-from", &gone, "-o", "type=cacheonly"],
+        )
+        .ok();
+    assert!(
+        run.stderr.contains("failed to import cache from local:"),
+        "{}",
+        run.stderr
+    );
+}

@@ -217,7 +217,9 @@ impl Engine {
                 .map_err(io("opening the cache records"))?,
         );
         if !req.cache_from.is_empty() {
-            let imported = self.import_caches(&req.cache_from, progress).await;
+            let imported = self
+                .import_caches(&req.cache_from, &platform, progress)
+                .await;
             cache = Arc::new(LayeredCacheStore::new(cache, imported));
         }
         let solver = Solver::new(
@@ -254,17 +256,25 @@ impl Engine {
             .iter()
             .filter(|h| !h.empty_layer)
             .count();
+        let image = crate::cache_inline::with_inline_cache(
+            converted.image,
+            &req.cache_to,
+            &req.outputs,
+            req.squash,
+            &cache_records,
+            &solved.value,
+        )?;
         let (image_value, image) = if req.squash {
             self.squash(
                 &solved.value,
-                converted.image,
+                image,
                 &converted.base,
                 converted.base_history,
                 progress,
             )
             .await?
         } else {
-            (solved.value.clone(), converted.image)
+            (solved.value.clone(), image)
         };
         let platform = kiln_oci::Platform {
             os: image.os.clone(),

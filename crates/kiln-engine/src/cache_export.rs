@@ -50,16 +50,21 @@ impl Engine {
         result: &Value,
         progress: &Progress,
     ) -> Result<()> {
-        for e in exports {
+        // An inline cache went into the image config before the image was written.
+        for e in exports
+            .iter()
+            .filter(|e| e.location != CacheLocation::Inline)
+        {
             let v = progress.vertex(match e.location {
-                CacheLocation::Registry(_) => "exporting cache to registry",
                 CacheLocation::Local(_) => "exporting cache to client directory",
+                _ => "exporting cache to registry",
             });
             let records = select_records(solved, result, e.mode);
             v.status("preparing build cache for export");
             let exported = match &e.location {
                 CacheLocation::Registry(r) => self.export_registry_cache(r, &records, &v).await,
                 CacheLocation::Local(dir) => self.export_local_cache(dir, &records, &v).await,
+                CacheLocation::Inline => Ok(()), // filtered out above
             };
             match exported {
                 Ok(()) => v.done(),

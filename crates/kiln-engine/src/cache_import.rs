@@ -6,7 +6,7 @@
 use std::collections::HashMap;
 use std::path::Path;
 
-use kiln_oci::{Descriptor, Digest, MediaType, Reference};
+use kiln_oci::{Descriptor, Digest, MediaType, Platform, Reference};
 use kiln_progress::Progress;
 use kiln_worker::Value;
 
@@ -20,13 +20,17 @@ impl Engine {
     pub(crate) async fn import_caches(
         &self,
         imports: &[CacheImport],
+        platform: &Platform,
         progress: &Progress,
     ) -> Vec<HashMap<Digest, Value>> {
         let each = imports.iter().map(|i| async move {
             let v = progress.vertex(format!("importing cache manifest from {}", i.location));
             let records = match &i.location {
-                CacheLocation::Registry(r) => self.import_registry_cache(r).await,
+                CacheLocation::Registry(r) => self.import_registry_cache(r, platform).await,
                 CacheLocation::Local(dir) => import_local_cache(dir, i.digest.as_ref()),
+                CacheLocation::Inline => Err(Error::Usage(
+                    "an inline cache is imported with `type=registry,ref=IMAGE`".into(),
+                )),
             };
             match records {
                 Ok(records) => {
@@ -52,10 +56,25 @@ impl Engine {
             .collect()
     }
 
-    async fn import_registry_cache(&self, reference: &Reference) -> Result<HashMap<Digest, Value>> {
+    /// A kiln cache manifest, or an image whose config carries an inline cache
+    /// (cache_inline.rs; an index is narrowed to the build's platform).
+    async fn import_registry_cache(
+        &self,
+        reference: &Reference,
+        platform: &Platform,
+    ) -> Result<HashMap<Digest, Value>> {
         let raw = self.registry.fetch_manifest_raw(reference).await?;
         let invalid = |why: String| Error::Usage(format!("{reference} is not a kiln cache: {why}"));
-        let (digest, size) = config_of(&raw.bytes).map_err(invalid)?;
+        let (digest, size) = match config_of(&raw.bytes) {
+            Ok(config) => config,
+            Err(why) if is_image(&raw.bytes) => {
+                return self
+                    .import_inline_cache(reference, platform)
+                    .await?
+                    .ok_or_else(|| invalid(format!("{why}, and the image has no inline cache")));
+            }
+            Err(why) => return Err(invalid(why)),
+        };
         let desc = Descriptor::new(MediaType::from(CONFIG_MEDIA_TYPE), size, digest);
         let mut bytes = Vec::new();
         self.registry
@@ -66,6 +85,36 @@ impl Engine {
         let pinned = reference.with_digest(raw.digest.as_ref());
         CacheConfig::records(&bytes, &pinned.to_string()).map_err(invalid)
     }
+
+    async fn import_inline_cache(
+        &self,
+        reference: &Reference,
+        platform: &Platform,
+    ) -> Result<Option<HashMap<Digest, Value>>> {
+        let resolved = self.registry.resolve(reference, platform).await?;
+        let config: serde_json::Value = serde_json::from_slice(&resolved.config_bytes)
+            .map_err(|e| Error::Usage(format!("{reference}: invalid image config: {e}")))?;
+        let layers: Vec<(Digest, u64, String)> = resolved
+            .manifest
+            .layers()
+            .iter()
+            .map(|d| (d.digest().clone(), d.size(), d.media_type().to_string()))
+            .collect();
+        let pinned = reference.with_digest(resolved.digest.as_ref());
+        crate::cache_inline::inline_records(&config, &layers, &pinned.to_string())
+            .map_err(|why| Error::Usage(format!("{reference}: invalid inline cache: {why}")))
+    }
+}
+
+/// Whether a manifest is an image's (or an index of images), which may hold an inline cache.
+fn is_image(manifest: &[u8]) -> bool {
+    let Ok(doc) = serde_json::from_slice::<serde_json::Value>(manifest) else {
+        return false;
+    };
+    let config_type = doc["config"]["mediaType"].as_str().unwrap_or_default();
+    config_type == kiln_oci::media_type::OCI_CONFIG
+        || config_type == kiln_oci::media_type::DOCKER_CONFIG
+        || doc["manifests"].is_array()
 }
 
 /// A cache in an OCI layout directory: the manifest `digest=` names, else the index entry

@@ -24,6 +24,8 @@ pub enum CacheLocation {
     Registry(Reference),
     /// `type=local,dest=DIR` / `src=DIR`: an OCI image layout directory.
     Local(PathBuf),
+    /// `--cache-to type=inline`: in the image's config (imported as `type=registry`).
+    Inline,
 }
 
 impl std::fmt::Display for CacheLocation {
@@ -31,6 +33,7 @@ impl std::fmt::Display for CacheLocation {
         match self {
             CacheLocation::Registry(r) => write!(f, "{r}"),
             CacheLocation::Local(dir) => write!(f, "local:{}", dir.display()),
+            CacheLocation::Inline => f.write_str("inline"),
         }
     }
 }
@@ -61,7 +64,7 @@ pub struct CacheSpecError {
 }
 
 /// Types buildx knows that kiln does not do yet; anything else is not a cache type at all.
-const LATER_TYPES: &[&str] = &["inline", "gha", "s3", "azblob"];
+const LATER_TYPES: &[&str] = &["gha", "s3", "azblob"];
 
 fn fields(flag: &'static str, spec: &str) -> Result<Vec<(String, String)>, CacheSpecError> {
     let err = |why: String| CacheSpecError {
@@ -89,8 +92,12 @@ fn fields(flag: &'static str, spec: &str) -> Result<Vec<(String, String)>, Cache
         .map(|(_, v)| v.as_str());
     match kind {
         Some("registry" | "local") => Ok(out),
+        Some("inline") if flag == "--cache-to" => Ok(out),
+        Some("inline") => Err(err(
+            "an inline cache is imported with `type=registry,ref=IMAGE`".into(),
+        )),
         Some(t) if LATER_TYPES.contains(&t) => Err(err(format!(
-            "cache type `{t}` is not supported yet (only `registry` and `local`)"
+            "cache type `{t}` is not supported yet (only `registry`, `local` and `inline`)"
         ))),
         Some(t) => Err(err(format!("unknown cache type `{t}`"))),
         None => Err(err("`type` is required".into())),
@@ -118,6 +125,7 @@ fn location(
             .map(|(_, v)| v.clone())
     };
     match get("type").as_deref() {
+        Some("inline") => Ok(CacheLocation::Inline),
         Some("local") => {
             let dir = get(path_key)
                 .filter(|d| !d.is_empty())
@@ -153,10 +161,17 @@ impl CacheExport {
         };
         let fields = fields(FLAG, spec)?;
         let local = fields.iter().any(|(k, v)| k == "type" && v == "local");
+        let inline = fields.iter().any(|(k, v)| k == "type" && v == "inline");
         let (mut mode, mut ignore_error) = (CacheMode::Min, true);
         for (k, v) in &fields {
             match k.as_str() {
                 "type" => {}
+                // The image's own chain is all an inline cache can hold (BuildKit's too).
+                _ if inline => {
+                    return Err(err(format!(
+                        "option `{k}` is not supported yet for type=inline"
+                    )));
+                }
                 "ref" if !local => {}
                 "dest" if local => {}
                 "mode" => {
@@ -245,6 +260,18 @@ mod tests {
         assert_eq!(i.location.to_string(), "r.io/a/cache:x");
         let i = CacheImport::parse("r.io/a/cache:y").unwrap();
         assert_eq!(i.location.to_string(), "r.io/a/cache:y");
+    }
+
+    #[test]
+    fn inline_takes_no_options_and_is_no_import_type() {
+        let e = CacheExport::parse("type=inline").unwrap();
+        assert_eq!(e.location, CacheLocation::Inline);
+        let msg = CacheExport::parse("type=inline,mode=max")
+            .unwrap_err()
+            .to_string();
+        assert!(msg.contains("option `mode` is not supported yet"), "{msg}");
+        let msg = CacheImport::parse("type=inline").unwrap_err().to_string();
+        assert!(msg.contains("type=registry,ref=IMAGE"), "{msg}");
     }
 
     #[test]

@@ -10,6 +10,7 @@ mod build;
 mod cache_export;
 mod cache_format;
 mod cache_import;
+mod cache_inline;
 mod cache_spec;
 mod check;
 mod compress;

@@ -377,3 +377,93 @@ fn local_cache_round_trip_pins_and_removes_old_blobs() {
         run.stderr
     );
 }
+
+#[test]
+fn inline_cache_travels_in_the_pushed_image() {
+    let Some(a) = Kiln::new("inline_cache_travels_in_the_pushed_image") else {
+        return;
+    };
+    let repo = a.unique("kiln-inline-it");
+    let image = format!("{}/{repo}:1", a.registry);
+    let ctx = a.context("ctx", &[("Dockerfile", DOCKERFILE), ("a", "inline\n")]);
+    let epoch = "--build-arg=SOURCE_DATE_EPOCH=1700000000";
+    a.build(
+        &ctx,
+        &[epoch, "--cache-to", "type=inline", "-t", &image, "--push"],
+    )
+    .ok();
+    let manifest = registry_manifest(&a.registry, &repo, "1");
+    let config_digest = manifest["config"]["digest"]
+        .as_str()
+        .expect("config digest");
+    let (status, body) = http_get(
+        &a.registry,
+        &format!("/v2/{repo}/blobs/{config_digest}"),
+        &[],
+        Duration::from_secs(10),
+    )
+    .expect("fetching the config");
+    assert_eq!(status, 200);
+    let config: Value = serde_json::from_str(&body).expect("config JSON");
+    let records = config["kiln.cache.v1"]["records"]
+        .as_object()
+        .expect("inline records in the config");
+    let mut lengths: Vec<u64> = records.values().map(|n| n.as_u64().unwrap()).collect();
+    lengths.sort();
+    assert_eq!(lengths, vec![1, 2, 3], "FROM, COPY and RUN: {records:?}");
+
+    // An empty root using the image as its cache: all CACHED, no layer pulled.
+    let b = Kiln::new("inline_cache_travels_in_the_pushed_image (b)").unwrap();
+    let run = b
+        .build(
+            &ctx,
+            &[epoch, "--cache-from", &image, "-o", "type=cacheonly"],
+        )
+        .ok();
+    assert_eq!(run.progress().steps().len(), 3, "{}", run.stderr);
+    assert!(run.progress().rebuilt().is_empty(), "{}", run.stderr);
+    let layers: Vec<&str> = manifest["layers"]
+        .as_array()
+        .expect("layers")
+        .iter()
+        .map(|l| l["digest"].as_str().expect("digest"))
+        .collect();
+    for layer in &layers {
+        assert!(!blob_in_store(&b, layer), "{layer} was downloaded");
+    }
+    // Exporting the image pulls the layers from it: the same blobs as pushed.
+    let c = Kiln::new("inline_cache_travels_in_the_pushed_image (c)").unwrap();
+    let c_tar = c.dir().join("c.tar");
+    let run = c
+        .build(
+            &ctx,
+            &[
+                epoch,
+                "--cache-from",
+                &image,
+                "-o",
+                &format!("type=oci,dest={}", c_tar.display()),
+            ],
+        )
+        .ok();
+    assert!(run.progress().rebuilt().is_empty(), "{}", run.stderr);
+    let files = read_tar(&c_tar).expect("reading the archive");
+    let hex = archived_manifest(&c_tar);
+    let archived: Value = serde_json::from_slice(
+        &files[&format!("blobs/sha256/{}", hex.strip_prefix("sha256:").unwrap())],
+    )
+    .expect("manifest JSON");
+    let archived_layers: Vec<&str> = archived["layers"]
+        .as_array()
+        .expect("layers")
+        .iter()
+        .map(|l| l["digest"].as_str().expect("digest"))
+        .collect();
+    assert_eq!(archived_layers, layers);
+
+    // --squash changes the layers the records describe: refused by name, not ignored.
+    let run = a
+        .build(&ctx, &[epoch, "--cache-to", "type=inline", "--squash"])
+        .failed();
+    assert!(run.stderr.contains("not supported yet"), "{}", run.stderr);
+}

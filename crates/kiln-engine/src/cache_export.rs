@@ -1,20 +1,24 @@
 //! `--cache-to`: the build's cache records as a kiln cache manifest (cache_format.rs) in a
-//! registry (`type=registry`) or an OCI layout directory (`type=local`). Blobs go first, each
-//! only when the destination lacks it, several at once; the config next; the manifest (and a
-//! layout's index.json) last, so a reader never sees a manifest whose blobs are missing.
+//! registry (`type=registry`) or an OCI layout directory (`type=local`, cache_layout.rs).
+//! Layers go in the export's compression (gzip by default, made once and recorded in
+//! `blob-variants/` as image exports do); blobs go first, each only when the destination lacks
+//! it, several at once; the config next; the manifest (and a layout's index.json) last, so a
+//! reader never sees a manifest whose blobs are missing.
 
-use std::collections::{BTreeMap, HashSet};
-use std::path::{Path, PathBuf};
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::path::Path;
 
 use futures::StreamExt;
+use kiln_exporter::compress::{CompressionOpts, ExportOpts};
 use kiln_oci::{Digest, Reference, media_type};
 use kiln_progress::{Progress, Vertex};
 use kiln_solver::Solved;
 use kiln_worker::{LayerRef, Value};
 
 use crate::cache_format::{CacheConfig, manifest_bytes};
+use crate::cache_layout;
 use crate::cache_spec::{CacheExport, CacheLocation, CacheMode};
-use crate::{Engine, Result, io, write_file_atomically};
+use crate::{Engine, Result};
 
 /// Blob checks and uploads in flight at once (uploads are further limited per registry).
 const PARALLEL: usize = 8;
@@ -40,6 +44,12 @@ pub(crate) fn select_records<'a>(
         .collect()
 }
 
+/// Where an export writes.
+enum Dest<'a> {
+    Registry(Reference),
+    Layout(&'a Path),
+}
+
 impl Engine {
     /// Every `--cache-to`, in order. A failed export is a warning unless its `ignore-error`
     /// is false, then it fails the build.
@@ -50,23 +60,23 @@ impl Engine {
         result: &Value,
         progress: &Progress,
     ) -> Result<()> {
-        // An inline cache went into the image config before the image was written.
-        for e in exports
-            .iter()
-            .filter(|e| e.location != CacheLocation::Inline)
-        {
-            let v = progress.vertex(match e.location {
-                CacheLocation::Local(_) => "exporting cache to client directory",
-                _ => "exporting cache to registry",
-            });
-            let records = select_records(solved, result, e.mode);
-            v.status("preparing build cache for export");
-            let exported = match &e.location {
-                CacheLocation::Registry(r) => self.export_registry_cache(r, &records, &v).await,
-                CacheLocation::Local(dir) => self.export_local_cache(dir, &records, &v).await,
-                CacheLocation::Inline => Ok(()), // filtered out above
+        for e in exports {
+            let dest = match &e.location {
+                CacheLocation::Registry(r) if r.tag().is_none() && r.digest().is_none() => {
+                    Dest::Registry(r.with_tag("latest"))
+                }
+                CacheLocation::Registry(r) => Dest::Registry(r.clone()),
+                CacheLocation::Local(dir) => Dest::Layout(dir),
+                // Written into the image config before the image was (cache_inline.rs).
+                CacheLocation::Inline => continue,
             };
-            match exported {
+            let v = progress.vertex(match dest {
+                Dest::Registry(_) => "exporting cache to registry",
+                Dest::Layout(_) => "exporting cache to client directory",
+            });
+            v.status("preparing build cache for export");
+            let records = select_records(solved, result, e.mode);
+            match self.export_cache(&dest, &records, &e.compression, &v).await {
                 Ok(()) => v.done(),
                 Err(err) => {
                     let message = format!(
@@ -85,171 +95,219 @@ impl Engine {
         Ok(())
     }
 
-    async fn export_registry_cache(
+    async fn export_cache(
         &self,
-        reference: &Reference,
+        dest: &Dest<'_>,
         records: &BTreeMap<String, &Value>,
+        compression: &CompressionOpts,
         v: &Vertex,
     ) -> Result<()> {
-        let mut reference = reference.clone();
-        if reference.tag().is_none() && reference.digest().is_none() {
-            reference = reference.with_tag("latest");
+        if let Dest::Layout(dir) = dest {
+            cache_layout::create(dir)?;
         }
-        let pushed: Vec<Result<(Digest, u64, String)>> =
-            futures::stream::iter(blobs_of(records).into_values())
-                .map(|layer| self.push_cache_blob(&reference, layer, v))
-                .buffer_unordered(PARALLEL)
-                .collect()
-                .await;
-        let layers = sorted(pushed)?;
+        let blobs = blobs_of(records);
+        // A blob kiln does not hold (a layer of an imported cache no step needed) stays as it is
+        // where the destination has it; otherwise it is fetched and exported like the rest.
+        let checks: Vec<Result<Option<String>>> = futures::stream::iter(blobs.iter())
+            .map(|(name, layer)| async move {
+                let blob = layer.blob.clone().expect("layers with a blob only");
+                if self.content.contains(&blob) {
+                    return Ok(None);
+                }
+                if self.dest_has(dest, &blob).await? {
+                    return Ok(Some(name.clone()));
+                }
+                v.status(&format!("pulling {blob}"));
+                kiln_worker::fetch_layer_blob(&self.registry, &self.content, layer, &blob).await?;
+                Ok(None)
+            })
+            .buffer_unordered(PARALLEL)
+            .collect()
+            .await;
+        let remote: HashSet<String> = checks
+            .into_iter()
+            .collect::<Result<Vec<_>>>()?
+            .into_iter()
+            .flatten()
+            .collect();
+        let held: Vec<&LayerRef> = blobs
+            .iter()
+            .filter(|(name, _)| !remote.contains(*name))
+            .map(|(_, l)| *l)
+            .collect();
+        let exported = self.compress_cache_layers(&held, compression).await?;
+        let written: Vec<Result<()>> = futures::stream::iter(exported.values())
+            .map(|layer| async move {
+                let blob = layer.blob.as_ref().expect("layers with a blob only");
+                if self.dest_put(dest, blob, layer.size).await? {
+                    v.status(&format!("writing layer {blob} done"));
+                }
+                Ok(())
+            })
+            .buffer_unordered(PARALLEL)
+            .collect()
+            .await;
+        written.into_iter().collect::<Result<Vec<_>>>()?;
 
-        let (config_digest, config_bytes) = self.cache_config(records)?;
-        self.registry
-            .push_blob(
-                &reference,
-                &config_digest,
-                config_bytes.len() as u64,
-                &self.content.path(&config_digest),
-            )
+        // Records name the blobs as exported; the manifest lists each blob once.
+        let as_exported = |layer: &LayerRef| -> LayerRef {
+            match layer
+                .blob
+                .as_ref()
+                .and_then(|b| exported.get(&b.to_string()))
+            {
+                Some(e) => e.clone(),
+                None => layer.clone(),
+            }
+        };
+        let records: BTreeMap<String, Value> = records
+            .iter()
+            .map(|(key, value)| {
+                let layers = value.layers().iter().map(as_exported).collect();
+                (key.clone(), Value::Rootfs { layers })
+            })
+            .collect();
+        let mut layers: BTreeMap<String, (Digest, u64, String)> = BTreeMap::new();
+        for l in blobs.values().map(|l| as_exported(l)) {
+            let blob = l.blob.clone().expect("layers with a blob only");
+            layers.insert(blob.to_string(), (blob, l.size, l.media_type.clone()));
+        }
+        let layers: Vec<_> = layers.into_values().collect();
+
+        let config = CacheConfig::new(records.iter().map(|(k, v)| (k.clone(), v)));
+        let config_bytes = serde_json::to_vec(&config).expect("cache records serialise");
+        let config_digest = self.content.put(&config_bytes, None)?;
+        self.dest_put(dest, &config_digest, config_bytes.len() as u64)
             .await?;
         v.status(&format!("writing config {config_digest} done"));
-        let bytes = manifest_bytes(&config_digest, config_bytes.len(), &layers);
-        let digest = self
-            .registry
-            .push_manifest(&reference, media_type::OCI_MANIFEST, &bytes)
-            .await?;
+        let manifest = manifest_bytes(&config_digest, config_bytes.len(), &layers);
+        let digest = match dest {
+            Dest::Registry(r) => {
+                self.registry
+                    .push_manifest(r, media_type::OCI_MANIFEST, &manifest)
+                    .await?
+            }
+            Dest::Layout(dir) => {
+                let digest = kiln_oci::sha256(&manifest);
+                cache_layout::write_blob(dir, &digest, &manifest)?;
+                let removed = cache_layout::publish(dir, &digest, manifest.len())?;
+                if removed > 0 {
+                    v.status(&format!("removed {removed} old blobs"));
+                }
+                digest
+            }
+        };
         v.status(&format!("writing cache manifest {digest} done"));
         Ok(())
     }
 
-    /// The config blob for `records`, put in the content store (a push reads it from there).
-    fn cache_config(&self, records: &BTreeMap<String, &Value>) -> Result<(Digest, Vec<u8>)> {
-        let config = CacheConfig::new(records.iter().map(|(k, v)| (k.clone(), *v)));
-        let bytes = serde_json::to_vec(&config).expect("cache records serialise");
-        Ok((self.content.put(&bytes, None)?, bytes))
+    async fn dest_has(&self, dest: &Dest<'_>, blob: &Digest) -> Result<bool> {
+        Ok(match dest {
+            Dest::Registry(r) => self.registry.blob_exists(r, blob).await?,
+            Dest::Layout(dir) => cache_layout::blob_size(dir, blob).is_some(),
+        })
     }
 
-    /// Makes one layer blob present in the cache repository; returns its descriptor's
-    /// (digest, size, media type). A blob kiln never pulled (a base layer no step unpacked, a
-    /// layer of an imported cache) is left alone when the repository has it, and otherwise
-    /// fetched from its source first.
-    async fn push_cache_blob(
-        &self,
-        reference: &Reference,
-        layer: &LayerRef,
-        v: &Vertex,
-    ) -> Result<(Digest, u64, String)> {
-        let blob = layer.blob.clone().expect("layers with a blob only");
-        let (size, push) = match self.content.size(&blob)? {
-            Some(size) => (size, true),
-            None if self.registry.blob_exists(reference, &blob).await? => (layer.size, false),
-            None => (self.local_blob(layer, &blob, v).await?, true),
-        };
-        // push_blob HEADs first: a blob the repository holds is not uploaded again.
-        if push
-            && self
-                .registry
-                .push_blob(reference, &blob, size, &self.content.path(&blob))
-                .await?
-                != kiln_registry::BlobPush::Exists
-        {
-            v.status(&format!("writing layer {blob} done"));
+    /// Makes a blob of the content store present at the destination; whether it had to be
+    /// written (a registry HEAD, or the layout's file, says when it is there already).
+    async fn dest_put(&self, dest: &Dest<'_>, blob: &Digest, size: u64) -> Result<bool> {
+        let path = self.content.path(blob);
+        match dest {
+            Dest::Registry(r) => Ok(self.registry.push_blob(r, blob, size, &path).await?
+                != kiln_registry::BlobPush::Exists),
+            Dest::Layout(dir) => {
+                if cache_layout::blob_size(dir, blob).is_some() {
+                    return Ok(false);
+                }
+                let (dir, blob) = (dir.to_path_buf(), blob.clone());
+                tokio::task::spawn_blocking(move || cache_layout::copy_blob(&path, &dir, &blob))
+                    .await??;
+                Ok(true)
+            }
         }
-        Ok((blob, size, layer.media_type.clone()))
     }
 
-    /// Fetches a layer's blob into the content store from its source; returns its size.
-    async fn local_blob(&self, layer: &LayerRef, blob: &Digest, v: &Vertex) -> Result<u64> {
-        if let Some(size) = self.content.size(blob)? {
-            return Ok(size);
-        }
-        v.status(&format!("pulling {blob}"));
-        kiln_worker::fetch_layer_blob(&self.registry, &self.content, layer, blob).await?;
-        Ok(self.content.size(blob)?.unwrap_or(layer.size))
-    }
-
-    /// An OCI image layout at `dir`: blobs it lacks are copied in, then the config, the
-    /// manifest and `index.json` (its entry tagged `latest` replaced, others kept); last, blobs
-    /// no entry of the index reaches any more are removed, so re-exporting does not grow it.
-    async fn export_local_cache(
+    /// The held layers as the export's compression gives them (by original blob digest): a
+    /// stand-in image of just these layers goes through the image exporters' compression, so
+    /// a blob made for an earlier export (or cache export) is reused, not made again.
+    async fn compress_cache_layers(
         &self,
-        dir: &Path,
-        records: &BTreeMap<String, &Value>,
-        v: &Vertex,
-    ) -> Result<()> {
-        let blobs_dir = dir.join("blobs/sha256");
-        std::fs::create_dir_all(&blobs_dir).map_err(io(format!(
-            "creating the cache directory `{}`",
-            blobs_dir.display()
-        )))?;
-        let written: Vec<Result<(Digest, u64, String)>> =
-            futures::stream::iter(blobs_of(records).into_values())
-                .map(|layer| async move {
-                    let blob = layer.blob.clone().expect("layers with a blob only");
-                    let size = match layout_blob_size(dir, &blob) {
-                        Some(size) => size,
-                        None => {
-                            let size = self.local_blob(layer, &blob, v).await?;
-                            let (from, dir) = (self.content.path(&blob), dir.to_path_buf());
-                            let b = blob.clone();
-                            tokio::task::spawn_blocking(move || copy_into_layout(&from, &dir, &b))
-                                .await??;
-                            v.status(&format!("writing layer {blob} done"));
-                            size
-                        }
-                    };
-                    Ok((blob, size, layer.media_type.clone()))
-                })
-                .buffer_unordered(PARALLEL)
-                .collect()
-                .await;
-        let layers = sorted(written)?;
-        let (config_digest, config_bytes) = self.cache_config(records)?;
-        write_layout_blob(dir, &config_digest, &config_bytes)?;
-        v.status(&format!("writing config {config_digest} done"));
-        let manifest = manifest_bytes(&config_digest, config_bytes.len(), &layers);
-        let manifest_digest = kiln_oci::sha256(&manifest);
-        write_layout_blob(dir, &manifest_digest, &manifest)?;
-        v.status(&format!("writing cache manifest {manifest_digest} done"));
-
-        let index_path = dir.join("index.json");
-        let mut entries: Vec<serde_json::Value> = std::fs::read(&index_path)
-            .ok()
-            .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
-            .and_then(|i| i["manifests"].as_array().cloned())
-            .unwrap_or_default();
-        entries.retain(|m| m["annotations"][REF_NAME].as_str() != Some("latest"));
-        entries.push(serde_json::json!({
-            "mediaType": media_type::OCI_MANIFEST,
-            "digest": manifest_digest.to_string(),
-            "size": manifest.len(),
-            "annotations": { REF_NAME: "latest" },
-        }));
-        let index = serde_json::json!({
+        held: &[&LayerRef],
+        compression: &CompressionOpts,
+    ) -> Result<HashMap<String, LayerRef>> {
+        if held.is_empty() {
+            return Ok(HashMap::new());
+        }
+        let mut diff_ids = Vec::new();
+        let mut descs = Vec::new();
+        for l in held {
+            let blob = l.blob.clone().expect("layers with a blob only");
+            let size = self.content.size(&blob)?.unwrap_or(l.size);
+            diff_ids.push(
+                l.diff_id
+                    .clone()
+                    .unwrap_or_else(|| blob.clone())
+                    .to_string(),
+            );
+            descs.push(serde_json::json!({
+                "mediaType": l.media_type,
+                "digest": blob.to_string(),
+                "size": size,
+            }));
+        }
+        let config = serde_json::to_vec(&serde_json::json!({
+            "rootfs": { "type": "layers", "diff_ids": diff_ids },
+        }))
+        .expect("json values serialise");
+        let config_digest = self.content.put(&config, None)?;
+        let manifest = serde_json::to_vec(&serde_json::json!({
             "schemaVersion": 2,
-            "mediaType": "application/vnd.oci.image.index.v1+json",
-            "manifests": entries,
-        });
-        let index_bytes = serde_json::to_vec(&index).expect("json values serialise");
-        let layout_path = dir.join("oci-layout");
-        if !layout_path.exists() {
-            write_file_atomically(&layout_path, |w| {
-                w.write_all(br#"{"imageLayoutVersion":"1.0.0"}"#)
-                    .map_err(io("writing oci-layout"))
+            "mediaType": media_type::OCI_MANIFEST,
+            "config": {
+                "mediaType": media_type::OCI_CONFIG,
+                "digest": config_digest.to_string(),
+                "size": config.len(),
+            },
+            "layers": descs,
+        }))
+        .expect("json values serialise");
+        let manifest = self.content.put(&manifest, None)?;
+        let opts = ExportOpts {
+            compression: *compression,
+            ..ExportOpts::store()
+        };
+        let exported = self.exported_manifest(&manifest, &opts).await?;
+        let doc: serde_json::Value =
+            serde_json::from_slice(&self.content.read(&exported.manifest)?).map_err(|e| {
+                crate::Error::Invalid {
+                    what: "exported cache layers".into(),
+                    source: Box::new(e),
+                }
             })?;
+        let out_layers = doc["layers"].as_array().cloned().unwrap_or_default();
+        let mut out = HashMap::new();
+        for (l, d) in held.iter().zip(&out_layers) {
+            let blob = d["digest"]
+                .as_str()
+                .and_then(|d| kiln_oci::parse_digest(d).ok())
+                .expect("the exporter writes valid digests");
+            out.insert(
+                l.blob
+                    .as_ref()
+                    .expect("layers with a blob only")
+                    .to_string(),
+                LayerRef {
+                    diff_id: l.diff_id.clone(),
+                    blob: Some(blob),
+                    size: d["size"].as_u64().unwrap_or(l.size),
+                    media_type: d["mediaType"].as_str().unwrap_or_default().to_string(),
+                    source: None,
+                },
+            );
         }
-        write_file_atomically(&index_path, |w| {
-            w.write_all(&index_bytes).map_err(io("writing index.json"))
-        })?;
-        let removed = remove_unreachable_blobs(dir, &entries)?;
-        if removed > 0 {
-            v.status(&format!("removed {removed} old blobs"));
-        }
-        Ok(())
+        Ok(out)
     }
 }
-
-const REF_NAME: &str = "org.opencontainers.image.ref.name";
 
 /// Every blob the records name, once, by digest.
 fn blobs_of<'a>(records: &BTreeMap<String, &'a Value>) -> BTreeMap<String, &'a LayerRef> {
@@ -260,95 +318,6 @@ fn blobs_of<'a>(records: &BTreeMap<String, &'a Value>) -> BTreeMap<String, &'a L
         }
     }
     blobs
-}
-
-/// Layer descriptors in digest order (the same records, the same manifest).
-fn sorted(layers: Vec<Result<(Digest, u64, String)>>) -> Result<Vec<(Digest, u64, String)>> {
-    let mut layers = layers.into_iter().collect::<Result<Vec<_>>>()?;
-    layers.sort_by(|a, b| a.0.as_ref().cmp(b.0.as_ref()));
-    Ok(layers)
-}
-
-fn layout_blob(dir: &Path, digest: &Digest) -> PathBuf {
-    dir.join("blobs/sha256").join(digest.digest())
-}
-
-/// The size of a blob the layout already holds. Blobs are named by digest and written by
-/// rename, so a file of that name is the blob (a changed one fails its digest on import).
-fn layout_blob_size(dir: &Path, digest: &Digest) -> Option<u64> {
-    std::fs::metadata(layout_blob(dir, digest))
-        .ok()
-        .filter(|m| m.is_file())
-        .map(|m| m.len())
-}
-
-fn copy_into_layout(from: &Path, dir: &Path, digest: &Digest) -> Result<()> {
-    let dest = layout_blob(dir, digest);
-    write_file_atomically(&dest, |w| {
-        let mut file =
-            std::fs::File::open(from).map_err(io(format!("reading `{}`", from.display())))?;
-        std::io::copy(&mut file, w).map_err(io(format!("writing `{}`", dest.display())))?;
-        Ok(())
-    })
-}
-
-fn write_layout_blob(dir: &Path, digest: &Digest, bytes: &[u8]) -> Result<()> {
-    let dest = layout_blob(dir, digest);
-    if layout_blob_size(dir, digest) == Some(bytes.len() as u64) {
-        return Ok(());
-    }
-    write_file_atomically(&dest, |w| {
-        w.write_all(bytes)
-            .map_err(io(format!("writing `{}`", dest.display())))
-    })
-}
-
-/// Removes the files of `blobs/sha256` that no index entry reaches (through manifests'
-/// config and layers and indexes' manifests); returns how many.
-fn remove_unreachable_blobs(dir: &Path, entries: &[serde_json::Value]) -> Result<usize> {
-    let mut reachable = HashSet::new();
-    let mut todo: Vec<serde_json::Value> = entries.to_vec();
-    while let Some(desc) = todo.pop() {
-        let Some(digest) = desc["digest"]
-            .as_str()
-            .and_then(|d| kiln_oci::parse_digest(d).ok())
-        else {
-            continue;
-        };
-        if !reachable.insert(digest.digest().to_string()) {
-            continue;
-        }
-        let media_type = desc["mediaType"].as_str().unwrap_or_default();
-        if media_type.contains("manifest") || media_type.contains("index") {
-            let Ok(bytes) = std::fs::read(layout_blob(dir, &digest)) else {
-                continue;
-            };
-            let Ok(doc) = serde_json::from_slice::<serde_json::Value>(&bytes) else {
-                continue;
-            };
-            todo.push(doc["config"].clone());
-            for key in ["layers", "manifests"] {
-                todo.extend(doc[key].as_array().cloned().unwrap_or_default());
-            }
-        }
-    }
-    let blobs_dir = dir.join("blobs/sha256");
-    let listing =
-        std::fs::read_dir(&blobs_dir).map_err(io(format!("listing `{}`", blobs_dir.display())))?;
-    let mut removed = 0;
-    for entry in listing.flatten() {
-        let name = entry.file_name().to_string_lossy().into_owned();
-        // Only blob names: temporary files of a concurrent writer are left to it.
-        let is_blob = name.len() == 64 && name.bytes().all(|b| b.is_ascii_hexdigit());
-        if is_blob
-            && !reachable.contains(&name)
-            && entry.file_type().is_ok_and(|t| t.is_file())
-            && std::fs::remove_file(entry.path()).is_ok()
-        {
-            removed += 1;
-        }
-    }
-    Ok(removed)
 }
 
 #[cfg(test)]

@@ -3,6 +3,7 @@
 
 use std::path::PathBuf;
 
+use kiln_exporter::compress::{Compression, CompressionOpts};
 use kiln_oci::{Digest, Reference};
 
 use crate::output::csv_fields;
@@ -45,6 +46,8 @@ pub struct CacheExport {
     pub mode: CacheMode,
     /// A failed export is a warning (the default) or, with `ignore-error=false`, the build's error.
     pub ignore_error: bool,
+    /// `compression=`, `compression-level=`, `force-compression=` (gzip by default, as BuildKit).
+    pub compression: CompressionOpts,
 }
 
 /// One `--cache-from`.
@@ -163,6 +166,7 @@ impl CacheExport {
         let local = fields.iter().any(|(k, v)| k == "type" && v == "local");
         let inline = fields.iter().any(|(k, v)| k == "type" && v == "inline");
         let (mut mode, mut ignore_error) = (CacheMode::Min, true);
+        let mut compression = CompressionOpts::default();
         for (k, v) in &fields {
             match k.as_str() {
                 "type" => {}
@@ -188,8 +192,32 @@ impl CacheExport {
                         ))
                     })?
                 }
-                "compression" | "compression-level" | "force-compression" | "oci-mediatypes"
-                | "image-manifest" | "tag" => {
+                "compression" => {
+                    compression.kind = match v.as_str() {
+                        "gzip" => Compression::Gzip,
+                        "zstd" => Compression::Zstd,
+                        "uncompressed" => Compression::Uncompressed,
+                        _ => {
+                            return Err(err(format!(
+                                "unknown compression `{v}`: expected uncompressed, gzip or zstd"
+                            )));
+                        }
+                    }
+                }
+                "compression-level" => {
+                    compression.level = Some(
+                        v.parse()
+                            .map_err(|_| err(format!("compression-level `{v}` is not a number")))?,
+                    )
+                }
+                "force-compression" => {
+                    compression.force = boolean(v).ok_or_else(|| {
+                        err(format!(
+                            "invalid force-compression `{v}`: expected true or false"
+                        ))
+                    })?
+                }
+                "oci-mediatypes" | "image-manifest" | "tag" => {
                     return Err(err(format!("option `{k}` is not supported yet")));
                 }
                 _ => return Err(err(format!("unknown option `{k}`"))),
@@ -199,6 +227,7 @@ impl CacheExport {
             location: location(FLAG, spec, &fields, "dest")?,
             mode,
             ignore_error,
+            compression,
         })
     }
 }
@@ -248,6 +277,23 @@ mod tests {
         assert!(!e.ignore_error);
         let e = CacheExport::parse("type=registry,ref=r.io/a/cache:x").unwrap();
         assert_eq!(e.mode, CacheMode::Min);
+        assert_eq!(
+            e.compression,
+            CompressionOpts::default(),
+            "gzip, as BuildKit"
+        );
+        let e = CacheExport::parse(
+            "type=local,dest=d,compression=zstd,compression-level=9,force-compression=true",
+        )
+        .unwrap();
+        assert_eq!(
+            e.compression,
+            CompressionOpts {
+                kind: Compression::Zstd,
+                level: Some(9),
+                force: true
+            }
+        );
         assert!(e.ignore_error, "a failed export is a warning by default");
         // A bare reference is a registry cache, as buildx reads it.
         let e = CacheExport::parse("r.io/a/cache:y").unwrap();
@@ -304,9 +350,15 @@ mod tests {
         let msg = |r: Result<CacheExport, CacheSpecError>| r.unwrap_err().to_string();
         assert!(
             msg(CacheExport::parse(
-                "type=registry,ref=r.io/a:x,compression=zstd"
+                "type=registry,ref=r.io/a:x,oci-mediatypes=false"
             ))
-            .contains("option `compression` is not supported yet")
+            .contains("option `oci-mediatypes` is not supported yet")
+        );
+        assert!(
+            msg(CacheExport::parse(
+                "type=registry,ref=r.io/a:x,compression=lz4"
+            ))
+            .contains("unknown compression `lz4`")
         );
         assert!(
             msg(CacheExport::parse("type=gha")).contains("cache type `gha` is not supported yet")

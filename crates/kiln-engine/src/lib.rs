@@ -11,6 +11,7 @@ mod cache_export;
 mod cache_format;
 mod cache_import;
 mod cache_inline;
+mod cache_layout;
 mod cache_spec;
 mod check;
 mod compress;

@@ -83,6 +83,10 @@ fn registry_cache_makes_every_step_cached_on_an_empty_root() {
         .map(|l| l["digest"].as_str().expect("digest").to_string())
         .collect();
     assert_eq!(layers.len(), 3, "busybox, COPY and RUN: {manifest}");
+    for l in manifest["layers"].as_array().unwrap() {
+        let mt = l["mediaType"].as_str().unwrap();
+        assert!(mt.ends_with("gzip"), "gzip by default, as BuildKit: {mt}");
+    }
 
     // An empty data root, cache only: every step CACHED, no layer blob downloaded.
     let b = Kiln::new("registry_cache_makes_every_step_cached_on_an_empty_root (b)").unwrap();
@@ -221,13 +225,13 @@ fn unreachable_cache_is_a_warning_unless_ignore_error_is_false() {
             &ctx,
             &[
                 "--cache-to",
-                &format!("type=registry,ref={nowhere},compression=zstd"),
+                &format!("type=registry,ref={nowhere},oci-mediatypes=false"),
             ],
         )
         .failed();
     assert!(
         run.stderr
-            .contains("option `compression` is not supported yet"),
+            .contains("option `oci-mediatypes` is not supported yet"),
         "{}",
         run.stderr
     );
@@ -466,4 +470,50 @@ fn inline_cache_travels_in_the_pushed_image() {
         .build(&ctx, &[epoch, "--cache-to", "type=inline", "--squash"])
         .failed();
     assert!(run.stderr.contains("not supported yet"), "{}", run.stderr);
+}
+
+#[test]
+fn zstd_local_cache_round_trips() {
+    let Some(a) = Kiln::new("zstd_local_cache_round_trips") else {
+        return;
+    };
+    let dir = a.dir().join("layout");
+    let ctx = a.context("ctx", &[("Dockerfile", DOCKERFILE), ("a", "zstd\n")]);
+    let to = format!("type=local,dest={},compression=zstd", dir.display());
+    a.build(&ctx, &["--cache-to", &to]).ok();
+    let (_, manifest) = layout_manifest(&dir);
+    let types: Vec<&str> = manifest["layers"]
+        .as_array()
+        .expect("layers")
+        .iter()
+        .map(|l| l["mediaType"].as_str().expect("media type"))
+        .collect();
+    // The build's two layers in zstd; busybox's stays gzip (no force-compression).
+    assert_eq!(
+        types
+            .iter()
+            .filter(|t| **t == "application/vnd.oci.image.layer.v1.tar+zstd")
+            .count(),
+        2,
+        "{types:?}"
+    );
+    assert_eq!(types.iter().filter(|t| t.ends_with("gzip")).count(), 1);
+
+    // An empty root: CACHED, and a later step unpacks the zstd layers it needs.
+    let b = Kiln::new("zstd_local_cache_round_trips (b)").unwrap();
+    let longer = b.context(
+        "longer",
+        &[
+            ("Dockerfile", &format!("{DOCKERFILE}RUN cat /b > /c\n")),
+            ("a", "zstd\n"),
+        ],
+    );
+    let from = format!("type=local,src={}", dir.display());
+    let run = b.build(&longer, &["--cache-from", &from]).ok();
+    assert_eq!(
+        run.progress().rebuilt(),
+        vec!["[4/4] RUN cat /b > /c"],
+        "{}",
+        run.stderr
+    );
 }

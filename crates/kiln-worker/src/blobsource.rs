@@ -13,6 +13,19 @@ use crate::{Error, LayerRef, Result};
 /// The `source` prefix of a layer kept in an OCI layout directory.
 pub const LAYOUT_SOURCE: &str = "oci-layout://";
 
+/// Whether `source` may still give `blob`: a layout directory must hold its file (a local
+/// cache re-exported or deleted since makes the record a miss, not a failed step); a registry
+/// is only asked when the blob is needed.
+pub(crate) fn available(source: &str, blob: &Digest) -> bool {
+    match source.strip_prefix(LAYOUT_SOURCE) {
+        Some(dir) => PathBuf::from(dir)
+            .join("blobs/sha256")
+            .join(blob.digest())
+            .is_file(),
+        None => true,
+    }
+}
+
 /// Puts `layer`'s blob into the content store from its source; the store refuses bytes that do
 /// not hash to the blob's digest.
 pub async fn fetch_layer_blob(
@@ -91,6 +104,13 @@ mod tests {
                 .is_err()
         );
         assert!(!content.contains(&bad));
+
+        assert!(available(&source, &good));
+        assert!(!available(&source, &kiln_oci::sha256(b"missing")));
+        assert!(
+            available("r.io/a@sha256:00", &good),
+            "a registry is asked only when needed"
+        );
 
         let missing = kiln_oci::sha256(b"missing");
         let err = fetch_layer_blob(&registry, &content, &layer(&source, &missing), &missing)

@@ -435,7 +435,12 @@ impl kiln_solver::Worker<LlbGraph> for LlbWorker {
     fn usable(&self, value: &Value) -> bool {
         value.layers().iter().all(|l| match &l.blob {
             None => true,
-            Some(blob) => l.source.is_some() || self.content.contains(blob),
+            Some(blob) => {
+                self.content.contains(blob)
+                    || l.source
+                        .as_deref()
+                        .is_some_and(|s| blobsource::available(s, blob))
+            }
         })
     }
 

@@ -172,14 +172,16 @@ async fn run(cli: Cli) -> Result<ExitCode> {
 }
 
 async fn build(cli: &Cli, b: &BuildArgs) -> Result<ExitCode> {
-    for (flag, set) in [
-        ("--cache-from", !b.cache_from.is_empty()),
-        ("--cache-to", !b.cache_to.is_empty()),
-    ] {
-        if set {
-            bail!("`kiln build {flag}` is not supported yet");
-        }
-    }
+    let cache_from = b
+        .cache_from
+        .iter()
+        .map(|s| kiln_engine::CacheImport::parse(s))
+        .collect::<Result<Vec<_>, _>>()?;
+    let cache_to = b
+        .cache_to
+        .iter()
+        .map(|s| kiln_engine::CacheExport::parse(s))
+        .collect::<Result<Vec<_>, _>>()?;
     let mut tags = Vec::new();
     for t in &b.tag {
         tags.push(parse_ref(t)?);
@@ -344,6 +346,8 @@ async fn build(cli: &Cli, b: &BuildArgs) -> Result<ExitCode> {
         secrets,
         ssh,
         run,
+        cache_from,
+        cache_to,
     };
     let result = engine.build(req, &progress).await;
     progress.finish();

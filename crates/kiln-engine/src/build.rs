@@ -8,7 +8,7 @@ use kiln_frontend::BuildOpts;
 use kiln_ignore::Matcher;
 use kiln_oci::{Digest, Platform, Reference};
 use kiln_progress::Progress;
-use kiln_solver::{CacheStore, FileCacheStore, Solver};
+use kiln_solver::{CacheStore, FileCacheStore, LayeredCacheStore, Solver};
 use kiln_worker::{Context, LlbGraph, Value};
 
 use crate::output::Output;
@@ -51,6 +51,10 @@ pub struct BuildRequest {
     /// A tarball (perhaps compressed) that is the context, read once (`kiln build - <
     /// ctx.tar`); `context` is then ignored and a relative `dockerfile` names a file in it.
     pub context_archive: Option<crate::ContextArchive>,
+    /// `--cache-from`: records looked up after the local ones (cache_import.rs).
+    pub cache_from: Vec<crate::CacheImport>,
+    /// `--cache-to`: where the build's records go once the image is exported (cache_export.rs).
+    pub cache_to: Vec<crate::CacheExport>,
 }
 
 #[derive(Debug, Clone)]
@@ -208,10 +212,16 @@ impl Engine {
         let no_cache_nodes = std::mem::take(&mut converted.no_cache);
         let locations = converted.locations.clone();
         let graph = Arc::new(LlbGraph::new(converted.definition));
-        let cache: Arc<dyn CacheStore<Value>> = Arc::new(
+        let mut cache: Arc<dyn CacheStore<Value>> = Arc::new(
             FileCacheStore::open(self.root.join("cache"))
                 .map_err(io("opening the cache records"))?,
         );
+        if !req.cache_from.is_empty() {
+            let imported = self
+                .import_caches(&req.cache_from, &platform, progress)
+                .await;
+            cache = Arc::new(LayeredCacheStore::new(cache, imported));
+        }
         let solver = Solver::new(
             graph.clone(),
             worker.clone(),
@@ -221,6 +231,10 @@ impl Engine {
         )
         .with_no_cache_for(no_cache_nodes.into_iter().map(|n| n.0));
         let solved = solver.solve(root).await;
+        let cache_records = match req.cache_to.is_empty() {
+            true => Vec::new(),
+            false => solver.solved(),
+        };
         // Only a hint cache: failing to save it costs rehashing next time, not the build.
         let _ = worker.save_file_hashes();
         let solved = solved.map_err(|e| {
@@ -242,17 +256,25 @@ impl Engine {
             .iter()
             .filter(|h| !h.empty_layer)
             .count();
+        let image = crate::cache_inline::with_inline_cache(
+            converted.image,
+            &req.cache_to,
+            &req.outputs,
+            req.squash,
+            &cache_records,
+            &solved.value,
+        )?;
         let (image_value, image) = if req.squash {
             self.squash(
                 &solved.value,
-                converted.image,
+                image,
                 &converted.base,
                 converted.base_history,
                 progress,
             )
             .await?
         } else {
-            (solved.value.clone(), converted.image)
+            (solved.value.clone(), image)
         };
         let platform = kiln_oci::Platform {
             os: image.os.clone(),
@@ -269,6 +291,8 @@ impl Engine {
                 base_layers,
                 progress,
             )
+            .await?;
+        self.export_caches(&req.cache_to, &cache_records, &solved.value, progress)
             .await?;
         let manifest_bytes = self.content.read(&exported.0)?;
         let manifest_media_type = serde_json::from_slice::<serde_json::Value>(&manifest_bytes)

@@ -125,24 +125,14 @@ impl Engine {
         v: &kiln_progress::Vertex,
     ) -> Result<()> {
         for layer in layers {
-            let (Some(blob), Some(source)) = (&layer.blob, &layer.source) else {
+            let (Some(blob), Some(_)) = (&layer.blob, &layer.source) else {
                 continue;
             };
             if self.content.contains(blob) {
                 continue;
             }
-            let reference: Reference = source
-                .parse()
-                .map_err(|_| crate::Error::Reference(source.clone()))?;
             v.status(&format!("pulling {blob}"));
-            let desc = kiln_oci::Descriptor::new(
-                kiln_oci::MediaType::from(layer.media_type.as_str()),
-                layer.size,
-                blob.clone(),
-            );
-            let mut w = self.content.async_writer()?;
-            self.registry.fetch_blob(&reference, &desc, &mut w).await?;
-            w.commit(Some(blob)).await?;
+            kiln_worker::fetch_layer_blob(&self.registry, &self.content, layer, blob).await?;
         }
         Ok(())
     }

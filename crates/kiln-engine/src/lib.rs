@@ -7,6 +7,12 @@
 mod archive_context;
 mod atomic_file;
 mod build;
+mod cache_export;
+mod cache_format;
+mod cache_import;
+mod cache_inline;
+mod cache_layout;
+mod cache_spec;
 mod check;
 mod compress;
 mod config;
@@ -42,6 +48,7 @@ use kiln_snapshot::LayerStore;
 pub use archive_context::{Compression, ContextArchive, SNIFF_LEN, peek, sniff_archive};
 pub use atomic_file::write_file_atomically;
 pub use build::{BuildRequest, BuildResult};
+pub use cache_spec::{CacheExport, CacheImport, CacheLocation, CacheMode, CacheSpecError};
 pub use check::{CheckReport, CheckRequest, Subrequest, check, subrequest};
 pub use config::Config;
 pub use container::{

@@ -398,7 +398,7 @@ fn parse_annotation(key: &str, value: &str) -> Result<Annotation, String> {
 }
 
 /// The fields of one CSV record, as buildx reads `--output` (Go's encoding/csv).
-fn csv_fields(spec: &str) -> Result<Vec<String>, csv::Error> {
+pub(crate) fn csv_fields(spec: &str) -> Result<Vec<String>, csv::Error> {
     let mut reader = csv::ReaderBuilder::new()
         .has_headers(false)
         .from_reader(spec.as_bytes());

@@ -1,7 +1,9 @@
+use std::collections::HashMap;
 use std::fs;
 use std::io::Write;
 use std::marker::PhantomData;
 use std::path::PathBuf;
+use std::sync::Arc;
 
 use kiln_oci::Digest;
 use serde::{Serialize, de::DeserializeOwned};
@@ -57,5 +59,30 @@ impl<V: Serialize + DeserializeOwned + Send + Sync> CacheStore<V> for FileCacheS
         if ok.is_err() {
             let _ = fs::remove_file(&tmp);
         }
+    }
+}
+
+/// The local store over records imported from elsewhere (`--cache-from`): a key is looked up
+/// locally first, then in each imported map in order. New records go to the local store only.
+pub struct LayeredCacheStore<V> {
+    local: Arc<dyn CacheStore<V>>,
+    imported: Vec<HashMap<Digest, V>>,
+}
+
+impl<V> LayeredCacheStore<V> {
+    pub fn new(local: Arc<dyn CacheStore<V>>, imported: Vec<HashMap<Digest, V>>) -> Self {
+        Self { local, imported }
+    }
+}
+
+impl<V: Clone + Send + Sync> CacheStore<V> for LayeredCacheStore<V> {
+    fn load(&self, key: &Digest) -> Option<V> {
+        self.local
+            .load(key)
+            .or_else(|| self.imported.iter().find_map(|m| m.get(key).cloned()))
+    }
+
+    fn save(&self, key: &Digest, value: &V) {
+        self.local.save(key, value)
     }
 }

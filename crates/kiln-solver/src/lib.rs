@@ -22,7 +22,7 @@ use kiln_progress::{Progress, Vertex};
 use parking_lot::Mutex;
 use serde::{Serialize, de::DeserializeOwned};
 
-pub use cache::FileCacheStore;
+pub use cache::{FileCacheStore, LayeredCacheStore};
 
 /// The graph the solver walks. Vertex ids are indexes; inputs must form a DAG.
 pub trait Graph: Send + Sync + 'static {
@@ -143,6 +143,23 @@ impl<G: Graph, W: Worker<G>> Solver<G, W> {
     /// Solves `root` and everything it needs; vertices it does not need are never touched.
     pub async fn solve(&self, root: usize) -> Result<Solved<W::Value>, SharedError> {
         self.future(root).await
+    }
+
+    /// Every vertex solved so far whose result goes to the persistent cache, with its key and
+    /// value (cached or run): what a cache export writes.
+    pub fn solved(&self) -> Vec<(usize, Solved<W::Value>)> {
+        let mut out: Vec<_> = self
+            .futures
+            .lock()
+            .iter()
+            .filter(|(v, _)| self.inner.worker.persist(&self.inner.graph, **v))
+            .filter_map(|(v, f)| match f.peek() {
+                Some(Ok(solved)) => Some((*v, solved.clone())),
+                _ => None,
+            })
+            .collect();
+        out.sort_by_key(|(v, _)| *v);
+        out
     }
 
     fn future(&self, vertex: usize) -> SolveFuture<W::Value> {

@@ -196,3 +196,55 @@ async fn dropping_the_solve_cancels_running_vertices() {
         "the sleeping vertex was dropped"
     );
 }
+
+#[tokio::test]
+async fn solved_lists_every_vertex_with_its_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let (s, _) = solver(diamond(), dir.path(), false);
+    s.solve(3).await.unwrap();
+    let solved = s.solved();
+    let vertices: Vec<usize> = solved.iter().map(|(v, _)| *v).collect();
+    assert_eq!(vertices, vec![0, 1, 2, 3], "e was never needed");
+    let values: Vec<i64> = solved.iter().map(|(_, s)| s.value).collect();
+    assert_eq!(values, vec![1, 3, 4, 11]);
+}
+
+#[tokio::test]
+async fn imported_records_are_found_after_local_ones_and_saves_stay_local() {
+    let from = tempfile::tempdir().unwrap();
+    let (s, _) = solver(diamond(), from.path(), false);
+    s.solve(3).await.unwrap();
+    let records: HashMap<Digest, i64> = s
+        .solved()
+        .into_iter()
+        .map(|(_, s)| (s.cache_key, s.value))
+        .collect();
+
+    // Another data root that imports them: nothing runs, nothing is saved there.
+    let dir = tempfile::tempdir().unwrap();
+    let local: Arc<dyn CacheStore<i64>> = Arc::new(FileCacheStore::open(dir.path()).unwrap());
+    let layered = Arc::new(LayeredCacheStore::new(local, vec![records.clone()]));
+    let counter = Arc::new(Counter {
+        execs: (0..5).map(|_| AtomicUsize::new(0)).collect(),
+        ..Default::default()
+    });
+    let s = Solver::new(
+        Arc::new(diamond()),
+        Arc::new(SumWorker(counter.clone())),
+        layered.clone(),
+        Progress::discard(),
+        false,
+    );
+    let r = s.solve(3).await.unwrap();
+    assert!(r.cached);
+    assert_eq!(r.value, 11);
+    assert_eq!(execs(&counter), vec![0, 0, 0, 0, 0]);
+    assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
+
+    // A local record wins over an imported one of the same key.
+    let key = records.iter().find(|(_, v)| **v == 11).unwrap().0.clone();
+    layered.save(&key, &42);
+    assert_eq!(layered.load(&key), Some(42));
+    let missing = kiln_oci::sha256(b"nothing");
+    assert_eq!(layered.load(&missing), None);
+}

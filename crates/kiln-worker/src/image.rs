@@ -104,22 +104,9 @@ impl LlbWorker {
             .clone()
             .ok_or_else(|| Error::Manifest(format!("layer {diff_id} has no blob")))?;
         if !self.content.contains(&blob) {
-            let source = layer
-                .source
-                .as_deref()
-                .ok_or_else(|| Error::Content(kiln_content::Error::NotFound(blob.clone())))?;
-            let reference: Reference = source
-                .parse()
-                .map_err(|_| Error::Reference(source.to_string()))?;
             progress.status(&format!("pulling {blob}"));
-            let desc = Descriptor::new(
-                MediaType::from(layer.media_type.as_str()),
-                layer.size,
-                blob.clone(),
-            );
-            let mut w = self.content.async_writer()?;
-            self.registry.fetch_blob(&reference, &desc, &mut w).await?;
-            w.commit(Some(&blob)).await?;
+            crate::blobsource::fetch_layer_blob(&self.registry, &self.content, layer, &blob)
+                .await?;
         }
         progress.status(&format!("extracting {blob}"));
         let (content, layers, media_type, diff_id) = (

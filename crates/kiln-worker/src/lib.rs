@@ -5,6 +5,7 @@
 //! neither the registry's blobs nor the disk.
 
 mod add;
+mod blobsource;
 pub mod cachemount;
 pub mod cdi;
 mod copy;
@@ -35,7 +36,7 @@ use kiln_llb::{
     CopyOp, Definition, ExecOp, ExecSandbox, GitOp, HttpOp, MkdirOp, MkfileOp, NetworkMode, Op,
     SecretMount, SecurityMode,
 };
-use kiln_oci::{Descriptor, Digest, ImageManifest, MediaType, Reference};
+use kiln_oci::{Digest, ImageManifest, Reference};
 use kiln_progress::{Stream, Vertex};
 use kiln_snapshot::{
     Compression, LayerStore, OverlayMount, mount_scratch_overlay, sync_filesystem,
@@ -44,6 +45,7 @@ use kiln_solver::{Graph, Solved, WorkerError};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest as _, Sha256};
 
+pub use blobsource::{LAYOUT_SOURCE, fetch_layer_blob};
 use copy::{context_checksum, context_source, exclude_matcher};
 pub use exec::Secrets;
 pub use fsutil::{Owner, SourceError, resolve_in_root};
@@ -433,7 +435,12 @@ impl kiln_solver::Worker<LlbGraph> for LlbWorker {
     fn usable(&self, value: &Value) -> bool {
         value.layers().iter().all(|l| match &l.blob {
             None => true,
-            Some(blob) => l.source.is_some() || self.content.contains(blob),
+            Some(blob) => {
+                self.content.contains(blob)
+                    || l.source
+                        .as_deref()
+                        .is_some_and(|s| blobsource::available(s, blob))
+            }
         })
     }
 

@@ -8,6 +8,7 @@ mod add_special;
 mod blobs;
 mod build_flags;
 mod cache;
+mod cache_export;
 mod concurrent;
 mod config;
 mod copystream;

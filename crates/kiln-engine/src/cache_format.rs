@@ -1,0 +1,193 @@
+//! kiln's cache manifest (docs/cache.md): an OCI image manifest whose config blob maps cache
+//! keys to the layer chains of their results, and whose layers are every blob those chains
+//! name. Shared by the cache exporters and importers.
+
+use std::collections::{BTreeMap, HashMap};
+
+use kiln_oci::Digest;
+use kiln_worker::Value;
+use serde::{Deserialize, Serialize};
+
+/// The config blob's media type: what tells a kiln cache from an image or BuildKit's cache.
+pub(crate) const CONFIG_MEDIA_TYPE: &str = "application/vnd.kiln.cache.config.v1+json";
+
+/// The most a cache config may weigh: a hostile registry cannot make kiln read more.
+pub(crate) const MAX_CONFIG_BYTES: u64 = 64 << 20;
+
+/// The config blob. Layers carry no `source`: every blob is in the manifest, so an importer
+/// pulls from the cache's own repository.
+#[derive(Debug, Default, Serialize, Deserialize)]
+pub(crate) struct CacheConfig {
+    pub records: BTreeMap<String, Value>,
+}
+
+/// The cache manifest for a config blob and the layer blobs (digest, size, media type).
+pub(crate) fn manifest_bytes(
+    config: &Digest,
+    config_size: usize,
+    layers: &[(Digest, u64, String)],
+) -> Vec<u8> {
+    let manifest = serde_json::json!({
+        "schemaVersion": 2,
+        "mediaType": kiln_oci::media_type::OCI_MANIFEST,
+        "config": {
+            "mediaType": CONFIG_MEDIA_TYPE,
+            "digest": config.to_string(),
+            "size": config_size,
+        },
+        "layers": layers.iter().map(|(digest, size, media_type)| serde_json::json!({
+            "mediaType": media_type,
+            "digest": digest.to_string(),
+            "size": size,
+        })).collect::<Vec<_>>(),
+    });
+    serde_json::to_vec(&manifest).expect("json values serialise")
+}
+
+/// The config descriptor (digest, size) of a kiln cache manifest; `Err` says why the bytes
+/// are not one.
+pub(crate) fn config_of(manifest: &[u8]) -> Result<(Digest, u64), String> {
+    let manifest: serde_json::Value =
+        serde_json::from_slice(manifest).map_err(|e| format!("manifest: {e}"))?;
+    let config = &manifest["config"];
+    let media_type = config["mediaType"].as_str().unwrap_or_default();
+    if media_type != CONFIG_MEDIA_TYPE {
+        return Err(format!(
+            "its config is `{media_type}`, not `{CONFIG_MEDIA_TYPE}`"
+        ));
+    }
+    let digest = config["digest"]
+        .as_str()
+        .and_then(|d| kiln_oci::parse_digest(d).ok())
+        .ok_or("the config digest is missing or invalid")?;
+    let size = config["size"]
+        .as_u64()
+        .filter(|s| *s <= MAX_CONFIG_BYTES)
+        .ok_or("the config size is missing or too large")?;
+    Ok((digest, size))
+}
+
+impl CacheConfig {
+    /// Records by key, sources cleared, in a stable order (the same cache, the same bytes).
+    pub fn new<'a>(records: impl IntoIterator<Item = (String, &'a Value)>) -> CacheConfig {
+        let records = records
+            .into_iter()
+            .map(|(key, value)| {
+                let mut value = value.clone();
+                if let Value::Rootfs { layers } = &mut value {
+                    for l in layers {
+                        l.source = None;
+                    }
+                }
+                (key, value)
+            })
+            .collect();
+        CacheConfig { records }
+    }
+
+    /// The records as the solver looks them up, every layer's source set to `source` (the
+    /// cache manifest's pinned reference). Keys that are not digests and values that are no
+    /// layer chain are refused: a hand-made config must not reach the solver.
+    pub fn records(bytes: &[u8], source: &str) -> Result<HashMap<Digest, Value>, String> {
+        let config: CacheConfig =
+            serde_json::from_slice(bytes).map_err(|e| format!("config: {e}"))?;
+        config.into_records(source)
+    }
+
+    pub fn into_records(self, source: &str) -> Result<HashMap<Digest, Value>, String> {
+        let mut out = HashMap::new();
+        for (key, mut value) in self.records {
+            let digest =
+                kiln_oci::parse_digest(&key).map_err(|_| format!("invalid cache key `{key}`"))?;
+            let Value::Rootfs { layers } = &mut value else {
+                return Err(format!("record `{key}` is not a layer chain"));
+            };
+            for l in layers.iter_mut().filter(|l| l.blob.is_some()) {
+                l.source = Some(source.to_string());
+            }
+            out.insert(digest, value);
+        }
+        Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use kiln_worker::LayerRef;
+
+    fn layer(blob: &Digest, source: Option<&str>) -> LayerRef {
+        LayerRef {
+            diff_id: Some(blob.clone()),
+            blob: Some(blob.clone()),
+            size: 3,
+            media_type: kiln_oci::media_type::OCI_LAYER_TAR.into(),
+            source: source.map(str::to_string),
+        }
+    }
+
+    #[test]
+    fn round_trip_clears_and_sets_sources() {
+        let key = kiln_oci::sha256(b"key");
+        let blob = kiln_oci::sha256(b"blob");
+        let empty = LayerRef {
+            diff_id: None,
+            blob: None,
+            size: 0,
+            media_type: String::new(),
+            source: None,
+        };
+        let value = Value::Rootfs {
+            layers: vec![
+                layer(&blob, Some("docker.io/library/busybox@sha256:00")),
+                empty,
+            ],
+        };
+        let config = CacheConfig::new([(key.to_string(), &value)]);
+        let bytes = serde_json::to_vec(&config).unwrap();
+        assert!(!String::from_utf8_lossy(&bytes).contains("busybox"));
+        let back: CacheConfig = serde_json::from_slice(&bytes).unwrap();
+        let records = back.into_records("r.io/cache@sha256:11").unwrap();
+        let layers = records[&key].layers();
+        assert_eq!(layers[0].source.as_deref(), Some("r.io/cache@sha256:11"));
+        assert_eq!(layers[1].source, None, "an empty layer has nothing to pull");
+    }
+
+    #[test]
+    fn manifest_round_trip_and_foreign_manifests() {
+        let config = kiln_oci::sha256(b"{}");
+        let blob = kiln_oci::sha256(b"layer");
+        let bytes = manifest_bytes(&config, 2, &[(blob, 5, "t".into())]);
+        assert_eq!(config_of(&bytes).unwrap(), (config, 2));
+        let image = br#"{"config":{"mediaType":"application/vnd.oci.image.config.v1+json"}}"#;
+        assert!(
+            config_of(image)
+                .unwrap_err()
+                .contains("not `application/vnd.kiln")
+        );
+        assert!(config_of(b"<html>").unwrap_err().starts_with("manifest:"));
+    }
+
+    #[test]
+    fn hostile_records_are_refused() {
+        let bad_key: CacheConfig =
+            serde_json::from_str(r#"{"records":{"nope":{"kind":"rootfs","layers":[]}}}"#).unwrap();
+        assert!(
+            bad_key
+                .into_records("r")
+                .unwrap_err()
+                .contains("invalid cache key")
+        );
+        let key = kiln_oci::sha256(b"k");
+        let context: CacheConfig = serde_json::from_str(&format!(
+            r#"{{"records":{{"{key}":{{"kind":"context","name":"context"}}}}}}"#
+        ))
+        .unwrap();
+        assert!(
+            context
+                .into_records("r")
+                .unwrap_err()
+                .contains("not a layer chain")
+        );
+    }
+}

@@ -1,0 +1,383 @@
+//! `--cache-to` and `--cache-from` as buildx writes them: CSV `KEY=VALUE` fields with a
+//! `type`, or a bare reference meaning `type=registry,ref=REF`.
+
+use std::path::PathBuf;
+
+use kiln_exporter::compress::{Compression, CompressionOpts};
+use kiln_oci::{Digest, Reference};
+
+use crate::output::csv_fields;
+
+/// `mode=`: which records a cache export writes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum CacheMode {
+    /// The steps whose results make up the final image's layer chain.
+    #[default]
+    Min,
+    /// Every step the build solved, intermediate stages included.
+    Max,
+}
+
+/// Where a cache goes or comes from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CacheLocation {
+    /// `type=registry,ref=R`.
+    Registry(Reference),
+    /// `type=local,dest=DIR` / `src=DIR`: an OCI image layout directory.
+    Local(PathBuf),
+    /// `--cache-to type=inline`: in the image's config (imported as `type=registry`).
+    Inline,
+}
+
+impl std::fmt::Display for CacheLocation {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            CacheLocation::Registry(r) => write!(f, "{r}"),
+            CacheLocation::Local(dir) => write!(f, "local:{}", dir.display()),
+            CacheLocation::Inline => f.write_str("inline"),
+        }
+    }
+}
+
+/// One `--cache-to`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CacheExport {
+    pub location: CacheLocation,
+    pub mode: CacheMode,
+    /// A failed export is a warning (the default) or, with `ignore-error=false`, the build's error.
+    pub ignore_error: bool,
+    /// `compression=`, `compression-level=`, `force-compression=` (gzip by default, as BuildKit).
+    pub compression: CompressionOpts,
+}
+
+/// One `--cache-from`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CacheImport {
+    pub location: CacheLocation,
+    /// `digest=`: the cache manifest to use, instead of what the layout's index names.
+    pub digest: Option<Digest>,
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("invalid {flag} `{spec}`: {why}")]
+pub struct CacheSpecError {
+    flag: &'static str,
+    spec: String,
+    why: String,
+}
+
+/// Types buildx knows that kiln does not do yet; anything else is not a cache type at all.
+const LATER_TYPES: &[&str] = &["gha", "s3", "azblob"];
+
+fn fields(flag: &'static str, spec: &str) -> Result<Vec<(String, String)>, CacheSpecError> {
+    let err = |why: String| CacheSpecError {
+        flag,
+        spec: spec.to_string(),
+        why,
+    };
+    let fields = csv_fields(spec).map_err(|e| err(e.to_string()))?;
+    if fields.len() == 1 && !fields[0].contains('=') {
+        return Ok(vec![
+            ("type".into(), "registry".into()),
+            ("ref".into(), fields[0].clone()),
+        ]);
+    }
+    let mut out = Vec::new();
+    for f in fields {
+        let Some((k, v)) = f.split_once('=') else {
+            return Err(err(format!("`{f}` is not KEY=VALUE")));
+        };
+        out.push((k.trim().to_ascii_lowercase(), v.to_string()));
+    }
+    let kind = out
+        .iter()
+        .find(|(k, _)| k == "type")
+        .map(|(_, v)| v.as_str());
+    match kind {
+        Some("registry" | "local") => Ok(out),
+        Some("inline") if flag == "--cache-to" => Ok(out),
+        Some("inline") => Err(err(
+            "an inline cache is imported with `type=registry,ref=IMAGE`".into(),
+        )),
+        Some(t) if LATER_TYPES.contains(&t) => Err(err(format!(
+            "cache type `{t}` is not supported yet (only `registry`, `local` and `inline`)"
+        ))),
+        Some(t) => Err(err(format!("unknown cache type `{t}`"))),
+        None => Err(err("`type` is required".into())),
+    }
+}
+
+/// The location the fields name: `ref` for a registry cache, `path_key` (`dest` for an
+/// export, `src` for an import) for a local one.
+fn location(
+    flag: &'static str,
+    spec: &str,
+    fields: &[(String, String)],
+    path_key: &str,
+) -> Result<CacheLocation, CacheSpecError> {
+    let err = |why: String| CacheSpecError {
+        flag,
+        spec: spec.to_string(),
+        why,
+    };
+    let get = |key: &str| {
+        fields
+            .iter()
+            .rev()
+            .find(|(k, _)| k == key)
+            .map(|(_, v)| v.clone())
+    };
+    match get("type").as_deref() {
+        Some("inline") => Ok(CacheLocation::Inline),
+        Some("local") => {
+            let dir = get(path_key)
+                .filter(|d| !d.is_empty())
+                .ok_or_else(|| err(format!("`{path_key}` is required for type=local")))?;
+            Ok(CacheLocation::Local(PathBuf::from(dir)))
+        }
+        _ => {
+            let value =
+                get("ref").ok_or_else(|| err("`ref` is required for type=registry".into()))?;
+            value
+                .parse()
+                .map(CacheLocation::Registry)
+                .map_err(|e| err(format!("invalid reference `{value}`: {e}")))
+        }
+    }
+}
+
+fn boolean(value: &str) -> Option<bool> {
+    match value {
+        "true" | "1" => Some(true),
+        "false" | "0" => Some(false),
+        _ => None,
+    }
+}
+
+impl CacheExport {
+    pub fn parse(spec: &str) -> Result<CacheExport, CacheSpecError> {
+        const FLAG: &str = "--cache-to";
+        let err = |why: String| CacheSpecError {
+            flag: FLAG,
+            spec: spec.to_string(),
+            why,
+        };
+        let fields = fields(FLAG, spec)?;
+        let local = fields.iter().any(|(k, v)| k == "type" && v == "local");
+        let inline = fields.iter().any(|(k, v)| k == "type" && v == "inline");
+        let (mut mode, mut ignore_error) = (CacheMode::Min, true);
+        let mut compression = CompressionOpts::default();
+        for (k, v) in &fields {
+            match k.as_str() {
+                "type" => {}
+                // The image's own chain is all an inline cache can hold (BuildKit's too).
+                _ if inline => {
+                    return Err(err(format!(
+                        "option `{k}` is not supported yet for type=inline"
+                    )));
+                }
+                "ref" if !local => {}
+                "dest" if local => {}
+                "mode" => {
+                    mode = match v.as_str() {
+                        "min" => CacheMode::Min,
+                        "max" => CacheMode::Max,
+                        _ => return Err(err(format!("invalid mode `{v}`: expected min or max"))),
+                    }
+                }
+                "ignore-error" => {
+                    ignore_error = boolean(v).ok_or_else(|| {
+                        err(format!(
+                            "invalid ignore-error `{v}`: expected true or false"
+                        ))
+                    })?
+                }
+                "compression" => {
+                    compression.kind = match v.as_str() {
+                        "gzip" => Compression::Gzip,
+                        "zstd" => Compression::Zstd,
+                        "uncompressed" => Compression::Uncompressed,
+                        _ => {
+                            return Err(err(format!(
+                                "unknown compression `{v}`: expected uncompressed, gzip or zstd"
+                            )));
+                        }
+                    }
+                }
+                "compression-level" => {
+                    compression.level = Some(
+                        v.parse()
+                            .map_err(|_| err(format!("compression-level `{v}` is not a number")))?,
+                    )
+                }
+                "force-compression" => {
+                    compression.force = boolean(v).ok_or_else(|| {
+                        err(format!(
+                            "invalid force-compression `{v}`: expected true or false"
+                        ))
+                    })?
+                }
+                "oci-mediatypes" | "image-manifest" | "tag" => {
+                    return Err(err(format!("option `{k}` is not supported yet")));
+                }
+                _ => return Err(err(format!("unknown option `{k}`"))),
+            }
+        }
+        Ok(CacheExport {
+            location: location(FLAG, spec, &fields, "dest")?,
+            mode,
+            ignore_error,
+            compression,
+        })
+    }
+}
+
+impl CacheImport {
+    pub fn parse(spec: &str) -> Result<CacheImport, CacheSpecError> {
+        const FLAG: &str = "--cache-from";
+        let err = |why: String| CacheSpecError {
+            flag: FLAG,
+            spec: spec.to_string(),
+            why,
+        };
+        let fields = fields(FLAG, spec)?;
+        let local = fields.iter().any(|(k, v)| k == "type" && v == "local");
+        let mut digest = None;
+        for (k, v) in &fields {
+            match k.as_str() {
+                "type" => {}
+                "ref" if !local => {}
+                "src" if local => {}
+                "digest" if local => {
+                    digest = Some(
+                        kiln_oci::parse_digest(v)
+                            .map_err(|_| err(format!("invalid digest `{v}`")))?,
+                    )
+                }
+                _ => return Err(err(format!("option `{k}` is not supported yet"))),
+            }
+        }
+        Ok(CacheImport {
+            location: location(FLAG, spec, &fields, "src")?,
+            digest,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cache_to_registry_with_its_options() {
+        let e = CacheExport::parse("type=registry,ref=r.io/a/cache:x,mode=max,ignore-error=false")
+            .unwrap();
+        assert_eq!(e.location.to_string(), "r.io/a/cache:x");
+        assert_eq!(e.mode, CacheMode::Max);
+        assert!(!e.ignore_error);
+        let e = CacheExport::parse("type=registry,ref=r.io/a/cache:x").unwrap();
+        assert_eq!(e.mode, CacheMode::Min);
+        assert_eq!(
+            e.compression,
+            CompressionOpts::default(),
+            "gzip, as BuildKit"
+        );
+        let e = CacheExport::parse(
+            "type=local,dest=d,compression=zstd,compression-level=9,force-compression=true",
+        )
+        .unwrap();
+        assert_eq!(
+            e.compression,
+            CompressionOpts {
+                kind: Compression::Zstd,
+                level: Some(9),
+                force: true
+            }
+        );
+        assert!(e.ignore_error, "a failed export is a warning by default");
+        // A bare reference is a registry cache, as buildx reads it.
+        let e = CacheExport::parse("r.io/a/cache:y").unwrap();
+        assert_eq!(e.location.to_string(), "r.io/a/cache:y");
+    }
+
+    #[test]
+    fn cache_from_registry_and_bare_reference() {
+        let i = CacheImport::parse("type=registry,ref=r.io/a/cache:x").unwrap();
+        assert_eq!(i.location.to_string(), "r.io/a/cache:x");
+        let i = CacheImport::parse("r.io/a/cache:y").unwrap();
+        assert_eq!(i.location.to_string(), "r.io/a/cache:y");
+    }
+
+    #[test]
+    fn inline_takes_no_options_and_is_no_import_type() {
+        let e = CacheExport::parse("type=inline").unwrap();
+        assert_eq!(e.location, CacheLocation::Inline);
+        let msg = CacheExport::parse("type=inline,mode=max")
+            .unwrap_err()
+            .to_string();
+        assert!(msg.contains("option `mode` is not supported yet"), "{msg}");
+        let msg = CacheImport::parse("type=inline").unwrap_err().to_string();
+        assert!(msg.contains("type=registry,ref=IMAGE"), "{msg}");
+    }
+
+    #[test]
+    fn local_dest_src_and_digest() {
+        let e = CacheExport::parse("type=local,dest=/tmp/c,mode=max").unwrap();
+        assert_eq!(e.location, CacheLocation::Local("/tmp/c".into()));
+        assert_eq!(e.mode, CacheMode::Max);
+        let d = kiln_oci::sha256(b"m");
+        let i = CacheImport::parse(&format!("type=local,src=/tmp/c,digest={d}")).unwrap();
+        assert_eq!(i.location, CacheLocation::Local("/tmp/c".into()));
+        assert_eq!(i.digest, Some(d));
+        let msg = CacheExport::parse("type=local").unwrap_err().to_string();
+        assert!(msg.contains("`dest` is required"), "{msg}");
+        let msg = CacheImport::parse("type=local,dest=/x")
+            .unwrap_err()
+            .to_string();
+        assert!(msg.contains("option `dest` is not supported yet"), "{msg}");
+        let msg = CacheImport::parse("type=local,src=/x,digest=nope")
+            .unwrap_err()
+            .to_string();
+        assert!(msg.contains("invalid digest"), "{msg}");
+        let msg = CacheExport::parse("type=registry,ref=r.io/a:x,dest=/x")
+            .unwrap_err()
+            .to_string();
+        assert!(msg.contains("unknown option `dest`"), "{msg}");
+    }
+
+    #[test]
+    fn unsupported_and_bad_specs_name_what_is_wrong() {
+        let msg = |r: Result<CacheExport, CacheSpecError>| r.unwrap_err().to_string();
+        assert!(
+            msg(CacheExport::parse(
+                "type=registry,ref=r.io/a:x,oci-mediatypes=false"
+            ))
+            .contains("option `oci-mediatypes` is not supported yet")
+        );
+        assert!(
+            msg(CacheExport::parse(
+                "type=registry,ref=r.io/a:x,compression=lz4"
+            ))
+            .contains("unknown compression `lz4`")
+        );
+        assert!(
+            msg(CacheExport::parse("type=gha")).contains("cache type `gha` is not supported yet")
+        );
+        assert!(msg(CacheExport::parse("type=nope")).contains("unknown cache type `nope`"));
+        assert!(msg(CacheExport::parse("type=registry")).contains("`ref` is required"));
+        assert!(
+            msg(CacheExport::parse("type=registry,ref=r.io/a:x,mode=all")).contains("invalid mode")
+        );
+        assert!(
+            msg(CacheExport::parse("type=registry,ref=r.io/a:x,bogus=1"))
+                .contains("unknown option `bogus`")
+        );
+        assert!(
+            CacheImport::parse("type=registry,ref=r.io/a:x,digest=sha256:00")
+                .unwrap_err()
+                .to_string()
+                .contains("option `digest` is not supported yet")
+        );
+        assert!(CacheImport::parse("type=registry,ref=UPPER/x").is_err());
+    }
+}

@@ -114,7 +114,7 @@ pub async fn convert(
         def: Definition::new(),
         context: None,
         used_build_args: BTreeSet::new(),
-        meta_args: platform_args(&opts.platform),
+        meta_args: platform_args(&opts.platform, &Platform::host()),
         locations: HashMap::new(),
         images: BTreeMap::new(),
         stage_names: Vec::new(),
@@ -235,9 +235,11 @@ pub async fn convert(
     })
 }
 
-fn platform_args(p: &Platform) -> BTreeMap<String, String> {
+/// The eight automatic platform args: TARGET* for the platform built for, BUILD* for the one the
+/// build runs on (a cross-compiling stage's `FROM --platform=$BUILDPLATFORM` runs natively).
+fn platform_args(target: &Platform, build: &Platform) -> BTreeMap<String, String> {
     let mut m = BTreeMap::new();
-    for prefix in ["TARGET", "BUILD"] {
+    for (prefix, p) in [("TARGET", target), ("BUILD", build)] {
         m.insert(format!("{prefix}PLATFORM"), p.to_string());
         m.insert(format!("{prefix}OS"), p.os.clone());
         m.insert(format!("{prefix}ARCH"), p.architecture.clone());
@@ -590,4 +592,30 @@ fn working_dir(image: &ImageConfig) -> String {
         .clone()
         .filter(|w| !w.is_empty())
         .unwrap_or_else(|| "/".into())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn build_args_name_the_build_platform_and_target_args_the_target() {
+        let target = Platform::new("linux", "arm", Some("v7"));
+        let build = Platform::new("linux", "amd64", None);
+        let m = platform_args(&target, &build);
+        let got: Vec<String> = m.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        assert_eq!(
+            got,
+            [
+                "BUILDARCH=amd64",
+                "BUILDOS=linux",
+                "BUILDPLATFORM=linux/amd64",
+                "BUILDVARIANT=",
+                "TARGETARCH=arm",
+                "TARGETOS=linux",
+                "TARGETPLATFORM=linux/arm/v7",
+                "TARGETVARIANT=v7",
+            ]
+        );
+    }
 }

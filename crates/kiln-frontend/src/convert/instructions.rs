@@ -136,6 +136,7 @@ impl Converter<'_> {
                         secrets: run_mounts.secrets,
                         ssh: run_mounts.ssh,
                         sandbox,
+                        platform: (platform != Platform::host()).then(|| platform.clone()),
                     }));
                     let mut inputs = vec![node];
                     if let Some(file) = script {

@@ -208,6 +208,10 @@ impl Engine {
         let solved = solver.solve(root).await;
         // Only a hint cache: failing to save it costs rehashing next time, not the build.
         let _ = worker.save_file_hashes();
+        // How much of the build QEMU took, as its own closing line of the progress.
+        if let Some(summary) = worker.emulation_stats().summary() {
+            progress.vertex(format!("[emulation] {summary}")).done();
+        }
         let solved = solved.map_err(|e| {
             let message = kiln_solver::error_chain(&*e);
             let location = failing_location(&e, &graph, &locations).map(|loc| {

@@ -100,6 +100,10 @@ pub struct ExecOp {
     /// the process can do, so each is in the digest, as in BuildKit's exec meta.
     #[serde(flatten)]
     pub sandbox: ExecSandbox,
+    /// The platform the process is built for when it is not this machine's: the worker runs it
+    /// through binfmt_misc (QEMU). Left out for native steps, so their digests stay as they were.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub platform: Option<Platform>,
 }
 
 /// An SSH agent socket (`RUN --mount=type=ssh`) forwarded to the process at `target`.
@@ -465,6 +469,7 @@ mod tests {
             secrets: vec![],
             ssh: vec![],
             sandbox: ExecSandbox::default(),
+            platform: None,
         }))
     }
 

@@ -55,6 +55,7 @@ impl Engine {
             created: crate::build::created_time(req.source_date_epoch),
             no_cache_filter: Vec::new(),
             named_contexts: Default::default(),
+            multi_platform: false,
             run: Default::default(),
         };
         let converted = kiln_frontend::convert(&dockerfile, &opts, &NoImages).await?;
@@ -267,10 +268,13 @@ impl Engine {
             .registry
             .push_manifest(name, &media_type, &bytes)
             .await?;
-        v.status(&format!(
-            "pushing manifest for {}@{digest} done",
+        // By digest, the name already ends in `@digest`.
+        let shown = if by_digest {
             name.whole()
-        ));
+        } else {
+            format!("{}@{digest}", name.whole())
+        };
+        v.status(&format!("pushing manifest for {shown} done"));
         v.done();
         exported.manifest = digest;
         Ok(exported)

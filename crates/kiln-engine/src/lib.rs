@@ -6,6 +6,7 @@
 
 mod atomic_file;
 mod build;
+mod build_multi;
 mod check;
 mod compress;
 mod config;

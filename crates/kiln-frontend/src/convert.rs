@@ -76,8 +76,8 @@ struct Converter<'a> {
     used_build_args: BTreeSet<String>,
     meta_args: BTreeMap<String, String>,
     locations: HashMap<NodeId, Location>,
-    /// Resolved base image configs by name, for the build checks.
-    images: BTreeMap<String, ImageConfig>,
+    /// Resolved base image configs by name and requested platform, for the build checks.
+    images: BTreeMap<(String, Platform), ImageConfig>,
     /// Every stage's name, to suggest one when an image name that fails to resolve is a typo.
     stage_names: Vec<String>,
 }
@@ -392,7 +392,8 @@ impl Converter<'_> {
                     source,
                 }
             })?;
-        self.images.insert(base_name, resolved.config.clone());
+        self.images
+            .insert((base_name, platform.clone()), resolved.config.clone());
         Ok(resolved)
     }
 
@@ -407,7 +408,15 @@ impl Converter<'_> {
     ) -> Result<StageBase> {
         let stage = &stages[index];
         let total = 1 + stage.instructions.iter().filter(|i| makes_step(i)).count();
-        let prefix = if multistage {
+        let platform = match &stage.platform {
+            None => self.opts.platform.clone(),
+            Some(p) => {
+                let p = self.expand(stage.from, p, &self.meta_args)?;
+                p.parse()
+                    .map_err(|e: kiln_oci::Error| self.located(stage.from, &e.to_string()))?
+            }
+        };
+        let mut prefix = if multistage {
             format!(
                 "{} ",
                 stage
@@ -418,14 +427,9 @@ impl Converter<'_> {
         } else {
             String::new()
         };
-        let platform = match &stage.platform {
-            None => self.opts.platform.clone(),
-            Some(p) => {
-                let p = self.expand(stage.from, p, &self.meta_args)?;
-                p.parse()
-                    .map_err(|e: kiln_oci::Error| self.located(stage.from, &e.to_string()))?
-            }
-        };
+        if self.opts.multi_platform {
+            prefix.insert_str(0, &format!("{platform} "));
+        }
         let base = self.expand(stage.from, &stage.image, &self.meta_args)?;
         let mut scope = Scope::default();
         let (node, mut image) = if let Some(dep) = self.base_stage(stages, index, &base) {
@@ -597,6 +601,33 @@ fn working_dir(image: &ImageConfig) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn steps_seeing_another_platforms_target_args_get_an_arrow() {
+        let amd64 = Platform::new("linux", "amd64", None);
+        let env = |pairs: &[(&str, &str)]| -> BTreeMap<String, String> {
+            pairs
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect()
+        };
+        let arrow = instructions::target_arrow;
+        assert_eq!(arrow(&amd64, &env(&[])), "");
+        assert_eq!(arrow(&amd64, &env(&[("TARGETARCH", "amd64")])), "");
+        // As BuildKit v0.32.2 names it: `[linux/amd64->arm64 build 2/2]`.
+        assert_eq!(arrow(&amd64, &env(&[("TARGETARCH", "arm64")])), "->arm64");
+        assert_eq!(
+            arrow(&amd64, &env(&[("TARGETPLATFORM", "linux/arm/v7")])),
+            "->arm/v7"
+        );
+        assert_eq!(
+            arrow(
+                &amd64,
+                &env(&[("TARGETOS", "windows"), ("TARGETARCH", "amd64")])
+            ),
+            "->windows/amd64"
+        );
+    }
 
     #[test]
     fn build_args_name_the_build_platform_and_target_args_the_target() {

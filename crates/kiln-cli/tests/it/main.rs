@@ -30,6 +30,7 @@ mod language_dropin;
 mod lint;
 mod load_unnamed;
 mod mounts;
+mod multi_platform;
 mod multistage;
 mod named_contexts;
 mod oracle;

@@ -46,7 +46,7 @@ fn unsupported(req: &BuildRequest) -> Option<String> {
     };
     Some(format!(
         "{what} is not supported yet (a multi-platform build writes --output type=oci, \
-         type=registry or --push)"
+         type=local, type=tar, type=registry or --push)"
     ))
 }
 
@@ -59,6 +59,7 @@ fn supported_output(o: &Output) -> bool {
     plain
         && match o.kind {
             ExporterKind::Oci => o.dest.is_some() && o.tar,
+            ExporterKind::Local | ExporterKind::Tar => true,
             ExporterKind::Registry => true,
             ExporterKind::Image => o.push,
             ExporterKind::CacheOnly => true,
@@ -281,6 +282,23 @@ impl Engine {
         for output in &req.outputs {
             let mut opts = output.export_opts(req.epoch());
             match output.kind {
+                ExporterKind::Local | ExporterKind::Tar => {
+                    let rv = progress.vertex(match output.kind {
+                        ExporterKind::Local => "exporting to client directory",
+                        _ => "exporting to client tarball",
+                    });
+                    let trees: Vec<(String, &[kiln_worker::LayerRef])> = images
+                        .iter()
+                        .map(|(t, value)| {
+                            (
+                                crate::export_rootfs::platform_dir(&t.platform),
+                                value.layers(),
+                            )
+                        })
+                        .collect();
+                    self.export_rootfs_split(&trees, output, &rv).await?;
+                    rv.done();
+                }
                 ExporterKind::Oci => {
                     let Some(dest) = &output.dest else { continue };
                     v.status("compressing layers");
@@ -430,9 +448,15 @@ mod tests {
         let mut push = Output::new(ExporterKind::Image);
         push.push = true;
         assert_eq!(unsupported(&request(vec![push], &["a"])), None);
-        let why = unsupported(&request(vec![Output::new(ExporterKind::Local)], &[])).unwrap();
+        assert_eq!(
+            unsupported(&request(vec![Output::new(ExporterKind::Local)], &[])),
+            None
+        );
+        let mut docker = Output::new(ExporterKind::Docker);
+        docker.dest = Some("x.tar".into());
+        let why = unsupported(&request(vec![docker], &[])).unwrap();
         assert!(
-            why.starts_with("--output type=local for several platforms"),
+            why.starts_with("--output type=docker for several platforms"),
             "{why}"
         );
         let mut docker_types = Output::new(ExporterKind::Registry);

@@ -304,6 +304,53 @@ fn multi_platform_push_is_pulled_back_per_platform() {
 }
 
 #[test]
+fn local_and_tar_outputs_split_by_platform() {
+    let Some(k) = kiln_for("local_and_tar_outputs_split_by_platform") else {
+        return;
+    };
+    let ctx = k.context("ctx", &[("Dockerfile", DOCKERFILE)]);
+    let dir = k.dir().join("out");
+    let tarball = k.dir().join("out.tar");
+    k.build(
+        &ctx,
+        &[
+            "--platform",
+            "linux/amd64,linux/arm64",
+            "-o",
+            &format!("type=local,dest={}", dir.display()),
+            "-o",
+            &format!("type=tar,dest={}", tarball.display()),
+        ],
+    )
+    .ok();
+    // As buildx's default platform-split: a directory per platform, `os_arch`.
+    let mut top: Vec<String> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    top.sort();
+    assert_eq!(top, ["linux_amd64", "linux_arm64"]);
+    let files = read_tar(&tarball).unwrap();
+    let mut tops: Vec<&str> = files.keys().map(|p| p.split('/').next().unwrap()).collect();
+    tops.dedup();
+    assert_eq!(tops, ["linux_amd64", "linux_arm64"]);
+    for (platform, [note, arch, args]) in EXPECTED {
+        let sub = platform.replace('/', "_");
+        for (name, want) in [("note", note), ("arch", arch), ("args", args)] {
+            let on_disk = std::fs::read_to_string(dir.join(&sub).join(name)).unwrap();
+            assert_eq!(on_disk, want, "{sub}/{name}");
+            let in_tar = &files[&format!("{sub}/{name}")];
+            assert_eq!(
+                String::from_utf8_lossy(in_tar),
+                want,
+                "{sub}/{name} in the tar"
+            );
+        }
+    }
+    k.assert_clean();
+}
+
+#[test]
 fn multi_platform_outputs_not_built_yet_say_so() {
     let Some(k) = kiln_for("multi_platform_outputs_not_built_yet_say_so") else {
         return;
@@ -320,7 +367,7 @@ fn multi_platform_outputs_not_built_yet_say_so() {
         "{}",
         run.stderr
     );
-    let dest = k.dir().join("out");
+    let dest = k.dir().join("out.tar");
     let run = k
         .build(
             &ctx,
@@ -328,13 +375,13 @@ fn multi_platform_outputs_not_built_yet_say_so() {
                 "--platform",
                 "linux/amd64,linux/arm64",
                 "-o",
-                &format!("type=local,dest={}", dest.display()),
+                &format!("type=docker,dest={}", dest.display()),
             ],
         )
         .failed();
     assert!(
         run.stderr
-            .contains("--output type=local for several platforms is not supported yet"),
+            .contains("--output type=docker for several platforms is not supported yet"),
         "{}",
         run.stderr
     );

@@ -32,21 +32,14 @@ struct Target {
 fn unsupported(req: &BuildRequest) -> Option<String> {
     let what = if req.squash {
         "--squash".to_string()
-    } else if req.outputs.is_empty() && !req.tags.is_empty()
-        || req
-            .outputs
-            .iter()
-            .any(|o| crate::export_names::stores_image(o) && !o.push)
-    {
-        "keeping a multi-platform image in kiln's image store (-t without --push)".to_string()
     } else if let Some(o) = req.outputs.iter().find(|o| !supported_output(o)) {
         format!("--output type={} for several platforms", o.kind.name())
     } else {
         return None;
     };
     Some(format!(
-        "{what} is not supported yet (a multi-platform build writes --output type=oci, \
-         type=local, type=tar, type=registry or --push)"
+        "{what} is not supported yet (a multi-platform build writes --output type=image, \
+         type=oci, type=local, type=tar, type=registry or --push)"
     ))
 }
 
@@ -61,7 +54,7 @@ fn supported_output(o: &Output) -> bool {
             ExporterKind::Oci => o.dest.is_some() && o.tar,
             ExporterKind::Local | ExporterKind::Tar => true,
             ExporterKind::Registry => true,
-            ExporterKind::Image => o.push,
+            ExporterKind::Image => true,
             ExporterKind::CacheOnly => true,
             _ => false,
         }
@@ -247,7 +240,7 @@ impl Engine {
         progress: &Progress,
     ) -> Result<(Digest, u64, Vec<String>)> {
         let v = progress.vertex("exporting to image");
-        if req.outputs.iter().any(|o| o.kind.is_image()) {
+        if req.outputs.is_empty() || req.outputs.iter().any(|o| o.kind.is_image()) {
             v.status("exporting layers");
             for (_, value) in images {
                 self.fetch_missing_blobs(value.layers(), &v).await?;
@@ -279,6 +272,23 @@ impl Engine {
         let (mut index, mut index_size) = self.write_index(&descriptors)?;
         v.status(&format!("exporting manifest list {index} done"));
         let mut names = Vec::new();
+        // The store keeps the index (blobs as held) under every name an image output gives.
+        let default = [Output::new(ExporterKind::Image)];
+        let outputs = if req.outputs.is_empty() {
+            &default[..]
+        } else {
+            &req.outputs[..]
+        };
+        for output in outputs
+            .iter()
+            .filter(|o| crate::export_names::stores_image(o))
+        {
+            for name in crate::export_names::output_names(req, output)? {
+                self.images.tag(&name, &index)?;
+                v.status(&format!("naming to {} done", name.whole()));
+                names.push(name.whole());
+            }
+        }
         for output in &req.outputs {
             let mut opts = output.export_opts(req.epoch());
             match output.kind {
@@ -361,11 +371,16 @@ impl Engine {
             }
         }
         v.done();
+        let mut seen = HashSet::new();
+        names.retain(|n| seen.insert(n.clone()));
         Ok((index, index_size, names))
     }
 
     /// An OCI index over (manifest, media type, size, platform), put in the content store.
-    fn write_index(&self, manifests: &[(Digest, String, u64, &Platform)]) -> Result<(Digest, u64)> {
+    pub(crate) fn write_index(
+        &self,
+        manifests: &[(Digest, String, u64, &Platform)],
+    ) -> Result<(Digest, u64)> {
         let entries: Vec<serde_json::Value> = manifests
             .iter()
             .map(|(digest, media_type, size, platform)| {
@@ -434,16 +449,10 @@ mod tests {
             None
         );
         assert_eq!(unsupported(&request(vec![], &[])), None);
-        let why = unsupported(&request(vec![], &["a"])).unwrap();
-        assert!(
-            why.starts_with("keeping a multi-platform image in kiln's image store"),
-            "{why}"
-        );
-        assert!(why.contains("is not supported yet"), "{why}");
-        let why = unsupported(&request(vec![Output::new(ExporterKind::Image)], &["a"])).unwrap();
-        assert!(
-            why.starts_with("keeping a multi-platform image in kiln's image store"),
-            "{why}"
+        assert_eq!(unsupported(&request(vec![], &["a"])), None);
+        assert_eq!(
+            unsupported(&request(vec![Output::new(ExporterKind::Image)], &["a"])),
+            None
         );
         let mut push = Output::new(ExporterKind::Image);
         push.push = true;
@@ -459,6 +468,7 @@ mod tests {
             why.starts_with("--output type=docker for several platforms"),
             "{why}"
         );
+        assert!(why.contains("is not supported yet"), "{why}");
         let mut docker_types = Output::new(ExporterKind::Registry);
         docker_types.oci_mediatypes = Some(false);
         assert!(unsupported(&request(vec![docker_types], &["a"])).is_some());

@@ -281,6 +281,17 @@ impl Engine {
         let mut list: Vec<SaveImage> = Vec::new();
         for s in images {
             let found = self.find_image(s)?;
+            let index = match &found.by_name {
+                Some(n) => found.records.iter().find(|r| &r.name == n),
+                None => found.records.first(),
+            }
+            .and_then(|r| r.index.as_ref());
+            if index.is_some() {
+                // Not one platform of it, silently: the whole index, once it is written.
+                return Err(Error::Unsupported(format!(
+                    "kiln save of a multi-platform image (`{s}`) is not supported yet"
+                )));
+            }
             let names: Vec<Reference> = found.by_name.into_iter().collect();
             match list.iter_mut().find(|i| i.manifest == found.manifest) {
                 Some(i) => {

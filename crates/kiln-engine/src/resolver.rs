@@ -71,7 +71,7 @@ impl EngineResolver<'_> {
                 vertex.error(&kiln_solver::error_chain(&registry_err));
                 Err(Box::new(registry_err))
             }
-            Err(registry_err) => match self.local(reference)? {
+            Err(registry_err) => match self.local(reference, platform)? {
                 Some(found) => {
                     vertex.done();
                     Ok(found)
@@ -84,8 +84,13 @@ impl EngineResolver<'_> {
         }
     }
 
-    fn local(&self, reference: &Reference) -> Result<Option<ResolvedImage>, BoxError> {
-        let Some(record) = self.images.get(reference)? else {
+    fn local(
+        &self,
+        reference: &Reference,
+        platform: &Platform,
+    ) -> Result<Option<ResolvedImage>, BoxError> {
+        // A name of several platforms' images gives the one asked for.
+        let Some(record) = self.images.get_platform(reference, platform)? else {
             return Ok(None);
         };
         let manifest: ImageManifest =

@@ -351,22 +351,125 @@ fn local_and_tar_outputs_split_by_platform() {
 }
 
 #[test]
+fn the_store_keeps_the_index_under_the_tag() {
+    let Some(k) = kiln_for("the_store_keeps_the_index_under_the_tag") else {
+        return;
+    };
+    let ctx = k.context("ctx", &[("Dockerfile", DOCKERFILE)]);
+    let tag = k.unique("multi");
+    k.build(&ctx, &["--platform", "linux/amd64,linux/arm64", "-t", &tag])
+        .ok();
+    // Listed once.
+    let listed = k
+        .kiln(&["images", "--format", "{{.Repository}}:{{.Tag}}"])
+        .ok();
+    assert_eq!(listed.stdout, format!("{tag}:latest\n"));
+    // Each platform's image runs; this machine's is the default.
+    for (platform, [_, arch, args]) in EXPECTED {
+        let out = k
+            .kiln(&[
+                "run",
+                "--rm",
+                "--platform",
+                platform,
+                &tag,
+                "sh",
+                "-c",
+                "uname -m; cat /args",
+            ])
+            .ok()
+            .stdout;
+        assert_eq!(out, format!("{arch}{args}"), "{platform}");
+    }
+    let out = k.kiln(&["run", "--rm", &tag, "cat", "/args"]).ok().stdout;
+    assert_eq!(out, EXPECTED[0].1[2]);
+    let run = k
+        .kiln(&["run", "--rm", "--platform", "linux/s390x", &tag, "true"])
+        .failed();
+    assert!(
+        run.stderr
+            .contains("has no image for linux/s390x (it has linux/amd64, linux/arm64)"),
+        "{}",
+        run.stderr
+    );
+    // A later stage can build FROM it for either platform (the local image, by platform).
+    let from = k.context(
+        "from",
+        &[(
+            "Dockerfile",
+            &format!("FROM {tag}\nRUN cat /args > /seen\n"),
+        )],
+    );
+    let out = k.dir().join("from");
+    k.build(
+        &from,
+        &[
+            "--platform",
+            "linux/arm64",
+            "-o",
+            &format!("type=local,dest={}", out.display()),
+        ],
+    )
+    .ok();
+    assert_eq!(
+        std::fs::read_to_string(out.join("seen")).unwrap(),
+        EXPECTED[1].1[2]
+    );
+    // Another name gets the whole index, and `kiln push` sends it: manifests, then the index.
+    let repo = k.unique("kiln-it-multi-push");
+    let pushed = format!("{}/{repo}:v1", k.registry);
+    k.kiln(&["tag", &tag, &pushed]).ok();
+    k.kiln(&["push", &pushed]).ok();
+    let (status, body) = http_get(
+        &k.registry,
+        &format!("/v2/{repo}/manifests/v1"),
+        &[("Accept", "application/vnd.oci.image.index.v1+json")],
+        std::time::Duration::from_secs(10),
+    )
+    .unwrap();
+    assert_eq!(status, 200);
+    let index: Value = serde_json::from_str(&body).unwrap();
+    let platforms: Vec<String> = index["manifests"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(platform_of)
+        .collect();
+    assert_eq!(platforms, ["linux/amd64", "linux/arm64"]);
+    // Not yet: saving it (rather than one platform of it, silently).
+    let save = k
+        .kiln(&["save", "-o", &k.dir().join("s.tar").to_string_lossy(), &tag])
+        .failed();
+    assert!(
+        save.stderr.contains("kiln save of a multi-platform image")
+            && save.stderr.contains("is not supported yet"),
+        "{}",
+        save.stderr
+    );
+    // Pruning keeps every platform's blobs while the name is there.
+    k.kiln(&["prune", "-a", "-f"]).ok();
+    let out = k
+        .kiln(&[
+            "run",
+            "--rm",
+            "--platform",
+            "linux/arm64",
+            &tag,
+            "cat",
+            "/note",
+        ])
+        .ok()
+        .stdout;
+    assert_eq!(out, EXPECTED[1].1[0]);
+    k.assert_clean();
+}
+
+#[test]
 fn multi_platform_outputs_not_built_yet_say_so() {
     let Some(k) = kiln_for("multi_platform_outputs_not_built_yet_say_so") else {
         return;
     };
     let ctx = k.context("ctx", &[("Dockerfile", "FROM busybox:multi\n")]);
-    let run = k
-        .build(&ctx, &["--platform", "linux/amd64,linux/arm64", "-t", "x"])
-        .failed();
-    assert!(
-        run.stderr.contains(
-            "keeping a multi-platform image in kiln's image store (-t without --push) is not \
-             supported yet"
-        ),
-        "{}",
-        run.stderr
-    );
     let dest = k.dir().join("out.tar");
     let run = k
         .build(

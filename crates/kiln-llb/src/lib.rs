@@ -489,11 +489,19 @@ mod tests {
         let mut a = Definition::new();
         let s = a.add(Op::Scratch, vec![], "scratch");
         let shared = a.add(exec("true"), vec![s], "[linux/amd64 1/2] RUN true");
-        a.add(exec("uname -m"), vec![shared], "[linux/amd64 2/2] RUN uname -m");
+        a.add(
+            exec("uname -m"),
+            vec![shared],
+            "[linux/amd64 2/2] RUN uname -m",
+        );
         let mut b = Definition::new();
         let s = b.add(Op::Scratch, vec![], "scratch");
         let shared_b = b.add(exec("true"), vec![s], "[linux/amd64 1/2] RUN true");
-        b.add(exec("uname -a"), vec![shared_b], "[linux/arm64 2/2] RUN uname -a");
+        b.add(
+            exec("uname -a"),
+            vec![shared_b],
+            "[linux/arm64 2/2] RUN uname -a",
+        );
         let at = a.merge(&b);
         assert_eq!(at[shared_b.0], shared);
         assert_eq!(a.len(), 4);

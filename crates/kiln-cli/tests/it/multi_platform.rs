@@ -470,13 +470,41 @@ fn the_store_keeps_the_index_under_the_tag() {
         .map(platform_of)
         .collect();
     assert_eq!(platforms, ["linux/amd64", "linux/arm64"]);
-    // Not yet: saving it (rather than one platform of it, silently).
+    // `kiln save --format oci` writes the index and every platform's blobs; docker's format
+    // (single-platform entries) is not there yet, rather than one platform silently.
+    let saved = k.dir().join("s.tar");
+    k.kiln(&[
+        "save",
+        "--format",
+        "oci",
+        "-o",
+        &saved.to_string_lossy(),
+        &tag,
+    ])
+    .ok();
+    let files = read_tar(&saved).unwrap();
+    let top: Value = serde_json::from_slice(&files["index.json"]).unwrap();
+    let desc = &top["manifests"][0];
+    assert_eq!(desc["mediaType"], "application/vnd.oci.image.index.v1+json");
+    let index: Value = serde_json::from_slice(blob(&files, desc)).unwrap();
+    for (entry, (platform, [note, arch, _])) in
+        index["manifests"].as_array().unwrap().iter().zip(EXPECTED)
+    {
+        assert_eq!(platform_of(entry), platform);
+        let manifest: Value = serde_json::from_slice(blob(&files, entry)).unwrap();
+        let tree = image_files(&files, &manifest);
+        assert_eq!(String::from_utf8_lossy(&tree["note"]), note);
+        assert_eq!(String::from_utf8_lossy(&tree["arch"]), arch);
+    }
     let save = k
-        .kiln(&["save", "-o", &k.dir().join("s.tar").to_string_lossy(), &tag])
+        .kiln(&["save", "-o", &k.dir().join("d.tar").to_string_lossy(), &tag])
         .failed();
     assert!(
-        save.stderr.contains("kiln save of a multi-platform image")
-            && save.stderr.contains("is not supported yet"),
+        save.stderr.contains(
+            "kiln save of a multi-platform image (`{tag}`) in the docker format is not supported yet"
+                .replace("{tag}", &tag)
+                .as_str()
+        ),
         "{}",
         save.stderr
     );

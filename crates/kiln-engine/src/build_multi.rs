@@ -44,11 +44,7 @@ fn unsupported(req: &BuildRequest) -> Option<String> {
 }
 
 fn supported_output(o: &Output) -> bool {
-    let plain = o.annotations.is_empty()
-        && o.oci_mediatypes != Some(false)
-        && !o.unpack
-        && !o.name_canonical
-        && !o.push_by_digest;
+    let plain = o.annotations.is_empty() && !o.unpack && !o.name_canonical && !o.push_by_digest;
     plain
         && match o.kind {
             ExporterKind::Oci => o.dest.is_some() && o.tar,
@@ -215,10 +211,10 @@ impl Engine {
             .into_iter()
             .zip(solved.into_iter().map(|s| s.value.clone()))
             .collect();
-        let (index, size, names) = self.export_multi(&images, &req, progress).await?;
+        let (index, size, index_type, names) = self.export_multi(&images, &req, progress).await?;
         Ok(BuildResult {
             manifest: index.clone(),
-            manifest_media_type: media_type::OCI_INDEX.to_string(),
+            manifest_media_type: index_type.to_string(),
             manifest_size: size,
             image_id: index,
             warnings,
@@ -238,7 +234,7 @@ impl Engine {
         images: &[(Target, Value)],
         req: &BuildRequest,
         progress: &Progress,
-    ) -> Result<(Digest, u64, Vec<String>)> {
+    ) -> Result<(Digest, u64, &'static str, Vec<String>)> {
         let v = progress.vertex("exporting to image");
         if req.outputs.is_empty() || req.outputs.iter().any(|o| o.kind.is_image()) {
             v.status("exporting layers");
@@ -269,7 +265,7 @@ impl Engine {
                 ))
             })
             .collect::<Result<Vec<_>>>()?;
-        let (mut index, mut index_size) = self.write_index(&descriptors)?;
+        let (mut index, mut index_size, mut index_type) = self.write_index(&descriptors)?;
         v.status(&format!("exporting manifest list {index} done"));
         let mut names = Vec::new();
         // The store keeps the index (blobs as held) under every name an image output gives.
@@ -318,7 +314,7 @@ impl Engine {
                         let e = self.exported_manifest(m, &opts).await?;
                         exported.push((e.manifest, e.media_type, e.size, &t.platform));
                     }
-                    (index, index_size) = self.write_index(&exported)?;
+                    (index, index_size, index_type) = self.write_index(&exported)?;
                     v.status(&format!("sending tarball to {}", dest.display()));
                     let tags = crate::export_names::output_names(req, output)?;
                     let content = &self.content;
@@ -352,12 +348,12 @@ impl Engine {
                             pushed.push((e.manifest, e.media_type, e.size, &t.platform));
                         }
                         // The index last, once every manifest it names is in the repository.
-                        (index, index_size) = self.write_index(&pushed)?;
+                        (index, index_size, index_type) = self.write_index(&pushed)?;
                         let bytes = self.content.read(&index)?;
                         let pv = progress.vertex(format!("pushing {}", name.whole()));
                         let digest = self
                             .registry
-                            .push_manifest(name, media_type::OCI_INDEX, &bytes)
+                            .push_manifest(name, index_type, &bytes)
                             .await?;
                         pv.status(&format!(
                             "pushing manifest list for {}@{digest} done",
@@ -373,14 +369,25 @@ impl Engine {
         v.done();
         let mut seen = HashSet::new();
         names.retain(|n| seen.insert(n.clone()));
-        Ok((index, index_size, names))
+        Ok((index, index_size, index_type, names))
     }
 
-    /// An OCI index over (manifest, media type, size, platform), put in the content store.
+    /// An index over (manifest, media type, size, platform), put in the content store: OCI's,
+    /// or a Docker manifest list when the manifests are Docker's (`oci-mediatypes=false`), as
+    /// BuildKit writes them. Returns its digest, size and media type.
     pub(crate) fn write_index(
         &self,
         manifests: &[(Digest, String, u64, &Platform)],
-    ) -> Result<(Digest, u64)> {
+    ) -> Result<(Digest, u64, &'static str)> {
+        let media_type = if !manifests.is_empty()
+            && manifests
+                .iter()
+                .all(|(_, m, _, _)| m == media_type::DOCKER_MANIFEST)
+        {
+            media_type::DOCKER_MANIFEST_LIST
+        } else {
+            media_type::OCI_INDEX
+        };
         let entries: Vec<serde_json::Value> = manifests
             .iter()
             .map(|(digest, media_type, size, platform)| {
@@ -394,11 +401,15 @@ impl Engine {
             .collect();
         let index = json!({
             "schemaVersion": 2,
-            "mediaType": media_type::OCI_INDEX,
+            "mediaType": media_type,
             "manifests": entries,
         });
         let bytes = serde_json::to_vec(&index).expect("json values serialise");
-        Ok((self.content.put(&bytes, None)?, bytes.len() as u64))
+        Ok((
+            self.content.put(&bytes, None)?,
+            bytes.len() as u64,
+            media_type,
+        ))
     }
 }
 
@@ -471,6 +482,6 @@ mod tests {
         assert!(why.contains("is not supported yet"), "{why}");
         let mut docker_types = Output::new(ExporterKind::Registry);
         docker_types.oci_mediatypes = Some(false);
-        assert!(unsupported(&request(vec![docker_types], &["a"])).is_some());
+        assert_eq!(unsupported(&request(vec![docker_types], &["a"])), None);
     }
 }

@@ -216,12 +216,12 @@ impl Engine {
                     .await?;
                 pushed.push((e.manifest, e.media_type, e.size, platform));
             }
-            let (index, size) = self.write_index(&pushed)?;
+            let (index, size, media_type) = self.write_index(&pushed)?;
             let bytes = self.content.read(&index)?;
             let v = progress.vertex(format!("pushing {}", name.whole()));
             let digest = self
                 .registry
-                .push_manifest(name, kiln_oci::media_type::OCI_INDEX, &bytes)
+                .push_manifest(name, media_type, &bytes)
                 .await?;
             v.status(&format!(
                 "pushing manifest list for {}@{digest} done",
@@ -231,7 +231,7 @@ impl Engine {
             return Ok(ExportedImage {
                 manifest: digest,
                 size,
-                media_type: kiln_oci::media_type::OCI_INDEX.to_string(),
+                media_type: media_type.to_string(),
                 config: record.config,
             });
         }

@@ -304,6 +304,70 @@ fn multi_platform_push_is_pulled_back_per_platform() {
 }
 
 #[test]
+fn docker_media_types_make_a_manifest_list() {
+    const TEST: &str = "docker_media_types_make_a_manifest_list";
+    let Some(k) = kiln_for(TEST) else {
+        return;
+    };
+    let ctx = k.context(
+        "ctx",
+        &[("Dockerfile", "FROM busybox:multi\nRUN uname -m > /arch\n")],
+    );
+    let repo = k.unique("kiln-it-multi-list");
+    let name = format!("{}/{repo}:v1", k.registry);
+    k.build(
+        &ctx,
+        &[
+            "--platform",
+            "linux/amd64,linux/arm64",
+            "-o",
+            &format!("type=registry,name={name},oci-mediatypes=false"),
+        ],
+    )
+    .ok();
+    // As BuildKit v0.32.2 pushes it: a Docker manifest list of Docker manifests.
+    let (status, body) = http_get(
+        &k.registry,
+        &format!("/v2/{repo}/manifests/v1"),
+        &[(
+            "Accept",
+            "application/vnd.docker.distribution.manifest.list.v2+json",
+        )],
+        std::time::Duration::from_secs(10),
+    )
+    .unwrap();
+    assert_eq!(status, 200);
+    let list: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(
+        list["mediaType"],
+        "application/vnd.docker.distribution.manifest.list.v2+json"
+    );
+    let entries = list["manifests"].as_array().unwrap();
+    assert_eq!(
+        entries.iter().map(platform_of).collect::<Vec<_>>(),
+        ["linux/amd64", "linux/arm64"]
+    );
+    for e in entries {
+        assert_eq!(
+            e["mediaType"],
+            "application/vnd.docker.distribution.manifest.v2+json"
+        );
+    }
+    // kiln pulls the arm64 image from it.
+    let fresh = Kiln::new(TEST).unwrap();
+    fresh
+        .kiln(&["pull", "--platform", "linux/arm64", &name])
+        .ok();
+    let out = fresh
+        .kiln(&["run", "--rm", &name, "cat", "/arch"])
+        .ok()
+        .stdout;
+    assert_eq!(out, "aarch64\n");
+    fresh.assert_clean();
+    k.assert_clean();
+}
+
+#[test]
 fn local_and_tar_outputs_split_by_platform() {
     let Some(k) = kiln_for("local_and_tar_outputs_split_by_platform") else {
         return;

@@ -8,7 +8,11 @@
 #   4. seeds that registry with base images made here, with kiln itself:
 #      library/busybox:latest, library/debian:bookworm-slim, library/python:3.11-slim, and the
 #      differential corpus' bases (tests/oracle): library/busybox:bare (bin/ only, no /etc/passwd
-#      or /etc/group) and library/busybox:users (fixed users and groups)
+#      or /etc/group) and library/busybox:users (fixed users and groups); library/busybox:multi,
+#      an OCI index for linux/amd64 and linux/arm64 made from Debian's busybox-static for both
+#      architectures (each also tagged alone: busybox:multi-amd64, busybox:multi-arm64)
+#   5. QEMU for foreign-platform RUN steps: qemu-user-static's aarch64 handler registered in
+#      binfmt_misc (mounted first where missing) with the F flag, so containers can use it
 #
 # Environment: KILN_DEV (default /var/tmp/kiln-dev) holds all state; delete it to start over.
 # KILN_DEV_REGISTRY (default 127.0.0.1:5123) is the registry's address.
@@ -30,7 +34,11 @@ PACKAGES=(
     openssl
     # cargo build: a C toolchain for the crypto crates (rustls' aws-lc-rs, ring)
     gcc libc6-dev make
+    # multi-platform builds: RUN for a foreign platform through binfmt_misc and QEMU
+    qemu-user-static binfmt-support
 )
+# The foreign architectures whose handlers the tests need, as qemu-user-static names them.
+QEMU_ARCHES=(aarch64)
 DEBIAN_PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
 SUMMARY=()
 
@@ -264,6 +272,101 @@ seed_busybox_variant() {
     SUMMARY+=("seeded $repo:$tag ($(elapsed "$t0"))")
 }
 
+# binfmt_misc with qemu-user-static's handlers: the kernel runs a foreign binary through QEMU.
+# The F flag (fix binary, as Debian registers them) opens the interpreter once, at registration,
+# so it also works inside a container's root filesystem where /usr/bin/qemu-*-static is absent.
+setup_binfmt() {
+    local dir=/proc/sys/fs/binfmt_misc arch entry
+    if [[ ! -e $dir/register ]]; then
+        log "mounting binfmt_misc on $dir"
+        mount -t binfmt_misc binfmt_misc "$dir" ||
+            die "cannot mount binfmt_misc on $dir (a container needs --privileged or the host's mount)"
+        SUMMARY+=("mounted binfmt_misc")
+    fi
+    for arch in "${QEMU_ARCHES[@]}"; do
+        entry="$dir/qemu-$arch"
+        if [[ ! -e $entry ]] || ! grep -qx enabled "$entry"; then
+            log "registering the qemu-$arch binfmt handler"
+            update-binfmts --enable "qemu-$arch" ||
+                die "update-binfmts --enable qemu-$arch failed (is qemu-user-static installed?)"
+            SUMMARY+=("registered qemu-$arch in binfmt_misc")
+        fi
+        grep -q '^flags: .*F' "$entry" ||
+            die "$entry is registered without the F flag: containers cannot reach its interpreter (update-binfmts --disable qemu-$arch, then run this again)"
+        info "binfmt: qemu-$arch ($(sed -n 's/^interpreter //p' "$entry"), $(grep '^flags:' "$entry"))"
+    done
+}
+
+# Debian's busybox-static .deb for ARCH (amd64, arm64), downloaded once into the cache.
+busybox_deb() {
+    local arch="$1" cache="$KILN_DEV/cache/busybox-static" deb
+    mkdir -p "$cache"
+    deb=$(find "$cache" -maxdepth 1 -name "busybox-static_*_$arch.deb" | sort | tail -n 1)
+    if [[ -z $deb ]]; then
+        if [[ $arch != "$(dpkg --print-architecture)" ]] &&
+            ! dpkg --print-foreign-architectures | grep -qx "$arch"; then
+            log "dpkg --add-architecture $arch (for apt-get download busybox-static:$arch)"
+            dpkg --add-architecture "$arch"
+            apt-get update -qq
+        fi
+        # _apt downloads into a directory it can write.
+        chmod 0777 "$cache"
+        (cd "$cache" && apt-get download -qq "busybox-static:$arch" >/dev/null) ||
+            die "apt-get download busybox-static:$arch failed"
+        chmod 0755 "$cache"
+        deb=$(find "$cache" -maxdepth 1 -name "busybox-static_*_$arch.deb" | sort | tail -n 1)
+        [[ -n $deb ]] || die "apt-get download busybox-static:$arch left no .deb in $cache"
+    fi
+    printf '%s\n' "$deb"
+}
+
+# A busybox rootfs tarball (as busybox:latest's) from ARCH's busybox-static package. The applet
+# links come from the host's busybox --list: the same package version, so the same applets.
+make_busybox_arch_tar() {
+    local out="$1" arch="$2" dir="$KILN_DEV/work/busybox-$2-rootfs" unpacked="$KILN_DEV/work/busybox-$2-deb" applet
+    rm -rf "$dir" "$unpacked"
+    dpkg-deb -x "$(busybox_deb "$arch")" "$unpacked"
+    [[ -f $unpacked/bin/busybox ]] || die "busybox-static:$arch has no bin/busybox"
+    mkdir -p "$dir"/{bin,etc,root,tmp}
+    install -m 0755 "$unpacked/bin/busybox" "$dir/bin/busybox"
+    while read -r applet; do
+        [[ $applet == busybox ]] || ln -s busybox "$dir/bin/$applet"
+    done < <(/bin/busybox --list)
+    printf '%s\n' 'root:x:0:0:root:/root:/bin/sh' 'nobody:x:65534:65534:nobody:/nonexistent:/bin/false' \
+        >"$dir/etc/passwd"
+    printf '%s\n' 'root:x:0:' 'nobody:x:65534:' >"$dir/etc/group"
+    chmod 1777 "$dir/tmp"
+    chmod 0700 "$dir/root"
+    tar --numeric-owner --sort=name --mtime=@1577836800 -C "$dir" -cf "$out" .
+    rm -rf "$dir" "$unpacked"
+}
+
+# library/busybox:multi: an OCI index for linux/amd64 and linux/arm64. Each platform's image is
+# imported and pushed under its own tag first, then `kiln imagetools create` joins them.
+seed_busybox_multi() {
+    local repo=library/busybox tag=multi arch t0 tarball sources=()
+    if has_manifest "$repo" "$tag"; then
+        info "$repo:$tag: in the registry"
+        return
+    fi
+    t0=$(now)
+    log "seeding $repo:$tag (linux/amd64, linux/arm64) from busybox-static"
+    for arch in amd64 arm64; do
+        tarball="$KILN_DEV/work/busybox-multi-$arch.tar"
+        make_busybox_arch_tar "$tarball" "$arch"
+        "$KILN" import --platform "linux/$arch" --change 'CMD ["sh"]' "$tarball" \
+            "$KILN_DEV_REGISTRY/$repo:$tag-$arch" >/dev/null
+        "$KILN" push "$KILN_DEV_REGISTRY/$repo:$tag-$arch" >"$KILN_DEV/logs/push-busybox-$tag-$arch.log" 2>&1 ||
+            { tail -n 20 "$KILN_DEV/logs/push-busybox-$tag-$arch.log" >&2; die "pushing $repo:$tag-$arch failed"; }
+        rm -f "$tarball"
+        sources+=("$KILN_DEV_REGISTRY/$repo:$tag-$arch")
+    done
+    "$KILN" imagetools create -t "$KILN_DEV_REGISTRY/$repo:$tag" "${sources[@]}" \
+        >"$KILN_DEV/logs/push-busybox-$tag.log" 2>&1 ||
+        { tail -n 20 "$KILN_DEV/logs/push-busybox-$tag.log" >&2; die "creating the index $repo:$tag failed"; }
+    SUMMARY+=("seeded $repo:$tag ($(elapsed "$t0"))")
+}
+
 debian_sources() {
     local main security
     main=$(debian_mirror)
@@ -375,7 +478,7 @@ print_summary() {
     data dir  KILN_ROOT=$KILN_ROOT
     config    KILN_CONFIG=$KILN_CONFIG (docker.io -> $KILN_DEV_REGISTRY)
     registry  http://$KILN_DEV_REGISTRY/v2/ (data $KILN_DEV/registry, log $KILN_DEV/logs/registry.log)
-    images    busybox:latest busybox:bare busybox:users debian:bookworm-slim python:3.11-slim
+    images    busybox:latest busybox:bare busybox:users busybox:multi debian:bookworm-slim python:3.11-slim
 EOF
 }
 
@@ -386,10 +489,12 @@ main() {
     install_packages
     build_kiln
     prepare_dirs
+    setup_binfmt
     start_registry
     seed_busybox
     seed_busybox_variant bare
     seed_busybox_variant users
+    seed_busybox_multi
     seed_debian
     seed_python
     print_summary

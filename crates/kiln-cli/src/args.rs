@@ -429,6 +429,10 @@ pub struct RunArgs {
     /// Publish a container's port(s) to the host
     #[arg(short = 'p', long = "publish")]
     pub publish: Vec<String>,
+    /// Set platform if server is multi-platform capable (picks that image of a multi-platform
+    /// name; default: this machine's)
+    #[arg(long)]
+    pub platform: Option<String>,
     pub image: String,
     #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
     pub command: Vec<String>,

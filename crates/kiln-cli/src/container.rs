@@ -36,6 +36,14 @@ pub async fn run(cli: &Cli, a: &RunArgs) -> Result<ExitCode> {
         volumes: a.volume.clone(),
         interactive: a.interactive,
         tty: a.tty,
+        platform: a
+            .platform
+            .as_deref()
+            .map(|p| {
+                p.parse()
+                    .with_context(|| format!("invalid --platform `{p}`"))
+            })
+            .transpose()?,
     };
     if !a.detach {
         return Ok(exit_code(engine.run(req).await?));

@@ -243,14 +243,28 @@ async fn build(cli: &Cli, b: &BuildArgs) -> Result<ExitCode> {
             o.annotations.push(a.clone());
         }
     }
-    let platform = match b.platform.as_deref() {
-        None => None,
-        Some(p) if p.contains(',') => bail!("building for several platforms is not supported yet"),
-        Some(p) => Some(
-            p.parse()
-                .with_context(|| format!("invalid --platform `{p}`"))?,
-        ),
+    // `a,b`: one build for each platform, exported as one index.
+    let mut platforms: Vec<kiln_oci::Platform> = Vec::new();
+    for p in b.platform.iter().flat_map(|p| p.split(',')).map(str::trim) {
+        let parsed = p
+            .parse()
+            .with_context(|| format!("invalid --platform `{p}`"))?;
+        if !platforms.contains(&parsed) {
+            platforms.push(parsed);
+        }
+    }
+    let platform = match platforms.as_slice() {
+        [one] => Some(one.clone()),
+        _ => None,
     };
+    if platforms.len() > 1
+        && !matches!(
+            args::parse_call(b.call.as_deref(), b.check)?,
+            args::Call::Build
+        )
+    {
+        bail!("--call with several platforms is not supported yet");
+    }
     let call = args::parse_call(b.call.as_deref(), b.check)?;
     let stdin = stdin::dockerfile(&b.context, b.file.as_deref())?;
     if !matches!(call, args::Call::Build) {
@@ -342,6 +356,7 @@ async fn build(cli: &Cli, b: &BuildArgs) -> Result<ExitCode> {
         outputs,
         no_cache: b.no_cache,
         platform,
+        platforms,
         source_date_epoch: env::source_date_epoch(),
         secrets,
         ssh,
@@ -360,7 +375,6 @@ async fn build(cli: &Cli, b: &BuildArgs) -> Result<ExitCode> {
         let names = &result.names;
         let mut meta = serde_json::json!({
             "buildx.build.ref": build_ref(),
-            "containerimage.config.digest": result.image_id.to_string(),
             "containerimage.digest": result.manifest.to_string(),
             "containerimage.descriptor": {
                 "mediaType": result.manifest_media_type,
@@ -368,8 +382,12 @@ async fn build(cli: &Cli, b: &BuildArgs) -> Result<ExitCode> {
                 "size": result.manifest_size,
             },
         });
-        // BuildKit's descriptor also says when and for which platform the image was made.
-        meta["containerimage.descriptor"]["platform"] = serde_json::to_value(&result.platform)?;
+        // An index (several platforms) has no config of its own, nor one platform.
+        if !kiln_oci::media_type::is_index(&result.manifest_media_type) {
+            meta["containerimage.config.digest"] = result.image_id.to_string().into();
+            // BuildKit's descriptor also says when and for which platform the image was made.
+            meta["containerimage.descriptor"]["platform"] = serde_json::to_value(&result.platform)?;
+        }
         if let Some(created) = &result.created {
             meta["containerimage.descriptor"]["annotations"] =
                 serde_json::json!({ "org.opencontainers.image.created": created });

@@ -26,6 +26,9 @@ pub struct BuildRequest {
     pub outputs: Vec<Output>,
     pub no_cache: bool,
     pub platform: Option<Platform>,
+    /// Two or more: a multi-platform build (`--platform a,b`), whose result is an index;
+    /// `platform` is then `None`.
+    pub platforms: Vec<Platform>,
     /// Seconds since the epoch to write as the build's time (`SOURCE_DATE_EPOCH`).
     pub source_date_epoch: Option<i64>,
     /// Values for `RUN --mount=type=secret`, by id.
@@ -76,6 +79,9 @@ pub struct BuildResult {
 
 impl Engine {
     pub async fn build(&self, mut req: BuildRequest, progress: &Progress) -> Result<BuildResult> {
+        if req.platforms.len() > 1 {
+            return self.build_multi(req, progress).await;
+        }
         if let Some(why) = req.outputs.iter().find_map(Output::unsupported) {
             return Err(Error::Unsupported(why));
         }
@@ -85,55 +91,12 @@ impl Engine {
         let (req, _git_context) = self.git_context(req, progress).await?;
         // So is a tarball from stdin or a URL, unpacked; a `-f` URL is fetched.
         let (req, _archive_context) = self.archive_context(req, progress).await?;
-        let dockerfile_path = req
-            .dockerfile
-            .clone()
-            .unwrap_or_else(|| req.context.join("Dockerfile"));
-        let dockerfile_name = dockerfile_path
-            .file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_else(|| "Dockerfile".into());
-
-        let v = progress.vertex(format!(
-            "[internal] load build definition from {dockerfile_name}"
-        ));
-        let source = match &req.dockerfile_text {
-            Some(text) => text.clone(),
-            None => std::fs::read_to_string(&dockerfile_path).map_err(io(format!(
-                "failed to read the Dockerfile `{}`",
-                dockerfile_path.display()
-            )))?,
-        };
-        v.status(&format!("transferring dockerfile: {}B done", source.len()));
-        v.done();
-
-        let v = progress.vertex("[internal] load .dockerignore");
-        let ignore_path = req.context.join(".dockerignore");
-        // BuildKit copies a tarball context whole: its `.dockerignore` excludes nothing.
-        let ignore = match &_archive_context {
-            Some(_) => Err(std::io::ErrorKind::NotFound.into()),
-            None => std::fs::read_to_string(&ignore_path),
-        };
-        let (excludes, matcher) = match ignore {
-            Ok(text) => {
-                let matcher = Matcher::from_dockerignore(&text).map_err(|e| Error::Invalid {
-                    what: format!("`{}`", ignore_path.display()),
-                    source: Box::new(e),
-                })?;
-                let patterns = matcher
-                    .rules()
-                    .iter()
-                    .map(|r| r.text().to_string())
-                    .collect();
-                (patterns, Some(Arc::new(matcher)))
-            }
-            Err(_) => (Vec::new(), None),
-        };
-        v.status(&format!(
-            "transferring context: {}B done",
-            excludes.iter().map(|e: &String| e.len() + 1).sum::<usize>()
-        ));
-        v.done();
+        let Loaded {
+            source,
+            dockerfile_name,
+            excludes,
+            matcher,
+        } = self.load_definition(&req, _archive_context.is_some(), progress)?;
 
         self.check_entitlements(&req.run)?;
         let mut run = req.run.clone();
@@ -150,6 +113,7 @@ impl Engine {
             run,
             no_cache_filter: req.no_cache_filter.clone(),
             named_contexts: named.contexts,
+            multi_platform: false,
         };
         let resolver = EngineResolver {
             pull: req.pull,
@@ -157,6 +121,7 @@ impl Engine {
             content: &self.content,
             images: &self.images,
             progress,
+            multi_platform: false,
             seen: Default::default(),
         };
         let mut converted = kiln_frontend::convert(&source, &opts, &resolver).await?;
@@ -237,6 +202,10 @@ impl Engine {
         };
         // Only a hint cache: failing to save it costs rehashing next time, not the build.
         let _ = worker.save_file_hashes();
+        // How much of the build QEMU took, as its own closing line of the progress.
+        if let Some(summary) = worker.emulation_stats().summary() {
+            progress.vertex(format!("[emulation] {summary}")).done();
+        }
         let solved = solved.map_err(|e| {
             let message = kiln_solver::error_chain(&*e);
             let location = failing_location(&e, &graph, &locations).map(|loc| {
@@ -313,7 +282,7 @@ impl Engine {
 }
 
 /// An RFC 3339 time without its fraction (`2026-12-07T20:15:11.123Z` → `2026-12-07T20:15:11Z`).
-fn whole_seconds(t: &str) -> String {
+pub(crate) fn whole_seconds(t: &str) -> String {
     match t.split_once('.') {
         Some((secs, _)) => format!("{secs}Z"),
         None => t.to_string(),
@@ -321,7 +290,7 @@ fn whole_seconds(t: &str) -> String {
 }
 
 /// The Dockerfile location of the vertex a solve error names.
-fn failing_location(
+pub(crate) fn failing_location(
     err: &kiln_solver::Error,
     graph: &LlbGraph,
     locations: &std::collections::HashMap<kiln_llb::NodeId, kiln_dockerfile::Location>,
@@ -345,10 +314,84 @@ pub(crate) fn created_time(source_date_epoch: Option<i64>) -> String {
     t.to_rfc3339_opts(chrono::SecondsFormat::Nanos, true)
 }
 
+/// The Dockerfile and `.dockerignore` of a build, read once however many platforms it has.
+pub(crate) struct Loaded {
+    pub source: String,
+    pub dockerfile_name: String,
+    pub excludes: Vec<String>,
+    pub matcher: Option<Arc<Matcher>>,
+}
+
 impl Engine {
+    /// `[internal] load build definition` and `[internal] load .dockerignore`.
+    /// `archive`: the context is an unpacked tarball, whose `.dockerignore` excludes nothing
+    /// (BuildKit copies a tarball context whole).
+    pub(crate) fn load_definition(
+        &self,
+        req: &BuildRequest,
+        archive: bool,
+        progress: &Progress,
+    ) -> Result<Loaded> {
+        let dockerfile_path = req
+            .dockerfile
+            .clone()
+            .unwrap_or_else(|| req.context.join("Dockerfile"));
+        let dockerfile_name = dockerfile_path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_else(|| "Dockerfile".into());
+
+        let v = progress.vertex(format!(
+            "[internal] load build definition from {dockerfile_name}"
+        ));
+        let source = match &req.dockerfile_text {
+            Some(text) => text.clone(),
+            None => std::fs::read_to_string(&dockerfile_path).map_err(io(format!(
+                "failed to read the Dockerfile `{}`",
+                dockerfile_path.display()
+            )))?,
+        };
+        v.status(&format!("transferring dockerfile: {}B done", source.len()));
+        v.done();
+
+        let v = progress.vertex("[internal] load .dockerignore");
+        let ignore_path = req.context.join(".dockerignore");
+        let ignore = match archive {
+            true => Err(std::io::ErrorKind::NotFound.into()),
+            false => std::fs::read_to_string(&ignore_path),
+        };
+        let (excludes, matcher) = match ignore {
+            Ok(text) => {
+                let matcher = Matcher::from_dockerignore(&text).map_err(|e| Error::Invalid {
+                    what: format!("`{}`", ignore_path.display()),
+                    source: Box::new(e),
+                })?;
+                let patterns = matcher
+                    .rules()
+                    .iter()
+                    .map(|r| r.text().to_string())
+                    .collect();
+                (patterns, Some(Arc::new(matcher)))
+            }
+            Err(_) => (Vec::new(), None),
+        };
+        v.status(&format!(
+            "transferring context: {}B done",
+            excludes.iter().map(|e: &String| e.len() + 1).sum::<usize>()
+        ));
+        v.done();
+
+        Ok(Loaded {
+            source,
+            dockerfile_name,
+            excludes,
+            matcher,
+        })
+    }
+
     /// `--add-host NAME:host-gateway`: the config's `host-gateway-ip`, as dockerd's; buildx's
     /// words when there is none (its remote driver cannot derive one either).
-    fn map_host_gateway(&self, run: &mut kiln_frontend::RunOpts) -> Result<()> {
+    pub(crate) fn map_host_gateway(&self, run: &mut kiln_frontend::RunOpts) -> Result<()> {
         for h in run
             .extra_hosts
             .iter_mut()
@@ -370,7 +413,7 @@ impl Engine {
 
     /// Refuses a build asking for an entitlement the configuration does not allow, as buildkitd
     /// refuses one missing from `insecure-entitlements`.
-    fn check_entitlements(&self, run: &kiln_frontend::RunOpts) -> Result<()> {
+    pub(crate) fn check_entitlements(&self, run: &kiln_frontend::RunOpts) -> Result<()> {
         match run
             .entitlements
             .iter()

@@ -283,7 +283,12 @@ impl Engine {
         let images = self.images.list()?;
         let mut refs = Refs::default();
         for image in &images {
-            image_refs(self, &image.manifest, &mut refs);
+            // An index keeps every platform's image.
+            image_refs(
+                self,
+                image.index.as_ref().unwrap_or(&image.manifest),
+                &mut refs,
+            );
         }
         self.add_variants(&mut refs);
         Ok((images.len(), refs))

@@ -76,7 +76,18 @@ impl Engine {
                     _ => "exporting to client tarball",
                 };
                 let rv = progress.vertex(what);
-                self.export_rootfs(rootfs.layers(), output, &rv).await?;
+                if output.platform_split == Some(true) {
+                    // Asked for with one platform too: its tree under `linux_amd64/`.
+                    let dir = crate::export_rootfs::platform_dir(
+                        &req.platform
+                            .clone()
+                            .unwrap_or_else(kiln_oci::Platform::host),
+                    );
+                    self.export_rootfs_split(&[(dir, rootfs.layers())], output, &rv)
+                        .await?;
+                } else {
+                    self.export_rootfs(rootfs.layers(), output, &rv).await?;
+                }
                 rv.done();
                 continue;
             }

@@ -45,6 +45,59 @@ impl Engine {
     }
 }
 
+impl Engine {
+    /// `type=local|tar` of a multi-platform build: each platform's root filesystem under its
+    /// own directory (`linux_amd64/`, `linux_arm_v7/`), as buildx's default `platform-split`.
+    pub(crate) async fn export_rootfs_split(
+        &self,
+        trees: &[(String, &[LayerRef])],
+        output: &Output,
+        v: &Vertex,
+    ) -> Result<()> {
+        let Some(dest) = output.dest.clone() else {
+            return Err(Error::Usage(format!(
+                "type={} needs dest=",
+                output.kind.name()
+            )));
+        };
+        if output.kind == ExporterKind::Local && dest != Path::new("-") {
+            for (dir, layers) in trees {
+                let mut one = output.clone();
+                one.dest = Some(dest.join(dir));
+                self.export_rootfs(layers, &one, v).await?;
+            }
+            return Ok(());
+        }
+        // One tar: every platform's overlay mounted while it is written.
+        let worker = self.worker(None);
+        let mut steps = Vec::new();
+        for (dir, layers) in trees {
+            let step = worker.prepare(layers, v).await?;
+            steps.push((step.rootfs(), dir.clone(), step));
+        }
+        let roots: Vec<(std::path::PathBuf, String)> = steps
+            .iter()
+            .map(|(root, dir, _)| (root.clone(), dir.clone()))
+            .collect();
+        v.status(&format!("copying files to {}", dest.display()));
+        let as_dir = output.kind == ExporterKind::Local;
+        tokio::task::spawn_blocking(move || {
+            write_to_dest(&dest, as_dir, |out| {
+                kiln_snapshot::write_trees_tar(&roots, out)?;
+                Ok(())
+            })
+        })
+        .await??;
+        drop(steps);
+        Ok(())
+    }
+}
+
+/// `linux/arm/v7` → `linux_arm_v7`: a platform's directory in a split rootfs export.
+pub(crate) fn platform_dir(p: &kiln_oci::Platform) -> String {
+    p.to_string().replace('/', "_")
+}
+
 /// Runs `produce` (a tar writer) into `dest`: standard output for `-`, the directory `dest`
 /// when `as_dir` (the tar extracted as it streams, merged with what is there, as BuildKit's
 /// local and `tar=false` exporters do), else the file `dest`, replaced only once complete (a

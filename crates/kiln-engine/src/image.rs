@@ -55,6 +55,7 @@ impl Engine {
             created: crate::build::created_time(req.source_date_epoch),
             no_cache_filter: Vec::new(),
             named_contexts: Default::default(),
+            multi_platform: false,
             run: Default::default(),
         };
         let converted = kiln_frontend::convert(&dockerfile, &opts, &NoImages).await?;
@@ -153,7 +154,15 @@ impl Engine {
     pub fn tag(&self, src: &str, dst: &Reference) -> Result<()> {
         // By name or by ID, as `docker tag` takes either.
         let found = self.find_image(src)?;
-        self.images.tag(dst, &found.manifest)?;
+        // A name of several platforms' images: the new name gets the whole index.
+        let record = match &found.by_name {
+            Some(n) => found.records.iter().find(|r| &r.name == n),
+            None => found.records.first(),
+        };
+        let target = record
+            .and_then(|r| r.index.clone())
+            .unwrap_or_else(|| found.manifest.clone());
+        self.images.tag(dst, &target)?;
         Ok(())
     }
 
@@ -193,6 +202,39 @@ impl Engine {
         opts: &ExportOpts,
         progress: &Progress,
     ) -> Result<ExportedImage> {
+        let record = self
+            .images
+            .get(name)?
+            .ok_or_else(|| Error::NoSuchImage(name.whole()))?;
+        if record.index.is_some() {
+            // Every platform's manifest by digest, then the index under the tag, last.
+            let mut pushed = Vec::new();
+            let platforms = self.images.platforms(&record)?;
+            for (platform, manifest) in &platforms {
+                let e = self
+                    .push_manifest_as(name, manifest, opts, true, progress)
+                    .await?;
+                pushed.push((e.manifest, e.media_type, e.size, platform));
+            }
+            let (index, size, media_type) = self.write_index(&pushed)?;
+            let bytes = self.content.read(&index)?;
+            let v = progress.vertex(format!("pushing {}", name.whole()));
+            let digest = self
+                .registry
+                .push_manifest(name, media_type, &bytes)
+                .await?;
+            v.status(&format!(
+                "pushing manifest list for {}@{digest} done",
+                name.whole()
+            ));
+            v.done();
+            return Ok(ExportedImage {
+                manifest: digest,
+                size,
+                media_type: media_type.to_string(),
+                config: record.config,
+            });
+        }
         let (local, _, _) = self.local_manifest(name)?;
         self.push_manifest_as(name, &local, opts, false, progress)
             .await
@@ -267,10 +309,13 @@ impl Engine {
             .registry
             .push_manifest(name, &media_type, &bytes)
             .await?;
-        v.status(&format!(
-            "pushing manifest for {}@{digest} done",
+        // By digest, the name already ends in `@digest`.
+        let shown = if by_digest {
             name.whole()
-        ));
+        } else {
+            format!("{}@{digest}", name.whole())
+        };
+        v.status(&format!("pushing manifest for {shown} done"));
         v.done();
         exported.manifest = digest;
         Ok(exported)

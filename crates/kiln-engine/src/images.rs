@@ -279,8 +279,31 @@ impl Engine {
     /// `docker save`: the images, each under the name it was asked by (none when asked by ID).
     pub fn save<W: Write>(&self, images: &[String], format: SaveFormat, out: W) -> Result<W> {
         let mut list: Vec<SaveImage> = Vec::new();
+        // Multi-platform names: (where in `list`, the record naming the index).
+        let mut indexes = Vec::new();
         for s in images {
             let found = self.find_image(s)?;
+            let record = match &found.by_name {
+                Some(n) => found.records.iter().find(|r| &r.name == n),
+                None => found.records.first(),
+            }
+            .filter(|r| r.index.is_some())
+            .cloned();
+            if let Some(record) = record {
+                // Docker's format lists single-platform images; never one platform silently.
+                if format == SaveFormat::Docker {
+                    return Err(Error::Unsupported(format!(
+                        "kiln save of a multi-platform image (`{s}`) in the docker format is not \
+                         supported yet (--format oci writes its index)"
+                    )));
+                }
+                indexes.push((list.len(), record));
+                list.push(SaveImage {
+                    manifest: found.manifest,
+                    names: found.by_name.into_iter().collect(),
+                });
+                continue;
+            }
             let names: Vec<Reference> = found.by_name.into_iter().collect();
             match list.iter_mut().find(|i| i.manifest == found.manifest) {
                 Some(i) => {
@@ -301,7 +324,20 @@ impl Engine {
             oci: format == SaveFormat::Oci,
             ..Default::default()
         };
-        for image in &mut list {
+        for (i, image) in list.iter_mut().enumerate() {
+            if let Some((_, record)) = indexes.iter().find(|(at, _)| *at == i) {
+                // Each platform's image as pushed, under a new index.
+                let mut entries = Vec::new();
+                let platforms = self.images.platforms(record)?;
+                for (platform, manifest) in &platforms {
+                    let exported = self.exported_manifest_blocking(manifest, &opts)?;
+                    let size = self.content.read(&exported)?.len() as u64;
+                    let media_type = kiln_oci::media_type::OCI_MANIFEST.to_string();
+                    entries.push((exported, media_type, size, platform));
+                }
+                image.manifest = self.write_index(&entries)?.0;
+                continue;
+            }
             image.manifest = self.exported_manifest_blocking(&image.manifest, &opts)?;
         }
         Ok(kiln_exporter::save::write_save_archive(

@@ -7,6 +7,7 @@
 mod archive_context;
 mod atomic_file;
 mod build;
+mod build_multi;
 mod cache_export;
 mod cache_format;
 mod cache_import;

@@ -98,6 +98,9 @@ pub struct Output {
     pub oci_mediatypes: Option<bool>,
     pub annotations: Vec<Annotation>,
     pub rewrite_timestamp: bool,
+    /// `platform-split=` of `type=local|tar`: each platform's tree in its own directory
+    /// (`linux_amd64/`); `None` is buildx's default, split when there are several platforms.
+    pub platform_split: Option<bool>,
 }
 
 impl Output {
@@ -118,6 +121,7 @@ impl Output {
             oci_mediatypes: None,
             annotations: Vec::new(),
             rewrite_timestamp: false,
+            platform_split: None,
         }
     }
 
@@ -209,6 +213,7 @@ impl Output {
                 "force-compression" => out.force_compression = flag(&value)?,
                 "oci-mediatypes" => out.oci_mediatypes = Some(flag(&value)?),
                 "rewrite-timestamp" => out.rewrite_timestamp = flag(&value)?,
+                "platform-split" => out.platform_split = Some(flag(&value)?),
                 k if k.starts_with("annotation") => out
                     .annotations
                     .push(parse_annotation(k, &value).map_err(err)?),
@@ -251,6 +256,13 @@ impl Output {
             format!("--output type={},name-canonical", self.kind.name())
         } else if self.unpack && !stores {
             format!("--output type={},unpack", self.kind.name())
+        } else if self.platform_split.is_some()
+            && !matches!(self.kind, ExporterKind::Local | ExporterKind::Tar)
+        {
+            format!("--output type={},platform-split", self.kind.name())
+        } else if self.platform_split == Some(false) {
+            // BuildKit merges the platforms' trees, failing where they differ.
+            format!("--output type={},platform-split=false", self.kind.name())
         } else if !self.tar && self.kind != ExporterKind::Oci {
             format!("--output type={},tar=false", self.kind.name())
         } else if let Some(opt) = self.image_option().filter(|_| !self.kind.is_image()) {
@@ -557,6 +569,8 @@ mod tests {
             "type=local,dest=a,compression=zstd",
             "type=tar,dest=a,rewrite-timestamp=true",
             "type=image,dest=a",
+            "type=local,dest=a,platform-split=false",
+            "type=oci,dest=a,platform-split=true",
         ] {
             let o = Output::parse(spec).unwrap();
             assert!(
@@ -576,6 +590,8 @@ mod tests {
             "type=docker,dest=-",
             "type=oci,dest=a,compression=zstd,compression-level=9,force-compression=true",
             "type=docker,dest=a,oci-mediatypes=true,rewrite-timestamp=true,annotation.a=b",
+            "type=local,dest=a,platform-split=true",
+            "type=tar,dest=a,platform-split=true",
         ] {
             assert_eq!(Output::parse(spec).unwrap().unsupported(), None, "{spec}");
         }

@@ -17,6 +17,9 @@ pub(crate) struct EngineResolver<'a> {
     pub progress: &'a Progress,
     /// `--pull`: the registry's answer or an error, never the local image store.
     pub pull: bool,
+    /// Several platforms in one build: progress names the platform of each lookup, as BuildKit
+    /// (`[linux/arm64 internal] load metadata for ...`).
+    pub multi_platform: bool,
     /// One lookup per image and platform in a build, however many stages name it.
     pub seen: std::sync::Mutex<std::collections::HashMap<(String, Platform), ResolvedImage>>,
 }
@@ -45,7 +48,12 @@ impl EngineResolver<'_> {
         platform: &Platform,
     ) -> std::result::Result<ResolvedImage, BoxError> {
         let vertex = self.progress.vertex(format!(
-            "[internal] load metadata for {}",
+            "[{}internal] load metadata for {}",
+            if self.multi_platform {
+                format!("{platform} ")
+            } else {
+                String::new()
+            },
             reference.whole()
         ));
         match self.registry.resolve(reference, platform).await {
@@ -63,7 +71,7 @@ impl EngineResolver<'_> {
                 vertex.error(&kiln_solver::error_chain(&registry_err));
                 Err(Box::new(registry_err))
             }
-            Err(registry_err) => match self.local(reference)? {
+            Err(registry_err) => match self.local(reference, platform)? {
                 Some(found) => {
                     vertex.done();
                     Ok(found)
@@ -76,8 +84,13 @@ impl EngineResolver<'_> {
         }
     }
 
-    fn local(&self, reference: &Reference) -> Result<Option<ResolvedImage>, BoxError> {
-        let Some(record) = self.images.get(reference)? else {
+    fn local(
+        &self,
+        reference: &Reference,
+        platform: &Platform,
+    ) -> Result<Option<ResolvedImage>, BoxError> {
+        // A name of several platforms' images gives the one asked for.
+        let Some(record) = self.images.get_platform(reference, platform)? else {
             return Ok(None);
         };
         let manifest: ImageManifest =

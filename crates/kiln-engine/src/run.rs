@@ -30,6 +30,9 @@ pub struct RunRequest {
     pub interactive: bool,
     /// `-t`: allocate a terminal (foreground only).
     pub tty: bool,
+    /// `--platform`: which image of a multi-platform name (default: this machine's), and
+    /// which one to pull when the image is not here.
+    pub platform: Option<kiln_oci::Platform>,
 }
 
 /// `kiln exec`: one more process in a running container.
@@ -89,14 +92,23 @@ impl Engine {
                 .parse()
                 .map_err(|_| Error::Reference(req.image.clone()))?,
         };
-        let manifest = match self.images.get(&name)? {
+        let host = kiln_oci::Platform::host();
+        let platform = req.platform.as_ref().unwrap_or(&host);
+        let manifest = match self.images.get_platform(&name, platform)? {
             Some(record) => record.manifest,
-            None => self.pull(&name, &Progress::discard()).await?,
+            None => {
+                self.pull_platform(&name, platform, &Progress::discard())
+                    .await?
+            }
         };
         let pinned = crate::resolver::pin(&name, &manifest);
         let worker = self.worker(None);
         let layers = worker.image(&pinned).await?;
-        let (_, m, _) = self.local_manifest(&name)?;
+        let m: kiln_oci::ImageManifest = serde_json::from_slice(&self.content.read(&manifest)?)
+            .map_err(|e| Error::Invalid {
+                what: format!("manifest of `{}`", name.whole()),
+                source: Box::new(e),
+            })?;
         let image: ImageConfig = serde_json::from_slice(&self.content.read(m.config().digest())?)
             .map_err(|e| Error::Invalid {
             what: "image config".into(),

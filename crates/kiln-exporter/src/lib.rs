@@ -64,6 +64,14 @@ pub enum Error {
     },
     #[error("`{digest}` has media type `{media_type}`, expected an image manifest")]
     NotAManifest { digest: Digest, media_type: String },
+    #[error("image `{name}` has no image for {platform} (it has {available})")]
+    NoPlatform {
+        name: String,
+        platform: String,
+        available: String,
+    },
+    #[error("image index `{0}` names no platform's image manifest")]
+    EmptyIndex(Digest),
     #[error("image index `{0}` nests too deeply")]
     IndexTooDeep(Digest),
     #[error("failed to write archive entry `{path}`")]

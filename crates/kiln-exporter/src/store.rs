@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 
 use chrono::{DateTime, Utc};
 use kiln_content::ContentStore;
-use kiln_oci::{Digest, Reference};
+use kiln_oci::{Digest, ImageIndex, Platform, Reference, media_type};
 use serde::{Deserialize, Serialize};
 
 use crate::image;
@@ -31,6 +31,9 @@ pub struct ImageRecord {
     /// Config plus compressed layer blob sizes, roughly what `docker images` reports.
     pub size: u64,
     pub tagged_at: DateTime<Utc>,
+    /// The index the name points at, when it names several platforms' images; `manifest` and
+    /// `config` are then those of its default platform (this machine's, else the first).
+    pub index: Option<Digest>,
 }
 
 #[derive(Debug, Default, Serialize, Deserialize)]
@@ -47,6 +50,8 @@ struct StoredImage {
     created: Option<DateTime<Utc>>,
     size: u64,
     tagged_at: DateTime<Utc>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    index: Option<Digest>,
 }
 
 #[derive(Debug, Clone)]
@@ -70,21 +75,46 @@ impl ImageStore {
     }
 
     /// Points `name` at the image whose manifest is `manifest`, replacing any existing tag.
-    /// The manifest, its config and its layers must be in the content store.
+    /// The manifest, its config and its layers must be in the content store. `manifest` may be
+    /// an index (several platforms): every platform's image must then be there, and the record
+    /// keeps the index beside its default platform's manifest.
     pub fn tag(&self, name: &Reference, manifest: &Digest) -> Result<()> {
-        let m = image::read_manifest(&self.content, manifest)?;
+        let bytes = image::read_metadata(&self.content, manifest)?;
+        let (index, default, size) =
+            if media_type::is_index(&image::sniff_media_type(manifest, &bytes)?) {
+                let entries = index_entries(manifest, &bytes)?;
+                let mut seen = std::collections::HashSet::new();
+                let mut size = 0;
+                for (_, child) in &entries {
+                    let m = image::read_manifest(&self.content, child)?;
+                    for d in std::iter::once(m.config()).chain(m.layers().iter()) {
+                        let s = image::check_descriptor(&self.content, d)?;
+                        if seen.insert(d.digest().clone()) {
+                            size += s;
+                        }
+                    }
+                }
+                let default =
+                    default_entry(&entries).ok_or_else(|| Error::EmptyIndex(manifest.clone()))?;
+                (Some(manifest.clone()), default, size)
+            } else {
+                let m = image::read_manifest(&self.content, manifest)?;
+                let mut size = image::check_descriptor(&self.content, m.config())?;
+                for layer in m.layers() {
+                    size += image::check_descriptor(&self.content, layer)?;
+                }
+                (None, manifest.clone(), size)
+            };
+        let m = image::read_manifest(&self.content, &default)?;
         let config = m.config();
-        let mut size = image::check_descriptor(&self.content, config)?;
-        for layer in m.layers() {
-            size += image::check_descriptor(&self.content, layer)?;
-        }
         let created = image::read_created(&self.content, config)?;
         let record = StoredImage {
-            manifest: manifest.clone(),
+            manifest: default,
             config: config.digest().clone(),
             created,
             size,
             tagged_at: Utc::now(),
+            index,
         };
         let _lock = self.lock()?;
         let mut state = self.load()?;
@@ -94,6 +124,48 @@ impl ImageStore {
         }
         state.images.insert(name.whole(), record);
         self.save(&state)
+    }
+
+    /// The platforms of the index `name` points at, with their manifests; empty for a name
+    /// of one image.
+    pub fn platforms(&self, record: &ImageRecord) -> Result<Vec<(Platform, Digest)>> {
+        let Some(index) = &record.index else {
+            return Ok(Vec::new());
+        };
+        let bytes = image::read_metadata(&self.content, index)?;
+        index_entries(index, &bytes)
+    }
+
+    /// `name`'s image for `platform`: for an index, its manifest for that platform (an error
+    /// lists the platforms it has); a single image is returned whatever its platform.
+    pub fn get_platform(
+        &self,
+        name: &Reference,
+        platform: &Platform,
+    ) -> Result<Option<ImageRecord>> {
+        let Some(mut record) = self.get(name)? else {
+            return Ok(None);
+        };
+        let entries = self.platforms(&record)?;
+        if entries.is_empty() {
+            return Ok(Some(record));
+        }
+        let Some((_, manifest)) = entries.iter().find(|(p, _)| platform.matches(p)) else {
+            return Err(Error::NoPlatform {
+                name: name.whole(),
+                platform: platform.to_string(),
+                available: entries
+                    .iter()
+                    .map(|(p, _)| p.to_string())
+                    .collect::<Vec<_>>()
+                    .join(", "),
+            });
+        };
+        let m = image::read_manifest(&self.content, manifest)?;
+        record.manifest = manifest.clone();
+        record.config = m.config().digest().clone();
+        record.created = image::read_created(&self.content, m.config())?;
+        Ok(Some(record))
     }
 
     pub fn get(&self, name: &Reference) -> Result<Option<ImageRecord>> {
@@ -150,6 +222,7 @@ impl ImageStore {
             created: stored.created,
             size: stored.size,
             tagged_at: stored.tagged_at,
+            index: stored.index.clone(),
         })
     }
 
@@ -193,6 +266,39 @@ impl ImageStore {
         })?;
         Ok(file)
     }
+}
+
+/// (platform, manifest) of each entry of an index that names an image manifest.
+fn index_entries(digest: &Digest, bytes: &[u8]) -> Result<Vec<(Platform, Digest)>> {
+    let index: ImageIndex =
+        serde_json::from_slice(bytes).map_err(|source| Error::InvalidManifest {
+            digest: digest.clone(),
+            source,
+        })?;
+    Ok(index
+        .manifests()
+        .iter()
+        .filter(|d| media_type::is_manifest(d.media_type().as_ref()))
+        .filter_map(|d| {
+            let p = d.platform().as_ref()?;
+            let platform = Platform::new(
+                &p.os().to_string(),
+                &p.architecture().to_string(),
+                p.variant().as_deref(),
+            );
+            Some((platform, d.digest().clone()))
+        })
+        .collect())
+}
+
+/// The entry a name stands for where no platform is asked: this machine's, else the first.
+fn default_entry(entries: &[(Platform, Digest)]) -> Option<Digest> {
+    let host = Platform::host();
+    entries
+        .iter()
+        .find(|(p, _)| host.matches(p))
+        .or(entries.first())
+        .map(|(_, d)| d.clone())
 }
 
 /// The repository an image loaded without a name is kept under, by manifest digest (as
@@ -259,6 +365,101 @@ mod tests {
         let dangling = dangling_name(&d).unwrap();
         assert!(is_dangling(&dangling) && !is_dangling(&r));
         assert_eq!(familiar_name(&dangling), ("<none>".into(), "<none>".into()));
+    }
+
+    /// A one-layer image for `arch` in `content`: its manifest's digest and size.
+    fn image(content: &ContentStore, arch: &str) -> (Digest, usize) {
+        let layer = content
+            .put(format!("layer of {arch}").as_bytes(), None)
+            .unwrap();
+        let config = serde_json::json!({
+            "architecture": arch, "os": "linux",
+            "created": "2026-01-01T00:00:00Z",
+            "rootfs": {"type": "layers", "diff_ids": [layer.to_string()]},
+            "config": {},
+        });
+        let config = serde_json::to_vec(&config).unwrap();
+        let config_digest = content.put(&config, None).unwrap();
+        let manifest = serde_json::json!({
+            "schemaVersion": 2,
+            "mediaType": media_type::OCI_MANIFEST,
+            "config": {"mediaType": media_type::OCI_CONFIG, "digest": config_digest.to_string(), "size": config.len()},
+            "layers": [{"mediaType": media_type::OCI_LAYER_TAR, "digest": layer.to_string(), "size": 9 + arch.len()}],
+        });
+        let manifest = serde_json::to_vec(&manifest).unwrap();
+        (content.put(&manifest, None).unwrap(), manifest.len())
+    }
+
+    #[test]
+    fn a_name_keeps_an_index_with_its_platforms() {
+        let dir = tempfile::tempdir().unwrap();
+        let content = ContentStore::open(dir.path().join("content")).unwrap();
+        let store = ImageStore::open(&dir.path().join("images"), content.clone()).unwrap();
+        // arm64 first: the default is still this machine's platform when the index has it.
+        let host = Platform::host();
+        let other = if host.architecture == "arm64" {
+            "amd64"
+        } else {
+            "arm64"
+        };
+        let (foreign, foreign_size) = image(&content, other);
+        let (native, native_size) = image(&content, &host.architecture);
+        let index = serde_json::json!({
+            "schemaVersion": 2,
+            "mediaType": media_type::OCI_INDEX,
+            "manifests": [
+                {"mediaType": media_type::OCI_MANIFEST, "digest": foreign.to_string(), "size": foreign_size,
+                 "platform": {"os": "linux", "architecture": other}},
+                {"mediaType": media_type::OCI_MANIFEST, "digest": native.to_string(), "size": native_size,
+                 "platform": {"os": "linux", "architecture": host.architecture}},
+            ],
+        });
+        let index = content
+            .put(&serde_json::to_vec(&index).unwrap(), None)
+            .unwrap();
+        let name: Reference = "multi:1".parse().unwrap();
+        store.tag(&name, &index).unwrap();
+
+        let listed = store.list().unwrap();
+        assert_eq!(listed.len(), 1);
+        let record = store.get(&name).unwrap().unwrap();
+        assert_eq!(record.index.as_ref(), Some(&index));
+        assert_eq!(record.manifest, native);
+        let platforms: Vec<String> = store
+            .platforms(&record)
+            .unwrap()
+            .iter()
+            .map(|(p, _)| p.to_string())
+            .collect();
+        assert_eq!(platforms, [format!("linux/{other}"), host.to_string()]);
+        let picked = store
+            .get_platform(&name, &Platform::new("linux", other, None))
+            .unwrap()
+            .unwrap();
+        assert_eq!(picked.manifest, foreign);
+        assert_ne!(picked.config, record.config);
+        let err = store
+            .get_platform(&name, &Platform::new("linux", "s390x", None))
+            .unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            format!(
+                "image `docker.io/library/multi:1` has no image for linux/s390x (it has \
+                 linux/{other}, {host})"
+            )
+        );
+        // Every platform's blobs must be there.
+        let missing = serde_json::json!({
+            "schemaVersion": 2,
+            "mediaType": media_type::OCI_INDEX,
+            "manifests": [{"mediaType": media_type::OCI_MANIFEST, "digest": kiln_oci::sha256(b"gone").to_string(),
+                           "size": 4, "platform": {"os": "linux", "architecture": "riscv64"}}],
+        });
+        let missing = content
+            .put(&serde_json::to_vec(&missing).unwrap(), None)
+            .unwrap();
+        assert!(store.tag(&name, &missing).is_err());
+        assert_eq!(store.get(&name).unwrap().unwrap().index, Some(index));
     }
 
     #[test]

@@ -187,6 +187,7 @@ mod tests {
             created: Some(now - age),
             size,
             tagged_at: now,
+            index: None,
         };
         let records = vec![
             record("hello-world-flask", TimeDelta::seconds(70), 12_345_678),

@@ -76,8 +76,8 @@ struct Converter<'a> {
     used_build_args: BTreeSet<String>,
     meta_args: BTreeMap<String, String>,
     locations: HashMap<NodeId, Location>,
-    /// Resolved base image configs by name, for the build checks.
-    images: BTreeMap<String, ImageConfig>,
+    /// Resolved base image configs by name and requested platform, for the build checks.
+    images: BTreeMap<(String, Platform), ImageConfig>,
     /// Every stage's name, to suggest one when an image name that fails to resolve is a typo.
     stage_names: Vec<String>,
 }
@@ -114,7 +114,7 @@ pub async fn convert(
         def: Definition::new(),
         context: None,
         used_build_args: BTreeSet::new(),
-        meta_args: platform_args(&opts.platform),
+        meta_args: platform_args(&opts.platform, &Platform::host()),
         locations: HashMap::new(),
         images: BTreeMap::new(),
         stage_names: Vec::new(),
@@ -235,9 +235,11 @@ pub async fn convert(
     })
 }
 
-fn platform_args(p: &Platform) -> BTreeMap<String, String> {
+/// The eight automatic platform args: TARGET* for the platform built for, BUILD* for the one the
+/// build runs on (a cross-compiling stage's `FROM --platform=$BUILDPLATFORM` runs natively).
+fn platform_args(target: &Platform, build: &Platform) -> BTreeMap<String, String> {
     let mut m = BTreeMap::new();
-    for prefix in ["TARGET", "BUILD"] {
+    for (prefix, p) in [("TARGET", target), ("BUILD", build)] {
         m.insert(format!("{prefix}PLATFORM"), p.to_string());
         m.insert(format!("{prefix}OS"), p.os.clone());
         m.insert(format!("{prefix}ARCH"), p.architecture.clone());
@@ -390,7 +392,8 @@ impl Converter<'_> {
                     source,
                 }
             })?;
-        self.images.insert(base_name, resolved.config.clone());
+        self.images
+            .insert((base_name, platform.clone()), resolved.config.clone());
         Ok(resolved)
     }
 
@@ -405,7 +408,15 @@ impl Converter<'_> {
     ) -> Result<StageBase> {
         let stage = &stages[index];
         let total = 1 + stage.instructions.iter().filter(|i| makes_step(i)).count();
-        let prefix = if multistage {
+        let platform = match &stage.platform {
+            None => self.opts.platform.clone(),
+            Some(p) => {
+                let p = self.expand(stage.from, p, &self.meta_args)?;
+                p.parse()
+                    .map_err(|e: kiln_oci::Error| self.located(stage.from, &e.to_string()))?
+            }
+        };
+        let mut prefix = if multistage {
             format!(
                 "{} ",
                 stage
@@ -416,14 +427,9 @@ impl Converter<'_> {
         } else {
             String::new()
         };
-        let platform = match &stage.platform {
-            None => self.opts.platform.clone(),
-            Some(p) => {
-                let p = self.expand(stage.from, p, &self.meta_args)?;
-                p.parse()
-                    .map_err(|e: kiln_oci::Error| self.located(stage.from, &e.to_string()))?
-            }
-        };
+        if self.opts.multi_platform {
+            prefix.insert_str(0, &format!("{platform} "));
+        }
         let base = self.expand(stage.from, &stage.image, &self.meta_args)?;
         let mut scope = Scope::default();
         let (node, mut image) = if let Some(dep) = self.base_stage(stages, index, &base) {
@@ -590,4 +596,57 @@ fn working_dir(image: &ImageConfig) -> String {
         .clone()
         .filter(|w| !w.is_empty())
         .unwrap_or_else(|| "/".into())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn steps_seeing_another_platforms_target_args_get_an_arrow() {
+        let amd64 = Platform::new("linux", "amd64", None);
+        let env = |pairs: &[(&str, &str)]| -> BTreeMap<String, String> {
+            pairs
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect()
+        };
+        let arrow = instructions::target_arrow;
+        assert_eq!(arrow(&amd64, &env(&[])), "");
+        assert_eq!(arrow(&amd64, &env(&[("TARGETARCH", "amd64")])), "");
+        // As BuildKit v0.32.2 names it: `[linux/amd64->arm64 build 2/2]`.
+        assert_eq!(arrow(&amd64, &env(&[("TARGETARCH", "arm64")])), "->arm64");
+        assert_eq!(
+            arrow(&amd64, &env(&[("TARGETPLATFORM", "linux/arm/v7")])),
+            "->arm/v7"
+        );
+        assert_eq!(
+            arrow(
+                &amd64,
+                &env(&[("TARGETOS", "windows"), ("TARGETARCH", "amd64")])
+            ),
+            "->windows/amd64"
+        );
+    }
+
+    #[test]
+    fn build_args_name_the_build_platform_and_target_args_the_target() {
+        let target = Platform::new("linux", "arm", Some("v7"));
+        let build = Platform::new("linux", "amd64", None);
+        let m = platform_args(&target, &build);
+        let got: Vec<String> = m.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        assert_eq!(
+            got,
+            [
+                "BUILDARCH=amd64",
+                "BUILDOS=linux",
+                "BUILDPLATFORM=linux/amd64",
+                "BUILDVARIANT=",
+                "TARGETARCH=arm",
+                "TARGETOS=linux",
+                "TARGETPLATFORM=linux/arm/v7",
+                "TARGETVARIANT=v7",
+            ]
+        );
+    }
 }

@@ -62,6 +62,10 @@ pub struct BuildOpts {
     pub no_cache_filter: Vec<String>,
     /// `--build-context NAME=VALUE`, by [`context_key`] of the name.
     pub named_contexts: BTreeMap<String, NamedContext>,
+    /// One of several platforms built together: step names start with the stage's platform
+    /// (`[linux/arm64 2/3] RUN ...`), as BuildKit names them, so that a step shared by every
+    /// platform (a `FROM --platform=$BUILDPLATFORM` stage) has one name.
+    pub multi_platform: bool,
 }
 
 /// A named context: what `FROM NAME`, `COPY --from=NAME` and `RUN --mount=from=NAME` read

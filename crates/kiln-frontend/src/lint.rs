@@ -245,10 +245,11 @@ pub struct LintOptions<'a> {
     pub platform: Option<&'a Platform>,
     /// The context's `.dockerignore`, for CopyIgnoredFile.
     pub ignore: Option<&'a kiln_ignore::Matcher>,
-    /// Configs of resolved base images by name as written after expansion (`alpine:3.20`):
+    /// Configs of resolved base images by name as written after expansion (`alpine:3.20`) and
+    /// the platform asked for (one name can be resolved for the build platform and the target):
     /// their env for UndefinedVar, shell for JSONArgsRecommended, and platform for
     /// InvalidBaseImagePlatform (only checked for images listed here).
-    pub images: Option<&'a BTreeMap<String, ImageConfig>>,
+    pub images: Option<&'a BTreeMap<(String, Platform), ImageConfig>>,
     /// Check every stage (`--check`), not only those the target needs (a build).
     pub all_stages: bool,
 }
@@ -564,7 +565,11 @@ impl Linter<'_> {
             states.get(parent).cloned().unwrap_or_default()
         } else {
             let mut state = StageState::default();
-            if let Some(config) = self.opts.images.and_then(|m| m.get(&base)) {
+            if let Some(config) = self
+                .opts
+                .images
+                .and_then(|m| m.get(&(base.clone(), platform.clone())))
+            {
                 for kv in config.config.env.iter().flatten() {
                     let (k, v) = kv.split_once('=').unwrap_or((kv, ""));
                     state.env.insert(k.to_string(), v.to_string());

@@ -86,6 +86,7 @@ fn opts(case: &Path) -> BuildOpts {
         created: CREATED.into(),
         no_cache_filter: Vec::new(),
         named_contexts: Default::default(),
+        multi_platform: false,
         run,
     }
 }

@@ -40,6 +40,7 @@ async fn error(source: &str, target: Option<&str>) -> String {
         created: "2024-01-02T03:04:05Z".into(),
         no_cache_filter: Vec::new(),
         named_contexts: Default::default(),
+        multi_platform: false,
         run: Default::default(),
     };
     match kiln_frontend::convert(source, &opts, &BusyboxOnly).await {

@@ -100,6 +100,10 @@ pub struct ExecOp {
     /// the process can do, so each is in the digest, as in BuildKit's exec meta.
     #[serde(flatten)]
     pub sandbox: ExecSandbox,
+    /// The platform the process is built for when it is not this machine's: the worker runs it
+    /// through binfmt_misc (QEMU). Left out for native steps, so their digests stay as they were.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub platform: Option<Platform>,
 }
 
 /// An SSH agent socket (`RUN --mount=type=ssh`) forwarded to the process at `target`.
@@ -397,6 +401,17 @@ impl Definition {
         kiln_oci::sha256(&bytes)
     }
 
+    /// Adds every node of `other` (inputs first, as it keeps them), sharing the nodes this
+    /// definition already has with the same digest; returns where each of `other`'s nodes is now.
+    pub fn merge(&mut self, other: &Definition) -> Vec<NodeId> {
+        let mut at: Vec<NodeId> = Vec::with_capacity(other.nodes.len());
+        for node in &other.nodes {
+            let inputs = node.inputs.iter().map(|i| at[i.0]).collect();
+            at.push(self.add(node.op.clone(), inputs, node.name.clone()));
+        }
+        at
+    }
+
     pub fn node(&self, id: NodeId) -> &Node {
         &self.nodes[id.0]
     }
@@ -465,7 +480,33 @@ mod tests {
             secrets: vec![],
             ssh: vec![],
             sandbox: ExecSandbox::default(),
+            platform: None,
         }))
+    }
+
+    #[test]
+    fn merging_shares_identical_nodes() {
+        let mut a = Definition::new();
+        let s = a.add(Op::Scratch, vec![], "scratch");
+        let shared = a.add(exec("true"), vec![s], "[linux/amd64 1/2] RUN true");
+        a.add(
+            exec("uname -m"),
+            vec![shared],
+            "[linux/amd64 2/2] RUN uname -m",
+        );
+        let mut b = Definition::new();
+        let s = b.add(Op::Scratch, vec![], "scratch");
+        let shared_b = b.add(exec("true"), vec![s], "[linux/amd64 1/2] RUN true");
+        b.add(
+            exec("uname -a"),
+            vec![shared_b],
+            "[linux/arm64 2/2] RUN uname -a",
+        );
+        let at = a.merge(&b);
+        assert_eq!(at[shared_b.0], shared);
+        assert_eq!(a.len(), 4);
+        assert_eq!(a.node(at[2]).inputs, vec![shared]);
+        assert_eq!(a.node(at[2]).name, "[linux/arm64 2/2] RUN uname -a");
     }
 
     #[test]

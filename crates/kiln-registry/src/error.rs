@@ -243,7 +243,10 @@ pub enum Cause {
         #[source]
         source: serde_json::Error,
     },
-    #[error("no manifest for platform `{platform}` (available: {available})")]
+    /// BuildKit's words first (containerd's), then what was asked for and what there is.
+    #[error(
+        "no match for platform in manifest: not found (wanted {platform}; the index has {available})"
+    )]
     PlatformNotFound { platform: String, available: String },
     #[error("image indexes nested more than {0} deep")]
     IndexTooDeep(usize),

@@ -90,6 +90,14 @@ impl Client {
         for ep in self.hosts.pull_endpoints(reference.registry()) {
             match self.resolve_at(&ep, reference, platform).await {
                 Ok(resolved) => return Ok(resolved),
+                // The endpoint served the index: its platforms are the answer, as containerd
+                // matches platforms after resolving on the first host that has the tag.
+                Err(cause @ Cause::PlatformNotFound { .. }) => {
+                    return Err(Error::Resolve {
+                        reference: reference.to_string(),
+                        source: Box::new(cause),
+                    });
+                }
                 Err(cause) => {
                     tracing::debug!(host = %ep.host, mirror = ep.mirror, %reference, error = %cause, "resolve failed");
                     failures.record(&ep, cause);
@@ -604,8 +612,8 @@ mod tests {
         let err = pick("linux/s390x").unwrap_err();
         assert_eq!(
             err.to_string(),
-            "no manifest for platform `linux/s390x` (available: linux/amd64, linux/arm/v6, \
-             linux/arm/v7, linux/arm64, unknown/unknown)"
+            "no match for platform in manifest: not found (wanted linux/s390x; the index has \
+             linux/amd64, linux/arm/v6, linux/arm/v7, linux/arm64, unknown/unknown)"
         );
     }
 

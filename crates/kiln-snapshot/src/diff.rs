@@ -23,6 +23,41 @@ use crate::{Error, Result};
 /// Writes the tar of `root` into `out` and returns `out` once the archive is finished.
 pub(crate) fn write_tar<W: Write>(root: &Path, out: W) -> Result<W> {
     let mut builder = tar::Builder::new(out);
+    append_tree(&mut builder, root, Path::new(""))?;
+    builder.into_inner().map_err(|source| Error::Diff {
+        path: root.to_path_buf(),
+        source,
+    })
+}
+
+/// Several trees in one tar, each under its own directory (`linux_amd64/...`), that directory
+/// written first as root's, mode 0755, at time 0 (as BuildKit's tar exporter splits platforms).
+pub(crate) fn write_trees_tar<W: Write>(trees: &[(PathBuf, String)], out: W) -> Result<W> {
+    let mut builder = tar::Builder::new(out);
+    for (root, prefix) in trees {
+        let mut header = Header::new_gnu();
+        header.set_entry_type(EntryType::Directory);
+        header.set_mode(0o755);
+        header.set_uid(0);
+        header.set_gid(0);
+        header.set_mtime(0);
+        header.set_size(0);
+        builder
+            .append_data(&mut header, format!("{prefix}/"), io::empty())
+            .map_err(|source| Error::Diff {
+                path: root.clone(),
+                source,
+            })?;
+        append_tree(&mut builder, root, Path::new(prefix))?;
+    }
+    builder.into_inner().map_err(|source| Error::Diff {
+        path: trees.first().map(|t| t.0.clone()).unwrap_or_default(),
+        source,
+    })
+}
+
+/// Appends the tree under `root`, its paths under `prefix` (empty: at the top).
+fn append_tree<W: Write>(builder: &mut tar::Builder<W>, root: &Path, prefix: &Path) -> Result<()> {
     let mut inodes: HashMap<(u64, u64), PathBuf> = HashMap::new();
     let walk = walkdir::WalkDir::new(root)
         .min_depth(1)
@@ -37,24 +72,18 @@ pub(crate) fn write_tar<W: Write>(root: &Path, out: W) -> Result<W> {
             }
         })?;
         let path = entry.path();
-        let rel = path
-            .strip_prefix(root)
-            .map_err(|_| Error::Diff {
-                path: path.to_path_buf(),
-                source: io::Error::other("walked outside the layer root"),
-            })?
-            .to_path_buf();
+        let rel = prefix.join(path.strip_prefix(root).map_err(|_| Error::Diff {
+            path: path.to_path_buf(),
+            source: io::Error::other("walked outside the layer root"),
+        })?);
         let ctx = |source: io::Error| Error::Diff {
             path: path.to_path_buf(),
             source,
         };
         let md = fs::symlink_metadata(path).map_err(ctx)?;
-        write_entry(&mut builder, path, &rel, &md, &mut inodes).map_err(ctx)?;
+        write_entry(builder, path, &rel, &md, &mut inodes).map_err(ctx)?;
     }
-    builder.into_inner().map_err(|source| Error::Diff {
-        path: root.to_path_buf(),
-        source,
-    })
+    Ok(())
 }
 
 fn write_entry<W: Write>(
@@ -224,5 +253,54 @@ mod tests {
             })
             .collect();
         assert_eq!(names, ["a", "b", "b/c", "b/c/z", "b.txt"]);
+    }
+
+    #[test]
+    fn trees_go_under_their_directories_hard_links_too() {
+        let (one, two) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        fs::write(one.path().join("arch"), b"x86_64\n").unwrap();
+        fs::hard_link(one.path().join("arch"), one.path().join("same")).unwrap();
+        fs::write(two.path().join("arch"), b"aarch64\n").unwrap();
+        let trees = [
+            (one.path().to_path_buf(), "linux_amd64".to_string()),
+            (two.path().to_path_buf(), "linux_arm64".to_string()),
+        ];
+        let tar = write_trees_tar(&trees, Vec::new()).unwrap();
+        let mut ar = tar::Archive::new(&tar[..]);
+        let entries: Vec<(String, EntryType, String, u64)> = ar
+            .entries()
+            .unwrap()
+            .map(|e| {
+                let mut e = e.unwrap();
+                let link = e
+                    .link_name()
+                    .unwrap()
+                    .map(|l| l.display().to_string())
+                    .unwrap_or_default();
+                let mut body = String::new();
+                e.read_to_string(&mut body).unwrap();
+                let name = e.path().unwrap().display().to_string();
+                let kind = e.header().entry_type();
+                let mtime = e.header().mtime().unwrap();
+                (name, kind, format!("{link}{body}"), mtime)
+            })
+            .collect();
+        let names: Vec<&str> = entries.iter().map(|e| e.0.as_str()).collect();
+        assert_eq!(
+            names,
+            [
+                "linux_amd64/",
+                "linux_amd64/arch",
+                "linux_amd64/same",
+                "linux_arm64/",
+                "linux_arm64/arch"
+            ]
+        );
+        assert_eq!(entries[0].1, EntryType::Directory);
+        assert_eq!(entries[0].3, 0);
+        assert_eq!(entries[1].2, "x86_64\n");
+        assert_eq!(entries[2].1, EntryType::Link);
+        assert_eq!(entries[2].2, "linux_amd64/arch");
+        assert_eq!(entries[4].2, "aarch64\n");
     }
 }

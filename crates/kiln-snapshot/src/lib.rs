@@ -107,6 +107,12 @@ pub fn write_tree_tar<W: io::Write>(dir: &std::path::Path, out: W) -> Result<W> 
     diff::write_tar(dir, out)
 }
 
+/// [`write_tree_tar`] of several trees into one tar, each under its directory `NAME/`
+/// (`--output type=tar` of a multi-platform build: `linux_amd64/`, `linux_arm64/`).
+pub fn write_trees_tar<W: io::Write>(trees: &[(PathBuf, String)], out: W) -> Result<W> {
+    diff::write_trees_tar(trees, out)
+}
+
 /// Extracts the tar stream `reader` (a plain archive, not a layer: `.wh.` names are ordinary
 /// files) into the existing directory `dest`, merging with what is there, with the layer
 /// applier's rules: an entry replaces what has its path (a directory merges into a directory),

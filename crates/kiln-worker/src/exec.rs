@@ -9,6 +9,20 @@ impl LlbWorker {
         inputs: &[Solved<Value>],
         progress: &Vertex,
     ) -> Result<Value> {
+        // A foreign platform's RUN needs a binfmt_misc handler: stop before running anything
+        // when there is none, rather than failing with "exec format error" inside.
+        let emulated = match &op.platform {
+            Some(p) => match emulation::emulation(p)? {
+                emulation::Emulation::Native => None,
+                emulation::Emulation::Handler { name, interpreter } => {
+                    progress.status(&format!(
+                        "[emulated {p}] through {interpreter} (binfmt_misc handler {name})"
+                    ));
+                    Some(p.to_string())
+                }
+            },
+            None => None,
+        };
         let layers = inputs.first().map(|i| i.value.layers()).unwrap_or_default();
         let step = self.prepare(layers, progress).await?;
         let merged = step.dir.join("merged");
@@ -171,6 +185,7 @@ impl LlbWorker {
             },
         )?;
         let (out, err) = (progress.clone(), progress.clone());
+        let started = std::time::Instant::now();
         let status = self
             .executor
             .run(RunRequest {
@@ -197,6 +212,17 @@ impl LlbWorker {
                 sandbox,
             })
             .await;
+        if let Some(platform) = emulated {
+            let took = started.elapsed();
+            progress.status(&format!(
+                "[emulated {platform}] {:.1}s under QEMU",
+                took.as_secs_f64()
+            ));
+            let mut stats = self.emulated.lock();
+            stats.steps += 1;
+            stats.time += took;
+            stats.platforms.insert(platform);
+        }
         if secrets_dir.exists() {
             let _ = fs::remove_dir_all(&secrets_dir);
         }

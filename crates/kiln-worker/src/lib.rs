@@ -10,6 +10,7 @@ pub mod cachemount;
 pub mod cdi;
 mod copy;
 mod copystream;
+pub mod emulation;
 mod exec;
 mod fsutil;
 pub mod git;
@@ -139,6 +140,8 @@ pub enum Error {
     NoContext(String),
     #[error(transparent)]
     Device(#[from] cdi::DeviceError),
+    #[error(transparent)]
+    Emulation(#[from] emulation::EmulationError),
     #[error("invalid image reference `{0}`")]
     Reference(String),
     #[error("invalid manifest for `{0}`")]
@@ -216,6 +219,8 @@ pub struct LlbWorker {
     copy_stream: bool,
     /// The CDI devices a RUN may ask for.
     cdi: Arc<cdi::Registry>,
+    /// What RUNs for foreign platforms took (QEMU through binfmt_misc).
+    emulated: parking_lot::Mutex<emulation::EmulationStats>,
 }
 
 impl LlbWorker {
@@ -249,7 +254,13 @@ impl LlbWorker {
             ssh: SshAgents::default(),
             copy_stream: true,
             cdi: Default::default(),
+            emulated: Default::default(),
         }
+    }
+
+    /// The emulated steps run so far, for the build's summary.
+    pub fn emulation_stats(&self) -> emulation::EmulationStats {
+        self.emulated.lock().clone()
     }
 
     /// Where the validators of downloads are kept across builds (ADD from http(s)).

@@ -10,7 +10,7 @@ use serde_json::Value;
 use crate::support::{Kiln, read_tar};
 
 /// Reads `blobs/sha256/<hex>` for a descriptor, checking its digest and size.
-fn blob<'a>(files: &'a BTreeMap<String, Vec<u8>>, desc: &Value) -> &'a [u8] {
+pub fn blob<'a>(files: &'a BTreeMap<String, Vec<u8>>, desc: &Value) -> &'a [u8] {
     let digest = desc["digest"].as_str().expect("descriptor digest");
     let hex = digest.strip_prefix("sha256:").expect("sha256 digest");
     let data = files

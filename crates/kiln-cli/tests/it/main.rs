@@ -1,8 +1,9 @@
 //! kiln end to end: the `kiln` binary against a real registry (`KILN_TEST_REGISTRY`, seeded
-//! with library/busybox:latest, the corpus bases busybox:bare and busybox:users, and, for the
-//! example, library/python:3.11-slim), runc and overlayfs. Each test has its own data root;
-//! after each, nothing may be mounted under it and no runc container may be left. Without the
-//! externals the tests skip with a reason, or fail under `KILN_TEST_REQUIRE_EXTERNAL=1`.
+//! with library/busybox:latest, the corpus bases busybox:bare and busybox:users, the index
+//! busybox:multi (linux/amd64, linux/arm64) and, for the example, library/python:3.11-slim),
+//! runc and overlayfs. Each test has its own data root; after each, nothing may be mounted under
+//! it and no runc container may be left. Without the externals the tests skip with a reason, or
+//! fail under `KILN_TEST_REQUIRE_EXTERNAL=1`.
 
 mod add_special;
 mod blobs;
@@ -30,10 +31,12 @@ mod language_dropin;
 mod lint;
 mod load_unnamed;
 mod mounts;
+mod multi_platform;
 mod multistage;
 mod named_contexts;
 mod oracle;
 mod outputs;
+mod platforms;
 mod pull;
 mod pushstream;
 mod registry_auth;

@@ -173,9 +173,12 @@ pub struct Vertex {
 }
 
 impl Vertex {
-    /// A build step (`[2/5] RUN ...`, `[stage 1/3] FROM ...`), not `[internal]` or exporting.
+    /// A build step (`[2/5] RUN ...`, `[stage 1/3] FROM ...`), not `[internal]` (or, building
+    /// for several platforms, `[linux/arm64 internal]`) or exporting.
     pub fn is_step(&self) -> bool {
-        self.name.starts_with('[') && !self.name.starts_with("[internal]")
+        self.name.starts_with('[')
+            && !self.name.starts_with("[internal]")
+            && !self.name.contains(" internal] ")
     }
 }
 

@@ -113,7 +113,7 @@ fn retagging_replaces_and_list_is_newest_first() -> Result<()> {
 }
 
 #[test]
-fn tagging_a_missing_or_non_manifest_blob_fails() -> Result<()> {
+fn tagging_needs_every_blob_of_the_image_or_index() -> Result<()> {
     let dir = tempfile::tempdir()?;
     let (content, store) = stores(dir.path())?;
     let name: Reference = "x".parse()?;
@@ -124,16 +124,22 @@ fn tagging_a_missing_or_non_manifest_blob_fails() -> Result<()> {
     ));
 
     let img = small_image(&content)?;
+    // An index (several platforms' images under one name) is named with its images.
     let index = crate::support::build_index(&content, &[&img])?;
-    assert!(matches!(
-        store.tag(&name, &index),
-        Err(Error::NotAManifest { .. })
-    ));
+    store.tag(&name, &index)?;
+    let record = store.get(&name)?.expect("tagged");
+    assert_eq!(record.index.as_ref(), Some(&index));
+    assert_eq!(record.manifest, img.manifest);
+    assert!(store.remove(&name)?);
 
     // A manifest whose layer is gone cannot be named.
     content.delete(&img.layers[1])?;
     assert!(matches!(
         store.tag(&name, &img.manifest),
+        Err(Error::MissingBlob(d)) if d == img.layers[1]
+    ));
+    assert!(matches!(
+        store.tag(&name, &index),
         Err(Error::MissingBlob(d)) if d == img.layers[1]
     ));
     assert!(store.list()?.is_empty());

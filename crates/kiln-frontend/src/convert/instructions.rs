@@ -54,8 +54,22 @@ impl Converter<'_> {
             format!("[{prefix}{step}/{total}]{trigger}")
         };
         for (ins, onbuild) in instructions {
-            let label = |step: usize| label(step, onbuild);
             let env = scope.vars();
+            // `[linux/amd64->arm64 build 2/2]`: a step of a stage on one platform that sees the
+            // target args of another, as BuildKit names it in a multi-platform build.
+            let arrow = if self.opts.multi_platform {
+                target_arrow(&platform, &env)
+            } else {
+                String::new()
+            };
+            let label = |step: usize| {
+                let l = label(step, onbuild);
+                if arrow.is_empty() {
+                    l
+                } else {
+                    l.replacen(' ', &format!("{arrow} "), 1)
+                }
+            };
             match &ins.kind {
                 InstructionKind::From { .. } => unreachable!("FROM starts a new stage"),
                 InstructionKind::Run {
@@ -136,6 +150,7 @@ impl Converter<'_> {
                         secrets: run_mounts.secrets,
                         ssh: run_mounts.ssh,
                         sandbox,
+                        platform: (platform != Platform::host()).then(|| platform.clone()),
                     }));
                     let mut inputs = vec![node];
                     if let Some(file) = script {
@@ -384,5 +399,43 @@ impl Converter<'_> {
             base_history,
             scope,
         })
+    }
+}
+
+/// `->ARCH[/VARIANT]` (`->OS/ARCH...` across systems) when the target args in `env` describe a
+/// platform other than the stage's own, else empty.
+pub(super) fn target_arrow(stage: &Platform, env: &BTreeMap<String, String>) -> String {
+    let target = match env
+        .get("TARGETPLATFORM")
+        .and_then(|p| p.parse::<Platform>().ok())
+    {
+        Some(p) => p,
+        None => {
+            let (os, arch, variant) = (
+                env.get("TARGETOS"),
+                env.get("TARGETARCH"),
+                env.get("TARGETVARIANT"),
+            );
+            if os.is_none() && arch.is_none() && variant.is_none() {
+                return String::new();
+            }
+            Platform::new(
+                os.unwrap_or(&stage.os),
+                arch.unwrap_or(&stage.architecture),
+                variant.filter(|v| !v.is_empty()).map(String::as_str),
+            )
+        }
+    };
+    if target == *stage {
+        return String::new();
+    }
+    let mut arch = target.architecture.clone();
+    if let Some(v) = &target.variant {
+        arch = format!("{arch}/{v}");
+    }
+    if target.os == stage.os {
+        format!("->{arch}")
+    } else {
+        format!("->{}/{arch}", target.os)
     }
 }

@@ -178,8 +178,8 @@ fn invalid_base_image_platform_needs_the_resolved_config() {
         architecture: "arm64".into(),
         ..Default::default()
     };
-    let images = BTreeMap::from([("busybox".to_string(), config)]);
     let platform = Platform::new("linux", "amd64", None);
+    let images = BTreeMap::from([(("busybox".to_string(), platform.clone()), config)]);
     let opts = LintOptions {
         images: Some(&images),
         platform: Some(&platform),
@@ -200,7 +200,7 @@ fn base_image_env_defines_variables() {
     assert_eq!(fired(src, &all()), ["UndefinedVar"]);
     let mut config = ImageConfig::default();
     config.config.env = Some(vec!["GOPATH=/go".into()]);
-    let images = BTreeMap::from([("golang".to_string(), config)]);
+    let images = BTreeMap::from([(("golang".to_string(), Platform::host()), config)]);
     let opts = LintOptions {
         images: Some(&images),
         ..all()

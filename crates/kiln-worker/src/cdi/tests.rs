@@ -50,6 +50,7 @@ fn def(devices: &[(&str, bool)]) -> Definition {
             devices: requests(devices),
             ..ExecSandbox::default()
         },
+        platform: None,
     }));
     def.add(op, vec![], "run");
     def

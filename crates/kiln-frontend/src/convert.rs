@@ -272,6 +272,18 @@ fn one_line(text: &str) -> String {
 }
 
 impl Converter<'_> {
+    /// A stage's platform: its `FROM --platform=` expanded, else the build's.
+    fn stage_platform(&self, stage: &Stage<'_>) -> Result<Platform> {
+        match &stage.platform {
+            None => Ok(self.opts.platform.clone()),
+            Some(p) => {
+                let p = self.expand(stage.from, p, &self.meta_args)?;
+                p.parse()
+                    .map_err(|e: kiln_oci::Error| self.located(stage.from, &e.to_string()))
+            }
+        }
+    }
+
     fn located(&self, ins: &Instruction, message: &str) -> Error {
         self.at(&ins.location, message)
     }
@@ -408,14 +420,7 @@ impl Converter<'_> {
     ) -> Result<StageBase> {
         let stage = &stages[index];
         let total = 1 + stage.instructions.iter().filter(|i| makes_step(i)).count();
-        let platform = match &stage.platform {
-            None => self.opts.platform.clone(),
-            Some(p) => {
-                let p = self.expand(stage.from, p, &self.meta_args)?;
-                p.parse()
-                    .map_err(|e: kiln_oci::Error| self.located(stage.from, &e.to_string()))?
-            }
-        };
+        let platform = self.stage_platform(stage)?;
         let mut prefix = if multistage {
             format!(
                 "{} ",

@@ -55,14 +55,7 @@ impl Converter<'_> {
         (key, ctx): (String, NamedContext),
         resolver: &dyn ImageResolver,
     ) -> Result<StageResult> {
-        let platform = match &stage.platform {
-            None => self.opts.platform.clone(),
-            Some(p) => {
-                let p = self.expand(stage.from, p, &self.meta_args)?;
-                p.parse()
-                    .map_err(|e: kiln_oci::Error| self.located(stage.from, &e.to_string()))?
-            }
-        };
+        let platform = self.stage_platform(stage)?;
         let (node, image) = self
             .named_context_node(stage.from, &key, &ctx, &platform, resolver)
             .await?;

@@ -200,24 +200,13 @@ impl Engine {
             true => Vec::new(),
             false => solver.solved(),
         };
-        // Only a hint cache: failing to save it costs rehashing next time, not the build.
-        let _ = worker.save_file_hashes();
-        // How much of the build QEMU took, as its own closing line of the progress.
-        if let Some(summary) = worker.emulation_stats().summary() {
-            progress.vertex(format!("[emulation] {summary}")).done();
+        let solved = SolveEnd {
+            graph: &graph,
+            locations: &locations,
+            dockerfile_name: &dockerfile_name,
+            source: &source,
         }
-        let solved = solved.map_err(|e| {
-            let message = kiln_solver::error_chain(&*e);
-            let location = failing_location(&e, &graph, &locations).map(|loc| {
-                kiln_dockerfile::render_snippet(
-                    &dockerfile_name,
-                    &source,
-                    loc,
-                    "the step that failed",
-                )
-            });
-            Error::Solve { message, location }
-        })?;
+        .finish(&worker, solved, progress)?;
 
         // The base image's layers: the history entries it brought that made one.
         let base_layers = converted.image.history
@@ -290,6 +279,44 @@ pub(crate) fn whole_seconds(t: &str) -> String {
 }
 
 /// The Dockerfile location of the vertex a solve error names.
+/// What the end of a solve needs to report a failure at its Dockerfile line.
+pub(crate) struct SolveEnd<'a> {
+    pub graph: &'a LlbGraph,
+    pub locations: &'a std::collections::HashMap<kiln_llb::NodeId, kiln_dockerfile::Location>,
+    pub dockerfile_name: &'a str,
+    pub source: &'a str,
+}
+
+impl SolveEnd<'_> {
+    /// After the solve: the file hashes saved, the emulation summary shown, and a failure made
+    /// the error the user sees (the chain of causes and the failing step's line).
+    pub(crate) fn finish<T>(
+        &self,
+        worker: &kiln_worker::LlbWorker,
+        solved: std::result::Result<T, kiln_solver::SharedError>,
+        progress: &Progress,
+    ) -> Result<T> {
+        // Only a hint cache: failing to save it costs rehashing next time, not the build.
+        let _ = worker.save_file_hashes();
+        // How much of the build QEMU took, as its own closing line of the progress.
+        if let Some(summary) = worker.emulation_stats().summary() {
+            progress.vertex(format!("[emulation] {summary}")).done();
+        }
+        solved.map_err(|e| {
+            let message = kiln_solver::error_chain(&*e);
+            let location = failing_location(&e, self.graph, self.locations).map(|loc| {
+                kiln_dockerfile::render_snippet(
+                    self.dockerfile_name,
+                    self.source,
+                    loc,
+                    "the step that failed",
+                )
+            });
+            Error::Solve { message, location }
+        })
+    }
+}
+
 pub(crate) fn failing_location(
     err: &kiln_solver::Error,
     graph: &LlbGraph,

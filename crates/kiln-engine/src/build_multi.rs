@@ -198,22 +198,13 @@ impl Engine {
         // One solver for every root: a vertex two platforms share is solved once.
         let solved =
             futures::future::try_join_all(targets.iter().map(|t| solver.solve(t.root.0))).await;
-        let _ = worker.save_file_hashes();
-        if let Some(summary) = worker.emulation_stats().summary() {
-            progress.vertex(format!("[emulation] {summary}")).done();
+        let solved = crate::build::SolveEnd {
+            graph: &graph,
+            locations: &locations,
+            dockerfile_name: &dockerfile_name,
+            source: &source,
         }
-        let solved = solved.map_err(|e| {
-            let message = kiln_solver::error_chain(&*e);
-            let location = crate::build::failing_location(&e, &graph, &locations).map(|loc| {
-                kiln_dockerfile::render_snippet(
-                    &dockerfile_name,
-                    &source,
-                    loc,
-                    "the step that failed",
-                )
-            });
-            Error::Solve { message, location }
-        })?;
+        .finish(&worker, solved, progress)?;
         let images: Vec<(Target, Value)> = targets
             .into_iter()
             .zip(solved.into_iter().map(|s| s.value.clone()))

@@ -297,6 +297,9 @@ pub struct ImagesArgs {
     /// CreatedSince, CreatedAt, Size); "table TEMPLATE" adds headers
     #[arg(long)]
     pub format: Option<String>,
+    /// List each multi-platform image's platforms under it, as `docker image ls --tree`
+    #[arg(long)]
+    pub tree: bool,
     /// Only images whose name matches [REPOSITORY[:TAG]]
     pub repository: Option<String>,
 }

@@ -115,7 +115,17 @@ fn images(engine: &Engine, a: &ImagesArgs) -> Result<ExitCode> {
     let records = engine.list_images(&filter)?;
     let now = chrono::Utc::now();
     let mut out = std::io::stdout().lock();
-    if a.quiet {
+    if a.tree {
+        if a.quiet || a.format.is_some() || a.digests {
+            bail!("--tree can't be combined with --quiet, --format or --digests");
+        }
+        let mut rows = Vec::new();
+        for r in records {
+            let platforms = engine.platform_images(&r)?;
+            rows.push((r, platforms));
+        }
+        out.write_all(view::images_tree(&rows, a.no_trunc).as_bytes())?;
+    } else if a.quiet {
         for r in &records {
             writeln!(out, "{}", view::short_id(&r.config, a.no_trunc))?;
         }

@@ -81,6 +81,15 @@ pub enum RmiEvent {
 }
 
 impl Engine {
+    /// The platforms' images of a multi-platform record (`kiln images --tree`); empty for a
+    /// single-platform image.
+    pub fn platform_images(
+        &self,
+        record: &ImageRecord,
+    ) -> Result<Vec<kiln_exporter::PlatformImage>> {
+        Ok(self.images.platform_images(record)?)
+    }
+
     /// Named images that pass `filter`, newest first.
     pub fn list_images(&self, filter: &ImageFilter) -> Result<Vec<ImageRecord>> {
         let records = self.images.list()?;

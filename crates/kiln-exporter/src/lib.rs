@@ -23,7 +23,9 @@ use std::path::PathBuf;
 pub use archive::ArchiveOptions;
 pub use kiln_content::ContentStore;
 use kiln_oci::Digest;
-pub use store::{ImageRecord, ImageStore, dangling_name, familiar_name, is_dangling};
+pub use store::{
+    ImageRecord, ImageStore, PlatformImage, dangling_name, familiar_name, is_dangling,
+};
 pub use table::{format_images_table, human_duration, human_size};
 
 /// Manifests and configs bigger than this are refused rather than read into memory; the OCI

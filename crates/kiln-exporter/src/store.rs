@@ -36,6 +36,15 @@ pub struct ImageRecord {
     pub index: Option<Digest>,
 }
 
+/// One platform's image in a multi-platform record.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PlatformImage {
+    pub platform: Platform,
+    pub manifest: Digest,
+    pub config: Digest,
+    pub size: u64,
+}
+
 #[derive(Debug, Default, Serialize, Deserialize)]
 struct State {
     version: u32,
@@ -134,6 +143,26 @@ impl ImageStore {
         };
         let bytes = image::read_metadata(&self.content, index)?;
         index_entries(index, &bytes)
+    }
+
+    /// Each platform's image of the index `record` points at: platform, manifest, config and
+    /// size (config plus layers); empty for a single-platform image.
+    pub fn platform_images(&self, record: &ImageRecord) -> Result<Vec<PlatformImage>> {
+        let mut out = Vec::new();
+        for (platform, manifest) in self.platforms(record)? {
+            let m = image::read_manifest(&self.content, &manifest)?;
+            let size = std::iter::once(m.config())
+                .chain(m.layers().iter())
+                .map(|d| d.size())
+                .sum();
+            out.push(PlatformImage {
+                platform,
+                manifest,
+                config: m.config().digest().clone(),
+                size,
+            });
+        }
+        Ok(out)
     }
 
     /// `name`'s image for `platform`: for an index, its manifest for that platform (an error

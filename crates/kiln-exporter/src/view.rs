@@ -102,6 +102,37 @@ pub fn images_table(records: &[ImageRecord], now: DateTime<Utc>, view: ImagesVie
     format_table(&rows)
 }
 
+/// `kiln images --tree`, as `docker image ls --tree` lays it out: each image, and under a
+/// multi-platform one a row per platform with its own ID (config digest) and size.
+pub fn images_tree(records: &[(ImageRecord, Vec<crate::PlatformImage>)], no_trunc: bool) -> String {
+    let mut rows = vec![vec![
+        "IMAGE".to_string(),
+        "ID".into(),
+        "CONTENT SIZE".into(),
+    ]];
+    for (r, platforms) in records {
+        let (repo, tag) = familiar_name(&r.name);
+        rows.push(vec![
+            format!("{repo}:{tag}"),
+            short_id(&r.config, no_trunc),
+            human_size(r.size),
+        ]);
+        for (i, p) in platforms.iter().enumerate() {
+            let branch = if i + 1 == platforms.len() {
+                "└─"
+            } else {
+                "├─"
+            };
+            rows.push(vec![
+                format!("{branch} {}", p.platform),
+                short_id(&p.config, no_trunc),
+                human_size(p.size),
+            ]);
+        }
+    }
+    format_table(&rows)
+}
+
 /// A column's header in `table` templates, as the Docker CLI names them.
 fn header(field: &str) -> String {
     match field {

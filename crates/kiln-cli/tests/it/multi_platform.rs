@@ -462,6 +462,28 @@ fn the_store_keeps_the_index_under_the_tag() {
         .kiln(&["images", "--format", "{{.Repository}}:{{.Tag}}"])
         .ok();
     assert_eq!(listed.stdout, format!("{tag}:latest\n"));
+    // With its platforms under it, as `docker image ls --tree`.
+    let tree = k.kiln(&["images", "--tree"]).ok().stdout;
+    let lines: Vec<&str> = tree.lines().collect();
+    assert_eq!(lines.len(), 4, "{tree}");
+    assert!(
+        lines[0].starts_with("IMAGE") && lines[0].contains("CONTENT SIZE"),
+        "{tree}"
+    );
+    assert!(lines[1].starts_with(&format!("{tag}:latest ")), "{tree}");
+    assert!(lines[2].starts_with("├─ linux/amd64 "), "{tree}");
+    assert!(lines[3].starts_with("└─ linux/arm64 "), "{tree}");
+    assert_ne!(
+        lines[2].split_whitespace().nth(2),
+        lines[3].split_whitespace().nth(2),
+        "each platform has its own ID: {tree}"
+    );
+    let refused = k.kiln(&["images", "--tree", "-q"]).failed();
+    assert!(
+        refused.stderr.contains("--tree can't be combined"),
+        "{}",
+        refused.stderr
+    );
     // Each platform's image runs; this machine's is the default.
     for (platform, [_, arch, args]) in EXPECTED {
         let out = k

@@ -63,7 +63,9 @@ impl<V: Serialize + DeserializeOwned + Send + Sync> CacheStore<V> for FileCacheS
 }
 
 /// The local store over records imported from elsewhere (`--cache-from`): a key is looked up
-/// locally first, then in each imported map in order. New records go to the local store only.
+/// locally first, then in each imported map in order. New records go to the local store, and so
+/// does an imported record when it is hit, so the next build on this data root finds it without
+/// `--cache-from` (its layers still come lazily from where they were imported from).
 pub struct LayeredCacheStore<V> {
     local: Arc<dyn CacheStore<V>>,
     imported: Vec<HashMap<Digest, V>>,
@@ -77,9 +79,12 @@ impl<V> LayeredCacheStore<V> {
 
 impl<V: Clone + Send + Sync> CacheStore<V> for LayeredCacheStore<V> {
     fn load(&self, key: &Digest) -> Option<V> {
-        self.local
-            .load(key)
-            .or_else(|| self.imported.iter().find_map(|m| m.get(key).cloned()))
+        if let Some(v) = self.local.load(key) {
+            return Some(v);
+        }
+        let v = self.imported.iter().find_map(|m| m.get(key).cloned())?;
+        self.local.save(key, &v);
+        Some(v)
     }
 
     fn save(&self, key: &Digest, value: &V) {

@@ -107,6 +107,9 @@ fn registry_cache_makes_every_step_cached_on_an_empty_root() {
     for layer in &layers {
         assert!(!blob_in_store(&b, layer), "{layer} was downloaded");
     }
+    // The records hit are kept: the next build on that root needs no --cache-from.
+    let run = b.build(&ctx, &[epoch, "-o", "type=cacheonly"]).ok();
+    assert!(run.progress().rebuilt().is_empty(), "{}", run.stderr);
 
     // Another empty root exporting the image: still all CACHED, and the same image as A's.
     let c = Kiln::new("registry_cache_makes_every_step_cached_on_an_empty_root (c)").unwrap();

@@ -71,7 +71,7 @@ pub async fn run(cli: &Cli, a: &ManifestArgs) -> Result<ExitCode> {
             let found = engine
                 .manifest_inspect(list.as_ref(), &manifest, *verbose)
                 .await?;
-            println!("{}", found.to_pretty());
+            println!("{}", found.text());
         }
         ManifestCommand::Push {
             insecure,

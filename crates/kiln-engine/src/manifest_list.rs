@@ -24,19 +24,66 @@ pub struct PlatformAnnotation {
     pub os_features: Vec<String>,
 }
 
-/// What `manifest inspect` found: JSON to print as docker does.
+/// What `manifest inspect` found: JSON text laid out as docker prints it.
 #[derive(Debug)]
-pub struct Inspected(pub Value);
+pub struct Inspected(String);
 
 impl Inspected {
-    /// Docker's layout: three-space indentation.
-    pub fn to_pretty(&self) -> String {
-        let mut out = Vec::new();
-        let fmt = serde_json::ser::PrettyFormatter::with_indent(b"   ");
-        let mut ser = serde_json::Serializer::with_formatter(&mut out, fmt);
-        serde::Serialize::serialize(&self.0, &mut ser).expect("a JSON value serializes");
-        String::from_utf8(out).expect("serde_json writes UTF-8")
+    pub fn text(&self) -> &str {
+        &self.0
     }
+
+    fn of(v: &impl serde::Serialize) -> Result<Inspected> {
+        Ok(Inspected(String::from_utf8(pretty(v)?).unwrap_or_default()))
+    }
+}
+
+/// Docker's layout: three-space indentation (also the bytes of a pushed list).
+fn pretty(v: &impl serde::Serialize) -> Result<Vec<u8>> {
+    let mut out = Vec::new();
+    let fmt = serde_json::ser::PrettyFormatter::with_indent(b"   ");
+    let mut ser = serde_json::Serializer::with_formatter(&mut out, fmt);
+    v.serialize(&mut ser).map_err(|e| Error::Invalid {
+        what: "manifest JSON".into(),
+        source: Box::new(e),
+    })?;
+    Ok(out)
+}
+
+/// A list as docker writes it, fields in its order.
+#[derive(serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+struct ListDoc {
+    schema_version: u32,
+    media_type: String,
+    manifests: Vec<ListEntry>,
+}
+
+#[derive(serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+struct ListEntry {
+    media_type: String,
+    size: u64,
+    digest: String,
+    platform: PlatformSpec,
+}
+
+#[derive(serde::Serialize, serde::Deserialize, Default)]
+struct PlatformSpec {
+    #[serde(default)]
+    architecture: String,
+    #[serde(default)]
+    os: String,
+    #[serde(
+        rename = "os.version",
+        default,
+        skip_serializing_if = "String::is_empty"
+    )]
+    os_version: String,
+    #[serde(rename = "os.features", default, skip_serializing_if = "Vec::is_empty")]
+    os_features: Vec<String>,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    variant: String,
 }
 
 fn no_such(list: &Reference) -> Error {
@@ -215,24 +262,22 @@ impl Engine {
     ) -> Result<Inspected> {
         if let Some(list) = list {
             let (_, entry) = self.find_entry(list, manifest).await?;
-            return Ok(Inspected(if verbose {
+            return Inspected::of(&if verbose {
                 verbose_entry(entry)?
             } else {
                 raw_json(&entry)?
-            }));
+            });
         }
         if let Some(entries) = self.read_list(manifest)? {
             let entries: Vec<Value> = entries.into_iter().map(|(_, v)| v).collect();
-            return Ok(Inspected(if verbose {
-                Value::Array(
-                    entries
-                        .into_iter()
-                        .map(verbose_entry)
-                        .collect::<Result<_>>()?,
-                )
-            } else {
-                list_document(&entries)
-            }));
+            if verbose {
+                let all: Vec<Value> = entries
+                    .into_iter()
+                    .map(verbose_entry)
+                    .collect::<Result<_>>()?;
+                return Inspected::of(&all);
+            }
+            return Inspected::of(&list_document(&entries)?);
         }
         let raw = match self.registry.fetch_manifest_raw(manifest).await {
             Ok(raw) => raw,
@@ -248,7 +293,7 @@ impl Engine {
             source: Box::new(e),
         })?;
         if !verbose {
-            return Ok(Inspected(doc));
+            return Inspected::of(&doc);
         }
         // Verbose: each manifest with its reference and descriptor, as docker shows them.
         let found = self.entries_of(manifest, &raw).await?;
@@ -267,11 +312,11 @@ impl Engine {
                 "Raw": base64::engine::general_purpose::STANDARD.encode(&bytes),
             }))?);
         }
-        Ok(Inspected(if is_index(&raw.media_type) {
+        Inspected::of(&if is_index(&raw.media_type) {
             Value::Array(out)
         } else {
             out.pop().unwrap_or(Value::Null)
-        }))
+        })
     }
 
     /// `manifest push`: makes every entry's manifest present in `list`'s repository, then
@@ -293,13 +338,11 @@ impl Engine {
                 self.copy_manifest(&src, digest, list).await?;
             }
         }
-        let doc = list_document(&entries);
-        let bytes = serde_json::to_vec_pretty(&doc).map_err(|e| Error::Invalid {
-            what: "manifest list".into(),
-            source: Box::new(e),
-        })?;
-        let mt = doc["mediaType"].as_str().unwrap_or(media_type::OCI_INDEX);
-        self.registry.push_manifest(list, mt, &bytes).await?;
+        let doc = list_document(&entries)?;
+        let bytes = pretty(&doc)?;
+        self.registry
+            .push_manifest(list, &doc.media_type, &bytes)
+            .await?;
         if purge {
             self.manifest_rm(list)?;
         }
@@ -319,29 +362,37 @@ impl Engine {
 
 /// The list as pushed: an OCI index when the first entry is an OCI manifest, else a Docker
 /// manifest list (the rule of docker's `manifestlist.FromDescriptors`).
-fn list_document(entries: &[Value]) -> Value {
-    let manifests: Vec<Value> = entries
-        .iter()
-        .map(|e| {
-            let d = &e["Descriptor"];
-            let mut m = json!({
-                "mediaType": d["mediaType"],
-                "size": d["size"],
-                "digest": d["digest"],
-            });
-            if d["platform"].is_object() {
-                m["platform"] = d["platform"].clone();
-            }
-            m
-        })
-        .collect();
+fn list_document(entries: &[Value]) -> Result<ListDoc> {
+    let mut manifests = Vec::new();
+    for e in entries {
+        let d = &e["Descriptor"];
+        let platform: PlatformSpec =
+            serde_json::from_value(d["platform"].clone()).unwrap_or_default();
+        if platform.architecture.is_empty() || platform.os.is_empty() {
+            return Err(Error::Usage(format!(
+                "manifest {} must have an OS and Architecture to be pushed to a registry",
+                e["Ref"].as_str().unwrap_or_default()
+            )));
+        }
+        manifests.push(ListEntry {
+            media_type: d["mediaType"].as_str().unwrap_or_default().to_string(),
+            size: d["size"].as_u64().unwrap_or_default(),
+            digest: d["digest"].as_str().unwrap_or_default().to_string(),
+            platform,
+        });
+    }
     let oci = manifests
         .first()
-        .is_some_and(|m| m["mediaType"] == media_type::OCI_MANIFEST);
-    json!({
-        "schemaVersion": 2,
-        "mediaType": if oci { media_type::OCI_INDEX } else { media_type::DOCKER_MANIFEST_LIST },
-        "manifests": manifests,
+        .is_some_and(|m| m.media_type == media_type::OCI_MANIFEST);
+    Ok(ListDoc {
+        schema_version: 2,
+        media_type: if oci {
+            media_type::OCI_INDEX
+        } else {
+            media_type::DOCKER_MANIFEST_LIST
+        }
+        .to_string(),
+        manifests,
     })
 }
 
@@ -388,11 +439,23 @@ mod tests {
         let docker = list_document(&[
             entry(media_type::DOCKER_MANIFEST, "amd64"),
             entry(media_type::OCI_MANIFEST, "arm64"),
-        ]);
-        assert_eq!(docker["mediaType"], media_type::DOCKER_MANIFEST_LIST);
-        assert_eq!(docker["manifests"][1]["platform"]["architecture"], "arm64");
-        let oci = list_document(&[entry(media_type::OCI_MANIFEST, "amd64")]);
-        assert_eq!(oci["mediaType"], media_type::OCI_INDEX);
+        ])
+        .unwrap();
+        assert_eq!(docker.media_type, media_type::DOCKER_MANIFEST_LIST);
+        let text = String::from_utf8(pretty(&docker).unwrap()).unwrap();
+        assert!(
+            text.starts_with("{\n   \"schemaVersion\": 2,\n   \"mediaType\""),
+            "{text}"
+        );
+        let oci = list_document(&[entry(media_type::OCI_MANIFEST, "amd64")]).unwrap();
+        assert_eq!(oci.media_type, media_type::OCI_INDEX);
+        let err = list_document(&[entry(media_type::OCI_MANIFEST, "")])
+            .err()
+            .unwrap();
+        assert!(
+            err.to_string().contains("must have an OS and Architecture"),
+            "{err}"
+        );
     }
 
     #[test]
@@ -407,7 +470,7 @@ mod tests {
     fn verbose_names_the_manifest_by_type() {
         let v = verbose_entry(entry(media_type::OCI_MANIFEST, "amd64")).unwrap();
         assert_eq!(v["OCIManifest"], json!({}));
-        let inspected = Inspected(json!({"a": 1})).to_pretty();
-        assert_eq!(inspected, "{\n   \"a\": 1\n}");
+        let inspected = Inspected::of(&json!({"a": 1})).unwrap();
+        assert_eq!(inspected.text(), "{\n   \"a\": 1\n}");
     }
 }

@@ -262,16 +262,16 @@ impl Engine {
     ) -> Result<Inspected> {
         if let Some(list) = list {
             let (_, entry) = self.find_entry(list, manifest).await?;
-            return Inspected::of(&if verbose {
-                verbose_entry(entry)?
+            return if verbose {
+                Inspected::of(&verbose_entry(entry)?)
             } else {
-                raw_json(&entry)?
-            });
+                Inspected::of(&raw_json(&entry)?)
+            };
         }
         if let Some(entries) = self.read_list(manifest)? {
             let entries: Vec<Value> = entries.into_iter().map(|(_, v)| v).collect();
             if verbose {
-                let all: Vec<Value> = entries
+                let all: Vec<Verbose> = entries
                     .into_iter()
                     .map(verbose_entry)
                     .collect::<Result<_>>()?;
@@ -312,11 +312,11 @@ impl Engine {
                 "Raw": base64::engine::general_purpose::STANDARD.encode(&bytes),
             }))?);
         }
-        Inspected::of(&if is_index(&raw.media_type) {
-            Value::Array(out)
+        if is_index(&raw.media_type) {
+            Inspected::of(&out)
         } else {
-            out.pop().unwrap_or(Value::Null)
-        })
+            Inspected::of(&out.pop())
+        }
     }
 
     /// `manifest push`: makes every entry's manifest present in `list`'s repository, then
@@ -414,15 +414,31 @@ fn raw_json(entry: &Value) -> Result<Value> {
 
 /// Docker's `--verbose` shape: the stored entry plus the parsed manifest under the key its
 /// type has there.
-fn verbose_entry(mut entry: Value) -> Result<Value> {
+fn verbose_entry(entry: Value) -> Result<Verbose> {
     let doc = raw_json(&entry)?;
-    let key = if entry["Descriptor"]["mediaType"] == media_type::OCI_MANIFEST {
-        "OCIManifest"
-    } else {
-        "SchemaV2Manifest"
-    };
-    entry[key] = doc;
-    Ok(entry)
+    let oci = entry["Descriptor"]["mediaType"] == media_type::OCI_MANIFEST;
+    Ok(Verbose {
+        reference: entry["Ref"].as_str().unwrap_or_default().to_string(),
+        descriptor: entry["Descriptor"].clone(),
+        raw: entry["Raw"].as_str().unwrap_or_default().to_string(),
+        schema_v2: (!oci).then(|| doc.clone()),
+        oci: oci.then_some(doc),
+    })
+}
+
+/// One `--verbose` entry, keys in docker's order.
+#[derive(serde::Serialize)]
+struct Verbose {
+    #[serde(rename = "Ref")]
+    reference: String,
+    #[serde(rename = "Descriptor")]
+    descriptor: Value,
+    #[serde(rename = "Raw")]
+    raw: String,
+    #[serde(rename = "SchemaV2Manifest", skip_serializing_if = "Option::is_none")]
+    schema_v2: Option<Value>,
+    #[serde(rename = "OCIManifest", skip_serializing_if = "Option::is_none")]
+    oci: Option<Value>,
 }
 
 #[cfg(test)]
@@ -469,7 +485,13 @@ mod tests {
     #[test]
     fn verbose_names_the_manifest_by_type() {
         let v = verbose_entry(entry(media_type::OCI_MANIFEST, "amd64")).unwrap();
-        assert_eq!(v["OCIManifest"], json!({}));
+        let text = Inspected::of(&v).unwrap().0;
+        assert!(
+            text.starts_with("{\n   \"Ref\": \"r\",\n   \"Descriptor\""),
+            "{text}"
+        );
+        assert!(text.ends_with("\"OCIManifest\": {}\n}"), "{text}");
+        assert!(!text.contains("SchemaV2Manifest"), "{text}");
         let inspected = Inspected::of(&json!({"a": 1})).unwrap();
         assert_eq!(inspected.text(), "{\n   \"a\": 1\n}");
     }

@@ -56,6 +56,16 @@ fn manifest_list_from_two_images_is_annotated_pushed_and_removed() {
         "{one}"
     );
     assert_eq!(one["Descriptor"]["platform"]["architecture"], "amd64");
+    assert!(
+        one["OCIManifest"]["layers"].is_array() || one["SchemaV2Manifest"]["layers"].is_array()
+    );
+    // An image that is not in the list.
+    let multi = format!("{src}:multi");
+    let err = k
+        .kiln(&["manifest", "annotate", "--os", "linux", &list, &multi])
+        .failed()
+        .stderr;
+    assert!(err.contains(&format!("does not exist in {list}")), "{err}");
 
     let digest = k.kiln(&["manifest", "push", "--purge", &list]).ok().stdout;
     let digest = digest.trim();

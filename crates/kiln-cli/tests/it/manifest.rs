@@ -18,6 +18,8 @@ fn manifest_list_from_two_images_is_annotated_pushed_and_removed() {
     assert!(created.stdout.contains(&list), "{}", created.stdout);
     let again = k.kiln(&["manifest", "create", &list, &amd]).failed().stderr;
     assert!(again.contains("--amend"), "{again}");
+    // --amend re-resolves an entry in place: still two entries.
+    k.kiln(&["manifest", "create", "--amend", &list, &amd]).ok();
 
     k.kiln(&[
         "manifest",

@@ -69,6 +69,8 @@ pub enum Command {
     History(HistoryArgs),
     /// Commands to work on images in a registry
     Imagetools(ImagetoolsArgs),
+    /// Manage manifest lists, kept locally until pushed
+    Manifest(ManifestArgs),
     /// Authenticate to a registry (saved in Docker's config.json)
     Login(LoginArgs),
     /// Log out from a registry
@@ -395,6 +397,75 @@ pub struct ImagetoolsCreateArgs {
     /// Source images (a name, or a digest in the first target's repository)
     #[arg(required = true)]
     pub sources: Vec<String>,
+}
+
+#[derive(Args, Debug)]
+pub struct ManifestArgs {
+    #[command(subcommand)]
+    pub command: ManifestCommand,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum ManifestCommand {
+    /// Create a local manifest list for annotating and pushing to a registry
+    Create {
+        /// Amend an existing manifest list
+        #[arg(short, long)]
+        amend: bool,
+        /// Allow communication with an insecure registry
+        #[arg(long)]
+        insecure: bool,
+        list: String,
+        #[arg(required = true)]
+        manifests: Vec<String>,
+    },
+    /// Add additional information to a local image manifest
+    Annotate {
+        /// Set operating system
+        #[arg(long)]
+        os: Option<String>,
+        /// Set architecture
+        #[arg(long)]
+        arch: Option<String>,
+        /// Set architecture variant
+        #[arg(long)]
+        variant: Option<String>,
+        /// Set operating system version
+        #[arg(long = "os-version")]
+        os_version: Option<String>,
+        /// Set operating system feature
+        #[arg(long = "os-features", value_delimiter = ',')]
+        os_features: Vec<String>,
+        list: String,
+        manifest: String,
+    },
+    /// Display an image manifest, or manifest list
+    Inspect {
+        /// Allow communication with an insecure registry
+        #[arg(long)]
+        insecure: bool,
+        /// Output additional info including layers and platform
+        #[arg(short, long)]
+        verbose: bool,
+        /// `[LIST] MANIFEST`
+        #[arg(required = true, num_args = 1..=2)]
+        names: Vec<String>,
+    },
+    /// Push a manifest list to a repository
+    Push {
+        /// Allow push to an insecure registry
+        #[arg(long)]
+        insecure: bool,
+        /// Remove the local manifest list after push
+        #[arg(short, long)]
+        purge: bool,
+        list: String,
+    },
+    /// Delete one or more manifest lists from local storage
+    Rm {
+        #[arg(required = true)]
+        lists: Vec<String>,
+    },
 }
 
 #[derive(Args, Debug)]

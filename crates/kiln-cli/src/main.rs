@@ -6,6 +6,7 @@ mod container;
 mod env;
 mod images;
 mod login;
+mod manifest;
 mod prune;
 mod run_opts;
 mod stdin;
@@ -114,6 +115,7 @@ async fn run(cli: Cli) -> Result<ExitCode> {
         | Command::Inspect(_)
         | Command::History(_)
         | Command::Imagetools(_) => images::run(&cli).await,
+        Command::Manifest(a) => manifest::run(&cli, a).await,
         Command::Run(a) => container::run(&cli, a).await,
         Command::Ps(a) => container::ps(&cli, a),
         Command::Logs(a) => container::logs(&cli, a).await,

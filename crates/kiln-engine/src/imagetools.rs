@@ -97,7 +97,11 @@ impl Engine {
 
     /// The index entries a source contributes: an index's own entries, or one entry with the
     /// platform read from the image's config.
-    async fn entries_of(&self, src: &Reference, raw: &RawManifest) -> Result<Vec<Value>> {
+    pub(crate) async fn entries_of(
+        &self,
+        src: &Reference,
+        raw: &RawManifest,
+    ) -> Result<Vec<Value>> {
         let doc: Value = serde_json::from_slice(&raw.bytes).map_err(|e| Error::Invalid {
             what: format!("manifest of `{src}`"),
             source: Box::new(e),
@@ -137,7 +141,12 @@ impl Engine {
     }
 
     /// Makes the manifest `digest` of `src`'s repository (and its blobs) present in `target`'s.
-    async fn copy_manifest(&self, src: &Reference, digest: &str, target: &Reference) -> Result<()> {
+    pub(crate) async fn copy_manifest(
+        &self,
+        src: &Reference,
+        digest: &str,
+        target: &Reference,
+    ) -> Result<()> {
         let from = pinned(src, digest)?;
         let to = pinned(target, digest)?;
         let raw = self.registry.fetch_manifest_raw(&from).await?;
@@ -155,6 +164,8 @@ impl Engine {
             blobs.push(descriptor(l, &from)?);
         }
         for desc in &blobs {
+            // Lets the push mount the blob from the source repository when the registry can.
+            self.registry.remember_blob(&from, desc.digest());
             if self.registry.blob_exists(target, desc.digest()).await? {
                 continue;
             }
@@ -175,12 +186,12 @@ impl Engine {
     }
 }
 
-fn same_repository(a: &Reference, b: &Reference) -> bool {
+pub(crate) fn same_repository(a: &Reference, b: &Reference) -> bool {
     a.registry() == b.registry() && a.repository() == b.repository()
 }
 
 /// `repo@digest`, without a tag, so a push goes to the digest.
-fn pinned(r: &Reference, digest: &str) -> Result<Reference> {
+pub(crate) fn pinned(r: &Reference, digest: &str) -> Result<Reference> {
     let s = format!("{}/{}@{digest}", r.registry(), r.repository());
     s.parse().map_err(|_| Error::Reference(s))
 }

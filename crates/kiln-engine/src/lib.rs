@@ -28,6 +28,7 @@ mod images;
 mod imagetools;
 mod login;
 mod logs;
+mod manifest_list;
 mod monitor;
 mod named_context;
 mod oci_layout;
@@ -73,6 +74,7 @@ pub use kiln_registry::RawManifest;
 pub use kiln_worker::{Secrets, SshAgents, SshError};
 pub use login::{login, login_server, logout};
 pub use logs::{LogOptions, LogStream};
+pub use manifest_list::{Inspected, PlatformAnnotation};
 pub use monitor::{Attach, Ready};
 pub use named_context::{NamedContextSource, parse_build_context};
 pub use output::{

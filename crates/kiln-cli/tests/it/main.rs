@@ -30,6 +30,7 @@ mod language;
 mod language_dropin;
 mod lint;
 mod load_unnamed;
+mod manifest;
 mod mounts;
 mod multi_platform;
 mod multistage;

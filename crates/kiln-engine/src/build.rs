@@ -87,20 +87,19 @@ impl Engine {
         }
         let target = req.platform.clone().unwrap_or_else(Platform::host);
         crate::output::check_annotations(&mut req.outputs, &target).map_err(Error::Usage)?;
-        // A Git URL context is checked out for the build's duration.
-        let (req, _git_context) = self.git_context(req, progress).await?;
-        // So is a tarball from stdin or a URL, unpacked; a `-f` URL is fetched.
-        let (req, _archive_context) = self.archive_context(req, progress).await?;
-        let Loaded {
-            source,
-            dockerfile_name,
-            excludes,
-            matcher,
-        } = self.load_definition(&req, _archive_context.is_some(), progress)?;
-
-        self.check_entitlements(&req.run)?;
-        let mut run = req.run.clone();
-        self.map_host_gateway(&mut run)?;
+        let Prelude {
+            req,
+            loaded:
+                Loaded {
+                    source,
+                    dockerfile_name,
+                    excludes,
+                    matcher,
+                },
+            run,
+            mut archive_context,
+            _git_context,
+        } = self.prelude(req, progress).await?;
         let platform = req.platform.clone().unwrap_or_else(Platform::host);
         let named = self.prepare_named_contexts(&req.named_contexts, &platform)?;
         let opts = BuildOpts {
@@ -150,7 +149,6 @@ impl Engine {
         .map_err(kiln_worker::Error::from)?;
 
         // A tarball context so far holds its Dockerfile: now what the steps read from it.
-        let mut archive_context = _archive_context;
         if let Some(a) = &mut archive_context {
             a.materialise(&converted.definition, progress).await?;
         }
@@ -349,7 +347,36 @@ pub(crate) struct Loaded {
     pub matcher: Option<Arc<Matcher>>,
 }
 
+/// What every build starts from: the request with its context made local (a Git checkout, an
+/// unpacked tarball: removed when this is dropped), the Dockerfile and `.dockerignore` read, and
+/// the RUN options checked against the config.
+pub(crate) struct Prelude {
+    pub req: BuildRequest,
+    pub loaded: Loaded,
+    pub run: kiln_frontend::RunOpts,
+    pub archive_context: Option<crate::archive_context::TempContext>,
+    pub _git_context: Option<crate::git_context::GitContext>,
+}
+
 impl Engine {
+    pub(crate) async fn prelude(&self, req: BuildRequest, progress: &Progress) -> Result<Prelude> {
+        // A Git URL context is checked out for the build's duration.
+        let (req, git_context) = self.git_context(req, progress).await?;
+        // So is a tarball from stdin or a URL, unpacked; a `-f` URL is fetched.
+        let (req, archive_context) = self.archive_context(req, progress).await?;
+        let loaded = self.load_definition(&req, archive_context.is_some(), progress)?;
+        self.check_entitlements(&req.run)?;
+        let mut run = req.run.clone();
+        self.map_host_gateway(&mut run)?;
+        Ok(Prelude {
+            req,
+            loaded,
+            run,
+            archive_context,
+            _git_context: git_context,
+        })
+    }
+
     /// `[internal] load build definition` and `[internal] load .dockerignore`.
     /// `archive`: the context is an unpacked tarball, whose `.dockerignore` excludes nothing
     /// (BuildKit copies a tarball context whole).

@@ -15,7 +15,7 @@ use kiln_solver::{CacheStore, FileCacheStore, Solver};
 use kiln_worker::{Context, LlbGraph, Value};
 use serde_json::json;
 
-use crate::build::{BuildRequest, BuildResult, Loaded, created_time};
+use crate::build::{BuildRequest, BuildResult, Loaded, Prelude, created_time};
 use crate::output::{ExporterKind, Output};
 use crate::resolver::EngineResolver;
 use crate::{Engine, Error, Result, io};
@@ -70,17 +70,19 @@ impl Engine {
         if let Some(why) = unsupported(&req) {
             return Err(Error::Unsupported(why));
         }
-        let (req, _git_context) = self.git_context(req, progress).await?;
-        let (req, mut archive_context) = self.archive_context(req, progress).await?;
-        let Loaded {
-            source,
-            dockerfile_name,
-            excludes,
-            matcher,
-        } = self.load_definition(&req, archive_context.is_some(), progress)?;
-        self.check_entitlements(&req.run)?;
-        let mut run = req.run.clone();
-        self.map_host_gateway(&mut run)?;
+        let Prelude {
+            req,
+            loaded:
+                Loaded {
+                    source,
+                    dockerfile_name,
+                    excludes,
+                    matcher,
+                },
+            run,
+            mut archive_context,
+            _git_context,
+        } = self.prelude(req, progress).await?;
 
         let created = created_time(req.epoch());
         let mut def = Definition::new();

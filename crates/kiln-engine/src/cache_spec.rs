@@ -99,6 +99,14 @@ fn fields(flag: &'static str, spec: &str) -> Result<Vec<(String, String)>, Cache
         Some("inline") => Err(err(
             "an inline cache is imported with `type=registry,ref=IMAGE`".into(),
         )),
+        // GitHub's cache service cannot be reached from here to test a client against, so
+        // kiln does not pretend to have one.
+        Some("gha") => Err(err(
+            "cache type `gha` is not supported yet: GitHub Actions' cache service cannot be \
+             reached to test it; use `type=registry` (ghcr.io) or `type=local` with \
+             actions/cache"
+                .into(),
+        )),
         Some(t) if LATER_TYPES.contains(&t) => Err(err(format!(
             "cache type `{t}` is not supported yet (only `registry`, `local` and `inline`)"
         ))),
@@ -362,6 +370,7 @@ mod tests {
         );
         assert!(
             msg(CacheExport::parse("type=gha")).contains("cache type `gha` is not supported yet")
+                && msg(CacheExport::parse("type=gha")).contains("cannot be reached to test it")
         );
         assert!(msg(CacheExport::parse("type=nope")).contains("unknown cache type `nope`"));
         assert!(msg(CacheExport::parse("type=registry")).contains("`ref` is required"));

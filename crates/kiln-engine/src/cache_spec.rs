@@ -67,7 +67,7 @@ pub struct CacheSpecError {
 }
 
 /// Types buildx knows that kiln does not do yet; anything else is not a cache type at all.
-const LATER_TYPES: &[&str] = &["gha", "s3", "azblob"];
+const LATER_TYPES: &[&str] = &["s3", "azblob"];
 
 fn fields(flag: &'static str, spec: &str) -> Result<Vec<(String, String)>, CacheSpecError> {
     let err = |why: String| CacheSpecError {

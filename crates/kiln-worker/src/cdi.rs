@@ -30,6 +30,8 @@ pub enum DeviceError {
     NotAllowed(String),
     #[error("CDI spec `{}`: {why}", path.display())]
     Spec { path: PathBuf, why: String },
+    #[error("applying CDI device edits: {0}")]
+    Edit(String),
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -349,10 +351,7 @@ pub struct Applied<'a> {
 /// Applies `edits` in order: env entries replace those of the same name, device nodes,
 /// bind mounts, hooks and supplementary groups are added.
 pub fn apply(edits: &[ContainerEdits], to: Applied<'_>) -> Result<(), DeviceError> {
-    let fail = |why: String| DeviceError::Spec {
-        path: PathBuf::from("(device edits)"),
-        why,
-    };
+    let fail = DeviceError::Edit;
     for e in edits {
         for kv in &e.env {
             let key = kv.split_once('=').map_or(kv.as_str(), |(k, _)| k);

@@ -3,7 +3,7 @@
 //! `If-Modified-Since` and a `304 Not Modified` reuses the stored body without downloading it,
 //! as BuildKit's HTTP source revalidates its cached ETags.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::SystemTime;
 
 use kiln_content::ContentStore;
@@ -132,24 +132,4 @@ pub(crate) async fn download(
         digest,
         revalidated: false,
     })
-}
-
-/// Copies the download's body to `target` (created, mode `mode`, owned by root).
-pub(crate) fn write_body(
-    content: &ContentStore,
-    d: &Download,
-    target: &Path,
-    mode: u32,
-) -> std::io::Result<()> {
-    use std::os::unix::fs::PermissionsExt as _;
-    let mut src = content
-        .open_blob(&d.digest)
-        .map_err(std::io::Error::other)?;
-    let mut dst = std::fs::File::options()
-        .write(true)
-        .create_new(true)
-        .open(target)?;
-    std::io::copy(&mut src, &mut dst)?;
-    dst.set_permissions(std::fs::Permissions::from_mode(mode))?;
-    std::os::unix::fs::lchown(target, Some(0), Some(0))
 }

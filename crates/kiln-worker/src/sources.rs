@@ -35,10 +35,8 @@ impl LlbWorker {
         }
         let step = self.prepare(&[], progress).await?;
         let merged = step.dir.join("merged");
-        let path = fsutil::write_file(&merged, &op.filename, b"", 0o600)
-            .map_err(io(format!("creating `{}`", op.filename)))?;
-        std::fs::remove_file(&path).map_err(io(format!("creating `{}`", op.filename)))?;
-        http::write_body(&self.content, &d, &path, 0o600)
+        let mut body = self.content.open_blob(&d.digest)?;
+        let path = fsutil::write_file(&merged, &op.filename, &mut body, 0o600)
             .map_err(io(format!("writing `{}`", op.filename)))?;
         if let Some(t) = d.last_modified {
             filetime::set_file_mtime(&path, filetime::FileTime::from_system_time(t))
@@ -115,7 +113,7 @@ impl LlbWorker {
         let step = self.prepare(&[], progress).await?;
         let merged = step.dir.join("merged");
         for f in &op.files {
-            fsutil::write_file(&merged, &f.path, f.data.as_bytes(), f.mode)
+            fsutil::write_file(&merged, &f.path, &mut f.data.as_bytes(), f.mode)
                 .map_err(io(format!("creating `{}`", f.path)))?;
         }
         self.commit(step).await

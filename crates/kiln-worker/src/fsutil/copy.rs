@@ -64,9 +64,14 @@ pub fn mkdir_all(root: &Path, path: &str, mode: u32, owner: (u32, u32)) -> io::R
     Ok(target)
 }
 
-/// Writes a regular file at `path` (in-image) inside `root` with `mode`, owned by 0:0; missing
-/// parents are created 0755. An existing file there is replaced.
-pub fn write_file(root: &Path, path: &str, data: &[u8], mode: u32) -> io::Result<PathBuf> {
+/// Writes a regular file at `path` (in-image) inside `root` from `data` with `mode`, owned by
+/// 0:0; missing parents are created 0755. An existing file there is replaced.
+pub fn write_file(
+    root: &Path,
+    path: &str,
+    data: &mut dyn io::Read,
+    mode: u32,
+) -> io::Result<PathBuf> {
     let clean = clean_rel(path);
     let (parent, name) = match clean.rsplit_once('/') {
         Some((p, n)) => (p, n),
@@ -80,7 +85,7 @@ pub fn write_file(root: &Path, path: &str, data: &[u8], mode: u32) -> io::Result
     if fs::symlink_metadata(&target).is_ok() {
         fs::remove_file(&target)?;
     }
-    fs::write(&target, data)?;
+    io::copy(data, &mut fs::File::create(&target)?)?;
     fs::set_permissions(&target, fs::Permissions::from_mode(mode))?;
     std::os::unix::fs::lchown(&target, Some(0), Some(0))?;
     Ok(target)

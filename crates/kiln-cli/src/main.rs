@@ -280,6 +280,11 @@ async fn build(cli: &Cli, b: &BuildArgs) -> Result<ExitCode> {
         if is_url(&b.context) || b.file.as_deref().is_some_and(is_url) {
             bail!("`--check` and `--call` with a URL context or Dockerfile are not supported yet");
         }
+        // A named context can replace a stage, which BuildKit's checks would then skip; kiln's
+        // checks read the Dockerfile alone.
+        if !b.build_context.is_empty() {
+            bail!("`--check` and `--call` with `--build-context` are not supported yet");
+        }
     }
     match call {
         args::Call::Build => {}

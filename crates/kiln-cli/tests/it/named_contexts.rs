@@ -505,6 +505,19 @@ fn bad_build_context_values() {
             "failed to resolve source metadata for `docker.io/library/busybox:nope`".into(),
         ),
     ];
+    // Checks read the Dockerfile alone: a named context is refused there, not ignored.
+    for call in [&["--check"][..], &["--call", "outline"][..]] {
+        let mut args = call.to_vec();
+        args.extend(["--build-context", "foo=docker-image://busybox"]);
+        let failed = k.build(&ctx, &args).failed();
+        assert!(
+            failed
+                .stderr
+                .contains("`--check` and `--call` with `--build-context` are not supported yet"),
+            "{}",
+            failed.stderr
+        );
+    }
     for (value, expected) in cases {
         let failed = k.build(&ctx, &["--build-context", &value]).failed();
         assert!(

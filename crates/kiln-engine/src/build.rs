@@ -137,16 +137,7 @@ impl Engine {
         for w in &converted.warnings {
             progress.warn(w.clone());
         }
-        // CDI specs are read once per build, before anything runs, as BuildKit loads them.
-        let cdi = Arc::new(self.cdi_registry()?);
-        kiln_worker::cdi::check(
-            &converted.definition,
-            &cdi,
-            req.run
-                .entitlements
-                .contains(&kiln_frontend::Entitlement::Device),
-        )
-        .map_err(kiln_worker::Error::from)?;
+        let cdi = self.cdi_devices(&converted.definition, &req.run)?;
 
         // A tarball context so far holds its Dockerfile: now what the steps read from it.
         if let Some(a) = &mut archive_context {

@@ -156,15 +156,7 @@ impl Engine {
         if let Some(a) = &mut archive_context {
             a.materialise(&def, progress).await?;
         }
-        let cdi = Arc::new(self.cdi_registry()?);
-        kiln_worker::cdi::check(
-            &def,
-            &cdi,
-            req.run
-                .entitlements
-                .contains(&kiln_frontend::Entitlement::Device),
-        )
-        .map_err(kiln_worker::Error::from)?;
+        let cdi = self.cdi_devices(&def, &req.run)?;
         let context_dir = std::fs::canonicalize(&req.context).map_err(io(format!(
             "the build context `{}` cannot be read",
             req.context.display()

@@ -282,18 +282,37 @@ impl Engine {
 }
 
 impl Engine {
-    /// The CDI devices of the config's spec dirs (none when CDI is disabled).
-    pub(crate) fn cdi_registry(&self) -> Result<kiln_worker::cdi::Registry> {
-        if self.cdi.disabled {
+    /// The CDI devices the build's RUNs ask for, checked before anything runs as BuildKit checks
+    /// them when it loads a build: the specs of the config's spec dirs are read only when some
+    /// RUN has `--device` (so a broken spec on the host fails only builds that use devices),
+    /// and none are when CDI is disabled.
+    pub(crate) fn cdi_devices(
+        &self,
+        def: &kiln_llb::Definition,
+        run: &kiln_frontend::RunOpts,
+    ) -> Result<Arc<kiln_worker::cdi::Registry>> {
+        let asked = def
+            .nodes()
+            .any(|(_, n)| matches!(&n.op, kiln_llb::Op::Exec(e) if !e.sandbox.devices.is_empty()));
+        if !asked {
             return Ok(Default::default());
         }
-        let dirs: Vec<PathBuf> = match &self.cdi.spec_dirs {
-            Some(d) => d.clone(),
-            None => kiln_worker::cdi::SPEC_DIRS.map(PathBuf::from).to_vec(),
+        let registry = if self.cdi.disabled {
+            Default::default()
+        } else {
+            let dirs: Vec<PathBuf> = match &self.cdi.spec_dirs {
+                Some(d) => d.clone(),
+                None => kiln_worker::cdi::SPEC_DIRS.map(PathBuf::from).to_vec(),
+            };
+            let dirs: Vec<&std::path::Path> = dirs.iter().map(PathBuf::as_path).collect();
+            kiln_worker::cdi::Registry::load(&dirs, &self.cdi.auto_allowed)
+                .map_err(kiln_worker::Error::from)?
         };
-        let dirs: Vec<&std::path::Path> = dirs.iter().map(PathBuf::as_path).collect();
-        kiln_worker::cdi::Registry::load(&dirs, &self.cdi.auto_allowed)
-            .map_err(|e| Error::from(kiln_worker::Error::from(e)))
+        let allowed = run
+            .entitlements
+            .contains(&kiln_frontend::Entitlement::Device);
+        kiln_worker::cdi::check(def, &registry, allowed).map_err(kiln_worker::Error::from)?;
+        Ok(Arc::new(registry))
     }
 }
 

@@ -458,5 +458,12 @@ RUN --device=kiln.test/dev sh -c 'echo "$FOO" > /kind'
         err.contains("required device \"kiln.test/dev=nope\" is not registered"),
         "{err}"
     );
+
+    // A broken spec fails only builds that ask for a device, naming the file.
+    std::fs::write(specs.join("zz-broken.yaml"), "cdiVersion: [\n").unwrap();
+    let plain = k.context("plain", &[("Dockerfile", "FROM busybox\nRUN true\n")]);
+    k.build(&plain, &[]).ok();
+    let err = k.build(&ctx, &[]).failed().stderr;
+    assert!(err.contains("zz-broken.yaml"), "{err}");
     k.assert_clean();
 }

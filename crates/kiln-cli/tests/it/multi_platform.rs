@@ -47,7 +47,8 @@ const EXPECTED: [(&str, [&str; 3]); 2] = [
     ),
 ];
 
-fn kiln_for(test: &str) -> Option<Kiln> {
+/// A kiln whose registry has busybox:multi and whose machine can run arm64 through QEMU.
+pub(crate) fn kiln_for(test: &str) -> Option<Kiln> {
     let k = Kiln::new(test)?;
     if std::env::consts::ARCH != "x86_64" {
         eprintln!("skipping {test}: written for an amd64 machine (arm64 is the foreign platform)");

@@ -6,31 +6,7 @@
 
 use std::path::Path;
 
-use crate::support::{Kiln, registry_has, skip_because};
-
-/// A kiln whose registry has busybox:multi and whose machine can run arm64 through QEMU.
-fn kiln_for(test: &str) -> Option<Kiln> {
-    let k = Kiln::new(test)?;
-    if std::env::consts::ARCH != "x86_64" {
-        eprintln!("skipping {test}: written for an amd64 machine (arm64 is the foreign platform)");
-        return None;
-    }
-    if !registry_has(&k.registry, "library/busybox", "multi") {
-        skip_because(
-            test,
-            "the registry has no library/busybox:multi (scripts/setup.sh)",
-        );
-        return None;
-    }
-    if !Path::new("/proc/sys/fs/binfmt_misc/qemu-aarch64").exists() {
-        skip_because(
-            test,
-            "no qemu-aarch64 binfmt_misc handler (scripts/setup.sh)",
-        );
-        return None;
-    }
-    Some(k)
-}
+use crate::multi_platform::kiln_for;
 
 const RECORD: &str = r#"FROM busybox:multi
 ARG TARGETPLATFORM TARGETARCH TARGETVARIANT BUILDPLATFORM

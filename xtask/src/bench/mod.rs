@@ -4,16 +4,18 @@
 
 mod limits;
 mod measure;
+mod phases;
+mod report;
 mod tools;
 
-use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use anyhow::{Context, Result, bail, ensure};
-use serde::Serialize;
 
 use measure::Sample;
+use phases::{Kind, PHASES, Phase};
+use report::{PhaseResult, Report};
 use tools::{BuildSpec, Tool};
 
 #[derive(clap::Args)]
@@ -42,211 +44,6 @@ pub struct Args {
     /// Skip scripts/setup.sh (packages, release build, registry, base images).
     #[arg(long)]
     no_setup: bool,
-}
-
-/// What one phase measures. Every phase starts from a state its preparation makes, untimed.
-#[derive(Debug, Clone, Copy)]
-enum Kind {
-    /// Empty cache, base image present; time the build.
-    Cold,
-    /// Build once, then time a rebuild with nothing changed.
-    Unchanged,
-    /// Build once, change this context file, time the rebuild.
-    Edit(&'static str),
-    /// Cold build and export to an archive, timed together.
-    BuildExport,
-    /// Build once, time the export alone.
-    Export,
-    /// Build an image with new content, time its push.
-    PushNew,
-    /// Push an image, time pushing it again.
-    PushUnchanged,
-    /// Cold builds with and without ten `RUN` steps; the figure is the difference over ten.
-    RunStep,
-    /// Base image present; time a build of the context as a tarball on stdin (`build -`) with
-    /// this Dockerfile of the tarball: the workload's own (`Dockerfile`) or `Dockerfile.one`,
-    /// which copies its one small file `app.txt`.
-    StdinTar(&'static str),
-}
-
-struct Phase {
-    id: &'static str,
-    workload: &'static str,
-    base: &'static str,
-    kind: Kind,
-    /// Target for kiln's median, seconds (from the issue that set them).
-    target: Option<f64>,
-    /// Few runs: each takes many seconds.
-    heavy: bool,
-    /// Bound by the network (Debian's mirror), reported apart.
-    network: bool,
-    /// The tools that can run it; `None`: all three.
-    tools: Option<&'static [&'static str]>,
-}
-
-const BUSYBOX: &str = "library/busybox:latest";
-const DEBIAN: &str = "library/debian:bookworm-slim";
-
-const PHASES: &[Phase] = &[
-    phase("w1-cold", "w1-small-app", BUSYBOX, Kind::Cold, Some(1.6)),
-    phase(
-        "w2-noop",
-        "w1-small-app",
-        BUSYBOX,
-        Kind::Unchanged,
-        Some(0.05),
-    ),
-    phase(
-        "w3-edit",
-        "w1-small-app",
-        BUSYBOX,
-        Kind::Edit("app.txt"),
-        Some(0.25),
-    ),
-    heavy(phase(
-        "w4-cold",
-        "w4-big-context",
-        BUSYBOX,
-        Kind::Cold,
-        Some(2.5),
-    )),
-    phase(
-        "w4-noop",
-        "w4-big-context",
-        BUSYBOX,
-        Kind::Unchanged,
-        Some(0.3),
-    ),
-    phase(
-        "w4-edit",
-        "w4-big-context",
-        BUSYBOX,
-        Kind::Edit("app.txt"),
-        Some(1.0),
-    ),
-    heavy(phase(
-        "w5-cold",
-        "w5-parallel-stages",
-        BUSYBOX,
-        Kind::Cold,
-        Some(3.3),
-    )),
-    heavy(phase(
-        "w6-build-export",
-        "w6-big-layer",
-        BUSYBOX,
-        Kind::BuildExport,
-        Some(3.5),
-    )),
-    heavy(phase(
-        "w6-export",
-        "w6-big-layer",
-        BUSYBOX,
-        Kind::Export,
-        None,
-    )),
-    heavy(phase(
-        "w7-push-new",
-        "w7-push",
-        BUSYBOX,
-        Kind::PushNew,
-        Some(1.2),
-    )),
-    phase(
-        "w7-push-unchanged",
-        "w7-push",
-        BUSYBOX,
-        Kind::PushUnchanged,
-        Some(0.03),
-    ),
-    Phase {
-        network: true,
-        ..heavy(phase(
-            "w8-cold",
-            "w8-debian-python",
-            DEBIAN,
-            Kind::Cold,
-            None,
-        ))
-    },
-    phase(
-        "w8-edit",
-        "w8-debian-python",
-        DEBIAN,
-        Kind::Edit("app.py"),
-        Some(0.3),
-    ),
-    // Issue 15: the W4 context as a tarball on stdin (Buildah cannot read one from stdin).
-    Phase {
-        tools: Some(&["kiln", "buildkit"]),
-        ..heavy(phase(
-            "w4-stdin-all",
-            "w4-big-context",
-            BUSYBOX,
-            Kind::StdinTar("Dockerfile"),
-            None,
-        ))
-    },
-    Phase {
-        tools: Some(&["kiln", "buildkit"]),
-        ..phase(
-            "w4-stdin-one",
-            "w4-big-context",
-            BUSYBOX,
-            Kind::StdinTar("Dockerfile.one"),
-            None,
-        )
-    },
-    phase(
-        "run-step",
-        "run-overhead",
-        BUSYBOX,
-        Kind::RunStep,
-        Some(0.06),
-    ),
-];
-
-const fn phase(
-    id: &'static str,
-    workload: &'static str,
-    base: &'static str,
-    kind: Kind,
-    target: Option<f64>,
-) -> Phase {
-    Phase {
-        id,
-        workload,
-        base,
-        kind,
-        target,
-        heavy: false,
-        network: false,
-        tools: None,
-    }
-}
-
-const fn heavy(p: Phase) -> Phase {
-    Phase { heavy: true, ..p }
-}
-
-#[derive(Serialize)]
-struct PhaseResult {
-    phase: String,
-    tool: String,
-    samples: Vec<f64>,
-    median: f64,
-    peak_rss_mib: Option<f64>,
-    target: Option<f64>,
-    network_bound: bool,
-}
-
-#[derive(Serialize)]
-struct Report {
-    date: String,
-    machine: BTreeMap<String, String>,
-    results: Vec<PhaseResult>,
-    limits: Vec<limits::Limit>,
-    errors: Vec<String>,
 }
 
 struct Bench {
@@ -389,12 +186,12 @@ pub fn run(args: Args) -> Result<()> {
         date: String::from_utf8_lossy(&Command::new("date").arg("-Iseconds").output()?.stdout)
             .trim()
             .to_string(),
-        machine: machine(),
+        machine: report::machine(),
         results,
         limits,
         errors,
     };
-    print_table(&report);
+    report::print_table(&report);
     let json = args.json.unwrap_or_else(|| args.dir.join("results.json"));
     std::fs::write(&json, serde_json::to_vec_pretty(&report)?)?;
     eprintln!("results written to {}", json.display());
@@ -617,96 +414,4 @@ fn setup(repo: &Path) -> Result<()> {
 fn is_root() -> bool {
     // SAFETY: geteuid has no preconditions.
     unsafe { libc::geteuid() == 0 }
-}
-
-fn machine() -> BTreeMap<String, String> {
-    let mut m = BTreeMap::new();
-    let read = |p: &str| std::fs::read_to_string(p).unwrap_or_default();
-    let cpu = read("/proc/cpuinfo")
-        .lines()
-        .find_map(|l| {
-            l.strip_prefix("model name")
-                .map(|v| v.trim_start_matches([' ', '\t', ':']).to_string())
-        })
-        .unwrap_or_default();
-    m.insert("cpu".into(), cpu);
-    m.insert(
-        "cpus".into(),
-        std::thread::available_parallelism()
-            .map(|n| n.to_string())
-            .unwrap_or_default(),
-    );
-    let mem = read("/proc/meminfo")
-        .lines()
-        .find_map(|l| l.strip_prefix("MemTotal:").map(|v| v.trim().to_string()))
-        .unwrap_or_default();
-    m.insert("memory".into(), mem);
-    m.insert(
-        "kernel".into(),
-        read("/proc/sys/kernel/osrelease").trim().to_string(),
-    );
-    m
-}
-
-fn print_table(r: &Report) {
-    let tools = ["kiln", "buildkit", "buildah"];
-    println!(
-        "\n{:<18} {:>8} {:>9} {:>8} {:>10} {:>9} {:>7}  {:>6} {:>6} {:>6}",
-        "phase (s)",
-        "kiln",
-        "buildkit",
-        "buildah",
-        "kiln/bk",
-        "kiln/bah",
-        "target",
-        "MiB k",
-        "bk",
-        "bah"
-    );
-    let mut phases: Vec<&str> = Vec::new();
-    for res in &r.results {
-        if !phases.contains(&res.phase.as_str()) {
-            phases.push(&res.phase);
-        }
-    }
-    for p in phases {
-        let get = |t: &str| r.results.iter().find(|x| x.phase == p && x.tool == t);
-        let med = |t: &str| get(t).map(|x| x.median);
-        let cell = |v: Option<f64>| v.map_or("-".to_string(), |v| format!("{v:.3}"));
-        let ratio = |a: Option<f64>, b: Option<f64>| match (a, b) {
-            (Some(a), Some(b)) if b > 0.0 => format!("{:.2}", a / b),
-            _ => "-".to_string(),
-        };
-        let mem = |t: &str| {
-            get(t)
-                .and_then(|x| x.peak_rss_mib)
-                .map_or("-".to_string(), |m| format!("{m:.0}"))
-        };
-        let any = tools.iter().find_map(|t| get(t));
-        let target = any.and_then(|x| x.target);
-        let name = if any.is_some_and(|x| x.network_bound) {
-            format!("{p} (net)")
-        } else {
-            p.to_string()
-        };
-        println!(
-            "{:<18} {:>8} {:>9} {:>8} {:>10} {:>9} {:>7}  {:>6} {:>6} {:>6}",
-            name,
-            cell(med("kiln")),
-            cell(med("buildkit")),
-            cell(med("buildah")),
-            ratio(med("kiln"), med("buildkit")),
-            ratio(med("kiln"), med("buildah")),
-            target.map_or("-".to_string(), |t| format!("{t}")),
-            mem("kiln"),
-            mem("buildkit"),
-            mem("buildah"),
-        );
-    }
-    if !r.limits.is_empty() {
-        println!("\nthis machine's limits:");
-        for l in &r.limits {
-            println!("  {:<40} {:>8.3}s  {}", l.name, l.secs, l.rate);
-        }
-    }
 }

@@ -2,6 +2,7 @@
 //! turn (runs alternate between the tools, so a noisy minute hurts all of them alike), with the
 //! medians, ratios and peak memory printed as a table and written as JSON.
 
+mod buildx;
 mod limits;
 mod measure;
 mod phases;
@@ -16,14 +17,15 @@ use anyhow::{Context, Result, bail, ensure};
 use measure::Sample;
 use phases::{Kind, PHASES, Phase};
 use report::{PhaseResult, Report};
-use tools::{BuildSpec, Tool};
+use tools::{BuildSpec, Output, Pull, Tool};
 
 #[derive(clap::Args)]
 pub struct Args {
     /// Phases to run, by id or workload prefix (w1, w4, w4-edit, run-step, limits...); default all.
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
-    /// Tools to run: kiln, buildkit, buildah; default all three.
+    /// Tools to run: kiln, buildkit (Docker 20.10's), buildkit32 (BuildKit v0.32.2 through buildx
+    /// v0.36.1), buildah; default all.
     #[arg(long, value_delimiter = ',')]
     tool: Vec<String>,
     /// Measured runs per phase and tool (heavy phases take at most 3).
@@ -41,6 +43,9 @@ pub struct Args {
     /// The kiln binary; default target/release/kiln, built by the set-up.
     #[arg(long)]
     kiln: Option<PathBuf>,
+    /// The directory of BuildKit v0.32.2's start.sh and binaries (the oracle).
+    #[arg(long)]
+    oracle: Option<PathBuf>,
     /// Skip scripts/setup.sh (packages, release build, registry, base images).
     #[arg(long)]
     no_setup: bool,
@@ -95,13 +100,25 @@ pub fn run(args: Args) -> Result<()> {
             &args.dir.join("docker"),
         )?));
     }
+    if wanted("buildkit32") {
+        let oracle = args
+            .oracle
+            .clone()
+            .unwrap_or_else(|| repo.join("../shared/oracle"));
+        tools.push(Box::new(buildx::BuildKit32::start(
+            &oracle,
+            &args.dir.join("buildkit32"),
+            &registry,
+        )?));
+    }
     if wanted("buildah") {
         tools.push(Box::new(tools::Buildah::new(&args.dir.join("buildah"))?));
     }
     for t in &args.tool {
         ensure!(
-            ["kiln", "buildkit", "buildah"].contains(&t.as_str()),
-            "unknown tool `{t}`: expected kiln, buildkit or buildah"
+            report::TOOLS.contains(&t.as_str()),
+            "unknown tool `{t}`: expected one of {:?}",
+            report::TOOLS
         );
     }
     let selected = |id: &str, workload: &str| {
@@ -165,6 +182,7 @@ pub fn run(args: Args) -> Result<()> {
                 samples: secs,
                 peak_rss_mib: peak.map(|k| k as f64 / 1024.0),
                 target: phase.target,
+                ratio_target: phase.ratio_target,
                 network_bound: phase.network,
             });
         }
@@ -272,55 +290,40 @@ impl Bench {
 
     /// One run of `phase` by `tool`: its preparation, then the measured part.
     fn one(&mut self, phase: &Phase, tool: &mut dyn Tool) -> Result<Sample> {
-        let base = format!("{}/{}", self.registry, phase.base);
+        let bases: Vec<Pull> = phase
+            .bases
+            .iter()
+            .map(|b| (format!("{}/{}", self.registry, b.name), b.platforms))
+            .collect();
         let context = self.context(phase.workload)?;
         let dockerfile = self.workload_dir(phase.workload).join("Dockerfile");
-        let mut build_args = vec![("REGISTRY".to_string(), self.registry.clone())];
+        let build_args = vec![("REGISTRY".to_string(), self.registry.clone())];
         let tag = format!("bench/{}-{}:latest", phase.workload, tool.name());
+        let export_dest = self.dir.join(format!("export-{}.tar", tool.name()));
+        let mut spec = BuildSpec::new(&dockerfile, &context, &tag, &build_args);
+        spec.platforms = phase.platforms;
         match phase.kind {
             Kind::Cold => {
-                tool.reset(&base)?;
-                tool.build(&BuildSpec {
-                    dockerfile: &dockerfile,
-                    context: &context,
-                    tag: &tag,
-                    build_args: &build_args,
-                    stdin: None,
-                })
+                tool.reset(&bases)?;
+                tool.build(&spec)
             }
             Kind::Unchanged | Kind::Edit(_) | Kind::Export => {
-                let spec = BuildSpec {
-                    dockerfile: &dockerfile,
-                    context: &context,
-                    tag: &tag,
-                    build_args: &build_args,
-                    stdin: None,
-                };
                 tool.build(&spec)?;
                 if let Kind::Edit(file) = phase.kind {
                     self.edit(phase.workload, file)?;
                 }
                 if let Kind::Export = phase.kind {
-                    let dest = self.dir.join(format!("export-{}.tar", tool.name()));
-                    let s = tool.export(&spec, &dest);
-                    let _ = std::fs::remove_file(&dest);
+                    let s = tool.export(&spec, &export_dest);
+                    let _ = std::fs::remove_file(&export_dest);
                     return s;
                 }
                 tool.build(&spec)
             }
             Kind::BuildExport => {
-                tool.reset(&base)?;
-                let spec = BuildSpec {
-                    dockerfile: &dockerfile,
-                    context: &context,
-                    tag: &tag,
-                    build_args: &build_args,
-                    stdin: None,
-                };
-                let dest = self.dir.join(format!("export-{}.tar", tool.name()));
+                tool.reset(&bases)?;
                 let b = tool.build(&spec)?;
-                let e = tool.export(&spec, &dest);
-                let _ = std::fs::remove_file(&dest);
+                let e = tool.export(&spec, &export_dest);
+                let _ = std::fs::remove_file(&export_dest);
                 Ok(b.plus(e?))
             }
             Kind::PushNew | Kind::PushUnchanged => {
@@ -330,15 +333,15 @@ impl Bench {
                 } else {
                     "unchanged".to_string()
                 };
-                build_args.push(("NONCE".to_string(), nonce.clone()));
+                let mut args = build_args.clone();
+                args.push(("NONCE".to_string(), nonce.clone()));
                 let tag = format!("{}/bench/w7-{}:{nonce}", self.registry, tool.name());
-                tool.build(&BuildSpec {
-                    dockerfile: &dockerfile,
-                    context: &context,
+                let spec = BuildSpec {
                     tag: &tag,
-                    build_args: &build_args,
-                    stdin: None,
-                })?;
+                    build_args: &args,
+                    ..spec
+                };
+                tool.build(&spec)?;
                 if let Kind::PushUnchanged = phase.kind {
                     tool.push(&tag)?;
                 }
@@ -346,13 +349,11 @@ impl Bench {
             }
             Kind::StdinTar(dockerfile) => {
                 let tar = self.stdin_tar(phase.workload)?;
-                tool.reset(&base)?;
+                tool.reset(&bases)?;
                 tool.build(&BuildSpec {
                     dockerfile: Path::new(dockerfile),
-                    context: &context,
-                    tag: &tag,
-                    build_args: &build_args,
                     stdin: Some(&tar),
+                    ..spec
                 })
             }
             Kind::RunStep => {
@@ -361,13 +362,10 @@ impl Bench {
                 let kept: Vec<&str> = text.lines().filter(|l| !l.starts_with("RUN ")).collect();
                 std::fs::write(&without, kept.join("\n") + "\n")?;
                 let mut timed = |df: &Path| -> Result<Sample> {
-                    tool.reset(&base)?;
+                    tool.reset(&bases)?;
                     tool.build(&BuildSpec {
                         dockerfile: df,
-                        context: &context,
-                        tag: &tag,
-                        build_args: &build_args,
-                        stdin: None,
+                        ..spec
                     })
                 };
                 let with = timed(&dockerfile)?;
@@ -376,6 +374,38 @@ impl Bench {
                     secs: (with.secs - base_run.secs) / 10.0,
                     max_rss_kib: with.max_rss_kib,
                 })
+            }
+            Kind::CiCache { edit, push } => {
+                let name = format!("bench/ci-{}-{}", phase.workload, tool.name());
+                let image = format!("{}/{name}:latest", self.registry);
+                let cache = format!("{}/{name}-cache:latest", self.registry);
+                let to = format!("type=registry,ref={cache},mode=max");
+                let from = format!("type=registry,ref={cache}");
+                // Untimed: the CI run before this one, which wrote the cache (and, for a push,
+                // the image), then a fresh runner.
+                tool.reset_empty()?;
+                tool.build(&BuildSpec {
+                    tag: &image,
+                    cache_to: Some(&to),
+                    output: if push { Output::Push } else { Output::Store },
+                    ..spec
+                })?;
+                tool.reset_empty()?;
+                if let Some(file) = edit {
+                    self.edit(phase.workload, file)?;
+                }
+                let s = tool.build(&BuildSpec {
+                    tag: &image,
+                    cache_from: Some(&from),
+                    output: if push {
+                        Output::Push
+                    } else {
+                        Output::Oci(&export_dest)
+                    },
+                    ..spec
+                });
+                let _ = std::fs::remove_file(&export_dest);
+                s
             }
         }
     }

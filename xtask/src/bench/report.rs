@@ -14,6 +14,8 @@ pub struct PhaseResult {
     pub median: f64,
     pub peak_rss_mib: Option<f64>,
     pub target: Option<f64>,
+    /// Target for kiln's median over BuildKit v0.32.2's.
+    pub ratio_target: Option<f64>,
     pub network_bound: bool,
 }
 
@@ -55,21 +57,24 @@ pub fn machine() -> BTreeMap<String, String> {
     m
 }
 
+/// The tools, in the table's order; kiln's ratios are against each peer.
+pub const TOOLS: &[&str] = &["kiln", "buildkit", "buildkit32", "buildah"];
+/// Column headers: Docker 20.10's BuildKit, BuildKit v0.32.2, Buildah.
+const SHORT: &[&str] = &["kiln", "bk20", "bk32", "bah"];
+
 pub fn print_table(r: &Report) {
-    let tools = ["kiln", "buildkit", "buildah"];
-    println!(
-        "\n{:<18} {:>8} {:>9} {:>8} {:>10} {:>9} {:>7}  {:>6} {:>6} {:>6}",
-        "phase (s)",
-        "kiln",
-        "buildkit",
-        "buildah",
-        "kiln/bk",
-        "kiln/bah",
-        "target",
-        "MiB k",
-        "bk",
-        "bah"
-    );
+    let mut head = format!("\n{:<18}", "phase (s)");
+    for s in SHORT {
+        head += &format!(" {s:>7}");
+    }
+    for s in &SHORT[1..] {
+        head += &format!(" {:>8}", format!("k/{s}"));
+    }
+    head += &format!(" {:>7} ", "target");
+    for s in SHORT {
+        head += &format!(" {:>6}", format!("M {s}"));
+    }
+    println!("{head}");
     let mut phases: Vec<&str> = Vec::new();
     for res in &r.results {
         if !phases.contains(&res.phase.as_str()) {
@@ -79,36 +84,33 @@ pub fn print_table(r: &Report) {
     for p in phases {
         let get = |t: &str| r.results.iter().find(|x| x.phase == p && x.tool == t);
         let med = |t: &str| get(t).map(|x| x.median);
-        let cell = |v: Option<f64>| v.map_or("-".to_string(), |v| format!("{v:.3}"));
-        let ratio = |a: Option<f64>, b: Option<f64>| match (a, b) {
-            (Some(a), Some(b)) if b > 0.0 => format!("{:.2}", a / b),
-            _ => "-".to_string(),
+        let any = TOOLS.iter().find_map(|t| get(t));
+        let mut line = match any {
+            Some(x) if x.network_bound => format!("{:<18}", format!("{p} (net)")),
+            _ => format!("{p:<18}"),
         };
-        let mem = |t: &str| {
-            get(t)
-                .and_then(|x| x.peak_rss_mib)
-                .map_or("-".to_string(), |m| format!("{m:.0}"))
+        for t in TOOLS {
+            line += &format!(" {:>7}", med(t).map_or("-".into(), |v| format!("{v:.3}")));
+        }
+        for t in &TOOLS[1..] {
+            let ratio = match (med("kiln"), med(t)) {
+                (Some(a), Some(b)) if b > 0.0 => format!("{:.2}", a / b),
+                _ => "-".to_string(),
+            };
+            line += &format!(" {ratio:>8}");
+        }
+        // Seconds, or `x0.9` for a ratio to BuildKit v0.32.2 in the same run.
+        let target = match (any.and_then(|x| x.target), any.and_then(|x| x.ratio_target)) {
+            (Some(t), _) => format!("{t}"),
+            (None, Some(r)) => format!("x{r}"),
+            (None, None) => "-".to_string(),
         };
-        let any = tools.iter().find_map(|t| get(t));
-        let target = any.and_then(|x| x.target);
-        let name = if any.is_some_and(|x| x.network_bound) {
-            format!("{p} (net)")
-        } else {
-            p.to_string()
-        };
-        println!(
-            "{:<18} {:>8} {:>9} {:>8} {:>10} {:>9} {:>7}  {:>6} {:>6} {:>6}",
-            name,
-            cell(med("kiln")),
-            cell(med("buildkit")),
-            cell(med("buildah")),
-            ratio(med("kiln"), med("buildkit")),
-            ratio(med("kiln"), med("buildah")),
-            target.map_or("-".to_string(), |t| format!("{t}")),
-            mem("kiln"),
-            mem("buildkit"),
-            mem("buildah"),
-        );
+        line += &format!(" {target:>7} ");
+        for t in TOOLS {
+            let m = get(t).and_then(|x| x.peak_rss_mib);
+            line += &format!(" {:>6}", m.map_or("-".into(), |m| format!("{m:.0}")));
+        }
+        println!("{line}");
     }
     if !r.limits.is_empty() {
         println!("\nthis machine's limits:");

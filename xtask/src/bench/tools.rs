@@ -3,12 +3,24 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use anyhow::{Context, Result};
+use anyhow::{Context, Result, ensure};
 use kiln_test::Dockerd;
 
 use super::measure::{self, Sample};
 
+/// Where a build's result goes.
+#[derive(Debug, Clone, Copy)]
+pub enum Output<'a> {
+    /// The tool's own image store (BuildKit v0.32.2: its worker's image store, unpushed).
+    Store,
+    /// An OCI image tarball.
+    Oci(&'a Path),
+    /// Pushed to the registry the tag names.
+    Push,
+}
+
 /// A build to run: the workload's Dockerfile, its generated context and the image's name.
+#[derive(Debug, Clone, Copy)]
 pub struct BuildSpec<'a> {
     pub dockerfile: &'a Path,
     pub context: &'a Path,
@@ -17,11 +29,57 @@ pub struct BuildSpec<'a> {
     /// A context tarball fed on stdin (`build -`) instead of `context`; `dockerfile` is then a
     /// path inside it.
     pub stdin: Option<&'a Path>,
+    /// `--platform`, one or several.
+    pub platforms: Option<&'a str>,
+    pub cache_from: Option<&'a str>,
+    pub cache_to: Option<&'a str>,
+    pub output: Output<'a>,
 }
 
-impl BuildSpec<'_> {
-    /// Adds what every builder's command line ends with: the build args and the context.
-    fn finish(&self, c: &mut Command) {
+impl<'a> BuildSpec<'a> {
+    pub fn new(
+        dockerfile: &'a Path,
+        context: &'a Path,
+        tag: &'a str,
+        build_args: &'a [(String, String)],
+    ) -> Self {
+        BuildSpec {
+            dockerfile,
+            context,
+            tag,
+            build_args,
+            stdin: None,
+            platforms: None,
+            cache_from: None,
+            cache_to: None,
+            output: Output::Store,
+        }
+    }
+
+    /// Fails for what Docker 20.10's builder and Buildah cannot do as buildx does.
+    fn plain_only(&self, tool: &str) -> Result<()> {
+        ensure!(
+            self.platforms.is_none_or(|p| !p.contains(','))
+                && self.cache_from.is_none()
+                && self.cache_to.is_none()
+                && matches!(self.output, Output::Store),
+            "{tool}: this phase needs --platform a,b, a registry cache or an output it lacks"
+        );
+        Ok(())
+    }
+
+    /// Adds what every builder's command line ends with: platforms, caches, the build args and
+    /// the context.
+    pub(super) fn finish(&self, c: &mut Command) {
+        if let Some(p) = self.platforms {
+            c.arg("--platform").arg(p);
+        }
+        if let Some(from) = self.cache_from {
+            c.arg("--cache-from").arg(from);
+        }
+        if let Some(to) = self.cache_to {
+            c.arg("--cache-to").arg(to);
+        }
         for (k, v) in self.build_args {
             c.arg("--build-arg").arg(format!("{k}={v}"));
         }
@@ -32,11 +90,16 @@ impl BuildSpec<'_> {
     }
 }
 
+/// A base image to make present: its reference and platforms (`None`: this machine's).
+pub type Pull<'a> = (String, Option<&'a str>);
+
 pub trait Tool {
     fn name(&self) -> &'static str;
-    /// Empties the build cache and the image store, then makes `base` present again, untimed: the
-    /// state a "cold" workload starts from.
-    fn reset(&mut self, base: &str) -> Result<()>;
+    /// Empties the build cache and the image store, untimed: nothing is left, not even a base.
+    fn reset_empty(&mut self) -> Result<()>;
+    /// [`Tool::reset_empty`], then makes `bases` present again, untimed: the state a "cold"
+    /// workload starts from.
+    fn reset(&mut self, bases: &[Pull]) -> Result<()>;
     fn build(&mut self, spec: &BuildSpec) -> Result<Sample>;
     /// Writes the image `tag` as an archive at `dest` (OCI where the tool can, else docker's).
     fn export(&mut self, spec: &BuildSpec, dest: &Path) -> Result<Sample>;
@@ -78,6 +141,15 @@ impl Kiln {
         let mut c = self.cmd();
         c.args(["build", "--progress", "plain", "-t", spec.tag, "-f"])
             .arg(spec.dockerfile);
+        match spec.output {
+            Output::Store => {}
+            Output::Oci(dest) => {
+                c.arg("-o").arg(format!("type=oci,dest={}", dest.display()));
+            }
+            Output::Push => {
+                c.arg("--push");
+            }
+        }
         spec.finish(&mut c);
         c
     }
@@ -88,13 +160,31 @@ impl Tool for Kiln {
         "kiln"
     }
 
-    fn reset(&mut self, base: &str) -> Result<()> {
+    fn reset_empty(&mut self) -> Result<()> {
         let root = self.dir.join("root");
         if root.exists() {
             std::fs::remove_dir_all(&root)
                 .with_context(|| format!("removing {}", root.display()))?;
         }
-        measure::quiet(self.cmd().args(["pull", base]), &self.log)
+        Ok(())
+    }
+
+    fn reset(&mut self, bases: &[Pull]) -> Result<()> {
+        self.reset_empty()?;
+        for (base, platforms) in bases {
+            match platforms {
+                None => measure::quiet(self.cmd().args(["pull", base]), &self.log)?,
+                Some(list) => {
+                    for p in list.split(',') {
+                        measure::quiet(
+                            self.cmd().args(["pull", "--platform", p, base]),
+                            &self.log,
+                        )?;
+                    }
+                }
+            }
+        }
+        Ok(())
     }
 
     fn build(&mut self, spec: &BuildSpec) -> Result<Sample> {
@@ -102,10 +192,12 @@ impl Tool for Kiln {
     }
 
     fn export(&mut self, spec: &BuildSpec, dest: &Path) -> Result<Sample> {
-        // kiln has no `save` yet: an export is a build whose steps are all cached, written out.
-        let mut c = self.build_cmd(spec);
-        c.arg("-o").arg(format!("type=oci,dest={}", dest.display()));
-        measure::run(&mut c, &self.log)
+        // An export is a build whose steps are all cached, written out as BuildKit v0.32.2's is.
+        let spec = BuildSpec {
+            output: Output::Oci(dest),
+            ..*spec
+        };
+        measure::run(&mut self.build_cmd(&spec), &self.log)
     }
 
     fn push(&mut self, tag: &str) -> Result<Sample> {
@@ -160,13 +252,22 @@ impl Tool for BuildKit {
         "buildkit"
     }
 
-    fn reset(&mut self, base: &str) -> Result<()> {
+    fn reset_empty(&mut self) -> Result<()> {
         measure::quiet(self.cmd().args(["builder", "prune", "-af"]), &self.log)?;
-        measure::quiet(self.cmd().args(["system", "prune", "-af"]), &self.log)?;
-        measure::quiet(self.cmd().args(["pull", base]), &self.log)
+        measure::quiet(self.cmd().args(["system", "prune", "-af"]), &self.log)
+    }
+
+    fn reset(&mut self, bases: &[Pull]) -> Result<()> {
+        self.reset_empty()?;
+        for (base, platforms) in bases {
+            ensure!(platforms.is_none(), "buildkit: one platform only");
+            measure::quiet(self.cmd().args(["pull", base]), &self.log)?;
+        }
+        Ok(())
     }
 
     fn build(&mut self, spec: &BuildSpec) -> Result<Sample> {
+        spec.plain_only("buildkit")?;
         let mut c = self.cmd();
         c.args([
             "build",
@@ -229,16 +330,25 @@ impl Tool for Buildah {
         "buildah"
     }
 
-    fn reset(&mut self, base: &str) -> Result<()> {
+    fn reset_empty(&mut self) -> Result<()> {
         measure::quiet(self.cmd().args(["rm", "--all"]), &self.log)?;
-        measure::quiet(self.cmd().args(["rmi", "--all", "--force"]), &self.log)?;
-        measure::quiet(
-            self.cmd().args(["pull", "--tls-verify=false", "-q", base]),
-            &self.log,
-        )
+        measure::quiet(self.cmd().args(["rmi", "--all", "--force"]), &self.log)
+    }
+
+    fn reset(&mut self, bases: &[Pull]) -> Result<()> {
+        self.reset_empty()?;
+        for (base, platforms) in bases {
+            ensure!(platforms.is_none(), "buildah: one platform only");
+            measure::quiet(
+                self.cmd().args(["pull", "--tls-verify=false", "-q", base]),
+                &self.log,
+            )?;
+        }
+        Ok(())
     }
 
     fn build(&mut self, spec: &BuildSpec) -> Result<Sample> {
+        spec.plain_only("buildah")?;
         let mut c = self.cmd();
         c.args([
             "bud",

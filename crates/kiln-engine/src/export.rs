@@ -130,20 +130,30 @@ impl Engine {
     }
 
     /// Base-image layers are only pulled when a step needs their files; an export needs them all.
+    /// They come eight at a time: an image
+    /// whose every step hit an imported cache has all its layers to fetch at this point.
     pub(crate) async fn fetch_missing_blobs(
         &self,
         layers: &[LayerRef],
         v: &kiln_progress::Vertex,
     ) -> Result<()> {
+        use futures::StreamExt;
+        let mut missing = Vec::new();
         for layer in layers {
             let (Some(blob), Some(_)) = (&layer.blob, &layer.source) else {
                 continue;
             };
-            if self.content.contains(blob) {
-                continue;
+            if !self.content.contains(blob) && !missing.iter().any(|(b, _)| b == &blob) {
+                missing.push((blob, layer));
             }
+        }
+        let mut fetches = futures::stream::iter(missing.into_iter().map(|(blob, layer)| {
             v.status(&format!("pulling {blob}"));
-            kiln_worker::fetch_layer_blob(&self.registry, &self.content, layer, blob).await?;
+            kiln_worker::fetch_layer_blob(&self.registry, &self.content, layer, blob)
+        }))
+        .buffer_unordered(8);
+        while let Some(r) = fetches.next().await {
+            r?;
         }
         Ok(())
     }

@@ -34,6 +34,7 @@ mod lint;
 mod load_unnamed;
 mod manifest;
 mod mounts;
+mod multi_archive;
 mod multi_platform;
 mod multistage;
 mod named_contexts;

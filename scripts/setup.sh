@@ -10,7 +10,9 @@
 #      differential corpus' bases (tests/oracle): library/busybox:bare (bin/ only, no /etc/passwd
 #      or /etc/group) and library/busybox:users (fixed users and groups); library/busybox:multi,
 #      an OCI index for linux/amd64 and linux/arm64 made from Debian's busybox-static for both
-#      architectures (each also tagged alone: busybox:multi-amd64, busybox:multi-arm64)
+#      architectures (each also tagged alone: busybox:multi-amd64, busybox:multi-arm64);
+#      library/gcc:bookworm-cross (images/gcc-cross: gcc and the arm64 cross compiler, on the
+#      debian image) for the cross-compilation workload and test
 #   5. QEMU for foreign-platform RUN steps: qemu-user-static's aarch64 handler registered in
 #      binfmt_misc (mounted first where missing) with the F flag, so containers can use it
 #
@@ -467,6 +469,27 @@ seed_python() {
     SUMMARY+=("seeded $repo:$tag ($(elapsed "$t0"))")
 }
 
+# library/gcc:bookworm-cross: built by kiln from images/gcc-cross on the debian image seeded above
+# (apt downloads only the compilers, ~15 s here) rather than a second debootstrap.
+seed_gcc_cross() {
+    local repo=library/gcc tag=bookworm-cross
+    if has_manifest "$repo" "$tag"; then
+        info "$repo:$tag: in the registry"
+        return
+    fi
+    local t0 log_file="$KILN_DEV/logs/build-gcc-cross.log"
+    t0=$(now)
+    log "seeding $repo:$tag: kiln build images/gcc-cross (log: $log_file)"
+    if ! "$KILN" build --progress plain -t "$KILN_DEV_REGISTRY/$repo:$tag" "$REPO_ROOT/images/gcc-cross" \
+        >"$log_file" 2>&1; then
+        tail -n 30 "$log_file" >&2
+        die "building $repo:$tag failed"
+    fi
+    "$KILN" push "$KILN_DEV_REGISTRY/$repo:$tag" >"$KILN_DEV/logs/push-gcc-cross.log" 2>&1 ||
+        { tail -n 20 "$KILN_DEV/logs/push-gcc-cross.log" >&2; die "pushing $repo:$tag failed"; }
+    SUMMARY+=("seeded $repo:$tag ($(elapsed "$t0"))")
+}
+
 print_summary() {
     local line
     for line in "${SUMMARY[@]}"; do
@@ -479,6 +502,7 @@ print_summary() {
     config    KILN_CONFIG=$KILN_CONFIG (docker.io -> $KILN_DEV_REGISTRY)
     registry  http://$KILN_DEV_REGISTRY/v2/ (data $KILN_DEV/registry, log $KILN_DEV/logs/registry.log)
     images    busybox:latest busybox:bare busybox:users busybox:multi debian:bookworm-slim python:3.11-slim
+              gcc:bookworm-cross
 EOF
 }
 
@@ -497,6 +521,7 @@ main() {
     seed_busybox_multi
     seed_debian
     seed_python
+    seed_gcc_cross
     print_summary
 }
 

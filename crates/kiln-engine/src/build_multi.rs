@@ -41,7 +41,7 @@ fn unsupported(req: &BuildRequest) -> Option<String> {
     };
     Some(format!(
         "{what} is not supported yet (a multi-platform build writes --output type=image, \
-         type=oci, type=local, type=tar, type=registry or --push)"
+         type=docker, type=oci, type=local, type=tar, type=registry or --push)"
     ))
 }
 
@@ -50,11 +50,12 @@ fn supported_output(o: &Output) -> bool {
     plain
         && match o.kind {
             ExporterKind::Oci => o.dest.is_some() && o.tar,
+            // An archive, or (no dest) the store, which keeps the index.
+            ExporterKind::Docker => o.dest.is_none() || o.tar,
             ExporterKind::Local | ExporterKind::Tar => true,
             ExporterKind::Registry => true,
             ExporterKind::Image => true,
             ExporterKind::CacheOnly => true,
-            _ => false,
         }
 }
 
@@ -297,7 +298,7 @@ impl Engine {
                     self.export_rootfs_split(&trees, output, &rv).await?;
                     rv.done();
                 }
-                ExporterKind::Oci => {
+                ExporterKind::Oci | ExporterKind::Docker => {
                     let Some(dest) = &output.dest else { continue };
                     v.status("compressing layers");
                     let mut exported = Vec::new();
@@ -311,14 +312,20 @@ impl Engine {
                     let tags = crate::export_names::output_names(req, output)?;
                     let content = &self.content;
                     let index = &index;
+                    let archive = kiln_exporter::ArchiveOptions::default();
+                    let kind = output.kind;
                     crate::export_rootfs::write_to_dest(dest, false, |out| {
-                        kiln_exporter::oci::write_archive_with(
-                            content,
-                            index,
-                            &tags,
-                            &kiln_exporter::ArchiveOptions::default(),
-                            out,
-                        )?;
+                        // Docker's archive as `docker save` (Docker 25+) writes an index: the
+                        // OCI layout plus manifest.json naming this machine's image of it.
+                        if kind == ExporterKind::Docker {
+                            kiln_exporter::docker::write_archive_with(
+                                content, index, &tags, &archive, out,
+                            )?;
+                        } else {
+                            kiln_exporter::oci::write_archive_with(
+                                content, index, &tags, &archive, out,
+                            )?;
+                        }
                         Ok(())
                     })?;
                 }
@@ -469,12 +476,18 @@ mod tests {
         );
         let mut docker = Output::new(ExporterKind::Docker);
         docker.dest = Some("x.tar".into());
+        assert_eq!(unsupported(&request(vec![docker.clone()], &[])), None);
+        docker.tar = false;
         let why = unsupported(&request(vec![docker], &[])).unwrap();
         assert!(
             why.starts_with("--output type=docker for several platforms"),
             "{why}"
         );
         assert!(why.contains("is not supported yet"), "{why}");
+        assert_eq!(
+            unsupported(&request(vec![Output::new(ExporterKind::Docker)], &["a"])),
+            None
+        );
         let mut docker_types = Output::new(ExporterKind::Registry);
         docker_types.oci_mediatypes = Some(false);
         assert_eq!(unsupported(&request(vec![docker_types], &["a"])), None);

@@ -299,13 +299,8 @@ impl Engine {
             .filter(|r| r.index.is_some())
             .cloned();
             if let Some(record) = record {
-                // Docker's format lists single-platform images; never one platform silently.
-                if format == SaveFormat::Docker {
-                    return Err(Error::Unsupported(format!(
-                        "kiln save of a multi-platform image (`{s}`) in the docker format is not \
-                         supported yet (--format oci writes its index)"
-                    )));
-                }
+                // Both formats carry the index; the docker format's manifest.json also lists
+                // this machine's image of it, as `docker save` does.
                 indexes.push((list.len(), record));
                 list.push(SaveImage {
                     manifest: found.manifest,

@@ -36,8 +36,8 @@ fn null_as_empty<'de, D: serde::Deserializer<'de>>(
     Ok(Option::<Vec<String>>::deserialize(d)?.unwrap_or_default())
 }
 
-/// Writes a `docker load` archive of the single-platform image whose manifest is `manifest`,
-/// tagged with every name that has a tag. Returns `out`.
+/// Writes a `docker load` archive of the image whose manifest or index is `manifest`, tagged
+/// with every name that has a tag. Returns `out`.
 pub fn write_archive<W: Write>(
     content: &ContentStore,
     manifest: &Digest,
@@ -47,7 +47,10 @@ pub fn write_archive<W: Write>(
     write_archive_with(content, manifest, names, &ArchiveOptions::default(), out)
 }
 
-/// [`write_archive`] with explicit options (entry mtimes).
+/// [`write_archive`] with explicit options (entry mtimes). An index is written as `docker save`
+/// (Docker 25+) writes one: every platform's blobs and the index in `index.json`, and in
+/// `manifest.json` the one image Docker's older loader takes (this machine's platform, else the
+/// first).
 pub fn write_archive_with<W: Write>(
     content: &ContentStore,
     manifest: &Digest,
@@ -55,10 +58,9 @@ pub fn write_archive_with<W: Write>(
     opts: &ArchiveOptions,
     out: W,
 ) -> Result<W> {
-    // Docker's loader takes one manifest per image; an index has to be resolved to a platform
-    // by the caller first.
-    let m = image::read_manifest(content, manifest)?;
     let graph: Graph = image::collect(content, manifest)?;
+    let listed = image::docker_image(content, manifest)?;
+    let m = image::read_manifest(content, &listed)?;
     let config = m.config().digest();
     let config_bytes = image::read_metadata(content, config)?;
     if config_bytes.len() as u64 != m.config().size() {

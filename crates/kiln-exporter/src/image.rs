@@ -4,7 +4,7 @@ use std::collections::BTreeMap;
 
 use chrono::{DateTime, Utc};
 use kiln_content::ContentStore;
-use kiln_oci::{Descriptor, Digest, ImageIndex, ImageManifest, media_type};
+use kiln_oci::{Descriptor, Digest, ImageIndex, ImageManifest, Platform, media_type};
 use serde::Deserialize;
 use serde::de::IgnoredAny;
 
@@ -201,6 +201,51 @@ fn walk(
     }
 }
 
+/// (platform, manifest) of each entry of an index that names an image manifest.
+pub(crate) fn index_entries(digest: &Digest, bytes: &[u8]) -> Result<Vec<(Platform, Digest)>> {
+    let index: ImageIndex =
+        serde_json::from_slice(bytes).map_err(|source| Error::InvalidManifest {
+            digest: digest.clone(),
+            source,
+        })?;
+    Ok(index
+        .manifests()
+        .iter()
+        .filter(|d| media_type::is_manifest(d.media_type().as_ref()))
+        .filter_map(|d| {
+            let p = d.platform().as_ref()?;
+            let platform = Platform::new(
+                &p.os().to_string(),
+                &p.architecture().to_string(),
+                p.variant().as_deref(),
+            );
+            Some((platform, d.digest().clone()))
+        })
+        .collect())
+}
+
+/// The entry a name stands for where no platform is asked: this machine's, else the first.
+pub(crate) fn default_entry(entries: &[(Platform, Digest)]) -> Option<Digest> {
+    let host = Platform::host();
+    entries
+        .iter()
+        .find(|(p, _)| host.matches(p))
+        .or(entries.first())
+        .map(|(_, d)| d.clone())
+}
+
+/// The one image of `root` that Docker's `manifest.json` lists: `root` itself when it is a
+/// manifest; for an index, its image for this machine's platform, else its first, as `docker
+/// save` (Docker 25+, containerd image store) picks it. A loader that reads only
+/// `manifest.json` (Docker before the containerd store) gets that platform's image.
+pub(crate) fn docker_image(content: &ContentStore, root: &Digest) -> Result<Digest> {
+    let bytes = read_metadata(content, root)?;
+    if !media_type::is_index(&sniff_media_type(root, &bytes)?) {
+        return Ok(root.clone());
+    }
+    default_entry(&index_entries(root, &bytes)?).ok_or_else(|| Error::EmptyIndex(root.clone()))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -247,6 +292,41 @@ mod tests {
         assert!(matches!(
             check_descriptor(&content, &absent),
             Err(Error::MissingBlob(_))
+        ));
+    }
+
+    #[test]
+    fn docker_lists_this_machines_image_of_an_index_else_its_first() {
+        let dir = tempfile::tempdir().unwrap();
+        let content = ContentStore::open(dir.path()).unwrap();
+        let manifest = content
+            .put(br#"{"schemaVersion":2,"config":{},"layers":[]}"#, None)
+            .unwrap();
+        assert_eq!(docker_image(&content, &manifest).unwrap(), manifest);
+        let entry = |arch: &str, digest: &Digest| {
+            format!(
+                r#"{{"mediaType":"{}","digest":"{digest}","size":1,"platform":{{"os":"linux","architecture":"{arch}"}}}}"#,
+                media_type::OCI_MANIFEST
+            )
+        };
+        let other = kiln_oci::sha256(b"other");
+        let host = Platform::host().architecture;
+        let foreign = if host == "arm64" { "s390x" } else { "arm64" };
+        let index = |entries: &[String]| {
+            let bytes = format!(
+                r#"{{"schemaVersion":2,"manifests":[{}]}}"#,
+                entries.join(",")
+            );
+            content.put(bytes.as_bytes(), None).unwrap()
+        };
+        let both = index(&[entry(foreign, &other), entry(&host, &manifest)]);
+        assert_eq!(docker_image(&content, &both).unwrap(), manifest);
+        let foreign_only = index(&[entry(foreign, &other)]);
+        assert_eq!(docker_image(&content, &foreign_only).unwrap(), other);
+        let empty = index(&[]);
+        assert!(matches!(
+            docker_image(&content, &empty),
+            Err(Error::EmptyIndex(_))
         ));
     }
 }

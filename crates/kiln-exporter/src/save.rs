@@ -67,8 +67,9 @@ pub fn write_save_archive<W: Write>(
             descriptors.push(descriptor(a));
         }
         if format == SaveFormat::Docker {
-            // Docker's loader takes single-platform images only; the store names only those.
-            let m = image::read_manifest(content, &img.manifest)?;
+            // Docker's older loader reads one image per entry: for an index, the one `docker
+            // save` lists (this machine's platform, else the first).
+            let m = image::read_manifest(content, &image::docker_image(content, &img.manifest)?)?;
             let config = m.config().digest().clone();
             let bytes = image::read_metadata(content, &config)?;
             if bytes.len() as u64 != m.config().size() {

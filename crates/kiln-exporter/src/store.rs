@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 
 use chrono::{DateTime, Utc};
 use kiln_content::ContentStore;
-use kiln_oci::{Digest, ImageIndex, Platform, Reference, media_type};
+use kiln_oci::{Digest, Platform, Reference, media_type};
 use serde::{Deserialize, Serialize};
 
 use crate::image;
@@ -91,7 +91,7 @@ impl ImageStore {
         let bytes = image::read_metadata(&self.content, manifest)?;
         let (index, default, size) =
             if media_type::is_index(&image::sniff_media_type(manifest, &bytes)?) {
-                let entries = index_entries(manifest, &bytes)?;
+                let entries = image::index_entries(manifest, &bytes)?;
                 let mut seen = std::collections::HashSet::new();
                 let mut size = 0;
                 for (_, child) in &entries {
@@ -103,8 +103,8 @@ impl ImageStore {
                         }
                     }
                 }
-                let default =
-                    default_entry(&entries).ok_or_else(|| Error::EmptyIndex(manifest.clone()))?;
+                let default = image::default_entry(&entries)
+                    .ok_or_else(|| Error::EmptyIndex(manifest.clone()))?;
                 (Some(manifest.clone()), default, size)
             } else {
                 let m = image::read_manifest(&self.content, manifest)?;
@@ -142,7 +142,7 @@ impl ImageStore {
             return Ok(Vec::new());
         };
         let bytes = image::read_metadata(&self.content, index)?;
-        index_entries(index, &bytes)
+        image::index_entries(index, &bytes)
     }
 
     /// Each platform's image of the index `record` points at: platform, manifest, config and
@@ -295,39 +295,6 @@ impl ImageStore {
         })?;
         Ok(file)
     }
-}
-
-/// (platform, manifest) of each entry of an index that names an image manifest.
-fn index_entries(digest: &Digest, bytes: &[u8]) -> Result<Vec<(Platform, Digest)>> {
-    let index: ImageIndex =
-        serde_json::from_slice(bytes).map_err(|source| Error::InvalidManifest {
-            digest: digest.clone(),
-            source,
-        })?;
-    Ok(index
-        .manifests()
-        .iter()
-        .filter(|d| media_type::is_manifest(d.media_type().as_ref()))
-        .filter_map(|d| {
-            let p = d.platform().as_ref()?;
-            let platform = Platform::new(
-                &p.os().to_string(),
-                &p.architecture().to_string(),
-                p.variant().as_deref(),
-            );
-            Some((platform, d.digest().clone()))
-        })
-        .collect())
-}
-
-/// The entry a name stands for where no platform is asked: this machine's, else the first.
-fn default_entry(entries: &[(Platform, Digest)]) -> Option<Digest> {
-    let host = Platform::host();
-    entries
-        .iter()
-        .find(|(p, _)| host.matches(p))
-        .or(entries.first())
-        .map(|(_, d)| d.clone())
 }
 
 /// The repository an image loaded without a name is kept under, by manifest digest (as

@@ -1,6 +1,7 @@
 //! kiln end to end: the `kiln` binary against a real registry (`KILN_TEST_REGISTRY`, seeded
 //! with library/busybox:latest, the corpus bases busybox:bare and busybox:users, the index
-//! busybox:multi (linux/amd64, linux/arm64) and, for the example, library/python:3.11-slim),
+//! busybox:multi (linux/amd64, linux/arm64), the cross compilers gcc:bookworm-cross and, for the
+//! example, library/python:3.11-slim),
 //! runc and overlayfs. Each test has its own data root; after each, nothing may be mounted under
 //! it and no runc container may be left. Without the externals the tests skip with a reason, or
 //! fail under `KILN_TEST_REQUIRE_EXTERNAL=1`.
@@ -13,6 +14,7 @@ mod cache_export;
 mod concurrent;
 mod config;
 mod copystream;
+mod cross_compile;
 mod docker_pull;
 mod dockerignore;
 mod errors;
@@ -32,6 +34,7 @@ mod lint;
 mod load_unnamed;
 mod manifest;
 mod mounts;
+mod multi_archive;
 mod multi_platform;
 mod multistage;
 mod named_contexts;

@@ -143,7 +143,14 @@ impl Engine {
                 continue;
             }
             v.status(&format!("pulling {blob}"));
-            kiln_worker::fetch_layer_blob(&self.registry, &self.content, layer, blob).await?;
+            kiln_worker::fetch_layer_blob(
+                &self.registry,
+                &self.blob_stores,
+                &self.content,
+                layer,
+                blob,
+            )
+            .await?;
         }
         Ok(())
     }

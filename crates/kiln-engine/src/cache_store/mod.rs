@@ -93,10 +93,28 @@ pub(crate) struct ObjectCache {
     touch_refresh: Option<Duration>,
 }
 
+/// A store failure as one line: `what`, then the innermost cause (object_store's messages
+/// repeat their sources, and a server's XML body spans lines). A PUT answered 404 can only
+/// mean the bucket or container is missing, which Azure does not say.
 fn store_error(what: String) -> impl FnOnce(object_store::Error) -> Error {
-    move |e| Error::Invalid {
-        what,
-        source: Box::new(e),
+    move |e| {
+        let missing = matches!(e, object_store::Error::NotFound { .. }) && what.contains("upload");
+        let mut cause: &dyn std::error::Error = &e;
+        while let Some(next) = cause.source() {
+            cause = next;
+        }
+        let cause = cause
+            .to_string()
+            .split_whitespace()
+            .collect::<Vec<_>>()
+            .join(" ");
+        if missing {
+            Error::Usage(format!(
+                "{what}: the bucket or container does not exist ({cause})"
+            ))
+        } else {
+            Error::Usage(format!("{what}: {cause}"))
+        }
     }
 }
 
@@ -194,7 +212,7 @@ impl ObjectCache {
                 .put(&key, PutPayload::from(bytes.to_vec()))
                 .await
                 .map_err(store_error(format!(
-                    "failed to write the cache manifest {key} to {}",
+                    "failed to upload the cache manifest {key} to {}",
                     self.id
                 )))?;
         }

@@ -54,15 +54,15 @@ enum Dest<'a> {
 }
 
 /// Where `location` writes; a bucket is opened here (bad credentials' errors are the export's).
-fn dest(location: &CacheLocation) -> Result<Dest<'_>> {
+async fn dest(location: &CacheLocation) -> Result<Dest<'_>> {
     Ok(match location {
         CacheLocation::Registry(r) if r.tag().is_none() && r.digest().is_none() => {
             Dest::Registry(r.with_tag("latest"))
         }
         CacheLocation::Registry(r) => Dest::Registry(r.clone()),
         CacheLocation::Local(dir) => Dest::Layout(dir),
-        CacheLocation::S3(c) => Dest::Bucket(BucketCache::S3(c).open()?),
-        CacheLocation::Azblob(c) => Dest::Bucket(BucketCache::Azblob(c).open()?),
+        CacheLocation::S3(c) => Dest::Bucket(BucketCache::S3(c).open_for_export().await?),
+        CacheLocation::Azblob(c) => Dest::Bucket(BucketCache::Azblob(c).open_for_export().await?),
         CacheLocation::Inline => {
             return Err(crate::Error::Usage(
                 "an inline cache is written into the image config".into(),
@@ -102,7 +102,7 @@ impl Engine {
             });
             v.status("preparing build cache for export");
             let records = select_records(solved, result, e.mode);
-            let exported = match dest(&e.location) {
+            let exported = match dest(&e.location).await {
                 Ok(dest) => self.export_cache(&dest, &records, &e.compression, &v).await,
                 Err(err) => Err(err),
             };

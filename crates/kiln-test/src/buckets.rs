@@ -10,7 +10,6 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
-use base64::Engine as _;
 
 /// Azurite's well-known development account and key.
 pub const AZURITE_ACCOUNT: &str = "devstoreaccount1";
@@ -241,33 +240,6 @@ impl AzuriteServer {
     /// The account URL: `http://127.0.0.1:PORT/devstoreaccount1`.
     pub fn account_url(&self) -> String {
         format!("http://{}/{AZURITE_ACCOUNT}", self.server.addr)
-    }
-
-    /// Creates `container`, signed with the account key (Shared Key).
-    pub fn create_container(&self, container: &str) {
-        let date = httpdate::fmt_http_date(std::time::SystemTime::now());
-        let version = "2021-08-06";
-        let path = format!("/{AZURITE_ACCOUNT}/{container}");
-        let to_sign = format!(
-            "PUT\n\n\n\n\n\n\n\n\n\n\n\nx-ms-date:{date}\nx-ms-version:{version}\n/{AZURITE_ACCOUNT}{path}\nrestype:container"
-        );
-        let key = base64::engine::general_purpose::STANDARD
-            .decode(AZURITE_KEY)
-            .expect("the well-known key is base64");
-        let key = aws_lc_rs::hmac::Key::new(aws_lc_rs::hmac::HMAC_SHA256, &key);
-        let signature = base64::engine::general_purpose::STANDARD
-            .encode(aws_lc_rs::hmac::sign(&key, to_sign.as_bytes()).as_ref());
-        let (status, body) = request(
-            &self.server.addr,
-            &format!(
-                "PUT {path}?restype=container HTTP/1.1\r\nHost: {}\r\nx-ms-date: {date}\r\n\
-                 x-ms-version: {version}\r\nAuthorization: SharedKey {AZURITE_ACCOUNT}:{signature}\r\n\
-                 Content-Length: 0\r\nConnection: close\r\n\r\n",
-                self.server.addr
-            ),
-        )
-        .expect("creating the container");
-        assert_eq!(status, 201, "creating container {container}: {body}");
     }
 
     /// The `METHOD /PATH` lines logged for requests whose path contains `needle`.

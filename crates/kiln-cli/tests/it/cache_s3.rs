@@ -185,8 +185,8 @@ fn azblob_cache_makes_every_step_cached_on_an_empty_root() {
     let Some(az) = AzuriteServer::start() else {
         return;
     };
+    // Not created beforehand: the export creates it, as BuildKit's does.
     let container = "kiln-cache";
-    az.create_container(container);
     let ctx = context(&a);
     let account_url = az.account_url();
     let location = format!(
@@ -208,6 +208,14 @@ fn azblob_cache_makes_every_step_cached_on_an_empty_root() {
         run.stderr.contains("exporting cache to Azure Blob Storage"),
         "{}",
         run.stderr
+    );
+    let created = az.requests(
+        "PUT",
+        &format!("/{AZURITE_ACCOUNT}/{container}?restype=container"),
+    );
+    assert!(
+        created.len() == 1 && created[0].contains("\" 201"),
+        "{created:#?}"
     );
     let blob_path = format!("/{AZURITE_ACCOUNT}/{container}/team/blobs/");
     let manifest_path = format!("/{AZURITE_ACCOUNT}/{container}/team/manifests/buildkit");

@@ -3,6 +3,7 @@
 
 use std::sync::Arc;
 
+use base64::Engine as _;
 use object_store::azure::MicrosoftAzureBuilder;
 
 use super::{ObjectCache, Secret, names};
@@ -112,6 +113,61 @@ impl AzblobCache {
             names: names(get("name"))?,
             secret_access_key: secret.map(Secret),
         })
+    }
+
+    /// Creates the container when it is missing, as BuildKit's exporter does. object_store has
+    /// no call for it, so this one request is signed here (Shared Key, which needs the account
+    /// key); with other credentials the container must exist.
+    pub(crate) async fn ensure_container(&self) -> Result<()> {
+        let Some(key) = &self.secret_access_key else {
+            return Ok(());
+        };
+        let failed =
+            |why: String| Error::Usage(format!("failed to create the container {}: {why}", self));
+        let key = base64::engine::general_purpose::STANDARD
+            .decode(&key.0)
+            .map_err(|_| failed("secret_access_key is not base64".into()))?;
+        let url = url::Url::parse(&format!(
+            "{}/{}?restype=container",
+            self.account_url, self.container
+        ))
+        .map_err(|e| failed(e.to_string()))?;
+        let date = httpdate::fmt_http_date(std::time::SystemTime::now());
+        const VERSION: &str = "2021-08-06";
+        // Verb, eleven empty standard headers (Content-Length 0 is written empty), the x-ms-
+        // headers, then the resource: the account and the URL's path, and the query.
+        let to_sign = format!(
+            "PUT\n\n\n\n\n\n\n\n\n\n\n\nx-ms-date:{date}\nx-ms-version:{VERSION}\n/{}{}\nrestype:container",
+            self.account_name,
+            url.path()
+        );
+        let key = aws_lc_rs::hmac::Key::new(aws_lc_rs::hmac::HMAC_SHA256, &key);
+        let signature = base64::engine::general_purpose::STANDARD
+            .encode(aws_lc_rs::hmac::sign(&key, to_sign.as_bytes()).as_ref());
+        let response = reqwest::Client::new()
+            .put(url)
+            .header("x-ms-date", &date)
+            .header("x-ms-version", VERSION)
+            .header(
+                "Authorization",
+                format!("SharedKey {}:{signature}", self.account_name),
+            )
+            .header("Content-Length", "0")
+            .timeout(std::time::Duration::from_secs(30))
+            .send()
+            .await
+            .map_err(|e| failed(kiln_solver::error_chain(&e)))?;
+        match response.status().as_u16() {
+            // Created, or there already.
+            201 | 409 => Ok(()),
+            status => {
+                let body = response.text().await.unwrap_or_default();
+                Err(failed(format!(
+                    "HTTP {status}: {}",
+                    body.split_whitespace().collect::<Vec<_>>().join(" ")
+                )))
+            }
+        }
     }
 
     pub(crate) fn open(&self) -> Result<ObjectCache> {

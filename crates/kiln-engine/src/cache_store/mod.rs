@@ -307,6 +307,15 @@ impl BucketCache<'_> {
             BucketCache::Azblob(c) => c.open(),
         }
     }
+
+    /// Opened to write: an Azure container is created first when missing (as BuildKit does); an
+    /// S3 bucket must exist (BuildKit does not create one either).
+    pub(crate) async fn open_for_export(&self) -> Result<ObjectCache> {
+        if let BucketCache::Azblob(c) = self {
+            c.ensure_container().await?;
+        }
+        self.open()
+    }
 }
 
 impl Engine {

@@ -393,6 +393,25 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_blob_larger_than_a_part_goes_up_in_parts_whole() {
+        let mem = Arc::new(object_store::memory::InMemory::new());
+        let c = cache(mem.clone(), &["main"]);
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("big");
+        let bytes: Vec<u8> = (0..PART_SIZE + 3 * (1 << 20) + 7)
+            .map(|i| (i % 251) as u8)
+            .collect();
+        std::fs::write(&file, &bytes).unwrap();
+        let blob = kiln_oci::sha256(&bytes);
+        assert!(c.put_blob(&blob, &file).await.unwrap());
+        let mut out = Vec::new();
+        kiln_worker::BlobStore::fetch(&c, &blob, &mut out)
+            .await
+            .unwrap();
+        assert!(out == bytes, "{} bytes back of {}", out.len(), bytes.len());
+    }
+
+    #[tokio::test]
     async fn a_missing_manifest_is_an_error_naming_the_keys() {
         let mem = Arc::new(object_store::memory::InMemory::new());
         let err = cache(mem, &["a", "b"])

@@ -175,6 +175,27 @@ fn s3_cache_makes_every_step_cached_on_an_empty_root() {
     )
     .ok();
     assert_eq!(s3.requests("PUT", "/team/blobs/").len(), puts + 4);
+
+    // A bucket that does not exist is not created (nor by BuildKit): the export says so.
+    let run = a
+        .build(
+            &ctx,
+            &[
+                "--cache-to",
+                &format!(
+                    "type=s3,bucket=kiln-missing,region=us-east-1,endpoint_url={endpoint},\
+                     use_path_style=true,access_key_id=AK,secret_access_key=SK,ignore-error=false"
+                ),
+            ],
+        )
+        .failed();
+    assert!(
+        run.stderr
+            .contains("the bucket or container does not exist")
+            && run.stderr.contains("NoSuchBucket"),
+        "{}",
+        run.stderr
+    );
 }
 
 #[test]

@@ -94,28 +94,33 @@ pub(crate) struct ObjectCache {
 }
 
 /// A store failure as one line: `what`, then the innermost cause (object_store's messages
-/// repeat their sources, and a server's XML body spans lines). A PUT answered 404 can only
-/// mean the bucket or container is missing, which Azure does not say.
+/// repeat their sources, and a server's XML body spans lines).
 fn store_error(what: String) -> impl FnOnce(object_store::Error) -> Error {
-    move |e| {
-        let missing = matches!(e, object_store::Error::NotFound { .. }) && what.contains("upload");
-        let mut cause: &dyn std::error::Error = &e;
-        while let Some(next) = cause.source() {
-            cause = next;
-        }
-        let cause = cause
-            .to_string()
-            .split_whitespace()
-            .collect::<Vec<_>>()
-            .join(" ");
-        if missing {
-            Error::Usage(format!(
-                "{what}: the bucket or container does not exist ({cause})"
-            ))
-        } else {
-            Error::Usage(format!("{what}: {cause}"))
-        }
+    move |e| Error::Usage(format!("{what}: {}", innermost(&e)))
+}
+
+/// As [`store_error`] for a PUT: answered 404, it can only mean the bucket or container is
+/// missing, which Azure's message does not say.
+fn upload_error(what: String) -> impl FnOnce(object_store::Error) -> Error {
+    move |e| match e {
+        object_store::Error::NotFound { .. } => Error::Usage(format!(
+            "{what}: the bucket or container does not exist ({})",
+            innermost(&e)
+        )),
+        e => store_error(what)(e),
     }
+}
+
+fn innermost(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut cause = e;
+    while let Some(next) = cause.source() {
+        cause = next;
+    }
+    cause
+        .to_string()
+        .split_whitespace()
+        .collect::<Vec<_>>()
+        .join(" ")
 }
 
 impl ObjectCache {
@@ -173,14 +178,14 @@ impl ObjectCache {
             self.store
                 .put(&key, PutPayload::from(bytes))
                 .await
-                .map_err(store_error(failed()))?;
+                .map_err(upload_error(failed()))?;
             return Ok(true);
         }
         let upload = self
             .store
             .put_multipart(&key)
             .await
-            .map_err(store_error(failed()))?;
+            .map_err(upload_error(failed()))?;
         let mut writer = WriteMultipart::new_with_chunk_size(upload, PART_SIZE);
         let mut buf = vec![0u8; 1 << 20];
         loop {
@@ -197,10 +202,10 @@ impl ObjectCache {
             writer
                 .wait_for_capacity(2)
                 .await
-                .map_err(store_error(failed()))?;
+                .map_err(upload_error(failed()))?;
             writer.write(&buf[..n]);
         }
-        writer.finish().await.map_err(store_error(failed()))?;
+        writer.finish().await.map_err(upload_error(failed()))?;
         Ok(true)
     }
 
@@ -211,7 +216,7 @@ impl ObjectCache {
             self.store
                 .put(&key, PutPayload::from(bytes.to_vec()))
                 .await
-                .map_err(store_error(format!(
+                .map_err(upload_error(format!(
                     "failed to upload the cache manifest {key} to {}",
                     self.id
                 )))?;

@@ -1,7 +1,7 @@
 //! `--cache-from`: fetch a kiln cache manifest and its config (from a registry, an OCI
-//! layout directory or a bucket, cache_store/) and hand the solver their records. Only metadata is read here; a record's
-//! layers point at the cache and are fetched when a step needs their files or an export needs
-//! their blobs (`kiln_worker::fetch_layer_blob`).
+//! layout directory or a bucket, cache_store/) and hand the solver their records. Only
+//! metadata is read here; a record's layers point at the cache and are fetched when a step
+//! needs their files or an export needs their blobs (`kiln_worker::fetch_layer_blob`).
 
 use std::collections::HashMap;
 use std::path::Path;

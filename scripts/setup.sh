@@ -15,6 +15,8 @@
 #      debian image) for the cross-compilation workload and test
 #   5. QEMU for foreign-platform RUN steps: qemu-user-static's aarch64 handler registered in
 #      binfmt_misc (mounted first where missing) with the F flag, so containers can use it
+#   6. the object storage servers the s3 and azblob cache tests start: moto's S3 server (pip,
+#      in a venv at $KILN_DEV/moto) and Azurite's blob service (npm, in $KILN_DEV/node)
 #
 # Environment: KILN_DEV (default /var/tmp/kiln-dev) holds all state; delete it to start over.
 # KILN_DEV_REGISTRY (default 127.0.0.1:5123) is the registry's address.
@@ -38,7 +40,12 @@ PACKAGES=(
     gcc libc6-dev make
     # multi-platform builds: RUN for a foreign platform through binfmt_misc and QEMU
     qemu-user-static binfmt-support
+    # s3 cache tests: moto_server, pip-installed into a venv
+    python3-venv
 )
+# The cache tests' object storage servers (crates/kiln-test/src/buckets.rs finds them here).
+MOTO_VERSION=5.2.5
+AZURITE_VERSION=3.37.0
 # The foreign architectures whose handlers the tests need, as qemu-user-static names them.
 QEMU_ARCHES=(aarch64)
 DEBIAN_PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
@@ -490,6 +497,38 @@ seed_gcc_cross() {
     SUMMARY+=("seeded $repo:$tag ($(elapsed "$t0"))")
 }
 
+# moto's S3 server in its own venv; reinstalled only when the version differs.
+install_moto() {
+    local venv="$KILN_DEV/moto" have
+    have=$("$venv/bin/python" -c 'import moto; print(moto.__version__)' 2>/dev/null || true)
+    if [[ $have == "$MOTO_VERSION" && -x $venv/bin/moto_server ]]; then
+        info "moto: $MOTO_VERSION ($venv/bin/moto_server)"
+        return
+    fi
+    log "installing moto[server] $MOTO_VERSION into $venv"
+    [[ -x $venv/bin/pip ]] || python3 -m venv "$venv" || die "python3 -m venv $venv failed"
+    "$venv/bin/pip" install -q "moto[server]==$MOTO_VERSION" >"$KILN_DEV/logs/pip-moto.log" 2>&1 ||
+        { tail -n 20 "$KILN_DEV/logs/pip-moto.log" >&2; die "pip install moto[server] failed"; }
+    SUMMARY+=("installed moto $MOTO_VERSION")
+}
+
+# Azurite's blob service from npm, in its own prefix; reinstalled only when the version differs.
+install_azurite() {
+    local prefix="$KILN_DEV/node" have
+    have=$(sed -n 's/^  "version": "\(.*\)",$/\1/p' "$prefix/node_modules/azurite/package.json" 2>/dev/null || true)
+    if [[ $have == "$AZURITE_VERSION" && -x $prefix/node_modules/.bin/azurite-blob ]]; then
+        info "azurite: $AZURITE_VERSION ($prefix/node_modules/.bin/azurite-blob)"
+        return
+    fi
+    command -v npm >/dev/null || die "npm not found: install Node.js (with npm) for Azurite"
+    log "installing azurite $AZURITE_VERSION into $prefix"
+    mkdir -p "$prefix"
+    npm install --prefix "$prefix" --no-audit --no-fund "azurite@$AZURITE_VERSION" \
+        >"$KILN_DEV/logs/npm-azurite.log" 2>&1 ||
+        { tail -n 20 "$KILN_DEV/logs/npm-azurite.log" >&2; die "npm install azurite failed"; }
+    SUMMARY+=("installed azurite $AZURITE_VERSION")
+}
+
 print_summary() {
     local line
     for line in "${SUMMARY[@]}"; do
@@ -503,6 +542,7 @@ print_summary() {
     registry  http://$KILN_DEV_REGISTRY/v2/ (data $KILN_DEV/registry, log $KILN_DEV/logs/registry.log)
     images    busybox:latest busybox:bare busybox:users busybox:multi debian:bookworm-slim python:3.11-slim
               gcc:bookworm-cross
+    test S3   $KILN_DEV/moto/bin/moto_server; Azure: $KILN_DEV/node/node_modules/.bin/azurite-blob
 EOF
 }
 
@@ -522,6 +562,8 @@ main() {
     seed_debian
     seed_python
     seed_gcc_cross
+    install_moto
+    install_azurite
     print_summary
 }
 

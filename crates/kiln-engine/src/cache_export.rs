@@ -1,5 +1,6 @@
 //! `--cache-to`: the build's cache records as a kiln cache manifest (cache_format.rs) in a
-//! registry (`type=registry`) or an OCI layout directory (`type=local`, cache_layout.rs).
+//! registry (`type=registry`), an OCI layout directory (`type=local`, cache_layout.rs) or a
+//! bucket (`type=s3`, `type=azblob`, cache_store/).
 //! Layers go in the export's compression (gzip by default, made once and recorded in
 //! `blob-variants/` as image exports do); blobs go first, each only when the destination lacks
 //! it, several at once; the config next; the manifest (and a layout's index.json) last, so a
@@ -18,6 +19,7 @@ use kiln_worker::{LayerRef, Value};
 use crate::cache_format::{CacheConfig, manifest_bytes};
 use crate::cache_layout;
 use crate::cache_spec::{CacheExport, CacheLocation, CacheMode};
+use crate::cache_store::{BucketCache, ObjectCache};
 use crate::{Engine, Result};
 
 /// Blob checks and uploads in flight at once (uploads are further limited per registry).
@@ -48,6 +50,35 @@ pub(crate) fn select_records<'a>(
 enum Dest<'a> {
     Registry(Reference),
     Layout(&'a Path),
+    Bucket(ObjectCache),
+}
+
+/// Where `location` writes; a bucket is opened here (bad credentials' errors are the export's).
+async fn dest(location: &CacheLocation) -> Result<Dest<'_>> {
+    Ok(match location {
+        CacheLocation::Registry(r) if r.tag().is_none() && r.digest().is_none() => {
+            Dest::Registry(r.with_tag("latest"))
+        }
+        CacheLocation::Registry(r) => Dest::Registry(r.clone()),
+        CacheLocation::Local(dir) => Dest::Layout(dir),
+        CacheLocation::S3(c) => Dest::Bucket(BucketCache::S3(c).open_for_export().await?),
+        CacheLocation::Azblob(c) => Dest::Bucket(BucketCache::Azblob(c).open_for_export().await?),
+        CacheLocation::Inline => {
+            return Err(crate::Error::Usage(
+                "an inline cache is written into the image config".into(),
+            ));
+        }
+    })
+}
+
+impl Dest<'_> {
+    /// Blob checks and uploads at once: a bucket's `upload_parallelism`.
+    fn parallel(&self) -> usize {
+        match self {
+            Dest::Bucket(b) => b.parallelism,
+            _ => PARALLEL,
+        }
+    }
 }
 
 impl Engine {
@@ -61,22 +92,21 @@ impl Engine {
         progress: &Progress,
     ) -> Result<()> {
         for e in exports {
-            let dest = match &e.location {
-                CacheLocation::Registry(r) if r.tag().is_none() && r.digest().is_none() => {
-                    Dest::Registry(r.with_tag("latest"))
-                }
-                CacheLocation::Registry(r) => Dest::Registry(r.clone()),
-                CacheLocation::Local(dir) => Dest::Layout(dir),
+            let v = progress.vertex(match &e.location {
                 // Written into the image config before the image was (cache_inline.rs).
                 CacheLocation::Inline => continue,
-            };
-            let v = progress.vertex(match dest {
-                Dest::Registry(_) => "exporting cache to registry",
-                Dest::Layout(_) => "exporting cache to client directory",
+                CacheLocation::Registry(_) => "exporting cache to registry",
+                CacheLocation::Local(_) => "exporting cache to client directory",
+                CacheLocation::S3(_) => "exporting cache to Amazon S3",
+                CacheLocation::Azblob(_) => "exporting cache to Azure Blob Storage",
             });
             v.status("preparing build cache for export");
             let records = select_records(solved, result, e.mode);
-            match self.export_cache(&dest, &records, &e.compression, &v).await {
+            let exported = match dest(&e.location).await {
+                Ok(dest) => self.export_cache(&dest, &records, &e.compression, &v).await,
+                Err(err) => Err(err),
+            };
+            match exported {
                 Ok(()) => v.done(),
                 Err(err) => {
                     let message = format!(
@@ -118,10 +148,17 @@ impl Engine {
                     return Ok(Some(name.clone()));
                 }
                 v.status(&format!("pulling {blob}"));
-                kiln_worker::fetch_layer_blob(&self.registry, &self.content, layer, &blob).await?;
+                kiln_worker::fetch_layer_blob(
+                    &self.registry,
+                    &self.blob_stores,
+                    &self.content,
+                    layer,
+                    &blob,
+                )
+                .await?;
                 Ok(None)
             })
-            .buffer_unordered(PARALLEL)
+            .buffer_unordered(dest.parallel())
             .collect()
             .await;
         let remote: HashSet<String> = checks
@@ -144,7 +181,7 @@ impl Engine {
                 }
                 Ok(())
             })
-            .buffer_unordered(PARALLEL)
+            .buffer_unordered(dest.parallel())
             .collect()
             .await;
         written.into_iter().collect::<Result<Vec<_>>>()?;
@@ -196,6 +233,10 @@ impl Engine {
                 }
                 digest
             }
+            Dest::Bucket(b) => {
+                b.put_manifest(&manifest).await?;
+                kiln_oci::sha256(&manifest)
+            }
         };
         v.status(&format!("writing cache manifest {digest} done"));
         Ok(())
@@ -205,14 +246,16 @@ impl Engine {
         Ok(match dest {
             Dest::Registry(r) => self.registry.blob_exists(r, blob).await?,
             Dest::Layout(dir) => cache_layout::blob_size(dir, blob).is_some(),
+            Dest::Bucket(b) => b.has(blob).await?,
         })
     }
 
     /// Makes a blob of the content store present at the destination; whether it had to be
-    /// written (a registry HEAD, or the layout's file, says when it is there already).
+    /// written (a registry or bucket HEAD, or the layout's file, says when it is there already).
     async fn dest_put(&self, dest: &Dest<'_>, blob: &Digest, size: u64) -> Result<bool> {
         let path = self.content.path(blob);
         match dest {
+            Dest::Bucket(b) => b.put_blob(blob, &path).await,
             Dest::Registry(r) => Ok(self.registry.push_blob(r, blob, size, &path).await?
                 != kiln_registry::BlobPush::Exists),
             Dest::Layout(dir) => {

@@ -1,7 +1,7 @@
-//! `--cache-from`: fetch a kiln cache manifest and its config (from a registry or an OCI
-//! layout directory) and hand the solver their records. Only metadata is read here; a record's
-//! layers point at the cache and are fetched when a step needs their files or an export needs
-//! their blobs (`kiln_worker::fetch_layer_blob`).
+//! `--cache-from`: fetch a kiln cache manifest and its config (from a registry, an OCI
+//! layout directory or a bucket, cache_store/) and hand the solver their records. Only
+//! metadata is read here; a record's layers point at the cache and are fetched when a step
+//! needs their files or an export needs their blobs (`kiln_worker::fetch_layer_blob`).
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -12,6 +12,7 @@ use kiln_worker::Value;
 
 use crate::cache_format::{CONFIG_MEDIA_TYPE, CacheConfig, config_of};
 use crate::cache_spec::{CacheImport, CacheLocation};
+use crate::cache_store::BucketCache;
 use crate::{Engine, Error, Result};
 
 impl Engine {
@@ -28,6 +29,8 @@ impl Engine {
             let records = match &i.location {
                 CacheLocation::Registry(r) => self.import_registry_cache(r, platform).await,
                 CacheLocation::Local(dir) => import_local_cache(dir, i.digest.as_ref()),
+                CacheLocation::S3(c) => self.import_bucket_cache(BucketCache::S3(c)).await,
+                CacheLocation::Azblob(c) => self.import_bucket_cache(BucketCache::Azblob(c)).await,
                 CacheLocation::Inline => Err(Error::Usage(
                     "an inline cache is imported with `type=registry,ref=IMAGE`".into(),
                 )),

@@ -6,6 +6,7 @@ use std::path::PathBuf;
 use kiln_exporter::compress::{Compression, CompressionOpts};
 use kiln_oci::{Digest, Reference};
 
+use crate::cache_store::{AzblobCache, S3Cache};
 use crate::output::csv_fields;
 
 /// `mode=`: which records a cache export writes.
@@ -27,6 +28,10 @@ pub enum CacheLocation {
     Local(PathBuf),
     /// `--cache-to type=inline`: in the image's config (imported as `type=registry`).
     Inline,
+    /// `type=s3`: objects of an S3 bucket (cache_store/s3.rs).
+    S3(Box<S3Cache>),
+    /// `type=azblob`: blobs of an Azure Blob Storage container (cache_store/azblob.rs).
+    Azblob(Box<AzblobCache>),
 }
 
 impl std::fmt::Display for CacheLocation {
@@ -35,6 +40,8 @@ impl std::fmt::Display for CacheLocation {
             CacheLocation::Registry(r) => write!(f, "{r}"),
             CacheLocation::Local(dir) => write!(f, "local:{}", dir.display()),
             CacheLocation::Inline => f.write_str("inline"),
+            CacheLocation::S3(c) => write!(f, "{c}"),
+            CacheLocation::Azblob(c) => write!(f, "{c}"),
         }
     }
 }
@@ -66,9 +73,6 @@ pub struct CacheSpecError {
     why: String,
 }
 
-/// Types buildx knows that kiln does not do yet; anything else is not a cache type at all.
-const LATER_TYPES: &[&str] = &["s3", "azblob"];
-
 fn fields(flag: &'static str, spec: &str) -> Result<Vec<(String, String)>, CacheSpecError> {
     let err = |why: String| CacheSpecError {
         flag,
@@ -94,7 +98,7 @@ fn fields(flag: &'static str, spec: &str) -> Result<Vec<(String, String)>, Cache
         .find(|(k, _)| k == "type")
         .map(|(_, v)| v.as_str());
     match kind {
-        Some("registry" | "local") => Ok(out),
+        Some("registry" | "local" | "s3" | "azblob") => Ok(out),
         Some("inline") if flag == "--cache-to" => Ok(out),
         Some("inline") => Err(err(
             "an inline cache is imported with `type=registry,ref=IMAGE`".into(),
@@ -107,16 +111,27 @@ fn fields(flag: &'static str, spec: &str) -> Result<Vec<(String, String)>, Cache
              actions/cache"
                 .into(),
         )),
-        Some(t) if LATER_TYPES.contains(&t) => Err(err(format!(
-            "cache type `{t}` is not supported yet (only `registry`, `local` and `inline`)"
-        ))),
         Some(t) => Err(err(format!("unknown cache type `{t}`"))),
         None => Err(err("`type` is required".into())),
     }
 }
 
+/// The attributes a bucket cache type takes besides the common ones; none for other types.
+fn bucket_keys(fields: &[(String, String)]) -> &'static [&'static str] {
+    match fields
+        .iter()
+        .find(|(k, _)| k == "type")
+        .map(|(_, v)| v.as_str())
+    {
+        Some("s3") => S3Cache::KEYS,
+        Some("azblob") => AzblobCache::KEYS,
+        _ => &[],
+    }
+}
+
 /// The location the fields name: `ref` for a registry cache, `path_key` (`dest` for an
-/// export, `src` for an import) for a local one.
+/// export, `src` for an import) for a local one, the bucket attributes (and the environment
+/// where they leave something out) for s3 and azblob.
 fn location(
     flag: &'static str,
     spec: &str,
@@ -137,6 +152,12 @@ fn location(
     };
     match get("type").as_deref() {
         Some("inline") => Ok(CacheLocation::Inline),
+        Some("s3") => S3Cache::parse(get, env)
+            .map(|c| CacheLocation::S3(Box::new(c)))
+            .map_err(err),
+        Some("azblob") => AzblobCache::parse(get, env)
+            .map(|c| CacheLocation::Azblob(Box::new(c)))
+            .map_err(err),
         Some("local") => {
             let dir = get(path_key)
                 .filter(|d| !d.is_empty())
@@ -152,6 +173,10 @@ fn location(
                 .map_err(|e| err(format!("invalid reference `{value}`: {e}")))
         }
     }
+}
+
+fn env(key: &str) -> Option<String> {
+    std::env::var(key).ok()
 }
 
 fn boolean(value: &str) -> Option<bool> {
@@ -173,6 +198,7 @@ impl CacheExport {
         let fields = fields(FLAG, spec)?;
         let local = fields.iter().any(|(k, v)| k == "type" && v == "local");
         let inline = fields.iter().any(|(k, v)| k == "type" && v == "inline");
+        let bucket = bucket_keys(&fields);
         let (mut mode, mut ignore_error) = (CacheMode::Min, true);
         let mut compression = CompressionOpts::default();
         for (k, v) in &fields {
@@ -184,8 +210,9 @@ impl CacheExport {
                         "option `{k}` is not supported yet for type=inline"
                     )));
                 }
-                "ref" if !local => {}
+                "ref" if !local && bucket.is_empty() => {}
                 "dest" if local => {}
+                k if bucket.contains(&k) => {}
                 "mode" => {
                     mode = match v.as_str() {
                         "min" => CacheMode::Min,
@@ -250,11 +277,13 @@ impl CacheImport {
         };
         let fields = fields(FLAG, spec)?;
         let local = fields.iter().any(|(k, v)| k == "type" && v == "local");
+        let bucket = bucket_keys(&fields);
         let mut digest = None;
         for (k, v) in &fields {
             match k.as_str() {
                 "type" => {}
-                "ref" if !local => {}
+                "ref" if !local && bucket.is_empty() => {}
+                k if bucket.contains(&k) => {}
                 "src" if local => {}
                 "digest" if local => {
                     digest = Some(
@@ -354,6 +383,43 @@ mod tests {
     }
 
     #[test]
+    fn bucket_types_take_their_attributes_and_the_common_ones() {
+        let e = CacheExport::parse(
+            "type=s3,bucket=b,region=r,endpoint_url=http://127.0.0.1:9000,use_path_style=true,\
+             name=a;b,mode=max,ignore-error=false,compression=zstd,upload_parallelism=2",
+        )
+        .unwrap();
+        let CacheLocation::S3(c) = &e.location else {
+            panic!("{:?}", e.location)
+        };
+        assert_eq!(c.names, ["a", "b"]);
+        assert_eq!(c.upload_parallelism, 2);
+        assert!(c.use_path_style);
+        assert_eq!((e.mode, e.ignore_error), (CacheMode::Max, false));
+        assert_eq!(e.location.to_string(), "s3://b/ at http://127.0.0.1:9000");
+        let i = CacheImport::parse(
+            "type=azblob,account_url=http://127.0.0.1:1/devstoreaccount1,\
+             account_name=devstoreaccount1,container=c,prefix=p",
+        )
+        .unwrap();
+        assert_eq!(
+            i.location.to_string(),
+            "http://127.0.0.1:1/devstoreaccount1/c/p"
+        );
+        let msg = CacheImport::parse("type=azblob,account_url=https://a.b.c,bucket=x")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            msg.contains("option `bucket` is not supported yet"),
+            "{msg}"
+        );
+        let msg = CacheExport::parse("type=s3,bucket=b,region=r,use_path_style=maybe")
+            .unwrap_err()
+            .to_string();
+        assert!(msg.contains("invalid use_path_style `maybe`"), "{msg}");
+    }
+
+    #[test]
     fn unsupported_and_bad_specs_name_what_is_wrong() {
         let msg = |r: Result<CacheExport, CacheSpecError>| r.unwrap_err().to_string();
         assert!(
@@ -373,6 +439,10 @@ mod tests {
                 && msg(CacheExport::parse("type=gha")).contains("cannot be reached to test it")
         );
         assert!(msg(CacheExport::parse("type=nope")).contains("unknown cache type `nope`"));
+        assert!(
+            msg(CacheExport::parse("type=s3,bucket=b,region=r,ref=x"))
+                .contains("unknown option `ref`")
+        );
         assert!(msg(CacheExport::parse("type=registry")).contains("`ref` is required"));
         assert!(
             msg(CacheExport::parse("type=registry,ref=r.io/a:x,mode=all")).contains("invalid mode")

@@ -130,8 +130,8 @@ impl Engine {
     }
 
     /// Base-image layers are only pulled when a step needs their files; an export needs them all.
-    /// They come eight at a time: an image
-    /// whose every step hit an imported cache has all its layers to fetch at this point.
+    /// They come eight at a time: an image whose every step hit an imported cache has all its
+    /// layers to fetch at this point.
     pub(crate) async fn fetch_missing_blobs(
         &self,
         layers: &[LayerRef],
@@ -149,7 +149,13 @@ impl Engine {
         }
         let mut fetches = futures::stream::iter(missing.into_iter().map(|(blob, layer)| {
             v.status(&format!("pulling {blob}"));
-            kiln_worker::fetch_layer_blob(&self.registry, &self.content, layer, blob)
+            kiln_worker::fetch_layer_blob(
+                &self.registry,
+                &self.blob_stores,
+                &self.content,
+                layer,
+                blob,
+            )
         }))
         .buffer_unordered(8);
         while let Some(r) = fetches.next().await {

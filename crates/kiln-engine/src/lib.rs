@@ -14,6 +14,7 @@ mod cache_import;
 mod cache_inline;
 mod cache_layout;
 mod cache_spec;
+mod cache_store;
 mod check;
 mod compress;
 mod config;
@@ -183,6 +184,8 @@ pub struct Engine {
     variants: kiln_exporter::compress::BlobVariants,
     executor: Arc<RuncExecutor>,
     registry: Arc<kiln_registry::Client>,
+    /// Object stores of `--cache-from type=s3/azblob` opened so far, where their layers come from.
+    blob_stores: Arc<kiln_worker::BlobStores>,
     /// Entitlements a build may be granted (`insecure-entitlements`).
     insecure_entitlements: std::collections::BTreeSet<Entitlement>,
     /// `copy-stream` (default true): COPY from the context streams its layer.
@@ -249,6 +252,7 @@ impl Engine {
             variants,
             executor,
             registry: Arc::new(registry),
+            blob_stores: Default::default(),
             insecure_entitlements: config.insecure_entitlements(),
             copy_stream: config.copy_stream.unwrap_or(true),
             host_gateway_ip: config.host_gateway_ip,
@@ -278,6 +282,7 @@ impl Engine {
         )
         .with_copy_stream(self.copy_stream)
         .with_http_records(self.root.join("http"))
+        .with_blob_stores(self.blob_stores.clone())
     }
 }
 

@@ -2,6 +2,7 @@
 //! tests run against, the rule for what happens when one is missing, and the differential
 //! corpus' machinery ([`oracle`]).
 
+mod buckets;
 mod dockerd;
 pub mod http;
 pub mod oracle;
@@ -11,6 +12,7 @@ mod token;
 
 use std::path::PathBuf;
 
+pub use buckets::{AZURITE_ACCOUNT, AZURITE_KEY, AzuriteServer, MotoServer};
 pub use dockerd::Dockerd;
 pub use http::{Delivery, HttpServer, LAST_MODIFIED, Route};
 pub use proxy::{Fault, FaultProxy};

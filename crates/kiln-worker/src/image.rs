@@ -105,8 +105,14 @@ impl LlbWorker {
             .ok_or_else(|| Error::Manifest(format!("layer {diff_id} has no blob")))?;
         if !self.content.contains(&blob) {
             progress.status(&format!("pulling {blob}"));
-            crate::blobsource::fetch_layer_blob(&self.registry, &self.content, layer, &blob)
-                .await?;
+            crate::blobsource::fetch_layer_blob(
+                &self.registry,
+                &self.blob_stores,
+                &self.content,
+                layer,
+                &blob,
+            )
+            .await?;
         }
         progress.status(&format!("extracting {blob}"));
         let (content, layers, media_type, diff_id) = (

@@ -46,7 +46,7 @@ use kiln_solver::{Graph, Solved, WorkerError};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest as _, Sha256};
 
-pub use blobsource::{LAYOUT_SOURCE, fetch_layer_blob};
+pub use blobsource::{BlobStore, BlobStores, LAYOUT_SOURCE, STORE_SOURCE, fetch_layer_blob};
 use copy::{context_checksum, context_source, exclude_matcher};
 pub use exec::Secrets;
 pub use fsutil::{Owner, SourceError, resolve_in_root};
@@ -146,6 +146,13 @@ pub enum Error {
     Reference(String),
     #[error("invalid manifest for `{0}`")]
     Manifest(String),
+    #[error("failed to fetch {blob} from the cache {store}")]
+    BlobStore {
+        store: String,
+        blob: Digest,
+        #[source]
+        source: WorkerError,
+    },
     #[error(transparent)]
     Registry(#[from] kiln_registry::Error),
     #[error(transparent)]
@@ -197,6 +204,8 @@ pub struct LlbWorker {
     layers: LayerStore,
     executor: Arc<RuncExecutor>,
     registry: Arc<kiln_registry::Client>,
+    /// Caches' object stores the engine opened (S3, Azure Blob), for layers imported from them.
+    blob_stores: Arc<BlobStores>,
     /// Local directories by the name their local source op gives.
     contexts: HashMap<String, Context>,
     scratch: PathBuf,
@@ -238,6 +247,7 @@ impl LlbWorker {
             layers,
             executor,
             registry,
+            blob_stores: Default::default(),
             contexts: context
                 .map(|c| (MAIN_CONTEXT.to_string(), c))
                 .into_iter()
@@ -266,6 +276,12 @@ impl LlbWorker {
     /// Where the validators of downloads are kept across builds (ADD from http(s)).
     pub fn with_http_records(mut self, dir: PathBuf) -> Self {
         self.http_records = dir;
+        self
+    }
+
+    /// The object stores of imported caches, shared with the engine that opens them.
+    pub fn with_blob_stores(mut self, stores: Arc<BlobStores>) -> Self {
+        self.blob_stores = stores;
         self
     }
 
@@ -450,7 +466,7 @@ impl kiln_solver::Worker<LlbGraph> for LlbWorker {
                 self.content.contains(blob)
                     || l.source
                         .as_deref()
-                        .is_some_and(|s| blobsource::available(s, blob))
+                        .is_some_and(|s| blobsource::available(&self.blob_stores, s, blob))
             }
         })
     }

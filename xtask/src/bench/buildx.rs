@@ -118,13 +118,14 @@ impl Tool for BuildKit32 {
 
     fn reset(&mut self, bases: &[Pull]) -> Result<()> {
         self.reset_empty()?;
-        // BuildKit has no pull: a build of the bare base, kept as an image, puts its blobs in the
-        // content store, where the timed build finds them.
+        // BuildKit has no pull. kiln's and docker's pulls unpack the layers too, so the base is
+        // made present by a build that runs a step on it (its `FROM` record then holds the
+        // unpacked snapshot the timed build reuses), kept as an image. Every base here has `true`.
         let dir = self.dir.join("prepull");
         std::fs::create_dir_all(&dir)?;
         let dockerfile = dir.join("Dockerfile");
         for (i, (base, platforms)) in bases.iter().enumerate() {
-            std::fs::write(&dockerfile, format!("FROM {base}\n"))?;
+            std::fs::write(&dockerfile, format!("FROM {base}\nRUN true\n"))?;
             let tag = format!("bench/prepull-{i}:latest");
             let mut spec = BuildSpec::new(&dockerfile, &dir, &tag, &[]);
             spec.platforms = *platforms;

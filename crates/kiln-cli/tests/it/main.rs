@@ -11,6 +11,7 @@ mod blobs;
 mod build_flags;
 mod cache;
 mod cache_export;
+mod cache_s3;
 mod concurrent;
 mod config;
 mod copystream;

@@ -1,6 +1,8 @@
 //! Tests of `kiln du` and `kiln prune` (a module of `du.rs`).
 
 use super::*;
+use crate::prune::{PruneRequest, parse_duration, parse_size};
+use std::time::Duration;
 
 #[test]
 fn sizes_and_durations() {

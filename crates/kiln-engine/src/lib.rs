@@ -34,6 +34,7 @@ mod named_context;
 mod oci_layout;
 mod output;
 mod proxy_linux;
+mod prune;
 mod push_stream;
 mod resolver;
 mod run;
@@ -57,9 +58,7 @@ pub use container::{
     ContainerConfig, ContainerError, ContainerInfo, ContainerState, Containers, PortSpec, Status,
     Volume, format_ps_table,
 };
-pub use du::{
-    DiskUsage, PruneReport, PruneRequest, UsageKind, UsageRecord, parse_duration, parse_size,
-};
+pub use du::{DiskUsage, UsageKind, UsageRecord};
 pub use image::ImportRequest;
 pub use images::{FoundImage, ImageFilter, RmiEvent};
 pub use imagetools::{IndexRequest, format_imagetools};
@@ -81,6 +80,7 @@ pub use output::{
     Annotation, AnnotationTarget, ExporterKind, LayerCompressionKind, Output, OutputError,
     parse_annotation_flag,
 };
+pub use prune::{PruneReport, PruneRequest, parse_duration, parse_size};
 pub use run::{ExecRequest, RunRequest};
 
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;

@@ -7,7 +7,7 @@
 //! they reference. Sizes are apparent file sizes: an unpacked layer dir plus its blob. A blob
 //! still being written (or left half-written by a killed kiln) counts as `partial`.
 
-use std::collections::HashSet;
+use std::collections::{BTreeMap, HashSet};
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::time::SystemTime;
@@ -119,6 +119,69 @@ impl DiskUsage {
             .filter(|r| r.shared)
             .map(|r| r.size)
             .sum()
+    }
+}
+
+/// Sizes of unpacked layer dirs, remembered in `cache/layer-sizes.json` between runs: a layer
+/// dir never changes once in place (it is named by its content), so each is walked once, and
+/// `kiln du` and the GC after every build stay cheap on a large store. Only a cache: a lost or
+/// damaged file means walking again.
+struct LayerSizes {
+    path: PathBuf,
+    known: BTreeMap<String, u64>,
+    /// The sizes of the dirs looked at this time: what is saved.
+    seen: BTreeMap<String, u64>,
+}
+
+impl LayerSizes {
+    fn load(cache_dir: &Path) -> LayerSizes {
+        let path = cache_dir.join("layer-sizes.json");
+        let known = fs::read(&path)
+            .ok()
+            .and_then(|b| serde_json::from_slice(&b).ok())
+            .unwrap_or_default();
+        LayerSizes {
+            path,
+            known,
+            seen: BTreeMap::new(),
+        }
+    }
+
+    /// The size of the layer dir `dir` (0 when it is not there).
+    fn of(&mut self, dir: &Path) -> u64 {
+        let Some(name) = dir.file_name().map(|n| n.to_string_lossy().into_owned()) else {
+            return 0;
+        };
+        if let Some(&size) = self.seen.get(&name) {
+            return size;
+        }
+        if !dir.is_dir() {
+            return 0;
+        }
+        let size = match self.known.get(&name) {
+            Some(&size) => size,
+            None => dir_size(dir),
+        };
+        self.seen.insert(name, size);
+        size
+    }
+
+    /// Writes the sizes back when they changed: a temp file (`.tmp-*`, cleared by
+    /// `Engine::open` if a kill leaves it) renamed over the old one, last writer winning.
+    fn save(self) {
+        if self.seen == self.known {
+            return;
+        }
+        let Some(dir) = self.path.parent() else {
+            return;
+        };
+        let tmp = dir.join(format!(".tmp-sizes-{:016x}", rand::random::<u64>()));
+        let written = fs::create_dir_all(dir)
+            .and_then(|()| fs::write(&tmp, serde_json::to_vec(&self.seen).unwrap_or_default()))
+            .and_then(|()| fs::rename(&tmp, &self.path));
+        if written.is_err() {
+            let _ = fs::remove_file(&tmp);
+        }
     }
 }
 
@@ -265,9 +328,8 @@ impl Engine {
 
     /// The size of a layer as stored here: its unpacked dir, its blob and the blobs exports
     /// made from it (compressed, or with times rewritten).
-    fn layer_size(&self, diff_id: &Digest, blob: Option<&Digest>) -> u64 {
-        let dir = self.layers.dir(diff_id);
-        let unpacked = if dir.is_dir() { dir_size(&dir) } else { 0 };
+    fn layer_size(&self, diff_id: &Digest, blob: Option<&Digest>, sizes: &mut LayerSizes) -> u64 {
+        let unpacked = sizes.of(&self.layers.dir(diff_id));
         let mut blobs: Vec<Digest> = self.variants.blobs_of(diff_id);
         blobs.retain(|b| Some(b) != blob);
         blobs.extend(blob.cloned());
@@ -289,6 +351,7 @@ impl Engine {
     pub fn disk_usage(&self) -> Result<DiskUsage> {
         let (images, image_refs) = self.image_refs()?;
         let records = self.cache_records();
+        let mut sizes = LayerSizes::load(&self.root.join("cache"));
         let mut rows = Vec::new();
         // Layers and blobs some record or image references (the rest is unreferenced).
         let mut known = Refs {
@@ -323,7 +386,7 @@ impl Engine {
             }
             for l in owned {
                 let Some(d) = &l.diff_id else { continue };
-                size += self.layer_size(d, l.blob.as_ref());
+                size += self.layer_size(d, l.blob.as_ref(), &mut sizes);
                 shared |= image_refs.diff_ids.contains(d);
                 layers.push(short(d));
             }
@@ -369,7 +432,7 @@ impl Engine {
                 rows.push(UsageRecord {
                     id: hex.clone(),
                     kind: UsageKind::Unreferenced,
-                    size: dir_size(&path),
+                    size: sizes.of(&path),
                     shared: false,
                     in_use: false,
                     last_used: fs::metadata(&path).and_then(|m| m.modified()).ok(),
@@ -419,11 +482,9 @@ impl Engine {
 
         let mut images_size = 0;
         for d in &image_refs.diff_ids {
-            let dir = self.layers.dir(d);
-            if dir.is_dir() {
-                images_size += dir_size(&dir);
-            }
+            images_size += sizes.of(&self.layers.dir(d));
         }
+        sizes.save();
         for b in &image_refs.blobs {
             images_size += self.content.size(b).ok().flatten().unwrap_or(0);
         }

@@ -2,7 +2,8 @@
 //! prune, and `kiln du`'s GC POLICY column (issue 17).
 
 use std::collections::BTreeSet;
-use std::time::Duration;
+use std::process::Stdio;
+use std::time::{Duration, Instant};
 
 use crate::support::Kiln;
 
@@ -201,4 +202,65 @@ fn bad_gc_settings_name_the_file_line_and_column() {
         out.stderr
     );
     assert!(out.stderr.contains(", column "), "{}", out.stderr);
+}
+
+#[test]
+fn gc_after_one_build_leaves_a_running_build_whole() {
+    let Some(k) = Kiln::new("gc_after_one_build_leaves_a_running_build_whole") else {
+        return;
+    };
+    // Everything goes, base images included, whatever its age: only what is held stays.
+    configure(&k, "\n[[worker.oci.gcpolicy]]\nall = true\n");
+    // The held build's step waits for a file the test creates in the (bind-mounted) context.
+    let held = k.context(
+        "held",
+        &[(
+            "Dockerfile",
+            "FROM busybox\nRUN --mount=type=cache,id=held,target=/c --mount=target=/ctx touch /c/started && while [ ! -e /ctx/go ]; do sleep 0.05; done && echo held > /held\n",
+        )],
+    );
+    let quick = k.context(
+        "quick",
+        &[("Dockerfile", "FROM busybox\nRUN echo quick > /quick\n")],
+    );
+    let tag = k.unique("held");
+    let mut build = k
+        .command(&["build", "--progress", "plain", "-t", &tag])
+        .arg(&held)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mounts = k.root.join("cache-mounts");
+    let started = || {
+        std::fs::read_dir(&mounts)
+            .map(|rd| rd.flatten().any(|e| e.path().join("started").exists()))
+            .unwrap_or(false)
+    };
+    let deadline = Instant::now() + Duration::from_secs(300);
+    while !started() {
+        assert!(
+            build.try_wait().unwrap().is_none(),
+            "the build ended before its step started"
+        );
+        assert!(Instant::now() < deadline, "the step never started");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // This build's GC runs while the other one holds its cache mount and the base image.
+    k.build(&quick, &[]).ok();
+    // It did remove what nobody holds: every record, the base image's too.
+    assert!(ids_of(&k, "regular").is_empty());
+    assert!(ids_of(&k, "source.image").is_empty());
+    assert!(started(), "the cache mount in use was removed");
+    let layers = std::fs::read_dir(k.root.join("layers")).unwrap().count();
+    assert!(layers > 0, "layers went while another build ran");
+
+    std::fs::write(held.join("go"), "").unwrap();
+    let status = crate::support::wait_timeout(&mut build, Duration::from_secs(300)).unwrap();
+    let mut err = String::new();
+    std::io::Read::read_to_string(build.stderr.as_mut().unwrap(), &mut err).unwrap();
+    assert!(status.success(), "{err}");
+    let out = k.kiln(&["run", "--rm", &tag, "cat", "/held"]).ok();
+    assert_eq!(out.stdout, "held\n");
+    k.assert_clean();
 }

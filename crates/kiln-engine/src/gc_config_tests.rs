@@ -107,9 +107,9 @@ fn bad_values_name_the_line_and_column() {
             "invalid duration `2d`",
         ),
         (
-            "[[worker.oci.gcpolicy]]\nfilters = [\"size>10\"]\n",
+            "[[worker.oci.gcpolicy]]\nfilters = [\"size==10\"]\n",
             2,
-            "is not supported yet",
+            "field `size` is not supported yet",
         ),
         (
             "[worker.oci]\nsnapshotter = \"overlayfs\"\n",

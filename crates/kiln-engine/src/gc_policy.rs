@@ -126,6 +126,11 @@ impl std::str::FromStr for Filter {
                 "private" => Field::Private,
                 "mutable" => Field::Mutable,
                 "immutable" => Field::Immutable,
+                other if op.is_none() && other.contains(|c: char| !c.is_ascii_alphanumeric()) => {
+                    return Err(format!(
+                        "filter `{part}`: expected FIELD==VALUE, FIELD!=VALUE, FIELD~=REGEX or a boolean field"
+                    ));
+                }
                 other => {
                     return Err(format!(
                         "filter `{part}`: field `{other}` is not supported yet (kiln filters on id, type, description, inuse, shared, private, mutable, immutable)"
@@ -276,8 +281,14 @@ pub fn plan(
             }
             let mut why = Vec::new();
             if let Some(min) = rule.keep_duration {
+                // `kiln prune`'s rule comes from `--filter until=`.
+                let key = if rule.name == "prune" {
+                    "until"
+                } else {
+                    "keepDuration"
+                };
                 why.push(format!(
-                    "unused for {} (keepDuration {})",
+                    "unused for {} ({key} {})",
                     age.map_or("ever".into(), short_duration),
                     short_duration(min)
                 ));

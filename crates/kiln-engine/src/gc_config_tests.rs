@@ -170,3 +170,25 @@ fn defaults_follow_buildkit_from_the_disk_size() {
     assert_eq!(rules[2].reserved_space, 1 << 30);
     assert_eq!((rules[2].max_used_space, rules[2].min_free_space), (0, 0));
 }
+
+/// The figures BuildKit v0.32.2 showed (`buildctl debug workers -v`) for its defaults on a
+/// 270,553,174,016-byte filesystem.
+#[test]
+fn defaults_match_the_oracle_on_a_270_gb_disk() {
+    let disk = DiskStat {
+        total: 270_553_174_016,
+        free: 44_387_360_768,
+    };
+    let rules = GcConfig::default().rules(disk);
+    assert_eq!(rules[0].max_used_space, 512 * 1_000_000);
+    assert_eq!(
+        rules[1].keep_duration,
+        Some(Duration::from_secs(1440 * 3600))
+    );
+    for r in &rules[1..] {
+        assert_eq!(
+            (r.reserved_space, r.min_free_space, r.max_used_space),
+            (10 * GB, 51 * GB, 100 * GB)
+        );
+    }
+}

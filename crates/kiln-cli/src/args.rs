@@ -86,7 +86,7 @@ pub struct DuArgs {
 
 #[derive(Args, Debug)]
 pub struct PruneArgs {
-    /// Include base images' layers (`source.image`), not just build results and cache mounts
+    /// Also base images' layers (`source.image`), manifests, configs and what tagged images share
     #[arg(short = 'a', long)]
     pub all: bool,
     /// Do not prompt for confirmation

@@ -155,6 +155,26 @@ fn prune_dry_run_deletes_nothing_and_lists_what_prune_removes() {
         .ok()
         .stdout;
     assert!(table_ids(&none, header).is_empty(), "{none}");
+    // Under a space limit, the least recently used row goes first, and says why.
+    let capped = k
+        .kiln(&["prune", "--dry-run", "--max-used-space", "1"])
+        .ok()
+        .stdout;
+    assert!(!table_ids(&capped, header).is_empty(), "{capped}");
+    assert!(capped.contains("(its space limits)"), "{capped}");
+    let roomy = k
+        .kiln(&["prune", "--dry-run", "--max-used-space", "1GB"])
+        .ok()
+        .stdout;
+    assert!(table_ids(&roomy, header).is_empty(), "{roomy}");
+    let bad = k
+        .kiln(&["prune", "--dry-run", "--max-used-space", "10%"])
+        .failed();
+    assert!(
+        bad.stderr.contains("invalid --max-used-space `10%`"),
+        "{}",
+        bad.stderr
+    );
 
     let real = k.kiln(&["prune", "-f"]).ok().stdout;
     let removed: BTreeSet<String> = real

@@ -86,7 +86,7 @@ pub struct DuArgs {
 
 #[derive(Args, Debug)]
 pub struct PruneArgs {
-    /// Include base images' layers (`source.image`), not just build results and cache mounts
+    /// Also base images' layers (`source.image`), manifests, configs and what tagged images share
     #[arg(short = 'a', long)]
     pub all: bool,
     /// Do not prompt for confirmation
@@ -95,9 +95,24 @@ pub struct PruneArgs {
     /// Provide filter values (e.g., "until=24h", "type=exec.cachemount", "id=abc")
     #[arg(long)]
     pub filter: Vec<String>,
-    /// Amount of disk space to keep for cache (e.g., "512MB")
-    #[arg(long = "keep-storage")]
+    /// Amount of disk space always allowed to keep for cache (e.g., "512MB")
+    #[arg(long = "reserved-space")]
+    pub reserved_space: Option<String>,
+    /// Amount of disk space to keep for cache (deprecated: --reserved-space)
+    #[arg(long = "keep-storage", conflicts_with = "reserved_space")]
     pub keep_storage: Option<String>,
+    /// Maximum amount of disk space allowed to keep for cache
+    #[arg(long = "max-used-space")]
+    pub max_used_space: Option<String>,
+    /// Target amount of free disk space after pruning
+    #[arg(long = "min-free-space")]
+    pub min_free_space: Option<String>,
+    /// Print what would be removed and by which rule; remove nothing
+    #[arg(long = "dry-run")]
+    pub dry_run: bool,
+    /// Apply the configured GC policies ([[worker.oci.gcpolicy]], else BuildKit's defaults), as after a build
+    #[arg(long, conflicts_with_all = ["all", "filter", "reserved_space", "keep_storage", "max_used_space", "min_free_space"])]
+    pub gc: bool,
 }
 
 #[derive(Args, Debug)]

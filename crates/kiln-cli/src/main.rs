@@ -314,7 +314,7 @@ async fn build(cli: &Cli, b: &BuildArgs) -> Result<ExitCode> {
         }
     };
     let mode = if b.quiet { Mode::Quiet } else { mode };
-    let engine = open_engine(cli)?;
+    let engine = std::sync::Arc::new(open_engine(cli)?);
     let progress = Progress::new(mode, Box::new(std::io::stderr()));
     let mut secrets = kiln_engine::Secrets::new();
     for spec in &b.secret {
@@ -374,6 +374,9 @@ async fn build(cli: &Cli, b: &BuildArgs) -> Result<ExitCode> {
     let result = engine.build(req, &progress).await;
     progress.finish();
     let result = result?;
+    // The result is exported: automatic GC runs beside what is left to do here, and the
+    // process waits for it at the end (docs/config.md, "Garbage collection").
+    let gc = engine.spawn_gc();
     if let Some(path) = &b.iidfile {
         std::fs::write(path, result.image_id.to_string())
             .with_context(|| format!("writing `{}`", path.display()))?;
@@ -408,6 +411,10 @@ async fn build(cli: &Cli, b: &BuildArgs) -> Result<ExitCode> {
     // buildx prints the ID for `-q` and for `--progress quiet` alike (not for `none`).
     if b.quiet || b.progress == "quiet" {
         println!("{}", result.image_id);
+    }
+    if let Some(Err(e)) = gc.wait() {
+        // The build succeeded; a failed GC is only worth a warning.
+        eprintln!("warning: automatic GC failed: {e}");
     }
     Ok(ExitCode::SUCCESS)
 }

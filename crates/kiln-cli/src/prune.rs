@@ -5,7 +5,10 @@ use std::io::{BufRead, IsTerminal, Write};
 use std::process::ExitCode;
 
 use anyhow::{Result, bail};
-use kiln_engine::{Engine, PruneRequest, UsageKind, UsageRecord, human_duration, human_size};
+use kiln_engine::{
+    Engine, PruneOptions, PruneReport, PruneRequest, UsageKind, UsageRecord, human_duration,
+    human_size,
+};
 
 use crate::args::{DuArgs, PruneArgs};
 
@@ -19,29 +22,13 @@ fn last_used(r: &UsageRecord) -> String {
     }
 }
 
-fn table(records: &[UsageRecord]) -> String {
-    let rows: Vec<[String; 5]> = records
-        .iter()
-        .map(|r| {
-            // As buildx: ids shortened to 25 characters (`--verbose` shows them whole).
-            let mut id: String = r.id.chars().take(25).collect();
-            if r.in_use {
-                id.push('*');
-            }
-            [
-                id,
-                r.kind.name().to_string(),
-                r.reclaimable().to_string(),
-                human_size(r.size),
-                last_used(r),
-            ]
-        })
-        .collect();
-    let head = ["ID", "TYPE", "RECLAIMABLE", "SIZE", "LAST ACCESSED"].map(String::from);
-    let mut widths = [0usize; 5];
+/// Lays out rows under `head`, columns padded as buildx's tabwriter does.
+fn layout<const N: usize>(head: [&str; N], rows: Vec<[String; N]>) -> String {
+    let head = head.map(String::from);
+    let mut widths = [0usize; N];
     for row in std::iter::once(&head).chain(&rows) {
         for (w, c) in widths.iter_mut().zip(row) {
-            *w = (*w).max(c.len());
+            *w = (*w).max(c.chars().count());
         }
     }
     let mut out = String::new();
@@ -57,6 +44,41 @@ fn table(records: &[UsageRecord]) -> String {
     out
 }
 
+/// `kiln du`'s table; `policy[i]` is what the GC policy does with row `i` (`keep`, or the rule
+/// that removes it).
+fn table(records: &[UsageRecord], policy: &[String]) -> String {
+    let rows: Vec<[String; 6]> = records
+        .iter()
+        .zip(policy)
+        .map(|(r, p)| {
+            // As buildx: ids shortened to 25 characters (`--verbose` shows them whole).
+            let mut id: String = r.id.chars().take(25).collect();
+            if r.in_use {
+                id.push('*');
+            }
+            [
+                id,
+                r.kind.name().to_string(),
+                r.reclaimable().to_string(),
+                human_size(r.size),
+                last_used(r),
+                p.clone(),
+            ]
+        })
+        .collect();
+    layout(
+        [
+            "ID",
+            "TYPE",
+            "RECLAIMABLE",
+            "SIZE",
+            "LAST ACCESSED",
+            "GC POLICY",
+        ],
+        rows,
+    )
+}
+
 /// Writes `text` to stdout; a reader that went away (`kiln du | head`) is not an error.
 fn emit(text: &str) -> Result<()> {
     match std::io::stdout().lock().write_all(text.as_bytes()) {
@@ -68,9 +90,19 @@ fn emit(text: &str) -> Result<()> {
 pub fn du(engine: &Engine, a: &DuArgs) -> Result<ExitCode> {
     use std::fmt::Write as _;
     let usage = engine.disk_usage()?;
+    // What automatic GC would do now, per row.
+    let mut policy = vec!["keep".to_string(); usage.records.len()];
+    let mut policy_why = vec![String::new(); usage.records.len()];
+    let mut by_policy = 0;
+    for p in engine.plan_rules(&engine.gc_rules(), &usage.records) {
+        let r = &usage.records[p.index];
+        by_policy += if r.shared { 0 } else { r.size };
+        policy[p.index] = p.rule.clone();
+        policy_why[p.index] = format!("remove by {}: {}", p.rule, p.reason);
+    }
     let mut out = String::new();
     if a.verbose {
-        for r in &usage.records {
+        for (i, r) in usage.records.iter().enumerate() {
             let _ = writeln!(out, "ID:\t\t{}", r.id);
             let _ = writeln!(out, "Type:\t\t{}", r.kind.name());
             let _ = writeln!(out, "Reclaimable:\t{}", r.reclaimable());
@@ -78,10 +110,16 @@ pub fn du(engine: &Engine, a: &DuArgs) -> Result<ExitCode> {
             let _ = writeln!(out, "In use:\t\t{}", r.in_use);
             let _ = writeln!(out, "Size:\t\t{}", human_size(r.size));
             let _ = writeln!(out, "Description:\t{}", r.description);
-            let _ = writeln!(out, "Last used:\t{}\n", last_used(r));
+            let _ = writeln!(out, "Last used:\t{}", last_used(r));
+            let why = &policy_why[i];
+            let _ = writeln!(
+                out,
+                "GC policy:\t{}\n",
+                if why.is_empty() { "keep" } else { why }
+            );
         }
     } else if !usage.records.is_empty() {
-        out.push_str(&table(&usage.records));
+        out.push_str(&table(&usage.records, &policy));
         out.push('\n');
     }
     let mounts = usage
@@ -101,6 +139,7 @@ pub fn du(engine: &Engine, a: &DuArgs) -> Result<ExitCode> {
     let private = usage.total() - usage.shared();
     let _ = writeln!(out, "Private:\t{}", human_size(private));
     let _ = writeln!(out, "Reclaimable:\t{}", human_size(usage.reclaimable()));
+    let _ = writeln!(out, "By GC policy:\t{}", human_size(by_policy));
     let _ = writeln!(out, "Total:\t\t{}", human_size(usage.total()));
     let _ = writeln!(
         out,
@@ -110,6 +149,16 @@ pub fn du(engine: &Engine, a: &DuArgs) -> Result<ExitCode> {
     );
     emit(&out)?;
     Ok(ExitCode::SUCCESS)
+}
+
+fn size_flag(flag: &str, value: &Option<String>) -> Result<Option<u64>> {
+    match value {
+        None => Ok(None),
+        Some(s) => match kiln_engine::DiskSpace::parse(s) {
+            Ok(d) if d.percentage == 0 => Ok(Some(d.bytes)),
+            _ => bail!("invalid {flag} `{s}`: expected a size such as 512MB"),
+        },
+    }
 }
 
 fn request(a: &PruneArgs) -> Result<PruneRequest> {
@@ -138,24 +187,58 @@ fn request(a: &PruneArgs) -> Result<PruneRequest> {
             other => bail!("--filter `{other}` is not supported yet"),
         }
     }
-    if let Some(s) = &a.keep_storage {
-        let Some(n) = kiln_engine::parse_size(s) else {
-            bail!("invalid --keep-storage `{s}`: expected a size such as 512MB");
-        };
-        req.keep_storage = Some(n);
-    }
+    req.keep_storage = match &a.keep_storage {
+        Some(_) => size_flag("--keep-storage", &a.keep_storage)?,
+        None => size_flag("--reserved-space", &a.reserved_space)?,
+    };
+    req.max_used_space = size_flag("--max-used-space", &a.max_used_space)?;
+    req.min_free_space = size_flag("--min-free-space", &a.min_free_space)?;
     Ok(req)
+}
+
+/// The dry run's table: every row that would go, with the rule and its reason.
+fn planned_table(report: &PruneReport) -> String {
+    let rows = report
+        .removed
+        .iter()
+        .map(|p| {
+            let r = &p.record;
+            [
+                r.id.clone(),
+                r.kind.name().to_string(),
+                human_size(r.size),
+                last_used(r),
+                r.shared.to_string(),
+                p.rule.clone(),
+                p.reason.clone(),
+            ]
+        })
+        .collect();
+    layout(
+        [
+            "ID",
+            "TYPE",
+            "SIZE",
+            "LAST ACCESSED",
+            "SHARED",
+            "RULE",
+            "REASON",
+        ],
+        rows,
+    )
 }
 
 pub fn prune(engine: &Engine, a: &PruneArgs) -> Result<ExitCode> {
     let req = request(a)?;
-    if !a.force {
+    if !a.force && !a.dry_run {
         if !std::io::stdin().is_terminal() {
             bail!(
                 "`kiln prune` asks for confirmation: use -f/--force when stdin is not a terminal"
             );
         }
-        let what = if a.all {
+        let what = if a.gc {
+            "the build cache the GC policies select"
+        } else if a.all {
             "all build cache"
         } else {
             "all unused build cache (base images stay, see --all)"
@@ -168,12 +251,24 @@ pub fn prune(engine: &Engine, a: &PruneArgs) -> Result<ExitCode> {
             return Ok(ExitCode::SUCCESS);
         }
     }
-    let report = engine.prune(&req)?;
+    let opts = PruneOptions {
+        dry_run: a.dry_run,
+        deadline: None,
+    };
+    let report = if a.gc {
+        engine.gc(opts)?
+    } else {
+        engine.prune_rules(&[req.rule()], opts)?
+    };
     let mut out = String::new();
-    if !report.removed.is_empty() {
+    if a.dry_run {
+        out.push_str("Would delete (dry run: nothing was deleted):\n");
+        out.push_str(&planned_table(&report));
+        out.push('\n');
+    } else if !report.removed.is_empty() {
         out.push_str("Deleted build cache objects:\n");
         for r in &report.removed {
-            out.push_str(&r.id);
+            out.push_str(&r.record.id);
             out.push('\n');
         }
         out.push('\n');

@@ -79,6 +79,8 @@ pub struct BuildResult {
 
 impl Engine {
     pub async fn build(&self, mut req: BuildRequest, progress: &Progress) -> Result<BuildResult> {
+        // A prune in this process meanwhile must leave unreferenced data alone.
+        let _running = self.build_running();
         if req.platforms.len() > 1 {
             return self.build_multi(req, progress).await;
         }

@@ -41,6 +41,9 @@ pub struct Config {
     /// CDI devices for `RUN --device`, as buildkitd.toml's `[cdi]`.
     #[serde(default)]
     pub cdi: CdiConfig,
+    /// `[worker.oci]`: garbage collection (`gc`, `gcpolicy`...), as buildkitd.toml's.
+    #[serde(default)]
+    pub worker: crate::gc_config::WorkerConfig,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]

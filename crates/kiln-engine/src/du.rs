@@ -1,4 +1,4 @@
-//! Disk usage of a data directory (`kiln du`) and pruning the build cache (`kiln prune`).
+//! Disk usage of a data directory (`kiln du`); prune.rs removes what it lists.
 //!
 //! What is counted, as `docker buildx du` lists it: one row per cache record (`regular` for a
 //! step's result, sized by the layer the step made; `source.image` for a base image, sized by
@@ -6,21 +6,16 @@
 //! nothing references any more. Tagged images are summed apart and never pruned, nor anything
 //! they reference. Sizes are apparent file sizes: an unpacked layer dir plus its blob. A blob
 //! still being written (or left half-written by a killed kiln) counts as `partial`.
-//!
-//! Pruning removes the selected cache records and cache mounts, then (only when no other kiln
-//! uses the data directory: the engine lock taken exclusively) the layer dirs and blobs no
-//! remaining record or tagged image references. A cache mount a running step holds is skipped,
-//! and so is a partial blob a live writer holds (see `kiln_content::partial`).
 
 use std::collections::{BTreeMap, HashSet};
 use std::fs;
 use std::path::{Path, PathBuf};
-use std::time::{Duration, SystemTime};
+use std::time::SystemTime;
 
 use kiln_oci::Digest;
 use kiln_worker::{Value, cachemount};
 
-use crate::{Engine, Error, Result, io};
+use crate::{Engine, Result, io};
 
 /// What a row of `kiln du` is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -74,7 +69,7 @@ pub struct UsageRecord {
     pub in_use: bool,
     pub last_used: Option<SystemTime>,
     pub description: String,
-    target: Target,
+    pub(crate) target: Target,
 }
 
 impl UsageRecord {
@@ -84,7 +79,7 @@ impl UsageRecord {
 }
 
 #[derive(Debug, Clone)]
-enum Target {
+pub(crate) enum Target {
     Record(PathBuf),
     CacheMount(cachemount::CacheMountEntry),
     Layer,
@@ -127,37 +122,74 @@ impl DiskUsage {
     }
 }
 
-/// `kiln prune`'s choices, as `docker builder prune` takes them.
-#[derive(Debug, Clone, Default)]
-pub struct PruneRequest {
-    /// Also base images' layers (`source.image`); by default only step results, cache mounts
-    /// and unreferenced data go.
-    pub all: bool,
-    /// Only what was last used longer ago than this.
-    pub until: Option<Duration>,
-    /// Only these kinds (any of them); empty for every kind `all` allows.
-    pub kinds: Vec<UsageKind>,
-    /// Only rows whose id starts with one of these.
-    pub ids: Vec<String>,
-    /// Keep this many bytes of build cache: remove the least recently used first, and only
-    /// until the rest fits.
-    pub keep_storage: Option<u64>,
+/// Sizes of unpacked layer dirs, remembered in `cache/layer-sizes.json` between runs: a layer
+/// dir never changes once in place (it is named by its content), so each is walked once, and
+/// `kiln du` and the GC after every build stay cheap on a large store. Only a cache: a lost or
+/// damaged file means walking again.
+struct LayerSizes {
+    path: PathBuf,
+    known: BTreeMap<String, u64>,
+    /// The sizes of the dirs looked at this time: what is saved.
+    seen: BTreeMap<String, u64>,
 }
 
-/// What `kiln prune` removed.
-#[derive(Debug, Clone, Default)]
-pub struct PruneReport {
-    pub removed: Vec<UsageRecord>,
-    pub reclaimed: u64,
-    /// Set when other kiln processes were running: layers and blobs were left for later.
-    pub gc_skipped: bool,
+impl LayerSizes {
+    fn load(cache_dir: &Path) -> LayerSizes {
+        let path = cache_dir.join("layer-sizes.json");
+        let known = fs::read(&path)
+            .ok()
+            .and_then(|b| serde_json::from_slice(&b).ok())
+            .unwrap_or_default();
+        LayerSizes {
+            path,
+            known,
+            seen: BTreeMap::new(),
+        }
+    }
+
+    /// The size of the layer dir `dir` (0 when it is not there).
+    fn of(&mut self, dir: &Path) -> u64 {
+        let Some(name) = dir.file_name().map(|n| n.to_string_lossy().into_owned()) else {
+            return 0;
+        };
+        if let Some(&size) = self.seen.get(&name) {
+            return size;
+        }
+        if !dir.is_dir() {
+            return 0;
+        }
+        let size = match self.known.get(&name) {
+            Some(&size) => size,
+            None => dir_size(dir),
+        };
+        self.seen.insert(name, size);
+        size
+    }
+
+    /// Writes the sizes back when they changed: a temp file (`.tmp-*`, cleared by
+    /// `Engine::open` if a kill leaves it) renamed over the old one, last writer winning.
+    fn save(self) {
+        if self.seen == self.known {
+            return;
+        }
+        let Some(dir) = self.path.parent() else {
+            return;
+        };
+        let tmp = dir.join(format!(".tmp-sizes-{:016x}", rand::random::<u64>()));
+        let written = fs::create_dir_all(dir)
+            .and_then(|()| fs::write(&tmp, serde_json::to_vec(&self.seen).unwrap_or_default()))
+            .and_then(|()| fs::rename(&tmp, &self.path));
+        if written.is_err() {
+            let _ = fs::remove_file(&tmp);
+        }
+    }
 }
 
 /// The layers, blobs and identities referenced by the tagged images.
 #[derive(Default)]
-struct Refs {
-    diff_ids: HashSet<Digest>,
-    blobs: HashSet<Digest>,
+pub(crate) struct Refs {
+    pub(crate) diff_ids: HashSet<Digest>,
+    pub(crate) blobs: HashSet<Digest>,
 }
 
 fn dir_size(path: &Path) -> u64 {
@@ -177,7 +209,7 @@ fn dir_size(path: &Path) -> u64 {
     total
 }
 
-fn hex_entries(dir: &Path) -> Vec<(String, PathBuf)> {
+pub(crate) fn hex_entries(dir: &Path) -> Vec<(String, PathBuf)> {
     let Ok(rd) = fs::read_dir(dir) else {
         return Vec::new();
     };
@@ -190,7 +222,7 @@ fn hex_entries(dir: &Path) -> Vec<(String, PathBuf)> {
     out
 }
 
-fn sha(hex: &str) -> Option<Digest> {
+pub(crate) fn sha(hex: &str) -> Option<Digest> {
     kiln_oci::parse_digest(&format!("sha256:{hex}")).ok()
 }
 
@@ -239,7 +271,7 @@ fn image_refs(engine: &Engine, manifest: &Digest, refs: &mut Refs) {
 }
 
 /// A cache record as read from `cache/<key>`.
-struct CacheRecord {
+pub(crate) struct CacheRecord {
     key: String,
     path: PathBuf,
     last_used: Option<SystemTime>,
@@ -249,7 +281,7 @@ struct CacheRecord {
 impl Engine {
     /// What a record references: its layers and blobs, and for pulled layers the manifest and
     /// config of the image they come from (the metadata a base image's record stands for).
-    fn record_refs(&self, r: &CacheRecord, refs: &mut Refs) {
+    pub(crate) fn record_refs(&self, r: &CacheRecord, refs: &mut Refs) {
         for l in &r.layers {
             refs.diff_ids.extend(l.diff_id.clone());
             refs.blobs.extend(l.blob.clone());
@@ -262,7 +294,7 @@ impl Engine {
         }
     }
 
-    fn cache_records(&self) -> Vec<CacheRecord> {
+    pub(crate) fn cache_records(&self) -> Vec<CacheRecord> {
         let mut out = Vec::new();
         for (key, path) in hex_entries(&self.root.join("cache")) {
             let Ok(bytes) = fs::read(&path) else { continue };
@@ -279,7 +311,7 @@ impl Engine {
         out
     }
 
-    fn image_refs(&self) -> Result<(usize, Refs)> {
+    pub(crate) fn image_refs(&self) -> Result<(usize, Refs)> {
         let images = self.images.list()?;
         let mut refs = Refs::default();
         for image in &images {
@@ -296,9 +328,8 @@ impl Engine {
 
     /// The size of a layer as stored here: its unpacked dir, its blob and the blobs exports
     /// made from it (compressed, or with times rewritten).
-    fn layer_size(&self, diff_id: &Digest, blob: Option<&Digest>) -> u64 {
-        let dir = self.layers.dir(diff_id);
-        let unpacked = if dir.is_dir() { dir_size(&dir) } else { 0 };
+    fn layer_size(&self, diff_id: &Digest, blob: Option<&Digest>, sizes: &mut LayerSizes) -> u64 {
+        let unpacked = sizes.of(&self.layers.dir(diff_id));
         let mut blobs: Vec<Digest> = self.variants.blobs_of(diff_id);
         blobs.retain(|b| Some(b) != blob);
         blobs.extend(blob.cloned());
@@ -310,7 +341,7 @@ impl Engine {
     }
 
     /// Adds the blobs exports made from the referenced layers: they live as long as the layer.
-    fn add_variants(&self, refs: &mut Refs) {
+    pub(crate) fn add_variants(&self, refs: &mut Refs) {
         for d in &refs.diff_ids {
             refs.blobs.extend(self.variants.blobs_of(d));
         }
@@ -320,6 +351,7 @@ impl Engine {
     pub fn disk_usage(&self) -> Result<DiskUsage> {
         let (images, image_refs) = self.image_refs()?;
         let records = self.cache_records();
+        let mut sizes = LayerSizes::load(&self.root.join("cache"));
         let mut rows = Vec::new();
         // Layers and blobs some record or image references (the rest is unreferenced).
         let mut known = Refs {
@@ -354,7 +386,7 @@ impl Engine {
             }
             for l in owned {
                 let Some(d) = &l.diff_id else { continue };
-                size += self.layer_size(d, l.blob.as_ref());
+                size += self.layer_size(d, l.blob.as_ref(), &mut sizes);
                 shared |= image_refs.diff_ids.contains(d);
                 layers.push(short(d));
             }
@@ -400,7 +432,7 @@ impl Engine {
                 rows.push(UsageRecord {
                     id: hex.clone(),
                     kind: UsageKind::Unreferenced,
-                    size: dir_size(&path),
+                    size: sizes.of(&path),
                     shared: false,
                     in_use: false,
                     last_used: fs::metadata(&path).and_then(|m| m.modified()).ok(),
@@ -450,11 +482,9 @@ impl Engine {
 
         let mut images_size = 0;
         for d in &image_refs.diff_ids {
-            let dir = self.layers.dir(d);
-            if dir.is_dir() {
-                images_size += dir_size(&dir);
-            }
+            images_size += sizes.of(&self.layers.dir(d));
         }
+        sizes.save();
         for b in &image_refs.blobs {
             images_size += self.content.size(b).ok().flatten().unwrap_or(0);
         }
@@ -464,191 +494,16 @@ impl Engine {
             images_size,
         })
     }
-
-    /// `kiln prune`: removes the build cache `req` selects; never tagged images or what they
-    /// reference, never what a running build holds.
-    pub fn prune(&self, req: &PruneRequest) -> Result<PruneReport> {
-        // Alone (the engine lock taken exclusively), nothing can be between "layer written" and
-        // "record saved": unreferenced data is garbage. Others block in `Engine::open` meanwhile.
-        let alone = rustix::fs::flock(
-            &self._lock,
-            rustix::fs::FlockOperation::NonBlockingLockExclusive,
-        )
-        .is_ok();
-        let result = self.prune_locked(req, alone);
-        // A failed conversion may have dropped the shared lock, and success made it exclusive:
-        // either way, back to shared.
-        rustix::fs::flock(&self._lock, rustix::fs::FlockOperation::LockShared)
-            .map_err(|e| io("locking the data directory")(e.into()))?;
-        result
-    }
-
-    fn prune_locked(&self, req: &PruneRequest, alone: bool) -> Result<PruneReport> {
-        if alone {
-            cachemount::remove_stale(&self.root).map_err(io("removing stale cache mounts"))?;
-        }
-        let usage = self.disk_usage()?;
-        let now = SystemTime::now();
-        let allowed = |k: UsageKind| {
-            let by_all = req.all || k != UsageKind::SourceImage;
-            let by_filter = req.kinds.is_empty() || req.kinds.contains(&k);
-            by_all && by_filter
-        };
-        let mut total = usage.total();
-        let mut report = PruneReport {
-            gc_skipped: !alone,
-            ..Default::default()
-        };
-        let mut removed_records = false;
-        for row in &usage.records {
-            if let Some(keep) = req.keep_storage
-                && total <= keep
-            {
-                break;
-            }
-            let old_enough = match (req.until, row.last_used) {
-                (None, _) => true,
-                (Some(age), Some(t)) => now.duration_since(t).is_ok_and(|d| d >= age),
-                (Some(_), None) => true,
-            };
-            let id_ok = req.ids.is_empty() || req.ids.iter().any(|p| row.id.starts_with(p));
-            // Base images' manifests and configs, which the frontend may read offline, go
-            // only with `--all`.
-            let metadata = matches!(&row.target, Target::Blob(d)
-                if is_metadata_blob(&self.content.path(d)));
-            if row.in_use || !old_enough || !id_ok || !allowed(row.kind) || (metadata && !req.all) {
-                continue;
-            }
-            let done = match &row.target {
-                Target::Record(path) => {
-                    removed_records = true;
-                    match fs::remove_file(path) {
-                        Ok(()) => true,
-                        Err(e) if e.kind() == std::io::ErrorKind::NotFound => false,
-                        Err(e) => {
-                            return Err(io(format!("removing `{}`", path.display()))(e));
-                        }
-                    }
-                }
-                Target::CacheMount(m) => cachemount::remove(m)
-                    .map_err(io(format!("removing the cache mount `{}`", m.id)))?,
-                // Unreferenced data goes with the collection below, which needs to be alone.
-                Target::Layer | Target::Blob(_) => alone,
-                // Only when no live writer holds it (checked again under its lock).
-                Target::Ingest(name) => self.content.remove_ingest(name)?,
-            };
-            if done {
-                // A shared row's data stays with the image that uses it: nothing is freed.
-                let freed = if row.shared { 0 } else { row.size };
-                total = total.saturating_sub(freed);
-                report.reclaimed += freed;
-                report.removed.push(row.clone());
-            }
-        }
-        if alone {
-            self.collect(req, &report, removed_records)?;
-        }
-        Ok(report)
-    }
-
-    /// Removes layer dirs and blobs nothing references any more: what the removed rows counted,
-    /// and what the records just removed left unreferenced. Manifests and configs (base images'
-    /// metadata the frontend may read offline) go only with `--all`.
-    fn collect(&self, req: &PruneRequest, report: &PruneReport, records_went: bool) -> Result<()> {
-        let (_, image_refs) = self.image_refs()?;
-        let mut keep = image_refs;
-        for r in self.cache_records() {
-            self.record_refs(&r, &mut keep);
-        }
-        self.add_variants(&mut keep);
-        let (keep_layers, keep_blobs) = (keep.diff_ids, keep.blobs);
-        // Records of blobs made from layers nothing references: the blobs go below.
-        for (diff_id, _) in self.variants.list() {
-            if !keep_layers.contains(&diff_id) {
-                self.variants.remove(&diff_id)?;
-            }
-        }
-        let chosen: BTreeMap<String, &UsageRecord> =
-            report.removed.iter().map(|r| (r.id.clone(), r)).collect();
-        for (hex, path) in hex_entries(self.layers.root()) {
-            let Some(d) = sha(&hex) else { continue };
-            let picked = chosen.contains_key(&hex);
-            if keep_layers.contains(&d) || !(picked || records_went) {
-                continue;
-            }
-            // Renamed to a temp name first: a killed prune leaves only what `open` clears.
-            let tmp = self
-                .layers
-                .root()
-                .join(format!(".tmp-gc-{:016x}", rand::random::<u64>()));
-            fs::rename(&path, &tmp).map_err(io(format!("removing `{}`", path.display())))?;
-            fs::remove_dir_all(&tmp).map_err(io(format!("removing `{}`", tmp.display())))?;
-        }
-        for (hex, path) in hex_entries(&self.content.root().join("blobs/sha256")) {
-            let Some(d) = sha(&hex) else { continue };
-            let picked = chosen.contains_key(&hex);
-            if keep_blobs.contains(&d) || !(picked || records_went) {
-                continue;
-            }
-            if !picked && !req.all && is_metadata_blob(&path) {
-                continue;
-            }
-            self.content.delete(&d).map_err(Error::Content)?;
-        }
-        Ok(())
-    }
 }
 
 /// Whether a blob is JSON (a manifest, index or config) rather than a layer.
-fn is_metadata_blob(path: &Path) -> bool {
+pub(crate) fn is_metadata_blob(path: &Path) -> bool {
     use std::io::Read;
     let mut first = [0u8; 1];
     fs::File::open(path)
         .and_then(|mut f| f.read_exact(&mut first))
         .is_ok()
         && first[0] == b'{'
-}
-
-/// Parses `--keep-storage` sizes: `1024`, `512k`, `10MB`, `1.5gb`; units are binary (k = 1024),
-/// as docker reads them.
-pub fn parse_size(s: &str) -> Option<u64> {
-    let lower = s.trim().to_ascii_lowercase();
-    let lower = lower.strip_suffix('b').unwrap_or(&lower);
-    let lower = lower.strip_suffix('i').unwrap_or(lower);
-    let (num, mult) = match lower.chars().last()? {
-        'k' => (&lower[..lower.len() - 1], 1u64 << 10),
-        'm' => (&lower[..lower.len() - 1], 1 << 20),
-        'g' => (&lower[..lower.len() - 1], 1 << 30),
-        't' => (&lower[..lower.len() - 1], 1 << 40),
-        _ => (lower, 1),
-    };
-    let n: f64 = num.trim().parse().ok()?;
-    (n >= 0.0).then_some((n * mult as f64) as u64)
-}
-
-/// Parses `--filter until=` durations: `24h`, `90m`, `1h30m`, `45s`, `2d`.
-pub fn parse_duration(s: &str) -> Option<Duration> {
-    let mut total = 0u64;
-    let mut num = String::new();
-    for c in s.trim().chars() {
-        if c.is_ascii_digit() {
-            num.push(c);
-            continue;
-        }
-        let n: u64 = num.parse().ok()?;
-        num.clear();
-        total += n * match c {
-            's' => 1,
-            'm' => 60,
-            'h' => 3600,
-            'd' => 86400,
-            _ => return None,
-        };
-    }
-    if !num.is_empty() {
-        return None;
-    }
-    Some(Duration::from_secs(total))
 }
 
 #[cfg(test)]

@@ -1,6 +1,8 @@
 //! Tests of `kiln du` and `kiln prune` (a module of `du.rs`).
 
 use super::*;
+use crate::prune::{PruneRequest, parse_duration, parse_size};
+use std::time::Duration;
 
 #[test]
 fn sizes_and_durations() {
@@ -148,4 +150,51 @@ fn issue_13_du_counts_and_prune_removes_stale_ingest() {
     assert!(engine.content.contains(&digest));
     assert_eq!(fs::read_dir(&ingest).unwrap().count(), 0);
     assert_eq!(engine.disk_usage().unwrap().total(), 300);
+}
+
+#[test]
+fn a_prune_request_is_one_rule() {
+    let req = PruneRequest {
+        all: true,
+        until: Some(Duration::from_secs(60)),
+        kinds: vec![UsageKind::Regular, UsageKind::CacheMount],
+        ids: vec!["ab.".into()],
+        keep_storage: Some(10),
+        max_used_space: Some(20),
+        min_free_space: None,
+    };
+    let rule = req.rule();
+    assert!(rule.all);
+    assert_eq!(rule.keep_duration, Some(Duration::from_secs(60)));
+    assert_eq!(
+        (
+            rule.reserved_space,
+            rule.max_used_space,
+            rule.min_free_space
+        ),
+        (10, 20, 0)
+    );
+    let filters: Vec<String> = rule.filters.iter().map(|f| f.to_string()).collect();
+    // Any kind with any id prefix; the prefix is literal.
+    assert_eq!(
+        filters,
+        [
+            "type==regular,id~=^ab\\.",
+            "type==exec.cachemount,id~=^ab\\."
+        ]
+    );
+    let mut row = UsageRecord {
+        id: "ab.cd".into(),
+        kind: UsageKind::CacheMount,
+        size: 1,
+        shared: false,
+        in_use: false,
+        last_used: None,
+        description: String::new(),
+        target: Target::Layer,
+    };
+    assert!(rule.filters.iter().any(|f| f.matches(&row)));
+    row.id = "abxcd".into();
+    assert!(!rule.filters.iter().any(|f| f.matches(&row)));
+    assert!(PruneRequest::default().rule().filters.is_empty());
 }

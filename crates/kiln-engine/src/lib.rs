@@ -23,6 +23,9 @@ mod du;
 mod export;
 mod export_names;
 mod export_rootfs;
+mod gc;
+mod gc_config;
+mod gc_policy;
 mod git_context;
 mod image;
 mod images;
@@ -35,6 +38,7 @@ mod named_context;
 mod oci_layout;
 mod output;
 mod proxy_linux;
+mod prune;
 mod push_stream;
 mod resolver;
 mod run;
@@ -58,9 +62,10 @@ pub use container::{
     ContainerConfig, ContainerError, ContainerInfo, ContainerState, Containers, PortSpec, Status,
     Volume, format_ps_table,
 };
-pub use du::{
-    DiskUsage, PruneReport, PruneRequest, UsageKind, UsageRecord, parse_duration, parse_size,
-};
+pub use du::{DiskUsage, UsageKind, UsageRecord};
+pub use gc::{GC_BUDGET, GcTask};
+pub use gc_config::{DiskSpace, GcConfig, GcPolicy, GoDuration, WorkerConfig};
+pub use gc_policy::{DiskStat, Filter, Planned, PruneRule, short_duration};
 pub use image::ImportRequest;
 pub use images::{FoundImage, ImageFilter, RmiEvent};
 pub use imagetools::{IndexRequest, format_imagetools};
@@ -82,6 +87,7 @@ pub use output::{
     Annotation, AnnotationTarget, ExporterKind, LayerCompressionKind, Output, OutputError,
     parse_annotation_flag,
 };
+pub use prune::{PruneOptions, PruneReport, PruneRequest, Pruned, parse_duration, parse_size};
 pub use run::{ExecRequest, RunRequest};
 
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -195,6 +201,11 @@ pub struct Engine {
     cdi: config::CdiConfig,
     /// `remote-context-max-bytes`: the most a URL context or Dockerfile may download.
     remote_context_max_bytes: u64,
+    /// `[worker.oci]`: the GC policies.
+    gc: gc_config::GcConfig,
+    /// Builds of this engine running now: a prune is not alone while one is (the engine lock
+    /// is per process and cannot tell).
+    builds: std::sync::atomic::AtomicUsize,
 }
 
 impl Engine {
@@ -260,11 +271,24 @@ impl Engine {
             remote_context_max_bytes: config
                 .remote_context_max_bytes
                 .unwrap_or(config::REMOTE_CONTEXT_MAX_BYTES),
+            gc: config.worker.oci.clone(),
+            builds: Default::default(),
         })
     }
 
     pub fn root(&self) -> &Path {
         &self.root
+    }
+
+    /// Marks a build running until the guard drops.
+    pub(crate) fn build_running(&self) -> BuildGuard<'_> {
+        self.builds
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        BuildGuard(&self.builds)
+    }
+
+    pub(crate) fn builds_running(&self) -> usize {
+        self.builds.load(std::sync::atomic::Ordering::SeqCst)
     }
 
     pub fn images(&self) -> Result<Vec<ImageRecord>> {
@@ -318,6 +342,14 @@ impl Engine {
             .contains(&kiln_frontend::Entitlement::Device);
         kiln_worker::cdi::check(def, &registry, allowed).map_err(kiln_worker::Error::from)?;
         Ok(Arc::new(registry))
+    }
+}
+
+pub(crate) struct BuildGuard<'a>(&'a std::sync::atomic::AtomicUsize);
+
+impl Drop for BuildGuard<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
     }
 }
 

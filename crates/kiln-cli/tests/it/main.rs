@@ -24,6 +24,7 @@ mod export_docker;
 mod export_oci;
 mod failure;
 mod frontend;
+mod gc;
 mod git;
 mod hostile_context;
 mod hostile_load;

@@ -13,10 +13,11 @@ use kiln_exporter::compress::{CompressionOpts, ExportOpts};
 use kiln_oci::{Digest, Reference, media_type};
 use kiln_progress::{Progress, Vertex};
 use kiln_solver::Solved;
-use kiln_worker::{LayerRef, Value};
+use kiln_worker::{LayerRef, LlbGraph, Value};
 
-use crate::cache_format::{CacheConfig, manifest_bytes};
+use crate::cache_format::{CacheConfig, MountRecord, manifest_bytes};
 use crate::cache_layout;
+use crate::cache_mounts::build_mounts;
 use crate::cache_spec::{CacheExport, CacheLocation, CacheMode};
 use crate::{Engine, Result};
 
@@ -25,23 +26,35 @@ const PARALLEL: usize = 8;
 
 /// The records a cache export writes: `Max` every solved step, `Min` the steps whose result
 /// is a prefix of the final layer chain (the final stage's own steps and its base).
+/// With several results (one per platform), `Min` keeps the prefixes of any of them.
 pub(crate) fn select_records<'a>(
     solved: &'a [(usize, Solved<Value>)],
-    result: &Value,
+    results: &[&Value],
     mode: CacheMode,
 ) -> BTreeMap<String, &'a Value> {
-    let chain = result.layers();
     solved
         .iter()
         .filter(|(_, s)| matches!(s.value, Value::Rootfs { .. }))
         .filter(|(_, s)| {
-            mode == CacheMode::Max || {
-                let layers = s.value.layers();
-                chain.len() >= layers.len() && chain[..layers.len()] == *layers
-            }
+            mode == CacheMode::Max
+                || results.iter().any(|result| {
+                    let (chain, layers) = (result.layers(), s.value.layers());
+                    chain.len() >= layers.len() && chain[..layers.len()] == *layers
+                })
         })
         .map(|(_, s)| (s.cache_key.to_string(), &s.value))
         .collect()
+}
+
+/// What a build hands its cache exports.
+pub(crate) struct ExportInputs<'a> {
+    /// Every step the build solved, by vertex.
+    pub solved: &'a [(usize, Solved<Value>)],
+    /// The build's results: one per platform.
+    pub results: Vec<&'a Value>,
+    pub graph: &'a LlbGraph,
+    /// Cache mounts the build's `--cache-from` brought, by identity.
+    pub imported_mounts: &'a HashMap<String, LayerRef>,
 }
 
 /// Where an export writes.
@@ -56,8 +69,7 @@ impl Engine {
     pub(crate) async fn export_caches(
         &self,
         exports: &[CacheExport],
-        solved: &[(usize, Solved<Value>)],
-        result: &Value,
+        inputs: &ExportInputs<'_>,
         progress: &Progress,
     ) -> Result<()> {
         for e in exports {
@@ -75,8 +87,29 @@ impl Engine {
                 Dest::Layout(_) => "exporting cache to client directory",
             });
             v.status("preparing build cache for export");
-            let records = select_records(solved, result, e.mode);
-            match self.export_cache(&dest, &records, &e.compression, &v).await {
+            let records = select_records(inputs.solved, &inputs.results, e.mode);
+            let mounts = build_mounts(inputs.graph, inputs.solved, &e.cache_mounts, &self.root);
+            let exported = async {
+                let (mounts, made) = self
+                    .export_cache_mounts(
+                        &mounts,
+                        inputs.imported_mounts,
+                        e.cache_mounts_max,
+                        &e.compression,
+                        true,
+                        progress,
+                    )
+                    .await?;
+                let written = self
+                    .export_cache(&dest, &records, &mounts, &e.compression, &v)
+                    .await;
+                // The mount tars exist for this export only: the dirs are what is kept.
+                for blob in made {
+                    let _ = self.content.delete(&blob);
+                }
+                written
+            };
+            match exported.await {
                 Ok(()) => v.done(),
                 Err(err) => {
                     let message = format!(
@@ -99,6 +132,7 @@ impl Engine {
         &self,
         dest: &Dest<'_>,
         records: &BTreeMap<String, &Value>,
+        mounts: &BTreeMap<String, MountRecord>,
         compression: &CompressionOpts,
         v: &Vertex,
     ) -> Result<()> {
@@ -148,6 +182,28 @@ impl Engine {
             .collect()
             .await;
         written.into_iter().collect::<Result<Vec<_>>>()?;
+        // Cache mount blobs: made for this export, or carried over from the import (fetched
+        // only when the destination lacks them).
+        let written: Vec<Result<()>> = futures::stream::iter(mounts.values())
+            .map(|m| async move {
+                let blob = m.layer.blob.as_ref().expect("mount records have a blob");
+                if !self.content.contains(blob) {
+                    if self.dest_has(dest, blob).await? {
+                        return Ok(());
+                    }
+                    v.status(&format!("pulling {blob}"));
+                    kiln_worker::fetch_layer_blob(&self.registry, &self.content, &m.layer, blob)
+                        .await?;
+                }
+                if self.dest_put(dest, blob, m.layer.size).await? {
+                    v.status(&format!("writing cache mount {} {blob} done", m.id));
+                }
+                Ok(())
+            })
+            .buffer_unordered(PARALLEL)
+            .collect()
+            .await;
+        written.into_iter().collect::<Result<Vec<_>>>()?;
 
         // Records name the blobs as exported; the manifest lists each blob once.
         let as_exported = |layer: &LayerRef| -> LayerRef {
@@ -172,9 +228,15 @@ impl Engine {
             let blob = l.blob.clone().expect("layers with a blob only");
             layers.insert(blob.to_string(), (blob, l.size, l.media_type.clone()));
         }
+        for m in mounts.values() {
+            let blob = m.layer.blob.clone().expect("mount records have a blob");
+            let entry = (blob, m.layer.size, m.layer.media_type.clone());
+            layers.insert(entry.0.to_string(), entry);
+        }
         let layers: Vec<_> = layers.into_values().collect();
 
-        let config = CacheConfig::new(records.iter().map(|(k, v)| (k.clone(), v)));
+        let config = CacheConfig::new(records.iter().map(|(k, v)| (k.clone(), v)))
+            .with_mounts(mounts.iter().map(|(k, m)| (k.clone(), m.clone())));
         let config_bytes = serde_json::to_vec(&config).expect("cache records serialise");
         let config_digest = self.content.put(&config_bytes, None)?;
         self.dest_put(dest, &config_digest, config_bytes.len() as u64)
@@ -369,7 +431,7 @@ mod tests {
         ];
         let result = all[3].1.value.clone();
         let keys =
-            |mode| -> Vec<String> { select_records(&all, &result, mode).into_keys().collect() };
+            |mode| -> Vec<String> { select_records(&all, &[&result], mode).into_keys().collect() };
         let mut want_min: Vec<String> = ["from", "copy", "run"]
             .iter()
             .map(|k| kiln_oci::sha256(k.as_bytes()).to_string())

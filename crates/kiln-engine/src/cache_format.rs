@@ -5,7 +5,7 @@
 use std::collections::{BTreeMap, HashMap};
 
 use kiln_oci::Digest;
-use kiln_worker::Value;
+use kiln_worker::{LayerRef, Value};
 use serde::{Deserialize, Serialize};
 
 /// The config blob's media type: what tells a kiln cache from an image or BuildKit's cache.
@@ -19,6 +19,27 @@ pub(crate) const MAX_CONFIG_BYTES: u64 = 64 << 20;
 #[derive(Debug, Default, Serialize, Deserialize)]
 pub(crate) struct CacheConfig {
     pub records: BTreeMap<String, Value>,
+    /// Exported cache mounts (`cache-mounts=`) by identity (`cachemount::identity`); left out
+    /// when there are none, so a cache without them keeps its bytes.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub mounts: BTreeMap<String, MountRecord>,
+}
+
+/// One exported cache mount: its id (for people and warnings) and the blob of its files, a tar
+/// compressed like the layers (`diff_id`: the tar's digest).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub(crate) struct MountRecord {
+    pub id: String,
+    #[serde(flatten)]
+    pub layer: LayerRef,
+}
+
+/// What an imported cache gives the build: records for the solver, cache mount contents for
+/// the worker (both pointing at the cache as their blobs' source).
+#[derive(Debug, Default)]
+pub(crate) struct Imported {
+    pub records: HashMap<Digest, Value>,
+    pub mounts: HashMap<String, LayerRef>,
 }
 
 /// The cache manifest for a config blob and the layer blobs (digest, size, media type).
@@ -82,16 +103,49 @@ impl CacheConfig {
                 (key, value)
             })
             .collect();
-        CacheConfig { records }
+        CacheConfig {
+            records,
+            mounts: BTreeMap::new(),
+        }
+    }
+
+    /// With these cache mounts, sources cleared.
+    pub fn with_mounts(mut self, mounts: impl IntoIterator<Item = (String, MountRecord)>) -> Self {
+        self.mounts = mounts
+            .into_iter()
+            .map(|(identity, mut m)| {
+                m.layer.source = None;
+                (identity, m)
+            })
+            .collect();
+        self
     }
 
     /// The records as the solver looks them up, every layer's source set to `source` (the
     /// cache manifest's pinned reference). Keys that are not digests and values that are no
     /// layer chain are refused: a hand-made config must not reach the solver.
-    pub fn records(bytes: &[u8], source: &str) -> Result<HashMap<Digest, Value>, String> {
+    pub fn records(bytes: &[u8], source: &str) -> Result<Imported, String> {
         let config: CacheConfig =
             serde_json::from_slice(bytes).map_err(|e| format!("config: {e}"))?;
-        config.into_records(source)
+        config.into_imported(source)
+    }
+
+    /// The records and cache mounts, their blobs to be fetched from `source`. A cache mount
+    /// without a blob digest is refused with the rest: it could not be filled.
+    pub fn into_imported(mut self, source: &str) -> Result<Imported, String> {
+        let mut mounts = HashMap::new();
+        for (identity, m) in std::mem::take(&mut self.mounts) {
+            let mut layer = m.layer;
+            if layer.blob.is_none() || identity.is_empty() {
+                return Err(format!("cache mount `{}` names no blob", m.id));
+            }
+            layer.source = Some(source.to_string());
+            mounts.insert(identity, layer);
+        }
+        Ok(Imported {
+            records: self.into_records(source)?,
+            mounts,
+        })
     }
 
     pub fn into_records(self, source: &str) -> Result<HashMap<Digest, Value>, String> {
@@ -151,6 +205,37 @@ mod tests {
         let layers = records[&key].layers();
         assert_eq!(layers[0].source.as_deref(), Some("r.io/cache@sha256:11"));
         assert_eq!(layers[1].source, None, "an empty layer has nothing to pull");
+    }
+
+    #[test]
+    fn mounts_round_trip_and_are_left_out_when_none() {
+        let plain = serde_json::to_string(&CacheConfig::new([])).unwrap();
+        assert_eq!(plain, r#"{"records":{}}"#, "no `mounts` key without mounts");
+        let blob = kiln_oci::sha256(b"tar.gz");
+        let mount = MountRecord {
+            id: "pip".into(),
+            layer: layer(&blob, Some("somewhere")),
+        };
+        let config = CacheConfig::new([]).with_mounts([("pip".to_string(), mount)]);
+        let bytes = serde_json::to_vec(&config).unwrap();
+        let text = String::from_utf8_lossy(&bytes);
+        assert!(
+            text.contains(r#""mounts":{"pip":{"id":"pip","diff_id""#),
+            "{text}"
+        );
+        assert!(!text.contains("somewhere"), "{text}");
+        let imported = CacheConfig::records(&bytes, "r.io/c@sha256:11").unwrap();
+        assert_eq!(imported.mounts["pip"].blob.as_ref(), Some(&blob));
+        assert_eq!(
+            imported.mounts["pip"].source.as_deref(),
+            Some("r.io/c@sha256:11")
+        );
+        let no_blob = r#"{"records":{},"mounts":{"x":{"id":"x","diff_id":null,"blob":null,"size":0,"media_type":"","source":null}}}"#;
+        assert!(
+            CacheConfig::records(no_blob.as_bytes(), "r")
+                .unwrap_err()
+                .contains("names no blob")
+        );
     }
 
     #[test]

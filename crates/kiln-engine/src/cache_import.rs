@@ -8,11 +8,29 @@ use std::path::Path;
 
 use kiln_oci::{Descriptor, Digest, MediaType, Platform, Reference};
 use kiln_progress::Progress;
-use kiln_worker::Value;
+use kiln_worker::{LayerRef, Value};
 
-use crate::cache_format::{CONFIG_MEDIA_TYPE, CacheConfig, config_of};
+use crate::cache_format::{CONFIG_MEDIA_TYPE, CacheConfig, Imported, config_of};
 use crate::cache_spec::{CacheImport, CacheLocation};
 use crate::{Engine, Error, Result};
+
+/// The records of each import, in order, for the solver, and the cache mounts of all of them
+/// for the worker (the first import naming an identity wins, as the first record would).
+pub(crate) fn split(
+    imported: Vec<Imported>,
+) -> (Vec<HashMap<Digest, Value>>, HashMap<String, LayerRef>) {
+    let mut mounts = HashMap::new();
+    let records = imported
+        .into_iter()
+        .map(|i| {
+            for (identity, layer) in i.mounts {
+                mounts.entry(identity).or_insert(layer);
+            }
+            i.records
+        })
+        .collect();
+    (records, mounts)
+}
 
 impl Engine {
     /// The records of every `--cache-from`, in the order given, fetched at the same time. One
@@ -20,13 +38,13 @@ impl Engine {
     pub(crate) async fn import_caches(
         &self,
         imports: &[CacheImport],
-        platform: &Platform,
+        platforms: &[Platform],
         progress: &Progress,
-    ) -> Vec<HashMap<Digest, Value>> {
+    ) -> Vec<Imported> {
         let each = imports.iter().map(|i| async move {
             let v = progress.vertex(format!("importing cache manifest from {}", i.location));
             let records = match &i.location {
-                CacheLocation::Registry(r) => self.import_registry_cache(r, platform).await,
+                CacheLocation::Registry(r) => self.import_registry_cache(r, platforms).await,
                 CacheLocation::Local(dir) => import_local_cache(dir, i.digest.as_ref()),
                 CacheLocation::Inline => Err(Error::Usage(
                     "an inline cache is imported with `type=registry,ref=IMAGE`".into(),
@@ -61,17 +79,21 @@ impl Engine {
     async fn import_registry_cache(
         &self,
         reference: &Reference,
-        platform: &Platform,
-    ) -> Result<HashMap<Digest, Value>> {
+        platforms: &[Platform],
+    ) -> Result<Imported> {
         let raw = self.registry.fetch_manifest_raw(reference).await?;
         let invalid = |why: String| Error::Usage(format!("{reference} is not a kiln cache: {why}"));
         let (digest, size) = match config_of(&raw.bytes) {
             Ok(config) => config,
             Err(why) if is_image(&raw.bytes) => {
-                return self
-                    .import_inline_cache(reference, platform)
+                let records = self
+                    .import_inline_caches(reference, platforms)
                     .await?
-                    .ok_or_else(|| invalid(format!("{why}, and the image has no inline cache")));
+                    .ok_or_else(|| invalid(format!("{why}, and the image has no inline cache")))?;
+                return Ok(Imported {
+                    records,
+                    mounts: HashMap::new(),
+                });
             }
             Err(why) => return Err(invalid(why)),
         };
@@ -84,6 +106,22 @@ impl Engine {
         // change what this build's records point at.
         let pinned = reference.with_digest(raw.digest.as_ref());
         CacheConfig::records(&bytes, &pinned.to_string()).map_err(invalid)
+    }
+
+    /// The inline records of the image for each platform, merged (an index gives each
+    /// platform's image); `None` when no platform's image has any.
+    async fn import_inline_caches(
+        &self,
+        reference: &Reference,
+        platforms: &[Platform],
+    ) -> Result<Option<HashMap<Digest, Value>>> {
+        let mut all: Option<HashMap<Digest, Value>> = None;
+        for platform in platforms {
+            if let Some(records) = self.import_inline_cache(reference, platform).await? {
+                all.get_or_insert_with(HashMap::new).extend(records);
+            }
+        }
+        Ok(all)
     }
 
     async fn import_inline_cache(
@@ -119,7 +157,7 @@ fn is_image(manifest: &[u8]) -> bool {
 
 /// A cache in an OCI layout directory: the manifest `digest=` names, else the index entry
 /// tagged `latest`, else the index's only entry.
-fn import_local_cache(dir: &Path, digest: Option<&Digest>) -> Result<HashMap<Digest, Value>> {
+fn import_local_cache(dir: &Path, digest: Option<&Digest>) -> Result<Imported> {
     let shown = dir.display();
     let invalid = |why: String| Error::Usage(format!("{shown} is not a kiln cache: {why}"));
     let manifest = match digest {

@@ -39,6 +39,31 @@ impl std::fmt::Display for CacheLocation {
     }
 }
 
+/// `cache-mounts=`: which `RUN --mount=type=cache` contents travel with the cache.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub enum CacheMounts {
+    /// None (the default: BuildKit exports none).
+    #[default]
+    None,
+    /// `cache-mounts=all`: every cache mount a RUN of the build has.
+    All,
+    /// `cache-mounts=ID1;ID2`: those ids (an id defaults to the mount's target path).
+    Ids(Vec<String>),
+}
+
+impl CacheMounts {
+    pub fn includes(&self, id: &str) -> bool {
+        match self {
+            CacheMounts::None => false,
+            CacheMounts::All => true,
+            CacheMounts::Ids(ids) => ids.iter().any(|i| i == id),
+        }
+    }
+}
+
+/// `cache-mounts-max=` by default: a cache mount larger than this is not exported.
+pub const DEFAULT_CACHE_MOUNTS_MAX: u64 = 512 << 20;
+
 /// One `--cache-to`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CacheExport {
@@ -48,6 +73,10 @@ pub struct CacheExport {
     pub ignore_error: bool,
     /// `compression=`, `compression-level=`, `force-compression=` (gzip by default, as BuildKit).
     pub compression: CompressionOpts,
+    /// `cache-mounts=` (kiln's own: BuildKit never exports cache mounts).
+    pub cache_mounts: CacheMounts,
+    /// `cache-mounts-max=`: the most bytes of files one exported cache mount may hold.
+    pub cache_mounts_max: u64,
 }
 
 /// One `--cache-from`.
@@ -175,6 +204,8 @@ impl CacheExport {
         let inline = fields.iter().any(|(k, v)| k == "type" && v == "inline");
         let (mut mode, mut ignore_error) = (CacheMode::Min, true);
         let mut compression = CompressionOpts::default();
+        let mut cache_mounts = CacheMounts::None;
+        let mut cache_mounts_max = DEFAULT_CACHE_MOUNTS_MAX;
         for (k, v) in &fields {
             match k.as_str() {
                 "type" => {}
@@ -225,6 +256,26 @@ impl CacheExport {
                         ))
                     })?
                 }
+                "cache-mounts" => {
+                    let ids: Vec<String> = v
+                        .split(';')
+                        .map(str::trim)
+                        .filter(|i| !i.is_empty())
+                        .map(str::to_string)
+                        .collect();
+                    cache_mounts = match ids.as_slice() {
+                        [] => return Err(err("`cache-mounts` names no cache mount id".into())),
+                        [all] if all == "all" => CacheMounts::All,
+                        _ => CacheMounts::Ids(ids),
+                    }
+                }
+                "cache-mounts-max" => {
+                    cache_mounts_max = crate::du::parse_size(v).ok_or_else(|| {
+                        err(format!(
+                            "invalid cache-mounts-max `{v}`: expected a size such as 512MB"
+                        ))
+                    })?
+                }
                 "oci-mediatypes" | "image-manifest" | "tag" => {
                     return Err(err(format!("option `{k}` is not supported yet")));
                 }
@@ -236,6 +287,8 @@ impl CacheExport {
             mode,
             ignore_error,
             compression,
+            cache_mounts,
+            cache_mounts_max,
         })
     }
 }
@@ -306,6 +359,31 @@ mod tests {
         // A bare reference is a registry cache, as buildx reads it.
         let e = CacheExport::parse("r.io/a/cache:y").unwrap();
         assert_eq!(e.location.to_string(), "r.io/a/cache:y");
+    }
+
+    #[test]
+    fn cache_mounts_and_their_cap() {
+        let e = CacheExport::parse("type=registry,ref=r.io/a:x").unwrap();
+        assert_eq!(e.cache_mounts, CacheMounts::None, "opt-in");
+        assert_eq!(e.cache_mounts_max, 512 << 20);
+        let e = CacheExport::parse("type=registry,ref=r.io/a:x,cache-mounts=all").unwrap();
+        assert!(e.cache_mounts.includes("/root/.cache"));
+        let e = CacheExport::parse(
+            "type=local,dest=d,cache-mounts=pip;/root/.cargo,cache-mounts-max=1.5g",
+        )
+        .unwrap();
+        assert_eq!(
+            e.cache_mounts,
+            CacheMounts::Ids(vec!["pip".into(), "/root/.cargo".into()])
+        );
+        assert!(e.cache_mounts.includes("/root/.cargo") && !e.cache_mounts.includes("npm"));
+        assert_eq!(e.cache_mounts_max, 3 << 29);
+        let msg = |s: &str| CacheExport::parse(s).unwrap_err().to_string();
+        assert!(msg("type=local,dest=d,cache-mounts=").contains("names no cache mount id"));
+        assert!(
+            msg("type=local,dest=d,cache-mounts-max=lots").contains("invalid cache-mounts-max")
+        );
+        assert!(msg("type=inline,cache-mounts=all").contains("not supported yet for type=inline"));
     }
 
     #[test]

@@ -11,7 +11,7 @@ use crate::support::{Kiln, http_get, read_tar};
 const DOCKERFILE: &str = "FROM busybox\nCOPY a /a\nRUN echo built > /b && cat /a >> /b\n";
 
 /// The manifest at `repo:tag` in the test registry.
-fn registry_manifest(registry: &str, repo: &str, tag: &str) -> Value {
+pub(crate) fn registry_manifest(registry: &str, repo: &str, tag: &str) -> Value {
     let (status, body) = http_get(
         registry,
         &format!("/v2/{repo}/manifests/{tag}"),
@@ -33,7 +33,7 @@ fn archived_manifest(path: &std::path::Path) -> String {
         .to_string()
 }
 
-fn blob_in_store(k: &Kiln, digest: &str) -> bool {
+pub(crate) fn blob_in_store(k: &Kiln, digest: &str) -> bool {
     let hex = digest.strip_prefix("sha256:").expect("sha256 digest");
     k.root.join("content/blobs/sha256").join(hex).exists()
 }
@@ -254,7 +254,7 @@ fn layout_blobs(dir: &std::path::Path) -> std::collections::BTreeSet<String> {
 }
 
 /// The `latest` manifest of a layout, and its digest.
-fn layout_manifest(dir: &std::path::Path) -> (String, Value) {
+pub(crate) fn layout_manifest(dir: &std::path::Path) -> (String, Value) {
     let index: Value =
         serde_json::from_slice(&std::fs::read(dir.join("index.json")).expect("index.json"))
             .expect("index JSON");

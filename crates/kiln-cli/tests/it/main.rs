@@ -10,6 +10,7 @@ mod blobs;
 mod build_flags;
 mod cache;
 mod cache_export;
+mod cache_mounts;
 mod concurrent;
 mod config;
 mod copystream;

@@ -96,13 +96,11 @@ impl Engine {
                         inputs.imported_mounts,
                         e.cache_mounts_max,
                         &e.compression,
-                        true,
+                        e.oci,
                         progress,
                     )
                     .await?;
-                let written = self
-                    .export_cache(&dest, &records, &mounts, &e.compression, &v)
-                    .await;
+                let written = self.export_cache(&dest, &records, &mounts, e, &v).await;
                 // The mount tars exist for this export only: the dirs are what is kept.
                 for blob in made {
                     let _ = self.content.delete(&blob);
@@ -133,7 +131,7 @@ impl Engine {
         dest: &Dest<'_>,
         records: &BTreeMap<String, &Value>,
         mounts: &BTreeMap<String, MountRecord>,
-        compression: &CompressionOpts,
+        e: &CacheExport,
         v: &Vertex,
     ) -> Result<()> {
         if let Dest::Layout(dir) = dest {
@@ -169,7 +167,9 @@ impl Engine {
             .filter(|(name, _)| !remote.contains(*name))
             .map(|(_, l)| *l)
             .collect();
-        let exported = self.compress_cache_layers(&held, compression).await?;
+        let exported = self
+            .compress_cache_layers(&held, &e.compression, e.oci)
+            .await?;
         let written: Vec<Result<()>> = futures::stream::iter(exported.values())
             .map(|layer| async move {
                 let blob = layer.blob.as_ref().expect("layers with a blob only");
@@ -242,17 +242,24 @@ impl Engine {
         self.dest_put(dest, &config_digest, config_bytes.len() as u64)
             .await?;
         v.status(&format!("writing config {config_digest} done"));
-        let manifest = manifest_bytes(&config_digest, config_bytes.len(), &layers);
+        let (manifest, manifest_type) = manifest_bytes(
+            &config_digest,
+            config_bytes.len(),
+            &layers,
+            e.image_manifest,
+            e.oci,
+        );
         let digest = match dest {
             Dest::Registry(r) => {
                 self.registry
-                    .push_manifest(r, media_type::OCI_MANIFEST, &manifest)
+                    .push_manifest(r, manifest_type, &manifest)
                     .await?
             }
             Dest::Layout(dir) => {
                 let digest = kiln_oci::sha256(&manifest);
                 cache_layout::write_blob(dir, &digest, &manifest)?;
-                let removed = cache_layout::publish(dir, &digest, manifest.len())?;
+                let removed =
+                    cache_layout::publish(dir, &digest, manifest.len(), manifest_type, &e.tag)?;
                 if removed > 0 {
                     v.status(&format!("removed {removed} old blobs"));
                 }
@@ -296,6 +303,7 @@ impl Engine {
         &self,
         held: &[&LayerRef],
         compression: &CompressionOpts,
+        oci: bool,
     ) -> Result<HashMap<String, LayerRef>> {
         if held.is_empty() {
             return Ok(HashMap::new());
@@ -336,6 +344,7 @@ impl Engine {
         let manifest = self.content.put(&manifest, None)?;
         let opts = ExportOpts {
             compression: *compression,
+            oci,
             ..ExportOpts::store()
         };
         let exported = self.exported_manifest(&manifest, &opts).await?;

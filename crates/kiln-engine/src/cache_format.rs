@@ -42,35 +42,69 @@ pub(crate) struct Imported {
     pub mounts: HashMap<String, LayerRef>,
 }
 
-/// The cache manifest for a config blob and the layer blobs (digest, size, media type).
+/// The cache manifest for a config blob and the layer blobs (digest, size, media type), and
+/// its media type. `image_manifest`: an OCI image manifest (config and layers); otherwise
+/// BuildKit's older form, an index whose entries are the layer blobs and then the config
+/// (`oci`: an OCI index, else a Docker manifest list, as BuildKit writes it).
 pub(crate) fn manifest_bytes(
     config: &Digest,
     config_size: usize,
     layers: &[(Digest, u64, String)],
-) -> Vec<u8> {
-    let manifest = serde_json::json!({
-        "schemaVersion": 2,
-        "mediaType": kiln_oci::media_type::OCI_MANIFEST,
-        "config": {
-            "mediaType": CONFIG_MEDIA_TYPE,
-            "digest": config.to_string(),
-            "size": config_size,
-        },
-        "layers": layers.iter().map(|(digest, size, media_type)| serde_json::json!({
-            "mediaType": media_type,
-            "digest": digest.to_string(),
-            "size": size,
-        })).collect::<Vec<_>>(),
+    image_manifest: bool,
+    oci: bool,
+) -> (Vec<u8>, &'static str) {
+    use kiln_oci::media_type::{DOCKER_MANIFEST_LIST, OCI_INDEX, OCI_MANIFEST};
+    let config = serde_json::json!({
+        "mediaType": CONFIG_MEDIA_TYPE,
+        "digest": config.to_string(),
+        "size": config_size,
     });
-    serde_json::to_vec(&manifest).expect("json values serialise")
+    let mut blobs: Vec<serde_json::Value> = layers
+        .iter()
+        .map(|(digest, size, media_type)| {
+            serde_json::json!({
+                "mediaType": media_type,
+                "digest": digest.to_string(),
+                "size": size,
+            })
+        })
+        .collect();
+    let (manifest, media_type) = if image_manifest {
+        let doc = serde_json::json!({
+            "schemaVersion": 2,
+            "mediaType": OCI_MANIFEST,
+            "config": config,
+            "layers": blobs,
+        });
+        (doc, OCI_MANIFEST)
+    } else {
+        let media_type = if oci { OCI_INDEX } else { DOCKER_MANIFEST_LIST };
+        blobs.push(config);
+        let doc = serde_json::json!({
+            "schemaVersion": 2,
+            "mediaType": media_type,
+            "manifests": blobs,
+        });
+        (doc, media_type)
+    };
+    (
+        serde_json::to_vec(&manifest).expect("json values serialise"),
+        media_type,
+    )
 }
 
-/// The config descriptor (digest, size) of a kiln cache manifest; `Err` says why the bytes
-/// are not one.
+/// The config descriptor (digest, size) of a kiln cache manifest, in either form; `Err` says
+/// why the bytes are not one.
 pub(crate) fn config_of(manifest: &[u8]) -> Result<(Digest, u64), String> {
     let manifest: serde_json::Value =
         serde_json::from_slice(manifest).map_err(|e| format!("manifest: {e}"))?;
-    let config = &manifest["config"];
+    // The index form lists the config among its entries.
+    let listed = manifest["manifests"].as_array().and_then(|entries| {
+        entries
+            .iter()
+            .find(|e| e["mediaType"].as_str() == Some(CONFIG_MEDIA_TYPE))
+    });
+    let config = listed.unwrap_or(&manifest["config"]);
     let media_type = config["mediaType"].as_str().unwrap_or_default();
     if media_type != CONFIG_MEDIA_TYPE {
         return Err(format!(
@@ -242,8 +276,25 @@ mod tests {
     fn manifest_round_trip_and_foreign_manifests() {
         let config = kiln_oci::sha256(b"{}");
         let blob = kiln_oci::sha256(b"layer");
-        let bytes = manifest_bytes(&config, 2, &[(blob, 5, "t".into())]);
-        assert_eq!(config_of(&bytes).unwrap(), (config, 2));
+        let layers = [(blob, 5, "t".to_string())];
+        let (bytes, media_type) = manifest_bytes(&config, 2, &layers, true, true);
+        assert_eq!(media_type, kiln_oci::media_type::OCI_MANIFEST);
+        assert_eq!(config_of(&bytes).unwrap(), (config.clone(), 2));
+        // BuildKit's index form: the blobs and the config as entries.
+        for (oci, want) in [
+            (true, kiln_oci::media_type::OCI_INDEX),
+            (false, kiln_oci::media_type::DOCKER_MANIFEST_LIST),
+        ] {
+            let (bytes, media_type) = manifest_bytes(&config, 2, &layers, false, oci);
+            assert_eq!(media_type, want);
+            let doc: serde_json::Value = serde_json::from_slice(&bytes).unwrap();
+            assert_eq!(doc["mediaType"], want);
+            assert_eq!(doc["manifests"].as_array().unwrap().len(), 2);
+            assert_eq!(config_of(&bytes).unwrap(), (config.clone(), 2));
+        }
+        let image_index =
+            br#"{"manifests":[{"mediaType":"application/vnd.oci.image.manifest.v1+json"}]}"#;
+        assert!(config_of(image_index).is_err());
         let image = br#"{"config":{"mediaType":"application/vnd.oci.image.config.v1+json"}}"#;
         assert!(
             config_of(image)

@@ -45,7 +45,7 @@ impl Engine {
             let v = progress.vertex(format!("importing cache manifest from {}", i.location));
             let records = match &i.location {
                 CacheLocation::Registry(r) => self.import_registry_cache(r, platforms).await,
-                CacheLocation::Local(dir) => import_local_cache(dir, i.digest.as_ref()),
+                CacheLocation::Local(dir) => import_local_cache(dir, i.digest.as_ref(), &i.tag),
                 CacheLocation::Inline => Err(Error::Usage(
                     "an inline cache is imported with `type=registry,ref=IMAGE`".into(),
                 )),
@@ -156,8 +156,8 @@ fn is_image(manifest: &[u8]) -> bool {
 }
 
 /// A cache in an OCI layout directory: the manifest `digest=` names, else the index entry
-/// tagged `latest`, else the index's only entry.
-fn import_local_cache(dir: &Path, digest: Option<&Digest>) -> Result<Imported> {
+/// named `tag` (`latest` by default), else, for `latest`, the index's only entry.
+fn import_local_cache(dir: &Path, digest: Option<&Digest>, tag: &str) -> Result<Imported> {
     let shown = dir.display();
     let invalid = |why: String| Error::Usage(format!("{shown} is not a kiln cache: {why}"));
     let manifest = match digest {
@@ -170,14 +170,15 @@ fn import_local_cache(dir: &Path, digest: Option<&Digest>) -> Result<Imported> {
                 .map_err(|e| invalid(format!("{}: {e}", path.display())))?;
             let entries = index["manifests"].as_array().cloned().unwrap_or_default();
             let tagged = entries.iter().find(|m| {
-                m["annotations"]["org.opencontainers.image.ref.name"].as_str() == Some("latest")
+                m["annotations"]["org.opencontainers.image.ref.name"].as_str() == Some(tag)
             });
             let entry = match (tagged, entries.as_slice()) {
-                (Some(m), _) | (None, [m]) => m,
+                (Some(m), _) => m,
+                (None, [m]) if tag == crate::cache_spec::DEFAULT_LOCAL_TAG => m,
                 _ => {
-                    return Err(invalid(
-                        "its index.json has no entry tagged `latest`".into(),
-                    ));
+                    return Err(invalid(format!(
+                        "its index.json has no entry tagged `{tag}`"
+                    )));
                 }
             };
             entry["digest"]

@@ -11,6 +11,7 @@ mod build_flags;
 mod cache;
 mod cache_export;
 mod cache_mounts;
+mod cache_multi;
 mod cache_options;
 mod concurrent;
 mod config;

@@ -158,10 +158,12 @@ impl Engine {
             });
             let mut out = content.writer()?;
             let compressed = compress::compress(reader, &mut out, kind, level);
-            let diff_id = tarring.join().map_err(|_| {
-                io(what.clone())(std::io::Error::other("the tar writer panicked"))
-            })??;
+            let tarred = tarring
+                .join()
+                .map_err(|_| io(what.clone())(std::io::Error::other("the tar writer panicked")))?;
+            // A failed compressor stops the tar with a broken pipe: its error is the cause.
             compressed.map_err(io(what))?;
+            let diff_id = tarred?;
             let (blob, size) = out.commit(None)?;
             Ok(LayerRef {
                 diff_id: Some(diff_id),

@@ -126,6 +126,37 @@ fn cache_mount_contents_travel_to_an_empty_root() {
     let (_, config) = cache_config(&c.registry, &repo, "2");
     assert_eq!(config["mounts"]["tc"]["blob"], blob.as_str(), "{config}");
 
+    // Exporting the unchanged mount again uploads nothing: the same files, the same blob.
+    let run = a.build(&ctx, &["--cache-to", &to]).ok();
+    assert!(
+        !run.stderr.contains("writing cache mount"),
+        "{}",
+        run.stderr
+    );
+    let (_, config) = cache_config(&a.registry, &repo, "1");
+    assert_eq!(config["mounts"]["tc"]["blob"], blob.as_str());
+
+    // A local cache carries it the same way.
+    let layout = a.dir().join("layout");
+    let to_local = format!("type=local,dest={},cache-mounts=tc", layout.display());
+    a.build(&ctx, &["--cache-to", &to_local]).ok();
+    let d = Kiln::new("cache_mount_contents_travel_to_an_empty_root (d)").unwrap();
+    let out = d.dir().join("out");
+    d.build(
+        &read,
+        &[
+            "--cache-from",
+            &format!("type=local,src={}", layout.display()),
+            "-o",
+            &format!("type=local,dest={}", out.display()),
+        ],
+    )
+    .ok();
+    assert_eq!(
+        std::fs::read_to_string(out.join("out")).expect("out"),
+        "kept\ndeep\n"
+    );
+
     // Over the cap: a warning naming the mount, and no mount exported.
     let capped = format!(
         "type=registry,ref={}/{repo}:3,mode=max,cache-mounts=tc,cache-mounts-max=4",

@@ -18,7 +18,7 @@ use kiln_worker::{LayerRef, LlbGraph, Value};
 use crate::cache_format::{CacheConfig, MountRecord, manifest_bytes};
 use crate::cache_layout;
 use crate::cache_mounts::build_mounts;
-use crate::cache_spec::{CacheExport, CacheLocation, CacheMode};
+use crate::cache_spec::{CacheExport, CacheLocation, CacheMode, CacheMounts};
 use crate::{Engine, Result};
 
 /// Blob checks and uploads in flight at once (uploads are further limited per registry).
@@ -89,6 +89,15 @@ impl Engine {
             v.status("preparing build cache for export");
             let records = select_records(inputs.solved, &inputs.results, e.mode);
             let mounts = build_mounts(inputs.graph, inputs.solved, &e.cache_mounts, &self.root);
+            // A named id no RUN mounts is most likely misspelt: said, not silently skipped.
+            if let CacheMounts::Ids(ids) = &e.cache_mounts {
+                for id in ids.iter().filter(|id| !mounts.iter().any(|m| &m.id == *id)) {
+                    progress.warn(format!(
+                        "cache mount `{id}` (cache-mounts=) is mounted by no RUN of this \
+                         build: nothing exported for it"
+                    ));
+                }
+            }
             let exported = async {
                 let (mounts, made) = self
                     .export_cache_mounts(

@@ -159,12 +159,18 @@ fn cache_mount_contents_travel_to_an_empty_root() {
 
     // Over the cap: a warning naming the mount, and no mount exported.
     let capped = format!(
-        "type=registry,ref={}/{repo}:3,mode=max,cache-mounts=tc,cache-mounts-max=4",
+        "type=registry,ref={}/{repo}:3,mode=max,cache-mounts=tc;nope,cache-mounts-max=4",
         a.registry
     );
     let run = a.build(&ctx, &["--cache-to", &capped]).ok();
     assert!(
         run.stderr.contains("cache mount `tc` not exported"),
+        "{}",
+        run.stderr
+    );
+    assert!(
+        run.stderr
+            .contains("cache mount `nope` (cache-mounts=) is mounted by no RUN"),
         "{}",
         run.stderr
     );

@@ -196,7 +196,8 @@ impl Engine {
         let written: Vec<Result<()>> = futures::stream::iter(mounts.values())
             .map(|m| async move {
                 let blob = m.layer.blob.as_ref().expect("mount records have a blob");
-                if !self.content.contains(blob) {
+                let fetched = !self.content.contains(blob);
+                if fetched {
                     if self.dest_has(dest, blob).await? {
                         return Ok(());
                     }
@@ -204,7 +205,12 @@ impl Engine {
                     kiln_worker::fetch_layer_blob(&self.registry, &self.content, &m.layer, blob)
                         .await?;
                 }
-                if self.dest_put(dest, blob, m.layer.size).await? {
+                let put = self.dest_put(dest, blob, m.layer.size).await;
+                if fetched {
+                    // Fetched only to pass it on, like the tars made for this export.
+                    let _ = self.content.delete(blob);
+                }
+                if put? {
                     v.status(&format!("writing cache mount {} {blob} done", m.id));
                 }
                 Ok(())

@@ -391,6 +391,35 @@ mod tests {
     }
 
     #[test]
+    fn identity_names_the_seed_and_dir_of_follows_it() {
+        let mut c = CacheMount {
+            id: "pip".into(),
+            target: "/root/.cache/pip".into(),
+            readonly: false,
+            sharing: CacheSharing::Shared,
+            mode: 0o755,
+            uid: 0,
+            gid: 0,
+            input: None,
+            source: String::new(),
+        };
+        assert_eq!(identity(&c, None), "pip");
+        let key = kiln_oci::sha256(b"seed");
+        c.input = Some(1);
+        c.source = "/src".into();
+        let seeded = identity(&c, Some(&key));
+        assert_eq!(seeded, format!("pip:{key}:/src"));
+        let root = Path::new("/r");
+        assert_ne!(dir_of(root, &c, "pip"), dir_of(root, &c, &seeded));
+        let dir = dir_of(root, &c, &seeded);
+        assert!(
+            dir.to_string_lossy().starts_with("/r/cache-mounts/pip-"),
+            "{}",
+            dir.display()
+        );
+    }
+
+    #[test]
     fn remove_skips_a_locked_dir_and_list_reports_it() {
         let root = tempfile::tempdir().unwrap();
         let dir = cache_mounts_dir(root.path()).join("c-1");

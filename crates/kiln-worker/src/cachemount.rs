@@ -264,12 +264,19 @@ impl LlbWorker {
     ) -> Result<()> {
         fs::create_dir_all(root).map_err(io(format!("creating `{}`", root.display())))?;
         let tmp = root.join(format!(".new-{:016x}", rand::random::<u64>()));
-        let made = match (imported, seed) {
-            (Some(layer), _) => self.unpack_imported_mount(&tmp, c, layer, progress).await,
-            (None, None) => {
+        let filled = match imported {
+            Some(layer) => {
+                self.try_unpack_imported_mount(&tmp, c, layer, progress)
+                    .await
+            }
+            None => false,
+        };
+        let made = match (filled, seed) {
+            (true, _) => Ok(()),
+            (false, None) => {
                 make_cache_dir(&tmp, c).map_err(io(format!("creating `{}`", tmp.display())))
             }
-            (None, Some(seed)) => self.seed_cache_dir(&tmp, c, seed, progress).await,
+            (false, Some(seed)) => self.seed_cache_dir(&tmp, c, seed, progress).await,
         };
         if let Err(e) = made {
             let _ = fs::remove_dir_all(&tmp);

@@ -24,6 +24,35 @@ impl LlbWorker {
             .then_some(layer)
     }
 
+    /// [`Self::unpack_imported_mount`], or when that fails (the cache's blob is gone, corrupt,
+    /// or refused by the applier) a status line saying so and `false`, with `tmp` removed: a
+    /// cache mount is only ever a speed-up, so the RUN goes on as without the import.
+    pub(crate) async fn try_unpack_imported_mount(
+        &self,
+        tmp: &Path,
+        c: &CacheMount,
+        layer: &LayerRef,
+        progress: &Vertex,
+    ) -> bool {
+        match self.unpack_imported_mount(tmp, c, layer, progress).await {
+            Ok(()) => true,
+            Err(e) => {
+                let _ = fs::remove_dir_all(tmp);
+                let mut why = e.to_string();
+                let mut source = std::error::Error::source(&e);
+                while let Some(s) = source {
+                    why.push_str(&format!(": {s}"));
+                    source = s.source();
+                }
+                progress.status(&format!(
+                    "cache mount {} not imported ({why}): it starts as without the import",
+                    c.id
+                ));
+                false
+            }
+        }
+    }
+
     /// Makes `tmp` the cache dir with the imported contents: created with the mount's mode and
     /// owner, then the tar extracted into it with the layer applier's rules (nothing written
     /// outside it or through a symlink). The blob is fetched from the cache, checked against
@@ -82,9 +111,11 @@ impl LlbWorker {
             return Ok(());
         }
         let tmp = root.join(format!(".new-{:016x}", rand::random::<u64>()));
-        if let Err(e) = self.unpack_imported_mount(&tmp, c, layer, progress).await {
-            let _ = fs::remove_dir_all(&tmp);
-            return Err(e);
+        if !self
+            .try_unpack_imported_mount(&tmp, c, layer, progress)
+            .await
+        {
+            return Ok(());
         }
         let replaced = fs::File::open(dir).ok().is_some_and(|held| {
             rustix::fs::flock(&held, FlockOperation::NonBlockingLockExclusive).is_ok()

@@ -1,7 +1,8 @@
 //! Cache mounts that travel (`--cache-to ...,cache-mounts=ID`): what a RUN wrote into a cache
-//! mount on one data root is there, mtimes kept, when a changed RUN mounts it on an empty root
-//! with `--cache-from`; unselected and oversized mounts stay home; a root that never mounts the
-//! cache fetches nothing and still re-exports it.
+//! mount on one data root is there, mtimes kept, when a changed RUN mounts it on another root
+//! with `--cache-from` (its dir empty or absent); unselected and oversized mounts stay home; a
+//! root that never mounts the cache fetches nothing and still re-exports it; a cache whose
+//! mount blob is gone leaves the RUN an empty cache dir.
 
 use std::time::Duration;
 
@@ -76,6 +77,15 @@ fn cache_mount_contents_travel_to_an_empty_root() {
              RUN --mount=type=cache,id=other,target=/o ls -A /o > /olist\n",
         )],
     );
+    // B has used the cache already, but wrote nothing: an empty dir is filled too.
+    let touch = b.context(
+        "touch",
+        &[(
+            "Dockerfile",
+            "FROM busybox\nRUN --mount=type=cache,id=tc,target=/c ls -A /c\n",
+        )],
+    );
+    b.build(&touch, &[]).ok();
     let out = b.dir().join("out");
     let run = b
         .build(
@@ -156,6 +166,40 @@ fn cache_mount_contents_travel_to_an_empty_root() {
         std::fs::read_to_string(out.join("out")).expect("out"),
         "kept\ndeep\n"
     );
+
+    // A cache whose mount blob is gone: the RUN still runs, on an empty cache dir.
+    let blob_file = layout
+        .join("blobs/sha256")
+        .join(blob.strip_prefix("sha256:").expect("sha256"));
+    std::fs::remove_file(&blob_file).expect("removing the mount's blob");
+    let e = Kiln::new("cache_mount_contents_travel_to_an_empty_root (e)").unwrap();
+    let list = e.context(
+        "list",
+        &[(
+            "Dockerfile",
+            "FROM busybox
+RUN --mount=type=cache,id=tc,target=/c ls -A /c > /list
+",
+        )],
+    );
+    let out = e.dir().join("out");
+    let run = e
+        .build(
+            &list,
+            &[
+                "--cache-from",
+                &format!("type=local,src={}", layout.display()),
+                "-o",
+                &format!("type=local,dest={}", out.display()),
+            ],
+        )
+        .ok();
+    assert!(
+        run.stderr.contains("cache mount tc not imported"),
+        "{}",
+        run.stderr
+    );
+    assert_eq!(std::fs::read_to_string(out.join("list")).expect("list"), "");
 
     // Over the cap: a warning naming the mount, and no mount exported.
     let capped = format!(

@@ -77,15 +77,6 @@ fn cache_mount_contents_travel_to_an_empty_root() {
              RUN --mount=type=cache,id=other,target=/o ls -A /o > /olist\n",
         )],
     );
-    // B has used the cache already, but wrote nothing: an empty dir is filled too.
-    let touch = b.context(
-        "touch",
-        &[(
-            "Dockerfile",
-            "FROM busybox\nRUN --mount=type=cache,id=tc,target=/c ls -A /c\n",
-        )],
-    );
-    b.build(&touch, &[]).ok();
     let out = b.dir().join("out");
     let run = b
         .build(
@@ -146,11 +137,20 @@ fn cache_mount_contents_travel_to_an_empty_root() {
     let (_, config) = cache_config(&a.registry, &repo, "1");
     assert_eq!(config["mounts"]["tc"]["blob"], blob.as_str());
 
-    // A local cache carries it the same way.
+    // A local cache carries it the same way, into an existing empty cache dir.
     let layout = a.dir().join("layout");
     let to_local = format!("type=local,dest={},cache-mounts=tc", layout.display());
     a.build(&ctx, &["--cache-to", &to_local]).ok();
     let d = Kiln::new("cache_mount_contents_travel_to_an_empty_root (d)").unwrap();
+    // D has used the cache already, but wrote nothing: an empty dir is filled too.
+    let touch = d.context(
+        "touch",
+        &[(
+            "Dockerfile",
+            "FROM busybox\nRUN --mount=type=cache,id=tc,target=/c ls -A /c\n",
+        )],
+    );
+    d.build(&touch, &[]).ok();
     let out = d.dir().join("out");
     d.build(
         &read,

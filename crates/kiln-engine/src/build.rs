@@ -1,6 +1,6 @@
 //! A build, end to end.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
 use std::sync::Arc;
 
@@ -156,28 +156,32 @@ impl Engine {
         for (name, ctx) in named.locals {
             worker = worker.with_context(name, ctx);
         }
+        let mut cache: Arc<dyn CacheStore<Value>> = Arc::new(
+            FileCacheStore::open(self.root.join("cache"))
+                .map_err(io("opening the cache records"))?,
+        );
+        let mut imported_mounts = HashMap::new();
+        if !req.cache_from.is_empty() {
+            let imported = self
+                .import_caches(&req.cache_from, std::slice::from_ref(&platform), progress)
+                .await;
+            let records;
+            (records, imported_mounts) = crate::cache_import::split(imported);
+            cache = Arc::new(LayeredCacheStore::new(cache, records));
+        }
         let worker = Arc::new(
             worker
                 .with_secrets(req.secrets.clone())
                 .with_ssh(req.ssh.clone())
                 .with_proxy_env(converted.proxy_env.clone())
                 .with_cdi(cdi)
-                .with_file_hashes(self.root.join("context-hashes")),
+                .with_file_hashes(self.root.join("context-hashes"))
+                .with_imported_cache_mounts(imported_mounts.clone()),
         );
         let root = converted.root.0;
         let no_cache_nodes = std::mem::take(&mut converted.no_cache);
         let locations = converted.locations.clone();
         let graph = Arc::new(LlbGraph::new(converted.definition));
-        let mut cache: Arc<dyn CacheStore<Value>> = Arc::new(
-            FileCacheStore::open(self.root.join("cache"))
-                .map_err(io("opening the cache records"))?,
-        );
-        if !req.cache_from.is_empty() {
-            let imported = self
-                .import_caches(&req.cache_from, &platform, progress)
-                .await;
-            cache = Arc::new(LayeredCacheStore::new(cache, imported));
-        }
         let solver = Solver::new(
             graph.clone(),
             worker.clone(),
@@ -241,8 +245,13 @@ impl Engine {
                 progress,
             )
             .await?;
-        self.export_caches(&req.cache_to, &cache_records, &solved.value, progress)
-            .await?;
+        let inputs = crate::cache_export::ExportInputs {
+            solved: &cache_records,
+            results: vec![&solved.value],
+            graph: &graph,
+            imported_mounts: &imported_mounts,
+        };
+        self.export_caches(&req.cache_to, &inputs, progress).await?;
         let manifest_bytes = self.content.read(&exported.0)?;
         let manifest_media_type = serde_json::from_slice::<serde_json::Value>(&manifest_bytes)
             .ok()

@@ -11,7 +11,7 @@ use kiln_frontend::BuildOpts;
 use kiln_llb::{Definition, NodeId};
 use kiln_oci::{Digest, ImageConfig, Platform, media_type};
 use kiln_progress::Progress;
-use kiln_solver::{CacheStore, FileCacheStore, Solver};
+use kiln_solver::{CacheStore, FileCacheStore, LayeredCacheStore, Solver};
 use kiln_worker::{Context, LlbGraph, Value};
 use serde_json::json;
 
@@ -32,8 +32,6 @@ struct Target {
 fn unsupported(req: &BuildRequest) -> Option<String> {
     let what = if req.squash {
         "--squash".to_string()
-    } else if !req.cache_from.is_empty() || !req.cache_to.is_empty() {
-        "--cache-from/--cache-to with several platforms".to_string()
     } else if let Some(o) = req.outputs.iter().find(|o| !supported_output(o)) {
         format!("--output type={} for several platforms", o.kind.name())
     } else {
@@ -169,19 +167,31 @@ impl Engine {
         for (name, ctx) in locals.unwrap_or_default() {
             worker = worker.with_context(name, ctx);
         }
+        let mut cache: Arc<dyn CacheStore<Value>> = Arc::new(
+            FileCacheStore::open(self.root.join("cache"))
+                .map_err(io("opening the cache records"))?,
+        );
+        // One import for every platform: a cache holds the records of all of them (and an
+        // image with an inline cache gives each platform's).
+        let mut imported_mounts = HashMap::new();
+        if !req.cache_from.is_empty() {
+            let imported = self
+                .import_caches(&req.cache_from, &req.platforms, progress)
+                .await;
+            let records;
+            (records, imported_mounts) = crate::cache_import::split(imported);
+            cache = Arc::new(LayeredCacheStore::new(cache, records));
+        }
         let worker = Arc::new(
             worker
                 .with_secrets(req.secrets.clone())
                 .with_ssh(req.ssh.clone())
                 .with_proxy_env(proxy_env)
                 .with_cdi(cdi)
-                .with_file_hashes(self.root.join("context-hashes")),
+                .with_file_hashes(self.root.join("context-hashes"))
+                .with_imported_cache_mounts(imported_mounts.clone()),
         );
         let graph = Arc::new(LlbGraph::new(def));
-        let cache: Arc<dyn CacheStore<Value>> = Arc::new(
-            FileCacheStore::open(self.root.join("cache"))
-                .map_err(io("opening the cache records"))?,
-        );
         let solver = Solver::new(
             graph.clone(),
             worker.clone(),
@@ -193,6 +203,10 @@ impl Engine {
         // One solver for every root: a vertex two platforms share is solved once.
         let solved =
             futures::future::try_join_all(targets.iter().map(|t| solver.solve(t.root.0))).await;
+        let cache_records = match req.cache_to.is_empty() {
+            true => Vec::new(),
+            false => solver.solved(),
+        };
         let solved = crate::build::SolveEnd {
             graph: &graph,
             locations: &locations,
@@ -200,11 +214,32 @@ impl Engine {
             source: &source,
         }
         .finish(&worker, solved, progress)?;
-        let images: Vec<(Target, Value)> = targets
+        let mut images = Vec::new();
+        for (mut t, value) in targets
             .into_iter()
             .zip(solved.into_iter().map(|s| s.value.clone()))
-            .collect();
+        {
+            // Each platform's image carries the records of its own chain (or, without
+            // `type=inline`, none: not even its base image's).
+            t.image = crate::cache_inline::with_inline_cache(
+                t.image,
+                &req.cache_to,
+                &req.outputs,
+                req.squash,
+                &cache_records,
+                &value,
+            )?;
+            images.push((t, value));
+        }
         let (index, size, index_type, names) = self.export_multi(&images, &req, progress).await?;
+        // One cache for all platforms, as BuildKit exports it: every platform's records.
+        let inputs = crate::cache_export::ExportInputs {
+            solved: &cache_records,
+            results: images.iter().map(|(_, v)| v).collect(),
+            graph: &graph,
+            imported_mounts: &imported_mounts,
+        };
+        self.export_caches(&req.cache_to, &inputs, progress).await?;
         Ok(BuildResult {
             manifest: index.clone(),
             manifest_media_type: index_type.to_string(),

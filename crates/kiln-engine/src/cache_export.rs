@@ -14,11 +14,12 @@ use kiln_exporter::compress::{CompressionOpts, ExportOpts};
 use kiln_oci::{Digest, Reference, media_type};
 use kiln_progress::{Progress, Vertex};
 use kiln_solver::Solved;
-use kiln_worker::{LayerRef, Value};
+use kiln_worker::{LayerRef, LlbGraph, Value};
 
-use crate::cache_format::{CacheConfig, manifest_bytes};
+use crate::cache_format::{CacheConfig, MountRecord, manifest_bytes};
 use crate::cache_layout;
-use crate::cache_spec::{CacheExport, CacheLocation, CacheMode};
+use crate::cache_mounts::build_mounts;
+use crate::cache_spec::{CacheExport, CacheLocation, CacheMode, CacheMounts};
 use crate::cache_store::{BucketCache, ObjectCache};
 use crate::{Engine, Result};
 
@@ -27,23 +28,35 @@ const PARALLEL: usize = 8;
 
 /// The records a cache export writes: `Max` every solved step, `Min` the steps whose result
 /// is a prefix of the final layer chain (the final stage's own steps and its base).
+/// With several results (one per platform), `Min` keeps the prefixes of any of them.
 pub(crate) fn select_records<'a>(
     solved: &'a [(usize, Solved<Value>)],
-    result: &Value,
+    results: &[&Value],
     mode: CacheMode,
 ) -> BTreeMap<String, &'a Value> {
-    let chain = result.layers();
     solved
         .iter()
         .filter(|(_, s)| matches!(s.value, Value::Rootfs { .. }))
         .filter(|(_, s)| {
-            mode == CacheMode::Max || {
-                let layers = s.value.layers();
-                chain.len() >= layers.len() && chain[..layers.len()] == *layers
-            }
+            mode == CacheMode::Max
+                || results.iter().any(|result| {
+                    let (chain, layers) = (result.layers(), s.value.layers());
+                    chain.len() >= layers.len() && chain[..layers.len()] == *layers
+                })
         })
         .map(|(_, s)| (s.cache_key.to_string(), &s.value))
         .collect()
+}
+
+/// What a build hands its cache exports.
+pub(crate) struct ExportInputs<'a> {
+    /// Every step the build solved, by vertex.
+    pub solved: &'a [(usize, Solved<Value>)],
+    /// The build's results: one per platform.
+    pub results: Vec<&'a Value>,
+    pub graph: &'a LlbGraph,
+    /// Cache mounts the build's `--cache-from` brought, by identity.
+    pub imported_mounts: &'a HashMap<String, LayerRef>,
 }
 
 /// Where an export writes.
@@ -87,8 +100,7 @@ impl Engine {
     pub(crate) async fn export_caches(
         &self,
         exports: &[CacheExport],
-        solved: &[(usize, Solved<Value>)],
-        result: &Value,
+        inputs: &ExportInputs<'_>,
         progress: &Progress,
     ) -> Result<()> {
         for e in exports {
@@ -101,12 +113,37 @@ impl Engine {
                 CacheLocation::Azblob(_) => "exporting cache to Azure Blob Storage",
             });
             v.status("preparing build cache for export");
-            let records = select_records(solved, result, e.mode);
-            let exported = match dest(&e.location).await {
-                Ok(dest) => self.export_cache(&dest, &records, &e.compression, &v).await,
-                Err(err) => Err(err),
+            let records = select_records(inputs.solved, &inputs.results, e.mode);
+            let mounts = build_mounts(inputs.graph, inputs.solved, &e.cache_mounts, &self.root);
+            // A named id no RUN mounts is most likely misspelt: said, not silently skipped.
+            if let CacheMounts::Ids(ids) = &e.cache_mounts {
+                for id in ids.iter().filter(|id| !mounts.iter().any(|m| &m.id == *id)) {
+                    progress.warn(format!(
+                        "cache mount `{id}` (cache-mounts=) is mounted by no RUN of this \
+                         build: nothing exported for it"
+                    ));
+                }
+            }
+            let exported = async {
+                let dest = dest(&e.location).await?;
+                let (mounts, made) = self
+                    .export_cache_mounts(
+                        &mounts,
+                        inputs.imported_mounts,
+                        e.cache_mounts_max,
+                        &e.compression,
+                        e.oci,
+                        progress,
+                    )
+                    .await?;
+                let written = self.export_cache(&dest, &records, &mounts, e, &v).await;
+                // The mount tars exist for this export only: the dirs are what is kept.
+                for blob in made {
+                    let _ = self.content.delete(&blob);
+                }
+                written
             };
-            match exported {
+            match exported.await {
                 Ok(()) => v.done(),
                 Err(err) => {
                     let message = format!(
@@ -129,7 +166,8 @@ impl Engine {
         &self,
         dest: &Dest<'_>,
         records: &BTreeMap<String, &Value>,
-        compression: &CompressionOpts,
+        mounts: &BTreeMap<String, MountRecord>,
+        e: &CacheExport,
         v: &Vertex,
     ) -> Result<()> {
         if let Dest::Layout(dir) = dest {
@@ -172,7 +210,9 @@ impl Engine {
             .filter(|(name, _)| !remote.contains(*name))
             .map(|(_, l)| *l)
             .collect();
-        let exported = self.compress_cache_layers(&held, compression).await?;
+        let exported = self
+            .compress_cache_layers(&held, &e.compression, e.oci)
+            .await?;
         let written: Vec<Result<()>> = futures::stream::iter(exported.values())
             .map(|layer| async move {
                 let blob = layer.blob.as_ref().expect("layers with a blob only");
@@ -182,6 +222,40 @@ impl Engine {
                 Ok(())
             })
             .buffer_unordered(dest.parallel())
+            .collect()
+            .await;
+        written.into_iter().collect::<Result<Vec<_>>>()?;
+        // Cache mount blobs: made for this export, or carried over from the import (fetched
+        // only when the destination lacks them).
+        let written: Vec<Result<()>> = futures::stream::iter(mounts.values())
+            .map(|m| async move {
+                let blob = m.layer.blob.as_ref().expect("mount records have a blob");
+                let fetched = !self.content.contains(blob);
+                if fetched {
+                    if self.dest_has(dest, blob).await? {
+                        return Ok(());
+                    }
+                    v.status(&format!("pulling {blob}"));
+                    kiln_worker::fetch_layer_blob(
+                        &self.registry,
+                        &self.blob_stores,
+                        &self.content,
+                        &m.layer,
+                        blob,
+                    )
+                    .await?;
+                }
+                let put = self.dest_put(dest, blob, m.layer.size).await;
+                if fetched {
+                    // Fetched only to pass it on, like the tars made for this export.
+                    let _ = self.content.delete(blob);
+                }
+                if put? {
+                    v.status(&format!("writing cache mount {} {blob} done", m.id));
+                }
+                Ok(())
+            })
+            .buffer_unordered(PARALLEL)
             .collect()
             .await;
         written.into_iter().collect::<Result<Vec<_>>>()?;
@@ -209,25 +283,38 @@ impl Engine {
             let blob = l.blob.clone().expect("layers with a blob only");
             layers.insert(blob.to_string(), (blob, l.size, l.media_type.clone()));
         }
+        for m in mounts.values() {
+            let blob = m.layer.blob.clone().expect("mount records have a blob");
+            let entry = (blob, m.layer.size, m.layer.media_type.clone());
+            layers.insert(entry.0.to_string(), entry);
+        }
         let layers: Vec<_> = layers.into_values().collect();
 
-        let config = CacheConfig::new(records.iter().map(|(k, v)| (k.clone(), v)));
+        let config = CacheConfig::new(records.iter().map(|(k, v)| (k.clone(), v)))
+            .with_mounts(mounts.iter().map(|(k, m)| (k.clone(), m.clone())));
         let config_bytes = serde_json::to_vec(&config).expect("cache records serialise");
         let config_digest = self.content.put(&config_bytes, None)?;
         self.dest_put(dest, &config_digest, config_bytes.len() as u64)
             .await?;
         v.status(&format!("writing config {config_digest} done"));
-        let manifest = manifest_bytes(&config_digest, config_bytes.len(), &layers);
+        let (manifest, manifest_type) = manifest_bytes(
+            &config_digest,
+            config_bytes.len(),
+            &layers,
+            e.image_manifest,
+            e.oci,
+        );
         let digest = match dest {
             Dest::Registry(r) => {
                 self.registry
-                    .push_manifest(r, media_type::OCI_MANIFEST, &manifest)
+                    .push_manifest(r, manifest_type, &manifest)
                     .await?
             }
             Dest::Layout(dir) => {
                 let digest = kiln_oci::sha256(&manifest);
                 cache_layout::write_blob(dir, &digest, &manifest)?;
-                let removed = cache_layout::publish(dir, &digest, manifest.len())?;
+                let removed =
+                    cache_layout::publish(dir, &digest, manifest.len(), manifest_type, &e.tag)?;
                 if removed > 0 {
                     v.status(&format!("removed {removed} old blobs"));
                 }
@@ -277,6 +364,7 @@ impl Engine {
         &self,
         held: &[&LayerRef],
         compression: &CompressionOpts,
+        oci: bool,
     ) -> Result<HashMap<String, LayerRef>> {
         if held.is_empty() {
             return Ok(HashMap::new());
@@ -317,6 +405,7 @@ impl Engine {
         let manifest = self.content.put(&manifest, None)?;
         let opts = ExportOpts {
             compression: *compression,
+            oci,
             ..ExportOpts::store()
         };
         let exported = self.exported_manifest(&manifest, &opts).await?;
@@ -412,7 +501,7 @@ mod tests {
         ];
         let result = all[3].1.value.clone();
         let keys =
-            |mode| -> Vec<String> { select_records(&all, &result, mode).into_keys().collect() };
+            |mode| -> Vec<String> { select_records(&all, &[&result], mode).into_keys().collect() };
         let mut want_min: Vec<String> = ["from", "copy", "run"]
             .iter()
             .map(|k| kiln_oci::sha256(k.as_bytes()).to_string())

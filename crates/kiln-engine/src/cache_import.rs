@@ -8,12 +8,30 @@ use std::path::Path;
 
 use kiln_oci::{Descriptor, Digest, MediaType, Platform, Reference};
 use kiln_progress::Progress;
-use kiln_worker::Value;
+use kiln_worker::{LayerRef, Value};
 
-use crate::cache_format::{CONFIG_MEDIA_TYPE, CacheConfig, config_of};
+use crate::cache_format::{CONFIG_MEDIA_TYPE, CacheConfig, Imported, config_of};
 use crate::cache_spec::{CacheImport, CacheLocation};
 use crate::cache_store::BucketCache;
 use crate::{Engine, Error, Result};
+
+/// The records of each import, in order, for the solver, and the cache mounts of all of them
+/// for the worker (the first import naming an identity wins, as the first record would).
+pub(crate) fn split(
+    imported: Vec<Imported>,
+) -> (Vec<HashMap<Digest, Value>>, HashMap<String, LayerRef>) {
+    let mut mounts = HashMap::new();
+    let records = imported
+        .into_iter()
+        .map(|i| {
+            for (identity, layer) in i.mounts {
+                mounts.entry(identity).or_insert(layer);
+            }
+            i.records
+        })
+        .collect();
+    (records, mounts)
+}
 
 impl Engine {
     /// The records of every `--cache-from`, in the order given, fetched at the same time. One
@@ -21,14 +39,14 @@ impl Engine {
     pub(crate) async fn import_caches(
         &self,
         imports: &[CacheImport],
-        platform: &Platform,
+        platforms: &[Platform],
         progress: &Progress,
-    ) -> Vec<HashMap<Digest, Value>> {
+    ) -> Vec<Imported> {
         let each = imports.iter().map(|i| async move {
             let v = progress.vertex(format!("importing cache manifest from {}", i.location));
             let records = match &i.location {
-                CacheLocation::Registry(r) => self.import_registry_cache(r, platform).await,
-                CacheLocation::Local(dir) => import_local_cache(dir, i.digest.as_ref()),
+                CacheLocation::Registry(r) => self.import_registry_cache(r, platforms).await,
+                CacheLocation::Local(dir) => import_local_cache(dir, i.digest.as_ref(), &i.tag),
                 CacheLocation::S3(c) => self.import_bucket_cache(BucketCache::S3(c)).await,
                 CacheLocation::Azblob(c) => self.import_bucket_cache(BucketCache::Azblob(c)).await,
                 CacheLocation::Inline => Err(Error::Usage(
@@ -64,17 +82,21 @@ impl Engine {
     async fn import_registry_cache(
         &self,
         reference: &Reference,
-        platform: &Platform,
-    ) -> Result<HashMap<Digest, Value>> {
+        platforms: &[Platform],
+    ) -> Result<Imported> {
         let raw = self.registry.fetch_manifest_raw(reference).await?;
         let invalid = |why: String| Error::Usage(format!("{reference} is not a kiln cache: {why}"));
         let (digest, size) = match config_of(&raw.bytes) {
             Ok(config) => config,
             Err(why) if is_image(&raw.bytes) => {
-                return self
-                    .import_inline_cache(reference, platform)
+                let records = self
+                    .import_inline_caches(reference, platforms)
                     .await?
-                    .ok_or_else(|| invalid(format!("{why}, and the image has no inline cache")));
+                    .ok_or_else(|| invalid(format!("{why}, and the image has no inline cache")))?;
+                return Ok(Imported {
+                    records,
+                    mounts: HashMap::new(),
+                });
             }
             Err(why) => return Err(invalid(why)),
         };
@@ -87,6 +109,22 @@ impl Engine {
         // change what this build's records point at.
         let pinned = reference.with_digest(raw.digest.as_ref());
         CacheConfig::records(&bytes, &pinned.to_string()).map_err(invalid)
+    }
+
+    /// The inline records of the image for each platform, merged (an index gives each
+    /// platform's image); `None` when no platform's image has any.
+    async fn import_inline_caches(
+        &self,
+        reference: &Reference,
+        platforms: &[Platform],
+    ) -> Result<Option<HashMap<Digest, Value>>> {
+        let mut all: Option<HashMap<Digest, Value>> = None;
+        for platform in platforms {
+            if let Some(records) = self.import_inline_cache(reference, platform).await? {
+                all.get_or_insert_with(HashMap::new).extend(records);
+            }
+        }
+        Ok(all)
     }
 
     async fn import_inline_cache(
@@ -121,8 +159,8 @@ fn is_image(manifest: &[u8]) -> bool {
 }
 
 /// A cache in an OCI layout directory: the manifest `digest=` names, else the index entry
-/// tagged `latest`, else the index's only entry.
-fn import_local_cache(dir: &Path, digest: Option<&Digest>) -> Result<HashMap<Digest, Value>> {
+/// named `tag` (`latest` by default), else, for `latest`, the index's only entry.
+fn import_local_cache(dir: &Path, digest: Option<&Digest>, tag: &str) -> Result<Imported> {
     let shown = dir.display();
     let invalid = |why: String| Error::Usage(format!("{shown} is not a kiln cache: {why}"));
     let manifest = match digest {
@@ -135,14 +173,15 @@ fn import_local_cache(dir: &Path, digest: Option<&Digest>) -> Result<HashMap<Dig
                 .map_err(|e| invalid(format!("{}: {e}", path.display())))?;
             let entries = index["manifests"].as_array().cloned().unwrap_or_default();
             let tagged = entries.iter().find(|m| {
-                m["annotations"]["org.opencontainers.image.ref.name"].as_str() == Some("latest")
+                m["annotations"]["org.opencontainers.image.ref.name"].as_str() == Some(tag)
             });
             let entry = match (tagged, entries.as_slice()) {
-                (Some(m), _) | (None, [m]) => m,
+                (Some(m), _) => m,
+                (None, [m]) if tag == crate::cache_spec::DEFAULT_LOCAL_TAG => m,
                 _ => {
-                    return Err(invalid(
-                        "its index.json has no entry tagged `latest`".into(),
-                    ));
+                    return Err(invalid(format!(
+                        "its index.json has no entry tagged `{tag}`"
+                    )));
                 }
             };
             entry["digest"]

@@ -44,7 +44,7 @@ pub(crate) fn with_inline_cache(
             "`--cache-to type=inline` with `rewrite-timestamp=true` is not supported yet".into(),
         ));
     }
-    let records: BTreeMap<String, usize> = select_records(solved, result, CacheMode::Min)
+    let records: BTreeMap<String, usize> = select_records(solved, &[result], CacheMode::Min)
         .into_iter()
         .map(|(key, value)| (key, value.layers().len()))
         .collect();

@@ -100,25 +100,32 @@ fn remove_unreachable_blobs(dir: &Path, entries: &[serde_json::Value]) -> Result
     Ok(removed)
 }
 
-/// Points the index's `latest` entry at `manifest` (entries with other names are kept), then
-/// removes the blobs no entry reaches any more; returns how many were removed.
-pub(crate) fn publish(dir: &Path, manifest: &Digest, size: usize) -> Result<usize> {
+/// Points the index's entry named `tag` at `manifest` (of `media_type`; entries with other
+/// names are kept), then removes the blobs no entry reaches any more; returns how many were
+/// removed.
+pub(crate) fn publish(
+    dir: &Path,
+    manifest: &Digest,
+    size: usize,
+    media_type: &str,
+    tag: &str,
+) -> Result<usize> {
     let index_path = dir.join("index.json");
     let mut entries: Vec<serde_json::Value> = std::fs::read(&index_path)
         .ok()
         .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
         .and_then(|i| i["manifests"].as_array().cloned())
         .unwrap_or_default();
-    entries.retain(|m| m["annotations"][REF_NAME].as_str() != Some("latest"));
+    entries.retain(|m| m["annotations"][REF_NAME].as_str() != Some(tag));
     entries.push(serde_json::json!({
-        "mediaType": media_type::OCI_MANIFEST,
+        "mediaType": media_type,
         "digest": manifest.to_string(),
         "size": size,
-        "annotations": { REF_NAME: "latest" },
+        "annotations": { REF_NAME: tag },
     }));
     let index = serde_json::json!({
         "schemaVersion": 2,
-        "mediaType": "application/vnd.oci.image.index.v1+json",
+        "mediaType": media_type::OCI_INDEX,
         "manifests": entries,
     });
     let index_bytes = serde_json::to_vec(&index).expect("json values serialise");

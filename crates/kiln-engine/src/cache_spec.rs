@@ -46,6 +46,31 @@ impl std::fmt::Display for CacheLocation {
     }
 }
 
+/// `cache-mounts=`: which `RUN --mount=type=cache` contents travel with the cache.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub enum CacheMounts {
+    /// None (the default: BuildKit exports none).
+    #[default]
+    None,
+    /// `cache-mounts=all`: every cache mount a RUN of the build has.
+    All,
+    /// `cache-mounts=ID1;ID2`: those ids (an id defaults to the mount's target path).
+    Ids(Vec<String>),
+}
+
+impl CacheMounts {
+    pub fn includes(&self, id: &str) -> bool {
+        match self {
+            CacheMounts::None => false,
+            CacheMounts::All => true,
+            CacheMounts::Ids(ids) => ids.iter().any(|i| i == id),
+        }
+    }
+}
+
+/// `cache-mounts-max=` by default: a cache mount larger than this is not exported.
+pub const DEFAULT_CACHE_MOUNTS_MAX: u64 = 512 << 20;
+
 /// One `--cache-to`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CacheExport {
@@ -55,6 +80,31 @@ pub struct CacheExport {
     pub ignore_error: bool,
     /// `compression=`, `compression-level=`, `force-compression=` (gzip by default, as BuildKit).
     pub compression: CompressionOpts,
+    /// `cache-mounts=` (kiln's own: BuildKit never exports cache mounts).
+    pub cache_mounts: CacheMounts,
+    /// `cache-mounts-max=`: the most bytes of files one exported cache mount may hold.
+    pub cache_mounts_max: u64,
+    /// `oci-mediatypes=` (true by default): false writes Docker media types.
+    pub oci: bool,
+    /// `image-manifest=`: the cache as an image manifest (the default, as BuildKit's since
+    /// v0.21) or as BuildKit's older index that lists the blobs directly (the default when
+    /// `oci-mediatypes=false`, which an image manifest cannot have).
+    pub image_manifest: bool,
+    /// `tag=` of `type=local`: the name of the layout's index entry (`latest` by default).
+    pub tag: String,
+}
+
+/// The index entry name of a local cache when `tag=` gives none (as BuildKit's).
+pub const DEFAULT_LOCAL_TAG: &str = "latest";
+
+/// A `tag=` value, as a registry tag is spelled.
+fn valid_tag(tag: &str) -> bool {
+    let mut chars = tag.chars();
+    chars
+        .next()
+        .is_some_and(|c| c.is_ascii_alphanumeric() || c == '_')
+        && chars.all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'))
+        && tag.len() <= 128
 }
 
 /// One `--cache-from`.
@@ -63,6 +113,8 @@ pub struct CacheImport {
     pub location: CacheLocation,
     /// `digest=`: the cache manifest to use, instead of what the layout's index names.
     pub digest: Option<Digest>,
+    /// `tag=` of `type=local`: the index entry to use (`latest` by default).
+    pub tag: String,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -201,6 +253,10 @@ impl CacheExport {
         let bucket = bucket_keys(&fields);
         let (mut mode, mut ignore_error) = (CacheMode::Min, true);
         let mut compression = CompressionOpts::default();
+        let mut cache_mounts = CacheMounts::None;
+        let mut cache_mounts_max = DEFAULT_CACHE_MOUNTS_MAX;
+        let (mut oci, mut image_manifest) = (true, None);
+        let mut tag = DEFAULT_LOCAL_TAG.to_string();
         for (k, v) in &fields {
             match k.as_str() {
                 "type" => {}
@@ -252,17 +308,67 @@ impl CacheExport {
                         ))
                     })?
                 }
-                "oci-mediatypes" | "image-manifest" | "tag" => {
-                    return Err(err(format!("option `{k}` is not supported yet")));
+                "cache-mounts" => {
+                    let ids: Vec<String> = v
+                        .split(';')
+                        .map(str::trim)
+                        .filter(|i| !i.is_empty())
+                        .map(str::to_string)
+                        .collect();
+                    cache_mounts = match ids.as_slice() {
+                        [] => return Err(err("`cache-mounts` names no cache mount id".into())),
+                        [all] if all == "all" => CacheMounts::All,
+                        _ => CacheMounts::Ids(ids),
+                    }
+                }
+                "cache-mounts-max" => {
+                    cache_mounts_max = crate::prune::parse_size(v).ok_or_else(|| {
+                        err(format!(
+                            "invalid cache-mounts-max `{v}`: expected a size such as 512MB"
+                        ))
+                    })?
+                }
+                "oci-mediatypes" => {
+                    oci = boolean(v).ok_or_else(|| {
+                        err(format!(
+                            "invalid oci-mediatypes `{v}`: expected true or false"
+                        ))
+                    })?
+                }
+                "image-manifest" => {
+                    image_manifest = Some(boolean(v).ok_or_else(|| {
+                        err(format!(
+                            "invalid image-manifest `{v}`: expected true or false"
+                        ))
+                    })?)
+                }
+                "tag" if local => {
+                    if !valid_tag(v) {
+                        return Err(err(format!("invalid tag `{v}`")));
+                    }
+                    tag = v.clone();
                 }
                 _ => return Err(err(format!("unknown option `{k}`"))),
             }
+        }
+        // BuildKit's rule and words: an image manifest has OCI media types only.
+        if image_manifest == Some(true) && !oci {
+            return Err(err(
+                "invalid configuration for remote cache, OCI mediatypes are required for \
+                 image-manifest cache format"
+                    .into(),
+            ));
         }
         Ok(CacheExport {
             location: location(FLAG, spec, &fields, "dest")?,
             mode,
             ignore_error,
             compression,
+            cache_mounts,
+            cache_mounts_max,
+            oci,
+            image_manifest: image_manifest.unwrap_or(oci),
+            tag,
         })
     }
 }
@@ -279,12 +385,19 @@ impl CacheImport {
         let local = fields.iter().any(|(k, v)| k == "type" && v == "local");
         let bucket = bucket_keys(&fields);
         let mut digest = None;
+        let mut tag = DEFAULT_LOCAL_TAG.to_string();
         for (k, v) in &fields {
             match k.as_str() {
                 "type" => {}
                 "ref" if !local && bucket.is_empty() => {}
                 k if bucket.contains(&k) => {}
                 "src" if local => {}
+                "tag" if local => {
+                    if !valid_tag(v) {
+                        return Err(err(format!("invalid tag `{v}`")));
+                    }
+                    tag = v.clone();
+                }
                 "digest" if local => {
                     digest = Some(
                         kiln_oci::parse_digest(v)
@@ -297,6 +410,7 @@ impl CacheImport {
         Ok(CacheImport {
             location: location(FLAG, spec, &fields, "src")?,
             digest,
+            tag,
         })
     }
 }
@@ -335,6 +449,53 @@ mod tests {
         // A bare reference is a registry cache, as buildx reads it.
         let e = CacheExport::parse("r.io/a/cache:y").unwrap();
         assert_eq!(e.location.to_string(), "r.io/a/cache:y");
+    }
+
+    #[test]
+    fn media_types_manifest_form_and_tag() {
+        let e = CacheExport::parse("type=registry,ref=r.io/a:x").unwrap();
+        assert!(e.oci && e.image_manifest, "BuildKit v0.32's defaults");
+        let e = CacheExport::parse("type=registry,ref=r.io/a:x,oci-mediatypes=false").unwrap();
+        assert!(
+            !e.oci && !e.image_manifest,
+            "Docker types mean BuildKit's index form"
+        );
+        let e = CacheExport::parse("type=registry,ref=r.io/a:x,image-manifest=false").unwrap();
+        assert!(e.oci && !e.image_manifest);
+        let e = CacheExport::parse("type=local,dest=d,tag=v1.2_x").unwrap();
+        assert_eq!(e.tag, "v1.2_x");
+        assert_eq!(
+            CacheExport::parse("type=local,dest=d").unwrap().tag,
+            "latest"
+        );
+        let i = CacheImport::parse("type=local,src=d,tag=ci").unwrap();
+        assert_eq!(i.tag, "ci");
+        assert!(CacheImport::parse("type=registry,ref=r.io/a:x,tag=ci").is_err());
+    }
+
+    #[test]
+    fn cache_mounts_and_their_cap() {
+        let e = CacheExport::parse("type=registry,ref=r.io/a:x").unwrap();
+        assert_eq!(e.cache_mounts, CacheMounts::None, "opt-in");
+        assert_eq!(e.cache_mounts_max, 512 << 20);
+        let e = CacheExport::parse("type=registry,ref=r.io/a:x,cache-mounts=all").unwrap();
+        assert!(e.cache_mounts.includes("/root/.cache"));
+        let e = CacheExport::parse(
+            "type=local,dest=d,cache-mounts=pip;/root/.cargo,cache-mounts-max=1.5g",
+        )
+        .unwrap();
+        assert_eq!(
+            e.cache_mounts,
+            CacheMounts::Ids(vec!["pip".into(), "/root/.cargo".into()])
+        );
+        assert!(e.cache_mounts.includes("/root/.cargo") && !e.cache_mounts.includes("npm"));
+        assert_eq!(e.cache_mounts_max, 3 << 29);
+        let msg = |s: &str| CacheExport::parse(s).unwrap_err().to_string();
+        assert!(msg("type=local,dest=d,cache-mounts=").contains("names no cache mount id"));
+        assert!(
+            msg("type=local,dest=d,cache-mounts-max=lots").contains("invalid cache-mounts-max")
+        );
+        assert!(msg("type=inline,cache-mounts=all").contains("not supported yet for type=inline"));
     }
 
     #[test]
@@ -424,10 +585,15 @@ mod tests {
         let msg = |r: Result<CacheExport, CacheSpecError>| r.unwrap_err().to_string();
         assert!(
             msg(CacheExport::parse(
-                "type=registry,ref=r.io/a:x,oci-mediatypes=false"
+                "type=registry,ref=r.io/a:x,oci-mediatypes=false,image-manifest=true"
             ))
-            .contains("option `oci-mediatypes` is not supported yet")
+            .contains("OCI mediatypes are required for image-manifest cache format")
         );
+        assert!(
+            msg(CacheExport::parse("type=registry,ref=r.io/a:x,tag=x"))
+                .contains("unknown option `tag`")
+        );
+        assert!(msg(CacheExport::parse("type=local,dest=d,tag=a/b")).contains("invalid tag"));
         assert!(
             msg(CacheExport::parse(
                 "type=registry,ref=r.io/a:x,compression=lz4"

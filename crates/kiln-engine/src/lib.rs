@@ -13,6 +13,7 @@ mod cache_format;
 mod cache_import;
 mod cache_inline;
 mod cache_layout;
+mod cache_mounts;
 mod cache_spec;
 mod cache_store;
 mod check;
@@ -55,7 +56,9 @@ use kiln_snapshot::LayerStore;
 pub use archive_context::{Compression, ContextArchive, SNIFF_LEN, peek, sniff_archive};
 pub use atomic_file::write_file_atomically;
 pub use build::{BuildRequest, BuildResult};
-pub use cache_spec::{CacheExport, CacheImport, CacheLocation, CacheMode, CacheSpecError};
+pub use cache_spec::{
+    CacheExport, CacheImport, CacheLocation, CacheMode, CacheMounts, CacheSpecError,
+};
 pub use check::{CheckReport, CheckRequest, Subrequest, check, subrequest};
 pub use config::Config;
 pub use container::{

@@ -19,7 +19,7 @@ use rustix::fs::FlockOperation;
 use serde::{Deserialize, Serialize};
 
 use crate::fsutil::{self, Owner};
-use crate::{Error, LlbWorker, Result, Value, io};
+use crate::{Error, LayerRef, LlbWorker, Result, Value, io};
 
 /// The directory holding every cache mount of a data root.
 pub fn cache_mounts_dir(root: &Path) -> PathBuf {
@@ -120,7 +120,7 @@ pub fn remove_stale(root: &Path) -> std::io::Result<()> {
 /// Holds a cache mount's lock until dropped.
 pub(crate) struct CacheGuard(#[allow(dead_code)] Option<fs::File>);
 
-fn make_cache_dir(path: &Path, c: &CacheMount) -> std::io::Result<()> {
+pub(crate) fn make_cache_dir(path: &Path, c: &CacheMount) -> std::io::Result<()> {
     use std::os::unix::fs::PermissionsExt;
     fs::create_dir_all(path)?;
     fs::set_permissions(path, fs::Permissions::from_mode(c.mode))?;
@@ -146,11 +146,34 @@ fn dir_name(id: &str, identity: &str) -> String {
 }
 
 /// Whether `path` still names the directory `file` has open.
-fn still_named(file: &fs::File, path: &Path) -> bool {
+pub(crate) fn still_named(file: &fs::File, path: &Path) -> bool {
     match (file.metadata(), fs::metadata(path)) {
         (Ok(a), Ok(b)) => a.dev() == b.dev() && a.ino() == b.ino(),
         _ => false,
     }
+}
+
+/// A cache mount's identity: its id, and for a seeded cache the seed's cache key and `source`
+/// (as BuildKit: the same id with another seed is another cache). Equal on every data root for
+/// the same Dockerfile, so an exported cache mount is found again by it (cache_import.rs).
+pub fn identity(c: &CacheMount, seed_key: Option<&kiln_oci::Digest>) -> String {
+    match seed_key {
+        Some(key) => format!("{}:{key}:{}", c.id, c.source),
+        None => c.id.clone(),
+    }
+}
+
+/// The directory a cache mount with this identity has under the data root `root`.
+pub fn dir_of(root: &Path, c: &CacheMount, identity: &str) -> PathBuf {
+    cache_mounts_dir(root).join(dir_name(&c.id, identity))
+}
+
+/// Waits for a shared lock on a cache dir, as a `sharing=shared` step holds it: no `locked`
+/// or `private` user is writing while the lock is held.
+pub fn lock_shared(dir: &Path) -> std::io::Result<fs::File> {
+    let file = fs::File::open(dir)?;
+    rustix::fs::flock(&file, FlockOperation::LockShared)?;
+    Ok(file)
 }
 
 impl LlbWorker {
@@ -173,12 +196,10 @@ impl LlbWorker {
         // As BuildKit: a seeded cache is keyed by its id and its seed, so a changed `from`
         // starts a new cache rather than mixing into the old one.
         let from = seed.map(|s| format!("{}:{}", s.cache_key, c.source));
-        let identity = match &from {
-            Some(f) => format!("{}:{f}", c.id),
-            None => c.id.clone(),
-        };
+        let identity = identity(c, seed.map(|s| &s.cache_key));
         let name = dir_name(&c.id, &identity);
         let dir = root.join(&name);
+        let imported = self.imported_mount(&identity);
         let mode = match c.sharing {
             CacheSharing::Shared => FlockOperation::LockShared,
             CacheSharing::Locked => FlockOperation::LockExclusive,
@@ -187,7 +208,10 @@ impl LlbWorker {
         // A few rounds at most: each retry means `kiln prune` removed the dir meanwhile.
         for _ in 0..8 {
             if !dir.exists() {
-                self.create_cache_dir(&root, &dir, c, seed, progress)
+                self.create_cache_dir(&root, &dir, c, seed, imported, progress)
+                    .await?;
+            } else if let Some(layer) = imported {
+                self.fill_empty_cache_dir(&root, &dir, c, layer, progress)
                     .await?;
             }
             let file = match fs::File::open(&dir) {
@@ -226,21 +250,33 @@ impl LlbWorker {
         })
     }
 
-    /// Creates the cache dir: empty with the mount's mode and owner, or a copy of `source` in
-    /// the seed. Built aside and renamed into place, so a half-made dir is never used.
+    /// Creates the cache dir: the contents of an imported cache mount (`--cache-from`), else
+    /// empty with the mount's mode and owner, or a copy of `source` in the seed. Built aside
+    /// and renamed into place, so a half-made dir is never used.
     async fn create_cache_dir(
         &self,
         root: &Path,
         dir: &Path,
         c: &CacheMount,
         seed: Option<&Solved<Value>>,
+        imported: Option<&LayerRef>,
         progress: &Vertex,
     ) -> Result<()> {
         fs::create_dir_all(root).map_err(io(format!("creating `{}`", root.display())))?;
         let tmp = root.join(format!(".new-{:016x}", rand::random::<u64>()));
-        let made = match seed {
-            None => make_cache_dir(&tmp, c).map_err(io(format!("creating `{}`", tmp.display()))),
-            Some(seed) => self.seed_cache_dir(&tmp, c, seed, progress).await,
+        let filled = match imported {
+            Some(layer) => {
+                self.try_unpack_imported_mount(&tmp, c, layer, progress)
+                    .await
+            }
+            None => false,
+        };
+        let made = match (filled, seed) {
+            (true, _) => Ok(()),
+            (false, None) => {
+                make_cache_dir(&tmp, c).map_err(io(format!("creating `{}`", tmp.display())))
+            }
+            (false, Some(seed)) => self.seed_cache_dir(&tmp, c, seed, progress).await,
         };
         if let Err(e) = made {
             let _ = fs::remove_dir_all(&tmp);
@@ -358,6 +394,35 @@ mod tests {
             dir_name("x", "x"),
             dir_name("x", "x:sha256:00:/src"),
             "a seeded cache is not the plain one"
+        );
+    }
+
+    #[test]
+    fn identity_names_the_seed_and_dir_of_follows_it() {
+        let mut c = CacheMount {
+            id: "pip".into(),
+            target: "/root/.cache/pip".into(),
+            readonly: false,
+            sharing: CacheSharing::Shared,
+            mode: 0o755,
+            uid: 0,
+            gid: 0,
+            input: None,
+            source: String::new(),
+        };
+        assert_eq!(identity(&c, None), "pip");
+        let key = kiln_oci::sha256(b"seed");
+        c.input = Some(1);
+        c.source = "/src".into();
+        let seeded = identity(&c, Some(&key));
+        assert_eq!(seeded, format!("pip:{key}:/src"));
+        let root = Path::new("/r");
+        assert_ne!(dir_of(root, &c, "pip"), dir_of(root, &c, &seeded));
+        let dir = dir_of(root, &c, &seeded);
+        assert!(
+            dir.to_string_lossy().starts_with("/r/cache-mounts/pip-"),
+            "{}",
+            dir.display()
         );
     }
 

@@ -7,6 +7,7 @@
 mod add;
 mod blobsource;
 pub mod cachemount;
+mod cachemount_import;
 pub mod cdi;
 mod copy;
 mod copystream;
@@ -230,6 +231,10 @@ pub struct LlbWorker {
     cdi: Arc<cdi::Registry>,
     /// What RUNs for foreign platforms took (QEMU through binfmt_misc).
     emulated: parking_lot::Mutex<emulation::EmulationStats>,
+    /// Cache mount contents from `--cache-from`, by identity (`cachemount::identity`).
+    imported_mounts: HashMap<String, LayerRef>,
+    /// The identities already mounted in this build: each is filled from its import once.
+    mounts_considered: parking_lot::Mutex<std::collections::HashSet<String>>,
 }
 
 impl LlbWorker {
@@ -265,7 +270,16 @@ impl LlbWorker {
             copy_stream: true,
             cdi: Default::default(),
             emulated: Default::default(),
+            imported_mounts: HashMap::new(),
+            mounts_considered: Default::default(),
         }
+    }
+
+    /// Cache mount contents an imported cache carries, by identity: a cache dir that is absent
+    /// or empty when a RUN first mounts it is filled from its blob (cachemount_import.rs).
+    pub fn with_imported_cache_mounts(mut self, mounts: HashMap<String, LayerRef>) -> Self {
+        self.imported_mounts = mounts;
+        self
     }
 
     /// The emulated steps run so far, for the build's summary.

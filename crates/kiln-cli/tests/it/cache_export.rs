@@ -8,10 +8,11 @@ use serde_json::Value;
 
 use crate::support::{Kiln, http_get, read_tar};
 
-const DOCKERFILE: &str = "FROM busybox\nCOPY a /a\nRUN echo built > /b && cat /a >> /b\n";
+pub(crate) const DOCKERFILE: &str =
+    "FROM busybox\nCOPY a /a\nRUN echo built > /b && cat /a >> /b\n";
 
 /// The manifest at `repo:tag` in the test registry.
-fn registry_manifest(registry: &str, repo: &str, tag: &str) -> Value {
+pub(crate) fn registry_manifest(registry: &str, repo: &str, tag: &str) -> Value {
     let (status, body) = http_get(
         registry,
         &format!("/v2/{repo}/manifests/{tag}"),
@@ -24,7 +25,7 @@ fn registry_manifest(registry: &str, repo: &str, tag: &str) -> Value {
 }
 
 /// The digest of the one manifest an OCI archive's index.json names.
-fn archived_manifest(path: &std::path::Path) -> String {
+pub(crate) fn archived_manifest(path: &std::path::Path) -> String {
     let files = read_tar(path).expect("reading the OCI archive");
     let index: Value = serde_json::from_slice(&files["index.json"]).expect("index.json");
     index["manifests"][0]["digest"]
@@ -33,7 +34,7 @@ fn archived_manifest(path: &std::path::Path) -> String {
         .to_string()
 }
 
-fn blob_in_store(k: &Kiln, digest: &str) -> bool {
+pub(crate) fn blob_in_store(k: &Kiln, digest: &str) -> bool {
     let hex = digest.strip_prefix("sha256:").expect("sha256 digest");
     k.root.join("content/blobs/sha256").join(hex).exists()
 }
@@ -221,23 +222,6 @@ fn unreachable_cache_is_a_warning_unless_ignore_error_is_false() {
         )
         .failed();
     assert!(run.stderr.contains("failed to push blob"), "{}", run.stderr);
-
-    // Options kiln does not implement yet are refused by name, never ignored.
-    let run = k
-        .build(
-            &ctx,
-            &[
-                "--cache-to",
-                &format!("type=registry,ref={nowhere},oci-mediatypes=false"),
-            ],
-        )
-        .failed();
-    assert!(
-        run.stderr
-            .contains("option `oci-mediatypes` is not supported yet"),
-        "{}",
-        run.stderr
-    );
 }
 
 /// The files of a layout's `blobs/sha256`, by name.
@@ -254,7 +238,7 @@ fn layout_blobs(dir: &std::path::Path) -> std::collections::BTreeSet<String> {
 }
 
 /// The `latest` manifest of a layout, and its digest.
-fn layout_manifest(dir: &std::path::Path) -> (String, Value) {
+pub(crate) fn layout_manifest(dir: &std::path::Path) -> (String, Value) {
     let index: Value =
         serde_json::from_slice(&std::fs::read(dir.join("index.json")).expect("index.json"))
             .expect("index JSON");

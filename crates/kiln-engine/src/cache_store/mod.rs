@@ -17,7 +17,6 @@ use std::time::Duration;
 use futures::StreamExt;
 use futures::future::BoxFuture;
 use kiln_oci::Digest;
-use kiln_worker::Value;
 use object_store::path::Path;
 use object_store::{ObjectStore, ObjectStoreExt, PutPayload, WriteMultipart};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -25,7 +24,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 pub use azblob::AzblobCache;
 pub use s3::S3Cache;
 
-use crate::cache_format::{CacheConfig, MAX_CONFIG_BYTES, config_of};
+use crate::cache_format::{CacheConfig, Imported, MAX_CONFIG_BYTES, config_of};
 use crate::{Engine, Error, Result};
 
 /// Blobs up to this size go up in one request; larger ones in parts of this size.
@@ -242,12 +241,15 @@ impl ObjectCache {
         Ok(Some(bytes.to_vec()))
     }
 
-    /// The records of every name's manifest, the first name's winning where keys meet. Records'
-    /// layers name this store as their source.
-    async fn records(&self) -> Result<HashMap<Digest, Value>> {
+    /// The records (and cache mounts) of every name's manifest, the first name's winning where
+    /// keys meet. Records' layers name this store as their source.
+    async fn records(&self) -> Result<Imported> {
         let invalid = |why: String| Error::Usage(format!("{} is not a kiln cache: {why}", self.id));
         let source = format!("{}{}", kiln_worker::STORE_SOURCE, self.id);
-        let mut all = HashMap::new();
+        let mut all = Imported {
+            records: HashMap::new(),
+            mounts: HashMap::new(),
+        };
         let mut missing = Vec::new();
         for name in &self.names {
             let key = self.manifest_key(name)?;
@@ -265,9 +267,12 @@ impl ObjectCache {
             if kiln_oci::sha256(&bytes) != config {
                 return Err(invalid(format!("{config_key}: digest mismatch")));
             }
-            let records = CacheConfig::records(&bytes, &source).map_err(invalid)?;
-            for (k, v) in records {
-                all.entry(k).or_insert(v);
+            let imported = CacheConfig::records(&bytes, &source).map_err(invalid)?;
+            for (k, v) in imported.records {
+                all.records.entry(k).or_insert(v);
+            }
+            for (k, v) in imported.mounts {
+                all.mounts.entry(k).or_insert(v);
             }
         }
         if missing.len() == self.names.len() {
@@ -329,7 +334,7 @@ impl Engine {
     pub(crate) async fn import_bucket_cache(
         &self,
         cache: BucketCache<'_>,
-    ) -> Result<HashMap<Digest, Value>> {
+    ) -> Result<Imported> {
         let opened = Arc::new(cache.open()?);
         let records = opened.records().await?;
         self.blob_stores.register(&opened.id.clone(), opened);

@@ -64,7 +64,8 @@ impl BuildKit32 {
 
     fn pid(&self) -> Result<u32> {
         let p = self.dir.join("run/buildkitd.pid");
-        let text = std::fs::read_to_string(&p).with_context(|| format!("reading {}", p.display()))?;
+        let text =
+            std::fs::read_to_string(&p).with_context(|| format!("reading {}", p.display()))?;
         Ok(text.trim().parse()?)
     }
 

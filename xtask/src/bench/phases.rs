@@ -206,7 +206,13 @@ pub const PHASES: &[Phase] = &[
         tools: CURRENT,
         platforms: Some(BOTH),
         ratio_target: Some(0.9),
-        ..heavy(phase("w10-emulated", "w10-emulated", MULTI, Kind::Cold, None))
+        ..heavy(phase(
+            "w10-emulated",
+            "w10-emulated",
+            MULTI,
+            Kind::Cold,
+            None,
+        ))
     },
     // Issue 17: the CI case, from an empty data root with a registry cache.
     Phase {

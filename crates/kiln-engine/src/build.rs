@@ -1,6 +1,6 @@
 //! A build, end to end.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::Arc;
 
@@ -8,8 +8,8 @@ use kiln_frontend::BuildOpts;
 use kiln_ignore::Matcher;
 use kiln_oci::{Digest, Platform, Reference};
 use kiln_progress::Progress;
-use kiln_solver::{CacheStore, FileCacheStore, LayeredCacheStore, Solver};
-use kiln_worker::{Context, LlbGraph, Value};
+use kiln_solver::Solver;
+use kiln_worker::{Context, LlbGraph};
 
 use crate::output::Output;
 use crate::resolver::EngineResolver;
@@ -156,19 +156,9 @@ impl Engine {
         for (name, ctx) in named.locals {
             worker = worker.with_context(name, ctx);
         }
-        let mut cache: Arc<dyn CacheStore<Value>> = Arc::new(
-            FileCacheStore::open(self.root.join("cache"))
-                .map_err(io("opening the cache records"))?,
-        );
-        let mut imported_mounts = HashMap::new();
-        if !req.cache_from.is_empty() {
-            let imported = self
-                .import_caches(&req.cache_from, std::slice::from_ref(&platform), progress)
-                .await;
-            let records;
-            (records, imported_mounts) = crate::cache_import::split(imported);
-            cache = Arc::new(LayeredCacheStore::new(cache, records));
-        }
+        let (cache, imported_mounts) = self
+            .open_build_cache(&req.cache_from, std::slice::from_ref(&platform), progress)
+            .await?;
         let worker = Arc::new(
             worker
                 .with_secrets(req.secrets.clone())

@@ -11,7 +11,7 @@ use kiln_frontend::BuildOpts;
 use kiln_llb::{Definition, NodeId};
 use kiln_oci::{Digest, ImageConfig, Platform, media_type};
 use kiln_progress::Progress;
-use kiln_solver::{CacheStore, FileCacheStore, LayeredCacheStore, Solver};
+use kiln_solver::Solver;
 use kiln_worker::{Context, LlbGraph, Value};
 use serde_json::json;
 
@@ -167,21 +167,9 @@ impl Engine {
         for (name, ctx) in locals.unwrap_or_default() {
             worker = worker.with_context(name, ctx);
         }
-        let mut cache: Arc<dyn CacheStore<Value>> = Arc::new(
-            FileCacheStore::open(self.root.join("cache"))
-                .map_err(io("opening the cache records"))?,
-        );
-        // One import for every platform: a cache holds the records of all of them (and an
-        // image with an inline cache gives each platform's).
-        let mut imported_mounts = HashMap::new();
-        if !req.cache_from.is_empty() {
-            let imported = self
-                .import_caches(&req.cache_from, &req.platforms, progress)
-                .await;
-            let records;
-            (records, imported_mounts) = crate::cache_import::split(imported);
-            cache = Arc::new(LayeredCacheStore::new(cache, records));
-        }
+        let (cache, imported_mounts) = self
+            .open_build_cache(&req.cache_from, &req.platforms, progress)
+            .await?;
         let worker = Arc::new(
             worker
                 .with_secrets(req.secrets.clone())

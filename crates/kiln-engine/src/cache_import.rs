@@ -5,9 +5,11 @@
 
 use std::collections::HashMap;
 use std::path::Path;
+use std::sync::Arc;
 
 use kiln_oci::{Descriptor, Digest, MediaType, Platform, Reference};
 use kiln_progress::Progress;
+use kiln_solver::{CacheStore, FileCacheStore, LayeredCacheStore};
 use kiln_worker::{LayerRef, Value};
 
 use crate::cache_format::{CONFIG_MEDIA_TYPE, CacheConfig, Imported, config_of};
@@ -34,6 +36,27 @@ pub(crate) fn split(
 }
 
 impl Engine {
+    /// The cache a build's solver looks keys up in: this root's records, then those of every
+    /// `--cache-from` (imported once for all `platforms`: a cache holds the records of all of
+    /// them, and an image with an inline cache gives each platform's). Also returns the cache
+    /// mounts the imports carry, for the worker.
+    pub(crate) async fn open_build_cache(
+        &self,
+        imports: &[CacheImport],
+        platforms: &[Platform],
+        progress: &Progress,
+    ) -> Result<(Arc<dyn CacheStore<Value>>, HashMap<String, LayerRef>)> {
+        let local: Arc<dyn CacheStore<Value>> = Arc::new(
+            FileCacheStore::open(self.root.join("cache"))
+                .map_err(crate::io("opening the cache records"))?,
+        );
+        if imports.is_empty() {
+            return Ok((local, HashMap::new()));
+        }
+        let (records, mounts) = split(self.import_caches(imports, platforms, progress).await);
+        Ok((Arc::new(LayeredCacheStore::new(local, records)), mounts))
+    }
+
     /// The records of every `--cache-from`, in the order given, fetched at the same time. One
     /// that cannot be read is a warning (as BuildKit goes on without it), not the build's error.
     pub(crate) async fn import_caches(

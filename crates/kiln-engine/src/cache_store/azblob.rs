@@ -214,18 +214,7 @@ mod tests {
         attrs: &[(&str, &str)],
         env: &[(&str, &str)],
     ) -> std::result::Result<AzblobCache, String> {
-        let get = |k: &str| {
-            attrs
-                .iter()
-                .find(|(a, _)| *a == k)
-                .map(|(_, v)| v.to_string())
-        };
-        let env = |k: &str| {
-            env.iter()
-                .find(|(a, _)| *a == k)
-                .map(|(_, v)| v.to_string())
-        };
-        AzblobCache::parse(get, env)
+        AzblobCache::parse(super::super::lookup(attrs), super::super::lookup(env))
     }
 
     #[test]

@@ -339,6 +339,18 @@ impl Engine {
     }
 }
 
+/// Test support for the bucket types' attribute parsers: a lookup over fixed pairs, as their
+/// `parse` takes one for the attributes and one for the environment.
+#[cfg(test)]
+pub(crate) fn lookup<'a>(pairs: &'a [(&str, &str)]) -> impl Fn(&str) -> Option<String> + 'a {
+    move |k| {
+        pairs
+            .iter()
+            .find(|(a, _)| *a == k)
+            .map(|(_, v)| v.to_string())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -229,18 +229,7 @@ mod tests {
     use super::*;
 
     fn parse(attrs: &[(&str, &str)], env: &[(&str, &str)]) -> std::result::Result<S3Cache, String> {
-        let get = |k: &str| {
-            attrs
-                .iter()
-                .find(|(a, _)| *a == k)
-                .map(|(_, v)| v.to_string())
-        };
-        let env = |k: &str| {
-            env.iter()
-                .find(|(a, _)| *a == k)
-                .map(|(_, v)| v.to_string())
-        };
-        S3Cache::parse(get, env)
+        S3Cache::parse(super::super::lookup(attrs), super::super::lookup(env))
     }
 
     #[test]

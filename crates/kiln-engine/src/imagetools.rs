@@ -257,7 +257,11 @@ pub fn format_imagetools(reference: &Reference, raw: &RawManifest) -> String {
         name = pinned(reference, name.digest().unwrap_or_default()).unwrap_or(name);
     }
     let shown = name.whole();
-    let base = format!("{}/{}", name.registry(), name.repository());
+    // buildx names each manifest by the name asked, tag kept (`repo:tag@digest`).
+    let base = match (reference.tag(), reference.digest()) {
+        (Some(tag), None) => format!("{}/{}:{tag}", name.registry(), name.repository()),
+        _ => format!("{}/{}", name.registry(), name.repository()),
+    };
     let mut out = format!(
         "{:<11}{shown}\n{:<11}{}\n{:<11}{}\n",
         "Name:", "MediaType:", raw.media_type, "Digest:", raw.digest
@@ -356,7 +360,7 @@ mod tests {
         assert!(text.contains("  Platform:  linux/arm/v7\n"), "{text}");
         assert!(
             text.contains(&format!(
-                "  Name:      127.0.0.1:5000/x@{}",
+                "  Name:      127.0.0.1:5000/x:multi@{}",
                 kiln_oci::sha256(b"a")
             )),
             "{text}"

@@ -35,6 +35,7 @@ mod load_unnamed;
 mod manifest;
 mod mounts;
 mod multi_archive;
+mod multi_inspect;
 mod multi_platform;
 mod multistage;
 mod named_contexts;

@@ -37,6 +37,7 @@ mod mounts;
 mod multi_archive;
 mod multi_inspect;
 mod multi_platform;
+mod multi_split;
 mod multistage;
 mod named_contexts;
 mod oracle;

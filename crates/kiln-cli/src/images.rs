@@ -273,7 +273,8 @@ async fn imagetools_create(engine: &Engine, c: &ImagetoolsCreateArgs) -> Result<
 }
 
 /// One line to stdout; a closed pipe is an error, not a panic as with `println!`.
-fn say(line: std::fmt::Arguments) -> Result<()> {
+/// One line to standard output; a closed pipe is an error, not a panic.
+pub(crate) fn say(line: std::fmt::Arguments) -> Result<()> {
     let mut out = std::io::stdout().lock();
     out.write_fmt(line)?;
     out.write_all(b"\n")?;

@@ -354,6 +354,9 @@ pub struct LoadArgs {
 
 #[derive(Args, Debug)]
 pub struct InspectArgs {
+    /// Inspect a specific platform of the multi-platform image (os[/arch[/variant]])
+    #[arg(long)]
+    pub platform: Option<String>,
     #[arg(required = true)]
     pub images: Vec<String>,
 }

@@ -66,21 +66,30 @@ pub async fn run(cli: &Cli) -> Result<ExitCode> {
         Command::Save(a) => save(&engine, a),
         Command::Load(a) => load(&engine, a),
         Command::Inspect(a) => {
+            let platform: Option<kiln_oci::Platform> = a
+                .platform
+                .as_deref()
+                .map(|p| {
+                    p.parse()
+                        .with_context(|| format!("invalid --platform `{p}`"))
+                })
+                .transpose()?;
+            // As docker: what was found is printed, then an error for each of the others (not
+            // there, or without the platform asked for).
             let mut found = Vec::new();
-            let mut missing = Vec::new();
+            let mut errors = Vec::new();
             for image in &a.images {
-                match engine.inspect_image(image) {
+                match engine.inspect_image(image, platform.as_ref()) {
                     Ok(v) => found.push(v),
-                    Err(kiln_engine::Error::NoSuchImage(_)) => missing.push(image.clone()),
-                    Err(e) => return Err(e.into()),
+                    Err(e) => errors.push(e),
                 }
             }
             say(format_args!("{}", serde_json::to_string_pretty(&found)?))?;
-            if missing.is_empty() {
+            if errors.is_empty() {
                 Ok(ExitCode::SUCCESS)
             } else {
-                for m in missing {
-                    eprintln!("error: no such image: `{m}`");
+                for e in errors {
+                    crate::print_error(&anyhow::Error::new(e));
                 }
                 Ok(ExitCode::FAILURE)
             }
@@ -264,7 +273,8 @@ async fn imagetools_create(engine: &Engine, c: &ImagetoolsCreateArgs) -> Result<
 }
 
 /// One line to stdout; a closed pipe is an error, not a panic as with `println!`.
-fn say(line: std::fmt::Arguments) -> Result<()> {
+/// One line to standard output; a closed pipe is an error, not a panic.
+pub(crate) fn say(line: std::fmt::Arguments) -> Result<()> {
     let mut out = std::io::stdout().lock();
     out.write_fmt(line)?;
     out.write_all(b"\n")?;

@@ -6,18 +6,8 @@ use anyhow::{Result, bail};
 use kiln_engine::PlatformAnnotation;
 
 use crate::args::{Cli, ManifestArgs, ManifestCommand};
+use crate::images::say;
 use crate::{open_engine, parse_ref};
-
-fn no_insecure(insecure: bool) -> Result<()> {
-    if insecure {
-        // The registry client takes TLS settings from the config file only.
-        bail!(
-            "--insecure is not supported yet: mark the registry `insecure = true` (or \
-             `http = true`) in the config file"
-        );
-    }
-    Ok(())
-}
 
 pub async fn run(cli: &Cli, a: &ManifestArgs) -> Result<ExitCode> {
     let engine = open_engine(cli)?;
@@ -28,14 +18,18 @@ pub async fn run(cli: &Cli, a: &ManifestArgs) -> Result<ExitCode> {
             list,
             manifests,
         } => {
-            no_insecure(*insecure)?;
             let list = parse_ref(list)?;
             let sources = manifests
                 .iter()
                 .map(|m| parse_ref(m))
                 .collect::<Result<Vec<_>>>()?;
+            if *insecure {
+                engine
+                    .manifest_allow_insecure(&sources.iter().collect::<Vec<_>>())
+                    .await;
+            }
             engine.manifest_create(&list, &sources, *amend).await?;
-            println!("Created manifest list {}", list.whole());
+            say(format_args!("Created manifest list {}", list.whole()))?;
         }
         ManifestCommand::Annotate {
             os,
@@ -62,25 +56,30 @@ pub async fn run(cli: &Cli, a: &ManifestArgs) -> Result<ExitCode> {
             verbose,
             names,
         } => {
-            no_insecure(*insecure)?;
             let (list, manifest) = match names.as_slice() {
                 [m] => (None, parse_ref(m)?),
                 [l, m] => (Some(parse_ref(l)?), parse_ref(m)?),
                 _ => bail!("manifest inspect takes [LIST] MANIFEST"),
             };
+            if *insecure {
+                engine.manifest_allow_insecure(&[&manifest]).await;
+            }
             let found = engine
                 .manifest_inspect(list.as_ref(), &manifest, *verbose)
                 .await?;
-            println!("{}", found.text());
+            say(format_args!("{}", found.text()))?;
         }
         ManifestCommand::Push {
             insecure,
             purge,
             list,
         } => {
-            no_insecure(*insecure)?;
-            let digest = engine.manifest_push(&parse_ref(list)?, *purge).await?;
-            println!("{digest}");
+            let list = parse_ref(list)?;
+            if *insecure {
+                engine.manifest_allow_insecure(&[&list]).await;
+            }
+            let digest = engine.manifest_push(&list, *purge).await?;
+            say(format_args!("{digest}"))?;
         }
         ManifestCommand::Rm { lists } => {
             let mut failed = false;

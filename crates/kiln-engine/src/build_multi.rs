@@ -318,7 +318,16 @@ impl Engine {
                             )
                         })
                         .collect();
-                    self.export_rootfs_split(&trees, output, &rv).await?;
+                    // BuildKit's tar exporter splits whatever platform-split says.
+                    if output.kind == ExporterKind::Local && output.platform_split == Some(false) {
+                        let trees: Vec<(String, &[kiln_worker::LayerRef])> = images
+                            .iter()
+                            .map(|(t, value)| (t.platform.to_string(), value.layers()))
+                            .collect();
+                        self.export_rootfs_merged(&trees, output, &rv).await?;
+                    } else {
+                        self.export_rootfs_split(&trees, output, &rv).await?;
+                    }
                     rv.done();
                 }
                 ExporterKind::Oci | ExporterKind::Docker => {

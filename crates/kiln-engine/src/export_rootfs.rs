@@ -4,8 +4,9 @@
 //! applied) and its merged view is streamed as a tar: into a file or standard output for `tar`,
 //! or through a pipe into the extractor for `local`, so no copy of the tree is staged.
 
+use std::collections::HashMap;
 use std::io::{BufWriter, Write};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use kiln_progress::Vertex;
 use kiln_worker::LayerRef;
@@ -93,6 +94,89 @@ impl Engine {
     }
 }
 
+impl Engine {
+    /// `type=local,platform-split=false` of a multi-platform build: every platform's root
+    /// filesystem merged into `dest`, as BuildKit's local exporter merges them: directories
+    /// merge, and any other path (file, link, device) that two platforms have is an error
+    /// naming both, even with the same content. `trees` are (platform, layers); all of them are
+    /// checked before anything is written (BuildKit may have written some already).
+    pub(crate) async fn export_rootfs_merged(
+        &self,
+        trees: &[(String, &[LayerRef])],
+        output: &Output,
+        v: &Vertex,
+    ) -> Result<()> {
+        let dest = match output.dest.clone() {
+            Some(d) if d != Path::new("-") => d,
+            Some(_) => {
+                return Err(Error::Unsupported(
+                    "--output type=local,dest=-,platform-split=false for several platforms is \
+                     not supported yet"
+                        .into(),
+                ));
+            }
+            None => return Err(Error::Usage("type=local needs dest=".into())),
+        };
+        let worker = self.worker(None);
+        let mut steps = Vec::new();
+        for (platform, layers) in trees {
+            let step = worker.prepare(layers, v).await?;
+            steps.push((step.rootfs(), platform.clone(), step));
+        }
+        let roots: Vec<(PathBuf, String)> = steps
+            .iter()
+            .map(|(root, platform, _)| (root.clone(), platform.clone()))
+            .collect();
+        v.status(&format!("copying files to {}", dest.display()));
+        tokio::task::spawn_blocking(move || {
+            let mut owner: HashMap<PathBuf, &str> = HashMap::new();
+            for (root, platform) in &roots {
+                let paths = non_dir_paths(root)
+                    .map_err(io(format!("reading the {platform} root filesystem")))?;
+                for path in paths {
+                    if let Some(first) = owner.insert(path.clone(), platform) {
+                        // BuildKit's words.
+                        return Err(Error::Usage(format!(
+                            "cannot overwrite {} from {first} with {platform} when split option \
+                             is disabled",
+                            path.display()
+                        )));
+                    }
+                }
+            }
+            for (root, _) in &roots {
+                write_to_dest(&dest, true, |out| {
+                    kiln_snapshot::write_tree_tar(root, out)?;
+                    Ok(())
+                })?;
+            }
+            Ok(())
+        })
+        .await??;
+        drop(steps);
+        Ok(())
+    }
+}
+
+/// The paths under `root` that are not directories (files, symlinks, devices, fifos), relative
+/// to it; symlinks are not followed.
+fn non_dir_paths(root: &Path) -> std::io::Result<Vec<PathBuf>> {
+    let mut out = Vec::new();
+    let mut dirs = vec![PathBuf::new()];
+    while let Some(rel) = dirs.pop() {
+        for entry in std::fs::read_dir(root.join(&rel))? {
+            let entry = entry?;
+            let path = rel.join(entry.file_name());
+            if entry.file_type()?.is_dir() {
+                dirs.push(path);
+            } else {
+                out.push(path);
+            }
+        }
+    }
+    Ok(out)
+}
+
 /// `linux/arm/v7` → `linux_arm_v7`: a platform's directory in a split rootfs export.
 pub(crate) fn platform_dir(p: &kiln_oci::Platform) -> String {
     p.to_string().replace('/', "_")
@@ -143,4 +227,26 @@ fn write_dir(dest: &Path, produce: impl FnOnce(&mut dyn Write) -> Result<()> + S
         extracted?;
         produced
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn non_dir_paths_lists_files_and_links_not_dirs() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(dir.path().join("a/b")).unwrap();
+        std::fs::write(dir.path().join("a/b/f"), "x").unwrap();
+        std::fs::write(dir.path().join("top"), "y").unwrap();
+        std::os::unix::fs::symlink("/nowhere", dir.path().join("a/link")).unwrap();
+        std::os::unix::fs::symlink("a", dir.path().join("dirlink")).unwrap();
+        let mut got = non_dir_paths(dir.path()).unwrap();
+        got.sort();
+        let want: Vec<PathBuf> = ["a/b/f", "a/link", "dirlink", "top"]
+            .iter()
+            .map(PathBuf::from)
+            .collect();
+        assert_eq!(got, want);
+    }
 }

@@ -271,18 +271,29 @@ impl Engine {
     }
 
     /// The first container (under `<root>/containers/<id>/config.json`) whose `image_id` is
-    /// `config`. Unreadable entries are skipped: they belong to containers being created or
-    /// removed, which hold no claim yet or any more.
+    /// `config`.
     fn container_using(&self, config: &Digest) -> Option<String> {
+        self.containers_using(config).into_iter().next()
+    }
+
+    /// The containers (under `<root>/containers/<id>/config.json`) whose `image_id` is
+    /// `config`, by ID. Unreadable entries are skipped: they belong to containers being created
+    /// or removed, which hold no claim yet or any more.
+    pub(crate) fn containers_using(&self, config: &Digest) -> Vec<String> {
         let dir = self.root.join("containers");
-        let mut ids: Vec<_> = std::fs::read_dir(dir).ok()?.flatten().collect();
+        let Ok(entries) = std::fs::read_dir(dir) else {
+            return Vec::new();
+        };
+        let mut ids: Vec<_> = entries.flatten().collect();
         ids.sort_by_key(|e| e.file_name());
-        ids.into_iter().find_map(|e| {
-            let bytes = std::fs::read(e.path().join("config.json")).ok()?;
-            let v: serde_json::Value = serde_json::from_slice(&bytes).ok()?;
-            (v.get("image_id")?.as_str()? == config.as_ref())
-                .then(|| e.file_name().to_string_lossy().into_owned())
-        })
+        ids.into_iter()
+            .filter_map(|e| {
+                let bytes = std::fs::read(e.path().join("config.json")).ok()?;
+                let v: serde_json::Value = serde_json::from_slice(&bytes).ok()?;
+                (v.get("image_id")?.as_str()? == config.as_ref())
+                    .then(|| e.file_name().to_string_lossy().into_owned())
+            })
+            .collect()
     }
 
     /// `docker save`: the images, each under the name it was asked by (none when asked by ID).
@@ -387,63 +398,6 @@ impl Engine {
         let found = self.find_image(image)?;
         let details = image_details(&self.content, &found.manifest)?;
         Ok((found, details))
-    }
-
-    /// `docker image inspect`'s object for one image.
-    pub fn inspect_image(&self, image: &str) -> Result<serde_json::Value> {
-        let (found, d) = self.image_details(image)?;
-        let c = &d.config_json;
-        let text = |key: &str| {
-            c.get(key)
-                .and_then(|v| v.as_str())
-                .unwrap_or("")
-                .to_string()
-        };
-        let mut tags = Vec::new();
-        let mut digests = Vec::new();
-        for r in &found.records {
-            let (repo, tag) = familiar_name(&r.name);
-            if r.name.tag().is_some() {
-                tags.push(format!("{repo}:{tag}"));
-            }
-            let digest = format!("{repo}@{}", r.manifest);
-            if !kiln_exporter::is_dangling(&r.name) && !digests.contains(&digest) {
-                digests.push(digest);
-            }
-        }
-        let last_tag = found.records.iter().map(|r| r.tagged_at).max();
-        let size = found.records.first().map(|r| r.size).unwrap_or(0);
-        let manifest_size = self.content.size(&d.manifest)?.unwrap_or(0);
-        let mut v = serde_json::json!({
-            "Id": found.config.to_string(),
-            "RepoTags": tags,
-            "RepoDigests": digests,
-            "Parent": "",
-            "Comment": text("comment"),
-            "Created": text("created"),
-            "DockerVersion": text("docker_version"),
-            "Author": text("author"),
-            "Config": c.get("config").cloned().unwrap_or(serde_json::Value::Null),
-            "Architecture": d.config.architecture,
-            "Os": d.config.os,
-            "Size": size,
-            "RootFS": {
-                "Type": d.config.rootfs.kind,
-                "Layers": d.config.rootfs.diff_ids,
-            },
-            "Metadata": {
-                "LastTagTime": last_tag.map(|t| t.to_rfc3339()).unwrap_or_default(),
-            },
-            "Descriptor": {
-                "mediaType": d.manifest_media_type,
-                "digest": d.manifest.to_string(),
-                "size": manifest_size,
-            },
-        });
-        if let Some(variant) = &d.config.variant {
-            v["Variant"] = serde_json::Value::String(variant.clone());
-        }
-        Ok(v)
     }
 }
 

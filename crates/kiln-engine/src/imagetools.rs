@@ -8,6 +8,7 @@ use std::collections::BTreeMap;
 use kiln_oci::media_type::{self, is_index, is_manifest};
 use kiln_oci::{Descriptor, Digest, MediaType, Reference};
 use kiln_registry::RawManifest;
+use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
 use crate::{Engine, Error, Result};
@@ -75,22 +76,17 @@ impl Engine {
             && entries
                 .iter()
                 .all(|e| e["mediaType"] == media_type::DOCKER_MANIFEST);
-        let mut index = json!({
-            "schemaVersion": 2,
-            "mediaType": if docker { media_type::DOCKER_MANIFEST_LIST } else { media_type::OCI_INDEX },
-            "manifests": entries,
-        });
-        if !index_annotations.is_empty() {
-            index["annotations"] = json!(index_annotations);
-        }
-        let bytes = serde_json::to_vec_pretty(&index).map_err(|e| Error::Invalid {
-            what: "image index".into(),
-            source: Box::new(e),
-        })?;
+        let media_type = if docker {
+            media_type::DOCKER_MANIFEST_LIST
+        } else {
+            media_type::OCI_INDEX
+        };
+        let bytes = index_json(media_type, entries, index_annotations)?;
         let digest = kiln_oci::sha256(&bytes);
         if !req.dry_run {
-            let mt = index["mediaType"].as_str().unwrap_or(media_type::OCI_INDEX);
-            self.registry.push_manifest(&req.target, mt, &bytes).await?;
+            self.registry
+                .push_manifest(&req.target, media_type, &bytes)
+                .await?;
         }
         Ok((digest, bytes))
     }
@@ -213,6 +209,77 @@ fn descriptor(v: &Value, of: &Reference) -> Result<Descriptor> {
 
 type Annotations = BTreeMap<String, String>;
 
+/// An index as buildx writes one: the OCI Go types' field order, two-space indent, no final
+/// newline, so the same entries give the digest `buildx imagetools create` gives.
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct IndexDoc {
+    schema_version: u32,
+    media_type: &'static str,
+    manifests: Vec<DescriptorDoc>,
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    annotations: Annotations,
+}
+
+/// A descriptor in Go's `ocispec.Descriptor` order; other fields of a source index's entries
+/// are dropped, as buildx's decoding into that type drops them.
+#[derive(Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct DescriptorDoc {
+    media_type: String,
+    digest: String,
+    size: u64,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    urls: Vec<String>,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    annotations: Annotations,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    data: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    platform: Option<PlatformDoc>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    artifact_type: Option<String>,
+}
+
+#[derive(Serialize, Deserialize)]
+struct PlatformDoc {
+    architecture: String,
+    os: String,
+    #[serde(
+        rename = "os.version",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    os_version: Option<String>,
+    #[serde(rename = "os.features", default, skip_serializing_if = "Vec::is_empty")]
+    os_features: Vec<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    variant: Option<String>,
+}
+
+fn index_json(
+    media_type: &'static str,
+    entries: Vec<Value>,
+    annotations: Annotations,
+) -> Result<Vec<u8>> {
+    let invalid = |e: serde_json::Error| Error::Invalid {
+        what: "image index".into(),
+        source: Box::new(e),
+    };
+    let manifests = entries
+        .into_iter()
+        .map(serde_json::from_value)
+        .collect::<std::result::Result<Vec<DescriptorDoc>, _>>()
+        .map_err(invalid)?;
+    let doc = IndexDoc {
+        schema_version: 2,
+        media_type,
+        manifests,
+        annotations,
+    };
+    serde_json::to_vec_pretty(&doc).map_err(invalid)
+}
+
 /// Splits `--annotation` values into the index's and each descriptor's, as buildx reads them.
 fn parse_annotations(specs: &[String]) -> Result<(Annotations, Annotations)> {
     let mut index = BTreeMap::new();
@@ -257,7 +324,11 @@ pub fn format_imagetools(reference: &Reference, raw: &RawManifest) -> String {
         name = pinned(reference, name.digest().unwrap_or_default()).unwrap_or(name);
     }
     let shown = name.whole();
-    let base = format!("{}/{}", name.registry(), name.repository());
+    // buildx names each manifest by the name asked, tag kept (`repo:tag@digest`).
+    let base = match (reference.tag(), reference.digest()) {
+        (Some(tag), None) => format!("{}/{}:{tag}", name.registry(), name.repository()),
+        _ => format!("{}/{}", name.registry(), name.repository()),
+    };
     let mut out = format!(
         "{:<11}{shown}\n{:<11}{}\n{:<11}{}\n",
         "Name:", "MediaType:", raw.media_type, "Digest:", raw.digest
@@ -356,7 +427,7 @@ mod tests {
         assert!(text.contains("  Platform:  linux/arm/v7\n"), "{text}");
         assert!(
             text.contains(&format!(
-                "  Name:      127.0.0.1:5000/x@{}",
+                "  Name:      127.0.0.1:5000/x:multi@{}",
                 kiln_oci::sha256(b"a")
             )),
             "{text}"
@@ -364,6 +435,52 @@ mod tests {
         assert!(
             text.contains("Annotations:\n  org.opencontainers.image.description: two\n"),
             "{text}"
+        );
+    }
+
+    #[test]
+    fn index_is_written_in_buildx_field_order() {
+        let digest = kiln_oci::sha256(b"a").to_string();
+        let entries = vec![json!({
+            "size": 3, "platform": {"variant": "v7", "os": "linux", "architecture": "arm"},
+            "digest": digest, "mediaType": media_type::OCI_MANIFEST, "unknown": 1,
+        })];
+        let mut annotations = Annotations::new();
+        annotations.insert("b".into(), "2".into());
+        annotations.insert("a".into(), "1".into());
+        let bytes = index_json(media_type::OCI_INDEX, entries, annotations).unwrap();
+        let want = format!(
+            r#"{{
+  "schemaVersion": 2,
+  "mediaType": "{}",
+  "manifests": [
+    {{
+      "mediaType": "{}",
+      "digest": "{digest}",
+      "size": 3,
+      "platform": {{
+        "architecture": "arm",
+        "os": "linux",
+        "variant": "v7"
+      }}
+    }}
+  ],
+  "annotations": {{
+    "a": "1",
+    "b": "2"
+  }}
+}}"#,
+            media_type::OCI_INDEX,
+            media_type::OCI_MANIFEST
+        );
+        assert_eq!(String::from_utf8(bytes).unwrap(), want);
+        assert!(
+            index_json(
+                media_type::OCI_INDEX,
+                vec![json!({"size": 1})],
+                Annotations::new()
+            )
+            .is_err()
         );
     }
 }

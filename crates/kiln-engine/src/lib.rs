@@ -31,6 +31,7 @@ mod git_context;
 mod image;
 mod images;
 mod imagetools;
+mod inspect;
 mod login;
 mod logs;
 mod manifest_list;

@@ -144,6 +144,18 @@ impl Engine {
         })
     }
 
+    /// `manifest ... --insecure`: for the rest of this engine's life (one command), the
+    /// registries of `names` are reached without TLS verification, or over plain HTTP when
+    /// they do not answer HTTPS, as docker's `--insecure` does.
+    pub async fn manifest_allow_insecure(&self, names: &[&Reference]) {
+        let mut seen = std::collections::HashSet::new();
+        for name in names {
+            if seen.insert(name.registry()) {
+                self.registry.allow_insecure(name.registry()).await;
+            }
+        }
+    }
+
     /// `manifest create`: resolves each source in the registry and stores it as an entry of
     /// `list`; an index contributes each of its manifests.
     pub async fn manifest_create(

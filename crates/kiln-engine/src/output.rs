@@ -260,9 +260,6 @@ impl Output {
             && !matches!(self.kind, ExporterKind::Local | ExporterKind::Tar)
         {
             format!("--output type={},platform-split", self.kind.name())
-        } else if self.platform_split == Some(false) {
-            // BuildKit merges the platforms' trees, failing where they differ.
-            format!("--output type={},platform-split=false", self.kind.name())
         } else if !self.tar && self.kind != ExporterKind::Oci {
             format!("--output type={},tar=false", self.kind.name())
         } else if let Some(opt) = self.image_option().filter(|_| !self.kind.is_image()) {
@@ -569,7 +566,6 @@ mod tests {
             "type=local,dest=a,compression=zstd",
             "type=tar,dest=a,rewrite-timestamp=true",
             "type=image,dest=a",
-            "type=local,dest=a,platform-split=false",
             "type=oci,dest=a,platform-split=true",
         ] {
             let o = Output::parse(spec).unwrap();
@@ -592,6 +588,8 @@ mod tests {
             "type=docker,dest=a,oci-mediatypes=true,rewrite-timestamp=true,annotation.a=b",
             "type=local,dest=a,platform-split=true",
             "type=tar,dest=a,platform-split=true",
+            "type=local,dest=a,platform-split=false",
+            "type=tar,dest=a,platform-split=false",
         ] {
             assert_eq!(Output::parse(spec).unwrap().unsupported(), None, "{spec}");
         }

@@ -25,9 +25,10 @@ use crate::{Error, MAX_METADATA_SIZE, Result};
 /// An image found in an archive, its blobs in the content store.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LoadedImage {
-    /// A single-platform manifest (an index is resolved to `platform`).
+    /// A single-platform manifest, or an index whose every platform's image the archive holds
+    /// (an index missing some is resolved to `platform`).
     pub manifest: Digest,
-    /// The image ID.
+    /// The image ID (for an index, its default platform's: this machine's, else the first).
     pub config: Digest,
     /// The names the archive gives it (may be empty).
     pub names: Vec<Reference>,
@@ -259,15 +260,21 @@ impl Loader<'_> {
                         .map_err(|e| self.invalid(format!("`{INDEX_FILE}` names `{n}`: {e}")))
                 })
                 .transpose()?;
-            let manifest = self.pick_manifest(
-                files,
-                desc.digest(),
-                desc.size(),
-                desc.media_type().as_ref(),
-                platform,
-                0,
-            )?;
-            let config = self.check_manifest(files, &manifest)?;
+            let (manifest, config) = match self.whole_index(files, desc)? {
+                Some(kept) => kept,
+                None => {
+                    let manifest = self.pick_manifest(
+                        files,
+                        desc.digest(),
+                        desc.size(),
+                        desc.media_type().as_ref(),
+                        platform,
+                        0,
+                    )?;
+                    let config = self.check_manifest(files, &manifest)?;
+                    (manifest, config)
+                }
+            };
             match images.iter_mut().find(|i| i.manifest == manifest) {
                 Some(img) => img.names.extend(name),
                 None => images.push(LoadedImage {
@@ -278,6 +285,61 @@ impl Loader<'_> {
             }
         }
         Ok(images)
+    }
+
+    /// An index whose every entry is a platform's image complete in the archive, kept whole
+    /// (as Docker's containerd image store loads one): its digest and the config of its image
+    /// for this machine (else its first). `None` when `desc` is no index, or the index lacks an
+    /// image's blobs (`docker save --platform`) or holds anything but platform images
+    /// (attestations): then one platform's image is loaded.
+    fn whole_index(
+        &self,
+        files: &BTreeMap<String, Stored>,
+        desc: &kiln_oci::Descriptor,
+    ) -> Result<Option<(Digest, Digest)>> {
+        let digest = desc.digest();
+        if !media_type::is_index(desc.media_type().as_ref()) {
+            return Ok(None);
+        }
+        self.blob(files, digest, desc.size())?;
+        let bytes = self.metadata(digest)?;
+        let index: ImageIndex =
+            serde_json::from_slice(&bytes).map_err(|source| Error::InvalidManifest {
+                digest: digest.clone(),
+                source,
+            })?;
+        let entries = crate::image::index_entries(digest, &bytes)?;
+        if entries.is_empty()
+            || entries.len() != index.manifests().len()
+            || entries.iter().any(|(p, _)| p.os == "unknown")
+        {
+            return Ok(None);
+        }
+        let present = |d: &Digest, size: u64| {
+            self.resolve(files, &crate::archive::blob_path(d))
+                .is_ok_and(|(_, actual)| actual == size)
+        };
+        for child in index.manifests() {
+            if !present(child.digest(), child.size()) {
+                return Ok(None);
+            }
+            let m = crate::image::read_manifest(self.content, child.digest())?;
+            if !std::iter::once(m.config())
+                .chain(m.layers())
+                .all(|d| present(d.digest(), d.size()))
+            {
+                return Ok(None);
+            }
+        }
+        let mut default_config = None;
+        let default = crate::image::default_entry(&entries);
+        for (_, manifest) in &entries {
+            let config = self.check_manifest(files, manifest)?;
+            if Some(manifest) == default.as_ref() {
+                default_config = Some(config);
+            }
+        }
+        Ok(default_config.map(|c| (digest.clone(), c)))
     }
 
     /// Follows indexes down to the manifest for `platform`.

@@ -152,6 +152,28 @@ impl Client {
         Client { retry, ..self }
     }
 
+    /// Lets this client reach `registry` as `docker manifest --insecure` does: over HTTPS
+    /// without verifying its certificate, or over plain HTTP when it does not answer HTTPS
+    /// (asked once, on `/v2/`). Nothing changes for a registry the config already reaches over
+    /// plain HTTP.
+    pub async fn allow_insecure(&self, registry: &str) {
+        if self.hosts.configured_http(registry) {
+            return;
+        }
+        let url = format!("https://{}/v2/", crate::config::dial_host(registry));
+        // Any HTTP answer (401 included) means HTTPS works; no answer means plain HTTP.
+        let https = self
+            .hosts
+            .unverified_client()
+            .get(&url)
+            .timeout(std::time::Duration::from_secs(15))
+            .send()
+            .await
+            .is_ok();
+        tracing::debug!(registry, https, "insecure registry probed");
+        self.hosts.set_insecure(registry, !https);
+    }
+
     #[allow(clippy::too_many_arguments)]
     /// Sends one logical request: answers auth challenges once, and when `retry` is set tries
     /// again on transient failures. Returns whatever response came last; callers check status.

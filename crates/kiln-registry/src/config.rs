@@ -84,7 +84,12 @@ pub(crate) struct Hosts {
     config: RegistryConfig,
     default_client: std::sync::OnceLock<reqwest::Client>,
     plain_client: std::sync::OnceLock<reqwest::Client>,
+    /// Verifies no certificate: for hosts allowed `--insecure` that answer HTTPS.
+    unverified_client: std::sync::OnceLock<reqwest::Client>,
     clients: HashMap<String, reqwest::Client>,
+    /// Hosts one call allowed without TLS verification (`--insecure`): whether each is
+    /// reached over plain HTTP (it did not answer HTTPS) rather than unverified HTTPS.
+    insecure: std::sync::Mutex<HashMap<String, bool>>,
 }
 
 impl Hosts {
@@ -108,15 +113,50 @@ impl Hosts {
             config,
             default_client: std::sync::OnceLock::new(),
             plain_client: std::sync::OnceLock::new(),
+            unverified_client: std::sync::OnceLock::new(),
             clients,
+            insecure: Default::default(),
         })
+    }
+
+    /// Whether the config already says to talk plain HTTP to `host`.
+    pub fn configured_http(&self, host: &str) -> bool {
+        self.config.get(host).is_some_and(|c| c.http)
+    }
+
+    /// A client that accepts any certificate (`--insecure`).
+    pub fn unverified_client(&self) -> reqwest::Client {
+        self.unverified_client
+            .get_or_init(|| {
+                base_builder()
+                    .tls_danger_accept_invalid_certs(true)
+                    .build()
+                    .unwrap_or_default()
+            })
+            .clone()
+    }
+
+    /// Reaches `host` from now on without verifying its certificate, or over plain HTTP when
+    /// `http`.
+    pub fn set_insecure(&self, host: &str, http: bool) {
+        self.insecure
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(host.to_string(), http);
     }
 
     fn endpoint(&self, key: &str, dial: &str, mirror: bool) -> Endpoint {
         let cred_host = key.to_string();
         let cfg = self.config.get(key);
-        let http = cfg.is_some_and(|c| c.http);
+        let insecure = self
+            .insecure
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(key)
+            .copied();
+        let http = cfg.is_some_and(|c| c.http) || insecure == Some(true);
         let client = match self.clients.get(key) {
+            _ if insecure == Some(false) && !http => self.unverified_client(),
             Some(c) => c.clone(),
             None if http => self
                 .plain_client
@@ -154,12 +194,7 @@ impl Hosts {
 
     /// The registry itself, where pushes go.
     pub fn upstream(&self, registry: &str) -> Endpoint {
-        let dial = if registry == DOCKER_HUB || registry == "index.docker.io" {
-            DOCKER_HUB_API
-        } else {
-            registry
-        };
-        self.endpoint(registry, dial, false)
+        self.endpoint(registry, dial_host(registry), false)
     }
 
     /// Mirrors in configured order, then the registry: where pulls go.
@@ -174,6 +209,15 @@ impl Hosts {
             .collect();
         out.push(self.upstream(registry));
         out
+    }
+}
+
+/// The host a registry's API is dialled at.
+pub(crate) fn dial_host(registry: &str) -> &str {
+    if registry == DOCKER_HUB || registry == "index.docker.io" {
+        DOCKER_HUB_API
+    } else {
+        registry
     }
 }
 
@@ -296,6 +340,21 @@ mod tests {
             [true, true, false]
         );
         assert_eq!(hosts.upstream("ghcr.io").url("/v2/"), "https://ghcr.io/v2/");
+    }
+
+    #[test]
+    fn insecure_hosts_use_plain_http_or_unverified_https() {
+        let hosts = Hosts::new(RegistryConfig::new()).unwrap();
+        assert_eq!(hosts.upstream("a:5000").url("/v2/"), "https://a:5000/v2/");
+        hosts.set_insecure("a:5000", true);
+        let ep = hosts.upstream("a:5000");
+        assert!(ep.http);
+        assert_eq!(ep.url("/v2/"), "http://a:5000/v2/");
+        hosts.set_insecure("b:5000", false);
+        assert_eq!(hosts.upstream("b:5000").url("/v2/"), "https://b:5000/v2/");
+        // Only the hosts allowed.
+        assert!(!hosts.upstream("c:5000").http);
+        assert_eq!(dial_host("docker.io"), "registry-1.docker.io");
     }
 
     #[test]

@@ -1,7 +1,9 @@
 //! `kiln manifest create/annotate/inspect/push/rm` against the test registry, which holds
 //! `library/busybox:multi-amd64`, `:multi-arm64` (single-platform) and `:multi` (an index).
 
-use crate::support::Kiln;
+use kiln_test::{RegistryOptions, TestRegistry};
+
+use crate::support::{Kiln, registry_has};
 
 #[test]
 fn manifest_list_from_two_images_is_annotated_pushed_and_removed() {
@@ -135,11 +137,6 @@ fn manifest_create_from_an_index_takes_its_manifests() {
         .failed()
         .stderr;
     assert!(err.contains("no such manifest"), "{err}");
-    let err = k
-        .kiln(&["manifest", "create", "--insecure", &list, &index])
-        .failed()
-        .stderr;
-    assert!(err.contains("not supported yet"), "{err}");
     // Neither a local list nor in the registry.
     let missing = format!("{}/kiln-it/{}:none", k.registry, k.unique("manifest-none"));
     let err = k.kiln(&["manifest", "inspect", &missing]).failed().stderr;
@@ -147,4 +144,72 @@ fn manifest_create_from_an_index_takes_its_manifests() {
         err.contains(&format!("no such manifest: {missing}")),
         "{err}"
     );
+}
+
+#[test]
+fn manifest_insecure_reaches_plain_http_and_unverified_tls_registries() {
+    let Some(k) = Kiln::new("manifest_insecure_reaches_plain_http_and_unverified_tls_registries")
+    else {
+        return;
+    };
+    let Some(tls) = TestRegistry::start(RegistryOptions {
+        tls: true,
+        ..Default::default()
+    }) else {
+        return;
+    };
+    let ca = &tls.tls.as_ref().expect("a TLS registry").ca;
+    // Push an image to the TLS registry while the config trusts its CA.
+    let plain = format!("[registry.\"{}\"]\nhttp = true\n", k.registry);
+    std::fs::write(
+        &k.config,
+        format!(
+            "{plain}\n[registry.\"{}\"]\nca = [\"{}\"]\n",
+            tls.host,
+            ca.display()
+        ),
+    )
+    .unwrap();
+    let amd = format!("{}/library/busybox:multi-amd64", k.registry);
+    let arm = format!("{}/library/busybox:multi-arm64", k.registry);
+    let on_tls = format!("{}/kiln-it/insecure:v1", tls.host);
+    k.kiln(&["pull", &amd]).ok();
+    k.kiln(&["tag", &amd, &on_tls]).ok();
+    k.kiln(&["push", &on_tls]).ok();
+
+    // Now a config that says nothing about either registry.
+    std::fs::write(&k.config, "").unwrap();
+    // The test registry speaks plain HTTP: HTTPS fails, --insecure falls back to HTTP.
+    let multi = format!("{}/library/busybox:multi", k.registry);
+    k.kiln(&["manifest", "inspect", &multi]).failed();
+    let index: serde_json::Value = serde_json::from_str(
+        &k.kiln(&["manifest", "inspect", "--insecure", &multi])
+            .ok()
+            .stdout,
+    )
+    .unwrap();
+    assert_eq!(index["manifests"].as_array().unwrap().len(), 2, "{index}");
+    let repo = format!("kiln-it/{}", k.unique("manifest-insecure"));
+    let list = format!("{}/{repo}:v1", k.registry);
+    k.kiln(&["manifest", "create", &list, &amd, &arm]).failed();
+    k.kiln(&["manifest", "create", "--insecure", &list, &amd, &arm])
+        .ok();
+    k.kiln(&["manifest", "push", &list]).failed();
+    let digest = k
+        .kiln(&["manifest", "push", "--insecure", &list])
+        .ok()
+        .stdout;
+    assert!(digest.trim().starts_with("sha256:"), "{digest}");
+    assert!(registry_has(&k.registry, &repo, "v1"));
+
+    // The TLS registry's certificate is not trusted any more: --insecure skips the check.
+    let refused = k.kiln(&["manifest", "inspect", &on_tls]).failed();
+    assert!(refused.stderr.contains("https://"), "{}", refused.stderr);
+    let one: serde_json::Value = serde_json::from_str(
+        &k.kiln(&["manifest", "inspect", "--insecure", &on_tls])
+            .ok()
+            .stdout,
+    )
+    .unwrap();
+    assert!(one["layers"].is_array(), "{one}");
 }

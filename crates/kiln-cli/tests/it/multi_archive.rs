@@ -121,6 +121,34 @@ fn docker_archive_of_several_platforms_as_docker_saves_one() {
         .ok();
     check_archive(&saved, &stored_tag);
 
+    // kiln loads the whole index back (every platform's image is in the archive), as a
+    // containerd-store Docker does.
+    let fresh = kiln_for(&format!("{TEST}_load")).unwrap();
+    let loaded = fresh
+        .kiln(&["load", "-i", &saved.to_string_lossy()])
+        .ok()
+        .stdout;
+    assert_eq!(loaded, format!("Loaded image: {stored_tag}:latest\n"));
+    let tree = fresh.kiln(&["images", "--tree"]).ok().stdout;
+    assert!(tree.contains("├─ linux/amd64 "), "{tree}");
+    assert!(tree.contains("└─ linux/arm64 "), "{tree}");
+    for (platform, arch) in [("linux/amd64", "x86_64\n"), ("linux/arm64", "aarch64\n")] {
+        let out = fresh
+            .kiln(&[
+                "run",
+                "--rm",
+                "--platform",
+                platform,
+                &stored_tag,
+                "cat",
+                "/arch",
+            ])
+            .ok()
+            .stdout;
+        assert_eq!(out, arch, "{platform}");
+    }
+    fresh.assert_clean();
+
     // Docker 20.10 reads manifest.json: it loads this machine's image under the tag.
     let Some(dockerd) = dockerd_for(TEST) else {
         return;

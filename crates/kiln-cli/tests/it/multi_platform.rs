@@ -415,8 +415,8 @@ fn local_and_tar_outputs_split_by_platform() {
             );
         }
     }
-    // `platform-split=true` with one platform splits too, as BuildKit does; `false` (merging
-    // the trees) is not there yet.
+    // `platform-split=true` with one platform splits too, as BuildKit does (`false`:
+    // multi_split.rs).
     let one = k.dir().join("one");
     k.build(
         &ctx,
@@ -431,23 +431,6 @@ fn local_and_tar_outputs_split_by_platform() {
     assert_eq!(
         std::fs::read_to_string(one.join("linux_arm64/arch")).unwrap(),
         "aarch64\n"
-    );
-    let run = k
-        .build(
-            &ctx,
-            &[
-                "--platform",
-                "linux/amd64,linux/arm64",
-                "-o",
-                &format!("type=local,dest={},platform-split=false", one.display()),
-            ],
-        )
-        .failed();
-    assert!(
-        run.stderr
-            .contains("--output type=local,platform-split=false is not supported yet"),
-        "{}",
-        run.stderr
     );
     k.assert_clean();
 }

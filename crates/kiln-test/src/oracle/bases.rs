@@ -15,6 +15,9 @@ pub const BASES: &[(&str, &str)] = &[
     ("library/busybox", "latest"),
     ("library/busybox", "bare"),
     ("library/busybox", "users"),
+    // busybox:multi's two images, tagged apart by setup.sh.
+    ("library/busybox", "multi-amd64"),
+    ("library/busybox", "multi-arm64"),
 ];
 
 /// One base image: what its label is, its layers and how many history entries it has.

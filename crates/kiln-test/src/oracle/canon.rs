@@ -32,7 +32,9 @@ const CONFIG_FIELDS: &[&str] = &[
     "ArgsEscaped",
 ];
 
-/// The canonical JSON of the one image in the OCI archive `archive` (`--output type=oci`).
+/// The canonical JSON of the image in the OCI archive `archive` (`--output type=oci`). A
+/// multi-platform image is `{"platforms": {"linux/amd64": IMAGE, ...}}`, each platform's image
+/// in the canonical form of a single one.
 pub fn canonicalize(archive: &Path, bases: &Bases) -> Result<Value> {
     let blobs = read_archive(archive)?;
     let index: Value = serde_json::from_slice(
@@ -41,13 +43,38 @@ pub fn canonicalize(archive: &Path, bases: &Bases) -> Result<Value> {
             .context("the archive has no index.json")?,
     )
     .context("parsing index.json")?;
-    let manifest = find_manifest(&blobs, &index)?;
+    match find_manifests(&blobs, &index)?.as_slice() {
+        [(_, only)] => canonical_image(&blobs, only, bases),
+        several => {
+            let mut platforms = Map::new();
+            for (platform, manifest) in several {
+                let platform = platform
+                    .clone()
+                    .context("an index entry of a multi-platform image without a platform")?;
+                let image = canonical_image(&blobs, manifest, bases)
+                    .with_context(|| format!("the {platform} image"))?;
+                ensure!(
+                    platforms.insert(platform.clone(), image).is_none(),
+                    "two images for {platform}"
+                );
+            }
+            Ok(json!({ "platforms": platforms }))
+        }
+    }
+}
+
+/// The canonical JSON of one image manifest of the archive.
+fn canonical_image(
+    blobs: &HashMap<String, Vec<u8>>,
+    manifest: &Value,
+    bases: &Bases,
+) -> Result<Value> {
     let config_digest = manifest
         .pointer("/config/digest")
         .and_then(Value::as_str)
         .context("the manifest has no config")?;
     let config: Value =
-        serde_json::from_slice(blob(&blobs, config_digest)?).context("parsing the image config")?;
+        serde_json::from_slice(blob(blobs, config_digest)?).context("parsing the image config")?;
 
     let mut out = Map::new();
     let mut cfg = Map::new();
@@ -98,7 +125,7 @@ pub fn canonicalize(archive: &Path, bases: &Bases) -> Result<Value> {
             .get("digest")
             .and_then(Value::as_str)
             .context("a layer without digest")?;
-        let entries = layer_entries(blob(&blobs, digest)?)
+        let entries = layer_entries(blob(blobs, digest)?)
             .with_context(|| format!("reading the layer {digest}"))?;
         canon_layers.push(Value::Array(entries));
     }
@@ -153,8 +180,13 @@ fn blob<'a>(blobs: &'a HashMap<String, Vec<u8>>, digest: &str) -> Result<&'a [u8
         .with_context(|| format!("the archive has no blob {digest}"))
 }
 
-/// The image manifest an index leads to; attestation manifests are not images.
-fn find_manifest(blobs: &HashMap<String, Vec<u8>>, index: &Value) -> Result<Value> {
+/// The image manifests an index leads to, with their platforms (`os/arch[/variant]`, when the
+/// descriptor names one); attestation manifests are not images. One entry that is itself an
+/// index (buildctl's OCI archive of a multi-platform build) leads to its entries.
+fn find_manifests(
+    blobs: &HashMap<String, Vec<u8>>,
+    index: &Value,
+) -> Result<Vec<(Option<String>, Value)>> {
     let images: Vec<&Value> = index
         .get("manifests")
         .and_then(Value::as_array)
@@ -164,24 +196,37 @@ fn find_manifest(blobs: &HashMap<String, Vec<u8>>, index: &Value) -> Result<Valu
             m.pointer("/annotations/vnd.docker.reference.type")
                 .and_then(Value::as_str)
                 != Some("attestation-manifest")
+                && m.pointer("/platform/architecture").and_then(Value::as_str) != Some("unknown")
         })
         .collect();
-    let [only] = images.as_slice() else {
-        bail!(
-            "expected one image in the archive, found {} (multi-platform images are not compared yet)",
-            images.len()
-        );
-    };
-    let digest = only
-        .get("digest")
-        .and_then(Value::as_str)
-        .context("a descriptor without digest")?;
-    let doc: Value = serde_json::from_slice(blob(blobs, digest)?)?;
-    if doc.get("manifests").is_some() {
-        find_manifest(blobs, &doc)
-    } else {
-        Ok(doc)
+    ensure!(!images.is_empty(), "the archive holds no image");
+    let mut found = Vec::new();
+    for desc in &images {
+        let digest = desc
+            .get("digest")
+            .and_then(Value::as_str)
+            .context("a descriptor without digest")?;
+        let doc: Value = serde_json::from_slice(blob(blobs, digest)?)?;
+        if doc.get("manifests").is_some() {
+            ensure!(images.len() == 1, "an index among several images");
+            return find_manifests(blobs, &doc);
+        }
+        found.push((platform_of(desc), doc));
     }
+    Ok(found)
+}
+
+fn platform_of(desc: &Value) -> Option<String> {
+    let p = desc.get("platform")?;
+    let mut s = format!(
+        "{}/{}",
+        p.get("os")?.as_str()?,
+        p.get("architecture")?.as_str()?
+    );
+    if let Some(v) = p.get("variant").and_then(Value::as_str) {
+        s = format!("{s}/{v}");
+    }
+    Some(s)
 }
 
 /// `./a/b/`, `/a/b` → `a/b`; the root is `.`.

@@ -39,6 +39,9 @@ pub struct Spec {
     pub entry: Vec<Entry>,
     pub expect_error: Option<String>,
     pub xfail: Option<String>,
+    /// Several platforms: one multi-platform build (`--platform a,b`), compared per platform.
+    #[serde(default)]
+    pub platforms: Vec<String>,
 }
 
 /// A context entry that `files` cannot express: a mode, a directory, a link.
@@ -261,6 +264,12 @@ impl Case {
         for (id, file) in &ws.secrets {
             args.extend(["--secret".into(), format!("id={id},src={}", file.display())]);
         }
+        if !self.spec.platforms.is_empty() {
+            args.extend([
+                "--opt".into(),
+                format!("platform={}", self.spec.platforms.join(",")),
+            ]);
+        }
         args.extend(["--output".into(), self.output(out)]);
         args
     }
@@ -276,6 +285,9 @@ impl Case {
         }
         for (id, file) in &ws.secrets {
             args.extend(["--secret".into(), format!("id={id},src={}", file.display())]);
+        }
+        if !self.spec.platforms.is_empty() {
+            args.extend(["--platform".into(), self.spec.platforms.join(",")]);
         }
         args.extend(["-o".into(), self.output(out)]);
         args

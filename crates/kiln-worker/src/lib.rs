@@ -17,10 +17,12 @@ pub mod git;
 mod hashcache;
 mod http;
 mod image;
+pub mod key_inputs;
 mod sources;
 mod step;
 
 pub use hashcache::FileHashes;
+pub use key_inputs::{FileSummary, KeyInputs};
 mod ssh;
 
 use std::collections::HashMap;
@@ -221,6 +223,8 @@ pub struct LlbWorker {
     cdi: Arc<cdi::Registry>,
     /// What RUNs for foreign platforms took (QEMU through binfmt_misc).
     emulated: parking_lot::Mutex<emulation::EmulationStats>,
+    /// What each vertex's key was computed from, for `--explain`.
+    key_inputs: parking_lot::Mutex<HashMap<usize, KeyInputs>>,
 }
 
 impl LlbWorker {
@@ -255,7 +259,13 @@ impl LlbWorker {
             copy_stream: true,
             cdi: Default::default(),
             emulated: Default::default(),
+            key_inputs: Default::default(),
         }
+    }
+
+    /// What `vertex`'s cache key was computed from, once the solver asked for its key.
+    pub fn key_inputs(&self, vertex: usize) -> Option<KeyInputs> {
+        self.key_inputs.lock().get(&vertex).cloned()
     }
 
     /// The emulated steps run so far, for the build's summary.
@@ -331,6 +341,25 @@ impl LlbWorker {
         inputs: &[Solved<Value>],
     ) -> Result<Digest> {
         let node = graph.def.node(kiln_llb::NodeId(vertex));
+        let mut described = key_inputs::describe(&node.op);
+        for (i, input) in inputs.iter().enumerate() {
+            described.inputs.push(key_inputs::InputKey {
+                role: input_role(&node.op, i),
+                name: graph.name(node.inputs[i].0).to_string(),
+                key: input.cache_key.clone(),
+            });
+        }
+        let key = self.key_of(node, inputs, &mut described).await?;
+        self.key_inputs.lock().insert(vertex, described);
+        Ok(key)
+    }
+
+    async fn key_of(
+        &self,
+        node: &kiln_llb::Node,
+        inputs: &[Solved<Value>],
+        described: &mut KeyInputs,
+    ) -> Result<Digest> {
         if let Op::Git(op) = &node.op {
             return self.git_key(op).await;
         }
@@ -346,7 +375,7 @@ impl LlbWorker {
             let ctx = self.context(name)?.clone();
             let copy = copy.clone();
             let hashes = self.hashes.clone();
-            let sum = tokio::task::spawn_blocking(move || {
+            let (sum, files) = tokio::task::spawn_blocking(move || {
                 context_checksum(
                     &ctx,
                     &copy.sources,
@@ -357,6 +386,7 @@ impl LlbWorker {
             })
             .await??;
             h.update(sum);
+            described.files.insert("COPY".into(), files);
         }
         // A bind mount of the context is keyed by the content it exposes, as COPY is.
         if let Op::Exec(exec) = &node.op {
@@ -365,11 +395,14 @@ impl LlbWorker {
                     let ctx = self.context(name)?.clone();
                     let sources = vec![context_source(&m.source)];
                     let hashes = self.hashes.clone();
-                    let sum = tokio::task::spawn_blocking(move || {
+                    let (sum, files) = tokio::task::spawn_blocking(move || {
                         context_checksum(&ctx, &sources, false, &[], hashes.as_deref())
                     })
                     .await??;
                     h.update(sum);
+                    described
+                        .files
+                        .insert(format!("the bind mount at {}", m.target), files);
                 }
             }
         }
@@ -379,6 +412,7 @@ impl LlbWorker {
         {
             let d = self.download(http).await?;
             h.update(d.digest.as_ref().as_bytes());
+            described.content = Some(d.digest.to_string());
         }
         Ok(kiln_oci::sha256(&h.finalize()))
     }
@@ -408,6 +442,22 @@ impl LlbWorker {
             }
             Op::Mkdir(mkdir) => self.mkdir(mkdir, inputs[0].value.layers(), progress).await,
         }
+    }
+}
+
+/// What input `i` of `op` is to the step, in words for `--explain`.
+fn input_role(op: &Op, i: usize) -> String {
+    match (op, i) {
+        (_, 0) => "parent".into(),
+        (Op::Copy(_), _) => "source".into(),
+        (Op::Exec(exec), _) => match exec.mounts.iter().find(|m| m.input == i) {
+            Some(m) => format!("mount {}", m.target),
+            None => match exec.caches.iter().find(|c| c.input == Some(i)) {
+                Some(c) => format!("cache seed {}", c.target),
+                None => format!("input {i}"),
+            },
+        },
+        _ => format!("input {i}"),
     }
 }
 

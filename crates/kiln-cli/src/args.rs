@@ -210,6 +210,10 @@ pub struct BuildArgs {
     /// Always attempt to pull all referenced images
     #[arg(long)]
     pub pull: bool,
+    /// After the build, say why each step that did not come from the cache missed it (also
+    /// under `kiln.explain` in --metadata-file)
+    #[arg(long)]
+    pub explain: bool,
     /// Set metadata for an image
     #[arg(long)]
     pub label: Vec<String>,

@@ -75,6 +75,9 @@ pub struct BuildResult {
     /// the image's descriptor (`platform`, `org.opencontainers.image.created`).
     pub platform: kiln_oci::Platform,
     pub created: Option<String>,
+    /// The steps that did not come from the cache and why (`--explain`); empty for a
+    /// multi-platform build.
+    pub explain: Vec<crate::ExplainedStep>,
 }
 
 impl Engine {
@@ -86,6 +89,7 @@ impl Engine {
             return Err(Error::Unsupported(why));
         }
         let target = req.platform.clone().unwrap_or_else(Platform::host);
+        let step_keys = crate::explain::StepKeys::new(&self.root, dockerfile_identity(&req));
         crate::output::check_annotations(&mut req.outputs, &target).map_err(Error::Usage)?;
         let Prelude {
             req,
@@ -164,6 +168,8 @@ impl Engine {
         );
         let root = converted.root.0;
         let no_cache_nodes = std::mem::take(&mut converted.no_cache);
+        let filtered: std::collections::HashSet<usize> =
+            no_cache_nodes.iter().map(|n| n.0).collect();
         let locations = converted.locations.clone();
         let graph = Arc::new(LlbGraph::new(converted.definition));
         let mut cache: Arc<dyn CacheStore<Value>> = Arc::new(
@@ -185,9 +191,22 @@ impl Engine {
         )
         .with_no_cache_for(no_cache_nodes.into_iter().map(|n| n.0));
         let solved = solver.solve(root).await;
+        let all_solved = solver.solved();
+        let explain = match &solved {
+            Ok(_) => step_keys.explain(&graph, &converted.steps, &all_solved, &worker, &|v| {
+                if req.no_cache {
+                    crate::explain::Forced::NoCache
+                } else if filtered.contains(&v) {
+                    crate::explain::Forced::NoCacheFilter
+                } else {
+                    crate::explain::Forced::No
+                }
+            }),
+            Err(_) => Vec::new(),
+        };
         let cache_records = match req.cache_to.is_empty() {
             true => Vec::new(),
-            false => solver.solved(),
+            false => all_solved,
         };
         let solved = SolveEnd {
             graph: &graph,
@@ -255,8 +274,21 @@ impl Engine {
             names: exported.2,
             platform,
             created,
+            explain,
         })
     }
+}
+
+/// Which Dockerfile a build reads, for `--explain` to compare its steps only with its own: the
+/// context directory and the Dockerfile path as absolute paths (`-` for one read from stdin).
+fn dockerfile_identity(req: &BuildRequest) -> String {
+    let abs = |p: &std::path::Path| std::fs::canonicalize(p).unwrap_or_else(|_| p.to_path_buf());
+    let dockerfile = match (&req.dockerfile_text, &req.dockerfile) {
+        (Some(_), _) => "-".into(),
+        (None, Some(f)) => abs(f),
+        (None, None) => abs(&req.context).join("Dockerfile"),
+    };
+    format!("{}\0{}", abs(&req.context).display(), dockerfile.display())
 }
 
 /// An RFC 3339 time without its fraction (`2026-12-07T20:15:11.123Z` → `2026-12-07T20:15:11Z`).

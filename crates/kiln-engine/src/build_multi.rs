@@ -214,6 +214,8 @@ impl Engine {
             platform: images[0].0.platform.clone(),
             // BuildKit annotates the index's descriptor with the build's time too.
             created: Some(crate::build::whole_seconds(&created)),
+            // Step records are per Dockerfile step, not per platform: not kept here yet.
+            explain: Vec::new(),
         })
     }
 

@@ -19,6 +19,7 @@ mod compress;
 mod config;
 mod container;
 mod du;
+mod explain;
 mod export;
 mod export_names;
 mod export_rootfs;
@@ -60,6 +61,7 @@ pub use container::{
 pub use du::{
     DiskUsage, PruneReport, PruneRequest, UsageKind, UsageRecord, parse_duration, parse_size,
 };
+pub use explain::{ExplainedStep, format_explain};
 pub use image::ImportRequest;
 pub use images::{FoundImage, ImageFilter, RmiEvent};
 pub use imagetools::{IndexRequest, format_imagetools};
@@ -228,8 +230,9 @@ impl Engine {
             kiln_worker::cachemount::remove_stale(root)
                 .map_err(io("removing stale cache mount dirs"))?;
             // Small temp files of atomic writes a kill interrupted: cache records, image
-            // names, compiled seccomp profiles.
+            // names, compiled seccomp profiles, `--explain`'s step records.
             remove_temp_files(&root.join("cache"), |n| n.starts_with(".tmp-"))?;
+            remove_temp_files(&root.join("step-keys"), |n| n.starts_with(".tmp-"))?;
             remove_temp_files(&root.join("images"), |n| {
                 n.starts_with('.') && n.ends_with(".tmp")
             })?;
@@ -347,12 +350,19 @@ mod tests {
     fn issue_13_open_removes_partial_files_a_kill_left() {
         let dir = tempfile::tempdir().unwrap();
         let root = dir.path().join("root");
-        for d in ["content/ingest", "cache", "images", "executor/seccomp"] {
+        for d in [
+            "content/ingest",
+            "cache",
+            "images",
+            "executor/seccomp",
+            "step-keys",
+        ] {
             std::fs::create_dir_all(root.join(d)).unwrap();
         }
         let left = [
             "content/ingest/0123456789abcdef",
             "cache/.tmp-0123456789abcdef",
+            "step-keys/.tmp-0123456789abcdef",
             "images/.images.json.123-0.tmp",
             "executor/seccomp/.tmp-1-ThreadId(1)",
         ];

@@ -17,6 +17,7 @@ mod docker_pull;
 mod dockerignore;
 mod errors;
 mod example;
+mod explain;
 mod export_docker;
 mod export_oci;
 mod failure;

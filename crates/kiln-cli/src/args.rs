@@ -210,6 +210,10 @@ pub struct BuildArgs {
     /// Always attempt to pull all referenced images
     #[arg(long)]
     pub pull: bool,
+    /// Use no network for images: base images from the local store (or what an earlier build
+    /// resolved them to), layers from the local store or a local cache
+    #[arg(long)]
+    pub offline: bool,
     /// After the build, say why each step that did not come from the cache missed it (also
     /// under `kiln.explain` in --metadata-file)
     #[arg(long)]

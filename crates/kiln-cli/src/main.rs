@@ -373,6 +373,7 @@ async fn build(cli: &Cli, b: &BuildArgs) -> Result<ExitCode> {
         run,
         cache_from,
         cache_to,
+        offline: b.offline,
     };
     let result = engine.build(req, &progress).await;
     progress.finish();

@@ -58,6 +58,9 @@ pub struct BuildRequest {
     pub cache_from: Vec<crate::CacheImport>,
     /// `--cache-to`: where the build's records go once the image is exported (cache_export.rs).
     pub cache_to: Vec<crate::CacheExport>,
+    /// `--offline`: base images from the local image store or earlier lookups, layers from
+    /// the content store or a local cache; no registry is asked anything.
+    pub offline: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -81,7 +84,19 @@ pub struct BuildResult {
 }
 
 impl Engine {
-    pub async fn build(&self, mut req: BuildRequest, progress: &Progress) -> Result<BuildResult> {
+    pub async fn build(&self, req: BuildRequest, progress: &Progress) -> Result<BuildResult> {
+        if req.offline && !self.offline {
+            check_offline(&req)?;
+            return Box::pin(self.offline()?.build(req, progress)).await;
+        }
+        self.build_online_or_not(req, progress).await
+    }
+
+    async fn build_online_or_not(
+        &self,
+        mut req: BuildRequest,
+        progress: &Progress,
+    ) -> Result<BuildResult> {
         if req.platforms.len() > 1 {
             return self.build_multi(req, progress).await;
         }
@@ -123,6 +138,8 @@ impl Engine {
             registry: &self.registry,
             content: &self.content,
             images: &self.images,
+            offline: self.offline,
+            records: crate::resolved::ResolvedRecords::new(&self.root),
             progress,
             multi_platform: false,
             seen: Default::default(),
@@ -289,6 +306,29 @@ fn dockerfile_identity(req: &BuildRequest) -> String {
         (None, None) => abs(&req.context).join("Dockerfile"),
     };
     format!("{}\0{}", abs(&req.context).display(), dockerfile.display())
+}
+
+/// `--offline` with something that exists only on a registry: refused before anything runs.
+fn check_offline(req: &BuildRequest) -> Result<()> {
+    let refuse = |what: &str| {
+        Err(Error::Usage(format!(
+            "--offline with {what}: that needs the network; drop one of them"
+        )))
+    };
+    if req.pull {
+        return refuse("--pull");
+    }
+    if req.outputs.iter().any(|o| o.push) {
+        return refuse("a push (--push, type=registry or push=true)");
+    }
+    let registry = |l: &crate::CacheLocation| matches!(l, crate::CacheLocation::Registry(_));
+    if req.cache_from.iter().any(|c| registry(&c.location)) {
+        return refuse("--cache-from type=registry (a local cache, type=local, is read offline)");
+    }
+    if req.cache_to.iter().any(|c| registry(&c.location)) {
+        return refuse("--cache-to type=registry");
+    }
+    Ok(())
 }
 
 /// An RFC 3339 time without its fraction (`2026-12-07T20:15:11.123Z` → `2026-12-07T20:15:11Z`).

@@ -98,6 +98,8 @@ impl Engine {
             registry: &self.registry,
             content: &self.content,
             images: &self.images,
+            offline: self.offline,
+            records: crate::resolved::ResolvedRecords::new(&self.root),
             progress,
             multi_platform: true,
             seen: Default::default(),
@@ -438,6 +440,7 @@ mod tests {
             context_archive: None,
             cache_from: Vec::new(),
             cache_to: Vec::new(),
+            offline: false,
         }
     }
 

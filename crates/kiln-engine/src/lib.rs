@@ -36,6 +36,7 @@ mod oci_layout;
 mod output;
 mod proxy_linux;
 mod push_stream;
+mod resolved;
 mod resolver;
 mod run;
 mod squash;
@@ -176,7 +177,7 @@ pub(crate) fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> Erro
 /// The on-disk layout of a data directory (documented in docs/on-disk-layout.md).
 pub struct Engine {
     /// Held (shared) for the engine's life; see `open`.
-    _lock: std::fs::File,
+    _lock: Arc<std::fs::File>,
     root: PathBuf,
     content: ContentStore,
     layers: LayerStore,
@@ -185,6 +186,10 @@ pub struct Engine {
     variants: kiln_exporter::compress::BlobVariants,
     executor: Arc<RuncExecutor>,
     registry: Arc<kiln_registry::Client>,
+    /// What `registry` was made from, for an offline copy of it (`offline`).
+    registry_config: kiln_registry::RegistryConfig,
+    /// `kiln build --offline`: `registry` sends nothing; base images come from the data root.
+    offline: bool,
     /// Entitlements a build may be granted (`insecure-entitlements`).
     insecure_entitlements: std::collections::BTreeSet<Entitlement>,
     /// `copy-stream` (default true): COPY from the context streams its layer.
@@ -233,6 +238,7 @@ impl Engine {
             // names, compiled seccomp profiles, `--explain`'s step records.
             remove_temp_files(&root.join("cache"), |n| n.starts_with(".tmp-"))?;
             remove_temp_files(&root.join("step-keys"), |n| n.starts_with(".tmp-"))?;
+            remove_temp_files(&root.join("resolved"), |n| n.starts_with(".tmp-"))?;
             remove_temp_files(&root.join("images"), |n| {
                 n.starts_with('.') && n.ends_with(".tmp")
             })?;
@@ -244,7 +250,7 @@ impl Engine {
         let registry = kiln_registry::Client::new(config.registry.clone())?
             .with_credentials(config.credentials());
         Ok(Engine {
-            _lock: lock,
+            _lock: Arc::new(lock),
             root: root.to_path_buf(),
             content,
             layers,
@@ -252,6 +258,8 @@ impl Engine {
             variants,
             executor,
             registry: Arc::new(registry),
+            registry_config: config.registry.clone(),
+            offline: false,
             insecure_entitlements: config.insecure_entitlements(),
             copy_stream: config.copy_stream.unwrap_or(true),
             host_gateway_ip: config.host_gateway_ip,
@@ -264,6 +272,31 @@ impl Engine {
 
     pub fn root(&self) -> &Path {
         &self.root
+    }
+
+    /// This engine with a registry client that sends nothing (`kiln build --offline`): every
+    /// path that would reach a registry (base image lookups, layer pulls, cache imports,
+    /// pushes) fails with the request it did not send instead.
+    pub(crate) fn offline(&self) -> Result<Engine> {
+        Ok(Engine {
+            _lock: self._lock.clone(),
+            root: self.root.clone(),
+            content: self.content.clone(),
+            layers: self.layers.clone(),
+            images: self.images.clone(),
+            variants: self.variants.clone(),
+            executor: self.executor.clone(),
+            registry: Arc::new(kiln_registry::Client::offline(
+                self.registry_config.clone(),
+            )?),
+            registry_config: self.registry_config.clone(),
+            offline: true,
+            insecure_entitlements: self.insecure_entitlements.clone(),
+            copy_stream: self.copy_stream,
+            host_gateway_ip: self.host_gateway_ip,
+            cdi: self.cdi.clone(),
+            remote_context_max_bytes: self.remote_context_max_bytes,
+        })
     }
 
     pub fn images(&self) -> Result<Vec<ImageRecord>> {

@@ -36,6 +36,7 @@ mod mounts;
 mod multi_platform;
 mod multistage;
 mod named_contexts;
+mod offline;
 mod oracle;
 mod outputs;
 mod platforms;

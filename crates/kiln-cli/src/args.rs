@@ -214,6 +214,10 @@ pub struct BuildArgs {
     /// resolved them to), layers from the local store or a local cache
     #[arg(long)]
     pub offline: bool,
+    /// Pin image references to digests: a missing FILE gets what every tag resolved to; an
+    /// existing one is used (and references it lacks are added)
+    #[arg(long, value_name = "FILE")]
+    pub pin: Option<PathBuf>,
     /// After the build, say why each step that did not come from the cache missed it (also
     /// under `kiln.explain` in --metadata-file)
     #[arg(long)]

@@ -374,6 +374,7 @@ async fn build(cli: &Cli, b: &BuildArgs) -> Result<ExitCode> {
         cache_from,
         cache_to,
         offline: b.offline,
+        pin: b.pin.clone(),
     };
     let result = engine.build(req, &progress).await;
     progress.finish();

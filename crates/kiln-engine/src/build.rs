@@ -61,6 +61,9 @@ pub struct BuildRequest {
     /// `--offline`: base images from the local image store or earlier lookups, layers from
     /// the content store or a local cache; no registry is asked anything.
     pub offline: bool,
+    /// `--pin FILE`: image references resolved to the digests the file lists; what it lacks
+    /// is resolved as usual and added to it after the build.
+    pub pin: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone)]
@@ -133,6 +136,7 @@ impl Engine {
             named_contexts: named.contexts,
             multi_platform: false,
         };
+        let mut pins = req.pin.as_deref().map(crate::pin::Pins::load).transpose()?;
         let resolver = EngineResolver {
             pull: req.pull,
             registry: &self.registry,
@@ -140,11 +144,14 @@ impl Engine {
             images: &self.images,
             offline: self.offline,
             records: crate::resolved::ResolvedRecords::new(&self.root),
+            pins: pins.as_ref(),
             progress,
             multi_platform: false,
             seen: Default::default(),
         };
         let mut converted = kiln_frontend::convert(&source, &opts, &resolver).await?;
+        let resolved = resolver.resolved();
+        drop(resolver);
         // As BuildKit's `label:` options: on the final config, after the Dockerfile's LABELs,
         // with no history entry.
         if !req.labels.is_empty() {
@@ -277,6 +284,7 @@ impl Engine {
             .await?;
         self.export_caches(&req.cache_to, &cache_records, &solved.value, progress)
             .await?;
+        save_pins(pins.as_mut(), &resolved)?;
         let manifest_bytes = self.content.read(&exported.0)?;
         let manifest_media_type = serde_json::from_slice::<serde_json::Value>(&manifest_bytes)
             .ok()
@@ -306,6 +314,20 @@ fn dockerfile_identity(req: &BuildRequest) -> String {
         (None, None) => abs(&req.context).join("Dockerfile"),
     };
     format!("{}\0{}", abs(&req.context).display(), dockerfile.display())
+}
+
+/// `--pin FILE` after a successful build: what the build resolved that the file lacked is added.
+pub(crate) fn save_pins(
+    pins: Option<&mut crate::pin::Pins>,
+    resolved: &[(Reference, Platform, Digest)],
+) -> Result<()> {
+    let Some(pins) = pins else {
+        return Ok(());
+    };
+    for (reference, platform, digest) in resolved {
+        pins.add(reference, platform, digest);
+    }
+    pins.save()
 }
 
 /// `--offline` with something that exists only on a registry: refused before anything runs.

@@ -92,6 +92,7 @@ impl Engine {
         let mut warnings: Vec<String> = Vec::new();
         let mut proxy_env = Vec::new();
         let mut locals = None;
+        let mut pins = req.pin.as_deref().map(crate::pin::Pins::load).transpose()?;
         // One resolver: an image a stage names for the build platform is looked up once.
         let resolver = EngineResolver {
             pull: req.pull,
@@ -100,6 +101,7 @@ impl Engine {
             images: &self.images,
             offline: self.offline,
             records: crate::resolved::ResolvedRecords::new(&self.root),
+            pins: pins.as_ref(),
             progress,
             multi_platform: true,
             seen: Default::default(),
@@ -153,6 +155,8 @@ impl Engine {
                 base_layers,
             });
         }
+        let resolved = resolver.resolved();
+        drop(resolver);
 
         // A tarball context unpacks what every platform's graph reads.
         if let Some(a) = &mut archive_context {
@@ -206,6 +210,7 @@ impl Engine {
             .zip(solved.into_iter().map(|s| s.value.clone()))
             .collect();
         let (index, size, index_type, names) = self.export_multi(&images, &req, progress).await?;
+        crate::build::save_pins(pins.as_mut(), &resolved)?;
         Ok(BuildResult {
             manifest: index.clone(),
             manifest_media_type: index_type.to_string(),
@@ -441,6 +446,7 @@ mod tests {
             cache_from: Vec::new(),
             cache_to: Vec::new(),
             offline: false,
+            pin: None,
         }
     }
 

@@ -34,6 +34,7 @@ mod monitor;
 mod named_context;
 mod oci_layout;
 mod output;
+mod pin;
 mod proxy_linux;
 mod push_stream;
 mod resolved;

@@ -26,6 +26,8 @@ pub(crate) struct EngineResolver<'a> {
     pub offline: bool,
     /// Where registry lookups are remembered, for later offline builds.
     pub records: crate::resolved::ResolvedRecords,
+    /// `--pin FILE`: references resolved to the digest the file gives instead of their tag.
+    pub pins: Option<&'a crate::pin::Pins>,
     /// One lookup per image and platform in a build, however many stages name it.
     pub seen: std::sync::Mutex<std::collections::HashMap<(String, Platform), ResolvedImage>>,
 }
@@ -48,11 +50,40 @@ impl EngineResolver<'_> {
         Ok(resolved)
     }
 
+    /// Every image this resolver resolved: (reference as named, platform, manifest digest).
+    pub(crate) fn resolved(&self) -> Vec<(Reference, Platform, kiln_oci::Digest)> {
+        self.seen
+            .lock()
+            .expect("resolver lock")
+            .iter()
+            .filter_map(|((name, platform), r)| {
+                let digest = r.pinned.rsplit_once('@')?.1;
+                Some((
+                    name.parse().ok()?,
+                    platform.clone(),
+                    kiln_oci::parse_digest(digest).ok()?,
+                ))
+            })
+            .collect()
+    }
+
     async fn lookup(
         &self,
         reference: &Reference,
         platform: &Platform,
     ) -> std::result::Result<ResolvedImage, BoxError> {
+        // A pinned reference is that digest whatever the tag says now; no lookup at all when
+        // the content store has its manifest and config.
+        let pinned = self.pins.and_then(|p| p.get(reference, platform));
+        let reference = &match &pinned {
+            Some(d) => reference.with_digest(d.as_ref()),
+            None => reference.clone(),
+        };
+        if let Some(d) = &pinned
+            && let Some(found) = self.stored(reference, d)?
+        {
+            return Ok(found);
+        }
         let vertex = self.progress.vertex(format!(
             "[{}internal] load metadata for {}",
             if self.multi_platform {
@@ -117,18 +148,29 @@ impl EngineResolver<'_> {
         if let Some(found) = self.local(reference, platform)? {
             return Ok(Some(found));
         }
-        let Some(manifest) = self.records.get(reference, platform) else {
+        match self.records.get(reference, platform) {
+            Some(manifest) => self.stored(reference, &manifest),
+            None => Ok(None),
+        }
+    }
+
+    /// The image manifest `manifest` as `reference`, if the content store has it and its config.
+    fn stored(
+        &self,
+        reference: &Reference,
+        manifest: &kiln_oci::Digest,
+    ) -> Result<Option<ResolvedImage>, BoxError> {
+        let Ok(bytes) = self.content.read(manifest) else {
             return Ok(None);
         };
-        let Ok(bytes) = self.content.read(&manifest) else {
+        let Ok(parsed) = serde_json::from_slice::<ImageManifest>(&bytes) else {
             return Ok(None);
         };
-        let parsed: ImageManifest = serde_json::from_slice(&bytes)?;
         let Ok(config) = self.content.read(parsed.config().digest()) else {
             return Ok(None);
         };
         Ok(Some(ResolvedImage {
-            pinned: pin(reference, &manifest),
+            pinned: pin(reference, manifest),
             config: serde_json::from_slice(&config)?,
         }))
     }

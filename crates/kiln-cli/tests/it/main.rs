@@ -39,6 +39,7 @@ mod named_contexts;
 mod offline;
 mod oracle;
 mod outputs;
+mod pin;
 mod platforms;
 mod pull;
 mod pushstream;

@@ -9,7 +9,7 @@ use std::process::Command;
 use crate::support::{KILN, Kiln, Run};
 
 /// A config mapping docker.io to a port nothing listens on.
-fn dead_config(k: &Kiln) -> PathBuf {
+pub(crate) fn dead_config(k: &Kiln) -> PathBuf {
     let path = k.dir().join("dead.toml");
     std::fs::write(
         &path,
@@ -20,7 +20,7 @@ fn dead_config(k: &Kiln) -> PathBuf {
 }
 
 /// `kiln --root R --config CONFIG build --progress plain ARGS... CTX`.
-fn build_with(k: &Kiln, config: &Path, ctx: &Path, args: &[&str]) -> Run {
+pub(crate) fn build_with(k: &Kiln, config: &Path, ctx: &Path, args: &[&str]) -> Run {
     let mut cmd = Command::new(KILN);
     cmd.arg("--root")
         .arg(&k.root)

@@ -26,12 +26,37 @@ pub struct ExplainedStep {
     pub reasons: Vec<String>,
 }
 
-/// What a step solved under last time.
+/// What a step solved under last time. On disk: the key on the first line (all a cached step
+/// whose key did not change reads), then this record as JSON.
 #[derive(Debug, Serialize, Deserialize)]
 struct StepRecord {
     id: String,
     key: Digest,
     inputs: KeyInputs,
+}
+
+/// A record file: its key, and the rest parsed only when needed.
+struct Stored {
+    key: Option<Digest>,
+    text: Vec<u8>,
+}
+
+impl Stored {
+    fn read(path: &Path) -> Option<Stored> {
+        let text = fs::read(path).ok()?;
+        let end = text.iter().position(|b| *b == b'\n')?;
+        let key = std::str::from_utf8(&text[..end])
+            .ok()
+            .and_then(|k| kiln_oci::parse_digest(k).ok());
+        Some(Stored {
+            key,
+            text: text[end + 1..].to_vec(),
+        })
+    }
+
+    fn record(&self) -> Option<StepRecord> {
+        serde_json::from_slice(&self.text).ok()
+    }
 }
 
 /// The records of one Dockerfile's steps.
@@ -73,36 +98,50 @@ impl StepKeys {
     ) -> Vec<ExplainedStep> {
         let mut out = Vec::new();
         for (vertex, s) in solved {
-            let (Some(info), Some(inputs)) =
-                (steps.get(&NodeId(*vertex)), worker.key_inputs(*vertex))
-            else {
+            let Some(info) = steps.get(&NodeId(*vertex)) else {
                 continue;
             };
             let path = self.path(&info.id);
-            let old: Option<StepRecord> = fs::read(&path)
-                .ok()
-                .and_then(|b| serde_json::from_slice(&b).ok());
+            let stored = Stored::read(&path);
+            let same_key = stored.as_ref().and_then(|o| o.key.as_ref()) == Some(&s.cache_key);
+            // The usual no-op rebuild: cached under the recorded key, nothing to do.
+            if s.cached && same_key {
+                continue;
+            }
+            let Some(mut inputs) = worker.key_inputs(*vertex) else {
+                continue;
+            };
+            inputs.summarise();
             if !s.cached {
                 let vars = Variables {
                     args: &info.args,
                     secret: &kiln_frontend::looks_secret,
                 };
+                let old = stored.as_ref().and_then(Stored::record);
                 let reasons = match &old {
                     None => vec!["first build of this step".to_string()],
-                    Some(o) if o.key == s.cache_key => vec![match forced(*vertex) {
-                        Forced::NoCache => "same inputs; the cache was not used (--no-cache)",
-                        Forced::NoCacheFilter => {
-                            "same inputs; the cache was not used for this stage (--no-cache-filter)"
+                    Some(_) if same_key => vec![
+                        match forced(*vertex) {
+                            Forced::NoCache => "same inputs; the cache was not used (--no-cache)",
+                            Forced::NoCacheFilter => {
+                                "same inputs; the cache was not used for this stage \
+                                 (--no-cache-filter)"
+                            }
+                            Forced::No => {
+                                "same inputs, but the cache record or its layers are gone \
+                                 (pruned)"
+                            }
                         }
-                        Forced::No => {
-                            "same inputs, but the cache record or its layers are gone (pruned)"
-                        }
-                    }
-                    .to_string()],
+                        .to_string(),
+                    ],
                     Some(o) => {
                         let r = key_inputs::explain(&o.inputs, &inputs, &vars);
                         if r.is_empty() {
-                            vec!["its cache key changed for a reason not recorded (another kiln version?)".into()]
+                            vec![
+                                "its cache key changed for a reason not recorded (another kiln \
+                                 version?)"
+                                    .into(),
+                            ]
                         } else {
                             r
                         }
@@ -114,7 +153,7 @@ impl StepKeys {
                     reasons,
                 });
             }
-            if old.as_ref().is_none_or(|o| o.key != s.cache_key) {
+            if !same_key {
                 let record = StepRecord {
                     id: info.id.clone(),
                     key: s.cache_key.clone(),
@@ -134,6 +173,7 @@ impl StepKeys {
             .join(format!(".tmp-{:016x}", rand::random::<u64>()));
         let write = || {
             let mut f = fs::File::create(&tmp)?;
+            writeln!(f, "{}", record.key)?;
             f.write_all(&serde_json::to_vec(record)?)?;
             fs::rename(&tmp, path)
         };

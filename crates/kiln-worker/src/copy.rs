@@ -134,7 +134,7 @@ pub(crate) fn context_checksum(
     parents: bool,
     exclude: &[String],
     hashes: Option<&FileHashes>,
-) -> Result<([u8; 32], FileSummary)> {
+) -> Result<([u8; 32], key_inputs::ListedFiles)> {
     let m = ctx.matcher.as_deref();
     let groups = fsutil::select(&ctx.dir, sources, parents, m).map_err(Error::Source)?;
     let exclude = exclude_matcher(exclude)?;
@@ -154,7 +154,7 @@ pub(crate) fn context_checksum(
             (&ctx.dir, &mut files),
         )?;
     }
-    Ok((h.finalize().into(), FileSummary::new(files)))
+    Ok((h.finalize().into(), files))
 }
 
 pub(crate) fn checksum_group(
@@ -163,7 +163,7 @@ pub(crate) fn checksum_group(
     m: Option<&kiln_ignore::Matcher>,
     filter: fsutil::Filter<'_>,
     hashes: Option<&FileHashes>,
-    (root, files): (&Path, &mut Vec<(String, [u8; 8])>),
+    (root, files): (&Path, &mut key_inputs::ListedFiles),
 ) -> Result<()> {
     use std::os::unix::fs::MetadataExt;
     for s in selected {

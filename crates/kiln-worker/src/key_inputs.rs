@@ -37,9 +37,13 @@ pub struct KeyInputs {
     /// The steps whose results this one reads, by role (`parent`, `source`, `mount /x`).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub inputs: Vec<InputKey>,
-    /// Context files read, by who reads them (`COPY`, `bind mount /src`).
+    /// Context files read, by who reads them (`COPY`, `bind mount /src`), once summarised.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub files: BTreeMap<String, FileSummary>,
+    /// The same, every path with its entry digest, until [`KeyInputs::summarise`]: a cached
+    /// step whose key is the recorded one never pays for the summary.
+    #[serde(skip)]
+    pub(crate) listed: BTreeMap<String, ListedFiles>,
     /// Content fetched to key the step (an ADD download's digest).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub content: Option<String>,
@@ -55,6 +59,9 @@ pub struct InputKey {
     pub key: Digest,
 }
 
+/// Every selected context path with its entry digest ([`entry_digest`]).
+pub type ListedFiles = Vec<(String, [u8; 8])>;
+
 /// The context files a selection holds, as path → short digest of (mode, bytes or link target).
 /// Beyond [`MAX_LISTED`] entries the paths are grouped by their first `depth` components (a
 /// group's digest covers every entry below it), the deepest grouping that fits.
@@ -69,7 +76,7 @@ pub struct FileSummary {
 
 impl FileSummary {
     /// `files`: every selected path (relative to the context) with its entry digest.
-    pub fn new(mut files: Vec<(String, [u8; 8])>) -> Self {
+    pub fn new(mut files: ListedFiles) -> Self {
         files.sort();
         files.dedup();
         let count = files.len() as u64;
@@ -164,6 +171,15 @@ fn group(path: &str, depth: usize) -> &str {
 
 fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+impl KeyInputs {
+    /// Turns the listed context files into their bounded summaries (for comparing or storing).
+    pub fn summarise(&mut self) {
+        for (who, files) in std::mem::take(&mut self.listed) {
+            self.files.insert(who, FileSummary::new(files));
+        }
+    }
 }
 
 /// The digest one context entry contributes: its mode and its bytes' digest or link target.

@@ -386,7 +386,7 @@ impl LlbWorker {
             })
             .await??;
             h.update(sum);
-            described.files.insert("COPY".into(), files);
+            described.listed.insert("COPY".into(), files);
         }
         // A bind mount of the context is keyed by the content it exposes, as COPY is.
         if let Op::Exec(exec) = &node.op {
@@ -401,7 +401,7 @@ impl LlbWorker {
                     .await??;
                     h.update(sum);
                     described
-                        .files
+                        .listed
                         .insert(format!("the bind mount at {}", m.target), files);
                 }
             }

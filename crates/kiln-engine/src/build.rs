@@ -92,14 +92,10 @@ impl Engine {
             check_offline(&req)?;
             return Box::pin(self.offline()?.build(req, progress)).await;
         }
-        self.build_online_or_not(req, progress).await
+        self.build_inner(req, progress).await
     }
 
-    async fn build_online_or_not(
-        &self,
-        mut req: BuildRequest,
-        progress: &Progress,
-    ) -> Result<BuildResult> {
+    async fn build_inner(&self, mut req: BuildRequest, progress: &Progress) -> Result<BuildResult> {
         if req.platforms.len() > 1 {
             return self.build_multi(req, progress).await;
         }

@@ -225,6 +225,18 @@ pub struct BuildArgs {
     /// Always attempt to pull all referenced images
     #[arg(long)]
     pub pull: bool,
+    /// Use no network for images: base images from the local store (or what an earlier build
+    /// resolved them to), layers from the local store or a local cache
+    #[arg(long)]
+    pub offline: bool,
+    /// Pin image references to digests: a missing FILE gets what every tag resolved to; an
+    /// existing one is used (and references it lacks are added)
+    #[arg(long, value_name = "FILE")]
+    pub pin: Option<PathBuf>,
+    /// After the build, say why each step that did not come from the cache missed it (also
+    /// under `kiln.explain` in --metadata-file)
+    #[arg(long)]
+    pub explain: bool,
     /// Set metadata for an image
     #[arg(long)]
     pub label: Vec<String>,

@@ -267,6 +267,9 @@ async fn build(cli: &Cli, b: &BuildArgs) -> Result<ExitCode> {
     {
         bail!("--call with several platforms is not supported yet");
     }
+    if platforms.len() > 1 && b.explain {
+        bail!("--explain with several platforms is not supported yet");
+    }
     let call = args::parse_call(b.call.as_deref(), b.check)?;
     let stdin = stdin::dockerfile(&b.context, b.file.as_deref())?;
     if !matches!(call, args::Call::Build) {
@@ -370,10 +373,15 @@ async fn build(cli: &Cli, b: &BuildArgs) -> Result<ExitCode> {
         run,
         cache_from,
         cache_to,
+        offline: b.offline,
+        pin: b.pin.clone(),
     };
     let result = engine.build(req, &progress).await;
     progress.finish();
     let result = result?;
+    if b.explain {
+        eprint!("{}", kiln_engine::format_explain(&result.explain));
+    }
     // The result is exported: automatic GC runs beside what is left to do here, and the
     // process waits for it at the end (docs/config.md, "Garbage collection").
     let gc = engine.spawn_gc();
@@ -404,6 +412,9 @@ async fn build(cli: &Cli, b: &BuildArgs) -> Result<ExitCode> {
         }
         if !names.is_empty() {
             meta["image.name"] = names.join(",").into();
+        }
+        if b.explain {
+            meta["kiln.explain"] = serde_json::to_value(&result.explain)?;
         }
         std::fs::write(path, serde_json::to_vec_pretty(&meta)?)
             .with_context(|| format!("writing `{}`", path.display()))?;

@@ -58,6 +58,12 @@ pub struct BuildRequest {
     pub cache_from: Vec<crate::CacheImport>,
     /// `--cache-to`: where the build's records go once the image is exported (cache_export.rs).
     pub cache_to: Vec<crate::CacheExport>,
+    /// `--offline`: base images from the local image store or earlier lookups, layers from
+    /// the content store or a local cache; no registry is asked anything.
+    pub offline: bool,
+    /// `--pin FILE`: image references resolved to the digests the file lists; what it lacks
+    /// is resolved as usual and added to it after the build.
+    pub pin: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone)]
@@ -75,10 +81,21 @@ pub struct BuildResult {
     /// the image's descriptor (`platform`, `org.opencontainers.image.created`).
     pub platform: kiln_oci::Platform,
     pub created: Option<String>,
+    /// The steps that did not come from the cache and why (`--explain`); empty for a
+    /// multi-platform build.
+    pub explain: Vec<crate::ExplainedStep>,
 }
 
 impl Engine {
-    pub async fn build(&self, mut req: BuildRequest, progress: &Progress) -> Result<BuildResult> {
+    pub async fn build(&self, req: BuildRequest, progress: &Progress) -> Result<BuildResult> {
+        if req.offline && !self.offline {
+            check_offline(&req)?;
+            return Box::pin(self.offline()?.build(req, progress)).await;
+        }
+        self.build_inner(req, progress).await
+    }
+
+    async fn build_inner(&self, mut req: BuildRequest, progress: &Progress) -> Result<BuildResult> {
         // A prune in this process meanwhile must leave unreferenced data alone.
         let _running = self.build_running();
         if req.platforms.len() > 1 {
@@ -88,6 +105,7 @@ impl Engine {
             return Err(Error::Unsupported(why));
         }
         let target = req.platform.clone().unwrap_or_else(Platform::host);
+        let step_keys = crate::explain::StepKeys::new(&self.root, dockerfile_identity(&req));
         crate::output::check_annotations(&mut req.outputs, &target).map_err(Error::Usage)?;
         let Prelude {
             req,
@@ -116,16 +134,22 @@ impl Engine {
             named_contexts: named.contexts,
             multi_platform: false,
         };
+        let mut pins = req.pin.as_deref().map(crate::pin::Pins::load).transpose()?;
         let resolver = EngineResolver {
             pull: req.pull,
             registry: &self.registry,
             content: &self.content,
             images: &self.images,
+            offline: self.offline,
+            records: crate::resolved::ResolvedRecords::new(&self.root),
+            pins: pins.as_ref(),
             progress,
             multi_platform: false,
             seen: Default::default(),
         };
         let mut converted = kiln_frontend::convert(&source, &opts, &resolver).await?;
+        let resolved = resolver.resolved();
+        drop(resolver);
         // As BuildKit's `label:` options: on the final config, after the Dockerfile's LABELs,
         // with no history entry.
         if !req.labels.is_empty() {
@@ -170,6 +194,8 @@ impl Engine {
         );
         let root = converted.root.0;
         let no_cache_nodes = std::mem::take(&mut converted.no_cache);
+        let filtered: std::collections::HashSet<usize> =
+            no_cache_nodes.iter().map(|n| n.0).collect();
         let locations = converted.locations.clone();
         let graph = Arc::new(LlbGraph::new(converted.definition));
         let solver = Solver::new(
@@ -181,9 +207,22 @@ impl Engine {
         )
         .with_no_cache_for(no_cache_nodes.into_iter().map(|n| n.0));
         let solved = solver.solve(root).await;
+        let all_solved = solver.solved();
+        let explain = match &solved {
+            Ok(_) => step_keys.explain(&graph, &converted.steps, &all_solved, &worker, &|v| {
+                if req.no_cache {
+                    crate::explain::Forced::NoCache
+                } else if filtered.contains(&v) {
+                    crate::explain::Forced::NoCacheFilter
+                } else {
+                    crate::explain::Forced::No
+                }
+            }),
+            Err(_) => Vec::new(),
+        };
         let cache_records = match req.cache_to.is_empty() {
             true => Vec::new(),
-            false => solver.solved(),
+            false => all_solved,
         };
         let solved = SolveEnd {
             graph: &graph,
@@ -242,6 +281,7 @@ impl Engine {
             imported_mounts: &imported_mounts,
         };
         self.export_caches(&req.cache_to, &inputs, progress).await?;
+        save_pins(pins.as_mut(), &resolved)?;
         let manifest_bytes = self.content.read(&exported.0)?;
         let manifest_media_type = serde_json::from_slice::<serde_json::Value>(&manifest_bytes)
             .ok()
@@ -256,8 +296,58 @@ impl Engine {
             names: exported.2,
             platform,
             created,
+            explain,
         })
     }
+}
+
+/// Which Dockerfile a build reads, for `--explain` to compare its steps only with its own: the
+/// context directory and the Dockerfile path as absolute paths (`-` for one read from stdin).
+fn dockerfile_identity(req: &BuildRequest) -> String {
+    let abs = |p: &std::path::Path| std::fs::canonicalize(p).unwrap_or_else(|_| p.to_path_buf());
+    let dockerfile = match (&req.dockerfile_text, &req.dockerfile) {
+        (Some(_), _) => "-".into(),
+        (None, Some(f)) => abs(f),
+        (None, None) => abs(&req.context).join("Dockerfile"),
+    };
+    format!("{}\0{}", abs(&req.context).display(), dockerfile.display())
+}
+
+/// `--pin FILE` after a successful build: what the build resolved that the file lacked is added.
+pub(crate) fn save_pins(
+    pins: Option<&mut crate::pin::Pins>,
+    resolved: &[(Reference, Platform, Digest)],
+) -> Result<()> {
+    let Some(pins) = pins else {
+        return Ok(());
+    };
+    for (reference, platform, digest) in resolved {
+        pins.add(reference, platform, digest);
+    }
+    pins.save()
+}
+
+/// `--offline` with something that exists only on a registry: refused before anything runs.
+fn check_offline(req: &BuildRequest) -> Result<()> {
+    let refuse = |what: &str| {
+        Err(Error::Usage(format!(
+            "--offline with {what}: that needs the network; drop one of them"
+        )))
+    };
+    if req.pull {
+        return refuse("--pull");
+    }
+    if req.outputs.iter().any(|o| o.push) {
+        return refuse("a push (--push, type=registry or push=true)");
+    }
+    let registry = |l: &crate::CacheLocation| matches!(l, crate::CacheLocation::Registry(_));
+    if req.cache_from.iter().any(|c| registry(&c.location)) {
+        return refuse("--cache-from type=registry (a local cache, type=local, is read offline)");
+    }
+    if req.cache_to.iter().any(|c| registry(&c.location)) {
+        return refuse("--cache-to type=registry");
+    }
+    Ok(())
 }
 
 /// An RFC 3339 time without its fraction (`2026-12-07T20:15:11.123Z` → `2026-12-07T20:15:11Z`).

@@ -91,12 +91,16 @@ impl Engine {
         let mut warnings: Vec<String> = Vec::new();
         let mut proxy_env = Vec::new();
         let mut locals = None;
+        let mut pins = req.pin.as_deref().map(crate::pin::Pins::load).transpose()?;
         // One resolver: an image a stage names for the build platform is looked up once.
         let resolver = EngineResolver {
             pull: req.pull,
             registry: &self.registry,
             content: &self.content,
             images: &self.images,
+            offline: self.offline,
+            records: crate::resolved::ResolvedRecords::new(&self.root),
+            pins: pins.as_ref(),
             progress,
             multi_platform: true,
             seen: Default::default(),
@@ -150,6 +154,8 @@ impl Engine {
                 base_layers,
             });
         }
+        let resolved = resolver.resolved();
+        drop(resolver);
 
         // A tarball context unpacks what every platform's graph reads.
         if let Some(a) = &mut archive_context {
@@ -228,6 +234,7 @@ impl Engine {
             imported_mounts: &imported_mounts,
         };
         self.export_caches(&req.cache_to, &inputs, progress).await?;
+        crate::build::save_pins(pins.as_mut(), &resolved)?;
         Ok(BuildResult {
             manifest: index.clone(),
             manifest_media_type: index_type.to_string(),
@@ -238,6 +245,8 @@ impl Engine {
             platform: images[0].0.platform.clone(),
             // BuildKit annotates the index's descriptor with the build's time too.
             created: Some(crate::build::whole_seconds(&created)),
+            // Step records are per Dockerfile step, not per platform: not kept here yet.
+            explain: Vec::new(),
         })
     }
 
@@ -475,6 +484,8 @@ mod tests {
             context_archive: None,
             cache_from: Vec::new(),
             cache_to: Vec::new(),
+            offline: false,
+            pin: None,
         }
     }
 

@@ -21,6 +21,7 @@ mod compress;
 mod config;
 mod container;
 mod du;
+mod explain;
 mod export;
 mod export_names;
 mod export_rootfs;
@@ -39,9 +40,11 @@ mod monitor;
 mod named_context;
 mod oci_layout;
 mod output;
+mod pin;
 mod proxy_linux;
 mod prune;
 mod push_stream;
+mod resolved;
 mod resolver;
 mod run;
 mod squash;
@@ -67,6 +70,7 @@ pub use container::{
     Volume, format_ps_table,
 };
 pub use du::{DiskUsage, UsageKind, UsageRecord};
+pub use explain::{ExplainedStep, format_explain};
 pub use gc::{GC_BUDGET, GcTask};
 pub use gc_config::{DiskSpace, GcConfig, GcPolicy, GoDuration, WorkerConfig};
 pub use gc_policy::{DiskStat, Filter, Planned, PruneRule, short_duration};
@@ -185,7 +189,7 @@ pub(crate) fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> Erro
 /// The on-disk layout of a data directory (documented in docs/on-disk-layout.md).
 pub struct Engine {
     /// Held (shared) for the engine's life; see `open`.
-    _lock: std::fs::File,
+    _lock: Arc<std::fs::File>,
     root: PathBuf,
     content: ContentStore,
     layers: LayerStore,
@@ -196,6 +200,10 @@ pub struct Engine {
     registry: Arc<kiln_registry::Client>,
     /// Object stores of `--cache-from type=s3/azblob` opened so far, where their layers come from.
     blob_stores: Arc<kiln_worker::BlobStores>,
+    /// What `registry` was made from, for an offline copy of it (`offline`).
+    registry_config: kiln_registry::RegistryConfig,
+    /// `kiln build --offline`: `registry` sends nothing; base images come from the data root.
+    offline: bool,
     /// Entitlements a build may be granted (`insecure-entitlements`).
     insecure_entitlements: std::collections::BTreeSet<Entitlement>,
     /// `copy-stream` (default true): COPY from the context streams its layer.
@@ -209,7 +217,8 @@ pub struct Engine {
     gc: gc_config::GcConfig,
     /// Builds of this engine running now: a prune is not alone while one is (the engine lock
     /// is per process and cannot tell).
-    builds: std::sync::atomic::AtomicUsize,
+    /// Shared with the offline copy of this engine (`offline`).
+    builds: Arc<std::sync::atomic::AtomicUsize>,
 }
 
 impl Engine {
@@ -246,8 +255,10 @@ impl Engine {
             kiln_worker::cachemount::remove_stale(root)
                 .map_err(io("removing stale cache mount dirs"))?;
             // Small temp files of atomic writes a kill interrupted: cache records, image
-            // names, compiled seccomp profiles.
+            // names, compiled seccomp profiles, `--explain`'s step records.
             remove_temp_files(&root.join("cache"), |n| n.starts_with(".tmp-"))?;
+            remove_temp_files(&root.join("step-keys"), |n| n.starts_with(".tmp-"))?;
+            remove_temp_files(&root.join("resolved"), |n| n.starts_with(".tmp-"))?;
             remove_temp_files(&root.join("images"), |n| {
                 n.starts_with('.') && n.ends_with(".tmp")
             })?;
@@ -259,7 +270,7 @@ impl Engine {
         let registry = kiln_registry::Client::new(config.registry.clone())?
             .with_credentials(config.credentials());
         Ok(Engine {
-            _lock: lock,
+            _lock: Arc::new(lock),
             root: root.to_path_buf(),
             content,
             layers,
@@ -268,6 +279,8 @@ impl Engine {
             executor,
             registry: Arc::new(registry),
             blob_stores: Default::default(),
+            registry_config: config.registry.clone(),
+            offline: false,
             insecure_entitlements: config.insecure_entitlements(),
             copy_stream: config.copy_stream.unwrap_or(true),
             host_gateway_ip: config.host_gateway_ip,
@@ -293,6 +306,34 @@ impl Engine {
 
     pub(crate) fn builds_running(&self) -> usize {
         self.builds.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// This engine with a registry client that sends nothing (`kiln build --offline`): every
+    /// path that would reach a registry (base image lookups, layer pulls, cache imports,
+    /// pushes) fails with the request it did not send instead.
+    pub(crate) fn offline(&self) -> Result<Engine> {
+        Ok(Engine {
+            _lock: self._lock.clone(),
+            root: self.root.clone(),
+            content: self.content.clone(),
+            layers: self.layers.clone(),
+            images: self.images.clone(),
+            variants: self.variants.clone(),
+            executor: self.executor.clone(),
+            registry: Arc::new(kiln_registry::Client::offline(
+                self.registry_config.clone(),
+            )?),
+            registry_config: self.registry_config.clone(),
+            offline: true,
+            insecure_entitlements: self.insecure_entitlements.clone(),
+            copy_stream: self.copy_stream,
+            host_gateway_ip: self.host_gateway_ip,
+            cdi: self.cdi.clone(),
+            remote_context_max_bytes: self.remote_context_max_bytes,
+            blob_stores: self.blob_stores.clone(),
+            gc: self.gc.clone(),
+            builds: self.builds.clone(),
+        })
     }
 
     pub fn images(&self) -> Result<Vec<ImageRecord>> {
@@ -388,12 +429,19 @@ mod tests {
     fn issue_13_open_removes_partial_files_a_kill_left() {
         let dir = tempfile::tempdir().unwrap();
         let root = dir.path().join("root");
-        for d in ["content/ingest", "cache", "images", "executor/seccomp"] {
+        for d in [
+            "content/ingest",
+            "cache",
+            "images",
+            "executor/seccomp",
+            "step-keys",
+        ] {
             std::fs::create_dir_all(root.join(d)).unwrap();
         }
         let left = [
             "content/ingest/0123456789abcdef",
             "cache/.tmp-0123456789abcdef",
+            "step-keys/.tmp-0123456789abcdef",
             "images/.images.json.123-0.tmp",
             "executor/seccomp/.tmp-1-ThreadId(1)",
         ];

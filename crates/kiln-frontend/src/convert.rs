@@ -76,6 +76,7 @@ struct Converter<'a> {
     used_build_args: BTreeSet<String>,
     meta_args: BTreeMap<String, String>,
     locations: HashMap<NodeId, Location>,
+    steps: HashMap<NodeId, crate::StepInfo>,
     /// Resolved base image configs by name and requested platform, for the build checks.
     images: BTreeMap<(String, Platform), ImageConfig>,
     /// Every stage's name, to suggest one when an image name that fails to resolve is a typo.
@@ -116,6 +117,7 @@ pub async fn convert(
         used_build_args: BTreeSet::new(),
         meta_args: platform_args(&opts.platform, &Platform::host()),
         locations: HashMap::new(),
+        steps: HashMap::new(),
         images: BTreeMap::new(),
         stage_names: Vec::new(),
     };
@@ -226,6 +228,7 @@ pub async fn convert(
         base_history: result.base_history,
         warnings,
         locations: conv.locations,
+        steps: conv.steps,
         proxy_env: opts
             .build_args
             .iter()

@@ -23,7 +23,7 @@ use kiln_oci::{ImageConfig, Platform, Reference};
 
 pub use convert::convert;
 pub use git_url::{GitRef, GitUrlError, parse_git_ref};
-pub use lint::{LintOptions, Report, Warning, lint};
+pub use lint::{LintOptions, Report, Warning, lint, looks_secret};
 pub use outline::{Outline, OutlineArg, OutlineMount, Target, Targets, outline, targets};
 pub use sandbox::{Entitlement, InvalidEntitlement, RunOpts};
 
@@ -135,10 +135,24 @@ pub struct Converted {
     pub warnings: Vec<String>,
     /// Where in the Dockerfile each step comes from, for error messages.
     pub locations: HashMap<NodeId, kiln_dockerfile::Location>,
+    /// A stable identity of each Dockerfile step, for `--explain` to find the same step's key
+    /// in an earlier build.
+    pub steps: HashMap<NodeId, StepInfo>,
     /// Proxy build args given on the command line (`HTTP_PROXY=...`, any case BuildKit knows):
     /// every RUN gets them in its environment unless it sets them itself, but they stay out of
     /// the graph (so out of cache keys), the image config and the history, as in BuildKit.
     pub proxy_env: Vec<String>,
+}
+
+/// Which step of the Dockerfile a node is, the same across builds while the Dockerfile keeps
+/// its stages and steps in place.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StepInfo {
+    /// `STAGE/N`: the stage's name (`stage-I` for an unnamed one, by index) and the step's
+    /// number in it (FROM is 1), as progress numbers steps.
+    pub id: String,
+    /// The ARG names in scope at the step: the other variables of its environment are ENVs.
+    pub args: std::collections::BTreeSet<String>,
 }
 
 #[derive(Debug, thiserror::Error)]

@@ -20,6 +20,7 @@ use kiln_oci::{ImageConfig, Platform, Reference};
 use crate::{Error, Result};
 
 mod checks;
+pub use checks::looks_secret;
 mod config;
 mod stages;
 

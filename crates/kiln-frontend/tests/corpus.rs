@@ -161,3 +161,53 @@ async fn a_circle_of_stages_shows_each_of_its_lines() {
         .collect();
     assert_eq!(lines, [6, 4, 2], "{err}");
 }
+
+/// `--explain`'s step identities: the stage (by name, or `stage-I`) and the step's number in it,
+/// FROM being 1; instructions that make no step (ARG, ENV) take no number, and an ARG in scope
+/// is listed for the steps after it. Both stages' FROM busybox are one node (one step, as in
+/// progress), which keeps the first stage's identity.
+#[tokio::test]
+async fn step_ids_name_stage_and_step_number() {
+    let source = "FROM busybox\nRUN echo a\nFROM busybox AS app\nARG V\nENV E=1\nCOPY --from=0 /a /a\nRUN echo $V\n";
+    let case = Path::new("/nonexistent");
+    let converted = kiln_frontend::convert(source, &opts(case), &FakeResolver)
+        .await
+        .unwrap();
+    let mut ids: Vec<(String, String, Vec<String>)> = converted
+        .steps
+        .iter()
+        .map(|(node, info)| {
+            (
+                info.id.clone(),
+                converted.definition.node(*node).name.clone(),
+                info.args.iter().cloned().collect(),
+            )
+        })
+        .collect();
+    ids.sort();
+    let expected: Vec<(String, String, Vec<String>)> = [
+        ("app/2", "[app 2/3] COPY --from=0 /a /a", vec!["V"]),
+        ("app/3", "[app 3/3] RUN echo $V", vec!["V"]),
+        (
+            "stage-0/1",
+            "[stage-0 1/2] FROM docker.io/library/busybox:latest@",
+            vec![],
+        ),
+        ("stage-0/2", "[stage-0 2/2] RUN echo a", vec![]),
+    ]
+    .into_iter()
+    .map(|(id, name, args)| {
+        (
+            id.to_string(),
+            name.to_string(),
+            args.into_iter().map(str::to_string).collect(),
+        )
+    })
+    .collect();
+    assert_eq!(ids.len(), expected.len(), "{ids:#?}");
+    for (got, want) in ids.iter().zip(&expected) {
+        assert_eq!(got.0, want.0, "{ids:#?}");
+        assert!(got.1.starts_with(&want.1), "{ids:#?}");
+        assert_eq!(got.2, want.2, "{ids:#?}");
+    }
+}

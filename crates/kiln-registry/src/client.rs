@@ -49,6 +49,8 @@ pub struct Client {
     pub(crate) blob_sources: BlobSources,
     /// Bounds blob uploads in flight per registry.
     pub(crate) upload_slots: std::sync::Mutex<HashMap<String, Arc<tokio::sync::Semaphore>>>,
+    /// Refuse every request (`kiln build --offline`).
+    pub(crate) offline: bool,
 }
 
 /// digest → (registry, repository) pairs, most recent last.
@@ -106,6 +108,16 @@ impl Client {
             retry: RetryPolicy::default(),
             blob_sources: BlobSources::default(),
             upload_slots: Default::default(),
+            offline: false,
+        })
+    }
+
+    /// A client for the same registries that sends nothing: every request fails with
+    /// [`Cause::Offline`] naming it (`kiln build --offline`).
+    pub fn offline(config: RegistryConfig) -> Result<Client> {
+        Ok(Client {
+            offline: true,
+            ..Client::new(config)?
         })
     }
 
@@ -187,6 +199,12 @@ impl Client {
         body: Option<BodyFn<'_>>,
         retry: bool,
     ) -> std::result::Result<Response, Cause> {
+        if self.offline {
+            return Err(Cause::Offline {
+                method: method.to_string(),
+                url: url.to_string(),
+            });
+        }
         if !allowed_url(ep, url) {
             return Err(Cause::HttpNotAllowed {
                 url: url.to_string(),
@@ -379,6 +397,33 @@ fn same_host(ep: &Endpoint, url: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// An offline client fails every request at once, naming it, without a connection (the
+    /// registry here is a port nothing listens on: a sent request would fail otherwise).
+    #[tokio::test]
+    async fn an_offline_client_sends_nothing() {
+        let mut config = RegistryConfig::new();
+        config.insert(
+            "127.0.0.1:9".into(),
+            crate::HostConfig {
+                http: true,
+                ..Default::default()
+            },
+        );
+        let client = Client::offline(config).unwrap();
+        let r: kiln_oci::Reference = "127.0.0.1:9/a/b:c".parse().unwrap();
+        let err = client
+            .resolve(&r, &kiln_oci::Platform::host())
+            .await
+            .unwrap_err();
+        let text = crate::error::chain(&err);
+        assert!(
+            text.contains(
+                "GET http://127.0.0.1:9/v2/a/b/manifests/c not sent: the network is not used with --offline"
+            ),
+            "{text}"
+        );
+    }
 
     /// Callers spawn these on a multi-threaded runtime.
     #[test]

@@ -229,6 +229,12 @@ pub enum Cause {
     },
     #[error("unsupported digest `{0}`: only sha256 is supported")]
     UnsupportedDigest(String),
+    /// A client made with [`crate::Client::offline`] was asked to reach a registry.
+    #[error(
+        "{method} {url} not sent: the network is not used with --offline (pull the image \
+         first, or build without --offline)"
+    )]
+    Offline { method: String, url: String },
     #[error("unsupported manifest media type `{0}`")]
     UnsupportedMediaType(String),
     #[error("{object} is {size} bytes, more than the {limit} byte limit")]

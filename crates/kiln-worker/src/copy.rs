@@ -134,19 +134,27 @@ pub(crate) fn context_checksum(
     parents: bool,
     exclude: &[String],
     hashes: Option<&FileHashes>,
-) -> Result<[u8; 32]> {
+) -> Result<([u8; 32], key_inputs::ListedFiles)> {
     let m = ctx.matcher.as_deref();
     let groups = fsutil::select(&ctx.dir, sources, parents, m).map_err(Error::Source)?;
     let exclude = exclude_matcher(exclude)?;
     let mut h = Sha256::new();
+    let mut files = Vec::new();
     for g in &groups {
         let filter = fsutil::Filter {
             include: g.include.as_ref(),
             exclude: exclude.as_ref(),
         };
-        checksum_group(&mut h, &g.sources, m, filter, hashes)?;
+        checksum_group(
+            &mut h,
+            &g.sources,
+            m,
+            filter,
+            hashes,
+            (&ctx.dir, &mut files),
+        )?;
     }
-    Ok(h.finalize().into())
+    Ok((h.finalize().into(), files))
 }
 
 pub(crate) fn checksum_group(
@@ -155,6 +163,7 @@ pub(crate) fn checksum_group(
     m: Option<&kiln_ignore::Matcher>,
     filter: fsutil::Filter<'_>,
     hashes: Option<&FileHashes>,
+    (root, files): (&Path, &mut key_inputs::ListedFiles),
 ) -> Result<()> {
     use std::os::unix::fs::MetadataExt;
     for s in selected {
@@ -165,16 +174,26 @@ pub(crate) fn checksum_group(
         h.update(e.source.to_le_bytes());
         h.update(e.rel.as_bytes());
         h.update([0]);
-        h.update((e.meta.mode() & 0o177777).to_le_bytes());
-        if e.meta.file_type().is_symlink() {
-            h.update(e.read_link()?.as_os_str().as_encoded_bytes());
+        let mode = e.meta.mode() & 0o177777;
+        h.update(mode.to_le_bytes());
+        // What this entry adds besides its path and mode, also kept per path for --explain.
+        let content: Vec<u8> = if e.meta.file_type().is_symlink() {
+            e.read_link()?.into_os_string().into_encoded_bytes()
         } else if e.meta.is_file() {
             match hashes {
-                Some(table) => h.update(table.digest(e.abs, e.meta, || e.open())?),
-                None => h.update(hashcache::file_digest(e.open()?)?),
+                Some(table) => table.digest(e.abs, e.meta, || e.open())?.to_vec(),
+                None => hashcache::file_digest(e.open()?)?.to_vec(),
             }
-        }
+        } else {
+            Vec::new()
+        };
+        h.update(&content);
         h.update([0xff]);
+        let path = e.abs.strip_prefix(root).unwrap_or(e.abs);
+        files.push((
+            path.to_string_lossy().into_owned(),
+            key_inputs::entry_digest(mode, &content),
+        ));
         Ok(())
     })
     .map_err(Error::Source)

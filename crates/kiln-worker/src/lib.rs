@@ -18,10 +18,12 @@ pub mod git;
 mod hashcache;
 mod http;
 mod image;
+pub mod key_inputs;
 mod sources;
 mod step;
 
 pub use hashcache::FileHashes;
+pub use key_inputs::{FileSummary, KeyInputs};
 mod ssh;
 
 use std::collections::HashMap;
@@ -235,6 +237,8 @@ pub struct LlbWorker {
     imported_mounts: HashMap<String, LayerRef>,
     /// The identities already mounted in this build: each is filled from its import once.
     mounts_considered: parking_lot::Mutex<std::collections::HashSet<String>>,
+    /// What each vertex's key was computed from, for `--explain`.
+    key_inputs: parking_lot::Mutex<HashMap<usize, KeyInputs>>,
 }
 
 impl LlbWorker {
@@ -272,6 +276,7 @@ impl LlbWorker {
             emulated: Default::default(),
             imported_mounts: HashMap::new(),
             mounts_considered: Default::default(),
+            key_inputs: Default::default(),
         }
     }
 
@@ -280,6 +285,11 @@ impl LlbWorker {
     pub fn with_imported_cache_mounts(mut self, mounts: HashMap<String, LayerRef>) -> Self {
         self.imported_mounts = mounts;
         self
+    }
+
+    /// What `vertex`'s cache key was computed from, once the solver asked for its key.
+    pub fn key_inputs(&self, vertex: usize) -> Option<KeyInputs> {
+        self.key_inputs.lock().get(&vertex).cloned()
     }
 
     /// The emulated steps run so far, for the build's summary.
@@ -361,6 +371,25 @@ impl LlbWorker {
         inputs: &[Solved<Value>],
     ) -> Result<Digest> {
         let node = graph.def.node(kiln_llb::NodeId(vertex));
+        let mut described = key_inputs::describe(&node.op);
+        for (i, input) in inputs.iter().enumerate() {
+            described.inputs.push(key_inputs::InputKey {
+                role: input_role(&node.op, i),
+                name: graph.name(node.inputs[i].0).to_string(),
+                key: input.cache_key.clone(),
+            });
+        }
+        let key = self.key_of(node, inputs, &mut described).await?;
+        self.key_inputs.lock().insert(vertex, described);
+        Ok(key)
+    }
+
+    async fn key_of(
+        &self,
+        node: &kiln_llb::Node,
+        inputs: &[Solved<Value>],
+        described: &mut KeyInputs,
+    ) -> Result<Digest> {
         if let Op::Git(op) = &node.op {
             return self.git_key(op).await;
         }
@@ -376,7 +405,7 @@ impl LlbWorker {
             let ctx = self.context(name)?.clone();
             let copy = copy.clone();
             let hashes = self.hashes.clone();
-            let sum = tokio::task::spawn_blocking(move || {
+            let (sum, files) = tokio::task::spawn_blocking(move || {
                 context_checksum(
                     &ctx,
                     &copy.sources,
@@ -387,6 +416,7 @@ impl LlbWorker {
             })
             .await??;
             h.update(sum);
+            described.listed.insert("COPY".into(), files);
         }
         // A bind mount of the context is keyed by the content it exposes, as COPY is.
         if let Op::Exec(exec) = &node.op {
@@ -395,11 +425,14 @@ impl LlbWorker {
                     let ctx = self.context(name)?.clone();
                     let sources = vec![context_source(&m.source)];
                     let hashes = self.hashes.clone();
-                    let sum = tokio::task::spawn_blocking(move || {
+                    let (sum, files) = tokio::task::spawn_blocking(move || {
                         context_checksum(&ctx, &sources, false, &[], hashes.as_deref())
                     })
                     .await??;
                     h.update(sum);
+                    described
+                        .listed
+                        .insert(format!("the bind mount at {}", m.target), files);
                 }
             }
         }
@@ -409,6 +442,7 @@ impl LlbWorker {
         {
             let d = self.download(http).await?;
             h.update(d.digest.as_ref().as_bytes());
+            described.content = Some(d.digest.to_string());
         }
         Ok(kiln_oci::sha256(&h.finalize()))
     }
@@ -438,6 +472,22 @@ impl LlbWorker {
             }
             Op::Mkdir(mkdir) => self.mkdir(mkdir, inputs[0].value.layers(), progress).await,
         }
+    }
+}
+
+/// What input `i` of `op` is to the step, in words for `--explain`.
+fn input_role(op: &Op, i: usize) -> String {
+    match (op, i) {
+        (_, 0) => "parent".into(),
+        (Op::Copy(_), _) => "source".into(),
+        (Op::Exec(exec), _) => match exec.mounts.iter().find(|m| m.input == i) {
+            Some(m) => format!("mount {}", m.target),
+            None => match exec.caches.iter().find(|c| c.input == Some(i)) {
+                Some(c) => format!("cache seed {}", c.target),
+                None => format!("input {i}"),
+            },
+        },
+        _ => format!("input {i}"),
     }
 }
 

@@ -53,7 +53,17 @@ impl Converter<'_> {
             let trigger = if onbuild { " ONBUILD" } else { "" };
             format!("[{prefix}{step}/{total}]{trigger}")
         };
+        // `--explain`'s identity of a step: the stage and the step's number in it.
+        let stage_key = stage
+            .name
+            .clone()
+            .unwrap_or_else(|| format!("stage-{index}"));
+        self.steps.entry(node).or_insert_with(|| crate::StepInfo {
+            id: format!("{stage_key}/1"),
+            args: Default::default(),
+        });
         for (ins, onbuild) in instructions {
+            let before = node;
             let env = scope.vars();
             // `[linux/amd64->arm64 build 2/2]`: a step of a stage on one platform that sees the
             // target args of another, as BuildKit names it in a multi-platform build.
@@ -386,6 +396,12 @@ impl Converter<'_> {
                         .get_or_insert_with(Vec::new)
                         .push(onbuild_expression(ins));
                 }
+            }
+            if node != before {
+                self.steps.entry(node).or_insert_with(|| crate::StepInfo {
+                    id: format!("{stage_key}/{step}"),
+                    args: scope.arg_names(),
+                });
             }
         }
         image.created = Some(self.opts.created.clone());

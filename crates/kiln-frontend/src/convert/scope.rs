@@ -52,6 +52,11 @@ impl Scope {
         }
     }
 
+    /// The names declared with ARG.
+    pub(super) fn arg_names(&self) -> std::collections::BTreeSet<String> {
+        self.args.iter().map(|(k, _)| k.clone()).collect()
+    }
+
     /// The `NAME=value` list BuildKit prefixes a RUN's history with: every declared ARG, valued
     /// from the environment (an ENV of the same name wins) or else its declaration.
     pub(super) fn history_args(&self) -> Vec<String> {

@@ -26,30 +26,7 @@ impl Linter<'_> {
     }
 
     pub(super) fn secret(&mut self, cfg: &CheckConfig, what: &str, key: &str, loc: Location) {
-        const DENY: [&str; 10] = [
-            "apikey",
-            "auth",
-            "credential",
-            "credentials",
-            "key",
-            "password",
-            "pword",
-            "passwd",
-            "secret",
-            "token",
-        ];
-        const ALLOW: [&str; 3] = ["public", "file", "version"];
-        let lower = key.to_lowercase();
-        // A token counts as a whole `_`-separated word at either end, or as the whole name.
-        let has = |tokens: &[&str]| {
-            tokens.iter().any(|t| {
-                lower == *t
-                    || lower.starts_with(&format!("{t}_"))
-                    || lower.ends_with(&format!("_{t}"))
-                    || lower.contains(&format!("_{t}_"))
-            })
-        };
-        if has(&DENY) && !has(&ALLOW) {
+        if looks_secret(key) {
             let msg = format!(
                 "Do not use ARG or ENV instructions for sensitive data ({what} {})",
                 kiln_dockerfile::go_quote(key)
@@ -150,4 +127,33 @@ pub(super) fn suggest<'a>(
         }
     }
     best.map(|(_, c)| c)
+}
+
+/// Whether a variable's name says it holds sensitive data, by BuildKit's SecretsUsedInArgOrEnv
+/// rule: a deny-listed word at either end of its `_`-separated words (or the whole name) and no
+/// allow-listed one.
+pub fn looks_secret(key: &str) -> bool {
+    const DENY: [&str; 10] = [
+        "apikey",
+        "auth",
+        "credential",
+        "credentials",
+        "key",
+        "password",
+        "pword",
+        "passwd",
+        "secret",
+        "token",
+    ];
+    const ALLOW: [&str; 3] = ["public", "file", "version"];
+    let lower = key.to_lowercase();
+    let has = |tokens: &[&str]| {
+        tokens.iter().any(|t| {
+            lower == *t
+                || lower.starts_with(&format!("{t}_"))
+                || lower.ends_with(&format!("_{t}"))
+                || lower.contains(&format!("_{t}_"))
+        })
+    };
+    has(&DENY) && !has(&ALLOW)
 }

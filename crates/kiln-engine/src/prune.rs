@@ -263,10 +263,15 @@ impl Engine {
         }
         self.add_variants(&mut keep);
         let (keep_layers, keep_blobs) = (keep.diff_ids, keep.blobs);
-        // Records of blobs made from layers nothing references: the blobs go below.
-        for (diff_id, _) in self.variants.list() {
-            if !keep_layers.contains(&diff_id) {
-                self.variants.remove(&diff_id)?;
+        // Records of blobs made from layers nothing references: the blobs go below. Only when
+        // this pass removed something: a variant (a push's timestamp-rewritten layer, say) is
+        // keyed by a layer no record names, and a pass that removed nothing must not cost the
+        // next push its compressed blobs.
+        if records_went || !report.removed.is_empty() {
+            for (diff_id, _) in self.variants.list() {
+                if !keep_layers.contains(&diff_id) {
+                    self.variants.remove(&diff_id)?;
+                }
             }
         }
         let chosen: BTreeMap<String, &UsageRecord> = report

@@ -17,7 +17,7 @@ use std::process::ExitCode;
 
 use anyhow::{Context as _, Result, bail};
 use clap::Parser;
-use kiln_engine::{BuildRequest, Config, Engine, ExporterKind, ImportRequest, Output};
+use kiln_engine::{BuildRequest, Engine, ExporterKind, ImportRequest, Output};
 use kiln_oci::Reference;
 use kiln_progress::{Mode, Progress};
 
@@ -95,9 +95,7 @@ fn print_error(e: &anyhow::Error) {
 }
 
 fn open_engine(cli: &Cli) -> Result<Engine> {
-    let root = env::data_root(cli.root.as_deref());
-    let (config_path, required) = env::config_path(cli.config.as_deref(), &root);
-    let config = Config::load(&config_path, required)?;
+    let (root, config) = env::root_and_config(cli.root.as_deref(), cli.config.as_deref())?;
     Ok(Engine::open(&root, config)?)
 }
 

@@ -231,6 +231,9 @@ pub struct LlbWorker {
     cdi: Arc<cdi::Registry>,
     /// What RUNs for foreign platforms took (QEMU through binfmt_misc).
     emulated: parking_lot::Mutex<emulation::EmulationStats>,
+    /// `max-parallelism`: permits shared by every build of the engine; a step holds one while
+    /// it runs (cache lookups need none).
+    parallelism: Option<Arc<tokio::sync::Semaphore>>,
     /// Cache mount contents from `--cache-from`, by identity (`cachemount::identity`).
     imported_mounts: HashMap<String, LayerRef>,
     /// The identities already mounted in this build: each is filled from its import once.
@@ -270,6 +273,7 @@ impl LlbWorker {
             copy_stream: true,
             cdi: Default::default(),
             emulated: Default::default(),
+            parallelism: None,
             imported_mounts: HashMap::new(),
             mounts_considered: Default::default(),
         }
@@ -279,6 +283,12 @@ impl LlbWorker {
     /// or empty when a RUN first mounts it is filled from its blob (cachemount_import.rs).
     pub fn with_imported_cache_mounts(mut self, mounts: HashMap<String, LayerRef>) -> Self {
         self.imported_mounts = mounts;
+        self
+    }
+
+    /// Steps run only while holding a permit of `limit` (`max-parallelism`).
+    pub fn with_parallelism(mut self, limit: Option<Arc<tokio::sync::Semaphore>>) -> Self {
+        self.parallelism = limit;
         self
     }
 
@@ -466,6 +476,11 @@ impl kiln_solver::Worker<LlbGraph> for LlbWorker {
         progress: &'a Vertex,
     ) -> BoxFuture<'a, std::result::Result<Value, WorkerError>> {
         async move {
+            let _permit = match &self.parallelism {
+                // The engine never closes its semaphore.
+                Some(s) => s.acquire().await.ok(),
+                None => None,
+            };
             self.run(graph, vertex, inputs, progress)
                 .await
                 .map_err(|e| Box::new(e) as WorkerError)

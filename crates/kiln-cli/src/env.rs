@@ -44,6 +44,25 @@ pub fn config_path(flag: Option<&Path>, root: &Path) -> (PathBuf, bool) {
     }
 }
 
+/// `--builder`, else `KILN_BUILDER` (an empty one is unset, as buildx reads `BUILDX_BUILDER`).
+pub fn builder_name(flag: Option<&str>) -> Option<String> {
+    flag.map(str::to_string)
+        .or_else(|| std::env::var("KILN_BUILDER").ok())
+        .filter(|n| !n.is_empty())
+}
+
+/// Where builders are stored: `KILN_BUILDER_CONFIG_DIR`, else `~/.kiln/buildx` (buildx's
+/// layout under kiln's own directory, so kiln and docker never see each other's builders).
+pub fn builder_config_dir() -> PathBuf {
+    if let Some(dir) = std::env::var_os("KILN_BUILDER_CONFIG_DIR").filter(|d| !d.is_empty()) {
+        return PathBuf::from(dir);
+    }
+    let home = std::env::var_os("HOME")
+        .filter(|h| !h.is_empty())
+        .map_or_else(|| PathBuf::from("/root"), PathBuf::from);
+    home.join(".kiln").join("buildx")
+}
+
 /// `SOURCE_DATE_EPOCH`, the reproducible-builds convention for the time written into images.
 pub fn source_date_epoch() -> Option<i64> {
     std::env::var("SOURCE_DATE_EPOCH")

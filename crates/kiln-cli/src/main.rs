@@ -2,6 +2,7 @@
 //! the work is in kiln-engine.
 
 mod args;
+mod builder;
 mod container;
 mod env;
 mod images;
@@ -104,6 +105,18 @@ fn parse_ref(s: &str) -> Result<Reference> {
 }
 
 async fn run(cli: Cli) -> Result<ExitCode> {
+    // Only buildx's commands run on a builder; docker's (images, run, push...) use the local
+    // store, and do not pretend to follow `--builder` to a remote one.
+    if cli.builder.is_some()
+        && !matches!(
+            cli.command,
+            Command::Build(_) | Command::Du(_) | Command::Prune(_) | Command::Builder(_)
+        )
+    {
+        builder::require_embedded(&cli).map_err(|e| {
+            anyhow::anyhow!("--builder: this command works on the local store; {e}")
+        })?;
+    }
     match &cli.command {
         Command::Build(b) => build(&cli, b).await,
         Command::Images(_)
@@ -140,8 +153,15 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             engine.tag(&a.source, &parse_ref(&a.target)?)?;
             Ok(ExitCode::SUCCESS)
         }
-        Command::Du(a) => prune::du(&open_engine(&cli)?, a),
-        Command::Prune(a) => prune::prune(&open_engine(&cli)?, a),
+        Command::Du(a) => {
+            builder::require_embedded(&cli)?;
+            prune::du(&open_engine(&cli)?, a)
+        }
+        Command::Prune(a) => {
+            builder::require_embedded(&cli)?;
+            prune::prune(&open_engine(&cli)?, a)
+        }
+        Command::Builder(a) => builder::run(&cli, a).await,
         Command::Login(a) => login::login(&cli, a).await,
         Command::Logout(a) => login::logout(a),
         Command::Push(a) => {
@@ -257,6 +277,11 @@ async fn build(cli: &Cli, b: &BuildArgs) -> Result<ExitCode> {
         [one] => Some(one.clone()),
         _ => None,
     };
+    // The builder: the embedded engine runs the build here; a remote one is kilnd's, which
+    // the client for kilnd will take the endpoint to.
+    if let (_, kiln_builder::Target::Remote(_endpoint)) = builder::target(cli, &platforms)? {
+        bail!(builder::REMOTE_NOT_SUPPORTED);
+    }
     if platforms.len() > 1
         && !matches!(
             args::parse_call(b.call.as_deref(), b.check)?,

@@ -325,10 +325,7 @@ impl Engine {
     /// The platforms this engine builds for, as a builder advertises them: `[worker.oci]
     /// platforms`, else this machine's and those a QEMU handler makes available.
     pub fn platforms(&self) -> Vec<kiln_oci::Platform> {
-        match &self.gc.platforms {
-            Some(p) => p.clone(),
-            None => kiln_worker::emulation::available_platforms(),
-        }
+        advertised_platforms(&self.gc)
     }
 
     /// A build's platform when it names none: the first advertised one, as BuildKit takes
@@ -339,6 +336,19 @@ impl Engine {
             .as_ref()
             .and_then(|p| p.first().cloned())
             .unwrap_or_else(kiln_oci::Platform::host)
+    }
+}
+
+/// What an embedded builder on `config` offers, without opening its data root (`kiln builder
+/// ls` lists builders without taking the engine's lock).
+pub fn builder_platforms(config: &Config) -> Vec<kiln_oci::Platform> {
+    advertised_platforms(&config.worker.oci)
+}
+
+fn advertised_platforms(oci: &gc_config::GcConfig) -> Vec<kiln_oci::Platform> {
+    match &oci.platforms {
+        Some(p) => p.clone(),
+        None => kiln_worker::emulation::available_platforms(),
     }
 }
 

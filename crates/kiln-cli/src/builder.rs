@@ -192,6 +192,8 @@ struct NodeInfo {
     version: String,
     /// `(platform, fixed with --platform)`, fixed ones first.
     platforms: Vec<(Platform, bool)>,
+    /// The GC rules (embedded: the config's, on the data root's disk), as inspect lists them.
+    gc: Vec<kiln_engine::PruneRule>,
     error: Option<String>,
 }
 
@@ -205,11 +207,13 @@ fn embedded_info(cli: &Cli, node: &Node) -> NodeInfo {
                     platforms.push((p, false));
                 }
             }
+            let gc = config.worker.oci.rules(disk_of(&root));
             NodeInfo {
                 endpoint: root.display().to_string(),
                 status: "running",
                 version: format!("v{}", env!("CARGO_PKG_VERSION")),
                 platforms,
+                gc,
                 error: None,
             }
         }
@@ -218,6 +222,7 @@ fn embedded_info(cli: &Cli, node: &Node) -> NodeInfo {
             status: "error",
             version: String::new(),
             platforms,
+            gc: Vec::new(),
             error: Some(format!("{e:#}")),
         },
     }
@@ -240,8 +245,83 @@ fn remote_info(node: &Node) -> NodeInfo {
             .flatten()
             .map(|p| (p.clone(), true))
             .collect(),
+        gc: Vec::new(),
         error: None,
     }
+}
+
+/// The disk of `root`, or of its nearest existing parent when it is not made yet.
+fn disk_of(root: &std::path::Path) -> kiln_engine::DiskStat {
+    let existing = root.ancestors().find(|p| p.exists()).unwrap_or(root);
+    kiln_engine::DiskStat::of(existing)
+}
+
+/// docker's `units.BytesSize`: binary units, four significant digits (`488.3MiB`).
+fn bytes_size(n: u64) -> String {
+    const UNITS: [&str; 7] = ["B", "KiB", "MiB", "GiB", "TiB", "PiB", "EiB"];
+    let mut v = n as f64;
+    let mut unit = 0;
+    while v >= 1024.0 && unit + 1 < UNITS.len() {
+        v /= 1024.0;
+        unit += 1;
+    }
+    let int_digits = if v < 1.0 {
+        1
+    } else {
+        v.log10().floor() as usize + 1
+    };
+    let text = format!("{v:.*}", 4usize.saturating_sub(int_digits));
+    let text = if text.contains('.') {
+        text.trim_end_matches('0').trim_end_matches('.')
+    } else {
+        &text
+    };
+    format!("{text}{}", UNITS[unit])
+}
+
+/// Go's `time.Duration.String` for whole and fractional seconds (`48h0m0s`, `1m30s`, `0.5s`).
+fn go_duration(d: std::time::Duration) -> String {
+    let secs = d.as_secs();
+    let (h, m, s) = (secs / 3600, secs / 60 % 60, secs % 60);
+    let frac = d.subsec_nanos();
+    let s = if frac == 0 {
+        s.to_string()
+    } else {
+        let f = format!("{s}.{frac:09}");
+        f.trim_end_matches('0').to_string()
+    };
+    match (h, m) {
+        (0, 0) => format!("{s}s"),
+        (0, m) => format!("{m}m{s}s"),
+        (h, m) => format!("{h}h{m}m{s}s"),
+    }
+}
+
+/// buildx's `GC Policy rule#N:` blocks.
+fn gc_rules(rules: &[kiln_engine::PruneRule]) -> String {
+    let mut out = String::new();
+    for (i, r) in rules.iter().enumerate() {
+        out.push_str(&format!("GC Policy rule#{i}:\n"));
+        let mut pairs = vec![(" All", r.all.to_string())];
+        if !r.filters.is_empty() {
+            let f: Vec<String> = r.filters.iter().map(ToString::to_string).collect();
+            pairs.push((" Filters", f.join(" ")));
+        }
+        if let Some(d) = r.keep_duration {
+            pairs.push((" Keep Duration", go_duration(d)));
+        }
+        for (name, v) in [
+            (" Reserved Space", r.reserved_space),
+            (" Max Used Space", r.max_used_space),
+            (" Min Free Space", r.min_free_space),
+        ] {
+            if v > 0 {
+                pairs.push((name, bytes_size(v)));
+            }
+        }
+        out.push_str(&block(&pairs));
+    }
+    out
 }
 
 fn reachable(endpoint: &str) -> bool {
@@ -450,6 +530,7 @@ fn inspect(cli: &Cli, i: &InspectArgs) -> Result<ExitCode> {
             pairs.push(("Platforms", all.join(", ")));
         }
         out.push_str(&block(&pairs));
+        out.push_str(&gc_rules(&info.gc));
     }
     print!("{out}");
     Ok(ExitCode::SUCCESS)
@@ -501,6 +582,21 @@ mod tests {
             ls_platforms(&many),
             "linux/amd64, linux/arm64, linux/ppc64le, linux/s390x, (2 more)"
         );
+    }
+
+    #[test]
+    fn sizes_and_durations_as_buildx_prints_them() {
+        assert_eq!(bytes_size(512_000_000), "488.3MiB");
+        assert_eq!(bytes_size(10_000_000_000), "9.313GiB");
+        assert_eq!(bytes_size(100_000_000_000), "93.13GiB");
+        assert_eq!(bytes_size(51_000_000_000), "47.5GiB");
+        assert_eq!(bytes_size(512), "512B");
+        assert_eq!(bytes_size(2048), "2KiB");
+        let h = std::time::Duration::from_secs(3600);
+        assert_eq!(go_duration(48 * h), "48h0m0s");
+        assert_eq!(go_duration(1440 * h), "1440h0m0s");
+        assert_eq!(go_duration(std::time::Duration::from_secs(90)), "1m30s");
+        assert_eq!(go_duration(std::time::Duration::from_millis(500)), "0.5s");
     }
 
     #[test]

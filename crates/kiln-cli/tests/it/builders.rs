@@ -182,6 +182,15 @@ fn builder_create_ls_inspect_use_rm() {
         out.contains(&format!("Endpoint:         {}\n", k.root.display())),
         "{out}"
     );
+    // BuildKit's default GC rules, worded and sized as `buildx inspect` shows them.
+    assert!(
+        out.contains(
+            "GC Policy rule#0:\n All:            false\n \
+             Filters:        type==source.local type==exec.cachemount type==source.git.checkout\n \
+             Keep Duration:  48h0m0s\n Max Used Space: 488.3MiB\nGC Policy rule#1:\n"
+        ),
+        "{out}"
+    );
 
     k.kiln(&["builder", "use", "default"]).ok();
     let ls = k.kiln(&["builder", "ls"]).ok().stdout;

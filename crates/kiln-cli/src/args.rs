@@ -18,6 +18,9 @@ pub struct Cli {
     /// Config file (TOML) [env: KILN_CONFIG] [default: <root>/kiln.toml]
     #[arg(long, global = true)]
     pub config: Option<PathBuf>,
+    /// Override the configured builder instance [env: KILN_BUILDER]
+    #[arg(long, global = true)]
+    pub builder: Option<String>,
     #[command(subcommand)]
     pub command: Command,
 }
@@ -75,6 +78,8 @@ pub enum Command {
     Login(LoginArgs),
     /// Log out from a registry
     Logout(LogoutArgs),
+    /// Manage builders: the embedded engine, or kilnd instances
+    Builder(crate::builder::BuilderArgs),
 }
 
 #[derive(Args, Debug)]

@@ -4,7 +4,6 @@ use std::io::{IsTerminal, Read};
 use std::process::ExitCode;
 
 use anyhow::{Context, Result, bail};
-use kiln_engine::Config;
 
 use crate::args::{Cli, LoginArgs, LogoutArgs};
 
@@ -36,9 +35,7 @@ pub async fn login(cli: &Cli, a: &LoginArgs) -> Result<ExitCode> {
     if password.is_empty() {
         bail!("the password is empty");
     }
-    let root = crate::env::data_root(cli.root.as_deref());
-    let (config_path, required) = crate::env::config_path(cli.config.as_deref(), &root);
-    let config = Config::load(&config_path, required)?;
+    let (_, config) = crate::env::root_and_config(cli.root.as_deref(), cli.config.as_deref())?;
     let saved = kiln_engine::login(&config, &server, username, &password).await?;
     eprintln!("credentials saved in {}", saved.display());
     println!("Login Succeeded");

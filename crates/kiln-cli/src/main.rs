@@ -2,6 +2,7 @@
 //! the work is in kiln-engine.
 
 mod args;
+mod builder;
 mod container;
 mod env;
 mod images;
@@ -17,7 +18,7 @@ use std::process::ExitCode;
 
 use anyhow::{Context as _, Result, bail};
 use clap::Parser;
-use kiln_engine::{BuildRequest, Config, Engine, ExporterKind, ImportRequest, Output};
+use kiln_engine::{BuildRequest, Engine, ExporterKind, ImportRequest, Output};
 use kiln_oci::Reference;
 use kiln_progress::{Mode, Progress};
 
@@ -95,9 +96,7 @@ fn print_error(e: &anyhow::Error) {
 }
 
 fn open_engine(cli: &Cli) -> Result<Engine> {
-    let root = env::data_root(cli.root.as_deref());
-    let (config_path, required) = env::config_path(cli.config.as_deref(), &root);
-    let config = Config::load(&config_path, required)?;
+    let (root, config) = env::root_and_config(cli.root.as_deref(), cli.config.as_deref())?;
     Ok(Engine::open(&root, config)?)
 }
 
@@ -106,6 +105,18 @@ fn parse_ref(s: &str) -> Result<Reference> {
 }
 
 async fn run(cli: Cli) -> Result<ExitCode> {
+    // Only buildx's commands run on a builder; docker's (images, run, push...) use the local
+    // store, and do not pretend to follow `--builder` to a remote one.
+    if cli.builder.is_some()
+        && !matches!(
+            cli.command,
+            Command::Build(_) | Command::Du(_) | Command::Prune(_) | Command::Builder(_)
+        )
+    {
+        builder::require_embedded(&cli).map_err(|e| {
+            anyhow::anyhow!("--builder: this command works on the local store; {e}")
+        })?;
+    }
     match &cli.command {
         Command::Build(b) => build(&cli, b).await,
         Command::Images(_)
@@ -142,8 +153,15 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             engine.tag(&a.source, &parse_ref(&a.target)?)?;
             Ok(ExitCode::SUCCESS)
         }
-        Command::Du(a) => prune::du(&open_engine(&cli)?, a),
-        Command::Prune(a) => prune::prune(&open_engine(&cli)?, a),
+        Command::Du(a) => {
+            builder::require_embedded(&cli)?;
+            prune::du(&open_engine(&cli)?, a)
+        }
+        Command::Prune(a) => {
+            builder::require_embedded(&cli)?;
+            prune::prune(&open_engine(&cli)?, a)
+        }
+        Command::Builder(a) => builder::run(&cli, a).await,
         Command::Login(a) => login::login(&cli, a).await,
         Command::Logout(a) => login::logout(a),
         Command::Push(a) => {
@@ -259,6 +277,11 @@ async fn build(cli: &Cli, b: &BuildArgs) -> Result<ExitCode> {
         [one] => Some(one.clone()),
         _ => None,
     };
+    // The builder: the embedded engine runs the build here; a remote one is kilnd's, which
+    // the client for kilnd will take the endpoint to.
+    if let (_, kiln_builder::Target::Remote(_endpoint)) = builder::target(cli, &platforms)? {
+        bail!(builder::REMOTE_NOT_SUPPORTED);
+    }
     if platforms.len() > 1
         && !matches!(
             args::parse_call(b.call.as_deref(), b.check)?,

@@ -104,7 +104,10 @@ impl Engine {
         if let Some(why) = req.outputs.iter().find_map(Output::unsupported) {
             return Err(Error::Unsupported(why));
         }
-        let target = req.platform.clone().unwrap_or_else(Platform::host);
+        let target = req
+            .platform
+            .clone()
+            .unwrap_or_else(|| self.default_platform());
         let step_keys = crate::explain::StepKeys::new(&self.root, dockerfile_identity(&req));
         crate::output::check_annotations(&mut req.outputs, &target).map_err(Error::Usage)?;
         let Prelude {
@@ -120,7 +123,10 @@ impl Engine {
             mut archive_context,
             _git_context,
         } = self.prelude(req, progress).await?;
-        let platform = req.platform.clone().unwrap_or_else(Platform::host);
+        let platform = req
+            .platform
+            .clone()
+            .unwrap_or_else(|| self.default_platform());
         let named = self.prepare_named_contexts(&req.named_contexts, &platform)?;
         let opts = BuildOpts {
             dockerfile_name: dockerfile_name.clone(),

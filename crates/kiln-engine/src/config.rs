@@ -20,6 +20,18 @@ use crate::{Entitlement, Error, Result};
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Config {
+    /// The data directory when neither `--root` nor `KILN_ROOT` names one.
+    #[serde(default)]
+    pub root: Option<std::path::PathBuf>,
+    /// buildkitd's debug logging; only `false` until kiln writes debug logs.
+    #[serde(default, deserialize_with = "crate::daemon_config::debug")]
+    pub debug: bool,
+    /// `[grpc]`: what kilnd listens on.
+    #[serde(default)]
+    pub grpc: crate::daemon_config::GrpcConfig,
+    /// `[history]`: build history limits (only BuildKit's defaults until kiln keeps history).
+    #[serde(default)]
+    pub history: crate::daemon_config::HistoryConfig,
     #[serde(default)]
     pub registry: RegistryConfig,
     /// Entitlements builds may ask for with `--allow`, as buildkitd.toml's key. Unset: all of

@@ -15,10 +15,17 @@ pub struct WorkerConfig {
     pub oci: GcConfig,
 }
 
-/// `[worker.oci]`'s GC keys.
+/// `[worker.oci]`: its GC keys, and the platforms and parallelism it advertises and holds to.
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct GcConfig {
+    /// What the embedded builder advertises (`kiln builder ls`/`inspect`) and builds by default
+    /// (the first one); unset: this machine's and those emulation makes available.
+    #[serde(default, deserialize_with = "crate::daemon_config::platforms")]
+    pub platforms: Option<Vec<kiln_oci::Platform>>,
+    /// The most steps that run at once across this engine's builds; unset or 0: no limit.
+    #[serde(default, rename = "max-parallelism")]
+    pub max_parallelism: Option<usize>,
     /// `false`: no automatic GC after builds (`kiln prune` still works).
     pub gc: Option<bool>,
     /// Deprecated in BuildKit for `reservedSpace`, still read.

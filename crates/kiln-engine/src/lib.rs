@@ -20,6 +20,7 @@ mod check;
 mod compress;
 mod config;
 mod container;
+mod daemon_config;
 mod du;
 mod explain;
 mod export;
@@ -65,6 +66,7 @@ pub use cache_spec::{
 };
 pub use check::{CheckReport, CheckRequest, Subrequest, check, subrequest};
 pub use config::Config;
+pub use daemon_config::{GrpcConfig, GrpcTls, HistoryConfig};
 pub use container::{
     ContainerConfig, ContainerError, ContainerInfo, ContainerState, Containers, PortSpec, Status,
     Volume, format_ps_table,
@@ -213,8 +215,10 @@ pub struct Engine {
     cdi: config::CdiConfig,
     /// `remote-context-max-bytes`: the most a URL context or Dockerfile may download.
     remote_context_max_bytes: u64,
-    /// `[worker.oci]`: the GC policies.
+    /// `[worker.oci]`: the GC policies, platforms and `max-parallelism`.
     gc: gc_config::GcConfig,
+    /// `max-parallelism`'s permits, shared by every build of this engine.
+    parallelism: Option<Arc<tokio::sync::Semaphore>>,
     /// Builds of this engine running now: a prune is not alone while one is (the engine lock
     /// is per process and cannot tell).
     /// Shared with the offline copy of this engine (`offline`).
@@ -288,6 +292,12 @@ impl Engine {
             remote_context_max_bytes: config
                 .remote_context_max_bytes
                 .unwrap_or(config::REMOTE_CONTEXT_MAX_BYTES),
+            parallelism: config
+                .worker
+                .oci
+                .max_parallelism
+                .filter(|n| *n > 0)
+                .map(|n| Arc::new(tokio::sync::Semaphore::new(n))),
             gc: config.worker.oci.clone(),
             builds: Default::default(),
         })
@@ -332,6 +342,7 @@ impl Engine {
             remote_context_max_bytes: self.remote_context_max_bytes,
             blob_stores: self.blob_stores.clone(),
             gc: self.gc.clone(),
+            parallelism: self.parallelism.clone(),
             builds: self.builds.clone(),
         })
     }
@@ -352,6 +363,36 @@ impl Engine {
         .with_copy_stream(self.copy_stream)
         .with_http_records(self.root.join("http"))
         .with_blob_stores(self.blob_stores.clone())
+        .with_parallelism(self.parallelism.clone())
+    }
+
+    /// The platforms this engine builds for, as a builder advertises them: `[worker.oci]
+    /// platforms`, else this machine's and those a QEMU handler makes available.
+    pub fn platforms(&self) -> Vec<kiln_oci::Platform> {
+        advertised_platforms(&self.gc)
+    }
+
+    /// A build's platform when it names none: the first advertised one, as BuildKit takes
+    /// its worker's first platform.
+    pub(crate) fn default_platform(&self) -> kiln_oci::Platform {
+        self.gc
+            .platforms
+            .as_ref()
+            .and_then(|p| p.first().cloned())
+            .unwrap_or_else(kiln_oci::Platform::host)
+    }
+}
+
+/// What an embedded builder on `config` offers, without opening its data root (`kiln builder
+/// ls` lists builders without taking the engine's lock).
+pub fn builder_platforms(config: &Config) -> Vec<kiln_oci::Platform> {
+    advertised_platforms(&config.worker.oci)
+}
+
+fn advertised_platforms(oci: &gc_config::GcConfig) -> Vec<kiln_oci::Platform> {
+    match &oci.platforms {
+        Some(p) => p.clone(),
+        None => kiln_worker::emulation::available_platforms(),
     }
 }
 

@@ -7,7 +7,9 @@ use serde::Deserialize;
 use crate::error::{ConfigError, Error, Result};
 
 /// Settings for one registry host, shaped like a `[registry."host"]` table of buildkitd.toml.
+/// A misspelt key is an error, not a setting silently lost.
 #[derive(Deserialize, Default, Clone, Debug)]
+#[serde(deny_unknown_fields)]
 pub struct HostConfig {
     /// Hosts tried in order before this one when pulling; each mirror's own entry (if any)
     /// says how to reach it.

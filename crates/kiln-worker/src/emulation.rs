@@ -201,6 +201,39 @@ pub fn emulation(platform: &Platform) -> Result<Emulation, EmulationError> {
     emulation_in(Path::new(BINFMT_MISC), platform)
 }
 
+/// Platforms a builder may offer, in the order BuildKit lists what it detects.
+const CANDIDATES: [&str; 11] = [
+    "linux/amd64",
+    "linux/arm64",
+    "linux/riscv64",
+    "linux/ppc64le",
+    "linux/s390x",
+    "linux/386",
+    "linux/mips64le",
+    "linux/mips64",
+    "linux/loong64",
+    "linux/arm/v7",
+    "linux/arm/v6",
+];
+
+/// What this machine can build for, looking at the handlers under `dir`: its own platform
+/// first, then those it runs natively or through a registered handler.
+pub fn available_platforms_in(dir: &Path) -> Vec<Platform> {
+    let host = Platform::host();
+    let mut out = vec![host.clone()];
+    for p in CANDIDATES.iter().filter_map(|c| c.parse::<Platform>().ok()) {
+        if p != host && emulation_in(dir, &p).is_ok() {
+            out.push(p);
+        }
+    }
+    out
+}
+
+/// [`available_platforms_in`] the kernel's binfmt_misc.
+pub fn available_platforms() -> Vec<Platform> {
+    available_platforms_in(Path::new(BINFMT_MISC))
+}
+
 /// Emulated steps of a build: how many, for which platforms, and how long they took.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct EmulationStats {
@@ -246,6 +279,23 @@ mod tests {
 
     fn p(s: &str) -> Platform {
         s.parse().unwrap()
+    }
+
+    #[test]
+    fn available_platforms_are_the_host_then_what_runs() {
+        if Platform::host().architecture != "amd64" {
+            return;
+        }
+        let none = binfmt(&[]);
+        let names = |d: &tempfile::TempDir| -> Vec<String> {
+            available_platforms_in(d.path())
+                .iter()
+                .map(ToString::to_string)
+                .collect()
+        };
+        assert_eq!(names(&none), ["linux/amd64", "linux/386"]);
+        let arm = binfmt(&[("qemu-aarch64", DEBIAN_AARCH64)]);
+        assert_eq!(names(&arm), ["linux/amd64", "linux/arm64", "linux/386"]);
     }
 
     #[test]

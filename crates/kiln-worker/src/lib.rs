@@ -233,6 +233,9 @@ pub struct LlbWorker {
     cdi: Arc<cdi::Registry>,
     /// What RUNs for foreign platforms took (QEMU through binfmt_misc).
     emulated: parking_lot::Mutex<emulation::EmulationStats>,
+    /// `max-parallelism`: permits shared by every build of the engine; a step holds one while
+    /// it runs (cache lookups need none).
+    parallelism: Option<Arc<tokio::sync::Semaphore>>,
     /// Cache mount contents from `--cache-from`, by identity (`cachemount::identity`).
     imported_mounts: HashMap<String, LayerRef>,
     /// The identities already mounted in this build: each is filled from its import once.
@@ -274,6 +277,7 @@ impl LlbWorker {
             copy_stream: true,
             cdi: Default::default(),
             emulated: Default::default(),
+            parallelism: None,
             imported_mounts: HashMap::new(),
             mounts_considered: Default::default(),
             key_inputs: Default::default(),
@@ -290,6 +294,12 @@ impl LlbWorker {
     /// What `vertex`'s cache key was computed from, once the solver asked for its key.
     pub fn key_inputs(&self, vertex: usize) -> Option<KeyInputs> {
         self.key_inputs.lock().get(&vertex).cloned()
+    }
+
+    /// Steps run only while holding a permit of `limit` (`max-parallelism`).
+    pub fn with_parallelism(mut self, limit: Option<Arc<tokio::sync::Semaphore>>) -> Self {
+        self.parallelism = limit;
+        self
     }
 
     /// The emulated steps run so far, for the build's summary.
@@ -516,6 +526,11 @@ impl kiln_solver::Worker<LlbGraph> for LlbWorker {
         progress: &'a Vertex,
     ) -> BoxFuture<'a, std::result::Result<Value, WorkerError>> {
         async move {
+            let _permit = match &self.parallelism {
+                // The engine never closes its semaphore.
+                Some(s) => s.acquire().await.ok(),
+                None => None,
+            };
             self.run(graph, vertex, inputs, progress)
                 .await
                 .map_err(|e| Box::new(e) as WorkerError)

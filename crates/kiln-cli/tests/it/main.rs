@@ -9,6 +9,7 @@
 mod add_special;
 mod blobs;
 mod build_flags;
+mod builders;
 mod cache;
 mod cache_export;
 mod cache_mounts;

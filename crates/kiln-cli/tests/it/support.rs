@@ -333,7 +333,8 @@ impl Kiln {
         )
     }
 
-    /// `kiln --root R --config C ARGS...`, not yet started.
+    /// `kiln --root R --config C ARGS...`, not yet started, with a builder store of its own
+    /// (`builders/` in the test's dir, empty: the embedded `default` builder is current).
     pub fn command<S: AsRef<std::ffi::OsStr>>(&self, args: &[S]) -> Command {
         let mut cmd = Command::new(KILN);
         cmd.arg("--root")
@@ -341,8 +342,16 @@ impl Kiln {
             .arg("--config")
             .arg(&self.config)
             .args(args);
-        cmd.env_remove("KILN_ROOT").env_remove("KILN_CONFIG");
+        cmd.env_remove("KILN_ROOT")
+            .env_remove("KILN_CONFIG")
+            .env_remove("KILN_BUILDER")
+            .env("KILN_BUILDER_CONFIG_DIR", self.builder_dir());
         cmd
+    }
+
+    /// Where this test's builders are stored.
+    pub fn builder_dir(&self) -> PathBuf {
+        self.dir.path().join("builders")
     }
 
     pub fn kiln<S: AsRef<std::ffi::OsStr>>(&self, args: &[S]) -> Run {

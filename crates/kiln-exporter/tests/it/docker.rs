@@ -3,7 +3,7 @@ use std::io::Read;
 use anyhow::Result;
 use kiln_exporter::docker::{self, ManifestEntry};
 use kiln_exporter::verify::verify_oci_archive;
-use kiln_exporter::{ContentStore, Error};
+use kiln_exporter::ContentStore;
 use kiln_oci::Reference;
 
 use crate::support::{Layer, build_image, build_index, small_image};
@@ -134,13 +134,24 @@ fn docker_media_types_export_too() -> Result<()> {
     Ok(())
 }
 
+/// A multi-platform index is written as `docker save` writes one since Docker 25: the index in
+/// index.json, every platform's blobs, and manifest.json naming one image (this machine's).
 #[test]
-fn an_index_is_refused() -> Result<()> {
+fn an_index_is_written_as_docker_saves_one() -> Result<()> {
     let dir = tempfile::tempdir()?;
     let content = ContentStore::open(dir.path().join("content"))?;
     let img = small_image(&content)?;
     let index = build_index(&content, &[&img])?;
-    let err = docker::write_archive(&content, &index, &[], Vec::new()).unwrap_err();
-    assert!(matches!(err, Error::NotAManifest { .. }), "{err}");
+    let tar = docker::write_archive(&content, &index, &["d:1".parse()?], Vec::new())?;
+    let entries = entries(&tar)?;
+    let oci_index: serde_json::Value = serde_json::from_slice(get(&entries, "index.json"))?;
+    assert_eq!(
+        oci_index["manifests"][0]["digest"],
+        index.to_string(),
+        "{oci_index}"
+    );
+    let manifest: Vec<ManifestEntry> = serde_json::from_slice(get(&entries, "manifest.json"))?;
+    assert_eq!(manifest.len(), 1);
+    assert_eq!(manifest[0].repo_tags, ["d:1"]);
     Ok(())
 }

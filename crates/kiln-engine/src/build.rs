@@ -189,6 +189,7 @@ impl Engine {
             progress.clone(),
             req.no_cache,
         )
+        .with_in_flight(self.in_flight.clone())
         .with_no_cache_for(no_cache_nodes.into_iter().map(|n| n.0));
         let solved = solver.solve(root).await;
         let cache_records = match req.cache_to.is_empty() {

@@ -199,6 +199,7 @@ impl Engine {
             progress.clone(),
             req.no_cache,
         )
+        .with_in_flight(self.in_flight.clone())
         .with_no_cache_for(no_cache);
         // One solver for every root: a vertex two platforms share is solved once.
         let solved =

@@ -15,10 +15,14 @@ pub struct WorkerConfig {
     pub oci: GcConfig,
 }
 
-/// `[worker.oci]`'s GC keys.
+/// `[worker.oci]`'s keys: GC, and `max-parallelism`.
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct GcConfig {
+    /// The most RUN and file ops running at once across every build of the engine; unset or
+    /// 0: no limit (BuildKit's meaning of 0).
+    #[serde(default, rename = "max-parallelism")]
+    pub max_parallelism: Option<usize>,
     /// `false`: no automatic GC after builds (`kiln prune` still works).
     pub gc: Option<bool>,
     /// Deprecated in BuildKit for `reservedSpace`, still read.

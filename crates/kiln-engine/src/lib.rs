@@ -209,6 +209,13 @@ pub struct Engine {
     /// Builds of this engine running now: a prune is not alone while one is (the engine lock
     /// is per process and cannot tell).
     builds: std::sync::atomic::AtomicUsize,
+    /// Steps running now in any build of this engine, by cache key: a build needing one joins
+    /// it instead of running it again (see docs/architecture.md).
+    in_flight: Arc<kiln_solver::InFlight<kiln_worker::Value>>,
+    /// Layers being unpacked by any build of this engine.
+    unpacking: Arc<kiln_worker::Unpacking>,
+    /// `max-parallelism`: permits for RUN and file ops, shared by every build.
+    parallelism: Option<Arc<tokio::sync::Semaphore>>,
 }
 
 impl Engine {
@@ -246,7 +253,9 @@ impl Engine {
                 .map_err(io("removing stale cache mount dirs"))?;
             // Small temp files of atomic writes a kill interrupted: cache records, image
             // names, compiled seccomp profiles.
-            remove_temp_files(&root.join("cache"), |n| n.starts_with(".tmp-"))?;
+            remove_temp_files(&root.join("cache"), |n| {
+                n.starts_with(".tmp-") || n.starts_with(".lock-")
+            })?;
             remove_temp_files(&root.join("images"), |n| {
                 n.starts_with('.') && n.ends_with(".tmp")
             })?;
@@ -276,6 +285,14 @@ impl Engine {
                 .unwrap_or(config::REMOTE_CONTEXT_MAX_BYTES),
             gc: config.worker.oci.clone(),
             builds: Default::default(),
+            in_flight: Default::default(),
+            unpacking: Default::default(),
+            parallelism: config
+                .worker
+                .oci
+                .max_parallelism
+                .filter(|n| *n > 0)
+                .map(|n| Arc::new(tokio::sync::Semaphore::new(n))),
         })
     }
 
@@ -310,6 +327,8 @@ impl Engine {
         .with_copy_stream(self.copy_stream)
         .with_http_records(self.root.join("http"))
         .with_blob_stores(self.blob_stores.clone())
+        .with_unpacking(self.unpacking.clone())
+        .with_parallelism(self.parallelism.clone())
     }
 }
 
@@ -393,6 +412,7 @@ mod tests {
         let left = [
             "content/ingest/0123456789abcdef",
             "cache/.tmp-0123456789abcdef",
+            "cache/.lock-0123456789abcdef",
             "images/.images.json.123-0.tmp",
             "executor/seccomp/.tmp-1-ThreadId(1)",
         ];

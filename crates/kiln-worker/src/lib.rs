@@ -193,6 +193,9 @@ fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> Error {
     move |source| Error::Io { what, source }
 }
 
+/// Layers being unpacked, by diff ID: whoever unpacks one holds its lock.
+pub type Unpacking = parking_lot::Mutex<HashMap<Digest, Arc<tokio::sync::Mutex<()>>>>;
+
 /// The build context: a directory on this machine and the .dockerignore rules that hide parts of it.
 #[derive(Clone)]
 pub struct Context {
@@ -210,7 +213,10 @@ pub struct LlbWorker {
     /// Local directories by the name their local source op gives.
     contexts: HashMap<String, Context>,
     scratch: PathBuf,
-    unpacking: parking_lot::Mutex<HashMap<Digest, Arc<tokio::sync::Mutex<()>>>>,
+    /// Layers being unpacked now, shared by the engine's builds so each is unpacked once.
+    unpacking: Arc<Unpacking>,
+    /// `max-parallelism`: permits for RUN and file ops, shared by the engine's builds.
+    parallelism: Option<Arc<tokio::sync::Semaphore>>,
     http: reqwest::Client,
     /// Downloads made to compute a cache key, reused when the step runs.
     downloads: parking_lot::Mutex<HashMap<String, Arc<http::Download>>>,
@@ -260,6 +266,7 @@ impl LlbWorker {
             http_records: scratch.join("http"),
             scratch,
             unpacking: Default::default(),
+            parallelism: None,
             http: reqwest::Client::new(),
             downloads: Default::default(),
             git_resolved: Default::default(),
@@ -279,6 +286,21 @@ impl LlbWorker {
     /// or empty when a RUN first mounts it is filled from its blob (cachemount_import.rs).
     pub fn with_imported_cache_mounts(mut self, mounts: HashMap<String, LayerRef>) -> Self {
         self.imported_mounts = mounts;
+        self
+    }
+
+    /// The layers-being-unpacked map of the engine, so two builds needing the same layer
+    /// unpack it once.
+    pub fn with_unpacking(mut self, unpacking: Arc<Unpacking>) -> Self {
+        self.unpacking = unpacking;
+        self
+    }
+
+    /// At most this semaphore's permits of RUN and file ops (COPY, ADD, WORKDIR's mkdir, a
+    /// heredoc's file) run at once, across every worker given the same one: BuildKit's
+    /// `max-parallelism`. Sources (pulls, downloads, Git) are not limited.
+    pub fn with_parallelism(mut self, permits: Option<Arc<tokio::sync::Semaphore>>) -> Self {
+        self.parallelism = permits;
         self
     }
 
@@ -421,6 +443,15 @@ impl LlbWorker {
         progress: &Vertex,
     ) -> Result<Value> {
         let node = graph.def.node(kiln_llb::NodeId(vertex));
+        let limited = matches!(
+            node.op,
+            Op::Exec(_) | Op::Copy(_) | Op::Mkdir(_) | Op::Mkfile(_)
+        );
+        // Held until the op ends; a closed semaphore (never closed) would only mean no limit.
+        let _permit = match (&self.parallelism, limited) {
+            (Some(permits), true) => permits.clone().acquire_owned().await.ok(),
+            _ => None,
+        };
         match &node.op {
             Op::Scratch => Ok(Value::Rootfs { layers: Vec::new() }),
             Op::Local { name, .. } => {

@@ -51,6 +51,7 @@ mod pushstream;
 mod registry_auth;
 mod run;
 mod sandbox;
+mod shared_solve;
 mod storage;
 mod store;
 mod support;

@@ -435,3 +435,18 @@ mod tests {
         drop(engine);
     }
 }
+
+/// kilnd spawns each build on a multi-threaded runtime: a build's future must stay `Send` and
+/// own what it needs (this fails to compile otherwise).
+#[cfg(test)]
+mod send_check {
+    fn spawnable<T: std::future::Future + Send + 'static>(_: &T) {}
+
+    #[allow(dead_code)]
+    fn build_is_send(e: std::sync::Arc<crate::Engine>, req: crate::BuildRequest) {
+        spawnable(&async move {
+            let p = kiln_progress::Progress::discard();
+            let _ = e.build(req, &p).await;
+        });
+    }
+}

@@ -78,15 +78,12 @@ fn build_all(
         .enable_all()
         .build()
         .unwrap();
-    // Local tasks: a build's future is not `Send` (it holds references across awaits that
-    // rustc cannot prove `Send` for every lifetime).
-    let local = tokio::task::LocalSet::new();
-    local.block_on(&rt, async {
+    rt.block_on(async {
         let tasks: Vec<_> = reqs
             .into_iter()
             .map(|req| {
                 let engine = engine.clone();
-                tokio::task::spawn_local(async move {
+                tokio::spawn(async move {
                     let out = Captured::default();
                     let progress = out.progress();
                     let r = engine.build(req, &progress).await;

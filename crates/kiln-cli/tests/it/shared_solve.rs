@@ -114,8 +114,24 @@ fn layers(k: &Kiln, manifest: &kiln_oci::Digest) -> Vec<String> {
 
 /// What a cache mount of `id` holds in `file` (the dir is `cache-mounts/<id>-<hash>`).
 fn cache_mount_file(k: &Kiln, id: &str, file: &str) -> String {
-    let dirs: Vec<_> = std::fs::read_dir(k.root.join("cache-mounts"))
-        .unwrap()
+    let dirs = cache_mount_dirs(k, id);
+    assert_eq!(dirs.len(), 1, "one cache mount dir of `{id}`: {dirs:?}");
+    std::fs::read_to_string(dirs[0].join(file)).unwrap_or_default()
+}
+
+/// The same, or "" while the cache mount is not made yet.
+fn cache_mount_file_if_any(k: &Kiln, id: &str, file: &str) -> String {
+    match &cache_mount_dirs(k, id)[..] {
+        [dir] => std::fs::read_to_string(dir.join(file)).unwrap_or_default(),
+        _ => String::new(),
+    }
+}
+
+fn cache_mount_dirs(k: &Kiln, id: &str) -> Vec<std::path::PathBuf> {
+    let Ok(entries) = std::fs::read_dir(k.root.join("cache-mounts")) else {
+        return Vec::new();
+    };
+    entries
         .map(|e| e.unwrap().path())
         .filter(|p| {
             p.is_dir()
@@ -124,9 +140,7 @@ fn cache_mount_file(k: &Kiln, id: &str, file: &str) -> String {
                     .to_string_lossy()
                     .starts_with(&format!("{id}-"))
         })
-        .collect();
-    assert_eq!(dirs.len(), 1, "one cache mount dir of `{id}`: {dirs:?}");
-    std::fs::read_to_string(dirs[0].join(file)).unwrap_or_default()
+        .collect()
 }
 
 /// Issue 18: two builds need the same RUN (same cache key) at once: it runs once (the cache
@@ -253,4 +267,93 @@ fn issue_18_eight_builds_of_four_tags_keep_the_store_whole() {
             out.stdout
         );
     }
+}
+
+/// Issue 18: the build that started a shared step is cancelled (its task aborted, as a lost
+/// client's) while another waits on the step: the step finishes for the waiter, which
+/// succeeds, and it ran once.
+#[test]
+fn issue_18_cancelling_the_starter_leaves_the_waiter_its_step() {
+    let Some(k) = Kiln::new("issue_18_cancelling_the_starter_leaves_the_waiter_its_step") else {
+        return;
+    };
+    let run = "RUN --mount=type=cache,id=cancel18,target=/c \
+               sh -c 'echo ran >> /c/log && echo built > /built && sleep 2'\n";
+    let a = k.context("a", &[("Dockerfile", &format!("FROM busybox\n{run}"))]);
+    let b = k.context(
+        "b",
+        &[("Dockerfile", &format!("FROM busybox\n{run}LABEL b=1\n"))],
+    );
+    let engine = Arc::new(engine(&k, ""));
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let (ta, tb) = (k.unique("cancel-a"), k.unique("cancel-b"));
+    let (r, p) = rt.block_on(async {
+        let e = engine.clone();
+        let first = tokio::spawn(async move {
+            let progress = Progress::discard();
+            e.build(request(&a, &ta), &progress).await.map(|_| ())
+        });
+        // The first is in its RUN (the cache mount's log has its line) when the second starts.
+        let started = Instant::now();
+        while cache_mount_file_if_any(&k, "cancel18", "log").is_empty() {
+            assert!(
+                started.elapsed() < Duration::from_secs(30),
+                "the RUN starts"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let e = engine.clone();
+        let second = tokio::spawn(async move {
+            let out = Captured::default();
+            let progress = out.progress();
+            let r = e.build(request(&b, &tb), &progress).await;
+            progress.finish();
+            (r, out.parsed())
+        });
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        first.abort();
+        assert!(first.await.unwrap_err().is_cancelled());
+        second.await.unwrap()
+    });
+    let r = r.unwrap_or_else(|e| panic!("{e}\n{}", p.raw()));
+    let step = p.step("RUN --mount");
+    assert!(step.done && !step.cached, "{}", p.raw());
+    assert_eq!(cache_mount_file(&k, "cancel18", "log"), "ran\n", "ran once");
+    assert_eq!(layers(&k, &r.manifest).len(), 2, "the RUN's layer is there");
+    drop(engine);
+}
+
+/// Issue 18: a shared step that fails fails both builds with its own error, not a cancel.
+#[test]
+fn issue_18_a_failed_shared_step_fails_both_builds_with_its_error() {
+    let Some(k) = Kiln::new("issue_18_a_failed_shared_step_fails_both_builds_with_its_error")
+    else {
+        return;
+    };
+    let run = "RUN --mount=type=cache,id=fail18,target=/c \
+               sh -c 'echo ran >> /c/log && sleep 1 && exit 3'\n";
+    let a = k.context("a", &[("Dockerfile", &format!("FROM busybox\n{run}"))]);
+    let b = k.context("b", &[("Dockerfile", &format!("FROM busybox\n{run}"))]);
+    let engine = Arc::new(engine(&k, ""));
+    let results = build_all(
+        &engine,
+        vec![
+            request(&a, &k.unique("fail-a")),
+            request(&b, &k.unique("fail-b")),
+        ],
+    );
+    for (r, p) in &results {
+        let e = r.as_ref().expect_err("the build fails").to_string();
+        assert!(
+            e.contains("did not complete successfully: exit code: 3"),
+            "{e}\n{}",
+            p.raw()
+        );
+        assert!(p.step("RUN --mount").error.is_some(), "{}", p.raw());
+    }
+    assert_eq!(cache_mount_file(&k, "fail18", "log"), "ran\n", "ran once");
+    drop(engine);
 }

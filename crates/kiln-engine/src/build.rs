@@ -100,7 +100,7 @@ impl Engine {
                 },
             run,
             mut archive_context,
-            _git_context,
+            git_context,
         } = self.prelude(req, progress).await?;
         let platform = req.platform.clone().unwrap_or_else(Platform::host);
         let named = self.prepare_named_contexts(&req.named_contexts, &platform)?;
@@ -176,7 +176,8 @@ impl Engine {
                 .with_proxy_env(converted.proxy_env.clone())
                 .with_cdi(cdi)
                 .with_file_hashes(self.root.join("context-hashes"))
-                .with_imported_cache_mounts(imported_mounts.clone()),
+                .with_imported_cache_mounts(imported_mounts.clone())
+                .with_keep_alive(Box::new((archive_context, git_context))),
         );
         let root = converted.root.0;
         let no_cache_nodes = std::mem::take(&mut converted.no_cache);
@@ -358,7 +359,7 @@ pub(crate) struct Prelude {
     pub loaded: Loaded,
     pub run: kiln_frontend::RunOpts,
     pub archive_context: Option<crate::archive_context::TempContext>,
-    pub _git_context: Option<crate::git_context::GitContext>,
+    pub git_context: Option<crate::git_context::GitContext>,
 }
 
 impl Engine {
@@ -376,7 +377,7 @@ impl Engine {
             loaded,
             run,
             archive_context,
-            _git_context: git_context,
+            git_context,
         })
     }
 

@@ -241,6 +241,10 @@ pub struct LlbWorker {
     imported_mounts: HashMap<String, LayerRef>,
     /// The identities already mounted in this build: each is filled from its import once.
     mounts_considered: parking_lot::Mutex<std::collections::HashSet<String>>,
+    /// What the contexts' directories live in (a checkout, an unpacked tarball), removed when
+    /// dropped: kept as long as the worker, which a step another build waits on may hold after
+    /// its own build is gone.
+    _keep_alive: Vec<Box<dyn std::any::Any + Send + Sync>>,
 }
 
 impl LlbWorker {
@@ -279,7 +283,14 @@ impl LlbWorker {
             emulated: Default::default(),
             imported_mounts: HashMap::new(),
             mounts_considered: Default::default(),
+            _keep_alive: Vec::new(),
         }
+    }
+
+    /// Keeps `owner` (what a context directory is removed with) until the worker is dropped.
+    pub fn with_keep_alive(mut self, owner: Box<dyn std::any::Any + Send + Sync>) -> Self {
+        self._keep_alive.push(owner);
+        self
     }
 
     /// Cache mount contents an imported cache carries, by identity: a cache dir that is absent

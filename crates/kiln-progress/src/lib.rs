@@ -199,6 +199,7 @@ impl Progress {
                 progress: self.shared.clone(),
                 partial: Mutex::new(Default::default()),
                 completed: AtomicBool::new(false),
+                mirrors: Mutex::new(Vec::new()),
             }),
         }
     }
@@ -264,6 +265,9 @@ struct VertexInner {
     progress: Arc<Shared>,
     partial: Mutex<Partial>,
     completed: AtomicBool,
+    /// Vertices (of other builds) that show this one's logs and statuses too; weak, so a
+    /// mirror does not keep another build's progress alive.
+    mirrors: Mutex<Vec<std::sync::Weak<VertexInner>>>,
 }
 
 /// A build step being reported; cheap to clone, usable from many threads. Only the first
@@ -283,9 +287,29 @@ impl Vertex {
         self.inner.completed.load(Ordering::Acquire)
     }
 
+    /// From now on, `other` gets this vertex's logs and statuses too (it completes on its
+    /// own): a build waiting on a step another build runs shows the step's output as it comes.
+    pub fn mirror_to(&self, other: &Vertex) {
+        if !Arc::ptr_eq(&self.inner, &other.inner) {
+            self.inner.mirrors.lock().push(Arc::downgrade(&other.inner));
+        }
+    }
+
+    fn mirrors(&self) -> Vec<Vertex> {
+        let mut mirrors = self.inner.mirrors.lock();
+        mirrors.retain(|m| m.strong_count() > 0);
+        mirrors
+            .iter()
+            .filter_map(|m| m.upgrade().map(|inner| Vertex { inner }))
+            .collect()
+    }
+
     /// Process output: split into lines, a trailing partial line kept until it is ended (or
     /// the vertex completes). Nothing is clipped.
     pub fn log(&self, stream: Stream, bytes: &[u8]) {
+        for m in self.mirrors() {
+            m.log(stream, bytes);
+        }
         if self.is_completed() || bytes.is_empty() {
             return;
         }
@@ -321,6 +345,9 @@ impl Vertex {
 
     /// A progress message, e.g. `transferring context: 1.2kB done`.
     pub fn status(&self, text: &str) {
+        for m in self.mirrors() {
+            m.status(text);
+        }
         if self.is_completed() {
             return;
         }
@@ -383,6 +410,45 @@ mod tests {
         assert_eq!("rawjson".parse::<Mode>().expect("valid"), Mode::RawJson);
         let err = "fancy".parse::<Mode>().expect_err("invalid");
         assert!(err.to_string().starts_with("unknown progress mode `fancy`"));
+    }
+
+    #[derive(Clone, Default)]
+    struct Captured(Arc<Mutex<Vec<u8>>>);
+
+    impl Write for Captured {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().extend_from_slice(buf);
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn a_mirror_gets_later_logs_and_statuses_and_completes_on_its_own() {
+        let (out1, out2) = (Captured::default(), Captured::default());
+        let p1 = Progress::new(Mode::Plain, Box::new(out1.clone()));
+        let p2 = Progress::new(Mode::Plain, Box::new(out2.clone()));
+        let (v1, v2) = (p1.vertex("RUN x"), p2.vertex("RUN x"));
+        v1.log(Stream::Stdout, b"before\n");
+        v1.mirror_to(&v2);
+        v1.log(Stream::Stdout, b"after\n");
+        v1.status("working");
+        v1.done();
+        v1.log(Stream::Stdout, b"late\n");
+        v2.error("failed");
+        p1.finish();
+        p2.finish();
+        let (o1, o2) = (
+            String::from_utf8(out1.0.lock().clone()).unwrap(),
+            String::from_utf8(out2.0.lock().clone()).unwrap(),
+        );
+        assert!(o1.contains("before") && o1.contains("after"), "{o1}");
+        assert!(!o2.contains("before"), "{o2}");
+        assert!(o2.contains("after") && o2.contains("working"), "{o2}");
+        assert!(o2.contains("late"), "the mirror was not complete yet: {o2}");
+        assert!(o2.contains("ERROR") && !o2.contains("DONE"), "{o2}");
     }
 
     #[test]

@@ -13,6 +13,7 @@ use std::sync::Arc;
 
 use futures::future::{BoxFuture, FutureExt, Shared, WeakShared};
 use kiln_oci::Digest;
+use kiln_progress::Vertex;
 use parking_lot::Mutex;
 
 use crate::WorkerError;
@@ -22,11 +23,13 @@ use crate::WorkerError;
 /// waiter.
 pub(crate) type RunResult<V> = Result<(V, bool), Arc<WorkerError>>;
 pub(crate) type Run<V> = Shared<BoxFuture<'static, RunResult<V>>>;
+type WeakRun<V> = WeakShared<BoxFuture<'static, RunResult<V>>>;
 
 /// The engine-wide map of steps running now. Cheap to share: hold it in an `Arc` and give the
 /// same one to every [`Solver`](crate::Solver) that should merge with the others.
 pub struct InFlight<V> {
-    runs: Mutex<HashMap<Digest, WeakShared<BoxFuture<'static, RunResult<V>>>>>,
+    /// Each run, and the progress vertex of the build that started it (where its output goes).
+    runs: Mutex<HashMap<Digest, (WeakRun<V>, Vertex)>>,
 }
 
 impl<V> Default for InFlight<V> {
@@ -38,24 +41,27 @@ impl<V> Default for InFlight<V> {
 }
 
 impl<V: Clone + Send + Sync + 'static> InFlight<V> {
-    /// The run of `key` in progress, joined; or, when there is none, `start()` made the run of
-    /// it.
+    /// The run of `key` in progress, joined (its output shown on `progress` too from now on);
+    /// or, when there is none, `start()` made the run of it, reporting on `progress`.
     pub(crate) fn join_or_start(
         &self,
         key: &Digest,
+        progress: &Vertex,
         start: impl FnOnce() -> BoxFuture<'static, RunResult<V>>,
     ) -> Run<V> {
         let mut runs = self.runs.lock();
         // A finished run is not joined: its record is in the cache by now (or it failed, and
         // a later build tries again), and its entry is about to go.
-        if let Some(run) = runs.get(key).and_then(WeakShared::upgrade)
+        if let Some((weak, starter)) = runs.get(key)
+            && let Some(run) = weak.upgrade()
             && run.peek().is_none()
         {
+            starter.mirror_to(progress);
             return run;
         }
         let run = start().shared();
         let weak = run.downgrade().expect("a new run is pending");
-        runs.insert(key.clone(), weak);
+        runs.insert(key.clone(), (weak, progress.clone()));
         run
     }
 
@@ -65,7 +71,7 @@ impl<V: Clone + Send + Sync + 'static> InFlight<V> {
         let mut runs = self.runs.lock();
         let over = runs
             .get(key)
-            .is_some_and(|weak| weak.upgrade().is_none_or(|run| run.peek().is_some()));
+            .is_some_and(|(weak, _)| weak.upgrade().is_none_or(|run| run.peek().is_some()));
         if over {
             runs.remove(key);
         }
@@ -76,7 +82,7 @@ impl<V: Clone + Send + Sync + 'static> InFlight<V> {
         self.runs
             .lock()
             .values()
-            .filter(|w| w.upgrade().is_some_and(|r| r.peek().is_none()))
+            .filter(|(w, _)| w.upgrade().is_some_and(|r| r.peek().is_none()))
             .count()
     }
 

@@ -315,7 +315,7 @@ impl<G: Graph, W: Worker<G>> Inner<G, W> {
         }
         let in_flight = self.in_flight.clone();
         let _leave = Leave(&in_flight, key);
-        let run = in_flight.join_or_start(key, || {
+        let run = in_flight.join_or_start(key, progress, || {
             let inner = self.clone();
             let key = key.clone();
             let progress = progress.clone();

@@ -145,14 +145,14 @@ fn cache_mount_dirs(k: &Kiln, id: &str) -> Vec<std::path::PathBuf> {
 
 /// Issue 18: two builds need the same RUN (same cache key) at once: it runs once (the cache
 /// mount it appends to has one line), both builds succeed, both images have its layer, and the
-/// build that waited shows the step running, then DONE.
+/// build that waited shows the step running, its output, then DONE.
 #[test]
 fn issue_18_a_step_two_builds_need_at_once_runs_once() {
     let Some(k) = Kiln::new("issue_18_a_step_two_builds_need_at_once_runs_once") else {
         return;
     };
     let run = "RUN --mount=type=cache,id=shared18,target=/c \
-               sh -c 'echo ran >> /c/log && echo built > /built && sleep 1'\n";
+               sh -c 'echo ran >> /c/log && echo built > /built && sleep 1 && echo step-output'\n";
     let a = k.context(
         "a",
         &[("Dockerfile", &format!("FROM busybox\n{run}LABEL which=a\n"))],
@@ -171,6 +171,8 @@ fn issue_18_a_step_two_builds_need_at_once_runs_once() {
         let r = r.as_ref().unwrap_or_else(|e| panic!("{e}\n{}", p.raw()));
         let step = p.step("RUN --mount");
         assert!(step.done && !step.cached, "{}", p.raw());
+        // The build that joined shows the step's output as the one running it does.
+        assert_eq!(step.logs, ["step-output"], "{}", p.raw());
         images.push(layers(&k, &r.manifest));
     }
     assert_eq!(cache_mount_file(&k, "shared18", "log"), "ran\n", "ran once");

@@ -252,6 +252,7 @@ fn issue_18_eight_builds_of_four_tags_keep_the_store_whole() {
     eprintln!("eight builds at once took {:?}", started.elapsed());
     drop(engine);
     let listed = k.kiln(&["images"]).ok().stdout;
+    assert_eq!(listed.lines().skip(1).count(), 4, "four images:\n{listed}");
     for (i, tag) in tags.iter().enumerate() {
         let rows = listed
             .lines()

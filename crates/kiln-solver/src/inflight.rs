@@ -59,6 +59,8 @@ impl<V: Clone + Send + Sync + 'static> InFlight<V> {
             starter.mirror_to(progress);
             return run;
         }
+        // Builds that join later see the step's output from its start.
+        progress.remember_output();
         let run = start().shared();
         let weak = run.downgrade().expect("a new run is pending");
         runs.insert(key.clone(), (weak, progress.clone()));

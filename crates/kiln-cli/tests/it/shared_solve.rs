@@ -152,7 +152,7 @@ fn issue_18_a_step_two_builds_need_at_once_runs_once() {
         return;
     };
     let run = "RUN --mount=type=cache,id=shared18,target=/c \
-               sh -c 'echo ran >> /c/log && echo built > /built && sleep 1 && echo step-output'\n";
+               sh -c 'echo step-output && echo ran >> /c/log && echo built > /built && sleep 1'\n";
     let a = k.context(
         "a",
         &[("Dockerfile", &format!("FROM busybox\n{run}LABEL which=a\n"))],
@@ -171,7 +171,8 @@ fn issue_18_a_step_two_builds_need_at_once_runs_once() {
         let r = r.as_ref().unwrap_or_else(|e| panic!("{e}\n{}", p.raw()));
         let step = p.step("RUN --mount");
         assert!(step.done && !step.cached, "{}", p.raw());
-        // The build that joined shows the step's output as the one running it does.
+        // The build that joined shows the step's output as the one running it does (the
+        // line written before it joined replayed).
         assert_eq!(step.logs, ["step-output"], "{}", p.raw());
         images.push(layers(&k, &r.manifest));
     }
@@ -281,7 +282,7 @@ fn issue_18_cancelling_the_starter_leaves_the_waiter_its_step() {
         return;
     };
     let run = "RUN --mount=type=cache,id=cancel18,target=/c \
-               sh -c 'echo ran >> /c/log && echo built > /built && sleep 2'\n";
+               sh -c 'echo early && echo ran >> /c/log && echo built > /built && sleep 2'\n";
     let a = k.context("a", &[("Dockerfile", &format!("FROM busybox\n{run}"))]);
     let b = k.context(
         "b",
@@ -324,6 +325,12 @@ fn issue_18_cancelling_the_starter_leaves_the_waiter_its_step() {
     let r = r.unwrap_or_else(|e| panic!("{e}\n{}", p.raw()));
     let step = p.step("RUN --mount");
     assert!(step.done && !step.cached, "{}", p.raw());
+    assert_eq!(
+        step.logs,
+        ["early"],
+        "written before it joined: {}",
+        p.raw()
+    );
     assert_eq!(cache_mount_file(&k, "cancel18", "log"), "ran\n", "ran once");
     assert_eq!(layers(&k, &r.manifest).len(), 2, "the RUN's layer is there");
     drop(engine);

@@ -121,7 +121,7 @@ impl Engine {
                 },
             run,
             mut archive_context,
-            _git_context,
+            git_context,
         } = self.prelude(req, progress).await?;
         let platform = req
             .platform
@@ -196,7 +196,8 @@ impl Engine {
                 .with_proxy_env(converted.proxy_env.clone())
                 .with_cdi(cdi)
                 .with_file_hashes(self.root.join("context-hashes"))
-                .with_imported_cache_mounts(imported_mounts.clone()),
+                .with_imported_cache_mounts(imported_mounts.clone())
+                .with_keep_alive(Box::new((archive_context, git_context))),
         );
         let root = converted.root.0;
         let no_cache_nodes = std::mem::take(&mut converted.no_cache);
@@ -211,6 +212,7 @@ impl Engine {
             progress.clone(),
             req.no_cache,
         )
+        .with_in_flight(self.in_flight.clone())
         .with_no_cache_for(no_cache_nodes.into_iter().map(|n| n.0));
         let solved = solver.solve(root).await;
         let all_solved = solver.solved();
@@ -443,7 +445,7 @@ pub(crate) struct Prelude {
     pub loaded: Loaded,
     pub run: kiln_frontend::RunOpts,
     pub archive_context: Option<crate::archive_context::TempContext>,
-    pub _git_context: Option<crate::git_context::GitContext>,
+    pub git_context: Option<crate::git_context::GitContext>,
 }
 
 impl Engine {
@@ -461,7 +463,7 @@ impl Engine {
             loaded,
             run,
             archive_context,
-            _git_context: git_context,
+            git_context,
         })
     }
 

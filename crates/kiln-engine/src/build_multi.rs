@@ -80,7 +80,7 @@ impl Engine {
                 },
             run,
             mut archive_context,
-            _git_context,
+            git_context,
         } = self.prelude(req, progress).await?;
 
         let created = created_time(req.epoch());
@@ -183,7 +183,8 @@ impl Engine {
                 .with_proxy_env(proxy_env)
                 .with_cdi(cdi)
                 .with_file_hashes(self.root.join("context-hashes"))
-                .with_imported_cache_mounts(imported_mounts.clone()),
+                .with_imported_cache_mounts(imported_mounts.clone())
+                .with_keep_alive(Box::new((archive_context, git_context))),
         );
         let graph = Arc::new(LlbGraph::new(def));
         let solver = Solver::new(
@@ -193,6 +194,7 @@ impl Engine {
             progress.clone(),
             req.no_cache,
         )
+        .with_in_flight(self.in_flight.clone())
         .with_no_cache_for(no_cache);
         // One solver for every root: a vertex two platforms share is solved once.
         let solved =

@@ -176,21 +176,27 @@ impl Engine {
         let blobs = blobs_of(records);
         // A blob kiln does not hold (a layer of an imported cache no step needed) stays as it is
         // where the destination has it; otherwise it is fetched and exported like the rest.
-        let checks: Vec<Result<Option<String>>> = futures::stream::iter(blobs.iter())
+        // Streams of owned items: closures over borrowed ones make the build's future not
+        // `Send` (rustc cannot prove it for every lifetime).
+        let owned: Vec<(String, LayerRef)> = blobs
+            .iter()
+            .map(|(n, l)| (n.clone(), (*l).clone()))
+            .collect();
+        let checks: Vec<Result<Option<String>>> = futures::stream::iter(owned)
             .map(|(name, layer)| async move {
                 let blob = layer.blob.clone().expect("layers with a blob only");
                 if self.content.contains(&blob) {
                     return Ok(None);
                 }
                 if self.dest_has(dest, &blob).await? {
-                    return Ok(Some(name.clone()));
+                    return Ok(Some(name));
                 }
                 v.status(&format!("pulling {blob}"));
                 kiln_worker::fetch_layer_blob(
                     &self.registry,
                     &self.blob_stores,
                     &self.content,
-                    layer,
+                    &layer,
                     &blob,
                 )
                 .await?;
@@ -213,7 +219,7 @@ impl Engine {
         let exported = self
             .compress_cache_layers(&held, &e.compression, e.oci)
             .await?;
-        let written: Vec<Result<()>> = futures::stream::iter(exported.values())
+        let written: Vec<Result<()>> = futures::stream::iter(exported.values().cloned())
             .map(|layer| async move {
                 let blob = layer.blob.as_ref().expect("layers with a blob only");
                 if self.dest_put(dest, blob, layer.size).await? {
@@ -227,7 +233,7 @@ impl Engine {
         written.into_iter().collect::<Result<Vec<_>>>()?;
         // Cache mount blobs: made for this export, or carried over from the import (fetched
         // only when the destination lacks them).
-        let written: Vec<Result<()>> = futures::stream::iter(mounts.values())
+        let written: Vec<Result<()>> = futures::stream::iter(mounts.values().cloned())
             .map(|m| async move {
                 let blob = m.layer.blob.as_ref().expect("mount records have a blob");
                 let fetched = !self.content.contains(blob);

@@ -183,4 +183,17 @@ cert = "/etc/kiln/client.pem"
             "a key pair needs both files"
         );
     }
+
+    #[test]
+    fn max_parallelism_is_read_from_worker_oci_and_checked() {
+        let c = Config::parse("[worker.oci]\nmax-parallelism = 2\n").unwrap();
+        assert_eq!(c.worker.oci.max_parallelism, Some(2));
+        assert_eq!(Config::default().worker.oci.max_parallelism, None);
+        for bad in ["-1", "\"four\""] {
+            let err = Config::parse(&format!("[worker.oci]\nmax-parallelism = {bad}\n"))
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains("max-parallelism"), "{err}");
+        }
+    }
 }

@@ -143,19 +143,23 @@ impl Engine {
             let (Some(blob), Some(_)) = (&layer.blob, &layer.source) else {
                 continue;
             };
-            if !self.content.contains(blob) && !missing.iter().any(|(b, _)| b == &blob) {
-                missing.push((blob, layer));
+            if !self.content.contains(blob) && !missing.iter().any(|(b, _)| b == blob) {
+                missing.push((blob.clone(), layer.clone()));
             }
         }
+        // Owned items: a closure over borrowed ones makes the build's future not `Send`.
         let mut fetches = futures::stream::iter(missing.into_iter().map(|(blob, layer)| {
             v.status(&format!("pulling {blob}"));
-            kiln_worker::fetch_layer_blob(
-                &self.registry,
-                &self.blob_stores,
-                &self.content,
-                layer,
-                blob,
-            )
+            async move {
+                kiln_worker::fetch_layer_blob(
+                    &self.registry,
+                    &self.blob_stores,
+                    &self.content,
+                    &layer,
+                    &blob,
+                )
+                .await
+            }
         }))
         .buffer_unordered(8);
         while let Some(r) = fetches.next().await {

@@ -217,12 +217,16 @@ pub struct Engine {
     remote_context_max_bytes: u64,
     /// `[worker.oci]`: the GC policies, platforms and `max-parallelism`.
     gc: gc_config::GcConfig,
-    /// `max-parallelism`'s permits, shared by every build of this engine.
+    /// `max-parallelism`: permits for RUN and file ops, shared by every build of this engine.
     parallelism: Option<Arc<tokio::sync::Semaphore>>,
     /// Builds of this engine running now: a prune is not alone while one is (the engine lock
-    /// is per process and cannot tell).
-    /// Shared with the offline copy of this engine (`offline`).
+    /// is per process and cannot tell). Shared with the offline copy of this engine.
     builds: Arc<std::sync::atomic::AtomicUsize>,
+    /// Steps running now in any build of this engine, by cache key: a build needing one joins
+    /// it instead of running it again (see docs/architecture.md).
+    in_flight: Arc<kiln_solver::InFlight<kiln_worker::Value>>,
+    /// Layers being unpacked by any build of this engine.
+    unpacking: Arc<kiln_worker::Unpacking>,
 }
 
 impl Engine {
@@ -260,7 +264,9 @@ impl Engine {
                 .map_err(io("removing stale cache mount dirs"))?;
             // Small temp files of atomic writes a kill interrupted: cache records, image
             // names, compiled seccomp profiles, `--explain`'s step records.
-            remove_temp_files(&root.join("cache"), |n| n.starts_with(".tmp-"))?;
+            remove_temp_files(&root.join("cache"), |n| {
+                n.starts_with(".tmp-") || n.starts_with(".lock-")
+            })?;
             remove_temp_files(&root.join("step-keys"), |n| n.starts_with(".tmp-"))?;
             remove_temp_files(&root.join("resolved"), |n| n.starts_with(".tmp-"))?;
             remove_temp_files(&root.join("images"), |n| {
@@ -300,6 +306,8 @@ impl Engine {
                 .map(|n| Arc::new(tokio::sync::Semaphore::new(n))),
             gc: config.worker.oci.clone(),
             builds: Default::default(),
+            in_flight: Default::default(),
+            unpacking: Default::default(),
         })
     }
 
@@ -343,6 +351,8 @@ impl Engine {
             blob_stores: self.blob_stores.clone(),
             gc: self.gc.clone(),
             parallelism: self.parallelism.clone(),
+            in_flight: self.in_flight.clone(),
+            unpacking: self.unpacking.clone(),
             builds: self.builds.clone(),
         })
     }
@@ -363,6 +373,7 @@ impl Engine {
         .with_copy_stream(self.copy_stream)
         .with_http_records(self.root.join("http"))
         .with_blob_stores(self.blob_stores.clone())
+        .with_unpacking(self.unpacking.clone())
         .with_parallelism(self.parallelism.clone())
     }
 
@@ -483,6 +494,7 @@ mod tests {
             "content/ingest/0123456789abcdef",
             "cache/.tmp-0123456789abcdef",
             "step-keys/.tmp-0123456789abcdef",
+            "cache/.lock-0123456789abcdef",
             "images/.images.json.123-0.tmp",
             "executor/seccomp/.tmp-1-ThreadId(1)",
         ];
@@ -503,5 +515,20 @@ mod tests {
         }
         assert!(root.join("images/images.json").exists());
         drop(engine);
+    }
+}
+
+/// kilnd spawns each build on a multi-threaded runtime: a build's future must stay `Send` and
+/// own what it needs (this fails to compile otherwise).
+#[cfg(test)]
+mod send_check {
+    fn spawnable<T: std::future::Future + Send + 'static>(_: &T) {}
+
+    #[allow(dead_code)]
+    fn build_is_send(e: std::sync::Arc<crate::Engine>, req: crate::BuildRequest) {
+        spawnable(&async move {
+            let p = kiln_progress::Progress::discard();
+            let _ = e.build(req, &p).await;
+        });
     }
 }

@@ -199,6 +199,7 @@ impl Progress {
                 progress: self.shared.clone(),
                 partial: Mutex::new(Default::default()),
                 completed: AtomicBool::new(false),
+                sharing: Mutex::new(Sharing::default()),
             }),
         }
     }
@@ -264,6 +265,63 @@ struct VertexInner {
     progress: Arc<Shared>,
     partial: Mutex<Partial>,
     completed: AtomicBool,
+    sharing: Mutex<Sharing>,
+}
+
+/// The most output a vertex keeps for mirrors added later: past it, the oldest goes.
+const REPLAY_MAX: usize = 1 << 20;
+
+/// Another build's view of a vertex (see [`Vertex::mirror_to`]).
+#[derive(Default)]
+struct Sharing {
+    /// Vertices (of other builds) that show this one's logs and statuses too; weak, so a
+    /// mirror does not keep another build's progress alive.
+    mirrors: Vec<std::sync::Weak<VertexInner>>,
+    /// With [`Vertex::remember_output`]: what was shown so far, replayed to each new mirror.
+    shown: Option<std::collections::VecDeque<Shown>>,
+    shown_bytes: usize,
+}
+
+enum Shown {
+    Log(Stream, Vec<u8>),
+    Status(String),
+}
+
+impl Sharing {
+    /// Records `item` for later mirrors (when remembering) and returns the live mirrors.
+    fn shown(&mut self, item: impl FnOnce() -> Shown) -> Vec<Vertex> {
+        if let Some(shown) = &mut self.shown {
+            let item = item();
+            self.shown_bytes += item.len();
+            shown.push_back(item);
+            while self.shown_bytes > REPLAY_MAX
+                && let Some(old) = shown.pop_front()
+            {
+                self.shown_bytes -= old.len();
+            }
+        }
+        self.mirrors.retain(|m| m.strong_count() > 0);
+        self.mirrors
+            .iter()
+            .filter_map(|m| m.upgrade().map(|inner| Vertex { inner }))
+            .collect()
+    }
+}
+
+impl Shown {
+    fn len(&self) -> usize {
+        match self {
+            Shown::Log(_, b) => b.len(),
+            Shown::Status(t) => t.len(),
+        }
+    }
+
+    fn replay(&self, to: &Vertex) {
+        match self {
+            Shown::Log(stream, bytes) => to.log(*stream, bytes),
+            Shown::Status(text) => to.status(text),
+        }
+    }
 }
 
 /// A build step being reported; cheap to clone, usable from many threads. Only the first
@@ -283,9 +341,41 @@ impl Vertex {
         self.inner.completed.load(Ordering::Acquire)
     }
 
+    /// Keeps what this vertex shows from now on (its last MiB), for mirrors added later: a step
+    /// other builds may join.
+    pub fn remember_output(&self) {
+        self.inner
+            .sharing
+            .lock()
+            .shown
+            .get_or_insert_with(Default::default);
+    }
+
+    /// `other` gets this vertex's logs and statuses too: what it remembered (see
+    /// [`Vertex::remember_output`]) now, the rest as it comes; `other` completes on its own. A
+    /// build waiting on a step another build runs shows the step's output so.
+    pub fn mirror_to(&self, other: &Vertex) {
+        if Arc::ptr_eq(&self.inner, &other.inner) {
+            return;
+        }
+        let mut sharing = self.inner.sharing.lock();
+        for item in sharing.shown.iter().flatten() {
+            item.replay(other);
+        }
+        sharing.mirrors.push(Arc::downgrade(&other.inner));
+    }
+
     /// Process output: split into lines, a trailing partial line kept until it is ended (or
     /// the vertex completes). Nothing is clipped.
     pub fn log(&self, stream: Stream, bytes: &[u8]) {
+        let mirrors = self
+            .inner
+            .sharing
+            .lock()
+            .shown(|| Shown::Log(stream, bytes.to_vec()));
+        for m in mirrors {
+            m.log(stream, bytes);
+        }
         if self.is_completed() || bytes.is_empty() {
             return;
         }
@@ -321,6 +411,14 @@ impl Vertex {
 
     /// A progress message, e.g. `transferring context: 1.2kB done`.
     pub fn status(&self, text: &str) {
+        let mirrors = self
+            .inner
+            .sharing
+            .lock()
+            .shown(|| Shown::Status(text.to_owned()));
+        for m in mirrors {
+            m.status(text);
+        }
         if self.is_completed() {
             return;
         }
@@ -383,6 +481,49 @@ mod tests {
         assert_eq!("rawjson".parse::<Mode>().expect("valid"), Mode::RawJson);
         let err = "fancy".parse::<Mode>().expect_err("invalid");
         assert!(err.to_string().starts_with("unknown progress mode `fancy`"));
+    }
+
+    #[derive(Clone, Default)]
+    struct Captured(Arc<Mutex<Vec<u8>>>);
+
+    impl Write for Captured {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().extend_from_slice(buf);
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn a_mirror_gets_remembered_and_later_output_and_completes_on_its_own() {
+        let (out1, out2) = (Captured::default(), Captured::default());
+        let p1 = Progress::new(Mode::Plain, Box::new(out1.clone()));
+        let p2 = Progress::new(Mode::Plain, Box::new(out2.clone()));
+        let (v1, v2) = (p1.vertex("RUN x"), p2.vertex("RUN x"));
+        v1.log(Stream::Stdout, b"forgotten\n");
+        v1.remember_output();
+        v1.log(Stream::Stdout, b"before\n");
+        v1.mirror_to(&v2);
+        v1.log(Stream::Stdout, b"after\n");
+        v1.status("working");
+        v1.done();
+        v1.log(Stream::Stdout, b"late\n");
+        v2.error("failed");
+        p1.finish();
+        p2.finish();
+        let (o1, o2) = (
+            String::from_utf8(out1.0.lock().clone()).unwrap(),
+            String::from_utf8(out2.0.lock().clone()).unwrap(),
+        );
+        assert!(o1.contains("forgotten") && o1.contains("after"), "{o1}");
+        assert!(!o2.contains("forgotten"), "{o2}");
+        let (before, after) = (o2.find("before").unwrap(), o2.find("after").unwrap());
+        assert!(before < after, "replayed first: {o2}");
+        assert!(o2.contains("working"), "{o2}");
+        assert!(o2.contains("late"), "the mirror was not complete yet: {o2}");
+        assert!(o2.contains("ERROR") && !o2.contains("DONE"), "{o2}");
     }
 
     #[test]

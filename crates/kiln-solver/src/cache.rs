@@ -5,10 +5,16 @@ use std::marker::PhantomData;
 use std::path::PathBuf;
 use std::sync::Arc;
 
+use futures::FutureExt;
+use futures::future::BoxFuture;
 use kiln_oci::Digest;
+use rustix::fs::FlockOperation;
 use serde::{Serialize, de::DeserializeOwned};
 
-use crate::CacheStore;
+use crate::{CacheStore, KeyLock};
+
+/// How often a step waiting for another process's run of its key checks the lock again.
+const LOCK_POLL: std::time::Duration = std::time::Duration::from_millis(50);
 
 /// Cache records as one small JSON file per key, written by temp file and rename so a killed
 /// build leaves either the old record or the new one. A lookup is one open and read: the no-op
@@ -30,6 +36,55 @@ impl<V> FileCacheStore<V> {
 
     fn path(&self, key: &Digest) -> PathBuf {
         self.dir.join(key.digest())
+    }
+
+    /// `.lock-<hex>`: a file that exists only while some process runs the key's step.
+    fn lock_path(&self, key: &Digest) -> PathBuf {
+        self.dir.join(format!(".lock-{}", key.digest()))
+    }
+}
+
+/// A key's lock file, `flock`ed; removed (then unlocked) when dropped, so lock files do not pile
+/// up. Whoever locked a file that was removed meanwhile sees it is no longer the one at the path
+/// and opens the new one.
+struct FileKeyLock {
+    path: PathBuf,
+    _file: fs::File,
+}
+
+impl Drop for FileKeyLock {
+    fn drop(&mut self) {
+        let _ = fs::remove_file(&self.path);
+    }
+}
+
+/// Waits (polling, so that a dropped waiter leaves nothing blocked) for the lock at `path`.
+async fn lock_file(path: PathBuf) -> std::io::Result<FileKeyLock> {
+    loop {
+        let file = fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)?;
+        match rustix::fs::flock(&file, FlockOperation::NonBlockingLockExclusive) {
+            Ok(()) => {}
+            Err(rustix::io::Errno::WOULDBLOCK) => {
+                drop(file);
+                tokio::time::sleep(LOCK_POLL).await;
+                continue;
+            }
+            Err(e) => return Err(e.into()),
+        }
+        // The holder before us removes the file as it unlocks; ours counts only if it is still
+        // the file at the path.
+        let held = rustix::fs::fstat(&file)?;
+        match rustix::fs::stat(&path) {
+            Ok(now) if now.st_dev == held.st_dev && now.st_ino == held.st_ino => {
+                return Ok(FileKeyLock { path, _file: file });
+            }
+            Ok(_) | Err(rustix::io::Errno::NOENT) => continue,
+            Err(e) => return Err(e.into()),
+        }
     }
 }
 
@@ -60,6 +115,16 @@ impl<V: Serialize + DeserializeOwned + Send + Sync> CacheStore<V> for FileCacheS
             let _ = fs::remove_file(&tmp);
         }
     }
+
+    fn lock<'a>(&'a self, key: &'a Digest) -> BoxFuture<'a, Option<KeyLock>> {
+        let path = self.lock_path(key);
+        async move {
+            // Without the lock the step still runs; it may run in two processes at once.
+            let lock = lock_file(path).await.ok()?;
+            Some(Box::new(lock) as KeyLock)
+        }
+        .boxed()
+    }
 }
 
 /// The local store over records imported from elsewhere (`--cache-from`): a key is looked up
@@ -89,5 +154,9 @@ impl<V: Clone + Send + Sync> CacheStore<V> for LayeredCacheStore<V> {
 
     fn save(&self, key: &Digest, value: &V) {
         self.local.save(key, value)
+    }
+
+    fn lock<'a>(&'a self, key: &'a Digest) -> BoxFuture<'a, Option<KeyLock>> {
+        self.local.lock(key)
     }
 }

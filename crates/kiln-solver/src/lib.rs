@@ -9,9 +9,16 @@
 //!   input's identity.
 //! - `exec` runs only on a cache miss (or with `no_cache`); its value is saved under the key.
 //! - A cached value is used only if `usable` says its backing data is still present.
-//! - Dropping the future returned by [`Solver::solve`] cancels every vertex in flight.
+//! - Dropping the future returned by [`Solver::solve`] cancels every vertex in flight, except
+//!   a step another solver sharing its [`InFlight`] waits on: that one runs on for the waiter.
+//!
+//! Solvers given the same [`InFlight`] (one engine's builds) merge by cache key: a persisted
+//! step whose key another solver is running is joined, not run again, and each gets its value
+//! or its error. Across processes the cache store's per-key lock does the same: the second
+//! waits for the first's run, then finds its record.
 
 mod cache;
+mod inflight;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -23,6 +30,9 @@ use parking_lot::Mutex;
 use serde::{Serialize, de::DeserializeOwned};
 
 pub use cache::{FileCacheStore, LayeredCacheStore};
+pub use inflight::InFlight;
+
+use inflight::{RunResult, SharedCause};
 
 /// The graph the solver walks. Vertex ids are indexes; inputs must form a DAG.
 pub trait Graph: Send + Sync + 'static {
@@ -73,7 +83,18 @@ pub trait Worker<G: Graph>: Send + Sync + 'static {
 pub trait CacheStore<V>: Send + Sync {
     fn load(&self, key: &Digest) -> Option<V>;
     fn save(&self, key: &Digest, value: &V);
+
+    /// Waits for, then holds until dropped, the lock of `key`'s step, so another process
+    /// solving the same key meanwhile waits and then finds the record instead of running the
+    /// step again. `None`: no lock (a lock that cannot be had costs a second run, not the
+    /// build).
+    fn lock<'a>(&'a self, _key: &'a Digest) -> BoxFuture<'a, Option<KeyLock>> {
+        futures::future::ready(None).boxed()
+    }
 }
+
+/// A held cache key lock (see [`CacheStore::lock`]); released when dropped.
+pub type KeyLock = Box<dyn Send>;
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -110,6 +131,8 @@ struct Inner<G: Graph, W: Worker<G>> {
     /// Vertices that run whatever the cache holds (`--no-cache-filter`); their results are
     /// still saved.
     no_cache_vertices: std::collections::HashSet<usize>,
+    /// Steps running now in this solver and the others sharing it, by cache key.
+    in_flight: Arc<InFlight<W::Value>>,
 }
 
 impl<G: Graph, W: Worker<G>> Solver<G, W> {
@@ -128,6 +151,7 @@ impl<G: Graph, W: Worker<G>> Solver<G, W> {
                 progress,
                 no_cache,
                 no_cache_vertices: Default::default(),
+                in_flight: Default::default(),
             }),
             futures: Mutex::new(HashMap::new()),
         }
@@ -137,6 +161,14 @@ impl<G: Graph, W: Worker<G>> Solver<G, W> {
     pub fn with_no_cache_for(mut self, vertices: impl IntoIterator<Item = usize>) -> Self {
         let inner = Arc::get_mut(&mut self.inner).expect("set before solving");
         inner.no_cache_vertices.extend(vertices);
+        self
+    }
+
+    /// Merges with every other solver given the same map: a step one of them is running is
+    /// joined, not run again. Call before solving.
+    pub fn with_in_flight(mut self, in_flight: Arc<InFlight<W::Value>>) -> Self {
+        let inner = Arc::get_mut(&mut self.inner).expect("set before solving");
+        inner.in_flight = in_flight;
         self
     }
 
@@ -176,7 +208,7 @@ impl<G: Graph, W: Worker<G>> Solver<G, W> {
         let inner = Arc::clone(&self.inner);
         let fut = async move {
             let inputs = futures::future::try_join_all(inputs).await?;
-            inner.solve_one(vertex, inputs).await
+            inner.solve_one(vertex, Arc::new(inputs)).await
         }
         .boxed()
         .shared();
@@ -187,9 +219,9 @@ impl<G: Graph, W: Worker<G>> Solver<G, W> {
 
 impl<G: Graph, W: Worker<G>> Inner<G, W> {
     async fn solve_one(
-        &self,
+        self: Arc<Self>,
         vertex: usize,
-        inputs: Vec<Solved<W::Value>>,
+        inputs: Arc<Vec<Solved<W::Value>>>,
     ) -> Result<Solved<W::Value>, SharedError> {
         let graph = &*self.graph;
         let name = graph.name(vertex).to_string();
@@ -204,14 +236,8 @@ impl<G: Graph, W: Worker<G>> Inner<G, W> {
                 })
             })?;
         let persist = self.worker.persist(graph, vertex);
-        if !self.no_cache
-            && !self.no_cache_vertices.contains(&vertex)
-            && persist
-            && let Some(value) = self
-                .cache
-                .load(&cache_key)
-                .filter(|v| self.worker.usable(v))
-        {
+        let use_cache = !self.no_cache && !self.no_cache_vertices.contains(&vertex) && persist;
+        if use_cache && let Some(value) = self.lookup(&cache_key) {
             if !name.is_empty() {
                 self.progress.vertex(name).cached();
             }
@@ -226,23 +252,91 @@ impl<G: Graph, W: Worker<G>> Inner<G, W> {
         } else {
             self.progress.vertex(name.clone())
         };
-        match self.worker.exec(graph, vertex, &inputs, &progress).await {
-            Ok(value) => {
-                if persist {
-                    self.cache.save(&cache_key, &value);
+        let ran = if use_cache {
+            self.clone()
+                .shared_run(vertex, inputs, &cache_key, &progress)
+                .await
+        } else {
+            // Without the cache the step runs here whatever else runs it: it is neither joined
+            // to another build's run nor offered to them.
+            match self.worker.exec(graph, vertex, &inputs, &progress).await {
+                Ok(value) => {
+                    if persist {
+                        self.cache.save(&cache_key, &value);
+                    }
+                    Ok((value, false))
                 }
-                progress.done();
+                Err(e) => Err(Arc::new(e)),
+            }
+        };
+        match ran {
+            Ok((value, cached)) => {
+                match cached {
+                    true => progress.cached(),
+                    false => progress.done(),
+                }
                 Ok(Solved {
                     value,
                     cache_key,
-                    cached: false,
+                    cached,
                 })
             }
             Err(source) => {
-                progress.error(&error_chain(&*source));
-                Err(Arc::new(Error::Vertex { name, source }))
+                progress.error(&error_chain(&**source));
+                Err(Arc::new(Error::Vertex {
+                    name,
+                    source: Box::new(SharedCause(source)),
+                }))
             }
         }
+    }
+
+    /// A cached value whose data is still there.
+    fn lookup(&self, key: &Digest) -> Option<W::Value> {
+        self.cache.load(key).filter(|v| self.worker.usable(v))
+    }
+
+    /// Runs the step of `key`, or joins the run of it another solver sharing the in-flight map
+    /// started. The run takes the key's lock first, so a run of it in another process is
+    /// waited for and its record used.
+    async fn shared_run(
+        self: Arc<Self>,
+        vertex: usize,
+        inputs: Arc<Vec<Solved<W::Value>>>,
+        key: &Digest,
+        progress: &Vertex,
+    ) -> RunResult<W::Value> {
+        /// Leaves the run when this waiter is done or dropped (after its handle is gone).
+        struct Leave<'a, V: Clone + Send + Sync + 'static>(&'a InFlight<V>, &'a Digest);
+        impl<V: Clone + Send + Sync + 'static> Drop for Leave<'_, V> {
+            fn drop(&mut self) {
+                self.0.leave(self.1);
+            }
+        }
+        let in_flight = self.in_flight.clone();
+        let _leave = Leave(&in_flight, key);
+        let run = in_flight.join_or_start(key, progress, || {
+            let inner = self.clone();
+            let key = key.clone();
+            let progress = progress.clone();
+            async move {
+                let _lock = inner.cache.lock(&key).await;
+                // Another process may have run the step while this one waited for the lock.
+                if let Some(value) = inner.lookup(&key) {
+                    return Ok((value, true));
+                }
+                let value = inner
+                    .worker
+                    .exec(&inner.graph, vertex, &inputs, &progress)
+                    .await
+                    .map_err(Arc::new)?;
+                // Saved before the run ends (and the lock goes), so whoever comes next finds it.
+                inner.cache.save(&key, &value);
+                Ok((value, false))
+            }
+            .boxed()
+        });
+        run.await
     }
 }
 

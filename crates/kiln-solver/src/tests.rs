@@ -260,3 +260,157 @@ async fn imported_records_are_found_after_local_ones_and_hits_are_kept_locally()
     let missing = kiln_oci::sha256(b"nothing");
     assert_eq!(layered.load(&missing), None);
 }
+
+/// A solver over `g` counting into `counter`, merging with others through `in_flight`.
+fn sharing_solver(
+    g: Arith,
+    dir: &std::path::Path,
+    counter: &Arc<Counter>,
+    in_flight: &Arc<InFlight<i64>>,
+) -> Solver<Arith, SumWorker> {
+    let cache: Arc<dyn CacheStore<i64>> = Arc::new(FileCacheStore::open(dir).unwrap());
+    Solver::new(
+        Arc::new(g),
+        Arc::new(SumWorker(counter.clone())),
+        cache,
+        Progress::discard(),
+        false,
+    )
+    .with_in_flight(in_flight.clone())
+}
+
+fn counter(n: usize) -> Arc<Counter> {
+    Arc::new(Counter {
+        execs: (0..n).map(|_| AtomicUsize::new(0)).collect(),
+        ..Default::default()
+    })
+}
+
+/// Two builds' solvers (separate cache dirs, so only the in-flight map can merge them) solving
+/// the same keys at once: each step runs once and both get every value.
+#[tokio::test]
+async fn solvers_sharing_in_flight_run_each_key_once() {
+    let (d1, d2) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let c = counter(5);
+    let in_flight = Arc::new(InFlight::default());
+    let s1 = sharing_solver(diamond(), d1.path(), &c, &in_flight);
+    let s2 = sharing_solver(diamond(), d2.path(), &c, &in_flight);
+    let (r1, r2) = tokio::join!(s1.solve(3), s2.solve(3));
+    assert_eq!(r1.unwrap().value, 11);
+    assert_eq!(r2.unwrap().value, 11);
+    assert_eq!(execs(&c), vec![1, 1, 1, 1, 0]);
+    assert!(in_flight.is_empty(), "finished runs are forgotten");
+
+    // Separate maps (and dirs): nothing merges them, every step runs twice.
+    let (d1, d2) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let c = counter(5);
+    let s1 = sharing_solver(diamond(), d1.path(), &c, &Default::default());
+    let s2 = sharing_solver(diamond(), d2.path(), &c, &Default::default());
+    let (r1, r2) = tokio::join!(s1.solve(3), s2.solve(3));
+    assert_eq!((r1.unwrap().value, r2.unwrap().value), (11, 11));
+    assert_eq!(execs(&c), vec![2, 2, 2, 2, 0]);
+}
+
+/// As two processes on one data root: no shared map, one cache dir. The key lock makes the
+/// second wait for the first's run and take its record.
+#[tokio::test]
+async fn the_key_lock_makes_a_second_store_user_wait_and_hit() {
+    let dir = tempfile::tempdir().unwrap();
+    let c = counter(5);
+    let s1 = sharing_solver(diamond(), dir.path(), &c, &Default::default());
+    let s2 = sharing_solver(diamond(), dir.path(), &c, &Default::default());
+    let (r1, r2) = tokio::join!(s1.solve(3), s2.solve(3));
+    let (r1, r2) = (r1.unwrap(), r2.unwrap());
+    assert_eq!((r1.value, r2.value), (11, 11));
+    assert_eq!(execs(&c), vec![1, 1, 1, 1, 0]);
+    assert!(
+        r1.cached != r2.cached,
+        "one ran d, the other found its record"
+    );
+    let left: Vec<_> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with(".lock-"))
+        .collect();
+    assert!(left.is_empty(), "lock files left: {left:?}");
+}
+
+/// The build that started a shared step is dropped while another waits on it: the step goes
+/// on for the waiter, which gets its value; nothing runs twice.
+#[tokio::test]
+async fn cancelling_the_starter_keeps_the_waiters_run() {
+    let dir = tempfile::tempdir().unwrap();
+    let c = counter(5);
+    let in_flight = Arc::new(InFlight::default());
+    let g = || {
+        let mut g = diamond();
+        g.vertices[1].2 = 600;
+        g.vertices[2].2 = 600;
+        g
+    };
+    // One cache dir, as one engine has: `a`, done before the second starts, is a hit for it.
+    let s1 = sharing_solver(g(), dir.path(), &c, &in_flight);
+    let s2 = sharing_solver(g(), dir.path(), &c, &in_flight);
+    let mut first = Box::pin(s1.solve(3));
+    // The first alone starts b and c...
+    assert!(
+        tokio::time::timeout(Duration::from_millis(200), &mut first)
+            .await
+            .is_err()
+    );
+    assert_eq!(c.running.load(Ordering::SeqCst), 2);
+    // ...the second joins them, then the first is cancelled.
+    let mut second = Box::pin(s2.solve(3));
+    assert!(
+        tokio::time::timeout(Duration::from_millis(100), &mut second)
+            .await
+            .is_err()
+    );
+    drop(first);
+    drop(s1);
+    let r = tokio::time::timeout(Duration::from_secs(5), second)
+        .await
+        .expect("the waiter finishes")
+        .unwrap();
+    assert_eq!(r.value, 11);
+    assert_eq!(execs(&c), vec![1, 1, 1, 1, 0]);
+
+    // With nobody left waiting, a run is cancelled.
+    let c = counter(5);
+    let d3 = tempfile::tempdir().unwrap();
+    let s3 = sharing_solver(g(), d3.path(), &c, &in_flight);
+    assert!(
+        tokio::time::timeout(Duration::from_millis(200), s3.solve(3))
+            .await
+            .is_err()
+    );
+    drop(s3);
+    assert_eq!(c.running.load(Ordering::SeqCst), 0);
+    assert!(in_flight.is_empty());
+}
+
+/// A shared step that fails fails every build that needed it, each with the step's error.
+#[tokio::test]
+async fn a_failed_shared_step_fails_each_waiter_with_its_error() {
+    let (d1, d2) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let c = counter(5);
+    let in_flight = Arc::new(InFlight::default());
+    let g = || {
+        let mut g = diamond();
+        g.vertices[1].1 = -1;
+        g.vertices[1].2 = 300;
+        g
+    };
+    let s1 = sharing_solver(g(), d1.path(), &c, &in_flight);
+    let s2 = sharing_solver(g(), d2.path(), &c, &in_flight);
+    let (r1, r2) = tokio::join!(s1.solve(3), s2.solve(3));
+    for r in [r1, r2] {
+        let err = r.unwrap_err();
+        assert_eq!(error_chain(&*err), "b: negative constant");
+    }
+    assert_eq!(execs(&c)[1], 1, "b ran once");
+    // Not kept: the next build runs it again.
+    let s3 = sharing_solver(g(), d1.path(), &c, &in_flight);
+    assert!(s3.solve(3).await.is_err());
+    assert_eq!(execs(&c)[1], 2);
+}

@@ -82,6 +82,8 @@ impl LlbWorker {
                 if !self.layers.contains(diff_id) {
                     self.unpack(layer, diff_id, progress).await?;
                 }
+                // In place now: later users find the layer without the lock.
+                self.unpacking.lock().remove(diff_id);
             }
             dirs.push(self.layers.dir(diff_id));
         }

@@ -195,6 +195,9 @@ fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> Error {
     move |source| Error::Io { what, source }
 }
 
+/// Layers being unpacked, by diff ID: whoever unpacks one holds its lock.
+pub type Unpacking = parking_lot::Mutex<HashMap<Digest, Arc<tokio::sync::Mutex<()>>>>;
+
 /// The build context: a directory on this machine and the .dockerignore rules that hide parts of it.
 #[derive(Clone)]
 pub struct Context {
@@ -212,7 +215,10 @@ pub struct LlbWorker {
     /// Local directories by the name their local source op gives.
     contexts: HashMap<String, Context>,
     scratch: PathBuf,
-    unpacking: parking_lot::Mutex<HashMap<Digest, Arc<tokio::sync::Mutex<()>>>>,
+    /// Layers being unpacked now, shared by the engine's builds so each is unpacked once.
+    unpacking: Arc<Unpacking>,
+    /// `max-parallelism`: permits for RUN and file ops, shared by the engine's builds.
+    parallelism: Option<Arc<tokio::sync::Semaphore>>,
     http: reqwest::Client,
     /// Downloads made to compute a cache key, reused when the step runs.
     downloads: parking_lot::Mutex<HashMap<String, Arc<http::Download>>>,
@@ -233,15 +239,16 @@ pub struct LlbWorker {
     cdi: Arc<cdi::Registry>,
     /// What RUNs for foreign platforms took (QEMU through binfmt_misc).
     emulated: parking_lot::Mutex<emulation::EmulationStats>,
-    /// `max-parallelism`: permits shared by every build of the engine; a step holds one while
-    /// it runs (cache lookups need none).
-    parallelism: Option<Arc<tokio::sync::Semaphore>>,
     /// Cache mount contents from `--cache-from`, by identity (`cachemount::identity`).
     imported_mounts: HashMap<String, LayerRef>,
     /// The identities already mounted in this build: each is filled from its import once.
     mounts_considered: parking_lot::Mutex<std::collections::HashSet<String>>,
     /// What each vertex's key was computed from, for `--explain`.
     key_inputs: parking_lot::Mutex<HashMap<usize, KeyInputs>>,
+    /// What the contexts' directories live in (a checkout, an unpacked tarball), removed when
+    /// dropped: kept as long as the worker, which a step another build waits on may hold after
+    /// its own build is gone.
+    _keep_alive: Vec<Box<dyn std::any::Any + Send + Sync>>,
 }
 
 impl LlbWorker {
@@ -267,6 +274,7 @@ impl LlbWorker {
             http_records: scratch.join("http"),
             scratch,
             unpacking: Default::default(),
+            parallelism: None,
             http: reqwest::Client::new(),
             downloads: Default::default(),
             git_resolved: Default::default(),
@@ -277,11 +285,17 @@ impl LlbWorker {
             copy_stream: true,
             cdi: Default::default(),
             emulated: Default::default(),
-            parallelism: None,
             imported_mounts: HashMap::new(),
             mounts_considered: Default::default(),
             key_inputs: Default::default(),
+            _keep_alive: Vec::new(),
         }
+    }
+
+    /// Keeps `owner` (what a context directory is removed with) until the worker is dropped.
+    pub fn with_keep_alive(mut self, owner: Box<dyn std::any::Any + Send + Sync>) -> Self {
+        self._keep_alive.push(owner);
+        self
     }
 
     /// Cache mount contents an imported cache carries, by identity: a cache dir that is absent
@@ -296,9 +310,18 @@ impl LlbWorker {
         self.key_inputs.lock().get(&vertex).cloned()
     }
 
-    /// Steps run only while holding a permit of `limit` (`max-parallelism`).
-    pub fn with_parallelism(mut self, limit: Option<Arc<tokio::sync::Semaphore>>) -> Self {
-        self.parallelism = limit;
+    /// The layers-being-unpacked map of the engine, so two builds needing the same layer
+    /// unpack it once.
+    pub fn with_unpacking(mut self, unpacking: Arc<Unpacking>) -> Self {
+        self.unpacking = unpacking;
+        self
+    }
+
+    /// At most this semaphore's permits of RUN and file ops (COPY, ADD, WORKDIR's mkdir, a
+    /// heredoc's file) run at once, across every worker given the same one: BuildKit's
+    /// `max-parallelism`. Sources (pulls, downloads, Git) are not limited.
+    pub fn with_parallelism(mut self, permits: Option<Arc<tokio::sync::Semaphore>>) -> Self {
+        self.parallelism = permits;
         self
     }
 
@@ -465,6 +488,15 @@ impl LlbWorker {
         progress: &Vertex,
     ) -> Result<Value> {
         let node = graph.def.node(kiln_llb::NodeId(vertex));
+        let limited = matches!(
+            node.op,
+            Op::Exec(_) | Op::Copy(_) | Op::Mkdir(_) | Op::Mkfile(_)
+        );
+        // Held until the op ends; a closed semaphore (never closed) would only mean no limit.
+        let _permit = match (&self.parallelism, limited) {
+            (Some(permits), true) => permits.clone().acquire_owned().await.ok(),
+            _ => None,
+        };
         match &node.op {
             Op::Scratch => Ok(Value::Rootfs { layers: Vec::new() }),
             Op::Local { name, .. } => {
@@ -526,11 +558,6 @@ impl kiln_solver::Worker<LlbGraph> for LlbWorker {
         progress: &'a Vertex,
     ) -> BoxFuture<'a, std::result::Result<Value, WorkerError>> {
         async move {
-            let _permit = match &self.parallelism {
-                // The engine never closes its semaphore.
-                Some(s) => s.acquire().await.ok(),
-                None => None,
-            };
             self.run(graph, vertex, inputs, progress)
                 .await
                 .map_err(|e| Box::new(e) as WorkerError)

@@ -57,6 +57,7 @@ mod pushstream;
 mod registry_auth;
 mod run;
 mod sandbox;
+mod shared_solve;
 mod storage;
 mod store;
 mod support;

@@ -33,7 +33,7 @@ impl Engine {
         self.fetch(url, &mut file).await
     }
 
-    async fn fetch(&self, url: &str, out: &mut dyn io::Write) -> Result<Fetched> {
+    async fn fetch(&self, url: &str, out: &mut (dyn io::Write + Send)) -> Result<Fetched> {
         let failed = |e: reqwest::Error| Error::Remote {
             url: url.to_string(),
             reason: error_chain(&e),

@@ -66,11 +66,11 @@ pub use cache_spec::{
 };
 pub use check::{CheckReport, CheckRequest, Subrequest, check, subrequest};
 pub use config::Config;
-pub use daemon_config::{GrpcConfig, GrpcTls, HistoryConfig};
 pub use container::{
     ContainerConfig, ContainerError, ContainerInfo, ContainerState, Containers, PortSpec, Status,
     Volume, format_ps_table,
 };
+pub use daemon_config::{GrpcConfig, GrpcTls, HistoryConfig};
 pub use du::{DiskUsage, UsageKind, UsageRecord};
 pub use explain::{ExplainedStep, format_explain};
 pub use gc::{GC_BUDGET, GcTask};

@@ -1,9 +1,9 @@
 use std::io::Read;
 
 use anyhow::Result;
+use kiln_exporter::ContentStore;
 use kiln_exporter::docker::{self, ManifestEntry};
 use kiln_exporter::verify::verify_oci_archive;
-use kiln_exporter::ContentStore;
 use kiln_oci::Reference;
 
 use crate::support::{Layer, build_image, build_index, small_image};

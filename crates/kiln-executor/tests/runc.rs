@@ -610,6 +610,11 @@ async fn installed_filter(executor: &RuncExecutor, test: &str) -> Vec<libc::sock
         () = wait_for("container start", || out.text().contains("started")) => {}
     }
     let pid_file = executor.pid_file(&id).expect("executor with pid files");
+    // runc writes the pid file once the process runs, which may be after its first output.
+    wait_for("the pid file", || {
+        std::fs::read_to_string(&pid_file).is_ok_and(|t| !t.trim().is_empty())
+    })
+    .await;
     let pid: i32 = fs_err::read_to_string(pid_file)
         .unwrap()
         .trim()

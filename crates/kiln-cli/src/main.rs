@@ -17,7 +17,7 @@ use std::process::ExitCode;
 
 use anyhow::{Context as _, Result, bail};
 use clap::Parser;
-use kiln_engine::{BuildRequest, Config, Engine, ExporterKind, ImportRequest, Output};
+use kiln_engine::{BuildRequest, Config, Engine, ImportRequest};
 use kiln_oci::Reference;
 use kiln_progress::{Mode, Progress};
 
@@ -74,24 +74,18 @@ async fn interrupted() -> (&'static str, u8) {
 }
 
 fn print_error(e: &anyhow::Error) {
-    if let Some(kiln_engine::Error::Solve { message, location }) =
-        e.downcast_ref::<kiln_engine::Error>()
+    // A failed step or a Dockerfile error is printed as the engine renders it (kilnd sends
+    // the same text), even under added context.
+    if let Some(err) = e.downcast_ref::<kiln_engine::Error>()
+        && matches!(
+            err,
+            kiln_engine::Error::Solve { .. } | kiln_engine::Error::Frontend(_)
+        )
     {
-        eprintln!("ERROR: failed to solve: {message}");
-        if let Some(loc) = location {
-            eprintln!("{loc}");
-        }
+        eprintln!("{}", kiln_engine::render_error(err));
         return;
     }
-    // Dockerfile errors come rendered, with their own `error:` and snippet.
-    if let Some(kiln_engine::Error::Frontend(f)) = e.downcast_ref::<kiln_engine::Error>() {
-        eprintln!("{f}");
-    } else {
-        eprintln!("error: {e}");
-    }
-    for cause in e.chain().skip(1) {
-        eprintln!("  caused by: {cause}");
-    }
+    eprintln!("{}", kiln_engine::render_error(e.as_ref()));
 }
 
 fn open_engine(cli: &Cli) -> Result<Engine> {
@@ -202,10 +196,13 @@ async fn build(cli: &Cli, b: &BuildArgs) -> Result<ExitCode> {
             }
         }
     }
-    let mut outputs = Vec::new();
-    for o in &b.output {
-        outputs.push(Output::parse(o)?);
-    }
+    let outputs = kiln_engine::assemble_outputs(kiln_engine::OutputFlags {
+        outputs: &b.output,
+        push: b.push,
+        load: b.load,
+        annotations: &b.annotation,
+        has_tags: !tags.is_empty(),
+    })?;
     // buildx refuses to send an archive to a terminal.
     if let Some(o) = outputs
         .iter()
@@ -216,34 +213,6 @@ async fn build(cli: &Cli, b: &BuildArgs) -> Result<ExitCode> {
             "dest file is required for {} exporter. refusing to write to console",
             o.kind.name()
         );
-    }
-    // `--push` is buildx's: `type=registry` alone, or `push=true` on a first output of type
-    // image/registry (keeping its options); `--load` and no output at all are `type=image`.
-    if b.push {
-        match outputs.first_mut() {
-            None => outputs.push(Output::new(ExporterKind::Registry)),
-            Some(o) if matches!(o.kind, ExporterKind::Image | ExporterKind::Registry) => {
-                o.push = true
-            }
-            Some(o) => bail!(
-                "push and \"{}\" output can't be used together",
-                o.kind.name()
-            ),
-        }
-    }
-    if b.push && tags.is_empty() && outputs.iter().all(|o| o.names.is_empty()) {
-        // buildx's words: the registry exporter pushes the image's names.
-        bail!("tag is needed when pushing to registry");
-    }
-    if (b.load || outputs.is_empty()) && !outputs.iter().any(|o| o.kind == ExporterKind::Image) {
-        outputs.push(Output::new(ExporterKind::Image));
-    }
-    // `--annotation` goes to every output that writes an image, as buildx passes it.
-    for spec in &b.annotation {
-        let a = kiln_engine::parse_annotation_flag(spec)?;
-        for o in outputs.iter_mut().filter(|o| o.kind.is_image()) {
-            o.annotations.push(a.clone());
-        }
     }
     // `a,b`: one build for each platform, exported as one index.
     let mut platforms: Vec<kiln_oci::Platform> = Vec::new();

@@ -44,6 +44,29 @@ pub struct Config {
     /// `[worker.oci]`: garbage collection (`gc`, `gcpolicy`...), as buildkitd.toml's.
     #[serde(default)]
     pub worker: crate::gc_config::WorkerConfig,
+    /// `[grpc]`: where kilnd listens, as buildkitd.toml's; the embedded mode ignores it.
+    #[serde(default)]
+    pub grpc: GrpcConfig,
+}
+
+/// `[grpc]` and `[grpc.tls]` (docs/config.md, docs/kilnd.md).
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GrpcConfig {
+    /// `unix:///path` or `tcp://host:port`, each listened on.
+    #[serde(default)]
+    pub address: Vec<String>,
+    #[serde(default)]
+    pub tls: Option<GrpcTlsConfig>,
+}
+
+/// The daemon's certificate and key, and the CA its clients' certificates must chain to.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GrpcTlsConfig {
+    pub cert: std::path::PathBuf,
+    pub key: std::path::PathBuf,
+    pub ca: std::path::PathBuf,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]

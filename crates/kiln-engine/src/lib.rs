@@ -38,9 +38,11 @@ mod monitor;
 mod named_context;
 mod oci_layout;
 mod output;
+mod output_flags;
 mod proxy_linux;
 mod prune;
 mod push_stream;
+mod render_error;
 mod resolver;
 mod run;
 mod squash;
@@ -60,7 +62,7 @@ pub use cache_spec::{
     CacheExport, CacheImport, CacheLocation, CacheMode, CacheMounts, CacheSpecError,
 };
 pub use check::{CheckReport, CheckRequest, Subrequest, check, subrequest};
-pub use config::Config;
+pub use config::{Config, GrpcConfig, GrpcTlsConfig};
 pub use container::{
     ContainerConfig, ContainerError, ContainerInfo, ContainerState, Containers, PortSpec, Status,
     Volume, format_ps_table,
@@ -90,7 +92,9 @@ pub use output::{
     Annotation, AnnotationTarget, ExporterKind, LayerCompressionKind, Output, OutputError,
     parse_annotation_flag,
 };
+pub use output_flags::{OutputFlags, OutputFlagsError, assemble_outputs};
 pub use prune::{PruneOptions, PruneReport, PruneRequest, Pruned, parse_duration, parse_size};
+pub use render_error::render_error;
 pub use run::{ExecRequest, RunRequest};
 
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;

@@ -70,8 +70,14 @@ impl LlbWorker {
         progress.status(&format!("importing cache mount {} ({blob})", c.id));
         let fetched = !self.content.contains(&blob);
         if fetched {
-            crate::fetch_layer_blob(&self.registry, &self.blob_stores, &self.content, layer, &blob)
-                .await?;
+            crate::fetch_layer_blob(
+                &self.registry,
+                &self.blob_stores,
+                &self.content,
+                layer,
+                &blob,
+            )
+            .await?;
         }
         let (content, tmp2, c2, blob2) = (
             self.content.clone(),

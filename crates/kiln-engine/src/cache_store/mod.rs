@@ -331,10 +331,7 @@ impl BucketCache<'_> {
 impl Engine {
     /// A `--cache-from type=s3/azblob`: the records of its manifests. The opened store is kept
     /// for the layers a step or an export will need.
-    pub(crate) async fn import_bucket_cache(
-        &self,
-        cache: BucketCache<'_>,
-    ) -> Result<Imported> {
+    pub(crate) async fn import_bucket_cache(&self, cache: BucketCache<'_>) -> Result<Imported> {
         let opened = Arc::new(cache.open()?);
         let records = opened.records().await?;
         self.blob_stores.register(&opened.id.clone(), opened);

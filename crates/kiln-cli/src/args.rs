@@ -260,6 +260,10 @@ pub struct BuildArgs {
     /// Write build result metadata to a file (buildx's keys)
     #[arg(long = "metadata-file")]
     pub metadata_file: Option<PathBuf>,
+    /// Build on the kilnd at ADDRESS (`unix:///path/kilnd.sock`, `tcp://HOST:PORT`) instead
+    /// of in this process
+    #[arg(long, env = "KILN_HOST", value_name = "ADDRESS")]
+    pub host: Option<String>,
     /// External cache sources
     #[arg(long = "cache-from")]
     pub cache_from: Vec<String>,

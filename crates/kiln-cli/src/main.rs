@@ -8,6 +8,7 @@ mod images;
 mod login;
 mod manifest;
 mod prune;
+mod remote;
 mod run_opts;
 mod stdin;
 
@@ -283,9 +284,8 @@ async fn build(cli: &Cli, b: &BuildArgs) -> Result<ExitCode> {
         }
     };
     let mode = if b.quiet { Mode::Quiet } else { mode };
-    let engine = std::sync::Arc::new(open_engine(cli)?);
     let progress = Progress::new(mode, Box::new(std::io::stderr()));
-    let mut secrets = kiln_engine::Secrets::new();
+    let mut secret_values = BTreeMap::new();
     for spec in &b.secret {
         let (id, source) = args::parse_secret(spec)?;
         let value = match source {
@@ -295,6 +295,40 @@ async fn build(cli: &Cli, b: &BuildArgs) -> Result<ExitCode> {
                 .with_context(|| format!("secret `{id}`: environment variable `{var}` is not set"))?
                 .into_encoded_bytes(),
         };
+        secret_values.insert(id, value);
+    }
+    let no_cache_filter: Vec<String> = b
+        .no_cache_filter
+        .iter()
+        .flat_map(|f| f.split(','))
+        .map(str::trim)
+        .filter(|f| !f.is_empty())
+        .map(str::to_string)
+        .collect();
+    if let Some(host) = &b.host {
+        let labels = parse_labels(&b.label)?;
+        let parsed = remote::Parsed {
+            stdin: &stdin,
+            build_args: &build_args,
+            labels: &labels,
+            secrets: secret_values,
+            outputs: &outputs,
+            platforms: platforms.iter().map(ToString::to_string).collect(),
+            no_cache_filter,
+        };
+        let outcome = remote::build(host, b, parsed, &progress).await;
+        progress.finish();
+        let outcome = outcome?;
+        let session = serde_json::json!({
+            "context-entries": outcome.context_entries,
+            "context-files-sent": outcome.context_files_sent,
+            "context-bytes-sent": outcome.context_bytes_sent,
+        });
+        return finish_build(b, &outcome.result, Some(session), None);
+    }
+    let engine = std::sync::Arc::new(open_engine(cli)?);
+    let mut secrets = kiln_engine::Secrets::new();
+    for (id, value) in secret_values {
         secrets.insert(id, value);
     }
     let mut ssh = kiln_engine::SshAgents::new();
@@ -318,14 +352,7 @@ async fn build(cli: &Cli, b: &BuildArgs) -> Result<ExitCode> {
         pull: b.pull,
         squash: b.squash,
         named_contexts,
-        no_cache_filter: b
-            .no_cache_filter
-            .iter()
-            .flat_map(|f| f.split(','))
-            .map(str::trim)
-            .filter(|f| !f.is_empty())
-            .map(str::to_string)
-            .collect(),
+        no_cache_filter,
         target: b.target.clone(),
         build_args,
         tags,
@@ -346,6 +373,17 @@ async fn build(cli: &Cli, b: &BuildArgs) -> Result<ExitCode> {
     // The result is exported: automatic GC runs beside what is left to do here, and the
     // process waits for it at the end (docs/config.md, "Garbage collection").
     let gc = engine.spawn_gc();
+    finish_build(b, &result, None, Some(gc))
+}
+
+/// What `kiln build` does once the image is built, embedded or remote: `--iidfile`,
+/// `--metadata-file` (with the remote session's figures under `kiln.session`), `-q`'s ID.
+fn finish_build(
+    b: &BuildArgs,
+    result: &kiln_engine::BuildResult,
+    session: Option<serde_json::Value>,
+    gc: Option<kiln_engine::GcTask>,
+) -> Result<ExitCode> {
     if let Some(path) = &b.iidfile {
         std::fs::write(path, result.image_id.to_string())
             .with_context(|| format!("writing `{}`", path.display()))?;
@@ -374,6 +412,9 @@ async fn build(cli: &Cli, b: &BuildArgs) -> Result<ExitCode> {
         if !names.is_empty() {
             meta["image.name"] = names.join(",").into();
         }
+        if let Some(session) = session {
+            meta["kiln.session"] = session;
+        }
         std::fs::write(path, serde_json::to_vec_pretty(&meta)?)
             .with_context(|| format!("writing `{}`", path.display()))?;
     }
@@ -381,7 +422,7 @@ async fn build(cli: &Cli, b: &BuildArgs) -> Result<ExitCode> {
     if b.quiet || b.progress == "quiet" {
         println!("{}", result.image_id);
     }
-    if let Some(Err(e)) = gc.wait() {
+    if let Some(Err(e)) = gc.and_then(|gc| gc.wait()) {
         // The build succeeded; a failed GC is only worth a warning.
         eprintln!("warning: automatic GC failed: {e}");
     }

@@ -65,6 +65,16 @@ pub fn assemble_outputs(flags: OutputFlags<'_>) -> Result<Vec<Output>, OutputFla
     Ok(outputs)
 }
 
+impl Output {
+    /// Whether this output, given a `dest` other than `-`, writes a directory there
+    /// (`type=local`, or `type=oci|docker` with `tar=false`) rather than a file.
+    pub fn writes_directory(&self) -> bool {
+        self.dest.as_deref() != Some(std::path::Path::new("-"))
+            && (self.kind == ExporterKind::Local
+                || (matches!(self.kind, ExporterKind::Oci | ExporterKind::Docker) && !self.tar))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -1,0 +1,128 @@
+//! `kiln build --host ADDR` (or `KILN_HOST`): the same flags, sent to a kilnd through
+//! kiln-client; the result comes back as the engine's, so the rest of `kiln build` is shared.
+
+use std::collections::BTreeMap;
+
+use anyhow::{Result, bail};
+use kiln_progress::Progress;
+
+use crate::args::BuildArgs;
+use crate::stdin::Stdin;
+
+/// What `kiln build` has parsed already, for the daemon.
+pub struct Parsed<'a> {
+    pub stdin: &'a Stdin,
+    pub build_args: &'a BTreeMap<String, String>,
+    pub labels: &'a BTreeMap<String, String>,
+    pub secrets: BTreeMap<String, Vec<u8>>,
+    pub outputs: &'a [kiln_engine::Output],
+    pub platforms: Vec<String>,
+    pub no_cache_filter: Vec<String>,
+}
+
+pub async fn build(
+    host: &str,
+    b: &BuildArgs,
+    p: Parsed<'_>,
+    progress: &Progress,
+) -> Result<kiln_client::Outcome> {
+    let unsupported = |what: &str| -> Result<()> {
+        bail!("{what} with a remote builder (--host) is not supported yet")
+    };
+    if p.stdin.archive.is_some() {
+        unsupported("a context archive on stdin")?;
+    }
+    if !p.stdin.context.is_dir() {
+        unsupported("a URL or Git context")?;
+    }
+    if !b.build_context.is_empty() {
+        unsupported("--build-context")?;
+    }
+    if !b.ssh.is_empty() {
+        unsupported("--ssh")?;
+    }
+    if !b.add_host.is_empty()
+        || !b.ulimit.is_empty()
+        || b.shm_size.is_some()
+        || b.cgroup_parent.is_some()
+        || !b.resource.is_empty()
+    {
+        unsupported("--add-host, --ulimit, --shm-size, --cgroup-parent or --resource")?;
+    }
+    let dockerfile_path = p
+        .stdin
+        .dockerfile
+        .clone()
+        .unwrap_or_else(|| p.stdin.context.join("Dockerfile"));
+    let dockerfile_name = dockerfile_path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "Dockerfile".into());
+    let dockerfile_text = match &p.stdin.text {
+        Some(t) => t.clone(),
+        None => std::fs::read_to_string(&dockerfile_path).map_err(|source| {
+            // The engine's own words for it, as the embedded build says.
+            kiln_engine::Error::Io {
+                what: format!(
+                    "failed to read the Dockerfile `{}`",
+                    dockerfile_path.display()
+                ),
+                source,
+            }
+        })?,
+    };
+    let start = kiln_client::Start {
+        dockerfile_name,
+        dockerfile_text,
+        target: b.target.clone().unwrap_or_default(),
+        build_args: p.build_args.clone().into_iter().collect(),
+        tags: b.tag.clone(),
+        outputs: b.output.clone(),
+        push: b.push,
+        load: b.load,
+        annotations: b.annotation.clone(),
+        platforms: p.platforms,
+        no_cache: b.no_cache,
+        no_cache_filter: p.no_cache_filter,
+        labels: p.labels.clone().into_iter().collect(),
+        cache_from: b.cache_from.clone(),
+        cache_to: b.cache_to.clone(),
+        secret_ids: p.secrets.keys().cloned().collect(),
+        pull: b.pull,
+        squash: b.squash,
+        network: b.network.clone(),
+        allow: b
+            .allow
+            .iter()
+            .flat_map(|a| a.split(','))
+            .map(str::trim)
+            .filter(|a| !a.is_empty())
+            .map(str::to_string)
+            .collect(),
+        source_date_epoch: crate::env::source_date_epoch(),
+        ..Default::default()
+    };
+    // The daemon assembles the same outputs from the same flags: those with a destination
+    // come back here.
+    let outputs = p
+        .outputs
+        .iter()
+        .map(|o| {
+            o.dest.as_ref().map(|dest| kiln_client::Output {
+                dest: dest.clone(),
+                dir: o.writes_directory(),
+            })
+        })
+        .collect();
+    let endpoint = kiln_client::Endpoint {
+        address: host.to_string(),
+        tls: None,
+    };
+    let request = kiln_client::Request {
+        context: p.stdin.context.clone(),
+        start,
+        secrets: p.secrets,
+        outputs,
+    };
+    Ok(kiln_client::build(&endpoint, request, progress).await?)
+}

@@ -75,6 +75,11 @@ async fn interrupted() -> (&'static str, u8) {
 }
 
 fn print_error(e: &anyhow::Error) {
+    // A remote build's failure comes rendered by the daemon, with the engine's words.
+    if let Some(kiln_client::Error::Remote(text)) = e.downcast_ref::<kiln_client::Error>() {
+        eprintln!("{text}");
+        return;
+    }
     // A failed step or a Dockerfile error is printed as the engine renders it (kilnd sends
     // the same text), even under added context.
     if let Some(err) = e.downcast_ref::<kiln_engine::Error>()
@@ -305,6 +310,9 @@ async fn build(cli: &Cli, b: &BuildArgs) -> Result<ExitCode> {
         .filter(|f| !f.is_empty())
         .map(str::to_string)
         .collect();
+    if b.host.is_none() && (b.tlscacert.is_some() || b.tlscert.is_some() || b.tlskey.is_some()) {
+        bail!("--tlscacert, --tlscert and --tlskey need --host (a remote kilnd)");
+    }
     if let Some(host) = &b.host {
         let labels = parse_labels(&b.label)?;
         let parsed = remote::Parsed {

@@ -114,9 +114,17 @@ pub async fn build(
             })
         })
         .collect();
+    let tls = (b.tlscacert.is_some() || b.tlscert.is_some() || b.tlskey.is_some()).then(|| {
+        kiln_client::TlsFiles {
+            ca_cert: b.tlscacert.clone(),
+            cert: b.tlscert.clone(),
+            key: b.tlskey.clone(),
+            server_name: None,
+        }
+    });
     let endpoint = kiln_client::Endpoint {
         address: host.to_string(),
-        tls: None,
+        tls,
     };
     let request = kiln_client::Request {
         context: p.stdin.context.clone(),

@@ -49,6 +49,7 @@ mod platforms;
 mod pull;
 mod pushstream;
 mod registry_auth;
+mod remote;
 mod run;
 mod sandbox;
 mod storage;

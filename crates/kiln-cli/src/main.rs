@@ -326,13 +326,8 @@ async fn build(cli: &Cli, b: &BuildArgs) -> Result<ExitCode> {
         };
         let outcome = remote::build(host, b, parsed, &progress).await;
         progress.finish();
-        let outcome = outcome?;
-        let session = serde_json::json!({
-            "context-entries": outcome.context_entries,
-            "context-files-sent": outcome.context_files_sent,
-            "context-bytes-sent": outcome.context_bytes_sent,
-        });
-        return finish_build(b, &outcome.result, Some(session), None);
+        // The session's figures are in kilnd's `--debug` log; the metadata stays buildx's.
+        return finish_build(b, &outcome?.result, None);
     }
     let engine = std::sync::Arc::new(open_engine(cli)?);
     let mut secrets = kiln_engine::Secrets::new();
@@ -381,15 +376,14 @@ async fn build(cli: &Cli, b: &BuildArgs) -> Result<ExitCode> {
     // The result is exported: automatic GC runs beside what is left to do here, and the
     // process waits for it at the end (docs/config.md, "Garbage collection").
     let gc = engine.spawn_gc();
-    finish_build(b, &result, None, Some(gc))
+    finish_build(b, &result, Some(gc))
 }
 
 /// What `kiln build` does once the image is built, embedded or remote: `--iidfile`,
-/// `--metadata-file` (with the remote session's figures under `kiln.session`), `-q`'s ID.
+/// `--metadata-file`, `-q`'s ID.
 fn finish_build(
     b: &BuildArgs,
     result: &kiln_engine::BuildResult,
-    session: Option<serde_json::Value>,
     gc: Option<kiln_engine::GcTask>,
 ) -> Result<ExitCode> {
     if let Some(path) = &b.iidfile {
@@ -419,9 +413,6 @@ fn finish_build(
         }
         if !names.is_empty() {
             meta["image.name"] = names.join(",").into();
-        }
-        if let Some(session) = session {
-            meta["kiln.session"] = session;
         }
         std::fs::write(path, serde_json::to_vec_pretty(&meta)?)
             .with_context(|| format!("writing `{}`", path.display()))?;

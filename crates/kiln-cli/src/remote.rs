@@ -41,14 +41,6 @@ pub async fn build(
     if !b.ssh.is_empty() {
         unsupported("--ssh")?;
     }
-    if !b.add_host.is_empty()
-        || !b.ulimit.is_empty()
-        || b.shm_size.is_some()
-        || b.cgroup_parent.is_some()
-        || !b.resource.is_empty()
-    {
-        unsupported("--add-host, --ulimit, --shm-size, --cgroup-parent or --resource")?;
-    }
     let dockerfile_path = p
         .stdin
         .dockerfile
@@ -90,15 +82,7 @@ pub async fn build(
         secret_ids: p.secrets.keys().cloned().collect(),
         pull: b.pull,
         squash: b.squash,
-        network: b.network.clone(),
-        allow: b
-            .allow
-            .iter()
-            .flat_map(|a| a.split(','))
-            .map(str::trim)
-            .filter(|a| !a.is_empty())
-            .map(str::to_string)
-            .collect(),
+        run_opts_json: serde_json::to_vec(&crate::run_opts::parse(b)?)?,
         source_date_epoch: crate::env::source_date_epoch(),
         ..Default::default()
     };

@@ -187,6 +187,8 @@ pub fn inherited_unix_listeners() -> Result<Vec<tokio::net::UnixListener>> {
         // SAFETY: systemd passed these descriptors to this process for it to own; nothing
         // else in kilnd opened or uses them.
         let std_l = unsafe { std::os::unix::net::UnixListener::from_raw_fd(fd) };
+        // Not handed on to runc and the other programs kilnd starts.
+        rustix::io::fcntl_setfd(&std_l, rustix::io::FdFlags::CLOEXEC)?;
         std_l.set_nonblocking(true)?;
         out.push(
             tokio::net::UnixListener::from_std(std_l).context("taking a socket from systemd")?,

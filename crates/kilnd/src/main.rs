@@ -3,6 +3,7 @@
 
 mod listen;
 mod mirror;
+mod pack;
 mod service;
 
 use std::path::PathBuf;
@@ -78,11 +79,13 @@ async fn run(args: Args) -> Result<()> {
         None => (root.join("kiln.toml"), false),
     };
     let config = kiln_engine::Config::load(&config_path, required)?;
+    // Sockets handed over by systemd (LISTEN_FDS) stand in for the default address.
+    let inherited = listen::inherited_unix_listeners()?;
     let mut addresses = args.addr.clone();
     if addresses.is_empty() {
         addresses = config.grpc.address.clone();
     }
-    if addresses.is_empty() {
+    if addresses.is_empty() && inherited.is_empty() {
         addresses.push("unix:///run/kilnd/kilnd.sock".into());
     }
     let tls = listen::tls_files(&args, config.grpc.tls.as_ref())?;
@@ -90,8 +93,6 @@ async fn run(args: Args) -> Result<()> {
     for a in &addresses {
         listeners.push(listen::Listener::parse(a, tls.is_some(), args.insecure)?);
     }
-    // Sockets handed over by systemd (LISTEN_FDS) come first; they are unix sockets.
-    let inherited = listen::inherited_unix_listeners()?;
     let engine = Arc::new(
         kiln_engine::Engine::open(&root, config)
             .with_context(|| format!("opening the data root `{}`", root.display()))?,

@@ -309,23 +309,16 @@ fn request(
         .map(|s| kiln_engine::CacheExport::parse(s))
         .collect::<Result<Vec<_>, _>>()
         .map_err(|e| render(&e))?;
-    let mut run = kiln_engine::RunOpts::default();
-    for name in &start.allow {
-        let e: kiln_engine::Entitlement = name
-            .parse()
-            .map_err(|e| usage(format!("invalid --allow: {e}")))?;
-        run.entitlements.insert(e);
-    }
-    run.network = match start.network.as_str() {
-        "" | "default" => None,
-        "none" => Some(kiln_engine::NetworkMode::None),
-        "host" => {
-            run.entitlements
-                .insert(kiln_engine::Entitlement::NetworkHost);
-            Some(kiln_engine::NetworkMode::Host)
-        }
-        other => return Err(usage(format!("invalid --network `{other}`"))),
+    let run: kiln_engine::RunOpts = match start.run_opts_json.is_empty() {
+        true => Default::default(),
+        false => serde_json::from_slice(&start.run_opts_json)
+            .map_err(|e| usage(format!("invalid run options from the client: {e}")))?,
     };
+    if let Some(parent) = &run.cgroup_parent
+        && (parent.is_empty() || !kiln_engine::valid_cgroup_parent(parent))
+    {
+        return Err(usage(format!("invalid --cgroup-parent `{parent}`")));
+    }
     let name = start.dockerfile_name.as_str();
     if name.is_empty() || name.contains('/') || name == "." || name == ".." {
         return Err(usage(format!("invalid Dockerfile name `{name}`")));
@@ -431,15 +424,10 @@ async fn send_output(index: u32, path: &Path, dir: bool, tx: &Tx) -> Result<bool
             // A directory travels as a tar stream the client unpacks.
             let tar_path = path.with_extension("tar");
             let (src, dst) = (path.to_path_buf(), tar_path.clone());
-            tokio::task::spawn_blocking(move || -> std::io::Result<()> {
-                let mut b = tar::Builder::new(std::fs::File::create(&dst)?);
-                b.follow_symlinks(false);
-                b.append_dir_all(".", &src)?;
-                b.finish()
-            })
-            .await
-            .map_err(|e| usage(e.to_string()))?
-            .map_err(|e| usage(format!("packing the output: {e}")))?;
+            tokio::task::spawn_blocking(move || crate::pack::pack_dir(&src, &dst))
+                .await
+                .map_err(|e| usage(e.to_string()))?
+                .map_err(|e| usage(format!("packing the output: {e}")))?;
             tar_path
         }
     };

@@ -370,8 +370,9 @@ pub struct Kiln {
     pub root: PathBuf,
     pub config: PathBuf,
     started: Instant,
-    /// Under `KILN_TEST_REMOTE=1`, the kilnd every `kiln build` goes through.
-    kilnd: std::sync::OnceLock<Kilnd>,
+    /// Under `KILN_TEST_REMOTE=1`, the kilnd every `kiln build` goes through, with the
+    /// config text it read.
+    kilnd: std::sync::Mutex<Option<(Kilnd, String)>>,
 }
 
 impl Kiln {
@@ -414,7 +415,7 @@ impl Kiln {
             root,
             config,
             started: Instant::now(),
-            kilnd: std::sync::OnceLock::new(),
+            kilnd: std::sync::Mutex::new(None),
         })
     }
 
@@ -431,18 +432,24 @@ impl Kiln {
         )
     }
 
-    /// The kilnd of this test's root (started on first use), on a unix socket in its dir.
-    pub fn kilnd(&self) -> &Kilnd {
-        self.kilnd.get_or_init(|| {
-            let sock = self.dir.path().join("kilnd.sock");
-            Kilnd::start(
+    /// The address of this test's kilnd, on a unix socket in its dir: started on first use,
+    /// and restarted when the test has changed the config since (a daemon reads it once).
+    pub fn kilnd_address(&self) -> String {
+        let sock = self.dir.path().join("kilnd.sock");
+        let config = std::fs::read_to_string(&self.config).unwrap_or_default();
+        let mut kilnd = self.kilnd.lock().unwrap();
+        if kilnd.as_ref().is_none_or(|(_, read)| *read != config) {
+            drop(kilnd.take());
+            let d = Kilnd::start(
                 &self.root,
                 &self.config,
                 &format!("unix://{}", sock.display()),
                 &[],
                 &self.dir.path().join("kilnd.log"),
-            )
-        })
+            );
+            *kilnd = Some((d, config));
+        }
+        format!("unix://{}", sock.display())
     }
 
     /// `kiln --root R --config C ARGS...`, not yet started. Under `KILN_TEST_REMOTE=1` a
@@ -457,7 +464,7 @@ impl Kiln {
             Some((first, rest)) if remote_mode() && first.as_ref() == "build" => {
                 cmd.arg(first)
                     .arg("--host")
-                    .arg(&self.kilnd().address)
+                    .arg(self.kilnd_address())
                     .args(rest);
             }
             _ => {
@@ -531,7 +538,9 @@ impl Drop for Kiln {
             return;
         }
         // The daemon's builds are over: stop it before looking for leftovers.
-        drop(self.kilnd.take());
+        if let Ok(mut kilnd) = self.kilnd.lock() {
+            drop(kilnd.take());
+        }
         self.assert_clean();
     }
 }

@@ -313,27 +313,7 @@ async fn build(cli: &Cli, b: &BuildArgs) -> Result<ExitCode> {
     if b.host.is_none() && (b.tlscacert.is_some() || b.tlscert.is_some() || b.tlskey.is_some()) {
         bail!("--tlscacert, --tlscert and --tlskey need --host (a remote kilnd)");
     }
-    if let Some(host) = &b.host {
-        let labels = parse_labels(&b.label)?;
-        let parsed = remote::Parsed {
-            stdin: &stdin,
-            build_args: &build_args,
-            labels: &labels,
-            secrets: secret_values,
-            outputs: &outputs,
-            platforms: platforms.iter().map(ToString::to_string).collect(),
-            no_cache_filter,
-        };
-        let outcome = remote::build(host, b, parsed, &progress).await;
-        progress.finish();
-        // The session's figures are in kilnd's `--debug` log; the metadata stays buildx's.
-        return finish_build(b, &outcome?.result, None);
-    }
-    let engine = std::sync::Arc::new(open_engine(cli)?);
-    let mut secrets = kiln_engine::Secrets::new();
-    for (id, value) in secret_values {
-        secrets.insert(id, value);
-    }
+    // Every flag is parsed before a remote build starts: bad values fail with the same words.
     let mut ssh = kiln_engine::SshAgents::new();
     for spec in &b.ssh {
         let (id, paths) = args::parse_ssh(spec)?;
@@ -346,6 +326,27 @@ async fn build(cli: &Cli, b: &BuildArgs) -> Result<ExitCode> {
         named_contexts.insert(key, source);
     }
     let labels = parse_labels(&b.label)?;
+    if let Some(host) = &b.host {
+        let parsed = remote::Parsed {
+            stdin: &stdin,
+            build_args: &build_args,
+            labels: &labels,
+            secrets: secret_values,
+            outputs: &outputs,
+            platforms: platforms.iter().map(ToString::to_string).collect(),
+            no_cache_filter,
+            run: &run,
+        };
+        let outcome = remote::build(host, b, parsed, &progress).await;
+        progress.finish();
+        // The session's figures are in kilnd's `--debug` log; the metadata stays buildx's.
+        return finish_build(b, &outcome?.result, None);
+    }
+    let engine = std::sync::Arc::new(open_engine(cli)?);
+    let mut secrets = kiln_engine::Secrets::new();
+    for (id, value) in secret_values {
+        secrets.insert(id, value);
+    }
     let req = BuildRequest {
         context: stdin.context.clone(),
         dockerfile: stdin.dockerfile.clone(),

@@ -18,6 +18,7 @@ pub struct Parsed<'a> {
     pub outputs: &'a [kiln_engine::Output],
     pub platforms: Vec<String>,
     pub no_cache_filter: Vec<String>,
+    pub run: &'a kiln_engine::RunOpts,
 }
 
 pub async fn build(
@@ -82,7 +83,7 @@ pub async fn build(
         secret_ids: p.secrets.keys().cloned().collect(),
         pull: b.pull,
         squash: b.squash,
-        run_opts_json: serde_json::to_vec(&crate::run_opts::parse(b)?)?,
+        run_opts_json: serde_json::to_vec(p.run)?,
         source_date_epoch: crate::env::source_date_epoch(),
         ..Default::default()
     };

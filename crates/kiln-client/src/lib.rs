@@ -28,6 +28,9 @@ pub enum Error {
     Remote(String),
     #[error("kilnd: {0}")]
     Protocol(String),
+    /// Writing an output here failed, in the engine's words.
+    #[error(transparent)]
+    Engine(#[from] kiln_engine::Error),
     #[error("{what}")]
     Io {
         what: String,
@@ -175,7 +178,7 @@ pub async fn build(
 /// The client-side outputs being received.
 struct OutputWriters<'a> {
     outputs: &'a [Option<Output>],
-    open: BTreeMap<u32, Box<dyn std::io::Write + Send>>,
+    open: BTreeMap<u32, Sink>,
     /// The tar streams of directory outputs, unpacked when complete.
     tars: BTreeMap<u32, tempfile::NamedTempFile>,
 }
@@ -215,24 +218,90 @@ impl<'a> OutputWriters<'a> {
         let w = match self.open.entry(chunk.index) {
             std::collections::btree_map::Entry::Occupied(e) => e.into_mut(),
             std::collections::btree_map::Entry::Vacant(e) => {
-                let w: Box<dyn std::io::Write + Send> = if out.dest.as_os_str() == "-" {
-                    Box::new(std::io::stdout())
+                let w = if out.dest.as_os_str() == "-" {
+                    Sink::Stdout(std::io::stdout())
                 } else {
-                    Box::new(
-                        std::fs::File::create(&out.dest)
-                            .map_err(io(format!("creating `{dest}`")))?,
-                    )
+                    Sink::File(FileSink::start(out.dest.clone()))
                 };
                 e.insert(w)
             }
         };
-        w.write_all(&chunk.data)
-            .map_err(io(format!("writing `{dest}`")))?;
+        match w {
+            Sink::Stdout(s) => s
+                .write_all(&chunk.data)
+                .map_err(io(format!("writing `{dest}`")))?,
+            Sink::File(f) => f.write(chunk.data)?,
+        }
         if chunk.eof {
-            w.flush().map_err(io(format!("writing `{dest}`")))?;
-            self.open.remove(&chunk.index);
+            match self.open.remove(&chunk.index).expect("present") {
+                Sink::Stdout(mut s) => s.flush().map_err(io(format!("writing `{dest}`")))?,
+                Sink::File(f) => f.finish()?,
+            }
         }
         Ok(())
+    }
+}
+
+/// Where a file output's bytes go.
+enum Sink {
+    Stdout(std::io::Stdout),
+    File(FileSink),
+}
+
+/// A file output written as the engine writes one (`kiln_engine::write_file_atomically`: a
+/// temp file beside `dest`, renamed over it once complete), fed chunk by chunk from a thread.
+/// A stream that ends without its last chunk leaves the old `dest`.
+struct FileSink {
+    /// `None` marks the end; a sender dropped without it abandons the write.
+    tx: std::sync::mpsc::SyncSender<Option<Vec<u8>>>,
+    writer: std::thread::JoinHandle<Result<(), kiln_engine::Error>>,
+}
+
+impl FileSink {
+    fn start(dest: PathBuf) -> FileSink {
+        let (tx, rx) = std::sync::mpsc::sync_channel::<Option<Vec<u8>>>(8);
+        let writer = std::thread::spawn(move || {
+            kiln_engine::write_file_atomically(&dest, |w| {
+                let what = || format!("writing `{}`", dest.display());
+                loop {
+                    match rx.recv() {
+                        Ok(Some(data)) => {
+                            w.write_all(&data)
+                                .map_err(|source| kiln_engine::Error::Io {
+                                    what: what(),
+                                    source,
+                                })?
+                        }
+                        Ok(None) => return Ok(()),
+                        Err(_) => {
+                            return Err(kiln_engine::Error::Io {
+                                what: what(),
+                                source: std::io::ErrorKind::UnexpectedEof.into(),
+                            });
+                        }
+                    }
+                }
+            })
+        });
+        FileSink { tx, writer }
+    }
+
+    fn write(&self, data: Vec<u8>) -> Result<(), Error> {
+        if data.is_empty() {
+            return Ok(());
+        }
+        // The writer is gone only after an error, which `finish` reports.
+        let _ = self.tx.send(Some(data));
+        Ok(())
+    }
+
+    fn finish(self) -> Result<(), Error> {
+        let _ = self.tx.send(None);
+        drop(self.tx);
+        match self.writer.join() {
+            Ok(r) => Ok(r?),
+            Err(_) => Err(Error::Protocol("the output writer failed".into())),
+        }
     }
 }
 

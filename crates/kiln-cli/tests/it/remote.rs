@@ -449,3 +449,48 @@ fn kilnd_over_tcp_needs_a_client_certificate_from_its_ca() {
     // The daemon is unharmed by refused handshakes.
     build(Some(("client.pem", "client-key.pem"))).ok();
 }
+
+#[test]
+fn remote_builds_run_side_by_side_on_one_kilnd() {
+    let Some(k) = Kiln::new("remote_builds_run_side_by_side_on_one_kilnd") else {
+        return;
+    };
+    let d = start_kilnd(&k);
+    // Three contexts (three sessions) and one failing build, all at once: each gets its own
+    // result, and the failure harms none of the others.
+    let mut children = Vec::new();
+    for i in 0..4 {
+        let body = match i {
+            3 => "FROM busybox\nRUN sleep 1 && exit 7\n".to_string(),
+            _ => format!("FROM busybox\nCOPY f /f\nRUN sleep 1 && cat /f > /g{i}\n"),
+        };
+        let ctx = k.context(
+            &format!("c{i}"),
+            &[("Dockerfile", &body), ("f", &format!("{i}\n"))],
+        );
+        let mut cmd = k.command(&["build", "-q", "--host", &d.address]);
+        cmd.arg(&ctx)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped());
+        children.push(cmd.spawn().unwrap());
+    }
+    let outs: Vec<_> = children
+        .into_iter()
+        .map(|c| c.wait_with_output().unwrap())
+        .collect();
+    for (i, o) in outs.iter().enumerate() {
+        let err = String::from_utf8_lossy(&o.stderr);
+        match i {
+            3 => {
+                assert!(!o.status.success());
+                assert!(err.contains("exit code: 7"), "{err}");
+            }
+            _ => assert!(o.status.success(), "build {i}: {err}\n{}", d.log_text()),
+        }
+    }
+    let ids: std::collections::BTreeSet<_> = outs[..3]
+        .iter()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        .collect();
+    assert_eq!(ids.len(), 3, "three different images: {ids:?}");
+}

@@ -126,3 +126,30 @@ pub async fn send_files(
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_dockerignore_is_listed_even_when_it_ignores_itself() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join(".dockerignore"), ".dockerignore\n*.log\n").unwrap();
+        std::fs::write(dir.path().join("a.log"), "x").unwrap();
+        std::fs::write(dir.path().join("keep"), "y").unwrap();
+        let paths: Vec<String> = walk(dir.path())
+            .unwrap()
+            .into_iter()
+            .map(|s| s.path)
+            .collect();
+        assert_eq!(paths, [".dockerignore", "keep"]);
+    }
+
+    #[test]
+    fn the_session_key_is_per_directory() {
+        let a = session_key(Path::new("/src/a"));
+        assert_eq!(a.len(), 64);
+        assert_eq!(a, session_key(Path::new("/src/a")));
+        assert_ne!(a, session_key(Path::new("/src/b")));
+    }
+}

@@ -75,6 +75,20 @@ pub struct Outcome {
     pub context_bytes_sent: u64,
 }
 
+/// The daemon's version and the platforms it builds for (`kiln builder inspect`).
+pub async fn info(endpoint: &Endpoint) -> Result<(String, Vec<String>), Error> {
+    let mut client = BuilderClient::new(connect(endpoint).await?);
+    let r = client
+        .info(kiln_proto::v1::InfoRequest {})
+        .await
+        .map_err(|s| Error::Connect {
+            address: endpoint.address.clone(),
+            reason: s.message().to_string(),
+        })?
+        .into_inner();
+    Ok((r.version, r.platforms))
+}
+
 /// Runs `request` on the daemon at `endpoint`, its progress shown through `progress`.
 /// Dropping the future closes the stream: the daemon then cancels the build.
 pub async fn build(

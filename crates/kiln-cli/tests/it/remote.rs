@@ -448,6 +448,20 @@ fn kilnd_over_tcp_needs_a_client_certificate_from_its_ca() {
     );
     // The daemon is unharmed by refused handshakes.
     build(Some(("client.pem", "client-key.pem"))).ok();
+    // The client library's `info`, as `kiln builder inspect` calls it.
+    let endpoint = kiln_client::Endpoint {
+        address: d.address.clone(),
+        tls: Some(kiln_client::TlsFiles {
+            ca_cert: Some(dir.join("ca.pem")),
+            cert: Some(dir.join("client.pem")),
+            key: Some(dir.join("client-key.pem")),
+            server_name: Some("localhost".into()),
+        }),
+    };
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let (version, platforms) = rt.block_on(kiln_client::info(&endpoint)).unwrap();
+    assert_eq!(version, env!("CARGO_PKG_VERSION"));
+    assert_eq!(platforms, [kiln_oci::Platform::host().to_string()]);
 }
 
 #[test]

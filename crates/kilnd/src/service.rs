@@ -29,8 +29,10 @@ struct Inner {
     engine: Arc<Engine>,
     sessions: PathBuf,
     debug: bool,
-    /// One build at a time per session key: its mirror is synced then read by that build.
-    locks: parking_lot::Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    /// One build at a time per session key: its mirror is synced then read by that build. The
+    /// mirror's index stays loaded between builds (`None` until first used, or after a sync
+    /// failed: then it is read again from disk, which starts over if the sync was cut short).
+    sessions_open: parking_lot::Mutex<HashMap<String, Arc<tokio::sync::Mutex<Option<Mirror>>>>>,
 }
 
 impl BuilderService {
@@ -40,7 +42,7 @@ impl BuilderService {
                 engine,
                 sessions,
                 debug,
-                locks: Default::default(),
+                sessions_open: Default::default(),
             }),
         }
     }
@@ -130,21 +132,34 @@ impl Inner {
         let scratch = tempdir_in(&self.sessions.join("builds"))?;
         let (mut req, client_outputs) = request(&start, scratch.path())?;
 
-        let lock = self
-            .locks
+        let slot = self
+            .sessions_open
             .lock()
             .entry(start.session_key.clone())
             .or_default()
             .clone();
-        let _held = lock.lock().await;
+        let mut held = slot.lock().await;
+        let synced = std::time::Instant::now();
         let session_dir = self.sessions.join(&start.session_key);
-        let mut mirror = Mirror::open(&session_dir).map_err(|e| render(&e))?;
-        let figures = sync(&mut mirror, &start, &mut inbound, tx).await?;
+        let mirror = match held.take() {
+            Some(m) => m,
+            None => Mirror::open(&session_dir).map_err(|e| render(&e))?,
+        };
+        let mirror = &mut *held.insert(mirror);
+        let figures = match sync(mirror, &start, &mut inbound, tx).await {
+            Ok(f) => f,
+            Err(e) => {
+                // Its state in memory may not be the disk's: read afresh next time.
+                *held = None;
+                return Err(e);
+            }
+        };
         req.context = mirror.context_dir();
         if self.debug {
             eprintln!(
-                "kilnd: session {}: {} entries, {} files sent ({} bytes)",
+                "kilnd: session {}: synced in {} ms: {} entries, {} files sent ({} bytes)",
                 &start.session_key[..12],
+                synced.elapsed().as_millis(),
                 figures.entries,
                 figures.files,
                 figures.bytes

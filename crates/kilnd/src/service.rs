@@ -185,6 +185,16 @@ impl Inner {
             Box::new(EventWriter {
                 tx: tx.clone(),
                 line: Vec::new(),
+                rewrites: client_outputs
+                    .iter()
+                    .map(|(_, path, _, dest)| {
+                        let to = serde_json::to_string(&dest.to_string_lossy()).unwrap_or_default();
+                        (
+                            path.to_string_lossy().into_owned(),
+                            to.trim_matches('"').to_string(),
+                        )
+                    })
+                    .collect(),
             }),
         );
         // The engine's build future is not `Send`: it runs on a blocking thread of its own,
@@ -236,7 +246,7 @@ impl Inner {
         tokio::task::block_in_place(|| progress.finish());
         let result = result.map_err(|e| render(&e))?;
         drop(self.engine.spawn_gc());
-        for (index, path, dir) in client_outputs {
+        for (index, path, dir, _) in client_outputs {
             if !send_output(index, &path, dir, tx).await? {
                 return Ok(None);
             }
@@ -269,7 +279,7 @@ fn tempdir_in(dir: &Path) -> Result<tempfile::TempDir, String> {
 
 /// An output the daemon writes in its scratch directory and sends back: its index in the
 /// client's list, where it is written, and whether it is a directory (sent as a tar stream).
-type ClientOutput = (u32, PathBuf, bool);
+type ClientOutput = (u32, PathBuf, bool, PathBuf);
 
 /// The engine's request for `start`, every client-side output redirected into `scratch`.
 fn request(
@@ -295,9 +305,9 @@ fn request(
         }
         let dir = o.writes_directory();
         let path = scratch.join(format!("out-{i}"));
-        o.dest = Some(path.clone());
+        let client_dest = o.dest.replace(path.clone()).unwrap_or_default();
         let index = u32::try_from(i).map_err(usage)?;
-        client_outputs.push((index, path, dir));
+        client_outputs.push((index, path, dir, client_dest));
     }
     let mut platforms = Vec::new();
     for p in &start.platforms {
@@ -475,13 +485,23 @@ async fn send_output(index: u32, path: &Path, dir: bool, tx: &Tx) -> Result<bool
 struct EventWriter {
     tx: Tx,
     line: Vec<u8>,
+    /// Output paths in the build's scratch directory and the client's `dest` (JSON-escaped)
+    /// to show instead, so `sending tarball to DEST` reads as embedded.
+    rewrites: Vec<(String, String)>,
 }
 
 impl std::io::Write for EventWriter {
     fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
         for &b in buf {
             if b == b'\n' {
-                let line = std::mem::take(&mut self.line);
+                let mut line = std::mem::take(&mut self.line);
+                for (from, to) in &self.rewrites {
+                    if let Ok(text) = std::str::from_utf8(&line)
+                        && text.contains(from.as_str())
+                    {
+                        line = text.replace(from.as_str(), to).into_bytes();
+                    }
+                }
                 // Written from the renderer's own thread, never a runtime's.
                 let _ = self
                     .tx

@@ -93,7 +93,20 @@ fn remote_build_gives_the_embedded_image() {
     // `-o type=oci,dest=` arrives on the client, the same image.
     let dest = k.dir().join("remote.oci.tar");
     let out = format!("type=oci,dest={}", dest.display());
-    image_id(&k, &ctx, &host_args(&d, &["-o", &out]));
+    let mut cmd = k.command(&[
+        "build",
+        "--progress",
+        "plain",
+        "--host",
+        &d.address,
+        "-o",
+        &out,
+    ]);
+    cmd.arg(&ctx).env("SOURCE_DATE_EPOCH", EPOCH);
+    let run = k.run(cmd).ok();
+    // The progress names the client's file, not the daemon's scratch copy.
+    let sending = format!("sending tarball to {}", dest.display());
+    assert!(run.stderr.contains(&sending), "{}", run.stderr);
     let files = read_tar(&dest).unwrap();
     let config = embedded.trim_start_matches("sha256:");
     assert!(

@@ -41,7 +41,8 @@ struct Args {
     /// The CA that clients' certificates must chain to (PEM); overrides `[grpc.tls] ca`.
     #[arg(long, value_name = "FILE")]
     tlscacert: Option<PathBuf>,
-    /// Log every build's start, end and session figures on stderr.
+    /// Log on stderr where kilnd listens, each session's sync (time, entries, files and bytes
+    /// sent) and builds canceled by a lost client.
     #[arg(long)]
     debug: bool,
 }

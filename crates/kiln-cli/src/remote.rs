@@ -64,7 +64,23 @@ pub async fn build(
             }
         })?,
     };
+    // The environment the cache specs read, recorded while they are parsed as embedded.
+    let cache_env = std::cell::RefCell::new(std::collections::BTreeMap::new());
+    let recording = |key: &str| {
+        let v = std::env::var(key).ok();
+        if let Some(v) = &v {
+            cache_env.borrow_mut().insert(key.to_string(), v.clone());
+        }
+        v
+    };
+    for s in &b.cache_from {
+        kiln_engine::CacheImport::parse_with_env(s, &recording)?;
+    }
+    for s in &b.cache_to {
+        kiln_engine::CacheExport::parse_with_env(s, &recording)?;
+    }
     let start = kiln_client::Start {
+        cache_env: cache_env.into_inner(),
         dockerfile_name,
         dockerfile_text,
         target: b.target.clone().unwrap_or_default(),

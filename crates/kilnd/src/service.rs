@@ -322,16 +322,24 @@ fn request(
         [one] => Some(one.clone()),
         _ => None,
     };
+    // The client's environment first, then the daemon's.
+    let env = |key: &str| {
+        start
+            .cache_env
+            .get(key)
+            .cloned()
+            .or_else(|| std::env::var(key).ok())
+    };
     let cache_from = start
         .cache_from
         .iter()
-        .map(|s| kiln_engine::CacheImport::parse(s))
+        .map(|s| kiln_engine::CacheImport::parse_with_env(s, &env))
         .collect::<Result<Vec<_>, _>>()
         .map_err(|e| render(&e))?;
     let cache_to = start
         .cache_to
         .iter()
-        .map(|s| kiln_engine::CacheExport::parse(s))
+        .map(|s| kiln_engine::CacheExport::parse_with_env(s, &env))
         .collect::<Result<Vec<_>, _>>()
         .map_err(|e| render(&e))?;
     let run: kiln_engine::RunOpts = match start.run_opts_json.is_empty() {

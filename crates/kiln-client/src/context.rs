@@ -68,9 +68,23 @@ fn walk(dir: &Path) -> Result<Vec<FileStat>, Error> {
         .and_then(|t| kiln_ignore::Matcher::from_dockerignore(&t).ok());
     let mut out = Vec::new();
     let mut saw_ignore = false;
+    // Files with several links: the first path listed of each inode.
+    let mut inodes: std::collections::HashMap<(u64, u64), String> = Default::default();
     kiln_worker::walk_context(dir, matcher.as_ref(), &mut |e| {
         saw_ignore |= e.rel == ".dockerignore";
-        out.push(stat(e.rel, e.meta, e.link_target.as_deref()));
+        let mut s = stat(e.rel, e.meta, e.link_target.as_deref());
+        if e.meta.is_file() && e.meta.nlink() > 1 {
+            match inodes.entry((e.meta.dev(), e.meta.ino())) {
+                std::collections::hash_map::Entry::Occupied(first) => {
+                    s.link_target = first.get().clone();
+                    s.hardlink = true;
+                }
+                std::collections::hash_map::Entry::Vacant(v) => {
+                    v.insert(e.rel.to_string());
+                }
+            }
+        }
+        out.push(s);
         Ok(())
     })
     .map_err(|e| Error::Protocol(format!("walking the context: {e}")))?;
@@ -96,6 +110,7 @@ fn stat(rel: &str, meta: &std::fs::Metadata, link: Option<&Path>) -> FileStat {
         link_target: link
             .map(|l| l.to_string_lossy().into_owned())
             .unwrap_or_default(),
+        hardlink: false,
     }
 }
 

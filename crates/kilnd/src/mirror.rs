@@ -22,6 +22,9 @@ struct Stat {
     mtime_sec: i64,
     mtime_nsec: u32,
     link: String,
+    /// A hard link to the file `link`.
+    #[serde(default)]
+    hardlink: bool,
 }
 
 impl Stat {
@@ -34,6 +37,7 @@ impl Stat {
             mtime_sec: f.mtime_sec,
             mtime_nsec: f.mtime_nsec,
             link: f.link_target.clone(),
+            hardlink: f.hardlink,
         }
     }
 
@@ -136,6 +140,18 @@ impl Mirror {
                     why: "its parent directory was not listed before it",
                 });
             }
+            // A hard link's file is a plain file listed before it.
+            if stat.hardlink
+                && !(stat.is_file()
+                    && next
+                        .get(&stat.link)
+                        .is_some_and(|t: &Stat| t.is_file() && !t.hardlink))
+            {
+                return Err(MirrorError::Invalid {
+                    path: e.path.clone(),
+                    why: "a hard link to no file listed before it",
+                });
+            }
             if next.insert(e.path.clone(), stat).is_some() {
                 return Err(MirrorError::Invalid {
                     path: e.path.clone(),
@@ -190,8 +206,12 @@ impl Mirror {
                 }
                 symlink(&stat.link, &abs)
                     .map_err(io_err(format!("creating `{path}` in the mirror")))?;
+            } else if stat.hardlink {
+                // Made in `finish`, once the file it links to is in place.
             } else if old.is_none_or(|o| {
-                (o.size, o.mtime_sec, o.mtime_nsec) != (stat.size, stat.mtime_sec, stat.mtime_nsec)
+                o.hardlink
+                    || (o.size, o.mtime_sec, o.mtime_nsec)
+                        != (stat.size, stat.mtime_sec, stat.mtime_nsec)
             }) {
                 wanted.push(path.clone());
             }
@@ -256,6 +276,31 @@ impl Mirror {
     /// writing into them moved theirs), then records the listing.
     pub fn finish(&mut self) -> Result<(), MirrorError> {
         let ctx = self.context_dir();
+        // Hard links, new or whose file was rewritten (a new inode), linked again.
+        for (path, stat) in &self.next {
+            if !stat.hardlink || !(self.touched.contains(path) || self.touched.contains(&stat.link))
+            {
+                continue;
+            }
+            let abs = self.target(path)?;
+            match std::fs::remove_file(&abs) {
+                Ok(()) => {}
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                Err(e) => return Err(io_err(format!("replacing `{path}` in the mirror"))(e)),
+            }
+            let first = self.target(&stat.link)?;
+            std::fs::hard_link(&first, &abs)
+                .map_err(io_err(format!("linking `{path}` in the mirror")))?;
+        }
+        let touched_links: Vec<String> = self
+            .next
+            .iter()
+            .filter(|(p, s)| {
+                s.hardlink && self.touched.contains(&s.link) && !self.touched.contains(*p)
+            })
+            .map(|(p, _)| p.clone())
+            .collect();
+        self.touched.extend(touched_links);
         let mut dirs = Vec::new();
         for path in &self.touched {
             let stat = &self.next[path];
@@ -347,6 +392,7 @@ mod tests {
             mtime_sec: mtime,
             mtime_nsec: 0,
             link_target: String::new(),
+            hardlink: false,
         }
     }
 
@@ -400,6 +446,42 @@ mod tests {
         assert!(!dir.path().join("context/b").exists());
         // Bytes of a file not asked for are refused.
         assert!(m.start_file("b").is_err());
+    }
+
+    #[test]
+    fn hard_links_share_their_file_and_follow_its_rewrites() {
+        use std::os::unix::fs::MetadataExt;
+        let dir = tempfile::tempdir().unwrap();
+        let mut m = Mirror::open(dir.path()).unwrap();
+        let link = |mtime| FileStat {
+            link_target: "a".into(),
+            hardlink: true,
+            ..stat("b", libc::S_IFREG | 0o644, 1, mtime)
+        };
+        let listing = vec![stat("a", libc::S_IFREG | 0o644, 1, 5), link(5)];
+        assert_eq!(m.plan(&listing).unwrap(), ["a"]);
+        let write = |m: &Mirror, data: &[u8]| {
+            let (mut f, tmp) = m.start_file("a").unwrap();
+            f.write_all(data).unwrap();
+            m.commit_file("a", f, &tmp).unwrap();
+        };
+        write(&m, b"1");
+        m.finish().unwrap();
+        let ino = |p: &str| {
+            std::fs::metadata(dir.path().join("context").join(p))
+                .unwrap()
+                .ino()
+        };
+        assert_eq!(ino("a"), ino("b"));
+        // The file rewritten (a new inode): the link follows.
+        let listing = vec![stat("a", libc::S_IFREG | 0o644, 1, 9), link(9)];
+        assert_eq!(m.plan(&listing).unwrap(), ["a"]);
+        write(&m, b"2");
+        m.finish().unwrap();
+        assert_eq!(ino("a"), ino("b"));
+        // A link to nothing listed before it is refused.
+        let mut m = Mirror::open(dir.path()).unwrap();
+        assert!(m.plan(&[link(9)]).is_err());
     }
 
     fn rustix_mtime(meta: &std::fs::Metadata) -> i64 {

@@ -19,6 +19,8 @@ main() {
     log "cargo test --workspace"
     (
         cd "$REPO_ROOT"
+        # The CLI's remote tests start target/debug/kilnd, another package's binary.
+        cargo build -p kilnd
         KILN_TEST_REQUIRE_EXTERNAL=1 KILN_TEST_REGISTRY="$KILN_DEV_REGISTRY" \
             cargo test --workspace "$@"
     )

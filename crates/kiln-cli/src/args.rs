@@ -277,6 +277,19 @@ pub struct BuildArgs {
     /// Write build result metadata to a file (buildx's keys)
     #[arg(long = "metadata-file")]
     pub metadata_file: Option<PathBuf>,
+    /// Build on the kilnd at ADDRESS (`unix:///path/kilnd.sock`, `tcp://HOST:PORT`) instead
+    /// of in this process
+    #[arg(long, env = "KILN_HOST", value_name = "ADDRESS")]
+    pub host: Option<String>,
+    /// With a tcp:// --host: the CA the daemon's certificate must chain to
+    #[arg(long, env = "KILN_TLS_CACERT", value_name = "FILE")]
+    pub tlscacert: Option<PathBuf>,
+    /// With a tcp:// --host: this client's certificate
+    #[arg(long, env = "KILN_TLS_CERT", value_name = "FILE")]
+    pub tlscert: Option<PathBuf>,
+    /// With a tcp:// --host: this client's key
+    #[arg(long, env = "KILN_TLS_KEY", value_name = "FILE")]
+    pub tlskey: Option<PathBuf>,
     /// External cache sources
     #[arg(long = "cache-from")]
     pub cache_from: Vec<String>,

@@ -9,6 +9,7 @@ mod images;
 mod login;
 mod manifest;
 mod prune;
+mod remote;
 mod run_opts;
 mod stdin;
 
@@ -18,7 +19,7 @@ use std::process::ExitCode;
 
 use anyhow::{Context as _, Result, bail};
 use clap::Parser;
-use kiln_engine::{BuildRequest, Engine, ExporterKind, ImportRequest, Output};
+use kiln_engine::{BuildRequest, Engine, ImportRequest};
 use kiln_oci::Reference;
 use kiln_progress::{Mode, Progress};
 
@@ -75,24 +76,23 @@ async fn interrupted() -> (&'static str, u8) {
 }
 
 fn print_error(e: &anyhow::Error) {
-    if let Some(kiln_engine::Error::Solve { message, location }) =
-        e.downcast_ref::<kiln_engine::Error>()
-    {
-        eprintln!("ERROR: failed to solve: {message}");
-        if let Some(loc) = location {
-            eprintln!("{loc}");
-        }
+    // A remote build's failure comes rendered by the daemon, with the engine's words.
+    if let Some(kiln_client::Error::Remote(text)) = e.downcast_ref::<kiln_client::Error>() {
+        eprintln!("{text}");
         return;
     }
-    // Dockerfile errors come rendered, with their own `error:` and snippet.
-    if let Some(kiln_engine::Error::Frontend(f)) = e.downcast_ref::<kiln_engine::Error>() {
-        eprintln!("{f}");
-    } else {
-        eprintln!("error: {e}");
+    // A failed step or a Dockerfile error is printed as the engine renders it (kilnd sends
+    // the same text), even under added context.
+    if let Some(err) = e.downcast_ref::<kiln_engine::Error>()
+        && matches!(
+            err,
+            kiln_engine::Error::Solve { .. } | kiln_engine::Error::Frontend(_)
+        )
+    {
+        eprintln!("{}", kiln_engine::render_error(err));
+        return;
     }
-    for cause in e.chain().skip(1) {
-        eprintln!("  caused by: {cause}");
-    }
+    eprintln!("{}", kiln_engine::render_error(e.as_ref()));
 }
 
 fn open_engine(cli: &Cli) -> Result<Engine> {
@@ -220,10 +220,13 @@ async fn build(cli: &Cli, b: &BuildArgs) -> Result<ExitCode> {
             }
         }
     }
-    let mut outputs = Vec::new();
-    for o in &b.output {
-        outputs.push(Output::parse(o)?);
-    }
+    let outputs = kiln_engine::assemble_outputs(kiln_engine::OutputFlags {
+        outputs: &b.output,
+        push: b.push,
+        load: b.load,
+        annotations: &b.annotation,
+        has_tags: !tags.is_empty(),
+    })?;
     // buildx refuses to send an archive to a terminal.
     if let Some(o) = outputs
         .iter()
@@ -234,34 +237,6 @@ async fn build(cli: &Cli, b: &BuildArgs) -> Result<ExitCode> {
             "dest file is required for {} exporter. refusing to write to console",
             o.kind.name()
         );
-    }
-    // `--push` is buildx's: `type=registry` alone, or `push=true` on a first output of type
-    // image/registry (keeping its options); `--load` and no output at all are `type=image`.
-    if b.push {
-        match outputs.first_mut() {
-            None => outputs.push(Output::new(ExporterKind::Registry)),
-            Some(o) if matches!(o.kind, ExporterKind::Image | ExporterKind::Registry) => {
-                o.push = true
-            }
-            Some(o) => bail!(
-                "push and \"{}\" output can't be used together",
-                o.kind.name()
-            ),
-        }
-    }
-    if b.push && tags.is_empty() && outputs.iter().all(|o| o.names.is_empty()) {
-        // buildx's words: the registry exporter pushes the image's names.
-        bail!("tag is needed when pushing to registry");
-    }
-    if (b.load || outputs.is_empty()) && !outputs.iter().any(|o| o.kind == ExporterKind::Image) {
-        outputs.push(Output::new(ExporterKind::Image));
-    }
-    // `--annotation` goes to every output that writes an image, as buildx passes it.
-    for spec in &b.annotation {
-        let a = kiln_engine::parse_annotation_flag(spec)?;
-        for o in outputs.iter_mut().filter(|o| o.kind.is_image()) {
-            o.annotations.push(a.clone());
-        }
     }
     // `a,b`: one build for each platform, exported as one index.
     let mut platforms: Vec<kiln_oci::Platform> = Vec::new();
@@ -279,9 +254,11 @@ async fn build(cli: &Cli, b: &BuildArgs) -> Result<ExitCode> {
     };
     // The builder: the embedded engine runs the build here; a remote one is kilnd's, which
     // the client for kilnd will take the endpoint to.
-    if let (_, kiln_builder::Target::Remote(_endpoint)) = builder::target(cli, &platforms)? {
-        bail!(builder::REMOTE_NOT_SUPPORTED);
-    }
+    let remote_endpoint = match (&b.host, builder::target(cli, &platforms)?) {
+        (Some(host), _) => Some(remote::host_endpoint(host, b)),
+        (None, (_, kiln_builder::Target::Remote(e))) => Some(remote::builder_endpoint(e)),
+        (None, (_, kiln_builder::Target::Embedded)) => None,
+    };
     if platforms.len() > 1
         && !matches!(
             args::parse_call(b.call.as_deref(), b.check)?,
@@ -340,9 +317,8 @@ async fn build(cli: &Cli, b: &BuildArgs) -> Result<ExitCode> {
         }
     };
     let mode = if b.quiet { Mode::Quiet } else { mode };
-    let engine = std::sync::Arc::new(open_engine(cli)?);
     let progress = Progress::new(mode, Box::new(std::io::stderr()));
-    let mut secrets = kiln_engine::Secrets::new();
+    let mut secret_values = BTreeMap::new();
     for spec in &b.secret {
         let (id, source) = args::parse_secret(spec)?;
         let value = match source {
@@ -352,8 +328,20 @@ async fn build(cli: &Cli, b: &BuildArgs) -> Result<ExitCode> {
                 .with_context(|| format!("secret `{id}`: environment variable `{var}` is not set"))?
                 .into_encoded_bytes(),
         };
-        secrets.insert(id, value);
+        secret_values.insert(id, value);
     }
+    let no_cache_filter: Vec<String> = b
+        .no_cache_filter
+        .iter()
+        .flat_map(|f| f.split(','))
+        .map(str::trim)
+        .filter(|f| !f.is_empty())
+        .map(str::to_string)
+        .collect();
+    if b.host.is_none() && (b.tlscacert.is_some() || b.tlscert.is_some() || b.tlskey.is_some()) {
+        bail!("--tlscacert, --tlscert and --tlskey need --host (a remote kilnd)");
+    }
+    // Every flag is parsed before a remote build starts: bad values fail with the same words.
     let mut ssh = kiln_engine::SshAgents::new();
     for spec in &b.ssh {
         let (id, paths) = args::parse_ssh(spec)?;
@@ -366,6 +354,27 @@ async fn build(cli: &Cli, b: &BuildArgs) -> Result<ExitCode> {
         named_contexts.insert(key, source);
     }
     let labels = parse_labels(&b.label)?;
+    if let Some(endpoint) = &remote_endpoint {
+        let parsed = remote::Parsed {
+            stdin: &stdin,
+            build_args: &build_args,
+            labels: &labels,
+            secrets: secret_values,
+            outputs: &outputs,
+            platforms: platforms.iter().map(ToString::to_string).collect(),
+            no_cache_filter,
+            run: &run,
+        };
+        let outcome = remote::build(endpoint, b, parsed, &progress).await;
+        progress.finish();
+        // The session's figures are in kilnd's `--debug` log; the metadata stays buildx's.
+        return finish_build(b, &outcome?.result, None);
+    }
+    let engine = std::sync::Arc::new(open_engine(cli)?);
+    let mut secrets = kiln_engine::Secrets::new();
+    for (id, value) in secret_values {
+        secrets.insert(id, value);
+    }
     let req = BuildRequest {
         context: stdin.context.clone(),
         dockerfile: stdin.dockerfile.clone(),
@@ -375,14 +384,7 @@ async fn build(cli: &Cli, b: &BuildArgs) -> Result<ExitCode> {
         pull: b.pull,
         squash: b.squash,
         named_contexts,
-        no_cache_filter: b
-            .no_cache_filter
-            .iter()
-            .flat_map(|f| f.split(','))
-            .map(str::trim)
-            .filter(|f| !f.is_empty())
-            .map(str::to_string)
-            .collect(),
+        no_cache_filter,
         target: b.target.clone(),
         build_args,
         tags,
@@ -408,6 +410,16 @@ async fn build(cli: &Cli, b: &BuildArgs) -> Result<ExitCode> {
     // The result is exported: automatic GC runs beside what is left to do here, and the
     // process waits for it at the end (docs/config.md, "Garbage collection").
     let gc = engine.spawn_gc();
+    finish_build(b, &result, Some(gc))
+}
+
+/// What `kiln build` does once the image is built, embedded or remote: `--iidfile`,
+/// `--metadata-file`, `-q`'s ID.
+fn finish_build(
+    b: &BuildArgs,
+    result: &kiln_engine::BuildResult,
+    gc: Option<kiln_engine::GcTask>,
+) -> Result<ExitCode> {
     if let Some(path) = &b.iidfile {
         std::fs::write(path, result.image_id.to_string())
             .with_context(|| format!("writing `{}`", path.display()))?;
@@ -446,7 +458,7 @@ async fn build(cli: &Cli, b: &BuildArgs) -> Result<ExitCode> {
     if b.quiet || b.progress == "quiet" {
         println!("{}", result.image_id);
     }
-    if let Some(Err(e)) = gc.wait() {
+    if let Some(Err(e)) = gc.and_then(|gc| gc.wait()) {
         // The build succeeded; a failed GC is only worth a warning.
         eprintln!("warning: automatic GC failed: {e}");
     }

@@ -189,6 +189,7 @@ fn location(
     spec: &str,
     fields: &[(String, String)],
     path_key: &str,
+    env: &dyn Fn(&str) -> Option<String>,
 ) -> Result<CacheLocation, CacheSpecError> {
     let err = |why: String| CacheSpecError {
         flag,
@@ -227,7 +228,8 @@ fn location(
     }
 }
 
-fn env(key: &str) -> Option<String> {
+/// The process environment, which s3 and azblob specs fall back on.
+pub fn process_env(key: &str) -> Option<String> {
     std::env::var(key).ok()
 }
 
@@ -241,6 +243,15 @@ fn boolean(value: &str) -> Option<bool> {
 
 impl CacheExport {
     pub fn parse(spec: &str) -> Result<CacheExport, CacheSpecError> {
+        Self::parse_with_env(spec, &process_env)
+    }
+
+    /// As [`CacheExport::parse`], reading what the attributes leave out from `env` (kilnd: the
+    /// values the client's environment gave).
+    pub fn parse_with_env(
+        spec: &str,
+        env: &dyn Fn(&str) -> Option<String>,
+    ) -> Result<CacheExport, CacheSpecError> {
         const FLAG: &str = "--cache-to";
         let err = |why: String| CacheSpecError {
             flag: FLAG,
@@ -360,7 +371,7 @@ impl CacheExport {
             ));
         }
         Ok(CacheExport {
-            location: location(FLAG, spec, &fields, "dest")?,
+            location: location(FLAG, spec, &fields, "dest", env)?,
             mode,
             ignore_error,
             compression,
@@ -375,6 +386,14 @@ impl CacheExport {
 
 impl CacheImport {
     pub fn parse(spec: &str) -> Result<CacheImport, CacheSpecError> {
+        Self::parse_with_env(spec, &process_env)
+    }
+
+    /// As [`CacheImport::parse`], reading what the attributes leave out from `env`.
+    pub fn parse_with_env(
+        spec: &str,
+        env: &dyn Fn(&str) -> Option<String>,
+    ) -> Result<CacheImport, CacheSpecError> {
         const FLAG: &str = "--cache-from";
         let err = |why: String| CacheSpecError {
             flag: FLAG,
@@ -408,7 +427,7 @@ impl CacheImport {
             }
         }
         Ok(CacheImport {
-            location: location(FLAG, spec, &fields, "src")?,
+            location: location(FLAG, spec, &fields, "src", env)?,
             digest,
             tag,
         })

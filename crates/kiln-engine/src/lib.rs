@@ -41,10 +41,12 @@ mod monitor;
 mod named_context;
 mod oci_layout;
 mod output;
+mod output_flags;
 mod pin;
 mod proxy_linux;
 mod prune;
 mod push_stream;
+mod render_error;
 mod resolved;
 mod resolver;
 mod run;
@@ -97,7 +99,9 @@ pub use output::{
     Annotation, AnnotationTarget, ExporterKind, LayerCompressionKind, Output, OutputError,
     parse_annotation_flag,
 };
+pub use output_flags::{OutputFlags, OutputFlagsError, assemble_outputs};
 pub use prune::{PruneOptions, PruneReport, PruneRequest, Pruned, parse_duration, parse_size};
+pub use render_error::render_error;
 pub use run::{ExecRequest, RunRequest};
 
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;

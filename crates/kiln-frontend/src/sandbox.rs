@@ -55,8 +55,23 @@ impl FromStr for Entitlement {
     }
 }
 
-/// What the build allows and gives every RUN.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+/// As its name (`network.host`), in kilnd's build requests.
+impl serde::Serialize for Entitlement {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(self.as_str())
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for Entitlement {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let name = String::deserialize(d)?;
+        name.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+/// What the build allows and gives every RUN. Serialisable: a `kiln build --host` sends it
+/// to kilnd as parsed from its flags.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct RunOpts {
     /// Entitlements granted to this build (`--allow`).
     pub entitlements: BTreeSet<Entitlement>,

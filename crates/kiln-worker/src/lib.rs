@@ -52,7 +52,9 @@ use sha2::{Digest as _, Sha256};
 pub use blobsource::{BlobStore, BlobStores, LAYOUT_SOURCE, STORE_SOURCE, fetch_layer_blob};
 use copy::{context_checksum, context_source, exclude_matcher};
 pub use exec::Secrets;
-pub use fsutil::{Owner, SourceError, resolve_in_root};
+pub use fsutil::{
+    ContextEntry, Owner, SourceError, open_context_file, resolve_in_root, walk_context,
+};
 pub use ssh::{SshAgents, SshError};
 pub use step::Step;
 

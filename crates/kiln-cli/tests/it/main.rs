@@ -55,6 +55,7 @@ mod platforms;
 mod pull;
 mod pushstream;
 mod registry_auth;
+mod remote;
 mod run;
 mod sandbox;
 mod shared_solve;

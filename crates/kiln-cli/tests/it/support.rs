@@ -12,6 +12,101 @@ use anyhow::{Context, Result, bail};
 
 pub const KILN: &str = env!("CARGO_BIN_EXE_kiln");
 
+/// `kilnd`, built beside `kiln` in the same target directory (`cargo build -p kilnd`): the
+/// CLI's tests cannot name another package's binary.
+pub fn kilnd_path() -> PathBuf {
+    Path::new(KILN).with_file_name("kilnd")
+}
+
+/// `KILN_TEST_REMOTE=1`: every `kiln build` of the suite runs through a kilnd on a unix socket
+/// serving the test's own data root and config.
+pub fn remote_mode() -> bool {
+    std::env::var("KILN_TEST_REMOTE").is_ok_and(|v| v == "1")
+}
+
+/// A kilnd started for a test, killed when dropped.
+pub struct Kilnd {
+    pub child: std::process::Child,
+    pub address: String,
+    pub log: PathBuf,
+}
+
+impl Kilnd {
+    /// Starts `kilnd --root ROOT --config CONFIG --debug EXTRA...` listening on `address`, and
+    /// waits until it answers (its socket exists or its port accepts).
+    pub fn start(root: &Path, config: &Path, address: &str, extra: &[&str], log: &Path) -> Kilnd {
+        let kilnd = kilnd_path();
+        assert!(
+            kilnd.exists(),
+            "`{}` is missing: build it first (cargo build -p kilnd)",
+            kilnd.display()
+        );
+        let log_file = std::fs::File::create(log).expect("creating kilnd's log");
+        let child = Command::new(&kilnd)
+            .arg("--root")
+            .arg(root)
+            .arg("--config")
+            .arg(config)
+            .args(["--debug", "--addr", address])
+            .args(extra)
+            .env_remove("KILN_ROOT")
+            .env_remove("KILN_CONFIG")
+            .stdout(log_file.try_clone().expect("cloning the log"))
+            .stderr(log_file)
+            .spawn()
+            .expect("starting kilnd");
+        let mut d = Kilnd {
+            child,
+            address: address.to_string(),
+            log: log.to_path_buf(),
+        };
+        d.wait_ready();
+        d
+    }
+
+    fn wait_ready(&mut self) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let ready = match self.address.strip_prefix("unix://") {
+                Some(p) => std::os::unix::net::UnixStream::connect(p).is_ok(),
+                None => self
+                    .address
+                    .strip_prefix("tcp://")
+                    .is_some_and(|a| TcpStream::connect(a).is_ok()),
+            };
+            if ready {
+                return;
+            }
+            if let Ok(Some(status)) = self.child.try_wait() {
+                panic!("kilnd exited ({status}): {}", self.log_text());
+            }
+            assert!(
+                Instant::now() < deadline,
+                "kilnd did not start: {}",
+                self.log_text()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for Kilnd {
+    fn drop(&mut self) {
+        // SIGTERM: kilnd stops listening; its builds' guards clean up as the process exits.
+        let _ = rustix::process::kill_process(
+            rustix::process::Pid::from_child(&self.child),
+            rustix::process::Signal::TERM,
+        );
+        if wait_timeout(&mut self.child, Duration::from_secs(10)).is_err() {
+            let _ = self.child.kill();
+        }
+    }
+}
+
 /// Whether externals are required (CI): a missing one fails the test instead of skipping it.
 pub fn require_external() -> bool {
     kiln_test::externals_required()
@@ -275,6 +370,9 @@ pub struct Kiln {
     pub root: PathBuf,
     pub config: PathBuf,
     started: Instant,
+    /// Under `KILN_TEST_REMOTE=1`, the kilnd every `kiln build` goes through, with the
+    /// config text it read.
+    kilnd: std::sync::Mutex<Option<(Kilnd, String)>>,
 }
 
 impl Kiln {
@@ -317,6 +415,7 @@ impl Kiln {
             root,
             config,
             started: Instant::now(),
+            kilnd: std::sync::Mutex::new(None),
         })
     }
 
@@ -333,15 +432,46 @@ impl Kiln {
         )
     }
 
+    /// The address of this test's kilnd, on a unix socket in its dir: started on first use,
+    /// and restarted when the test has changed the config since (a daemon reads it once).
+    pub fn kilnd_address(&self) -> String {
+        let sock = self.dir.path().join("kilnd.sock");
+        let config = std::fs::read_to_string(&self.config).unwrap_or_default();
+        let mut kilnd = self.kilnd.lock().unwrap();
+        if kilnd.as_ref().is_none_or(|(_, read)| *read != config) {
+            drop(kilnd.take());
+            let d = Kilnd::start(
+                &self.root,
+                &self.config,
+                &format!("unix://{}", sock.display()),
+                &[],
+                &self.dir.path().join("kilnd.log"),
+            );
+            *kilnd = Some((d, config));
+        }
+        format!("unix://{}", sock.display())
+    }
+
     /// `kiln --root R --config C ARGS...`, not yet started, with a builder store of its own
-    /// (`builders/` in the test's dir, empty: the embedded `default` builder is current).
+    /// (`builders/` in the test's dir, empty: the embedded `default` builder is current). Under
+    /// `KILN_TEST_REMOTE=1` a `build` gets `--host` of the test's kilnd.
     pub fn command<S: AsRef<std::ffi::OsStr>>(&self, args: &[S]) -> Command {
         let mut cmd = Command::new(KILN);
         cmd.arg("--root")
             .arg(&self.root)
             .arg("--config")
-            .arg(&self.config)
-            .args(args);
+            .arg(&self.config);
+        match args.split_first() {
+            Some((first, rest)) if remote_mode() && first.as_ref() == "build" => {
+                cmd.arg(first)
+                    .arg("--host")
+                    .arg(self.kilnd_address())
+                    .args(rest);
+            }
+            _ => {
+                cmd.args(args);
+            }
+        }
         cmd.env_remove("KILN_ROOT")
             .env_remove("KILN_CONFIG")
             .env_remove("KILN_BUILDER")
@@ -415,6 +545,10 @@ impl Drop for Kiln {
         );
         if std::thread::panicking() {
             return;
+        }
+        // The daemon's builds are over: stop it before looking for leftovers.
+        if let Ok(mut kilnd) = self.kilnd.lock() {
+            drop(kilnd.take());
         }
         self.assert_clean();
     }

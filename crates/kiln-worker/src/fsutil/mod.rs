@@ -3,6 +3,7 @@
 //! COPY or WORKDIR read or write outside it. No crate offers chroot-style resolution on top of
 //! std, so it is written here.
 
+mod context_walk;
 mod copy;
 #[cfg(test)]
 mod hostile_tests;
@@ -12,6 +13,7 @@ mod resolve;
 mod select;
 mod walk;
 
+pub use context_walk::{ContextEntry, open_context_file, walk_context};
 pub use copy::{Owner, copy, mkdir_all, write_file};
 pub use pattern::component_match;
 pub(crate) use pattern::has_wildcard;

@@ -15,7 +15,7 @@ use crate::output::Output;
 use crate::resolver::EngineResolver;
 use crate::{Engine, Error, Result, io};
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 pub struct BuildRequest {
     pub context: PathBuf,
     /// The Dockerfile; `None` means `<context>/Dockerfile`.

@@ -462,32 +462,13 @@ mod tests {
     fn request(outputs: Vec<Output>, tags: &[&str]) -> BuildRequest {
         BuildRequest {
             context: ".".into(),
-            dockerfile: None,
-            target: None,
-            build_args: Default::default(),
             tags: tags.iter().map(|t| t.parse().unwrap()).collect(),
             outputs,
-            no_cache: false,
-            platform: None,
             platforms: vec![
                 Platform::new("linux", "amd64", None),
                 Platform::new("linux", "arm64", None),
             ],
-            source_date_epoch: None,
-            secrets: Default::default(),
-            ssh: Default::default(),
-            run: Default::default(),
-            dockerfile_text: None,
-            labels: Default::default(),
-            pull: false,
-            no_cache_filter: Vec::new(),
-            squash: false,
-            named_contexts: Default::default(),
-            context_archive: None,
-            cache_from: Vec::new(),
-            cache_to: Vec::new(),
-            offline: false,
-            pin: None,
+            ..Default::default()
         }
     }
 

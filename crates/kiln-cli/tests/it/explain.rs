@@ -169,16 +169,7 @@ fn explain_base_image_digest_change() {
         return;
     };
     let base = format!("{}/{}:v", k.registry, k.unique("explain-base"));
-    let push_base = |content: &str| {
-        let ctx = k.context(
-            &k.unique("base"),
-            &[(
-                "Dockerfile",
-                &format!("FROM busybox\nRUN echo {content} > /base\n"),
-            )],
-        );
-        k.build(&ctx, &["--push", "-t", &base]).ok();
-    };
+    let push_base = |content: &str| k.push_marked_base(&base, content);
     push_base("one");
     let ctx = k.context(
         "ctx",

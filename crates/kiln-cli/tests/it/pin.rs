@@ -12,16 +12,7 @@ fn pin_file_keeps_a_moved_tag_on_the_pinned_image() {
         return;
     };
     let base = format!("{}/{}:v", k.registry, k.unique("pin-base"));
-    let push_base = |content: &str| {
-        let ctx = k.context(
-            &k.unique("base"),
-            &[(
-                "Dockerfile",
-                &format!("FROM busybox\nRUN echo {content} > /base\n"),
-            )],
-        );
-        k.build(&ctx, &["--push", "-t", &base]).ok();
-    };
+    let push_base = |content: &str| k.push_marked_base(&base, content);
     push_base("one");
     let ctx = k.context(
         "ctx",

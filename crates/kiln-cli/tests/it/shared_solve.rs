@@ -21,29 +21,8 @@ fn engine(k: &Kiln, extra: &str) -> Engine {
 fn request(context: &Path, tag: &str) -> BuildRequest {
     BuildRequest {
         context: context.to_path_buf(),
-        dockerfile: None,
-        target: None,
-        build_args: Default::default(),
         tags: vec![tag.parse().expect("a valid tag")],
-        outputs: Vec::new(),
-        no_cache: false,
-        platform: None,
-        platforms: Vec::new(),
-        source_date_epoch: None,
-        secrets: Default::default(),
-        ssh: Default::default(),
-        run: Default::default(),
-        dockerfile_text: None,
-        labels: Default::default(),
-        pull: false,
-        no_cache_filter: Vec::new(),
-        squash: false,
-        named_contexts: Default::default(),
-        context_archive: None,
-        cache_from: Vec::new(),
-        cache_to: Vec::new(),
-        offline: false,
-        pin: None,
+        ..Default::default()
     }
 }
 

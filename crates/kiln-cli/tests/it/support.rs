@@ -432,6 +432,19 @@ impl Kiln {
         )
     }
 
+    /// Builds and pushes `name`: busybox with `content` in `/base`, so a test can move a tag to
+    /// another image and tell which one a build used.
+    pub fn push_marked_base(&self, name: &str, content: &str) {
+        let ctx = self.context(
+            &self.unique("base"),
+            &[(
+                "Dockerfile",
+                &format!("FROM busybox\nRUN echo {content} > /base\n"),
+            )],
+        );
+        self.build(&ctx, &["--push", "-t", name]).ok();
+    }
+
     /// The address of this test's kilnd, on a unix socket in its dir: started on first use,
     /// and restarted when the test has changed the config since (a daemon reads it once).
     pub fn kilnd_address(&self) -> String {

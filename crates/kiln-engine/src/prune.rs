@@ -10,6 +10,7 @@
 
 use std::collections::BTreeMap;
 use std::fs;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant, SystemTime};
 
 use kiln_worker::cachemount;
@@ -256,6 +257,16 @@ impl Engine {
     /// and what the records just removed left unreferenced. Manifests and configs (base images'
     /// metadata the frontend may read offline) go only with `--all`.
     fn collect(&self, all: bool, report: &PruneReport, records_went: bool) -> Result<()> {
+        if all {
+            // `--explain`'s step records and `--offline`'s earlier resolutions: small files
+            // whose loss costs a "first build of this step" and a lookup; `--all` takes them
+            // with the base images they name.
+            for dir in ["step-keys", "resolved"] {
+                for path in plain_files(&self.root.join(dir)) {
+                    fs::remove_file(&path).map_err(io(format!("removing `{}`", path.display())))?;
+                }
+            }
+        }
         let (_, image_refs) = self.image_refs()?;
         let mut keep = image_refs;
         for r in self.cache_records() {
@@ -348,4 +359,16 @@ pub fn parse_duration(s: &str) -> Option<Duration> {
         return None;
     }
     Some(Duration::from_secs(total))
+}
+
+/// The files directly in `dir` (none when it is missing), temp files included.
+fn plain_files(dir: &Path) -> Vec<PathBuf> {
+    let Ok(entries) = fs::read_dir(dir) else {
+        return Vec::new();
+    };
+    entries
+        .flatten()
+        .filter(|e| e.file_type().is_ok_and(|t| t.is_file()))
+        .map(|e| e.path())
+        .collect()
 }

@@ -275,3 +275,32 @@ fn explain_run_text_change() {
         ["parent step changed: [2/3] RUN echo two > /x"]
     );
 }
+
+/// `kiln prune --all` takes the step records with the cache: the next miss is a first build.
+#[test]
+fn explain_records_go_with_prune_all() {
+    let Some(k) = Kiln::new("explain_records_go_with_prune_all") else {
+        return;
+    };
+    let ctx = k.context(
+        "ctx",
+        &[("Dockerfile", "FROM busybox\nRUN echo one > /one\n")],
+    );
+    build(&k, &ctx, &[]);
+    let records = |dir: &str| {
+        std::fs::read_dir(k.root.join(dir))
+            .map(|d| d.count())
+            .unwrap_or(0)
+    };
+    assert!(records("step-keys") > 0);
+    assert!(records("resolved") > 0);
+    k.kiln(&["prune", "-a", "-f"]).ok();
+    assert_eq!(records("step-keys"), 0);
+    assert_eq!(records("resolved"), 0);
+    let (_, steps) = build(&k, &ctx, &[]);
+    assert_eq!(
+        reasons(&steps, "RUN echo one"),
+        ["first build of this step"],
+        "{steps:#?}"
+    );
+}

@@ -230,24 +230,44 @@ fn embedded_info(cli: &Cli, node: &Node) -> NodeInfo {
 
 /// A remote node: only whether its address takes a connection, until the kilnd client can ask
 /// it for its version and platforms.
+/// A remote node: asked for its version and platforms through kiln-client when its address
+/// answers (the node's own `--platform` ones first, fixed).
 fn remote_info(node: &Node) -> NodeInfo {
-    NodeInfo {
+    let mut platforms: Vec<(Platform, bool)> = node
+        .platforms
+        .iter()
+        .flatten()
+        .map(|p| (p.clone(), true))
+        .collect();
+    let mut info = NodeInfo {
         endpoint: node.endpoint.clone(),
-        status: if reachable(&node.endpoint) {
-            "running"
-        } else {
-            "inactive"
-        },
+        status: "inactive",
         version: String::new(),
-        platforms: node
-            .platforms
-            .iter()
-            .flatten()
-            .map(|p| (p.clone(), true))
-            .collect(),
+        platforms: Vec::new(),
         gc: Vec::new(),
         error: None,
+    };
+    if reachable(&node.endpoint) {
+        let endpoint = crate::remote::builder_endpoint(node.endpoint());
+        // Called from the CLI's multi-threaded runtime.
+        let asked = tokio::task::block_in_place(|| {
+            tokio::runtime::Handle::current().block_on(kiln_client::info(&endpoint))
+        });
+        match asked {
+            Ok((version, daemon)) => {
+                info.status = "running";
+                info.version = version;
+                for p in daemon.iter().filter_map(|p| p.parse::<Platform>().ok()) {
+                    if !platforms.iter().any(|(q, _)| *q == p) {
+                        platforms.push((p, false));
+                    }
+                }
+            }
+            Err(e) => info.error = Some(e.to_string()),
+        }
     }
+    info.platforms = platforms;
+    info
 }
 
 /// The disk of `root`, or of its nearest existing parent when it is not made yet.
@@ -493,8 +513,20 @@ fn inspect(cli: &Cli, i: &InspectArgs) -> Result<ExitCode> {
         None => store.current()?,
     };
     let b = store.require(&name)?;
+    // `--bootstrap`: an embedded builder needs nothing started; a remote one must answer.
     if i.bootstrap && b.driver != EMBEDDED {
-        bail!(REMOTE_NOT_SUPPORTED);
+        for node in &b.nodes {
+            let info = remote_info(node);
+            if info.status != "running" {
+                bail!(
+                    "builder {} node {} at {} does not answer{}",
+                    b.name,
+                    node.name,
+                    node.endpoint,
+                    info.error.map(|e| format!(": {e}")).unwrap_or_default()
+                );
+            }
+        }
     }
     let mut head = vec![("Name", b.name.clone()), ("Driver", b.driver.clone())];
     if let Some(t) = store.activity(&b.name) {

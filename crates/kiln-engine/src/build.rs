@@ -141,18 +141,7 @@ impl Engine {
             multi_platform: false,
         };
         let mut pins = req.pin.as_deref().map(crate::pin::Pins::load).transpose()?;
-        let resolver = EngineResolver {
-            pull: req.pull,
-            registry: &self.registry,
-            content: &self.content,
-            images: &self.images,
-            offline: self.offline,
-            records: crate::resolved::ResolvedRecords::new(&self.root),
-            pins: pins.as_ref(),
-            progress,
-            multi_platform: false,
-            seen: Default::default(),
-        };
+        let resolver = EngineResolver::for_build(self, &req, pins.as_ref(), progress, false);
         let mut converted = kiln_frontend::convert(&source, &opts, &resolver).await?;
         let resolved = resolver.resolved();
         drop(resolver);

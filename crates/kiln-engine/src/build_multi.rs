@@ -93,18 +93,7 @@ impl Engine {
         let mut locals = None;
         let mut pins = req.pin.as_deref().map(crate::pin::Pins::load).transpose()?;
         // One resolver: an image a stage names for the build platform is looked up once.
-        let resolver = EngineResolver {
-            pull: req.pull,
-            registry: &self.registry,
-            content: &self.content,
-            images: &self.images,
-            offline: self.offline,
-            records: crate::resolved::ResolvedRecords::new(&self.root),
-            pins: pins.as_ref(),
-            progress,
-            multi_platform: true,
-            seen: Default::default(),
-        };
+        let resolver = EngineResolver::for_build(self, &req, pins.as_ref(), progress, true);
         for platform in &req.platforms {
             let named = self.prepare_named_contexts(&req.named_contexts, platform)?;
             let opts = BuildOpts {

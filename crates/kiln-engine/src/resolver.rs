@@ -32,6 +32,30 @@ pub(crate) struct EngineResolver<'a> {
     pub seen: std::sync::Mutex<std::collections::HashMap<(String, Platform), ResolvedImage>>,
 }
 
+impl<'a> EngineResolver<'a> {
+    /// The resolver of one build on `engine`: `--pull` from `req`, the pins it loaded.
+    pub(crate) fn for_build(
+        engine: &'a crate::Engine,
+        req: &crate::BuildRequest,
+        pins: Option<&'a crate::pin::Pins>,
+        progress: &'a Progress,
+        multi_platform: bool,
+    ) -> Self {
+        EngineResolver {
+            pull: req.pull,
+            registry: &engine.registry,
+            content: &engine.content,
+            images: &engine.images,
+            offline: engine.offline,
+            records: crate::resolved::ResolvedRecords::new(&engine.root),
+            pins,
+            progress,
+            multi_platform,
+            seen: Default::default(),
+        }
+    }
+}
+
 impl EngineResolver<'_> {
     async fn resolve_inner(
         &self,

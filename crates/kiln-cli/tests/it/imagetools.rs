@@ -1,7 +1,24 @@
 //! `kiln imagetools create/inspect` against the test registry: two single-platform images
 //! (imported with `--platform`, pushed) become one index, which `kiln pull` then resolves.
 
+use std::path::{Path, PathBuf};
+
 use crate::support::{Kiln, registry_has, skip_because};
+
+/// `rootfs` as a tarball in the test's dir, for `kiln import`.
+fn rootfs_tarball(k: &Kiln, rootfs: &Path) -> PathBuf {
+    let tarball = k.dir().join("rootfs.tar");
+    let status = std::process::Command::new("tar")
+        .arg("-C")
+        .arg(rootfs)
+        .arg("-cf")
+        .arg(&tarball)
+        .arg(".")
+        .status()
+        .unwrap();
+    assert!(status.success());
+    tarball
+}
 
 #[test]
 fn imagetools_creates_appends_and_inspects_an_index() {
@@ -9,16 +26,7 @@ fn imagetools_creates_appends_and_inspects_an_index() {
         return;
     };
     let rootfs = k.context("rootfs", &[("hello", "from an imported rootfs\n")]);
-    let tarball = k.dir().join("rootfs.tar");
-    let status = std::process::Command::new("tar")
-        .arg("-C")
-        .arg(&rootfs)
-        .arg("-cf")
-        .arg(&tarball)
-        .arg(".")
-        .status()
-        .unwrap();
-    assert!(status.success());
+    let tarball = rootfs_tarball(&k, &rootfs);
     let tar = tarball.to_string_lossy().into_owned();
     let repo = format!("{}/{}", k.registry, k.unique("kiln-it-imagetools"));
     let amd = format!("{repo}/single:amd64");
@@ -208,16 +216,7 @@ fn imagetools_create_merges_an_index_with_a_single_image() {
         return;
     }
     let rootfs = k.context("rootfs", &[("hello", "arm v7\n")]);
-    let tarball = k.dir().join("rootfs.tar");
-    let status = std::process::Command::new("tar")
-        .arg("-C")
-        .arg(&rootfs)
-        .arg("-cf")
-        .arg(&tarball)
-        .arg(".")
-        .status()
-        .unwrap();
-    assert!(status.success());
+    let tarball = rootfs_tarball(&k, &rootfs);
     let repo = format!("{}/{}", k.registry, k.unique("kiln-it-imagetools-merge"));
     let armv7 = format!("{repo}/armv7:v1");
     k.kiln(&[
